@@ -1,0 +1,169 @@
+"""Card helpers: strict PAN validation, brand by IIN range, masking, expiry and CVC checks.
+
+A PAN is exactly 12-19 **ASCII** digits passing Luhn. ``str.isdigit``, ``int()`` and ``\\d``
+accept Arabic-Indic or full-width digits; none of them is used here. No function in this module
+ever puts the value it checks into an error message.
+
+Masking shows at most the BIN (first 6) and the last 4 digits, and only when at least 5 digits
+stay hidden; shorter PANs show the last 4 alone (PCI DSS v4, 3.4.1).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+from enum import StrEnum
+
+from stdnum import luhn
+
+from normalization.errors import (
+    InvalidCardNumberError,
+    InvalidExpiryError,
+    InvalidSecurityCodeError,
+)
+
+__all__ = [
+    "MAX_EXPIRY_YEARS",
+    "CardBrand",
+    "card_bin",
+    "card_brand",
+    "card_last4",
+    "is_valid_pan",
+    "luhn_valid",
+    "mask_pan",
+    "validate_cvc",
+    "validate_expiry",
+    "validate_pan",
+]
+
+_PAN_RE = re.compile(r"[0-9]{12,19}", re.ASCII)
+_CVC_RE = re.compile(r"[0-9]{3,4}", re.ASCII)
+_DIGITS_RE = re.compile(r"[0-9]+", re.ASCII)
+
+#: How far in the future an expiry may lie before it is treated as a typo.
+MAX_EXPIRY_YEARS = 20
+
+
+class CardBrand(StrEnum):
+    VISA = "visa"
+    MASTERCARD = "mastercard"
+    AMEX = "amex"
+    DISCOVER = "discover"
+    JCB = "jcb"
+    DINERS = "diners"
+    UNIONPAY = "unionpay"
+    MAESTRO = "maestro"
+    UNKNOWN = "unknown"
+
+
+# (prefix length, low, high, brand), most specific first: the first match wins.
+_IIN_RANGES: tuple[tuple[int, int, int, CardBrand], ...] = (
+    (6, 622126, 622925, CardBrand.DISCOVER),  # Discover/UnionPay co-badged range
+    (4, 2221, 2720, CardBrand.MASTERCARD),
+    (4, 3528, 3589, CardBrand.JCB),
+    (4, 3095, 3095, CardBrand.DINERS),
+    (4, 6011, 6011, CardBrand.DISCOVER),
+    (4, 5018, 5018, CardBrand.MAESTRO),
+    (4, 5020, 5020, CardBrand.MAESTRO),
+    (4, 5038, 5038, CardBrand.MAESTRO),
+    (4, 5893, 5893, CardBrand.MAESTRO),
+    (4, 6304, 6304, CardBrand.MAESTRO),
+    (4, 6759, 6759, CardBrand.MAESTRO),
+    (4, 6761, 6763, CardBrand.MAESTRO),
+    (3, 300, 305, CardBrand.DINERS),
+    (3, 644, 649, CardBrand.DISCOVER),
+    (2, 34, 34, CardBrand.AMEX),
+    (2, 37, 37, CardBrand.AMEX),
+    (2, 36, 36, CardBrand.DINERS),
+    (2, 38, 39, CardBrand.DINERS),
+    (2, 51, 55, CardBrand.MASTERCARD),
+    (2, 65, 65, CardBrand.DISCOVER),
+    (2, 62, 62, CardBrand.UNIONPAY),
+    (2, 81, 81, CardBrand.UNIONPAY),
+    (2, 50, 50, CardBrand.MAESTRO),
+    (2, 56, 69, CardBrand.MAESTRO),
+    (1, 4, 4, CardBrand.VISA),
+)
+
+
+def luhn_valid(digits: str) -> bool:
+    """Luhn check over ASCII digits (python-stdnum's implementation)."""
+    return _DIGITS_RE.fullmatch(digits) is not None and luhn.is_valid(digits)
+
+
+def is_valid_pan(number: object) -> bool:
+    """True only for a ``str`` of 12-19 ASCII digits passing Luhn."""
+    return (
+        isinstance(number, str)
+        and _PAN_RE.fullmatch(number) is not None
+        and luhn.checksum(number) == 0
+    )
+
+
+def validate_pan(number: object) -> str:
+    """Return ``number`` if it is a PAN, else raise ``InvalidCardNumberError`` (value-free)."""
+    if not is_valid_pan(number):
+        raise InvalidCardNumberError()
+    assert isinstance(number, str)
+    return number
+
+
+def card_brand(pan: str) -> CardBrand:
+    """The card scheme by IIN range; ``unknown`` when no range matches."""
+    for length, low, high, brand in _IIN_RANGES:
+        prefix = pan[:length]
+        if (
+            len(prefix) == length
+            and prefix.isascii()
+            and prefix.isdigit()
+            and low <= int(prefix) <= high
+        ):
+            return brand
+    return CardBrand.UNKNOWN
+
+
+def _shows_bin(length: int) -> bool:
+    return length - 10 >= 5
+
+
+def card_bin(pan: str) -> str:
+    """The first six digits, or ``""`` where showing them would reveal too much of the PAN."""
+    return pan[:6] if _shows_bin(len(pan)) else ""
+
+
+def card_last4(pan: str) -> str:
+    return pan[-4:]
+
+
+def mask_pan(pan: str) -> str:
+    """``424242******4242``: BIN and last 4 at most, every other digit replaced by ``*``."""
+    length = len(pan)
+    if length <= 4:
+        return "*" * length
+    if _shows_bin(length):
+        return pan[:6] + "*" * (length - 10) + pan[-4:]
+    return "*" * (length - 4) + pan[-4:]
+
+
+def validate_expiry(month: object, year: object, today: date | None = None) -> tuple[int, int]:
+    """Check an expiry (month 1-12, four-digit year, not past, not absurdly far ahead).
+
+    A card is valid through the last day of its expiry month.
+    """
+    if isinstance(month, bool) or not isinstance(month, int) or not 1 <= month <= 12:
+        raise InvalidExpiryError("exp_month must be an integer from 1 to 12.")
+    if isinstance(year, bool) or not isinstance(year, int) or not 1000 <= year <= 9999:
+        raise InvalidExpiryError("exp_year must be a four-digit integer such as 2030.")
+    today = today or datetime.now(UTC).date()
+    if (year, month) < (today.year, today.month):
+        raise InvalidExpiryError("The card has expired.")
+    if year > today.year + MAX_EXPIRY_YEARS:
+        raise InvalidExpiryError(f"exp_year is more than {MAX_EXPIRY_YEARS} years ahead.")
+    return month, year
+
+
+def validate_cvc(cvc: object) -> str:
+    """Return ``cvc`` if it is 3 or 4 ASCII digits, else raise (value-free)."""
+    if not isinstance(cvc, str) or _CVC_RE.fullmatch(cvc) is None:
+        raise InvalidSecurityCodeError()
+    return cvc

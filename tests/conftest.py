@@ -1,0 +1,3 @@
+"""Fixtures shared by the whole suite: real components, started once per session."""
+
+from __future__ import annotations
