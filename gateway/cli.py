@@ -1,7 +1,16 @@
 """The ``tessera`` command line.
 
 Subcommands are thin: each parses its arguments and hands off to the module that owns the work,
-imported lazily so ``tessera --help`` stays fast.
+imported lazily so ``tessera --help`` stays fast::
+
+    tessera dev [--port P] [--data-dir D]        OpenBao dev server + gateway on SQLite
+    tessera serve --config FILE [--workers N]    the gateway against an existing Vault and DB
+    tessera vault provision --config FILE        transit, KV, policies, AppRole (idempotent)
+    tessera merchants create NAME --config FILE  a merchant, its Vault keys and an API key
+    tessera keys rotate [--tenant T] --config F  rotate transit keys and rewrap ciphertext
+    tessera audit verify --config FILE           check the audit log's hash chain
+    tessera connector new NAME --category C      scaffold a connector package
+    tessera connector list                       installed connectors and their manifests
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
@@ -23,12 +33,79 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _not_ready(feature: str) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        print(f"tessera: {feature} is not available in this build yet.", file=sys.stderr)
-        return 2
+def _dev(args: argparse.Namespace) -> int:
+    from gateway.devmode import run_dev
+    from gateway.observability import configure_logging
 
-    return handler
+    configure_logging(args.log_level)
+    return run_dev(port=args.port, data_dir=Path(args.data_dir))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.config import load_settings
+    from gateway.observability import configure_logging
+    from gateway.server import serve
+
+    configure_logging(args.log_level)
+    settings = load_settings(args.config)
+    if args.workers is not None:
+        settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update={"workers": args.workers})}
+        )
+    return serve(settings)
+
+
+def _vault_provision(args: argparse.Namespace) -> int:
+    from gateway.commands.admin import vault_provision
+    from gateway.config import load_settings
+
+    return vault_provision(load_settings(args.config))
+
+
+def _merchants_create(args: argparse.Namespace) -> int:
+    from gateway.commands.admin import merchants_create
+    from gateway.config import load_settings
+
+    return merchants_create(load_settings(args.config), args.name, dedup=args.dedup)
+
+
+def _keys_rotate(args: argparse.Namespace) -> int:
+    from gateway.commands.admin import rotate_keys
+    from gateway.config import load_settings
+
+    return rotate_keys(load_settings(args.config), args.tenant)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from gateway.commands.admin import audit_verify
+    from gateway.config import load_settings
+
+    return audit_verify(load_settings(args.config))
+
+
+def _connector_new(args: argparse.Namespace) -> int:
+    from sdk.generator import generate_connector
+
+    package = generate_connector(args.name, args.category, Path(args.path))
+    print(f"Created {package}")
+    print(f"Next: pip install -e {package.parent} && tessera connector list")
+    return 0
+
+
+def _connector_list(args: argparse.Namespace) -> int:
+    from sdk.registry import format_manifest_table, load_connectors
+
+    print(format_manifest_table(load_connectors()))
+    return 0
+
+
+def _config_arg(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    parser.add_argument(
+        "--config",
+        required=required,
+        metavar="FILE",
+        help="TOML configuration (see docs/operating.md); TESSERA_* variables override it.",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,12 +114,59 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tessera: vault-backed tokenization gateway and connector SDK.",
     )
     parser.add_argument("--version", action="version", version=f"tessera {_version()}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     dev = commands.add_parser("dev", help="Run OpenBao (dev) + the gateway on SQLite, locally.")
     dev.add_argument("--port", type=int, default=8080, help="Gateway port (default 8080).")
     dev.add_argument("--data-dir", default=".tessera", help="Where state lives (./.tessera).")
-    dev.set_defaults(handler=_not_ready("tessera dev"))
+    dev.set_defaults(handler=_dev)
+
+    serve = commands.add_parser("serve", help="Run the gateway against an existing Vault and DB.")
+    _config_arg(serve, required=True)
+    serve.add_argument("--workers", type=int, help="Worker processes (SO_REUSEPORT).")
+    serve.set_defaults(handler=_serve)
+
+    vault = commands.add_parser("vault", help="OpenBao/Vault administration.")
+    vault_cmds = vault.add_subparsers(dest="vault_command", metavar="ACTION", required=True)
+    prov = vault_cmds.add_parser("provision", help="Enable engines, write policies and roles.")
+    _config_arg(prov)
+    prov.set_defaults(handler=_vault_provision)
+
+    merchants = commands.add_parser("merchants", help="Merchant administration.")
+    m_cmds = merchants.add_subparsers(dest="merchants_command", metavar="ACTION", required=True)
+    create = m_cmds.add_parser("create", help="Create a merchant; prints its API key once.")
+    create.add_argument("name")
+    create.add_argument(
+        "--dedup", action="store_true", help="Return the existing token for a known card."
+    )
+    _config_arg(create)
+    create.set_defaults(handler=_merchants_create)
+
+    keys = commands.add_parser("keys", help="Encryption key management.")
+    k_cmds = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    rotate = k_cmds.add_parser("rotate", help="Rotate transit keys and rewrap stored tokens.")
+    rotate.add_argument("--tenant", help="One merchant id (default: every merchant).")
+    _config_arg(rotate)
+    rotate.set_defaults(handler=_keys_rotate)
+
+    audit = commands.add_parser("audit", help="Audit log.")
+    a_cmds = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    verify = a_cmds.add_parser("verify", help="Verify the hash chain; exit 1 if broken.")
+    _config_arg(verify)
+    verify.set_defaults(handler=_audit_verify)
+
+    connector = commands.add_parser("connector", help="Connector development.")
+    c_cmds = connector.add_subparsers(dest="connector_command", metavar="ACTION", required=True)
+    new = c_cmds.add_parser("new", help="Scaffold an installable connector package.")
+    new.add_argument("name")
+    new.add_argument(
+        "--category", required=True, choices=("card-acquirer", "bank-rail", "open-banking")
+    )
+    new.add_argument("--path", default=".", help="Parent directory (default: here).")
+    new.set_defaults(handler=_connector_new)
+    listing = c_cmds.add_parser("list", help="Installed connectors and their manifests.")
+    listing.set_defaults(handler=_connector_list)
 
     return parser
 
@@ -51,8 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The aiohttp application factory.
+
+``create_app(settings)`` builds the app; one ``cleanup_ctx`` generator opens every resource
+(database, stores, Vault client and batcher, tokenization service, background sweeper) in order
+and closes them in reverse. Views are thin: they parse, call a service, and return JSON; domain
+errors become problem+json in ``error_middleware`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.config import Settings
+from gateway.merchants import ApiKeyCache, AuthFailureLimiter, Merchant, MerchantStore
+from gateway.observability import GatewayMetrics
+from gateway.problems import HttpProblem, problem_response, status_for, validation_problem
+from normalization.errors import TesseraError, VaultError
+from vault.audit import AuditLog
+from vault.batcher import TransitBatcher
+from vault.client import AppRoleCredentials, VaultClient
+from vault.cvv import CvvHolder
+from vault.database import PostgresDatabase, SqliteDatabase, open_database
+from vault.token_store import TokenStore
+from vault.tokenization import TokenizationService
+
+__all__ = ["MERCHANT", "RESOURCES", "Resources", "create_app"]
+
+log = structlog.get_logger("tessera.gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True)
+class Resources:
+    """Everything the views use, opened once per process."""
+
+    settings: Settings
+    metrics: GatewayMetrics
+    db: SqliteDatabase | PostgresDatabase
+    merchants: MerchantStore
+    api_keys: ApiKeyCache
+    auth_limiter: AuthFailureLimiter
+    vault: VaultClient
+    batcher: TransitBatcher
+    token_store: TokenStore
+    audit: AuditLog
+    cvv: CvvHolder
+    tokens: TokenizationService
+
+
+RESOURCES = web.AppKey("resources", Resources)
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+MERCHANT = "tessera.merchant"
+REQUEST_ID = "tessera.request_id"
+
+#: Paths that need no API key.
+_PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/webhooks/")
+
+
+def _vault_client(settings: Settings) -> VaultClient:
+    vs = settings.vault
+    approle = None
+    if vs.role_id and vs.secret_id:
+        approle = AppRoleCredentials(role_id=vs.role_id, secret_id=vs.secret_id.get_secret_value())
+    return VaultClient(
+        vs.addr,
+        token=vs.token.get_secret_value() if vs.token else None,
+        approle=approle,
+        timeout=vs.timeout,
+        max_connections=vs.max_connections,
+    )
+
+
+async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with contextlib.AsyncExitStack() as stack:
+        db = await open_database(settings.database.url)
+        stack.push_async_callback(db.close)
+        merchants = MerchantStore(db)
+        await merchants.migrate()
+        token_store = TokenStore(db)
+        await token_store.migrate()
+        audit = AuditLog(db)
+        await audit.migrate()
+        vault = _vault_client(settings)
+        stack.push_async_callback(vault.close)
+        ts = settings.tokenization
+        batcher = TransitBatcher(vault, max_items=ts.batch_max_items, enabled=ts.batching)
+        cvv = CvvHolder(ttl_seconds=ts.cvv_ttl_seconds)
+        tokens = TokenizationService(token_store, batcher, cvv=cvv, audit=audit)
+        app[RESOURCES] = Resources(
+            settings=settings,
+            metrics=app[METRICS],
+            db=db,
+            merchants=merchants,
+            api_keys=ApiKeyCache(merchants, settings.auth.key_cache_seconds),
+            auth_limiter=AuthFailureLimiter(
+                settings.auth.failure_limit, settings.auth.failure_window_seconds
+            ),
+            vault=vault,
+            batcher=batcher,
+            token_store=token_store,
+            audit=audit,
+            cvv=cvv,
+            tokens=tokens,
+        )
+        sweeper = asyncio.create_task(_sweep_forever(tokens, ts.sweep_interval_seconds))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+
+async def _sweep_forever(tokens: TokenizationService, interval: float) -> None:
+    """Delete expired tokens (and forget stale CVVs) every ``interval`` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            removed = await tokens.sweep_expired()
+            if removed:
+                log.info("tokens_expired", count=removed)
+        except TesseraError as exc:
+            log.warning("sweep_failed", code=exc.code)
+        except Exception:
+            log.exception("sweep_crashed")
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, metrics, and the one place errors become problem+json."""
+    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    metrics = request.app[METRICS]
+    started = time.perf_counter()
+    route = _route_name(request)
+    try:
+        response = await _handle(request, handler, request_id)
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
+    metrics.requests.labels(route, request.method, str(response.status)).inc()
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+async def _handle(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HttpProblem as exc:
+        return problem_response(
+            exc.status,
+            exc.code,
+            exc.detail,
+            retry_after=exc.retry_after,
+            headers=exc.headers,
+            request_id=request_id,
+            **exc.extra,
+        )
+    except ValidationError as exc:
+        code, detail, errors = validation_problem(exc)
+        return problem_response(422, code, detail, request_id=request_id, errors=errors)
+    except VaultError as exc:
+        request.app[METRICS].vault_errors.labels(exc.code).inc()
+        log.warning("vault_error", code=exc.code)
+        return problem_response(
+            503,
+            exc.code,
+            "The token vault is unavailable; nothing was stored. Retry later.",
+            retry_after=exc.retry_after or 1,
+            request_id=request_id,
+        )
+    except TesseraError as exc:
+        return problem_response(
+            status_for(exc),
+            exc.code,
+            exc.detail,
+            retry_after=exc.retry_after,
+            request_id=request_id,
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }.get(exc.status, "http_error")
+        return problem_response(exc.status, code, exc.reason, request_id=request_id)
+    except Exception:
+        # The traceback goes through the redacting logger; the client learns nothing.
+        log.exception("unhandled_error")
+        return problem_response(
+            500, "internal_error", "An unexpected error occurred.", request_id=request_id
+        )
+
+
+def _client_address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """``Authorization: Bearer <merchant API key>`` on every /v1 route except webhooks."""
+    if request.path.startswith(_PUBLIC_PREFIXES) or not request.path.startswith("/v1/"):
+        return await handler(request)
+    resources = request.app[RESOURCES]
+    client = _client_address(request)
+    wait = resources.auth_limiter.blocked_for(client)
+    if wait > 0:
+        raise HttpProblem(
+            429, "too_many_auth_failures", "Too many failed authentications.", retry_after=wait
+        )
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    merchant: Merchant | None = None
+    if scheme.lower() == "bearer" and key:
+        merchant = await resources.api_keys.authenticate(key.strip())
+    if merchant is None:
+        resources.auth_limiter.record_failure(client)
+        resources.metrics.auth_failures.inc()
+        raise HttpProblem(
+            401,
+            "unauthorized",
+            "A valid API key is required: Authorization: Bearer <key>.",
+            headers={"WWW-Authenticate": 'Bearer realm="tessera"'},
+        )
+    request[MERCHANT] = merchant
+    return await handler(request)
+
+
+def create_app(settings: Settings, *, metrics: GatewayMetrics | None = None) -> web.Application:
+    """The gateway application; resources open when it starts and close when it stops."""
+    from gateway.views import health, openapi, tokens
+
+    server = settings.server
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=server.client_max_size,
+        handler_args={
+            "max_line_size": server.max_line_size,
+            "max_field_size": server.max_field_size,
+            "max_headers": server.max_headers,
+        },
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or GatewayMetrics()
+    app.cleanup_ctx.append(_resources_ctx)
+    health.setup(app)
+    openapi.setup(app)
+    tokens.setup(app)
+    return app

@@ -1,0 +1,1 @@
+"""Implementations of the ``tessera`` subcommands that need more than a line or two."""

@@ -1,0 +1,55 @@
+"""Request and response plumbing shared by the views: bounded JSON bodies in, JSON out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway.problems import HttpProblem
+
+__all__ = ["json_response", "parse_model", "read_body"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: web.Request, *, read_timeout: float, max_size: int) -> bytes:
+    """The whole body, within ``read_timeout`` seconds and ``max_size`` bytes."""
+    if request.content_length is not None and request.content_length > max_size:
+        raise _too_large(max_size)
+    if request.content_type != "application/json":
+        raise HttpProblem(415, "unsupported_media_type", "Send the body as application/json.")
+    try:
+        async with asyncio.timeout(read_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise HttpProblem(408, "request_timeout", "The request body arrived too slowly.") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(max_size) from None
+
+
+def _too_large(max_size: int) -> HttpProblem:
+    return HttpProblem(413, "payload_too_large", f"The body exceeds {max_size} bytes.")
+
+
+def parse_model(model: type[M], body: bytes) -> M:
+    """Validate ``body`` as ``model``; malformed JSON is a 400, a bad shape a 422."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        if any(err["type"] in ("json_invalid", "json_type") for err in exc.errors()):
+            raise HttpProblem(
+                400, "malformed_json", "The body is not valid JSON (or nests too deeply)."
+            ) from None
+        raise
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(data), content_type="application/json", headers=headers
+    )

@@ -1,0 +1,161 @@
+"""Errors rendered once, as ``application/problem+json`` (RFC 9457) with a stable ``code``.
+
+Every error a view can raise reaches the client through ``problem_response``: domain errors
+(the ``normalization`` error tree) map to HTTP statuses here and nowhere else; pydantic
+validation errors become 422 with one entry per field. No response ever echoes the input.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from normalization.errors import (
+    ConnectorBusyError,
+    ConnectorError,
+    ConnectorTimeoutError,
+    ConnectorUnavailableError,
+    IllegalTransitionError,
+    InvalidRequestError,
+    NotFoundError,
+    NotSupportedError,
+    TesseraError,
+    VaultError,
+    VaultNotFoundError,
+)
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "HttpProblem",
+    "problem_response",
+    "status_for",
+    "validation_problem",
+]
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class HttpProblem(Exception):
+    """An HTTP-level problem raised by the gateway itself (auth, content type, size, ...)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def status_for(error: TesseraError) -> int:
+    """The HTTP status of a domain error."""
+    if isinstance(error, NotFoundError | VaultNotFoundError):
+        return 404
+    if isinstance(error, InvalidRequestError):
+        return 422
+    if isinstance(error, NotSupportedError):
+        return 422
+    if isinstance(error, IllegalTransitionError):
+        return 409
+    if isinstance(error, ConnectorBusyError | ConnectorUnavailableError):
+        return 503
+    if isinstance(error, ConnectorTimeoutError):
+        return 504
+    if isinstance(error, ConnectorError):
+        return 502
+    if isinstance(error, VaultError):
+        return 503
+    return 500
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+    request_id: str | None = None,
+    **extra: Any,
+) -> web.Response:
+    body: dict[str, Any] = {
+        "type": f"https://tessera.dev/problems/{code}",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extra)
+    out_headers = dict(headers or {})
+    if retry_after is not None:
+        out_headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=out_headers,
+    )
+
+
+def validation_problem(exc: ValidationError) -> tuple[str, str, list[dict[str, str]]]:
+    """(code, detail, errors) for a pydantic error, without echoing any input value."""
+    errors: list[dict[str, str]] = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = ".".join(str(part) for part in err["loc"])
+        errors.append({"field": loc, "code": str(err["type"]), "detail": str(err["msg"])})
+    # A single Tessera code (invalid_card_number, ...) is the problem's code; pydantic's own
+    # error types (missing, int_type, ...) and mixtures collapse into invalid_request.
+    codes = {e["code"] for e in errors}
+    code = codes.pop() if len(codes) == 1 else "invalid_request"
+    if code not in _tessera_codes():
+        code = "invalid_request"
+    detail = errors[0]["detail"] if len(errors) == 1 else f"{len(errors)} fields are invalid."
+    if len(errors) == 1 and errors[0]["field"]:
+        detail = f"{errors[0]['field']}: {detail}"
+    return code, detail, errors
+
+
+def _tessera_codes() -> frozenset[str]:
+    codes: set[str] = set()
+    pending: list[type[TesseraError]] = [TesseraError]
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.code)
+        pending.extend(cls.__subclasses__())
+    return frozenset(codes)

@@ -1,0 +1,120 @@
+"""Running the gateway: one process, or N worker processes sharing a port (SO_REUSEPORT).
+
+``serve(settings)`` runs until SIGINT/SIGTERM, then stops accepting, lets in-flight requests drain
+for ``server.shutdown_timeout`` seconds and closes every resource. With ``workers > 1`` the parent
+starts N children that each bind the same port with SO_REUSEPORT (the kernel spreads connections
+across them), forwards SIGTERM to them, and exits non-zero if any of them fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import signal
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import Settings
+
+__all__ = ["run_gateway", "serve", "start_site"]
+
+log = structlog.get_logger("tessera.server")
+
+
+async def start_site(
+    app: web.Application, settings: Settings, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, str]:
+    """Start ``app`` on the configured host/port; return the runner and the base URL."""
+    server = settings.server
+    extra: dict[str, object] = {} if server.access_log else {"access_log": None}
+    runner = web.AppRunner(
+        app,
+        keepalive_timeout=server.keepalive_timeout,
+        shutdown_timeout=server.shutdown_timeout,
+        handle_signals=False,
+        **extra,  # type: ignore[arg-type]
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
+    await site.start()
+    port = _bound_port(runner) or server.port
+    return runner, f"http://{server.host}:{port}"
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None
+
+
+async def run_gateway(
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    on_ready: Callable[[str], Awaitable[None]] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (in this process), then drain and close."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    app = create_app(settings)
+    runner, url = await start_site(app, settings, reuse_port=reuse_port)
+    log.info("gateway_started", url=url)
+    try:
+        if on_ready is not None:
+            await on_ready(url)
+        await stop.wait()
+    finally:
+        log.info("gateway_stopping")
+        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _worker(settings_json: str) -> None:
+    from gateway.observability import configure_logging
+
+    configure_logging()
+    asyncio.run(run_gateway(Settings.model_validate_json(settings_json), reuse_port=True))
+
+
+def serve(settings: Settings) -> int:
+    """Run the gateway with ``settings.server.workers`` processes; return an exit code."""
+    workers = settings.server.workers
+    if workers == 1:
+        asyncio.run(run_gateway(settings))
+        return 0
+    payload = _settings_json(settings)
+    ctx = multiprocessing.get_context("spawn")
+    children = [ctx.Process(target=_worker, args=(payload,), daemon=False) for _ in range(workers)]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    for child in children:
+        child.join()
+    return max((child.exitcode or 0) for child in children)
+
+
+def _settings_json(settings: Settings) -> str:
+    """Settings with secrets in clear, for the spawn boundary only (never logged)."""
+    data = settings.model_dump(mode="json")
+    for key in ("token", "secret_id", "admin_token"):
+        value = getattr(settings.vault, key)
+        data["vault"][key] = value.get_secret_value() if value is not None else None
+    return json.dumps(data)

@@ -1,0 +1,146 @@
+"""``/v1/tokens``: tokenize, batch tokenize, read masked metadata, search by fingerprint, delete.
+
+There is no endpoint that reveals a PAN: card data leaves the vault only through the SDK's egress
+detokenization, in the bytes sent to an allowlisted provider.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
+
+from gateway.app import MERCHANT, RESOURCES
+from gateway.http import json_response, parse_model, read_body
+from gateway.merchants import Merchant
+from gateway.problems import HttpProblem, validation_problem
+from gateway.schemas import BatchTokenizeRequest, TokenizeRequest
+from normalization.errors import TesseraError
+from normalization.methods import CardData
+from vault.token_store import TokenRecord
+
+__all__ = ["setup", "token_view"]
+
+_CARD = TypeAdapter(CardData)
+_FINGERPRINT_MAX = 200
+
+
+def token_view(record: TokenRecord) -> dict[str, Any]:
+    """The public, masked view of a token (the ``POST /v1/tokens`` response shape)."""
+    return {
+        "id": record.id,
+        "fingerprint": record.fingerprint,
+        "format": record.format,
+        "card": {
+            "brand": record.brand,
+            "bin": record.bin,
+            "last4": record.last4,
+            "exp_month": record.exp_month,
+            "exp_year": record.exp_year,
+        },
+        "created_at": _iso(record.created_at),
+        "expires_at": _iso(record.expires_at) if record.expires_at is not None else None,
+    }
+
+
+def _iso(value: Any) -> str:
+    return value if isinstance(value, str) else value.isoformat()
+
+
+def _limits(request: web.Request) -> tuple[float, int]:
+    server = request.app[RESOURCES].settings.server
+    return server.read_timeout, server.client_max_size
+
+
+async def create_token(request: web.Request) -> web.Response:
+    resources = request.app[RESOURCES]
+    merchant: Merchant = request[MERCHANT]
+    timeout, max_size = _limits(request)
+    body = parse_model(
+        TokenizeRequest, await read_body(request, read_timeout=timeout, max_size=max_size)
+    )
+    record, created = await resources.tokens.tokenize(
+        merchant.id,
+        body.card,
+        token_format=body.format,
+        ttl_seconds=body.ttl_seconds,
+        dedup=merchant.token_dedup,
+    )
+    if created:
+        resources.metrics.tokens_created.labels(body.format).inc()
+    return json_response(token_view(record), status=201 if created else 200)
+
+
+async def create_tokens_batch(request: web.Request) -> web.Response:
+    resources = request.app[RESOURCES]
+    merchant: Merchant = request[MERCHANT]
+    timeout, max_size = _limits(request)
+    limit = resources.settings.tokenization.max_cards_per_request
+    body = parse_model(
+        BatchTokenizeRequest, await read_body(request, read_timeout=timeout, max_size=max_size)
+    )
+    if len(body.cards) > limit:
+        raise HttpProblem(
+            413, "batch_too_large", f"A batch holds at most {limit} cards; got {len(body.cards)}."
+        )
+    results: list[dict[str, Any] | None] = [None] * len(body.cards)
+    valid: list[CardData] = []
+    positions: list[int] = []
+    for index, item in enumerate(body.cards):
+        try:
+            valid.append(_CARD.validate_python(item))
+            positions.append(index)
+        except ValidationError as exc:
+            code, detail, _ = validation_problem(exc)
+            results[index] = {"error": {"code": code, "detail": detail}}
+    if valid:
+        outcomes = await resources.tokens.tokenize_many(
+            merchant.id,
+            valid,
+            token_format=body.format,
+            ttl_seconds=body.ttl_seconds,
+            dedup=merchant.token_dedup,
+        )
+        created = 0
+        for index, outcome in zip(positions, outcomes, strict=True):
+            if isinstance(outcome, TesseraError):
+                results[index] = {"error": {"code": outcome.code, "detail": outcome.detail}}
+            else:
+                results[index] = token_view(outcome)
+                created += 1
+        resources.metrics.tokens_created.labels(body.format).inc(created)
+    return json_response({"results": results})
+
+
+async def get_token(request: web.Request) -> web.Response:
+    merchant: Merchant = request[MERCHANT]
+    record = await request.app[RESOURCES].tokens.get(merchant.id, request.match_info["token_id"])
+    return json_response(token_view(record))
+
+
+async def search_tokens(request: web.Request) -> web.Response:
+    merchant: Merchant = request[MERCHANT]
+    fingerprint = request.query.get("fingerprint", "")
+    if not fingerprint or len(fingerprint) > _FINGERPRINT_MAX:
+        raise HttpProblem(
+            400, "fingerprint_required", "Search tokens with ?fingerprint=<fingerprint>."
+        )
+    records = await request.app[RESOURCES].tokens.find(merchant.id, fingerprint)
+    return json_response({"data": [token_view(r) for r in records]})
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    merchant: Merchant = request[MERCHANT]
+    await request.app[RESOURCES].tokens.delete(
+        merchant.id, request.match_info["token_id"], actor=f"merchant:{merchant.id}"
+    )
+    return web.Response(status=204)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/tokens", create_token)
+    app.router.add_post("/v1/tokens/batch", create_tokens_batch)
+    app.router.add_get("/v1/tokens", search_tokens)
+    app.router.add_get("/v1/tokens/{token_id}", get_token)
+    app.router.add_delete("/v1/tokens/{token_id}", delete_token)

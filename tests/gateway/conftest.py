@@ -1,0 +1,97 @@
+"""Fixtures for gateway tests: the real app on loopback, against the session's real OpenBao.
+
+``gateway`` gives a running app (aiohttp test server) on a fresh SQLite database, with one
+merchant and its API key; ``make_gateway`` builds more (PostgreSQL, other settings, another Vault).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import RESOURCES, create_app
+from gateway.config import (
+    AuthSettings,
+    DatabaseSettings,
+    ServerSettings,
+    Settings,
+    TokenizationSettings,
+    VaultSettings,
+)
+from gateway.merchants import Merchant
+from gateway.observability import GatewayMetrics
+from vault.provisioning import ensure_tenant_keys
+
+
+@dataclass
+class Gateway:
+    client: TestClient[Any, Any]
+    merchant: Merchant
+    api_key: str
+    settings: Settings
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    @property
+    def resources(self) -> Any:
+        return self.client.app[RESOURCES]  # type: ignore[index]
+
+    async def add_merchant(self, name: str = "other", *, dedup: bool = False) -> tuple[Merchant, str]:
+        merchant, key = await self.resources.merchants.create(name, token_dedup=dedup)
+        ensure_tenant_keys(self.settings.vault.addr, _root(self.settings), merchant.id)
+        return merchant, key
+
+
+def _root(settings: Settings) -> str:
+    assert settings.vault.admin_token is not None
+    return settings.vault.admin_token.get_secret_value()
+
+
+MakeGateway = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_gateway(
+    aiohttp_client: Any, openbao: Any, tmp_path: Path
+) -> AsyncIterator[MakeGateway]:
+    async def make(
+        *,
+        database_url: str | None = None,
+        vault_addr: str | None = None,
+        root_token: str | None = None,
+        dedup: bool = False,
+        server: dict[str, Any] | None = None,
+        tokenization: dict[str, Any] | None = None,
+        auth: dict[str, Any] | None = None,
+    ) -> Gateway:
+        addr = vault_addr or openbao.addr
+        token = root_token or openbao.root_token
+        settings = Settings(
+            server=ServerSettings(**(server or {})),
+            database=DatabaseSettings(
+                url=database_url or f"sqlite:///{tmp_path / f'gw-{secrets.token_hex(4)}.db'}"
+            ),
+            vault=VaultSettings(addr=addr, token=token, admin_token=token, timeout=2.0),  # type: ignore[arg-type]
+            tokenization=TokenizationSettings(**(tokenization or {})),
+            auth=AuthSettings(**({"key_cache_seconds": 0} | (auth or {}))),
+        )
+        client = await aiohttp_client(create_app(settings, metrics=GatewayMetrics()))
+        resources = client.app[RESOURCES]
+        merchant, key = await resources.merchants.create("acme", token_dedup=dedup)
+        ensure_tenant_keys(addr, token, merchant.id)
+        return Gateway(client=client, merchant=merchant, api_key=key, settings=settings)
+
+    yield make
+
+
+@pytest.fixture
+async def gateway(make_gateway: MakeGateway) -> Gateway:
+    return await make_gateway()

@@ -1,0 +1,269 @@
+"""``/v1/tokens`` end to end: real app, real OpenBao, real SQLite (RELIABILITY 1-4, 28-29, 32)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from normalization.cards import luhn_valid
+
+from .conftest import Gateway
+
+VISA = "4242424242424242"
+AMEX = "378282246310005"
+CARD = {"number": VISA, "exp_month": 12, "exp_year": 2031, "cvc": "123"}
+
+
+async def _post(gw: Gateway, path: str, body: Any, **kw: Any) -> tuple[int, dict[str, Any], Any]:
+    resp = await gw.client.post(path, json=body, headers=gw.auth, **kw)
+    text = await resp.text()
+    return resp.status, dict(resp.headers), json.loads(text) if text else None
+
+
+async def test_tokenize_returns_token_and_masked_metadata(gateway: Gateway) -> None:
+    status, headers, body = await _post(gateway, "/v1/tokens", {"card": CARD})
+    assert status == 201, body
+    assert body["id"].startswith("tok_") and len(body["id"]) >= 26
+    assert body["card"] == {
+        "brand": "visa",
+        "bin": "424242",
+        "last4": "4242",
+        "exp_month": 12,
+        "exp_year": 2031,
+    }
+    assert body["fingerprint"] and VISA not in json.dumps(body)
+    assert body["created_at"] and body["expires_at"] is None
+    assert headers["X-Request-Id"]
+
+    resp = await gateway.client.get(f"/v1/tokens/{body['id']}", headers=gateway.auth)
+    assert resp.status == 200
+    assert (await resp.json()) == body
+
+
+async def test_numeric_token_keeps_bin_and_last4_and_fails_luhn(gateway: Gateway) -> None:
+    status, _, body = await _post(gateway, "/v1/tokens", {"card": CARD, "format": "numeric"})
+    assert status == 201, body
+    token = body["id"]
+    assert len(token) == len(VISA) and token.isdigit()
+    assert token[:6] == VISA[:6] and token[-4:] == VISA[-4:]
+    assert token != VISA and not luhn_valid(token)
+
+
+async def test_same_card_without_dedup_gets_two_tokens_with_one_fingerprint(
+    gateway: Gateway,
+) -> None:
+    _, _, first = await _post(gateway, "/v1/tokens", {"card": CARD})
+    _, _, second = await _post(gateway, "/v1/tokens", {"card": CARD})
+    assert first["id"] != second["id"]
+    assert first["fingerprint"] == second["fingerprint"]
+    resp = await gateway.client.get(
+        "/v1/tokens", params={"fingerprint": first["fingerprint"]}, headers=gateway.auth
+    )
+    assert resp.status == 200
+    assert {t["id"] for t in (await resp.json())["data"]} == {first["id"], second["id"]}
+
+
+async def test_dedup_merchant_gets_existing_token_with_200(make_gateway: Any) -> None:
+    gw = await make_gateway(dedup=True)
+    status1, _, first = await _post(gw, "/v1/tokens", {"card": CARD})
+    status2, _, second = await _post(gw, "/v1/tokens", {"card": CARD})
+    assert (status1, status2) == (201, 200)
+    assert second["id"] == first["id"]
+
+
+async def test_fingerprints_are_keyed_per_merchant(gateway: Gateway) -> None:
+    _, other_key = await gateway.add_merchant()
+    _, _, mine = await _post(gateway, "/v1/tokens", {"card": CARD})
+    resp = await gateway.client.post(
+        "/v1/tokens", json={"card": CARD}, headers={"Authorization": f"Bearer {other_key}"}
+    )
+    theirs = await resp.json()
+    assert resp.status == 201
+    assert mine["fingerprint"] != theirs["fingerprint"]
+
+
+async def test_delete_forgets_the_token(gateway: Gateway) -> None:
+    _, _, body = await _post(gateway, "/v1/tokens", {"card": CARD})
+    resp = await gateway.client.delete(f"/v1/tokens/{body['id']}", headers=gateway.auth)
+    assert resp.status == 204
+    resp = await gateway.client.get(f"/v1/tokens/{body['id']}", headers=gateway.auth)
+    assert resp.status == 404
+    assert (await resp.json())["code"] == "token_not_found"
+
+
+async def test_merchant_cannot_see_or_delete_another_merchants_token(gateway: Gateway) -> None:
+    _, other_key = await gateway.add_merchant()
+    _, _, body = await _post(gateway, "/v1/tokens", {"card": CARD})
+    other = {"Authorization": f"Bearer {other_key}"}
+    assert (await gateway.client.get(f"/v1/tokens/{body['id']}", headers=other)).status == 404
+    assert (await gateway.client.delete(f"/v1/tokens/{body['id']}", headers=other)).status == 404
+    resp = await gateway.client.get(
+        "/v1/tokens", params={"fingerprint": body["fingerprint"]}, headers=other
+    )
+    assert (await resp.json())["data"] == []
+    assert (await gateway.client.get(f"/v1/tokens/{body['id']}", headers=gateway.auth)).status == 200
+
+
+async def test_token_ttl_sets_expiry(gateway: Gateway) -> None:
+    status, _, body = await _post(gateway, "/v1/tokens", {"card": CARD, "ttl_seconds": 3600})
+    assert status == 201
+    assert body["expires_at"] is not None and body["expires_at"] > body["created_at"]
+
+
+async def test_batch_returns_results_in_order_with_per_item_errors(gateway: Gateway) -> None:
+    cards = [
+        CARD,
+        {"number": "4242424242424241", "exp_month": 12, "exp_year": 2031},
+        {"number": AMEX, "exp_month": 1, "exp_year": 2032},
+        {"number": VISA, "exp_month": 13, "exp_year": 2031},
+        "not a card",
+    ]
+    status, _, body = await _post(gateway, "/v1/tokens/batch", {"cards": cards})
+    assert status == 200, body
+    results = body["results"]
+    assert len(results) == 5
+    assert results[0]["card"]["last4"] == "4242"
+    assert results[1]["error"]["code"] == "invalid_card_number"
+    assert results[2]["card"]["brand"] == "amex"
+    assert results[3]["error"]["code"] in ("invalid_expiry", "invalid_request")
+    assert "error" in results[4]
+    assert "4242424242424241" not in json.dumps(body)
+
+
+async def test_batch_over_the_limit_is_rejected(make_gateway: Any) -> None:
+    gw = await make_gateway(tokenization={"max_cards_per_request": 3})
+    status, _, body = await _post(gw, "/v1/tokens/batch", {"cards": [CARD] * 4})
+    assert status == 413
+    assert body["code"] == "batch_too_large"
+
+
+@pytest.mark.parametrize(
+    ("card", "code"),
+    [
+        ({"number": "4242424242424241", "exp_month": 12, "exp_year": 2031}, "invalid_card_number"),
+        ({"number": "٤٢٤٢٤٢٤٢٤٢٤٢٤٢٤٢", "exp_month": 12, "exp_year": 2031}, "invalid_card_number"),
+        ({"number": "4242_4242_4242_4242", "exp_month": 12, "exp_year": 2031}, "invalid_card_number"),
+        ({"number": VISA, "exp_month": 12, "exp_year": 2020}, "invalid_expiry"),
+        ({"number": VISA, "exp_month": 0, "exp_year": 2031}, "invalid_expiry"),
+        ({"number": VISA, "exp_month": 12, "exp_year": 2031, "cvc": "12"}, "invalid_cvc"),
+        ({"number": VISA, "exp_month": "12", "exp_year": 2031}, "invalid_request"),
+        ({"exp_month": 12, "exp_year": 2031}, "invalid_request"),
+    ],
+)
+async def test_invalid_cards_get_422_with_a_stable_code_and_no_echo(
+    gateway: Gateway, card: dict[str, Any], code: str
+) -> None:
+    status, headers, body = await _post(gateway, "/v1/tokens", {"card": card})
+    assert status == 422, body
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert body["code"] == code
+    assert body["status"] == 422 and body["errors"]
+    text = json.dumps(body)
+    if "number" in card:
+        assert card["number"] not in text
+
+
+async def test_unknown_fields_are_rejected(gateway: Gateway) -> None:
+    status, _, body = await _post(gateway, "/v1/tokens", {"card": CARD, "pan": VISA})
+    assert status == 422
+    assert VISA not in json.dumps(body)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b'{"card": ', 400, "malformed_json"),
+        (b'{"card": {"number": NaN}}', 400, "malformed_json"),
+        (b"[" * 5000 + b"]" * 5000, 400, "malformed_json"),
+        (b"[]", 422, "invalid_request"),
+    ],
+)
+async def test_malformed_bodies(gateway: Gateway, raw: bytes, status: int, code: str) -> None:
+    resp = await gateway.client.post(
+        "/v1/tokens",
+        data=raw,
+        headers={**gateway.auth, "Content-Type": "application/json"},
+    )
+    assert resp.status == status
+    assert (await resp.json())["code"] == code
+
+
+async def test_wrong_content_type_is_415(gateway: Gateway) -> None:
+    resp = await gateway.client.post(
+        "/v1/tokens", data=json.dumps({"card": CARD}), headers={**gateway.auth, "Content-Type": "text/plain"}
+    )
+    assert resp.status == 415
+    assert (await resp.json())["code"] == "unsupported_media_type"
+
+
+async def test_body_over_the_limit_is_413(make_gateway: Any) -> None:
+    gw = await make_gateway(server={"client_max_size": 4096})
+    payload = {"card": {**CARD, "holder_name": "x" * 5000}}
+    resp = await gw.client.post("/v1/tokens", json=payload, headers=gw.auth)
+    assert resp.status == 413
+    assert (await resp.json())["code"] == "payload_too_large"
+
+
+async def test_too_many_headers_is_400(gateway: Gateway) -> None:
+    headers = {**gateway.auth, **{f"X-Filler-{i}": "x" for i in range(200)}}
+    resp = await gateway.client.get("/healthz", headers=headers)
+    assert resp.status == 400
+
+
+async def test_too_long_header_is_rejected(gateway: Gateway) -> None:
+    resp = await gateway.client.get("/healthz", headers={"X-Long": "x" * 20_000})
+    assert resp.status in (400, 431)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer tsk_" + "A" * 40}, {"Authorization": "Basic abc"}],
+)
+async def test_requests_without_a_valid_key_are_401(gateway: Gateway, headers: dict[str, str]) -> None:
+    resp = await gateway.client.post("/v1/tokens", json={"card": CARD}, headers=headers)
+    assert resp.status == 401
+    body = await resp.json()
+    assert body["code"] == "unauthorized"
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_revoked_key_is_401(gateway: Gateway) -> None:
+    assert (await _post(gateway, "/v1/tokens", {"card": CARD}))[0] == 201
+    assert await gateway.resources.merchants.revoke_key(gateway.api_key)
+    assert (await _post(gateway, "/v1/tokens", {"card": CARD}))[0] == 401
+
+
+async def test_api_keys_are_stored_hashed(gateway: Gateway) -> None:
+    rows = await gateway.resources.db.fetchall("SELECT * FROM api_keys")
+    assert rows and gateway.api_key not in json.dumps(rows, default=str)
+
+
+async def test_repeated_auth_failures_are_rate_limited(make_gateway: Any) -> None:
+    gw = await make_gateway(auth={"failure_limit": 3, "failure_window_seconds": 60})
+    bad = {"Authorization": "Bearer nope"}
+    statuses = [
+        (await gw.client.get("/v1/tokens/tok_x", headers=bad)).status for _ in range(5)
+    ]
+    assert statuses[:3] == [401, 401, 401]
+    assert statuses[3:] == [429, 429]
+    resp = await gw.client.get("/v1/tokens/tok_x", headers=gw.auth)
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+
+
+async def test_health_ready_and_metrics(gateway: Gateway) -> None:
+    assert (await gateway.client.get("/healthz")).status == 200
+    resp = await gateway.client.get("/readyz")
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["checks"] == {"vault": "ok", "database": "ok"}
+    await _post(gateway, "/v1/tokens", {"card": CARD})
+    text = await (await gateway.client.get("/metrics")).text()
+    assert "tessera_http_requests_total" in text
+    assert 'tessera_tokens_created_total{format="opaque"} 1.0' in text
+
+
+async def test_unknown_route_is_problem_json(gateway: Gateway) -> None:
+    resp = await gateway.client.get("/nope")
+    assert resp.status == 404
+    assert resp.headers["Content-Type"].startswith("application/problem+json")

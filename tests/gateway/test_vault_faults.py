@@ -1,0 +1,69 @@
+"""Vault faults seen from the API (RELIABILITY 20, 21): clean 503s, nothing stored."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from vault.devserver import DevServer
+from vault.provisioning import provision
+
+CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031}
+
+
+@pytest.fixture
+def own_bao() -> Iterator[DevServer]:
+    """A dev server of this test's own, so stopping or sealing it harms nobody else."""
+    with DevServer() as bao:
+        provision(bao.addr, bao.root_token)
+        yield bao
+
+
+async def _token_rows(gw: Any) -> int:
+    return int(await gw.resources.db.fetchval("SELECT count(*) FROM tokens"))
+
+
+async def test_vault_down_gives_fast_503_with_retry_after_and_stores_nothing(
+    make_gateway: Any, own_bao: DevServer
+) -> None:
+    gw = await make_gateway(vault_addr=own_bao.addr, root_token=own_bao.root_token)
+    resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
+    assert resp.status == 201
+    before = await _token_rows(gw)
+
+    own_bao.stop()
+    started = time.monotonic()
+    resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
+    elapsed = time.monotonic() - started
+    body = await resp.json()
+    assert resp.status == 503, body
+    assert body["code"] == "vault_unavailable"
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert elapsed < 1.0
+    assert await _token_rows(gw) == before
+
+    resp = await gw.client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["checks"]["vault"] == "unreachable"
+
+
+async def test_sealed_vault_gives_503_and_not_ready(make_gateway: Any, own_bao: DevServer) -> None:
+    gw = await make_gateway(vault_addr=own_bao.addr, root_token=own_bao.root_token)
+    own_bao.seal()
+    try:
+        resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
+        body = await resp.json()
+        assert resp.status == 503, body
+        assert body["code"] == "vault_sealed"
+        assert "Retry-After" in resp.headers
+        ready = await gw.client.get("/readyz")
+        assert ready.status == 503
+        assert (await ready.json())["checks"]["vault"] == "sealed"
+        assert await _token_rows(gw) == 0
+    finally:
+        own_bao.unseal()
+    resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
+    assert resp.status == 201
