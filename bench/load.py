@@ -1,0 +1,143 @@
+"""Load-generation helpers shared by the benchmarks: wrk on loopback, process RSS, machine facts.
+
+Every run is bounded in time and sends traffic to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+_LATENCY_RE = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_RPS_RE = re.compile(r"Requests/sec:\s+([\d.]+)")
+_NON2XX_RE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_ERRORS_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+
+
+@dataclass
+class LoadResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+    def row(self, label: str, unit: str = "req/s", scale: float = 1.0) -> str:
+        return (
+            f"{label:<44} {self.rps * scale:>10,.0f} {unit:<8} p50 {self.p50_ms:>7.2f} ms  "
+            f"p99 {self.p99_ms:>7.2f} ms  errors {self.non_2xx + self.socket_errors}"
+        )
+
+
+def machine_facts() -> str:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    cores = os.cpu_count()
+    return f"commit {commit or 'unknown'}, {cores} cores, OpenBao dev server on this machine"
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready in {timeout} s")
+
+
+def wrk_post(
+    url: str,
+    body: dict[str, object],
+    *,
+    headers: dict[str, str],
+    connections: int,
+    duration: float,
+    threads: int = 2,
+) -> LoadResult:
+    if not url.startswith("http://127.0.0.1"):
+        raise ValueError("benchmarks send traffic to 127.0.0.1 only")
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk is needed for the benchmarks: apt-get install wrk")
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(json.dumps(body))}"]
+    for name, value in {"Content-Type": "application/json", **headers}.items():
+        lines.append(f'wrk.headers["{name}"] = "{value}"')
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write("\n".join(lines) + "\n")
+    try:
+        out = subprocess.run(
+            [
+                wrk,
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{duration}s",
+                "--latency",
+                "-s",
+                script.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 30,
+            check=True,
+        ).stdout
+    finally:
+        Path(script.name).unlink(missing_ok=True)
+    lat = {m.group(1): _ms(float(m.group(2)), m.group(3)) for m in _LATENCY_RE.finditer(out)}
+    errors = _ERRORS_RE.search(out)
+    non2xx = _NON2XX_RE.search(out)
+    rps = _RPS_RE.search(out)
+    return LoadResult(
+        rps=float(rps.group(1)) if rps else 0.0,
+        p50_ms=lat.get("50", float("nan")),
+        p99_ms=lat.get("99", float("nan")),
+        non_2xx=int(non2xx.group(1)) if non2xx else 0,
+        socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
+    )
+
+
+def _ms(value: float, unit: str) -> float:
+    return {"us": value / 1000, "ms": value, "s": value * 1000}[unit]
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(parents.get(pid, []))
+    return out
+
+
+def peak_rss_mb(pids: list[int]) -> float:
+    """The largest VmHWM (peak resident set) among ``pids``, in MB."""
+    peak = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            continue
+    return peak / 1024
