@@ -5,6 +5,7 @@ No I/O and no imports of other Tessera packages: every other package imports thi
 """
 
 from normalization.cards import (
+    MAX_EXPIRY_YEARS,
     CardBrand,
     card_bin,
     card_brand,
@@ -68,12 +69,19 @@ from normalization.methods import (
     validate_aba_routing_number,
     validate_iban,
 )
-from normalization.money import MAX_AMOUNT_MINOR, Money, currency_exponent, known_currencies
+from normalization.money import (
+    MAX_AMOUNT_MINOR,
+    MAX_PROVIDER_EXPONENT,
+    Money,
+    currency_exponent,
+    known_currencies,
+)
 from normalization.requests import (
     AuthorizeRequest,
     CaptureRequest,
     ConsentRequest,
     DebitRequest,
+    Metadata,
     OperationRequest,
     PayoutRequest,
     RefundRequest,
@@ -91,12 +99,22 @@ from normalization.results import (
     PaymentStatus,
 )
 from normalization.secrets import CardNumber, CardSecurityCode, SecretDigits
-from normalization.validation import DOMAIN_MODEL_CONFIG, pydantic_error, reraise_for_pydantic
+from normalization.validation import (
+    DOMAIN_MODEL_CONFIG,
+    DomainModel,
+    input_free_error,
+    pydantic_error,
+    reraise_for_pydantic,
+    scrub_validation_error,
+    scrubbing_validator,
+)
 
 __all__ = [
     "DOMAIN_MODEL_CONFIG",
     "FINAL_STATUSES",
     "MAX_AMOUNT_MINOR",
+    "MAX_EXPIRY_YEARS",
+    "MAX_PROVIDER_EXPONENT",
     "AccountIdentifier",
     "AuthorizeRequest",
     "BankAccountMethod",
@@ -119,6 +137,7 @@ __all__ = [
     "DebitRequest",
     "Decline",
     "DeclineCode",
+    "DomainModel",
     "IllegalTransitionError",
     "InvalidAmountError",
     "InvalidBankAccountError",
@@ -127,6 +146,7 @@ __all__ = [
     "InvalidExpiryError",
     "InvalidRequestError",
     "InvalidSecurityCodeError",
+    "Metadata",
     "Money",
     "NextAction",
     "NotFoundError",
@@ -165,12 +185,15 @@ __all__ = [
     "card_brand",
     "card_last4",
     "currency_exponent",
+    "input_free_error",
     "is_valid_pan",
     "known_currencies",
     "luhn_valid",
     "mask_pan",
     "pydantic_error",
     "reraise_for_pydantic",
+    "scrub_validation_error",
+    "scrubbing_validator",
     "transition",
     "validate_aba_routing_number",
     "validate_cvc",

@@ -57,8 +57,9 @@ class CardBrand(StrEnum):
 
 
 # (prefix length, low, high, brand), most specific first: the first match wins.
+# 622126-622925 is not special-cased: those are UnionPay cards that Discover's network also
+# accepts (a routing fact for connectors), and their brand is UnionPay like the rest of 62.
 _IIN_RANGES: tuple[tuple[int, int, int, CardBrand], ...] = (
-    (6, 622126, 622925, CardBrand.DISCOVER),  # Discover/UnionPay co-badged range
     (4, 2221, 2720, CardBrand.MASTERCARD),
     (4, 3528, 3589, CardBrand.JCB),
     (4, 3095, 3095, CardBrand.DINERS),

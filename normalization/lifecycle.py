@@ -4,7 +4,14 @@
 ``IllegalTransitionError`` (capture after void, capture above the authorized amount, refund above
 the captured amount, anything after a final status, ...). The gateway runs every persisted change
 through it, so a provider's webhook and a sync that report the same fact converge, and a
-duplicate event changes nothing twice (``Observed`` events for the current status are no-ops).
+duplicate event changes nothing twice (``Observe`` events for the current status are no-ops).
+
+Commands (``Capture``, ``Void``, ``Refund``) carry amounts and are applied when the provider
+confirms them. ``Observe`` is a status reported by the provider (first answer, sync, webhook).
+Any whole-payment move a command can make, ``Observe`` can make too, because a command whose
+outcome was ``unknown`` is settled by a later sync or webhook that only reports the status:
+an authorized payment observed ``captured`` or ``voided``, a captured one observed
+``refunded``. Partial statuses carry amounts and are only reached through commands.
 """
 
 from __future__ import annotations
@@ -33,19 +40,25 @@ __all__ = [
 
 S = PaymentStatus
 
-#: Statuses the first connector answer (or a later sync/webhook) may put a payment into, from a
-#: status that is not yet settled. ``None`` is a payment no connector has answered for yet.
+_FIRST_ANSWERS = frozenset(
+    {S.REQUIRES_ACTION, S.PENDING, S.AUTHORIZED, S.CAPTURED, S.DECLINED, S.FAILED, S.UNKNOWN}
+)
+
+#: Statuses a provider may report (``Observe``) from each status. ``None`` is a payment no
+#: connector has answered for yet. Observing the current status is always a no-op.
 _OBSERVABLE_FROM: dict[PaymentStatus | None, frozenset[PaymentStatus]] = {
-    None: frozenset(
-        {S.REQUIRES_ACTION, S.PENDING, S.AUTHORIZED, S.CAPTURED, S.DECLINED, S.FAILED, S.UNKNOWN}
-    ),
-    S.UNKNOWN: frozenset(
-        {S.REQUIRES_ACTION, S.PENDING, S.AUTHORIZED, S.CAPTURED, S.DECLINED, S.FAILED, S.UNKNOWN}
-    ),
-    S.REQUIRES_ACTION: frozenset(
-        {S.REQUIRES_ACTION, S.PENDING, S.AUTHORIZED, S.CAPTURED, S.DECLINED, S.FAILED, S.UNKNOWN}
-    ),
-    S.PENDING: frozenset({S.PENDING, S.AUTHORIZED, S.CAPTURED, S.DECLINED, S.FAILED}),
+    None: _FIRST_ANSWERS,
+    # An authorization whose outcome was unknown may also have been reversed by the provider
+    # (timeout reversal); a payment awaiting the customer or the provider may be cancelled.
+    S.UNKNOWN: _FIRST_ANSWERS | {S.VOIDED},
+    S.REQUIRES_ACTION: _FIRST_ANSWERS | {S.VOIDED},
+    S.PENDING: frozenset({S.PENDING, S.AUTHORIZED, S.CAPTURED, S.DECLINED, S.FAILED, S.VOIDED}),
+    # Settling a capture, void or refund whose outcome was unknown, or one made outside
+    # Tessera (provider dashboard, authorization expiry).
+    S.AUTHORIZED: frozenset({S.CAPTURED, S.VOIDED}),
+    S.PARTIALLY_CAPTURED: frozenset({S.CAPTURED, S.REFUNDED}),
+    S.CAPTURED: frozenset({S.REFUNDED}),
+    S.PARTIALLY_REFUNDED: frozenset({S.REFUNDED}),
 }
 
 _CAPTURABLE = frozenset({S.AUTHORIZED, S.PARTIALLY_CAPTURED})
@@ -168,5 +181,10 @@ def _observe(state: PaymentState, status: PaymentStatus) -> PaymentState:
             f"A payment cannot go from {state.status or 'new'} to {status.value}."
         )
     if status is S.CAPTURED:
-        return replace(state, status=status, captured=state.amount.value)
+        # Nothing captured yet: the whole amount. After a partial capture the provider closed
+        # the capture; Tessera keeps the figure it knows (a bigger one arrives as a Capture).
+        captured = state.captured or state.amount.value
+        return replace(state, status=status, captured=captured)
+    if status is S.REFUNDED:
+        return replace(state, status=status, refunded=state.captured)
     return replace(state, status=status)

@@ -15,15 +15,15 @@ from datetime import date
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictInt, WrapValidator, field_validator, model_validator
 from schwifty import BIC, IBAN
 from schwifty.exceptions import SchwiftyException
 from stdnum.us import rtn
 
-from normalization.cards import validate_expiry
-from normalization.errors import InvalidBankAccountError, InvalidRequestError
+from normalization.cards import luhn_valid, validate_expiry
+from normalization.errors import InvalidBankAccountError, InvalidCardError, InvalidRequestError
 from normalization.secrets import CardNumber, CardSecurityCode
-from normalization.validation import DOMAIN_MODEL_CONFIG, reraise_for_pydantic
+from normalization.validation import DomainModel, reraise_for_pydantic, scrubbing_validator
 
 __all__ = [
     "AccountIdentifier",
@@ -40,7 +40,10 @@ __all__ = [
 ]
 
 _TOKEN_RE = re.compile(r"(tok_[A-Za-z0-9]{16,64}|[0-9]{12,19})", re.ASCII)
+_ROUTING_NUMBER_RE = re.compile(r"[0-9]{9}", re.ASCII)
 _ACCOUNT_NUMBER_RE = re.compile(r"[0-9]{4,17}", re.ASCII)
+_ANY_DIGIT_RE = re.compile(r"\d")  # any script: a PAN in Arabic-Indic digits is still a PAN
+_MIN_PAN_LENGTH = 12
 
 
 class PaymentMethodType(StrEnum):
@@ -49,16 +52,24 @@ class PaymentMethodType(StrEnum):
     OPEN_BANKING = "open_banking"
 
 
-class CardData(BaseModel):
+class CardData(DomainModel):
     """Inline card data. ``number`` and ``cvc`` are secret types; only a mask is ever shown."""
-
-    model_config = DOMAIN_MODEL_CONFIG
 
     number: CardNumber
     exp_month: StrictInt
     exp_year: StrictInt
     cvc: CardSecurityCode | None = None
     holder_name: Annotated[str | None, Field(max_length=200)] = None
+
+    @field_validator("holder_name")
+    @classmethod
+    @reraise_for_pydantic
+    def _check_holder_name(cls, value: str | None) -> str | None:
+        # A name holds no card number; one typed into the wrong field would otherwise be shown
+        # in clear by every repr, log line and serialization of this model.
+        if value is not None and len(_ANY_DIGIT_RE.findall(value)) >= _MIN_PAN_LENGTH:
+            raise InvalidCardError("holder_name must not contain a card number.")
+        return value
 
     @model_validator(mode="after")
     @reraise_for_pydantic
@@ -70,10 +81,8 @@ class CardData(BaseModel):
         return (self.exp_year, self.exp_month) < (today.year, today.month)
 
 
-class CardMethod(BaseModel):
+class CardMethod(DomainModel):
     """A card, by token (the normal case) or inline (tokenized by the gateway on the fly)."""
-
-    model_config = DOMAIN_MODEL_CONFIG
 
     type: Literal["card"] = "card"
     token: str | None = None
@@ -83,8 +92,17 @@ class CardMethod(BaseModel):
     @classmethod
     @reraise_for_pydantic
     def _check_token(cls, value: str | None) -> str | None:
-        if value is not None and _TOKEN_RE.fullmatch(value) is None:
+        if value is None:
+            return None
+        if _TOKEN_RE.fullmatch(value) is None:
             raise InvalidRequestError("token must be a Tessera token such as 'tok_...'.")
+        # Numeric (format-preserving) tokens are made to fail Luhn so that they can never be
+        # mistaken for a PAN; a Luhn-valid number here is a card number in the wrong field,
+        # and accepting it would put it into every repr and log line of this model.
+        if value.isdigit() and luhn_valid(value):
+            raise InvalidRequestError(
+                "token looks like a card number; send card data as 'card', not 'token'."
+            )
         return value
 
     @model_validator(mode="after")
@@ -110,15 +128,17 @@ def validate_iban(value: str) -> str:
 
 def validate_aba_routing_number(value: str) -> str:
     """Return a 9-digit ABA routing number whose check digit is right, or raise."""
-    if not (value.isascii() and rtn.is_valid(value)):
+    if (
+        not isinstance(value, str)
+        or _ROUTING_NUMBER_RE.fullmatch(value) is None
+        or not rtn.is_valid(value)
+    ):
         raise InvalidBankAccountError("The ABA routing number is invalid (9 digits, check digit).")
     return value
 
 
-class BankAccountMethod(BaseModel):
+class BankAccountMethod(DomainModel):
     """A bank account: IBAN (+ optional BIC) or US routing number + account number + type."""
-
-    model_config = DOMAIN_MODEL_CONFIG
 
     type: Literal["bank_account"] = "bank_account"
     holder_name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -190,20 +210,16 @@ class OpenBankingScheme(StrEnum):
     BERLIN_GROUP = "berlin_group"
 
 
-class AccountIdentifier(BaseModel):
+class AccountIdentifier(DomainModel):
     """An account as open-banking APIs name it (e.g. ``UK.OBIE.SortCodeAccountNumber``)."""
-
-    model_config = DOMAIN_MODEL_CONFIG
 
     scheme_name: Annotated[str, Field(min_length=1, max_length=40)]
     identification: Annotated[str, Field(min_length=1, max_length=256)]
     name: Annotated[str | None, Field(max_length=350)] = None
 
 
-class OpenBankingMethod(BaseModel):
+class OpenBankingMethod(DomainModel):
     """The payer in an open-banking payment initiation."""
-
-    model_config = DOMAIN_MODEL_CONFIG
 
     type: Literal["open_banking"] = "open_banking"
     scheme: OpenBankingScheme = OpenBankingScheme.UK_OPEN_BANKING
@@ -213,5 +229,8 @@ class OpenBankingMethod(BaseModel):
 
 
 PaymentMethod = Annotated[
-    CardMethod | BankAccountMethod | OpenBankingMethod, Field(discriminator="type")
+    CardMethod | BankAccountMethod | OpenBankingMethod,
+    Field(discriminator="type"),
+    WrapValidator(scrubbing_validator),
 ]
+"""Any payment method, chosen by ``type``; validation errors never carry the input."""

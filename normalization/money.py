@@ -17,10 +17,11 @@ from iso4217 import Currency
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from normalization.errors import CurrencyMismatchError, InvalidAmountError, UnknownCurrencyError
-from normalization.validation import reraise_for_pydantic
+from normalization.validation import DomainModel, reraise_for_pydantic
 
 __all__ = [
     "MAX_AMOUNT_MINOR",
+    "MAX_PROVIDER_EXPONENT",
     "Money",
     "currency_exponent",
     "known_currencies",
@@ -32,12 +33,13 @@ MAX_AMOUNT_MINOR = 2**53 - 1
 
 # ISO 4217 codes with a defined exponent. Funds codes like XAU (gold) or XDR have none: nobody
 # pays in them, so they are unknown here.
-_EXPONENTS: dict[str, int] = {
-    c.code: c.exponent
-    for c in Currency
-    if c.exponent is not None
-}
+_EXPONENTS: dict[str, int] = {c.code: c.exponent for c in Currency if c.exponent is not None}
 _MAJOR_RE = re.compile(r"(?P<int>[0-9]+)(?:\.(?P<frac>[0-9]+))?", re.ASCII)
+# Only something shaped like a currency code is echoed back in an error: the value could be
+# anything, a card number included.
+_ECHOABLE_CODE_RE = re.compile(r"[A-Za-z]{1,8}", re.ASCII)
+#: Provider exponents Tessera converts to and from (ISO uses 0-4; nobody needs more than 18).
+MAX_PROVIDER_EXPONENT = 18
 
 
 def _pow10(n: int) -> int:
@@ -56,13 +58,26 @@ def currency_exponent(currency: str) -> int:
         return _EXPONENTS[currency]
     except (KeyError, TypeError):
         raise UnknownCurrencyError(
-            f"Unknown currency {_printable(currency)}: expected an ISO 4217 code such as EUR."
+            f"Unknown currency{_printable(currency)}: expected an ISO 4217 code such as EUR."
         ) from None
 
 
 def _printable(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 12 else text[:9] + "..."
+    if isinstance(value, str) and _ECHOABLE_CODE_RE.fullmatch(value):
+        return f" {value!r}"
+    return ""
+
+
+def _check_exponent(exponent: object) -> int:
+    if (
+        isinstance(exponent, bool)
+        or not isinstance(exponent, int)
+        or not 0 <= exponent <= MAX_PROVIDER_EXPONENT
+    ):
+        raise InvalidAmountError(
+            f"A provider exponent is an integer from 0 to {MAX_PROVIDER_EXPONENT}."
+        )
+    return exponent
 
 
 def _check_amount(value: object) -> int:
@@ -80,7 +95,7 @@ def _check_amount(value: object) -> int:
 
 
 @total_ordering
-class Money(BaseModel):
+class Money(DomainModel):
     """An exact amount: ``value`` in minor units (cents, yen, fils) and a currency code.
 
     On the wire it is ``{"value": 1050, "currency": "EUR"}``.
@@ -92,7 +107,8 @@ class Money(BaseModel):
     currency: Annotated[str, Field(description="ISO 4217 alphabetic code.")]
 
     def __init__(self, value: int, currency: str, **kwargs: Any) -> None:
-        super().__init__(value=value, currency=currency, **kwargs)
+        # BaseModel's own __init__ (DomainModel adds none): it takes the fields as keywords.
+        BaseModel.__init__(self, value=value, currency=currency, **kwargs)
 
     @field_validator("value", mode="before")
     @classmethod
@@ -145,12 +161,16 @@ class Money(BaseModel):
             raise InvalidAmountError(
                 "The amount must be a plain non-negative decimal such as '10.50'."
             )
+        whole = match["int"].lstrip("0")
+        if len(whole) > len(str(MAX_AMOUNT_MINOR)):
+            # int() refuses strings over 4,300 digits with a ValueError; fail before, cleanly.
+            raise InvalidAmountError(f"Amounts cannot exceed {MAX_AMOUNT_MINOR} minor units.")
         frac = (match["frac"] or "").rstrip("0")
         if len(frac) > exponent:
             raise InvalidAmountError(
                 f"{currency} has {exponent} decimal places; the amount has more."
             )
-        minor = int(match["int"]) * _pow10(exponent) + int(frac.ljust(exponent, "0") or "0")
+        minor = int(whole or "0") * _pow10(exponent) + int(frac.ljust(exponent, "0") or "0")
         return cls.of(minor, currency)
 
     @classmethod
@@ -158,6 +178,7 @@ class Money(BaseModel):
         """Read a provider's minor-unit integer expressed with the provider's ``exponent``."""
         iso = currency_exponent(currency)
         _check_amount(value)
+        _check_exponent(exponent)
         if exponent >= iso:
             factor = _pow10(exponent - iso)
             if value % factor:
@@ -195,7 +216,10 @@ class Money(BaseModel):
         can only receive amounts that are exact in its representation; anything else raises.
         """
         iso = self.exponent
-        if exponent is None or exponent == iso:
+        if exponent is None:
+            return self.value
+        _check_exponent(exponent)
+        if exponent == iso:
             return self.value
         if exponent > iso:
             return self.value * _pow10(exponent - iso)
@@ -215,17 +239,23 @@ class Money(BaseModel):
                 f"Cannot combine {self.currency} and {other.currency} amounts."
             )
 
-    def __add__(self, other: Money) -> Money:
+    def __add__(self, other: object) -> Money:
+        if not isinstance(other, Money):
+            return NotImplemented
         self._same_currency(other)
         return Money.of(self.value + other.value, self.currency)
 
-    def __sub__(self, other: Money) -> Money:
+    def __sub__(self, other: object) -> Money:
+        if not isinstance(other, Money):
+            return NotImplemented
         self._same_currency(other)
         if other.value > self.value:
             raise InvalidAmountError("The result would be negative.")
         return Money.of(self.value - other.value, self.currency)
 
-    def __lt__(self, other: Money) -> bool:
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, Money):
+            return NotImplemented
         self._same_currency(other)
         return self.value < other.value
 

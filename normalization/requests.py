@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
+from normalization.errors import InvalidAmountError
 from normalization.methods import BankAccountMethod, OpenBankingMethod, PaymentMethod
-from normalization.money import Money
-from normalization.validation import DOMAIN_MODEL_CONFIG
+from normalization.money import Money, currency_exponent
+from normalization.validation import DomainModel, reraise_for_pydantic
 
 __all__ = [
     "AuthorizeRequest",
@@ -37,10 +38,28 @@ IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 Url = Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2048)]
 
 
-class OperationRequest(BaseModel):
-    """Fields every operation shares."""
+@reraise_for_pydantic
+def _positive(amount: Money) -> Money:
+    if amount.value <= 0:
+        raise InvalidAmountError(
+            "The amount must be greater than zero (use a verify request for zero-amount checks)."
+        )
+    return amount
 
-    model_config = DOMAIN_MODEL_CONFIG
+
+@reraise_for_pydantic
+def _known_currency(currency: str) -> str:
+    currency_exponent(currency)
+    return currency
+
+
+#: An amount that moves money: at least one minor unit.
+PositiveMoney = Annotated[Money, AfterValidator(_positive)]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$"), AfterValidator(_known_currency)]
+
+
+class OperationRequest(DomainModel):
+    """Fields every operation shares."""
 
     reference: Reference | None = None
     idempotency_key: IdempotencyKey | None = None
@@ -50,7 +69,7 @@ class OperationRequest(BaseModel):
 class AuthorizeRequest(OperationRequest):
     """Authorize, or purchase when ``capture`` is true."""
 
-    amount: Money
+    amount: PositiveMoney
     payment_method: PaymentMethod
     capture: bool = False
     return_url: Url | None = None
@@ -66,7 +85,7 @@ class _FollowUp(OperationRequest):
 
 
 class CaptureRequest(_FollowUp):
-    amount: Money
+    amount: PositiveMoney
     final: bool = True
 
 
@@ -75,7 +94,7 @@ class VoidRequest(_FollowUp):
 
 
 class RefundRequest(_FollowUp):
-    amount: Money
+    amount: PositiveMoney
     reason: Annotated[str | None, Field(max_length=200)] = None
 
 
@@ -87,13 +106,13 @@ class VerifyRequest(OperationRequest):
     """Zero-amount account/card verification."""
 
     payment_method: PaymentMethod
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    currency: CurrencyCode
 
 
 class PayoutRequest(OperationRequest):
     """Credit transfer to a bank account (bank rails)."""
 
-    amount: Money
+    amount: PositiveMoney
     destination: BankAccountMethod
     description: Annotated[str | None, Field(max_length=140)] = None
 
@@ -101,7 +120,7 @@ class PayoutRequest(OperationRequest):
 class DebitRequest(OperationRequest):
     """Pull funds from a bank account (bank rails, e.g. ACH debit)."""
 
-    amount: Money
+    amount: PositiveMoney
     source: BankAccountMethod
     description: Annotated[str | None, Field(max_length=140)] = None
 
@@ -109,6 +128,6 @@ class DebitRequest(OperationRequest):
 class ConsentRequest(OperationRequest):
     """Create an open-banking payment consent; the customer then authorizes it at the bank."""
 
-    amount: Money
+    amount: PositiveMoney
     payer: OpenBankingMethod
     return_url: Url

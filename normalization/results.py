@@ -13,11 +13,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from normalization.errors import InvalidRequestError
 from normalization.money import Money
-from normalization.validation import DOMAIN_MODEL_CONFIG, reraise_for_pydantic
+from normalization.validation import DomainModel, reraise_for_pydantic
 
 __all__ = [
     "FINAL_STATUSES",
@@ -84,20 +84,16 @@ class DeclineCode(StrEnum):
     PROCESSING_ERROR = "processing_error"
 
 
-class Decline(BaseModel):
+class Decline(DomainModel):
     """Why a provider refused: a normalized code, a message, and the provider's raw code."""
-
-    model_config = DOMAIN_MODEL_CONFIG
 
     code: DeclineCode
     message: Annotated[str, Field(max_length=500)] = ""
     provider_code: Annotated[str | None, Field(max_length=100)] = None
 
 
-class NextAction(BaseModel):
+class NextAction(DomainModel):
     """What the customer must do next (3-D Secure, bank consent): follow a redirect."""
-
-    model_config = DOMAIN_MODEL_CONFIG
 
     type: Literal["redirect"] = "redirect"
     url: Annotated[str, Field(pattern=r"^https?://", max_length=4096)]
@@ -105,10 +101,8 @@ class NextAction(BaseModel):
     data: dict[str, str] = Field(default_factory=dict)
 
 
-class PaymentResult(BaseModel):
+class PaymentResult(DomainModel):
     """The normalized result of one connector call."""
-
-    model_config = DOMAIN_MODEL_CONFIG
 
     status: PaymentStatus
     outcome: Outcome
@@ -126,15 +120,19 @@ class PaymentResult(BaseModel):
     def _consistent(self) -> Self:
         if self.outcome is Outcome.DECLINED and self.decline is None:
             raise InvalidRequestError("A declined result needs a decline reason.")
+        if self.status is PaymentStatus.DECLINED and self.outcome is not Outcome.DECLINED:
+            raise InvalidRequestError("A declined status comes with the declined outcome.")
         if self.status is PaymentStatus.REQUIRES_ACTION and self.next_action is None:
             raise InvalidRequestError("A requires_action result needs a next_action.")
-        if self.outcome in (Outcome.NOT_SENT, Outcome.UNKNOWN) and self.status not in (
+        if self.outcome is Outcome.NOT_SENT and self.status not in (
             PaymentStatus.UNKNOWN,
             PaymentStatus.FAILED,
         ):
-            raise InvalidRequestError(
-                "not_sent and unknown outcomes carry status 'unknown' or 'failed'."
-            )
+            raise InvalidRequestError("A not_sent outcome carries status 'failed' or 'unknown'.")
+        # 'failed' is final: recording it for a call that may have succeeded would make the
+        # reconciliation that follows an unknown outcome impossible.
+        if self.outcome is Outcome.UNKNOWN and self.status is not PaymentStatus.UNKNOWN:
+            raise InvalidRequestError("An unknown outcome carries status 'unknown'.")
         return self
 
     @classmethod

@@ -9,7 +9,7 @@ Validation failures report a code and a sentence, never the input.
 from __future__ import annotations
 
 import hmac
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, Self
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
@@ -17,7 +17,7 @@ from pydantic_core import core_schema
 
 from normalization.cards import card_bin, card_last4, mask_pan, validate_cvc, validate_pan
 from normalization.errors import TesseraError
-from normalization.validation import pydantic_error
+from normalization.validation import input_free_error
 
 __all__ = ["CardNumber", "CardSecurityCode", "SecretDigits"]
 
@@ -67,6 +67,18 @@ class SecretDigits:
     def __reduce__(self) -> NoReturn:
         raise TypeError(f"{type(self).__name__} cannot be pickled.")
 
+    def __getstate__(self) -> NoReturn:
+        # object.__getstate__ would hand out the raw value of the slot.
+        raise TypeError(f"{type(self).__name__} cannot be pickled.")
+
+    # Immutable: a copy is the same object. Without these, copy.copy, copy.deepcopy and
+    # pydantic's model_copy(deep=True) would fall back to pickling's protocol and fail.
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        return self
+
     @classmethod
     def _from_input(cls, value: object) -> SecretDigits:
         if isinstance(value, cls):
@@ -74,7 +86,7 @@ class SecretDigits:
         try:
             return cls(value)  # type: ignore[arg-type]
         except TesseraError as exc:
-            raise pydantic_error(exc) from None
+            raise input_free_error(exc) from None
 
     @classmethod
     def __get_pydantic_core_schema__(
