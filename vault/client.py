@@ -267,10 +267,20 @@ class VaultClient:
 
     # -- transit, key management ------------------------------------------------------------
 
-    async def transit_create_key(self, key: str, *, key_type: str = "aes256-gcm96") -> None:
-        """Create ``key`` (a no-op if it exists: OpenBao answers 200 for an existing key)."""
+    async def transit_create_key(
+        self, key: str, *, key_type: str = "aes256-gcm96", key_size: int | None = None
+    ) -> None:
+        """Create ``key`` (a no-op if it exists: OpenBao answers 200 for an existing key).
+
+        ``hmac`` keys need a size; it defaults to 32 bytes. Keys are never exportable.
+        """
+        body: dict[str, Any] = {"type": key_type, "exportable": False}
+        if key_size is None and key_type == "hmac":
+            key_size = 32
+        if key_size is not None:
+            body["key_size"] = key_size
         await self._call(
-            "POST", f"/v1/{self._mount_transit}/keys/{_segment(key)}", {"type": key_type}, "create"
+            "POST", f"/v1/{self._mount_transit}/keys/{_segment(key)}", body, "create key"
         )
 
     async def transit_rotate(self, key: str) -> None:
