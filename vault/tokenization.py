@@ -1,0 +1,482 @@
+"""The tokenization service: cards in, tokens out; the only code that asks Vault to decrypt.
+
+Tokenize, for one card (``tokenize``) or a batch (``tokenize_many``)::
+
+    validated CardData
+      -> in one round, concurrently:  transit HMAC of the PAN   (tessera-fp-<tenant>)
+                                      transit encrypt of the card (tessera-pan-<tenant>)
+      -> token id (opaque or numeric) + record (ciphertext, keyed fingerprint, masked metadata)
+      -> one INSERT ... ON CONFLICT DO NOTHING for the whole batch
+      -> CVV, if any, into the in-memory CvvHolder
+
+Dedup is decided by the database, not by a read before the write: with dedup on, the record
+carries a dedup key (format + fingerprint) under a unique index, so concurrent tokenizations of
+one card insert one row; the losers read the winner and return it with ``created=False``. The
+encryption done by a loser is wasted, which is cheaper than a second Vault round trip for everyone
+(hmac, then lookup, then encrypt). A dedup hit whose expiry differs (a re-issued card) refreshes
+the stored expiry and encrypted payload. An expired token holding the dedup key is purged and
+the insert retried.
+
+What is encrypted: the PAN, and the holder name when given (``PAN`` or ``PAN \\n holder name``),
+in one transit ciphertext, so a reveal needs one decrypt and the name never sits in clear next
+to the masked card. Expiry, BIN and last 4 are stored in clear (PCI DSS allows them; the API
+shows them).
+
+Fingerprints are the tenant's transit HMAC of the PAN, published as ``fp_v<N>_<base64url>``
+where ``N`` is the HMAC key version, so a fingerprint says which key made it (see
+``vault.rotation`` for why that key is not rotated with the PAN key).
+
+Failures: a whole Vault call failing raises its ``VaultError`` (the gateway answers 503 with
+Retry-After) and nothing is stored; in a batch, an item Vault refused becomes that item's error.
+Never is a PAN written anywhere as a fallback.
+
+``tokenize_many`` calls the client's batch endpoints directly, in chunks of ``chunk_size`` cards,
+all chunks in flight at once: a 1,000-card request is a handful of HTTP calls instead of 2,000
+batcher items (measured in ``tests/vault/test_tokenization.py::test_batch_throughput``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol, TypeVar
+
+from normalization import (
+    CardData,
+    CardNumber,
+    CardSecurityCode,
+    InvalidRequestError,
+    TesseraError,
+    TokenNotFoundError,
+    VaultError,
+    VaultSealedError,
+    VaultUnavailableError,
+    card_brand,
+)
+from vault.audit import AuditAction, AuditLog
+from vault.clock import Clock, SystemClock
+from vault.cvv import CvvHolder
+from vault.provisioning import fingerprint_key_name, pan_key_name
+from vault.token_store import TokenRecord, TokenStore, key_version_of
+from vault.tokens import TOKEN_FORMATS, TokenFormat, is_token_id, new_token
+
+__all__ = [
+    "MAX_TTL_SECONDS",
+    "RevealedCard",
+    "TokenAllocationError",
+    "TokenizationService",
+    "TransitBatchClient",
+    "TransitItemBatcher",
+    "public_fingerprint",
+]
+
+#: Ten years: a token TTL beyond that is a typo (and would overflow nothing, but helps nobody).
+MAX_TTL_SECONDS = 10 * 366 * 86_400
+_INSERT_ATTEMPTS = 5
+_OUTAGES = (VaultUnavailableError, VaultSealedError)
+
+T = TypeVar("T")
+
+
+class TransitItemBatcher(Protocol):
+    """One item per call, coalesced behind the scenes (``vault.batcher.TransitBatcher``)."""
+
+    async def encrypt(self, key: str, plaintext: bytes) -> str: ...
+
+    async def decrypt(self, key: str, ciphertext: str) -> bytes: ...
+
+    async def hmac(self, key: str, data: bytes) -> str: ...
+
+
+class TransitBatchClient(Protocol):
+    """Whole batches per call (``vault.client.VaultClient``)."""
+
+    async def transit_encrypt(
+        self, key: str, plaintexts: Sequence[bytes]
+    ) -> list[str | VaultError]: ...
+
+    async def transit_hmac(
+        self,
+        key: str,
+        inputs: Sequence[bytes],
+        *,
+        algorithm: str = "sha2-256",
+        key_version: int | None = None,
+    ) -> list[str | VaultError]: ...
+
+
+class TokenAllocationError(TesseraError):
+    """No free token id after several draws (numeric tokens of a crowded BIN + last 4)."""
+
+    code = "token_allocation_failed"
+    default_detail = "No unique token could be allocated; try again."
+
+
+@dataclass(frozen=True, slots=True)
+class RevealedCard:
+    """The card behind a token. ``number`` and ``cvc`` only ever show a mask.
+
+    Field-for-field the SDK's ``RevealedCard``; the gateway adapts one to the other (``vault``
+    may not import ``sdk``).
+    """
+
+    number: CardNumber
+    cvc: CardSecurityCode | None
+    exp_month: int
+    exp_year: int
+    holder_name: str | None = None
+
+
+def public_fingerprint(vault_hmac: str) -> str:
+    """``vault:v1:<base64>`` -> ``fp_v1_<base64url, unpadded>`` (URL- and log-friendly)."""
+    _, version, digest = vault_hmac.split(":", 2)
+    return f"fp_{version}_{digest.translate(_URLSAFE).rstrip('=')}"
+
+
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _payload(pan: str, holder_name: str | None) -> bytes:
+    return (pan if holder_name is None else f"{pan}\n{holder_name}").encode()
+
+
+def _parse_payload(plaintext: bytes) -> tuple[str, str | None]:
+    pan, separator, holder_name = plaintext.decode().partition("\n")
+    return pan, holder_name if separator else None
+
+
+def _check_options(token_format: str, ttl_seconds: int | None) -> None:
+    if token_format not in TOKEN_FORMATS:
+        raise InvalidRequestError("format must be 'opaque' or 'numeric'.")
+    if ttl_seconds is not None and (
+        isinstance(ttl_seconds, bool)
+        or not isinstance(ttl_seconds, int)
+        or not 1 <= ttl_seconds <= MAX_TTL_SECONDS
+    ):
+        raise InvalidRequestError(f"ttl_seconds must be an integer from 1 to {MAX_TTL_SECONDS}.")
+
+
+class TokenizationService:
+    """Tokenize, look up, search, delete, expire and (for egress only) reveal cards."""
+
+    def __init__(
+        self,
+        store: TokenStore,
+        batcher: TransitItemBatcher,
+        *,
+        cvv: CvvHolder,
+        audit: AuditLog,
+        clock: Clock | None = None,
+        client: TransitBatchClient | None = None,
+        chunk_size: int = 250,
+    ) -> None:
+        """``client`` serves ``tokenize_many``; by default the batcher's own client."""
+        self._store = store
+        self._batcher = batcher
+        self._cvv = cvv
+        self._audit = audit
+        self._clock: Clock = clock or SystemClock()
+        batch_client = client if client is not None else getattr(batcher, "client", None)
+        self._client: TransitBatchClient | None = batch_client
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive.")
+        self._chunk_size = chunk_size
+
+    # -- tokenize -------------------------------------------------------------------------------
+
+    async def tokenize(
+        self,
+        tenant: str,
+        card: CardData,
+        *,
+        token_format: TokenFormat = "opaque",  # noqa: S107 - a format name, not a secret
+        ttl_seconds: int | None = None,
+        dedup: bool = False,
+    ) -> tuple[TokenRecord, bool]:
+        """Tokenize one card; return ``(record, created)``.
+
+        ``created`` is False when dedup is on and the tenant already had a live token of this
+        format for the card (that token is returned). Raises ``VaultError`` when Vault fails, in
+        which case nothing was stored.
+        """
+        _check_options(token_format, ttl_seconds)
+        pan = card.number.reveal()
+        fingerprint, ciphertext = await asyncio.gather(
+            self._batcher.hmac(fingerprint_key_name(tenant), pan.encode()),
+            self._batcher.encrypt(pan_key_name(tenant), _payload(pan, card.holder_name)),
+        )
+        now = self._clock.now()
+        record = self._record(tenant, card, pan, fingerprint, ciphertext, now, token_format,
+                              ttl_seconds, dedup)  # fmt: skip
+        (outcome,) = await self._persist(tenant, [record], [pan], now)
+        if isinstance(outcome, TesseraError):
+            raise outcome
+        stored, created = outcome
+        if card.cvc is not None:
+            self._cvv.put(tenant, stored.id, card.cvc)
+        return stored, created
+
+    async def tokenize_many(
+        self,
+        tenant: str,
+        cards: Sequence[CardData],
+        *,
+        token_format: TokenFormat = "opaque",  # noqa: S107 - a format name, not a secret
+        ttl_seconds: int | None = None,
+        dedup: bool = False,
+    ) -> list[TokenRecord | TesseraError]:
+        """Tokenize a batch: one result per card, in order, a ``TesseraError`` for a failed item.
+
+        Cards are validated ``CardData`` already (the gateway reports invalid items itself). An
+        item fails alone when Vault refuses that item; a Vault outage raises for the whole batch,
+        and then nothing is stored. With dedup, an already-known card yields its existing token.
+        """
+        _check_options(token_format, ttl_seconds)
+        if not cards:
+            return []
+        pans = [card.number.reveal() for card in cards]
+        payloads = [_payload(pan, card.holder_name) for pan, card in zip(pans, cards, strict=True)]
+        pan_bytes = [pan.encode() for pan in pans]
+        fingerprints, ciphertexts = await asyncio.gather(
+            self._hmac_many(fingerprint_key_name(tenant), pan_bytes),
+            self._encrypt_many(pan_key_name(tenant), payloads),
+        )
+        now = self._clock.now()
+        results: list[TokenRecord | TesseraError] = []
+        records: list[TokenRecord] = []
+        record_pans: list[str] = []
+        positions: list[int] = []
+        for index, (card, pan, fingerprint, ciphertext) in enumerate(
+            zip(cards, pans, fingerprints, ciphertexts, strict=True)
+        ):
+            if isinstance(fingerprint, VaultError):
+                results.append(fingerprint)
+                continue
+            if isinstance(ciphertext, VaultError):
+                results.append(ciphertext)
+                continue
+            records.append(self._record(tenant, card, pan, fingerprint, ciphertext, now,
+                                        token_format, ttl_seconds, dedup))  # fmt: skip
+            record_pans.append(pan)
+            positions.append(index)
+            results.append(records[-1])  # placeholder, replaced below
+        outcomes = await self._persist(tenant, records, record_pans, now)
+        for index, outcome in zip(positions, outcomes, strict=True):
+            if isinstance(outcome, TesseraError):
+                results[index] = outcome
+                continue
+            stored = outcome[0]
+            results[index] = stored
+            cvc = cards[index].cvc
+            if cvc is not None:
+                self._cvv.put(tenant, stored.id, cvc)
+        return results
+
+    async def fingerprint(self, tenant: str, pan: CardNumber) -> str:
+        """The tenant's keyed fingerprint of ``pan`` (to search tokens by card)."""
+        vault_hmac = await self._batcher.hmac(fingerprint_key_name(tenant), pan.reveal().encode())
+        return public_fingerprint(vault_hmac)
+
+    # -- read, search, delete, expire -------------------------------------------------------------
+
+    async def get(self, tenant: str, token_id: str) -> TokenRecord:
+        """The live token ``token_id`` of ``tenant``; ``TokenNotFoundError`` otherwise."""
+        if not is_token_id(token_id):
+            raise TokenNotFoundError()
+        record = await self._store.get(tenant, token_id)
+        if record is None or record.is_expired(self._clock.now()):
+            raise TokenNotFoundError()
+        return record
+
+    async def find(self, tenant: str, fingerprint: str) -> list[TokenRecord]:
+        """The tenant's live tokens for the card with ``fingerprint``, oldest first."""
+        now = self._clock.now()
+        records = await self._store.find_by_fingerprint(tenant, fingerprint)
+        return [record for record in records if not record.is_expired(now)]
+
+    async def delete(self, tenant: str, token_id: str, *, actor: str) -> None:
+        """Forget a token (and any CVV held for it); audited. ``TokenNotFoundError`` if none."""
+        if not is_token_id(token_id) or not await self._store.delete(tenant, token_id):
+            raise TokenNotFoundError()
+        self._cvv.discard(tenant, token_id)
+        await self._audit.append(
+            actor=actor, action=AuditAction.TOKEN_DELETE, tenant=tenant, target=token_id
+        )
+
+    async def sweep_expired(self) -> int:
+        """Delete every expired token and drop expired CVVs; return how many tokens went."""
+        self._cvv.sweep()
+        return await self._store.delete_expired(self._clock.now())
+
+    # -- reveal (egress only) -------------------------------------------------------------------
+
+    async def reveal(
+        self,
+        tenant: str,
+        token_id: str,
+        *,
+        purpose: str,
+        actor: str,
+        consume_cvc: bool = False,
+    ) -> RevealedCard:
+        """Decrypt the card behind a token, for sending to a provider. Audited before decrypting.
+
+        With ``consume_cvc`` the CVV held for the token (if any, and fresh) is taken: the first
+        authorization gets it, later reveals do not. No public endpoint leads here.
+        """
+        record = await self.get(tenant, token_id)
+        # Recorded before the decrypt: an access that was attempted is never missing from the log.
+        await self._audit.append(
+            actor=actor,
+            action=AuditAction.TOKEN_REVEAL,
+            tenant=tenant,
+            target=token_id,
+            purpose=purpose,
+        )
+        plaintext = await self._batcher.decrypt(pan_key_name(tenant), record.ciphertext)
+        pan, holder_name = _parse_payload(plaintext)
+        cvc = self._cvv.take(tenant, token_id) if consume_cvc else None
+        return RevealedCard(
+            number=CardNumber(pan),
+            cvc=cvc,
+            exp_month=record.exp_month,
+            exp_year=record.exp_year,
+            holder_name=holder_name,
+        )
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _record(
+        self,
+        tenant: str,
+        card: CardData,
+        pan: str,
+        vault_hmac: str,
+        ciphertext: str,
+        now: datetime,
+        token_format: TokenFormat,
+        ttl_seconds: int | None,
+        dedup: bool,
+    ) -> TokenRecord:
+        return TokenRecord(
+            id=new_token(token_format, pan),
+            tenant=tenant,
+            fingerprint=public_fingerprint(vault_hmac),
+            ciphertext=ciphertext,
+            bin=card.number.bin,
+            last4=pan[-4:],
+            brand=card_brand(pan).value,
+            exp_month=card.exp_month,
+            exp_year=card.exp_year,
+            format=token_format,
+            created_at=now,
+            expires_at=None if ttl_seconds is None else now + timedelta(seconds=ttl_seconds),
+            key_version=key_version_of(ciphertext),
+            pan_length=len(pan),
+            dedup=dedup,
+        )
+
+    async def _persist(
+        self, tenant: str, records: Sequence[TokenRecord], pans: Sequence[str], now: datetime
+    ) -> list[tuple[TokenRecord, bool] | TesseraError]:
+        """Insert ``records``, resolving conflicts: dedup hits, expired holders, id collisions."""
+        outcomes: list[tuple[TokenRecord, bool] | TesseraError | None] = [None] * len(records)
+        current = list(records)
+        pending = list(range(len(records)))
+        for _ in range(_INSERT_ATTEMPTS):
+            self._redraw_duplicate_ids(current, pending, pans)
+            inserted = await self._store.insert_many([current[i] for i in pending])
+            conflicted = [i for i in pending if (tenant, current[i].id) not in inserted]
+            for i in pending:
+                if (tenant, current[i].id) in inserted:
+                    outcomes[i] = (current[i], True)
+            if not conflicted:
+                break
+            dedup_keys = [key for i in conflicted if (key := current[i].dedup_key) is not None]
+            holders = await self._store.find_by_dedup_keys(tenant, dedup_keys)
+            expired_keys: list[str] = []
+            pending = []
+            for i in conflicted:
+                record = current[i]
+                holder = holders.get(record.dedup_key) if record.dedup_key else None
+                if holder is None:
+                    # The id was taken (a numeric token's random digits repeated): draw again.
+                    current[i] = dataclasses.replace(record, id=new_token(record.format, pans[i]))
+                    pending.append(i)
+                elif holder.is_expired(now):
+                    expired_keys.append(holder.dedup_key or "")
+                    pending.append(i)
+                else:
+                    outcomes[i] = (await self._refresh_if_renewed(holder, record), False)
+            if expired_keys:
+                await self._store.delete_expired_dedup(tenant, expired_keys, now)
+            if not pending:
+                break
+        return [TokenAllocationError() if outcome is None else outcome for outcome in outcomes]
+
+    async def _refresh_if_renewed(self, holder: TokenRecord, fresh: TokenRecord) -> TokenRecord:
+        """A dedup hit with a different expiry is a re-issued card: take the new expiry."""
+        if (holder.exp_month, holder.exp_year) == (fresh.exp_month, fresh.exp_year):
+            return holder
+        renewed = dataclasses.replace(
+            holder,
+            ciphertext=fresh.ciphertext,
+            key_version=fresh.key_version,
+            exp_month=fresh.exp_month,
+            exp_year=fresh.exp_year,
+        )
+        await self._store.refresh_card(renewed)
+        return renewed
+
+    @staticmethod
+    def _redraw_duplicate_ids(
+        current: list[TokenRecord], pending: Sequence[int], pans: Sequence[str]
+    ) -> None:
+        # Two records of one batch with the same id would both look inserted.
+        seen: set[str] = set()
+        for i in pending:
+            while current[i].id in seen:
+                current[i] = dataclasses.replace(
+                    current[i], id=new_token(current[i].format, pans[i])
+                )
+            seen.add(current[i].id)
+
+    async def _hmac_many(self, key: str, inputs: Sequence[bytes]) -> list[str | VaultError]:
+        if self._client is None:
+            return await self._one_by_one(self._batcher.hmac, key, inputs)
+        return await self._chunked(self._client.transit_hmac, key, inputs)
+
+    async def _encrypt_many(self, key: str, inputs: Sequence[bytes]) -> list[str | VaultError]:
+        if self._client is None:
+            return await self._one_by_one(self._batcher.encrypt, key, inputs)
+        return await self._chunked(self._client.transit_encrypt, key, inputs)
+
+    async def _chunked(
+        self,
+        call: Callable[[str, Sequence[bytes]], Awaitable[list[T | VaultError]]],
+        key: str,
+        inputs: Sequence[bytes],
+    ) -> list[T | VaultError]:
+        size = self._chunk_size
+        chunks = await asyncio.gather(
+            *(call(key, inputs[start : start + size]) for start in range(0, len(inputs), size))
+        )
+        return [item for chunk in chunks for item in chunk]
+
+    @staticmethod
+    async def _one_by_one(
+        call: Callable[[str, bytes], Awaitable[str]], key: str, inputs: Sequence[bytes]
+    ) -> list[str | VaultError]:
+        results = await asyncio.gather(
+            *(call(key, item) for item in inputs), return_exceptions=True
+        )
+        out: list[str | VaultError] = []
+        for result in results:
+            # An outage fails every item alike: it fails the batch, as a client call would.
+            if isinstance(result, _OUTAGES) or not isinstance(result, VaultError | str):
+                raise result
+            out.append(result)
+        return out
