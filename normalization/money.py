@@ -110,6 +110,11 @@ class Money(DomainModel):
         # BaseModel's own __init__ (DomainModel adds none): it takes the fields as keywords.
         BaseModel.__init__(self, value=value, currency=currency, **kwargs)
 
+    # A positional convenience only. Without this mark pydantic treats the __init__ as custom
+    # and calls it for every validation (model_validate, JSON, nested in a request), so a
+    # missing field raised TypeError instead of a ValidationError. RootModel does the same.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     @field_validator("value", mode="before")
     @classmethod
     @reraise_for_pydantic
@@ -177,7 +182,12 @@ class Money(DomainModel):
     def from_provider_minor(cls, value: int, currency: str, exponent: int) -> Self:
         """Read a provider's minor-unit integer expressed with the provider's ``exponent``."""
         iso = currency_exponent(currency)
-        _check_amount(value)
+        # Type and sign only: above the ISO exponent the provider's figure may exceed
+        # MAX_AMOUNT_MINOR while the amount itself does not; Money.of checks the result.
+        if isinstance(value, bool) or not isinstance(value, int):
+            _check_amount(value)
+        if value < 0:
+            raise InvalidAmountError("Amounts cannot be negative.")
         _check_exponent(exponent)
         if exponent >= iso:
             factor = _pow10(exponent - iso)
