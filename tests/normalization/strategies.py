@@ -101,9 +101,10 @@ valid_pans = luhn_valid_digits()
 
 #: Strings close to PANs: mostly digits, some of them look-alikes or separators.
 _NEAR_PAN_CHARS = st.sampled_from(
-    list(ASCII_DIGITS * 6)
-    + [NON_ASCII_DIGIT_SETS["arabic_indic"][3], NON_ASCII_DIGIT_SETS["fullwidth"][7]]
-    + [NON_ASCII_DIGIT_SETS["devanagari"][1], NON_ASCII_DIGIT_SETS["mathematical_bold"][4]]
-    + list(" _-+.\t\n\u00a0\u2007\u200b")
+    [
+        *(ASCII_DIGITS * 6),
+        *(digits[index] for index, digits in enumerate(NON_ASCII_DIGIT_SETS.values())),
+        *" _-+.\t\n\u00a0\u2007\u200b",
+    ]
 )
 near_pans = st.text(alphabet=_NEAR_PAN_CHARS, min_size=10, max_size=21)

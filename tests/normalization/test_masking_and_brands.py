@@ -243,7 +243,7 @@ def oracle_brand(pan: str) -> CardBrand:
         return M
     if pan[:2] in ("34", "37"):
         return A
-    if pan.startswith("6011") or prefix_in(3, 644, 649) or pan.startswith("65"):
+    if pan.startswith(("6011", "65")) or prefix_in(3, 644, 649):
         return D
     if prefix_in(4, 3528, 3589):
         return J
@@ -262,7 +262,7 @@ def test_brand_matches_the_documented_ranges(pan: str) -> None:
     assert card_brand(pan) is oracle_brand(pan)
 
 
-@pytest.mark.parametrize("value", ["", "4", "42", "abcd", "٤٢٤٢٤٢٤٢٤٢٤٢٤٢٤٢", "４２４２４２４２"])
+@pytest.mark.parametrize("value", ["", "4", "42", "abcd", "\u0664\u0662" * 8, "\uff14\uff12" * 4])
 def test_brand_of_garbage_is_safe(value: str) -> None:
     assert card_brand(value) in set(CardBrand)
     if not value.isascii():
