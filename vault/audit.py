@@ -124,7 +124,6 @@ class AuditAction(StrEnum):
     TOKEN_REVEAL = "token.reveal"  # noqa: S105 - an action name, not a credential
     TOKEN_DELETE = "token.delete"  # noqa: S105 - an action name, not a credential
     KEYS_ROTATE = "keys.rotate"
-    KEYS_REFINGERPRINT = "keys.refingerprint"
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,6 @@ from vault.tokens import TokenFormat
 
 __all__ = [
     "CiphertextUpdate",
-    "FingerprintUpdate",
     "PublicCard",
     "PublicToken",
     "RewrapItem",
@@ -247,11 +246,10 @@ def _record(row: Row) -> TokenRecord:
 
 @dataclass(frozen=True, slots=True)
 class RewrapItem:
-    """A stored ciphertext awaiting rewrap (or re-fingerprinting) under a newer key version."""
+    """A stored ciphertext awaiting rewrap under a newer key version."""
 
     id: str
     ciphertext: str = field(repr=False)
-    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,15 +259,6 @@ class CiphertextUpdate:
     id: str
     old: str = field(repr=False)
     new: str = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class FingerprintUpdate:
-    """Replace fingerprint ``old`` by ``new`` for token ``id``, only if it still holds ``old``."""
-
-    id: str
-    old: str
-    new: str
 
 
 class TokenStore:
@@ -404,7 +393,7 @@ class TokenStore:
         Keyset pagination by id: rows the caller fails to rewrap are not seen twice in one pass.
         """
         sql = (
-            "SELECT id, ciphertext, fingerprint FROM vault_tokens WHERE tenant = $1"
+            "SELECT id, ciphertext FROM vault_tokens WHERE tenant = $1"
             " AND key_version < $2 AND id > $3 ORDER BY id LIMIT $4"
         )
         after = ""
@@ -412,36 +401,19 @@ class TokenStore:
             rows = await self._db.fetchall(sql, tenant, below_version, after, batch_size)
             if not rows:
                 return
-            yield [RewrapItem(r["id"], r["ciphertext"], r["fingerprint"]) for r in rows]
+            yield [RewrapItem(r["id"], r["ciphertext"]) for r in rows]
             if len(rows) < batch_size:
                 return
             after = rows[-1]["id"]
 
-    async def iter_for_refingerprint(
-        self, tenant: str, batch_size: int, *, below_version: int
-    ) -> AsyncIterator[list[RewrapItem]]:
-        """Batches of ``tenant``'s tokens whose fingerprint is older than ``below_version``."""
-        after = ""
-        while True:
-            rows = await self._db.fetchall(
-                "SELECT id, ciphertext, fingerprint FROM vault_tokens WHERE tenant = $1"
-                " AND id > $2 ORDER BY id LIMIT $3",
-                tenant,
-                after,
-                batch_size,
-            )
-            if not rows:
-                return
-            stale = [
-                RewrapItem(r["id"], r["ciphertext"], r["fingerprint"])
-                for r in rows
-                if key_version_of(r["fingerprint"]) < below_version
-            ]
-            if stale:
-                yield stale
-            if len(rows) < batch_size:
-                return
-            after = rows[-1]["id"]
+    async def count_below_version(self, tenant: str, version: int) -> int:
+        """How many of ``tenant``'s tokens are encrypted under a key version below ``version``."""
+        count = await self._db.fetchval(
+            "SELECT count(*) FROM vault_tokens WHERE tenant = $1 AND key_version < $2",
+            tenant,
+            version,
+        )
+        return int(count)
 
     async def update_ciphertexts(self, tenant: str, updates: Sequence[CiphertextUpdate]) -> int:
         """Swap rewrapped ciphertexts in, in one statement; return how many rows changed.
@@ -476,41 +448,6 @@ class TokenStore:
                 orjson.dumps(triples).decode(),
             )
         return len(rows)
-
-    async def update_fingerprint(self, tenant: str, update: FingerprintUpdate) -> bool:
-        """Move one token to a new fingerprint, keeping dedup unique.
-
-        If another token of the tenant already holds the new dedup key (a duplicate tokenized
-        while fingerprints were being rotated), this one gives up its dedup slot.
-        """
-        async with self._db.transaction() as tx:
-            row = await tx.fetchone(
-                "SELECT format, dedup_key FROM vault_tokens WHERE tenant = $1 AND id = $2"
-                " AND fingerprint = $3",
-                tenant,
-                update.id,
-                update.old,
-            )
-            if row is None:
-                return False
-            new_dedup_key: str | None = None
-            if row["dedup_key"] is not None:
-                candidate = f"{row['format']}:{update.new}"
-                taken = await tx.fetchval(
-                    "SELECT id FROM vault_tokens WHERE tenant = $1 AND dedup_key = $2",
-                    tenant,
-                    candidate,
-                )
-                new_dedup_key = None if taken is not None else candidate
-            await tx.execute(
-                "UPDATE vault_tokens SET fingerprint = $3, dedup_key = $4"
-                " WHERE tenant = $1 AND id = $2",
-                tenant,
-                update.id,
-                update.new,
-                new_dedup_key,
-            )
-        return True
 
     def _list_param(self, values: Sequence[str]) -> Any:
         return list(values) if self._postgres else orjson.dumps(list(values)).decode()

@@ -30,9 +30,9 @@ Failures: a whole Vault call failing raises its ``VaultError`` (the gateway answ
 Retry-After) and nothing is stored; in a batch, an item Vault refused becomes that item's error.
 Never is a PAN written anywhere as a fallback.
 
-``tokenize_many`` calls the client's batch endpoints directly, in chunks of ``chunk_size`` cards,
-all chunks in flight at once: a 1,000-card request is a handful of HTTP calls instead of 2,000
-batcher items (measured in ``tests/vault/test_tokenization.py::test_batch_throughput``).
+``tokenize_many`` hands whole lists to the batcher (``encrypt_many``/``hmac_many``: chunks of
+``max_items``, at most ``max_in_flight`` calls per lane, shared with concurrent requests), or,
+when a client is given, calls its batch endpoints directly with every chunk in flight at once.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from normalization import (
     TesseraError,
     TokenNotFoundError,
     VaultError,
+    VaultPermissionDeniedError,
     VaultSealedError,
     VaultUnavailableError,
     card_brand,
@@ -76,7 +77,7 @@ __all__ = [
 #: Ten years: a token TTL beyond that is a typo (and would overflow nothing, but helps nobody).
 MAX_TTL_SECONDS = 10 * 366 * 86_400
 _INSERT_ATTEMPTS = 5
-_OUTAGES = (VaultUnavailableError, VaultSealedError)
+_WHOLE_CALL_FAILURES = (VaultUnavailableError, VaultSealedError, VaultPermissionDeniedError)
 
 T = TypeVar("T")
 
@@ -89,6 +90,12 @@ class TransitItemBatcher(Protocol):
     async def decrypt(self, key: str, ciphertext: str) -> bytes: ...
 
     async def hmac(self, key: str, data: bytes) -> str: ...
+
+    async def encrypt_many(
+        self, key: str, plaintexts: Sequence[bytes]
+    ) -> list[str | VaultError]: ...
+
+    async def hmac_many(self, key: str, inputs: Sequence[bytes]) -> list[str | VaultError]: ...
 
 
 class TransitBatchClient(Protocol):
@@ -173,14 +180,15 @@ class TokenizationService:
         client: TransitBatchClient | None = None,
         chunk_size: int = 250,
     ) -> None:
-        """``client`` serves ``tokenize_many``; by default the batcher's own client."""
+        """``client``, if given, serves ``tokenize_many`` with direct batch calls of
+        ``chunk_size`` items, all in flight at once; otherwise batches go through the batcher's
+        lanes (shared with concurrent requests, at most its ``max_in_flight`` calls at once)."""
         self._store = store
         self._batcher = batcher
         self._cvv = cvv
         self._audit = audit
         self._clock: Clock = clock or SystemClock()
-        batch_client = client if client is not None else getattr(batcher, "client", None)
-        self._client: TransitBatchClient | None = batch_client
+        self._client = client
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive.")
         self._chunk_size = chunk_size
@@ -446,12 +454,12 @@ class TokenizationService:
 
     async def _hmac_many(self, key: str, inputs: Sequence[bytes]) -> list[str | VaultError]:
         if self._client is None:
-            return await self._one_by_one(self._batcher.hmac, key, inputs)
+            return _raise_outage(await self._batcher.hmac_many(key, inputs))
         return await self._chunked(self._client.transit_hmac, key, inputs)
 
     async def _encrypt_many(self, key: str, inputs: Sequence[bytes]) -> list[str | VaultError]:
         if self._client is None:
-            return await self._one_by_one(self._batcher.encrypt, key, inputs)
+            return _raise_outage(await self._batcher.encrypt_many(key, inputs))
         return await self._chunked(self._client.transit_encrypt, key, inputs)
 
     async def _chunked(
@@ -466,17 +474,11 @@ class TokenizationService:
         )
         return [item for chunk in chunks for item in chunk]
 
-    @staticmethod
-    async def _one_by_one(
-        call: Callable[[str, bytes], Awaitable[str]], key: str, inputs: Sequence[bytes]
-    ) -> list[str | VaultError]:
-        results = await asyncio.gather(
-            *(call(key, item) for item in inputs), return_exceptions=True
-        )
-        out: list[str | VaultError] = []
-        for result in results:
-            # An outage fails every item alike: it fails the batch, as a client call would.
-            if isinstance(result, _OUTAGES) or not isinstance(result, VaultError | str):
-                raise result
-            out.append(result)
-        return out
+
+def _raise_outage(results: list[T | VaultError]) -> list[T | VaultError]:
+    """Batcher results hold whole-call failures as per-item values: an outage (unreachable,
+    sealed, refused) fails the whole batch, as a direct client call would."""
+    for result in results:
+        if isinstance(result, _WHOLE_CALL_FAILURES):
+            raise result
+    return results
