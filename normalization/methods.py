@@ -123,7 +123,8 @@ def validate_iban(value: str) -> str:
     try:
         return str(IBAN(value).compact)
     except (SchwiftyException, ValueError, TypeError):
-        raise InvalidBankAccountError("The IBAN is invalid (format or check digits).") from None
+        pass  # raised below, outside the handler: schwifty's message quotes the input
+    raise InvalidBankAccountError("The IBAN is invalid (format or check digits).")
 
 
 def validate_aba_routing_number(value: str) -> str:
@@ -164,7 +165,8 @@ class BankAccountMethod(DomainModel):
         try:
             return str(BIC(value).compact)
         except (SchwiftyException, ValueError, TypeError):
-            raise InvalidBankAccountError("The BIC is invalid.") from None
+            pass  # raised below, outside the handler: schwifty's message quotes the input
+        raise InvalidBankAccountError("The BIC is invalid.")
 
     @field_validator("routing_number")
     @classmethod

@@ -54,12 +54,14 @@ def known_currencies() -> frozenset[str]:
 
 def currency_exponent(currency: str) -> int:
     """The ISO 4217 exponent of ``currency`` (JPY 0, EUR 2, KWD 3, CLF 4)."""
-    try:
-        return _EXPONENTS[currency]
-    except (KeyError, TypeError):
+    # No try/except KeyError: the KeyError would hold the value, and an exception raised while
+    # handling it keeps it as __context__ even with ``from None`` (the value may be a PAN).
+    exponent = _EXPONENTS.get(currency) if isinstance(currency, str) else None
+    if exponent is None:
         raise UnknownCurrencyError(
             f"Unknown currency{_printable(currency)}: expected an ISO 4217 code such as EUR."
-        ) from None
+        )
+    return exponent
 
 
 def _printable(value: object) -> str:

@@ -86,7 +86,8 @@ class SecretDigits:
         try:
             return cls(value)  # type: ignore[arg-type]
         except TesseraError as exc:
-            raise input_free_error(exc) from None
+            error = input_free_error(exc)
+        raise error
 
     @classmethod
     def __get_pydantic_core_schema__(

@@ -89,7 +89,8 @@ def reraise_for_pydantic(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except TesseraError as exc:
-            raise input_free_error(exc) from None
+            error = input_free_error(exc)
+        raise error  # outside the except block: no __context__ to carry anything along
 
     return wrapper
 
@@ -131,12 +132,19 @@ def scrub_validation_error(exc: ValidationError) -> ValidationError:
     return ValidationError.from_exception_data(exc.title, details, hide_input=True)
 
 
+def _scrubbed(validate: Callable[[], R]) -> R:
+    try:
+        return validate()
+    except ValidationError as exc:
+        scrubbed = scrub_validation_error(exc)
+    # Raised outside the except block: ``raise ... from None`` would still keep the original
+    # error, inputs and all, reachable as ``__context__``.
+    raise scrubbed
+
+
 def scrubbing_validator(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     """A ``WrapValidator`` for types that are not models (e.g. the ``PaymentMethod`` union)."""
-    try:
-        return handler(value)
-    except ValidationError as exc:
-        raise scrub_validation_error(exc) from None
+    return _scrubbed(lambda: handler(value))
 
 
 class DomainModel(BaseModel):
@@ -151,32 +159,20 @@ class DomainModel(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _scrub_errors(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        try:
-            return handler(data)
-        except ValidationError as exc:
-            raise scrub_validation_error(exc) from None
+        return _scrubbed(lambda: handler(data))
 
     @classmethod
     def model_validate(cls, *args: Any, **kwargs: Any) -> Self:
         """As pydantic's; errors are scrubbed here too, in case a subclass's own model
         validator raised something other than a Tessera error (those are scrubbed at source).
         """
-        try:
-            return super().model_validate(*args, **kwargs)
-        except ValidationError as exc:
-            raise scrub_validation_error(exc) from None
+        return _scrubbed(functools.partial(super().model_validate, *args, **kwargs))
 
     @classmethod
     def model_validate_json(cls, *args: Any, **kwargs: Any) -> Self:
         """As pydantic's, but a JSON syntax error does not carry the raw document either."""
-        try:
-            return super().model_validate_json(*args, **kwargs)
-        except ValidationError as exc:
-            raise scrub_validation_error(exc) from None
+        return _scrubbed(functools.partial(super().model_validate_json, *args, **kwargs))
 
     @classmethod
     def model_validate_strings(cls, *args: Any, **kwargs: Any) -> Self:
-        try:
-            return super().model_validate_strings(*args, **kwargs)
-        except ValidationError as exc:
-            raise scrub_validation_error(exc) from None
+        return _scrubbed(functools.partial(super().model_validate_strings, *args, **kwargs))
