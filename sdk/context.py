@@ -1,0 +1,199 @@
+"""``CallContext``: everything one connector call may use, and the only way it talks HTTP.
+
+The resilience runtime builds a context for every attempt and passes it to the connector verb.
+A connector uses it to:
+
+- get card placeholders: ``card = ctx.card(request.payment_method)`` (``sdk.placeholders``);
+- read credentials: ``ctx.credentials.reveal("api_key")``;
+- send: ``response = await ctx.send("POST", "/v1/payments", json=body)``. The URL is resolved
+  against the manifest's base URL for the environment, the provider idempotency header is added
+  from the manifest, timeouts come from the deadline, and 3xx/429/5xx replies and transport
+  failures raise the errors of ``sdk.outcomes``; 2xx and 4xx replies are returned to parse;
+- turn a provider error code into a declined result: ``return ctx.decline(code, message)``
+  (through the connector's ``ErrorMap``; unmapped codes are counted);
+- log with ``ctx.logger`` (bound to connector, operation, tenant, correlation id).
+
+It also knows whether any request of the call may have reached the provider, which is how a
+deadline that fires mid-call becomes ``not_sent`` or ``unknown``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from normalization import CardMethod, PaymentResult
+from sdk.credentials import Credentials
+from sdk.deadline import Deadline
+from sdk.egress import SCOPE_EXTENSION, EgressScope
+from sdk.error_map import ErrorMap
+from sdk.manifest import Manifest
+from sdk.outcomes import check_response_status
+from sdk.placeholders import CardPlaceholders, PlaceholderTable
+from sdk.revealer import TokenRevealer
+from sdk.scrubbing import Scrubber
+from sdk.transcript import TranscriptRecorder
+
+__all__ = ["CallContext"]
+
+_LOGGER: FilteringBoundLogger = structlog.get_logger("tessera.sdk")
+
+
+class CallContext:
+    """Per-call context; see the module docstring. Built by the runtime, not by connectors."""
+
+    def __init__(
+        self,
+        *,
+        manifest: Manifest,
+        operation: str,
+        tenant: str,
+        deadline: Deadline,
+        http: httpx.AsyncClient,
+        base_url: str,
+        credentials: Credentials | None = None,
+        revealer: TokenRevealer | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        attempt: int = 1,
+        error_map: ErrorMap | None = None,
+        transcript: TranscriptRecorder | None = None,
+        on_unmapped_code: Callable[[str | None], None] | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.manifest = manifest
+        self.operation = operation
+        self.tenant = tenant
+        self.deadline = deadline
+        self.idempotency_key = idempotency_key
+        self.correlation_id = correlation_id
+        self.attempt = attempt
+        self.credentials = credentials if credentials is not None else Credentials()
+        self.base_url = base_url.rstrip("/")
+        self.logger: FilteringBoundLogger = _LOGGER.bind(
+            connector=manifest.id,
+            operation=operation,
+            tenant=tenant,
+            correlation_id=correlation_id,
+            attempt=attempt,
+        )
+        self._http = http
+        self._error_map = error_map if error_map is not None else ErrorMap({})
+        self._on_unmapped_code = on_unmapped_code
+        self._connect_timeout = connect_timeout
+        self._scope = EgressScope(
+            connector_id=manifest.id,
+            operation=operation,
+            tenant=tenant,
+            placeholders=PlaceholderTable(),
+            revealer=revealer,
+            scrubber=Scrubber(self.credentials.secret_values()),
+            transcript=transcript,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CallContext(connector={self.manifest.id!r}, operation={self.operation!r}, "
+            f"tenant={self.tenant!r}, attempt={self.attempt})"
+        )
+
+    @property
+    def connector_id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def may_have_reached_provider(self) -> bool:
+        """Whether any request of this call may have reached the provider."""
+        return self._scope.may_have_reached_provider
+
+    # -- card data ------------------------------------------------------------------------------
+
+    def card(self, method: CardMethod) -> CardPlaceholders:
+        """Placeholders for the card of ``method``; see ``sdk.placeholders``."""
+        return self._scope.placeholders.card(method)
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        """``path`` resolved against the base URL; absolute URLs pass (the policy checks them)."""
+        if path.startswith(("https://", "http://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: Mapping[str, Any] | None = None,
+        content: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        check_status: bool = True,
+    ) -> httpx.Response:
+        """Send one request to the provider; see the module docstring for what it adds."""
+        merged = dict(headers or {})
+        idempotency = self.manifest.idempotency
+        if (
+            idempotency is not None
+            and idempotency.header
+            and self.idempotency_key
+            and not any(k.lower() == idempotency.header.lower() for k in merged)
+        ):
+            merged[idempotency.header] = self.idempotency_key
+        if self.correlation_id and not any(k.lower() == "x-request-id" for k in merged):
+            merged["X-Request-Id"] = self.correlation_id
+        remaining = max(self.deadline.remaining(), 0.001)
+        request = self._http.build_request(
+            method,
+            self.url(path),
+            json=json,
+            data=data,
+            content=content,
+            headers=merged,
+            params=params,
+            timeout=httpx.Timeout(remaining, connect=min(self._connect_timeout, remaining)),
+            extensions={SCOPE_EXTENSION: self._scope},
+        )
+        started = time.perf_counter()
+        response = await self._http.send(request)
+        self.logger.debug(
+            "provider_exchange",
+            method=method,
+            path=request.url.path,
+            status=response.status_code,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        if check_status:
+            check_response_status(response)
+        return response
+
+    # -- results --------------------------------------------------------------------------------
+
+    def decline(
+        self,
+        provider_code: str | None,
+        message: str = "",
+        *,
+        provider_reference: str | None = None,
+        retry_after: float | None = None,
+    ) -> PaymentResult:
+        """The declined result for a provider error code, through the connector's error map."""
+        return self._error_map.result(
+            provider_code,
+            message,
+            provider_reference=provider_reference,
+            retry_after=retry_after,
+            on_unmapped=self._report_unmapped,
+        )
+
+    def _report_unmapped(self, provider_code: str | None) -> None:
+        self.logger.warning("unmapped_provider_code", provider_code=(provider_code or "")[:100])
+        if self._on_unmapped_code is not None:
+            self._on_unmapped_code(provider_code)

@@ -1,0 +1,64 @@
+"""Connector credentials as the SDK holds them: named secrets that never show in a ``repr``.
+
+The gateway reads them from Vault KV (so they rotate without a restart) and passes them with
+each call; connectors read them with ``ctx.credentials.reveal("api_key")``; the transcript
+recorder scrubs every value it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from pydantic import SecretStr
+
+from normalization import ConnectorConfigurationError
+from sdk.manifest import Manifest
+
+__all__ = ["Credentials"]
+
+
+class Credentials(Mapping[str, SecretStr]):
+    """An immutable mapping of credential names to ``SecretStr`` values."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, str | SecretStr] | None = None) -> None:
+        self._values: dict[str, SecretStr] = {
+            name: value if isinstance(value, SecretStr) else SecretStr(value)
+            for name, value in (values or {}).items()
+        }
+
+    def __getitem__(self, name: str) -> SecretStr:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Credentials({sorted(self._values)!r})"
+
+    def reveal(self, name: str) -> str:
+        """The raw value of credential ``name``; a clear error names a missing one."""
+        try:
+            return self._values[name].get_secret_value()
+        except KeyError:
+            raise ConnectorConfigurationError(f"Credential {name!r} is not configured.") from None
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every non-empty value, for scrubbers."""
+        return tuple(v.get_secret_value() for v in self._values.values() if v.get_secret_value())
+
+    def check_against(self, manifest: Manifest) -> None:
+        """Raise ``ConnectorConfigurationError`` naming required credentials that are missing."""
+        missing = [
+            field.name
+            for field in manifest.credentials
+            if field.required and not self._values.get(field.name, SecretStr("")).get_secret_value()
+        ]
+        if missing:
+            raise ConnectorConfigurationError(
+                f"Connector {manifest.id!r} is missing credentials: {', '.join(missing)}."
+            )

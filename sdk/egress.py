@@ -1,0 +1,332 @@
+"""The egress transport: the last SDK code a provider request passes through.
+
+``EgressTransport`` wraps the pooled httpcore transport and, for every request:
+
+1. enforces the ``HostPolicy`` (https, declared hosts, no IP literals) before anything else;
+2. **detokenizes**: finds card placeholder markers (``sdk.placeholders``) in the headers and
+   body, reveals the card through the call's ``TokenRevealer`` and writes the real values into a
+   copy of the request, each encoded for where it sits (JSON string escaping, form
+   url-encoding including Stripe-style ``card[number]`` keys, XML escaping, raw in headers).
+   Placeholders in the URL are refused: a PAN never goes into a query string;
+3. watches httpcore's trace events, to know whether the request started being written: that is
+   the line between ``not_sent`` and ``unknown`` (``sdk.outcomes``);
+4. maps httpx failures to ``TransportFault`` errors (the one place this happens);
+5. reads the reply under a size limit (inflating gzip/deflate under the same limit);
+6. records the exchange in the call's ``TranscriptRecorder``, with masks where card data went and
+   credentials scrubbed.
+
+Per-call state travels in the request's extensions as an ``EgressScope``; the transport itself is
+shared by every call of one connector runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote_plus
+from xml.sax.saxutils import escape as xml_escape
+
+import httpx
+
+from normalization import ConnectorConfigurationError, ProviderError
+from sdk.hostpolicy import HostPolicy
+from sdk.outcomes import ResponseTooLargeError, transport_fault
+from sdk.placeholders import DIGIT_FIELDS, MARKER_PATTERN, PlaceholderTable, ResolvedValue
+from sdk.revealer import TokenRevealer
+from sdk.scrubbing import Scrubber
+from sdk.transcript import Exchange, TranscriptRecorder, clip_body
+
+__all__ = ["SCOPE_EXTENSION", "EgressScope", "EgressTransport", "SendTracker"]
+
+SCOPE_EXTENSION = "tessera.egress_scope"
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+
+TraceCallback = Callable[[str, Mapping[str, Any]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class SendTracker:
+    """What one request's trace events showed about how far it got."""
+
+    handed_over: bool = False
+    events_seen: bool = False
+    write_started: bool = False
+
+    @property
+    def write_state(self) -> bool | None:
+        """True/False when trace events tell, None when they cannot (no httpcore underneath)."""
+        if self.write_started:
+            return True
+        return False if self.events_seen else None
+
+    @property
+    def may_have_reached_provider(self) -> bool:
+        return self.write_started or (self.handed_over and not self.events_seen)
+
+
+@dataclass(slots=True)
+class EgressScope:
+    """The per-call state the transport needs: who is calling, to reveal what, recorded where."""
+
+    connector_id: str
+    operation: str
+    tenant: str
+    placeholders: PlaceholderTable
+    revealer: TokenRevealer | None = None
+    scrubber: Scrubber = field(default_factory=Scrubber)
+    transcript: TranscriptRecorder | None = None
+    sensitive_headers: frozenset[str] = frozenset()
+    trackers: list[SendTracker] = field(default_factory=list)
+
+    @property
+    def purpose(self) -> str:
+        return f"egress:{self.connector_id}:{self.operation}"
+
+    @property
+    def may_have_reached_provider(self) -> bool:
+        """Whether any request of this call may have reached the provider."""
+        return any(t.may_have_reached_provider for t in self.trackers)
+
+
+# -- substitution ---------------------------------------------------------------------------------
+
+
+def _body_kind(content_type: str) -> str:
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return "json"
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    if media.endswith(("/xml", "+xml")):
+        return "xml"
+    return "opaque"
+
+
+def _encode(value: str, kind: str, is_digits: bool) -> bytes:
+    if kind == "json":
+        return json.dumps(value)[1:-1].encode("ascii")
+    if kind == "form":
+        return quote_plus(value).encode("ascii")
+    if kind == "xml":
+        return xml_escape(value, {'"': "&quot;", "'": "&apos;"}).encode("utf-8")
+    if kind == "header":
+        if not (value.isascii() and value.isprintable()):
+            raise ConnectorConfigurationError(
+                "A card field with unsafe characters was put in a header."
+            )
+        return value.encode("ascii")
+    if not is_digits:
+        raise ConnectorConfigurationError(
+            "Non-numeric card fields can only go into JSON, form or XML bodies or headers."
+        )
+    return value.encode("ascii")
+
+
+def _substitute(data: bytes, resolved: Mapping[bytes, ResolvedValue], kind: str) -> bytes:
+    def replace(match: Any) -> bytes:
+        value = resolved[match.group(0)]
+        return _encode(value.raw, kind, value.field in DIGIT_FIELDS)
+
+    return MARKER_PATTERN.sub(replace, data)
+
+
+def _mask(data: bytes, resolved: Mapping[bytes, ResolvedValue]) -> bytes:
+    return MARKER_PATTERN.sub(
+        lambda m: resolved[m.group(0)].masked.encode() if m.group(0) in resolved else b"***", data
+    )
+
+
+# -- the transport --------------------------------------------------------------------------------
+
+
+class EgressTransport(httpx.AsyncBaseTransport):
+    """See the module docstring. ``inner`` is the pooled network transport."""
+
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        policy: HostPolicy,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        self._inner = inner
+        self._policy = policy
+        self._max_response_bytes = max_response_bytes
+
+    @property
+    def policy(self) -> HostPolicy:
+        return self._policy
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._policy.check_url(request.url)
+        scope = request.extensions.get(SCOPE_EXTENSION)
+        if scope is not None and not isinstance(scope, EgressScope):
+            raise ConnectorConfigurationError("Malformed egress scope on a provider request.")
+        body = await request.aread()
+        if MARKER_PATTERN.search(str(request.url).encode()):
+            raise ConnectorConfigurationError("Card placeholders are not allowed in URLs.")
+
+        headers = list(request.headers.raw)
+        resolved: dict[bytes, ResolvedValue] = {}
+        slots: set[int] = set()
+        if scope is not None:
+            slots = scope.placeholders.slots_in(body)
+            for _, value in headers:
+                slots |= scope.placeholders.slots_in(value)
+            if slots:
+                resolved = await scope.placeholders.resolve(
+                    slots, scope.revealer, scope.tenant, scope.purpose
+                )
+        elif MARKER_PATTERN.search(body) or any(MARKER_PATTERN.search(v) for _, v in headers):
+            raise ConnectorConfigurationError("Card placeholders need a call context.")
+
+        outgoing = request
+        if resolved:
+            kind = _body_kind(request.headers.get("content-type", ""))
+            outgoing = httpx.Request(
+                request.method,
+                request.url,
+                headers=[
+                    (name, _substitute(value, resolved, "header"))
+                    for name, value in headers
+                    if name.lower() != b"content-length"
+                ],
+                content=_substitute(body, resolved, kind) if body else None,
+                extensions=dict(request.extensions),
+            )
+
+        tracker = SendTracker()
+        if scope is not None:
+            scope.trackers.append(tracker)
+        outgoing.extensions = {**outgoing.extensions, "trace": _tracing(tracker, request)}
+
+        started = time.perf_counter()
+        status: int | None = None
+        response_headers: list[tuple[bytes, bytes]] = []
+        response_body = b""
+        error: str | None = None
+        try:
+            tracker.handed_over = True
+            try:
+                response = await self._inner.handle_async_request(outgoing)
+                status = response.status_code
+                response_headers = list(response.headers.raw)
+                try:
+                    response_body, response_headers = await self._read_body(response)
+                finally:
+                    await response.aclose()
+            except httpx.HTTPError as exc:
+                raise transport_fault(exc, write_started=tracker.write_state) from exc
+            return httpx.Response(
+                response.status_code,
+                headers=response_headers,
+                content=response_body,
+                request=request,
+                extensions=response.extensions,
+            )
+        except BaseException as exc:
+            error = type(exc).__name__
+            raise
+        finally:
+            if scope is not None and scope.transcript is not None:
+                self._record(
+                    scope,
+                    request,
+                    body,
+                    resolved,
+                    status,
+                    response_headers,
+                    response_body,
+                    error,
+                    started,
+                )
+
+    async def _read_body(self, response: httpx.Response) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        limit = self._max_response_bytes
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ResponseTooLargeError()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLargeError()
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        headers = list(response.headers.raw)
+        if encoding in ("", "identity"):
+            return raw, headers
+        if encoding not in ("gzip", "deflate"):
+            raise ProviderError(f"The provider replied with unsupported encoding {encoding!r}.")
+        wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+        try:
+            inflater = zlib.decompressobj(wbits)
+            body = inflater.decompress(raw, limit + 1)
+        except zlib.error:
+            raise ProviderError("The provider's compressed reply is corrupt.") from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise ResponseTooLargeError()
+        skip = {b"content-encoding", b"content-length"}
+        return body, [(k, v) for k, v in headers if k.lower() not in skip]
+
+    def _record(
+        self,
+        scope: EgressScope,
+        request: httpx.Request,
+        body: bytes,
+        resolved: Mapping[bytes, ResolvedValue],
+        status: int | None,
+        response_headers: list[tuple[bytes, bytes]],
+        response_body: bytes,
+        error: str | None,
+        started: float,
+    ) -> None:
+        scrubber = scope.scrubber.with_secrets(
+            v.raw for v in resolved.values() if v.field not in DIGIT_FIELDS or len(v.raw) >= 12
+        )
+        assert scope.transcript is not None
+
+        def text(data: bytes) -> str:
+            return scrubber.scrub_text(_mask(data, resolved).decode("utf-8", errors="replace"))
+
+        def header_pairs(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+            pairs = [(k.decode("latin-1"), text(v)) for k, v in raw]
+            return scrubber.scrub_headers(pairs, scope.sensitive_headers)
+
+        scope.transcript.record(
+            Exchange(
+                connector=scope.connector_id,
+                operation=scope.operation,
+                method=request.method,
+                url=scrubber.scrub_text(str(request.url)),
+                request_headers=header_pairs(list(request.headers.raw)),
+                request_body=clip_body(text(body)),
+                status_code=status,
+                response_headers=header_pairs(response_headers),
+                response_body=clip_body(text(response_body)),
+                error=error,
+                elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+        )
+
+
+def _tracing(tracker: SendTracker, request: httpx.Request) -> TraceCallback:
+    downstream = request.extensions.get("trace")
+
+    async def trace(name: str, info: Mapping[str, Any]) -> None:
+        tracker.events_seen = True
+        if name.endswith("send_request_headers.started"):
+            tracker.write_started = True
+        if downstream is not None:
+            await downstream(name, info)
+
+    return trace

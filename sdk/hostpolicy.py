@@ -1,0 +1,170 @@
+"""Where provider calls may go: https, to the manifest's hosts, never to internal addresses.
+
+Two checks, both before a socket opens:
+
+- ``HostPolicy.check_url`` (in the egress transport): the scheme is https, the host is one the
+  manifest declares, the URL carries no userinfo, and the host is a DNS name, not an IP literal.
+- ``GuardedNetworkBackend`` (under httpcore's connection pool): the name is resolved once, every
+  address it resolves to is checked (loopback, private, link-local, cloud-metadata, multicast and
+  other non-global addresses are refused), and the connection goes to the checked address, so a
+  DNS answer cannot change between the check and the connect (rebinding). TLS still verifies the
+  certificate against the host name.
+
+Test mode (simulators and tests on 127.0.0.1) allows http, IP literals and loopback/private
+addresses; it must be switched on explicitly and still refuses link-local and metadata addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import httpcore
+import httpx
+
+from normalization import ConnectorError
+
+__all__ = ["DestinationRefusedError", "GuardedNetworkBackend", "HostPolicy", "address_refusal"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_METADATA_ADDRESSES = frozenset(
+    {
+        ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
+        ipaddress.ip_address("169.254.170.2"),  # AWS ECS task metadata
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS IPv6
+    }
+)
+
+
+class DestinationRefusedError(ConnectorError):
+    """A provider call was aimed somewhere the policy forbids; nothing was sent."""
+
+    code = "egress_refused"
+    default_detail = "The destination of a provider call is not allowed."
+
+
+def address_refusal(address: IPAddress, *, test_mode: bool) -> str | None:
+    """Why ``address`` may not be connected to, or None when it may."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address in _METADATA_ADDRESSES:
+        return "a cloud metadata address"
+    if address.is_link_local:
+        return "a link-local address"
+    if address.is_multicast or address.is_unspecified:
+        return "a multicast or unspecified address"
+    if test_mode and (address.is_loopback or address.is_private):
+        return None
+    if address.is_loopback:
+        return "a loopback address"
+    if not address.is_global:
+        return "a private or reserved address"
+    return None
+
+
+def _ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """The URL-level rules for one connector runtime. See the module docstring."""
+
+    allowed_hosts: frozenset[str]
+    test_mode: bool = False
+
+    def check_url(self, url: httpx.URL) -> None:
+        host = url.host.lower()
+        if url.scheme != "https" and not (self.test_mode and url.scheme == "http"):
+            raise DestinationRefusedError(f"Provider calls use https, not {url.scheme!r}.")
+        if url.userinfo:
+            raise DestinationRefusedError("Provider URLs must not carry credentials.")
+        if host not in self.allowed_hosts:
+            raise DestinationRefusedError(
+                f"Host {host!r} is not among the connector's declared hosts."
+            )
+        literal = _ip_literal(host)
+        if literal is not None:
+            if not self.test_mode:
+                raise DestinationRefusedError("IP-literal provider URLs are refused.")
+            reason = address_refusal(literal, test_mode=True)
+            if reason is not None:
+                raise DestinationRefusedError(f"Host {host!r} is {reason}.")
+
+
+class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore network backend that resolves, checks and pins addresses before connecting."""
+
+    def __init__(
+        self, *, test_mode: bool = False, inner: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
+        self._test_mode = test_mode
+        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
+
+    async def _resolve(self, host: str, port: int, limit: float | None) -> list[IPAddress]:
+        literal = _ip_literal(host)
+        if literal is not None:
+            return [literal]
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(limit):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"Resolving {host!r} timed out.") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(f"Resolving {host!r} failed: {exc.strerror}") from None
+        addresses: list[IPAddress] = []
+        for info in infos:
+            address = ipaddress.ip_address(info[4][0])
+            if address not in addresses:
+                addresses.append(address)
+        return addresses
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await self._resolve(host, port, timeout)
+        for address in addresses:
+            reason = address_refusal(address, test_mode=self._test_mode)
+            if reason is not None:
+                raise DestinationRefusedError(f"Host {host!r} resolves to {reason}.")
+        if not addresses:
+            raise httpcore.ConnectError(f"Host {host!r} has no addresses.")
+        last_error: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    str(address),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise DestinationRefusedError("Unix sockets are not provider destinations.")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)

@@ -1,0 +1,174 @@
+"""Outcome certainty: every way a provider call can fail, mapped once, to what it means.
+
+Transport failures (raised by ``CallContext.send``, from httpx errors)::
+
+    ConnectorError
+    ├── TransportFault
+    │   ├── RequestNotSentError     outcome not_sent  refused, DNS, connect/pool timeout, TLS
+    │   │                                             failure: nothing reached the provider
+    │   └── OutcomeUnknownError     outcome unknown   write error, read timeout, reset, truncated
+    │                                                 reply: the provider may have acted
+    └── ProviderError
+        ├── ProviderHttpError
+        │   ├── ProviderServerError       5xx       counted by the breaker; retried only for
+        │   │                                       operations declared safe to retry
+        │   ├── ProviderThrottledError    429       Retry-After honoured
+        │   └── UnexpectedRedirectError   3xx       redirects are never followed
+        ├── ResponseTooLargeError                   the reply exceeded the size limit
+        └── RetryableProviderError                  an error-map entry marked retryable
+
+The boundary between ``not_sent`` and ``unknown`` is *the request started being written*. The
+egress transport watches httpcore's trace events, so a failure before the first byte of the
+request is ``not_sent`` whatever exception carried it; without trace events (mock transports)
+the exception type decides, conservatively. 4xx replies are not errors here: the connector
+parses them and maps provider codes through its ``ErrorMap`` into declined results.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import ClassVar
+
+import httpx
+
+from normalization import ConnectorError, Outcome, PaymentResult, ProviderError
+
+__all__ = [
+    "OutcomeUnknownError",
+    "ProviderHttpError",
+    "ProviderServerError",
+    "ProviderThrottledError",
+    "RequestNotSentError",
+    "ResponseTooLargeError",
+    "RetryableProviderError",
+    "TransportFault",
+    "UnexpectedRedirectError",
+    "check_response_status",
+    "classify_transport_error",
+    "parse_retry_after",
+    "transport_fault",
+]
+
+# Exceptions that can only happen before any byte of the request was written.
+_NOT_SENT_TYPES: tuple[type[httpx.HTTPError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+)
+
+_MAX_RETRY_AFTER_SECONDS = 3600.0
+
+
+class TransportFault(ConnectorError):
+    """The exchange with the provider broke; ``outcome`` says whether it may have acted."""
+
+    outcome: ClassVar[Outcome] = Outcome.UNKNOWN
+
+
+class RequestNotSentError(TransportFault):
+    code = "connector_not_sent"
+    default_detail = "Nothing reached the provider."
+    outcome = Outcome.NOT_SENT
+
+
+class OutcomeUnknownError(TransportFault):
+    code = "connector_outcome_unknown"
+    default_detail = "The exchange broke after the request was sent; the outcome is unknown."
+    outcome = Outcome.UNKNOWN
+
+
+class ProviderHttpError(ProviderError):
+    """The provider answered with a status the connector must not parse as a result."""
+
+    def __init__(
+        self, status_code: int, detail: str | None = None, *, retry_after: float | None = None
+    ) -> None:
+        self.status_code = status_code
+        super().__init__(
+            detail if detail is not None else f"The provider answered HTTP {status_code}.",
+            retry_after=retry_after,
+        )
+
+
+class ProviderServerError(ProviderHttpError):
+    code = "provider_error"
+
+
+class ProviderThrottledError(ProviderHttpError):
+    code = "provider_throttled"
+
+
+class UnexpectedRedirectError(ProviderHttpError):
+    code = "provider_redirect"
+
+
+class ResponseTooLargeError(ProviderError):
+    code = "provider_response_too_large"
+    default_detail = "The provider's reply exceeded the size limit."
+
+
+class RetryableProviderError(ProviderError):
+    """The provider refused with a code its error map marks retryable (it did not act).
+
+    The runtime retries within the deadline; when it gives up, ``result`` (the declined result
+    the code maps to) is what the call returns.
+    """
+
+    code = "provider_retryable"
+
+    def __init__(self, result: PaymentResult, *, retry_after: float | None = None) -> None:
+        self.result = result
+        super().__init__("The provider asked for a retry.", retry_after=retry_after)
+
+
+def classify_transport_error(exc: httpx.HTTPError, *, write_started: bool | None) -> Outcome:
+    """``not_sent`` or ``unknown`` for an httpx failure.
+
+    ``write_started`` is what the transport observed: False (trace events seen, none of them the
+    start of the request), True, or None (no trace: decide by exception type).
+    """
+    if write_started is False or isinstance(exc, _NOT_SENT_TYPES):
+        return Outcome.NOT_SENT
+    return Outcome.UNKNOWN
+
+
+def transport_fault(exc: httpx.HTTPError, *, write_started: bool | None) -> TransportFault:
+    """The SDK error for an httpx failure; its text names the failure type, never the request."""
+    kind = type(exc).__name__
+    if classify_transport_error(exc, write_started=write_started) is Outcome.NOT_SENT:
+        return RequestNotSentError(f"Nothing reached the provider ({kind}).")
+    return OutcomeUnknownError(f"The exchange broke after the request was sent ({kind}).")
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date), bounded."""
+    if value is None:
+        return None
+    value = value.strip()
+    seconds: float
+    if value.isascii() and value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_SECONDS)
+
+
+def check_response_status(response: httpx.Response) -> None:
+    """Raise for 3xx, 429 and 5xx; 2xx and other 4xx are the connector's to parse."""
+    status = response.status_code
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if 300 <= status < 400:
+        raise UnexpectedRedirectError(
+            status, f"The provider answered HTTP {status} (redirects are not followed)."
+        )
+    if status == 429:
+        raise ProviderThrottledError(status, retry_after=retry_after)
+    if status >= 500:
+        raise ProviderServerError(status, retry_after=retry_after)

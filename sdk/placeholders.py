@@ -1,0 +1,197 @@
+"""Card placeholders: what a connector puts in a request where card data belongs.
+
+A connector never holds a PAN or CVV. It asks its call context for placeholders::
+
+    card = ctx.card(request.payment_method)
+    body = {"card": {"number": card.number, "cvc": card.cvc,
+                     "exp_month": card.exp_month, "exp_year": card.exp_year}}
+
+Each placeholder is a ``str`` whose text is an unguessable marker (``tsr_<nonce>_<slot>_``,
+only characters that JSON, form-urlencoding and XML leave unchanged), so it survives
+``json.dumps``, ``urlencode``, f-strings and XML templates. The egress transport finds the
+markers in the outgoing bytes, reveals the card through the ``TokenRevealer`` and writes the real
+values, encoded for where each marker sits. The nonce is per call, so text a merchant controls
+cannot forge a marker. Placeholders are opaque: slicing or transforming one yields garbage, not
+card data (ask for the field you need: ``exp_year_short`` rather than ``exp_year[2:]``).
+
+This module holds the markers and the per-call table that resolves them; the transport that
+substitutes them lives in ``sdk.egress``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+from normalization import CardData, CardMethod, ConnectorConfigurationError, InvalidRequestError
+from sdk.revealer import RevealedCard, TokenRevealer
+
+__all__ = [
+    "MARKER_PATTERN",
+    "CardField",
+    "CardPlaceholder",
+    "CardPlaceholders",
+    "MissingCardDataError",
+    "PlaceholderTable",
+    "ResolvedValue",
+]
+
+#: Any placeholder marker, of any call.
+MARKER_PATTERN = re.compile(rb"tsr_([0-9a-f]{16})_([0-9]{1,6})_")
+
+
+class CardField(StrEnum):
+    NUMBER = "number"
+    CVC = "cvc"
+    EXP_MONTH = "exp_month"  # two digits: "03"
+    EXP_YEAR = "exp_year"  # four digits: "2030"
+    EXP_YEAR_SHORT = "exp_year_short"  # two digits: "30"
+    HOLDER_NAME = "holder_name"
+
+
+#: Fields whose values are digits only, safe in any encoding.
+DIGIT_FIELDS = frozenset(
+    {
+        CardField.NUMBER,
+        CardField.CVC,
+        CardField.EXP_MONTH,
+        CardField.EXP_YEAR,
+        CardField.EXP_YEAR_SHORT,
+    }
+)
+
+
+class MissingCardDataError(InvalidRequestError):
+    """The request needs a card field the token does not hold (typically an expired CVC)."""
+
+    code = "card_data_unavailable"
+    default_detail = "The card data this connector needs is not available for this token."
+
+
+class CardPlaceholder(str):
+    """A stand-in for one card field; its text is a marker, its ``repr`` says what it is."""
+
+    field: CardField
+
+    def __new__(cls, marker: str, field: CardField) -> CardPlaceholder:
+        obj = super().__new__(cls, marker)
+        obj.field = field
+        return obj
+
+    def __repr__(self) -> str:
+        return f"<card {self.field.value} placeholder>"
+
+
+@dataclass(frozen=True, slots=True)
+class CardPlaceholders:
+    """The placeholders for one card, one per field."""
+
+    number: CardPlaceholder
+    cvc: CardPlaceholder
+    exp_month: CardPlaceholder
+    exp_year: CardPlaceholder
+    exp_year_short: CardPlaceholder
+    holder_name: CardPlaceholder
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedValue:
+    """A revealed field: the raw value (bytes on the wire only) and what transcripts show."""
+
+    field: CardField
+    raw: str
+    masked: str
+
+
+CardSource = str | CardData
+
+
+def _field_values(card: RevealedCard | CardData, field: CardField) -> ResolvedValue | None:
+    if field is CardField.NUMBER:
+        return ResolvedValue(field, card.number.reveal(), card.number.masked)
+    if field is CardField.CVC:
+        if card.cvc is None:
+            return None
+        return ResolvedValue(field, card.cvc.reveal(), card.cvc.masked)
+    if field is CardField.EXP_MONTH:
+        text = f"{card.exp_month:02d}"
+        return ResolvedValue(field, text, text)
+    if field is CardField.EXP_YEAR:
+        text = f"{card.exp_year:04d}"
+        return ResolvedValue(field, text, text)
+    if field is CardField.EXP_YEAR_SHORT:
+        text = f"{card.exp_year % 100:02d}"
+        return ResolvedValue(field, text, text)
+    if card.holder_name is None:
+        return None
+    return ResolvedValue(field, card.holder_name, "[holder name]")
+
+
+class PlaceholderTable:
+    """The placeholders handed out during one call, and their resolution at send time."""
+
+    __slots__ = ("_nonce", "_slots")
+
+    def __init__(self) -> None:
+        self._nonce = secrets.token_hex(8)
+        self._slots: list[tuple[CardSource, CardField]] = []
+
+    def __repr__(self) -> str:
+        return f"PlaceholderTable(slots={len(self._slots)})"
+
+    def card(self, method: CardMethod) -> CardPlaceholders:
+        """Placeholders for the card behind ``method`` (a token, or inline card data)."""
+        source: CardSource
+        if method.token is not None:
+            source = method.token
+        elif method.card is not None:
+            source = method.card
+        else:  # pragma: no cover - CardMethod's validator forbids it
+            raise InvalidRequestError("The card payment method has neither token nor card.")
+        return CardPlaceholders(*(self._add(source, field) for field in CardField))
+
+    def _add(self, source: CardSource, field: CardField) -> CardPlaceholder:
+        slot = len(self._slots)
+        self._slots.append((source, field))
+        return CardPlaceholder(f"tsr_{self._nonce}_{slot}_", field)
+
+    def slots_in(self, data: bytes) -> set[int]:
+        """The slots whose markers occur in ``data``; a marker of another call is an error."""
+        found: set[int] = set()
+        for match in MARKER_PATTERN.finditer(data):
+            slot = int(match.group(2))
+            if match.group(1).decode() != self._nonce or slot >= len(self._slots):
+                raise ConnectorConfigurationError(
+                    "A card placeholder from another call was used; placeholders are per call."
+                )
+            found.add(slot)
+        return found
+
+    async def resolve(
+        self, slots: set[int], revealer: TokenRevealer | None, tenant: str, purpose: str
+    ) -> dict[bytes, ResolvedValue]:
+        """Reveal what ``slots`` need (each token once) and map each marker to its value."""
+        revealed: dict[str, RevealedCard] = {}
+        resolved: dict[bytes, ResolvedValue] = {}
+        for slot in sorted(slots):
+            source, field = self._slots[slot]
+            card: RevealedCard | CardData
+            if isinstance(source, str):
+                if source not in revealed:
+                    if revealer is None:
+                        raise ConnectorConfigurationError(
+                            "No token revealer is configured: card tokens cannot be used."
+                        )
+                    revealed[source] = await revealer.reveal(tenant, source, purpose=purpose)
+                card = revealed[source]
+            else:
+                card = source
+            value = _field_values(card, field)
+            if value is None:
+                raise MissingCardDataError(
+                    f"The card has no {field.value.replace('_', ' ')} (needed by this request)."
+                )
+            resolved[f"tsr_{self._nonce}_{slot}_".encode()] = value
+        return resolved

@@ -1,0 +1,65 @@
+"""A bulkhead: a bound on one connector's concurrent calls, and on the queue in front of it.
+
+``max_concurrent`` calls run; up to ``max_queued`` more wait (bounded by the caller's deadline,
+which the runtime enforces around the wait); anyone beyond that is refused at once with
+``ConnectorBusyError``. One connector that hangs therefore holds at most its own slots and
+queue, and the memory they need, and never the event loop or another connector's capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from normalization import ConnectorBusyError
+
+__all__ = ["Bulkhead", "BulkheadSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkheadSettings:
+    max_concurrent: int = 64
+    max_queued: int = 128
+
+
+class Bulkhead:
+    """See the module docstring."""
+
+    def __init__(self, name: str, settings: BulkheadSettings | None = None) -> None:
+        self.name = name
+        self.settings = settings or BulkheadSettings()
+        self._semaphore = asyncio.Semaphore(self.settings.max_concurrent)
+        self._in_flight = 0
+        self._queued = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the block; raises ``ConnectorBusyError`` when the queue is full."""
+        if self._semaphore.locked():
+            if self._queued >= self.settings.max_queued:
+                raise ConnectorBusyError(
+                    f"Connector {self.name!r} has too many calls in flight.", retry_after=1.0
+                )
+            self._queued += 1
+            try:
+                await self._semaphore.acquire()
+            finally:
+                self._queued -= 1
+        else:
+            await self._semaphore.acquire()
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._semaphore.release()

@@ -1,0 +1,107 @@
+"""Scrubbing card data and credentials out of text that is kept: transcripts, cassettes, logs.
+
+Three layers, applied in order by ``Scrubber.scrub_text``:
+
+1. known secrets (credential values, revealed PANs) replaced by ``[REDACTED]``, whatever
+   surrounds them;
+2. a sweep for anything shaped like a PAN (12-19 digits, optionally grouped by spaces or dashes)
+   that passes Luhn, replaced by its mask (BIN and last four at most);
+3. values of security-code and secret-looking keys (``cvc``, ``card[cvc]``, ``<cvv>``,
+   ``"password"``, ...) in JSON, form and XML text, replaced by ``***``.
+
+Headers are scrubbed by name (``Authorization``, cookies, API-key headers) and then as text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from normalization import luhn_valid, mask_pan
+
+__all__ = ["REDACTED", "SENSITIVE_HEADERS", "SENSITIVE_KEYS", "Scrubber"]
+
+REDACTED = "[REDACTED]"
+
+SENSITIVE_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "x-client-secret",
+    }
+)
+
+SENSITIVE_KEYS = (
+    "cvc",
+    "cvv",
+    "cvv2",
+    "cvc2",
+    "cid",
+    "csc",
+    "security_code",
+    "securitycode",
+    "card_security_code",
+    "cardsecuritycode",
+    "password",
+    "secret",
+    "client_secret",
+    "api_key",
+    "apikey",
+    "access_token",
+    "refresh_token",
+)
+
+_PAN_CANDIDATE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,18}(?![0-9])", re.ASCII)
+_KEYS = "|".join(re.escape(k) for k in sorted(SENSITIVE_KEYS, key=len, reverse=True))
+# "cvc": "123"  /  "cvc":123
+_JSON_KEY = re.compile(rf'("(?:{_KEYS})"\s*:\s*)("(?:[^"\\]|\\.)*"|[0-9]+)', re.IGNORECASE)
+# cvc=123, card[cvc]=123, card%5Bcvc%5D=123
+_FORM_KEY = re.compile(
+    rf"((?:^|[&?])(?:[^=&\s]*?(?:\[|%5B))?(?:{_KEYS})(?:\]|%5D)?=)([^&\s]*)", re.IGNORECASE
+)
+# <cvc>123</cvc>, <ns:cvv>123</ns:cvv>
+_XML_KEY = re.compile(rf"(<(?:[A-Za-z0-9_]+:)?(?:{_KEYS})>)([^<]*)(</)", re.IGNORECASE)
+
+
+def _mask_candidate(match: re.Match[str]) -> str:
+    text = match.group(0)
+    digits = text.replace(" ", "").replace("-", "")
+    if 12 <= len(digits) <= 19 and luhn_valid(digits):
+        return mask_pan(digits)
+    return text
+
+
+class Scrubber:
+    """Removes card data and credentials from text; see the module docstring."""
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret containing another is replaced whole. Very short values
+        # (under 4 characters) would mangle ordinary text and protect nothing; they are skipped.
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def with_secrets(self, secrets: Iterable[str]) -> Scrubber:
+        return Scrubber([*self._secrets, *secrets])
+
+    def scrub_text(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        text = _PAN_CANDIDATE.sub(_mask_candidate, text)
+        text = _JSON_KEY.sub(lambda m: f'{m.group(1)}"***"', text)
+        text = _FORM_KEY.sub(lambda m: f"{m.group(1)}***", text)
+        return _XML_KEY.sub(lambda m: f"{m.group(1)}***{m.group(3)}", text)
+
+    def scrub_headers(
+        self, headers: Iterable[tuple[str, str]], extra_sensitive: Iterable[str] = ()
+    ) -> tuple[tuple[str, str], ...]:
+        names = SENSITIVE_HEADERS | {name.lower() for name in extra_sensitive}
+        return tuple(
+            (name, REDACTED if name.lower() in names else self.scrub_text(value))
+            for name, value in headers
+        )

@@ -1,0 +1,52 @@
+"""The happy path end to end, and the PAN placeholder reaching the provider as the PAN only."""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+
+from normalization import Outcome, PaymentStatus
+from sdk import Deadline
+from tests.sdk.conftest import API_KEY, TENANT, RuntimeFactory, authorize_request, metric
+from tests.sdk.loopback import LoopbackProvider
+
+
+async def test_authorize_reaches_provider_with_real_card_and_idempotency_key(
+    provider: LoopbackProvider,
+    make_runtime: RuntimeFactory,
+    canary: tuple[str, str, str],
+    transcript,
+    metrics,
+) -> None:
+    token, pan, cvc = canary
+    runtime = make_runtime(provider.url)
+    with structlog.testing.capture_logs() as logs:
+        result = await runtime.invoke(
+            "authorize", authorize_request(token), deadline=Deadline.after(5), tenant=TENANT
+        )
+    assert result.outcome is Outcome.SUCCEEDED
+    assert result.status is PaymentStatus.AUTHORIZED
+    assert result.provider_reference == "pay_123"
+
+    [sent] = provider.requests
+    body = json.loads(sent.body)
+    assert body["card"] == {"number": pan, "cvc": cvc, "exp_month": "03", "exp_year": "2031"}
+    assert sent.headers["Idempotency-Key"] == "idem-1"
+    assert sent.headers["Authorization"] == f"Bearer {API_KEY}"
+
+    recorded = transcript.text()
+    assert pan not in recorded and cvc not in json.dumps(json.loads(recorded)[0]["request_body"])
+    assert API_KEY not in recorded
+    assert f"{pan[:6]}******{pan[-4:]}" in recorded
+    assert pan not in repr(logs) and API_KEY not in repr(logs)
+    assert (
+        metric(
+            metrics,
+            "tessera_connector_calls_total",
+            connector="demo",
+            operation="authorize",
+            outcome="succeeded",
+        )
+        == 1
+    )
