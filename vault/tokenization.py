@@ -306,13 +306,19 @@ class TokenizationService:
         return [record for record in records if not record.is_expired(now)]
 
     async def delete(self, tenant: str, token_id: str, *, actor: str) -> None:
-        """Forget a token (and any CVV held for it); audited. ``TokenNotFoundError`` if none."""
-        if not is_token_id(token_id) or not await self._store.delete(tenant, token_id):
+        """Forget a token (and any CVV held for it); audited. ``TokenNotFoundError`` if none.
+
+        The audit entry is written first: if it cannot be (say the actor text holds a card
+        number), nothing is deleted, so no deletion ever goes unrecorded.
+        """
+        if not is_token_id(token_id) or await self._store.get(tenant, token_id) is None:
             raise TokenNotFoundError()
-        self._cvv.discard(tenant, token_id)
         await self._audit.append(
             actor=actor, action=AuditAction.TOKEN_DELETE, tenant=tenant, target=token_id
         )
+        if not await self._store.delete(tenant, token_id):
+            raise TokenNotFoundError()  # deleted meanwhile by another caller
+        self._cvv.discard(tenant, token_id)
 
     async def sweep_expired(self) -> int:
         """Delete every expired token and drop expired CVVs; return how many tokens went."""

@@ -79,14 +79,18 @@ def leak_forms(secret: str, *, grouped: bool = True) -> dict[str, str]:
     forms["hex"] = raw.hex()
     forms["HEX"] = raw.hex().upper()
     forms["url"] = quote(secret, safe="")
-    return forms
+    unique: dict[str, str] = {}
+    for name, form in forms.items():  # digits URL-encode to themselves: report each form once
+        if form not in unique.values():
+            unique[name] = form
+    return unique
 
 
 def find_leaks(text: str, canary: Canary) -> list[str]:
     """Names of the canary forms present in ``text`` (empty when nothing leaked)."""
     hits = [f"pan:{name}" for name, form in leak_forms(canary.pan).items() if form and form in text]
     for name, form in leak_forms(canary.cvc, grouped=False).items():
-        if name in ("raw", "url"):
+        if name == "raw":
             pattern = re.compile(rf"(?<![A-Za-z0-9]){re.escape(form)}(?![A-Za-z0-9])")
             if pattern.search(text):
                 hits.append(f"cvc:{name}")

@@ -25,20 +25,20 @@ async def _fill(log: AuditLog, count: int) -> None:
         )
 
 
-async def _tamper(db: Database, *statements: str) -> None:
-    """Run ``statements`` as an attacker with DDL rights: with the append-only guards off."""
-    if db.dialect == "postgresql":
-        async with db.transaction() as tx:
-            await tx.execute("ALTER TABLE vault_audit_log DISABLE TRIGGER USER")
-            for statement in statements:
-                await tx.execute(statement)
-            await tx.execute("ALTER TABLE vault_audit_log ENABLE TRIGGER USER")
-    else:
+async def _tamper(db: Database, *statements: str | tuple[str, str]) -> None:
+    """Run ``statements`` (SQL, or SQL and one argument) as an attacker with DDL rights, that
+    is with the append-only guards off."""
+    if db.dialect == "sqlite":
         await db.execute("DROP TRIGGER vault_audit_log_no_update")
         await db.execute("DROP TRIGGER vault_audit_log_no_delete")
-        async with db.transaction() as tx:
-            for statement in statements:
-                await tx.execute(statement)
+    async with db.transaction() as tx:
+        if db.dialect == "postgresql":
+            await tx.execute("ALTER TABLE vault_audit_log DISABLE TRIGGER USER")
+        for statement in statements:
+            sql, *args = (statement,) if isinstance(statement, str) else statement
+            await tx.execute(sql, *args)
+        if db.dialect == "postgresql":
+            await tx.execute("ALTER TABLE vault_audit_log ENABLE TRIGGER USER")
 
 
 async def test_chain_links_and_verifies(audit: AuditLog) -> None:
@@ -100,7 +100,7 @@ async def test_edit_with_recomputed_hash_breaks_the_next_link(
     forged_hash = dataclasses.replace(entry, actor="someone-else").computed_hash()
     await _tamper(
         database,
-        f"UPDATE vault_audit_log SET actor = 'someone-else', hash = '{forged_hash}' WHERE seq = 3",
+        ("UPDATE vault_audit_log SET actor = 'someone-else', hash = $1 WHERE seq = 3", forged_hash),
     )
     result = await audit.verify()
     assert not result.ok and result.first_bad_seq == 4
