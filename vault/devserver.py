@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
     "DEFAULT_MAX_REQUEST_JSON_STRINGS",
@@ -49,7 +49,8 @@ DEFAULT_MAX_REQUEST_JSON_STRINGS = 100_000
 DEFAULT_MAX_REQUEST_SIZE = 64 * 1024 * 1024
 
 _UNSEAL_KEY_RE = re.compile(r"^Unseal Key: (\S+)\s*$", re.MULTILINE)
-_STDERR_TAIL_CHARS = 2_000
+_OUTPUT_TAIL_CHARS = 2_000
+_SECRET_LINE_RE = re.compile(r"^(Unseal Key:|Root Token:).*$", re.MULTILINE)
 # Environment variables that would make the child talk to (or configure itself from) another
 # Vault/OpenBao: the dev server must be self-contained.
 _FOREIGN_ENV_PREFIXES = ("BAO_", "VAULT_")
@@ -258,18 +259,27 @@ class DevServer:
             open(self._workdir / "stdout.log", "wb") as stdout,
             open(self._workdir / "stderr.log", "wb") as stderr,
         ):
-            self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                env=env,
-                cwd=self._workdir,
-                # Own process group: a Ctrl-C meant for `tessera dev` must not kill the server
-                # before the gateway has drained; we stop it ourselves.
-                start_new_session=True,
-            )
+            try:
+                self._process = self._spawn(argv, stdout, stderr, env)
+            except OSError as error:
+                raise DevServerError(f"cannot run {binary}: {error.strerror}") from None
         self._unseal_key = None
+
+    def _spawn(
+        self, argv: list[str], stdout: IO[bytes], stderr: IO[bytes], env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        assert self._workdir is not None
+        return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            cwd=self._workdir,
+            # Own process group: a Ctrl-C meant for `tessera dev` must not kill the server
+            # before the gateway has drained; we stop it ourselves.
+            start_new_session=True,
+        )
 
     def _listener_config(self, port: int) -> str:
         return (
@@ -287,20 +297,27 @@ class DevServer:
         while True:
             if self._process is None or self._process.poll() is not None:
                 raise DevServerError(
-                    f"bao server exited during start-up; stderr tail:\n{self._stderr_tail()}"
+                    f"bao server exited during start-up; output:\n{self._output_tail()}"
                 )
-            try:
-                document = self.health()
-            except (OSError, DevServerError):
-                document = None
-            if document is not None and not document.get("sealed", True):
+            if self._answers_as_ours():
                 return
             if time.monotonic() > deadline:
                 raise DevServerError(
                     f"bao server did not answer health within {self._startup_timeout:.0f} s; "
-                    f"stderr tail:\n{self._stderr_tail()}"
+                    f"output:\n{self._output_tail()}"
                 )
             time.sleep(0.05)
+
+    def _answers_as_ours(self) -> bool:
+        """Unsealed, and our random root token works: the answer is from *our* server, not from
+        another one that already held the port (ours then fails to bind and exits)."""
+        try:
+            if self.health().get("sealed", True):
+                return False
+            self._call("GET", "/v1/auth/token/lookup-self", token=self._root_token)
+        except (OSError, DevServerError, ValueError):
+            return False
+        return self._process is not None and self._process.poll() is None
 
     def _read_unseal_key(self, timeout: float = 5.0) -> str:
         if self._workdir is None:
@@ -315,14 +332,19 @@ class DevServer:
                 raise DevServerError("the dev server printed no unseal key")
             time.sleep(0.05)
 
-    def _stderr_tail(self) -> str:
+    def _output_tail(self) -> str:
+        """The end of the server's output (bao prints its start-up errors on stdout), with the
+        unseal key and root token lines removed."""
         if self._workdir is None:
             return ""
-        try:
-            text = (self._workdir / "stderr.log").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return text[-_STDERR_TAIL_CHARS:]
+        parts = []
+        for name in ("stdout.log", "stderr.log"):
+            try:
+                text = (self._workdir / name).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            parts.append(_SECRET_LINE_RE.sub(r"\1 [redacted]", text)[-_OUTPUT_TAIL_CHARS:])
+        return "\n".join(part.strip() for part in parts if part.strip())
 
     def _call(
         self,
