@@ -5,6 +5,10 @@ stored: for a random secret that long, a slow password hash adds nothing but lat
 request. A key is shown once, when it is created. Lookups on the request path hit a small
 in-process cache (``key_cache_seconds``, default 5 s) so authentication costs a dict lookup;
 revocation therefore takes effect on every process within that time.
+
+A merchant may register a webhook endpoint (migration 2): the URL Tessera posts payment
+notifications to and the ``whsec_`` secret that signs them. Unlike an API key, the signing
+secret is stored as is, because signing needs it (Stripe does the same).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import re
 import secrets
 import string
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from vault.database import Migration, PostgresDatabase, SqliteDatabase, migrate
 
@@ -24,6 +29,7 @@ __all__ = [
     "AuthFailureLimiter",
     "Merchant",
     "MerchantStore",
+    "WebhookEndpoint",
     "hash_api_key",
     "new_api_key",
     "new_merchant_id",
@@ -51,8 +57,16 @@ _MIGRATIONS = [
         );
         CREATE INDEX api_keys_merchant ON api_keys (merchant_id)
         """,
-    )
+    ),
+    Migration(
+        2,
+        """
+        ALTER TABLE merchants ADD COLUMN webhook_url TEXT;
+        ALTER TABLE merchants ADD COLUMN webhook_secret TEXT
+        """,
+    ),
 ]
+_MAX_WEBHOOK_URL_LENGTH = 2048
 
 
 def new_merchant_id() -> str:
@@ -71,6 +85,35 @@ def hash_api_key(key: str) -> str:
 
 def looks_like_api_key(key: str) -> bool:
     return _API_KEY_RE.fullmatch(key) is not None
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + "".join(secrets.choice(_BASE62) for _ in range(32))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    """Where a merchant's notifications go and the secret that signs them."""
+
+    url: str
+    secret: str = field(repr=False)
+
+
+def _check_webhook_url(url: str, *, allow_http: bool) -> str:
+    parts = urlsplit(url)
+    schemes = ("https", "http") if allow_http else ("https",)
+    if (
+        len(url) > _MAX_WEBHOOK_URL_LENGTH
+        or parts.scheme not in schemes
+        or not parts.hostname
+        or parts.username is not None
+        or parts.password is not None
+    ):
+        raise ValueError(
+            "The webhook URL must be an absolute https:// URL without credentials "
+            f"(at most {_MAX_WEBHOOK_URL_LENGTH} characters)."
+        )
+    return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +189,52 @@ class MerchantStore:
             "SELECT id, name, token_dedup, created_at FROM merchants ORDER BY created_at"
         )
         return [_merchant(row) for row in rows]
+
+    async def set_webhook_endpoint(
+        self, merchant_id: str, url: str, *, allow_http: bool = False
+    ) -> WebhookEndpoint:
+        """Point the merchant's notifications at ``url``; a signing secret is made if none exists.
+
+        ``allow_http`` is for local development and tests; production endpoints are https.
+        """
+        _check_webhook_url(url, allow_http=allow_http)
+        async with self._db.transaction() as tx:
+            row = await tx.fetchone(
+                "SELECT webhook_secret FROM merchants WHERE id = $1", merchant_id
+            )
+            if row is None:
+                raise LookupError("No such merchant.")
+            secret = row["webhook_secret"] or new_webhook_secret()
+            await tx.execute(
+                "UPDATE merchants SET webhook_url = $1, webhook_secret = $2 WHERE id = $3",
+                url,
+                secret,
+                merchant_id,
+            )
+        return WebhookEndpoint(url=url, secret=secret)
+
+    async def rotate_webhook_secret(self, merchant_id: str) -> str:
+        """A new signing secret, effective for the next delivery; returned once."""
+        secret = new_webhook_secret()
+        await self._db.execute(
+            "UPDATE merchants SET webhook_secret = $1 WHERE id = $2", secret, merchant_id
+        )
+        return secret
+
+    async def clear_webhook_endpoint(self, merchant_id: str) -> None:
+        await self._db.execute(
+            "UPDATE merchants SET webhook_url = NULL, webhook_secret = NULL WHERE id = $1",
+            merchant_id,
+        )
+
+    async def webhook_endpoint(self, merchant_id: str) -> WebhookEndpoint | None:
+        """The merchant's endpoint, or None when no notifications should be sent."""
+        row = await self._db.fetchone(
+            "SELECT webhook_url, webhook_secret FROM merchants WHERE id = $1", merchant_id
+        )
+        if row is None or not row["webhook_url"] or not row["webhook_secret"]:
+            return None
+        return WebhookEndpoint(url=row["webhook_url"], secret=row["webhook_secret"])
 
     async def authenticate(self, key: str) -> Merchant | None:
         """The merchant owning the live key ``key``, or None."""

@@ -1,0 +1,72 @@
+"""Persistence and reliability under the payments API.
+
+- ``store``: ``PaymentStore`` (payments, attempts, refunds, received webhook events) with the
+  normalization state machine and optimistic concurrency; ``records``: what it returns.
+- ``idempotency``: ``IdempotencyStore.run``, Stripe's Idempotency-Key semantics across processes.
+- ``outbox``: ``Outbox`` (notifications enqueued in the payment's own transaction) and
+  ``NotificationDispatcher`` (signed, retried, lease-claimed delivery to merchants).
+- ``signatures``: the ``Tessera-Signature`` scheme; ``backoff``: exponential backoff with jitter;
+  ``instants``: how times are stored.
+
+Imports ``vault.database`` (the SQL interface), ``vault.clock``, ``normalization`` and the
+gateway's ``merchants`` and ``problems``; never a connector.
+"""
+
+from gateway.payments.backoff import ExponentialBackoff
+from gateway.payments.idempotency import (
+    HandlerResult,
+    IdempotencyClaim,
+    IdempotencyStore,
+    IdempotentResponse,
+    validate_idempotency_key,
+)
+from gateway.payments.outbox import (
+    DispatchReport,
+    Notification,
+    NotificationDispatcher,
+    NotificationStatus,
+    Outbox,
+)
+from gateway.payments.records import (
+    AttemptRecord,
+    PaymentMethodSummary,
+    PaymentRecord,
+    RefundRecord,
+    RefundStatus,
+    provider_idempotency_key,
+)
+from gateway.payments.signatures import (
+    SIGNATURE_HEADER,
+    InvalidSignatureError,
+    sign_payload,
+    verify_signature,
+)
+from gateway.payments.store import KEEP, ConcurrentUpdateError, PaymentStore, ReconcilePolicy
+
+__all__ = [
+    "KEEP",
+    "SIGNATURE_HEADER",
+    "AttemptRecord",
+    "ConcurrentUpdateError",
+    "DispatchReport",
+    "ExponentialBackoff",
+    "HandlerResult",
+    "IdempotencyClaim",
+    "IdempotencyStore",
+    "IdempotentResponse",
+    "InvalidSignatureError",
+    "Notification",
+    "NotificationDispatcher",
+    "NotificationStatus",
+    "Outbox",
+    "PaymentMethodSummary",
+    "PaymentRecord",
+    "PaymentStore",
+    "ReconcilePolicy",
+    "RefundRecord",
+    "RefundStatus",
+    "provider_idempotency_key",
+    "sign_payload",
+    "validate_idempotency_key",
+    "verify_signature",
+]
