@@ -1,0 +1,454 @@
+"""The payment store on SQLite and PostgreSQL: round trips, merchant isolation, the state
+machine, optimistic concurrency, attempts and provider keys, reconciliation bookkeeping,
+refunds and webhook-event dedup."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from gateway.payments import (
+    ConcurrentUpdateError,
+    ExponentialBackoff,
+    Outbox,
+    PaymentMethodSummary,
+    PaymentRecord,
+    PaymentStore,
+    ReconcilePolicy,
+    RefundStatus,
+    provider_idempotency_key,
+)
+from normalization import (
+    Capture,
+    CaptureExceedsAuthorizedError,
+    DeclineCode,
+    IllegalTransitionError,
+    InvalidRequestError,
+    Money,
+    NextAction,
+    Observe,
+    Outcome,
+    PaymentNotFoundError,
+    PaymentResult,
+    PaymentStatus,
+    Refund,
+    RefundExceedsCapturedError,
+    Void,
+)
+from normalization.methods import BankAccountMethod, CardMethod
+from tests.gateway.payments.conftest import Database, FakeClock
+from vault.database import open_database
+
+S = PaymentStatus
+EUR = "EUR"
+CARD = PaymentMethodSummary(type="card", token="tok_" + "a" * 24, brand="visa", last4="4242")
+
+
+async def _payment(store: PaymentStore, merchant: str = "mer_a", **kwargs: object) -> PaymentRecord:
+    amount = kwargs.pop("amount", Money.of(1050, EUR))
+    assert isinstance(amount, Money)
+    return await store.create_payment(merchant, amount, payment_method=CARD, **kwargs)  # type: ignore[arg-type]
+
+
+async def _authorized(store: PaymentStore, **kwargs: object) -> PaymentRecord:
+    payment = await _payment(store, **kwargs)
+    return await store.apply(payment, S.AUTHORIZED, connector="sandbox", provider_reference="p_1")
+
+
+# -- payments -----------------------------------------------------------------------------------
+
+
+async def test_payment_round_trip(payment_store: PaymentStore, clock: FakeClock) -> None:
+    created = await payment_store.create_payment(
+        "mer_a",
+        Money.of(1050, EUR),
+        payment_method=CARD,
+        capture=True,
+        connector="sandbox",
+        reference="order-42",
+        metadata={"cart": "7", "channel": "web"},
+        return_url="https://shop.example/return",
+    )
+    assert created.id.startswith("pay_") and len(created.id) == 28
+    assert created.status is None and created.version == 1
+    assert created.created_at == clock.now()
+    loaded = await payment_store.get_payment("mer_a", created.id)
+    assert loaded == created
+
+    action = NextAction(url="https://acs.example/3ds?x=1")
+    clock.advance(5)
+    moved = await payment_store.apply(
+        loaded, S.REQUIRES_ACTION, next_action=action, provider_reference="psp_9"
+    )
+    assert moved.version == 2 and moved.updated_at == clock.now()
+    again = await payment_store.get_payment("mer_a", created.id)
+    assert again == moved
+    assert again.next_action == action and again.provider_reference == "psp_9"
+    assert again.metadata == {"cart": "7", "channel": "web"}
+    assert again.payment_method == CARD
+
+
+async def test_declined_payment_keeps_its_decline(payment_store: PaymentStore) -> None:
+    payment = await _payment(payment_store)
+    result = PaymentResult.declined(DeclineCode.INSUFFICIENT_FUNDS, "no money", "51")
+    declined = await payment_store.apply(payment, result.status, decline=result.decline)
+    loaded = await payment_store.get_payment("mer_a", payment.id)
+    assert loaded.status is S.DECLINED and loaded.decline == result.decline == declined.decline
+
+
+async def test_merchants_never_see_each_others_payments(payment_store: PaymentStore) -> None:
+    payment = await _payment(payment_store, merchant="mer_a", reference="order-1")
+    with pytest.raises(PaymentNotFoundError):
+        await payment_store.get_payment("mer_b", payment.id)
+    with pytest.raises(PaymentNotFoundError):
+        await payment_store.get_payment("mer_a", "pay_missing")
+    assert await payment_store.find_by_reference("mer_b", "order-1") == []
+    assert [p.id for p in await payment_store.find_by_reference("mer_a", "order-1")] == [payment.id]
+
+
+async def test_find_by_reference_newest_first(
+    payment_store: PaymentStore, clock: FakeClock
+) -> None:
+    first = await _payment(payment_store, reference="order-7")
+    clock.advance(1)
+    second = await _payment(payment_store, reference="order-7")
+    found = await payment_store.find_by_reference("mer_a", "order-7")
+    assert [p.id for p in found] == [second.id, first.id]
+
+
+async def test_find_by_provider_reference(payment_store: PaymentStore) -> None:
+    payment = await _authorized(payment_store)
+    assert (await payment_store.find_by_provider_reference("sandbox", "p_1")) == payment
+    other = await _payment(payment_store)
+    attempt = await payment_store.start_attempt(other, "sandbox", "authorize")
+    await payment_store.finish_attempt(attempt.id, PaymentResult.unknown("p_via_attempt"))
+    found = await payment_store.find_by_provider_reference("sandbox", "p_via_attempt")
+    assert found is not None and found.id == other.id
+    assert await payment_store.find_by_provider_reference("other", "p_1") is None
+
+
+async def test_bank_account_summary_is_masked() -> None:
+    method = BankAccountMethod(holder_name="A. Payer", iban="DE89370400440532013000")
+    summary = PaymentMethodSummary.of(method)
+    assert summary.masked_account is not None and summary.masked_account.endswith("3000")
+    assert "370400440532" not in summary.masked_account
+    card = PaymentMethodSummary.of(CardMethod(token="tok_" + "b" * 20), brand="visa", last4="1111")
+    assert card.token == "tok_" + "b" * 20
+
+
+@pytest.mark.parametrize("field", ["token", "masked_account", "brand", "scheme", "country", "type"])
+async def test_summary_refuses_a_card_number(field: str) -> None:
+    pan = "4111 1111 1111 1111"
+    with pytest.raises(InvalidRequestError) as caught:
+        PaymentMethodSummary(**{"type": "card", field: pan})  # type: ignore[arg-type]
+    assert "1111" not in str(caught.value)
+
+
+async def test_reference_and_metadata_refuse_card_numbers(payment_store: PaymentStore) -> None:
+    with pytest.raises(InvalidRequestError):
+        await _payment(payment_store, reference="card 4111-1111-1111-1111")
+    with pytest.raises(InvalidRequestError):
+        await _payment(payment_store, metadata={"note": "5555555555554444"})
+    # A long numeric order id that is no card (Luhn-invalid or no known brand) is fine.
+    ok = await _payment(
+        payment_store, reference="9000000000000001", metadata={"n": "4111111111111112"}
+    )
+    assert ok.reference == "9000000000000001"
+
+
+# -- the state machine and optimistic concurrency ------------------------------------------------
+
+
+async def test_full_lifecycle_through_apply(payment_store: PaymentStore) -> None:
+    payment = await _authorized(payment_store)
+    payment = await payment_store.apply(payment, Capture(Money.of(400, EUR)))
+    assert (payment.status, payment.captured) == (S.PARTIALLY_CAPTURED, 400)
+    payment = await payment_store.apply(payment, Capture(Money.of(650, EUR)))
+    assert (payment.status, payment.captured) == (S.CAPTURED, 1050)
+    payment = await payment_store.apply(payment, Refund(Money.of(50, EUR)))
+    payment = await payment_store.apply(payment, Refund(Money.of(1000, EUR)))
+    assert (payment.status, payment.refunded, payment.version) == (S.REFUNDED, 1050, 6)
+    assert await payment_store.get_payment("mer_a", payment.id) == payment
+
+
+async def test_illegal_transitions_raise_and_write_nothing(payment_store: PaymentStore) -> None:
+    payment = await _authorized(payment_store)
+    voided = await payment_store.apply(payment, Void())
+    with pytest.raises(IllegalTransitionError):
+        await payment_store.apply(voided, Capture(Money.of(100, EUR)))
+    with pytest.raises(IllegalTransitionError):
+        await payment_store.apply(voided, S.AUTHORIZED)
+    fresh = await _authorized(payment_store)
+    with pytest.raises(CaptureExceedsAuthorizedError):
+        await payment_store.apply(fresh, Capture(Money.of(2000, EUR)))
+    captured = await payment_store.apply(fresh, Capture(Money.of(100, EUR)))
+    with pytest.raises(RefundExceedsCapturedError):
+        await payment_store.apply(captured, Refund(Money.of(101, EUR)))
+    assert await payment_store.get_payment("mer_a", voided.id) == voided
+    assert await payment_store.get_payment("mer_a", captured.id) == captured
+
+
+async def test_duplicate_observation_writes_nothing(payment_store: PaymentStore) -> None:
+    payment = await _authorized(payment_store)
+    same = await payment_store.apply(payment, Observe(S.AUTHORIZED))
+    assert same.version == payment.version
+    assert (await payment_store.get_payment("mer_a", payment.id)).version == payment.version
+
+
+async def test_stale_write_is_a_retryable_conflict(payment_store: PaymentStore) -> None:
+    payment = await _authorized(payment_store)
+    await payment_store.apply(payment, Capture(Money.of(1050, EUR)))  # another request wins
+    with pytest.raises(ConcurrentUpdateError) as caught:
+        await payment_store.apply(payment, Void())  # based on the stale "authorized" copy
+    assert caught.value.code == "concurrent_update" and caught.value.retry_after
+    stored = await payment_store.get_payment("mer_a", payment.id)
+    assert stored.status is S.CAPTURED
+    # With retries the store re-reads: the webhook's "captured" then converges as a no-op.
+    converged = await payment_store.apply(payment, S.CAPTURED, retries=1)
+    assert converged == stored
+
+
+async def test_racing_writers_exactly_one_wins(payment_store: PaymentStore) -> None:
+    payment = await _authorized(payment_store)
+    results = await asyncio.gather(
+        *(payment_store.apply(payment, Capture(Money.of(10, EUR))) for _ in range(10)),
+        return_exceptions=True,
+    )
+    winners = [r for r in results if isinstance(r, PaymentRecord)]
+    assert len(winners) == 1
+    assert all(isinstance(r, ConcurrentUpdateError) for r in results if r not in winners)
+    assert (await payment_store.get_payment("mer_a", payment.id)).captured == 10
+
+
+async def test_two_processes_conflict_on_one_database(
+    database_url: str, payment_store: PaymentStore
+) -> None:
+    payment = await _authorized(payment_store)
+    other_db = await open_database(database_url)
+    try:
+        other = PaymentStore(other_db)
+        copy = await other.get_payment("mer_a", payment.id)
+        await other.apply(copy, Void())
+        with pytest.raises(ConcurrentUpdateError):
+            await payment_store.apply(payment, Capture(Money.of(5, EUR)))
+    finally:
+        await other_db.close()
+
+
+async def test_apply_and_notification_commit_together(
+    db: Database, payment_store: PaymentStore, outbox: Outbox
+) -> None:
+    payment = await _authorized(payment_store)
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as tx:
+            await payment_store.apply(payment, Void(), tx=tx)
+            await outbox.enqueue(tx, "mer_a", "payment.voided", {"id": payment.id})
+            raise RuntimeError("the request failed after the write")
+    assert (await payment_store.get_payment("mer_a", payment.id)).status is S.AUTHORIZED
+    assert await outbox.for_merchant("mer_a") == []
+    async with db.transaction() as tx:
+        voided = await payment_store.apply(payment, Void(), tx=tx)
+        await outbox.enqueue(tx, "mer_a", "payment.voided", {"id": payment.id})
+    assert (await payment_store.get_payment("mer_a", payment.id)) == voided
+    assert [n.event_type for n in await outbox.for_merchant("mer_a")] == ["payment.voided"]
+
+
+# -- attempts -----------------------------------------------------------------------------------
+
+
+def test_provider_keys_are_deterministic_and_distinct() -> None:
+    key = provider_idempotency_key("mer_a", "pay_1", 1, "authorize")
+    assert key == provider_idempotency_key("mer_a", "pay_1", 1, "authorize")
+    assert uuid.UUID(key).version == 5
+    others = {
+        provider_idempotency_key("mer_b", "pay_1", 1, "authorize"),
+        provider_idempotency_key("mer_a", "pay_2", 1, "authorize"),
+        provider_idempotency_key("mer_a", "pay_1", 2, "authorize"),
+        provider_idempotency_key("mer_a", "pay_1", 1, "capture"),
+    }
+    assert key not in others and len(others) == 4
+
+
+async def test_attempt_round_trip(payment_store: PaymentStore, clock: FakeClock) -> None:
+    payment = await _payment(payment_store)
+    first = await payment_store.start_attempt(payment, "sandbox", "authorize")
+    assert (first.seq, first.in_flight, first.needs_reconciliation) == (1, True, True)
+    assert first.provider_idempotency_key == provider_idempotency_key(
+        "mer_a", payment.id, 1, "authorize"
+    )
+    assert await payment_store.get_attempt(first.id) == first
+    clock.advance(1)
+    result = PaymentResult(
+        status=S.AUTHORIZED, outcome=Outcome.SUCCEEDED, provider_reference="psp_1"
+    )
+    done = await payment_store.finish_attempt(first.id, result)
+    assert (done.outcome, done.status, done.provider_reference) == (
+        Outcome.SUCCEEDED,
+        S.AUTHORIZED,
+        "psp_1",
+    )
+    assert done.finished_at == clock.now() and done.next_reconcile_at is None
+    capture = await payment_store.start_attempt(
+        payment, "sandbox", "capture", amount=Money.of(500, EUR)
+    )
+    assert capture.seq == 2 and capture.amount == Money.of(500, EUR)
+    assert await payment_store.attempts(payment.id) == [done, capture]
+
+
+async def test_finishing_twice_is_idempotent_but_not_contradictory(
+    payment_store: PaymentStore,
+) -> None:
+    payment = await _payment(payment_store)
+    attempt = await payment_store.start_attempt(payment, "sandbox", "authorize")
+    declined = PaymentResult.declined(DeclineCode.DO_NOT_HONOR, provider_code="05")
+    first = await payment_store.finish_attempt(attempt.id, declined)
+    assert first.error_code == "do_not_honor"
+    assert await payment_store.finish_attempt(attempt.id, declined) == first
+    with pytest.raises(IllegalTransitionError):
+        await payment_store.finish_attempt(
+            attempt.id, PaymentResult(status=S.AUTHORIZED, outcome=Outcome.SUCCEEDED)
+        )
+
+
+async def test_concurrent_attempts_get_distinct_sequence_numbers(
+    payment_store: PaymentStore,
+) -> None:
+    payment = await _payment(payment_store)
+    attempts = await asyncio.gather(
+        *(payment_store.start_attempt(payment, "sandbox", "sync") for _ in range(8))
+    )
+    assert sorted(a.seq for a in attempts) == list(range(1, 9))
+    assert len({a.provider_idempotency_key for a in attempts}) == 8
+
+
+# -- reconciliation -----------------------------------------------------------------------------
+
+
+async def test_reconciliation_due_list_and_backoff(db: Database, clock: FakeClock) -> None:
+    policy = ReconcilePolicy(
+        backoff=ExponentialBackoff(
+            first_delay=timedelta(seconds=10), max_delay=timedelta(seconds=60), jitter=0
+        ),
+        in_flight_grace=timedelta(seconds=30),
+    )
+    store = PaymentStore(db, clock=clock, reconcile_policy=policy)
+    await store.migrate()
+    payment = await _payment(store)
+    unknown = await store.start_attempt(payment, "sandbox", "authorize")
+    await store.finish_attempt(unknown.id, PaymentResult.unknown())
+    pending = await store.start_attempt(payment, "sandbox", "capture")
+    await store.finish_attempt(
+        pending.id, PaymentResult(status=S.PENDING, outcome=Outcome.SUCCEEDED)
+    )
+    settled = await store.start_attempt(payment, "sandbox", "void")
+    await store.finish_attempt(
+        settled.id, PaymentResult(status=S.VOIDED, outcome=Outcome.SUCCEEDED)
+    )
+    abandoned = await store.start_attempt(payment, "sandbox", "refund")  # its process "died"
+
+    assert await store.due_for_reconciliation(clock.now()) == []
+    clock.advance(10)  # first backoff step
+    due = await store.due_for_reconciliation(clock.now())
+    assert {a.id for a in due} == {unknown.id, pending.id}
+    clock.advance(20)  # the in-flight grace has passed too
+    due = await store.due_for_reconciliation(clock.now())
+    assert {a.id for a in due} == {unknown.id, pending.id, abandoned.id}
+    assert settled.id not in {a.id for a in due}
+    assert len(await store.due_for_reconciliation(clock.now(), limit=2)) == 2
+
+    # A sync that left it open: the count goes up and the wait doubles, up to the cap.
+    waits = []
+    for _ in range(4):
+        again = await store.schedule_reconcile(unknown.id)
+        assert again.next_reconcile_at is not None
+        waits.append((again.next_reconcile_at - clock.now()).total_seconds())
+    assert waits == [20, 40, 60, 60]
+    assert (await store.get_attempt(unknown.id)).reconcile_count == 4
+    explicit = clock.now() + timedelta(seconds=5)
+    assert (await store.schedule_reconcile(pending.id, explicit)).next_reconcile_at == explicit
+
+    # The sync found the answer: nothing is due for that attempt any more.
+    await store.finish_attempt(
+        unknown.id, PaymentResult(status=S.AUTHORIZED, outcome=Outcome.SUCCEEDED)
+    )
+    clock.advance(3600)
+    due_ids = {a.id for a in await store.due_for_reconciliation(clock.now())}
+    assert due_ids == {pending.id, abandoned.id}
+
+
+async def test_reconcilers_never_claim_the_same_attempt(
+    database_url: str, payment_store: PaymentStore, clock: FakeClock
+) -> None:
+    payment = await _payment(payment_store)
+    for _ in range(12):
+        attempt = await payment_store.start_attempt(payment, "sandbox", "sync")
+        await payment_store.finish_attempt(attempt.id, PaymentResult.unknown())
+    clock.advance(3600)
+    other_db = await open_database(database_url)
+    try:
+        other = PaymentStore(other_db, clock=clock)
+        batches = await asyncio.gather(
+            payment_store.claim_for_reconciliation(limit=5),
+            other.claim_for_reconciliation(limit=5),
+            payment_store.claim_for_reconciliation(limit=5),
+        )
+    finally:
+        await other_db.close()
+    ids = [a.id for batch in batches for a in batch]
+    assert len(ids) == len(set(ids)) == 12
+    # Leased: not due again until the lease runs out.
+    assert await payment_store.due_for_reconciliation(clock.now()) == []
+    clock.advance(61)
+    assert len(await payment_store.due_for_reconciliation(clock.now())) == 12
+
+
+# -- refunds ------------------------------------------------------------------------------------
+
+
+async def test_refund_round_trip(payment_store: PaymentStore, clock: FakeClock) -> None:
+    payment = await _authorized(payment_store)
+    first = await payment_store.add_refund(payment, Money.of(300, EUR))
+    assert first.id.startswith("re_") and first.status is RefundStatus.PENDING
+    clock.advance(1)
+    second = await payment_store.add_refund(payment, Money.of(200, EUR))
+    done = await payment_store.update_refund(
+        first.id, status=RefundStatus.SUCCEEDED, provider_reference="rf_1"
+    )
+    assert (done.status, done.provider_reference) == (RefundStatus.SUCCEEDED, "rf_1")
+    failed = await payment_store.update_refund(second.id, status=RefundStatus.FAILED)
+    assert failed.provider_reference is None
+    assert await payment_store.refunds(payment.id) == [done, failed]
+    with pytest.raises(InvalidRequestError):
+        await payment_store.add_refund(payment, Money.of(1, "USD"))
+
+
+# -- webhook events -----------------------------------------------------------------------------
+
+
+async def test_webhook_event_recorded_once(payment_store: PaymentStore, clock: FakeClock) -> None:
+    assert await payment_store.record_webhook_event("sandbox", "evt_1") is True
+    assert await payment_store.record_webhook_event("sandbox", "evt_1") is False
+    assert await payment_store.record_webhook_event("other", "evt_1") is True
+    await payment_store.forget_webhook_event("sandbox", "evt_1")
+    assert await payment_store.record_webhook_event("sandbox", "evt_1") is True
+    clock.advance(10)
+    assert await payment_store.purge_webhook_events(clock.now()) == 2
+    assert await payment_store.record_webhook_event("other", "evt_1") is True
+
+
+async def test_concurrent_duplicate_webhooks_exactly_one_wins(
+    database_url: str, payment_store: PaymentStore
+) -> None:
+    other_db = await open_database(database_url)
+    try:
+        other = PaymentStore(other_db)
+        stores = [payment_store, other] * 15
+        results = await asyncio.gather(
+            *(store.record_webhook_event("sandbox", "evt_dup") for store in stores)
+        )
+    finally:
+        await other_db.close()
+    assert results.count(True) == 1 and len(results) == 30
