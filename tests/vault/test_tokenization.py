@@ -289,7 +289,7 @@ async def test_batch_throughput(
         await asyncio.gather(*(service.tokenize_many(tenant, b) for b in batches[1:]))
         figures[name] = 3000 / (time.perf_counter() - started)
         await batcher.close()
-    print(f"\ntokenize_many, 3 x 1,000 cards in parallel (SQLite): {figures}")
+    print(f"\ntokenize_many, 3 x 1,000 cards in parallel (SQLite): {figures}")  # noqa: T201
     assert figures["direct"] > 3_000
 
 
