@@ -1,0 +1,357 @@
+"""Egress detokenization and the host policy (RELIABILITY items 4, 19, 30, 35).
+
+The PAN placeholder reaches the loopback server as the PAN, in JSON, form (Stripe's bracketed
+keys), XML and headers, while the transcript, the logs and exception texts hold only the mask;
+nothing goes to undeclared hosts, to internal addresses or through a redirect.
+"""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import json
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import structlog
+from aiohttp import web
+
+from normalization import CardData, CardMethod, CardNumber, CardSecurityCode, Outcome
+from sdk import (
+    CallContext,
+    ConnectorRuntime,
+    Credentials,
+    Deadline,
+    DestinationRefusedError,
+    HostPolicy,
+    HttpSettings,
+    MissingCardDataError,
+    ResponseTooLargeError,
+    RuntimeSettings,
+    TranscriptRecorder,
+    UnexpectedRedirectError,
+    build_http_client,
+)
+from sdk.hostpolicy import address_refusal
+from sdk.testing import FakeTokenRevealer
+from tests.sdk.conftest import API_KEY, TENANT, RuntimeFactory, authorize_request
+from tests.sdk.demo_connector import MANIFEST, DemoConnector
+from tests.sdk.loopback import LoopbackProvider, RawServer, raw_server, read_request, reset
+
+GZIP = {"Content-Encoding": "gzip"}
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    http = build_http_client(HostPolicy(frozenset({"127.0.0.1"}), test_mode=True))
+    yield http
+    await http.aclose()
+
+
+def context(
+    http: httpx.AsyncClient,
+    base_url: str,
+    revealer: FakeTokenRevealer | None,
+    transcript: TranscriptRecorder | None = None,
+) -> CallContext:
+    return CallContext(
+        manifest=MANIFEST,
+        operation="authorize",
+        tenant=TENANT,
+        deadline=Deadline.after(5),
+        http=http,
+        base_url=base_url,
+        credentials=Credentials({"api_key": API_KEY}),
+        revealer=revealer,
+        transcript=transcript,
+    )
+
+
+async def test_json_body_gets_real_values_transcript_gets_masks(
+    provider: LoopbackProvider, client, revealer, canary, transcript
+) -> None:
+    token, pan, cvc = canary
+    ctx = context(client, provider.url, revealer, transcript)
+    card = ctx.card(CardMethod(token=token))
+    assert pan not in repr(card) and "placeholder" in repr(card.number)
+    with structlog.testing.capture_logs() as logs:
+        await ctx.send(
+            "POST",
+            "/payments",
+            json={
+                "card": {
+                    "number": card.number,
+                    "cvc": card.cvc,
+                    "exp": f"{card.exp_month}/{card.exp_year_short}",
+                }
+            },
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        )
+    sent = json.loads(provider.requests[0].body)
+    assert sent["card"] == {"number": pan, "cvc": cvc, "exp": "03/31"}
+    assert revealer.reveals == [(TENANT, token, "egress:demo:authorize")]  # one reveal per token
+
+    [exchange] = transcript.exchanges
+    assert pan not in transcript.text() and API_KEY not in transcript.text()
+    assert json.loads(exchange.request_body)["card"] == {
+        "number": f"{pan[:6]}******{pan[-4:]}",
+        "cvc": "***",
+        "exp": "03/31",
+    }
+    headers = {name.lower(): value for name, value in exchange.request_headers}
+    assert headers["authorization"] == "[REDACTED]"
+    assert pan not in repr(logs) and API_KEY not in repr(logs)
+
+
+async def test_form_body_with_bracketed_keys_like_stripe(
+    provider: LoopbackProvider, client, revealer, canary, transcript
+) -> None:
+    _, pan, cvc = canary
+    revealer.add(
+        TENANT, pan, cvc=cvc, exp_month=3, holder_name="Zoë O'Brien & Co", token="tok_" + "a" * 20
+    )
+    ctx = context(client, provider.url, revealer, transcript)
+    card = ctx.card(CardMethod(token="tok_" + "a" * 20))
+    await ctx.send(
+        "POST",
+        "/v1/payment_methods",
+        data={
+            "type": "card",
+            "card[number]": card.number,
+            "card[cvc]": card.cvc,
+            "card[exp_month]": card.exp_month,
+            "billing_details[name]": card.holder_name,
+        },
+    )
+    form = parse_qs(provider.requests[0].body.decode())
+    assert form["card[number]"] == [pan]
+    assert form["card[cvc]"] == [cvc]
+    assert form["card[exp_month]"] == ["03"]
+    assert form["billing_details[name]"] == ["Zoë O'Brien & Co"]
+    text = transcript.text()
+    assert pan not in text and "Brien" not in text
+
+
+async def test_xml_body_and_header_placeholders(
+    provider: LoopbackProvider, client, revealer, canary, transcript
+) -> None:
+    _, pan, cvc = canary
+    named = revealer.add(TENANT, pan, cvc=cvc, holder_name='A <b>"quoted"</b> name')
+    ctx = context(client, provider.url, revealer, transcript)
+    card = ctx.card(CardMethod(token=named))
+    xml = (
+        f"<payment><pan>{card.number}</pan><cvv>{card.cvc}</cvv>"
+        f"<name>{card.holder_name}</name></payment>"
+    )
+    await ctx.send(
+        "POST",
+        "/xml",
+        content=xml,
+        headers={"Content-Type": "application/xml", "X-Card-Last": card.exp_year},
+    )
+    received = provider.requests[0]
+    assert received.body.decode() == (
+        f"<payment><pan>{pan}</pan><cvv>{cvc}</cvv>"
+        "<name>A &lt;b&gt;&quot;quoted&quot;&lt;/b&gt; name</name></payment>"
+    )
+    assert received.headers["X-Card-Last"] == "2030"
+    assert int(received.headers["Content-Length"]) == len(received.body)
+    assert pan not in transcript.text()
+
+
+async def test_inline_card_needs_no_revealer(provider: LoopbackProvider, client, canary) -> None:
+    _, pan, cvc = canary
+    ctx = context(client, provider.url, revealer=None)
+    inline = CardMethod(
+        card=CardData(number=CardNumber(pan), cvc=CardSecurityCode(cvc), exp_month=1, exp_year=2032)
+    )
+    card = ctx.card(inline)
+    await ctx.send("POST", "/p", json={"n": card.number, "y": card.exp_year})
+    assert json.loads(provider.requests[0].body) == {"n": pan, "y": "2032"}
+
+
+async def test_placeholder_in_url_is_refused_before_sending(
+    provider: LoopbackProvider, client, revealer, canary
+) -> None:
+    ctx = context(client, provider.url, revealer)
+    card = ctx.card(CardMethod(token=canary[0]))
+    with pytest.raises(Exception, match="not allowed in URLs") as caught:
+        await ctx.send("GET", "/cards", params={"pan": card.number})
+    assert canary[1] not in str(caught.value)
+    assert provider.requests == []
+    assert revealer.reveals == []
+
+
+async def test_placeholder_from_another_call_is_refused(
+    provider: LoopbackProvider, client, revealer, canary
+) -> None:
+    first = context(client, provider.url, revealer)
+    stale = first.card(CardMethod(token=canary[0]))
+    second = context(client, provider.url, revealer)
+    with pytest.raises(Exception, match="another call"):
+        await second.send("POST", "/p", json={"number": stale.number})
+    assert provider.requests == []
+
+
+async def test_missing_cvc_is_an_error_before_anything_is_sent(
+    provider: LoopbackProvider, client, revealer, canary
+) -> None:
+    no_cvc = revealer.add(TENANT, canary[1])
+    ctx = context(client, provider.url, revealer)
+    card = ctx.card(CardMethod(token=no_cvc))
+    with pytest.raises(MissingCardDataError):
+        await ctx.send("POST", "/p", json={"number": card.number, "cvc": card.cvc})
+    assert provider.requests == []
+    assert not ctx.may_have_reached_provider
+
+
+async def test_failure_after_reveal_leaks_nothing_into_exceptions_or_logs(
+    make_runtime: RuntimeFactory, canary, transcript
+) -> None:
+    token, pan, cvc = canary
+
+    async def read_then_reset(state: RawServer, reader, writer) -> None:
+        state.bodies.append(await read_request(reader))
+        reset(writer)
+
+    server = await raw_server(read_then_reset)
+    try:
+        runtime = make_runtime(server.url)
+        with structlog.testing.capture_logs() as logs:
+            result = await runtime.invoke(
+                "authorize", authorize_request(token), deadline=Deadline.after(5), tenant=TENANT
+            )
+    finally:
+        await server.close()
+    assert pan.encode() in server.bodies[0]  # the server did get the card
+    assert result.outcome is Outcome.UNKNOWN
+    assert pan not in repr(logs) and pan not in transcript.text()
+    [exchange] = transcript.exchanges
+    assert exchange.error == "OutcomeUnknownError"
+    assert pan not in repr(result) and cvc not in repr(result)
+
+
+async def test_redirect_to_another_host_sends_nothing_there(
+    provider: LoopbackProvider, make_runtime: RuntimeFactory, canary
+) -> None:
+    elsewhere = await LoopbackProvider().start()
+    try:
+
+        async def redirect(request: web.Request) -> web.StreamResponse:
+            raise web.HTTPTemporaryRedirect(f"{elsewhere.url}/payments")
+
+        provider.handler = redirect
+        runtime = make_runtime(provider.url)
+        result = await runtime.invoke(
+            "authorize", authorize_request(canary[0]), deadline=Deadline.after(5), tenant=TENANT
+        )
+        assert elsewhere.requests == []
+        assert len(provider.requests) == 1
+        assert result.outcome is Outcome.UNKNOWN  # the provider got the request; no redirect
+    finally:
+        await elsewhere.close()
+
+
+async def test_redirect_surfaces_as_an_error_at_the_context(
+    provider: LoopbackProvider, client, revealer
+) -> None:
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("https://evil.example/steal")
+
+    provider.handler = redirect
+    with pytest.raises(UnexpectedRedirectError):
+        await context(client, provider.url, revealer).send("POST", "/p", json={})
+
+
+async def test_undeclared_host_is_refused_before_a_socket_opens(
+    provider: LoopbackProvider, revealer
+) -> None:
+    http = build_http_client(HostPolicy(frozenset({"api.demo-acquirer.example"}), test_mode=True))
+    try:
+        with pytest.raises(DestinationRefusedError, match="not among"):
+            await context(http, provider.url, revealer).send("POST", "/p", json={})
+    finally:
+        await http.aclose()
+    assert provider.requests == []
+
+
+async def test_outside_test_mode_loopback_names_http_and_ip_literals_are_refused(
+    provider: LoopbackProvider, revealer
+) -> None:
+    # "localhost" is allowlisted, but resolves to loopback: refused by the guarded backend.
+    http = build_http_client(HostPolicy(frozenset({"localhost"}), test_mode=False))
+    try:
+        with pytest.raises(DestinationRefusedError, match="loopback"):
+            await http.get(f"https://localhost:{provider.port}/p")
+        with pytest.raises(DestinationRefusedError, match="https"):
+            await http.get(f"http://localhost:{provider.port}/p")
+    finally:
+        await http.aclose()
+    policy = HostPolicy(frozenset({"127.0.0.1"}), test_mode=False)
+    with pytest.raises(DestinationRefusedError, match="IP-literal"):
+        policy.check_url(httpx.URL("https://127.0.0.1/p"))
+    with pytest.raises(DestinationRefusedError, match="credentials"):
+        HostPolicy(frozenset({"a.example"})).check_url(httpx.URL("https://u:p@a.example/"))
+    assert provider.requests == []
+
+
+def test_runtime_refuses_http_base_url_outside_test_mode() -> None:
+    with pytest.raises(Exception, match="must be https"):
+        ConnectorRuntime(DemoConnector(), settings=RuntimeSettings(base_url="http://127.0.0.1:1"))
+
+
+@pytest.mark.parametrize(
+    ("address", "test_mode", "refused"),
+    [
+        ("169.254.169.254", True, True),
+        ("fd00:ec2::254", True, True),
+        ("100.100.100.200", False, True),
+        ("169.254.1.1", True, True),
+        ("10.1.2.3", False, True),
+        ("192.168.1.1", False, True),
+        ("127.0.0.1", False, True),
+        ("::1", False, True),
+        ("::ffff:127.0.0.1", False, True),
+        ("0.0.0.0", True, True),  # noqa: S104 - the address under test
+        ("224.0.0.1", False, True),
+        ("127.0.0.1", True, False),
+        ("10.1.2.3", True, False),
+        ("93.184.216.34", False, False),
+        ("2606:4700::6810:84e5", False, False),
+    ],
+)
+def test_address_policy(address: str, test_mode: bool, refused: bool) -> None:
+    reason = address_refusal(ipaddress.ip_address(address), test_mode=test_mode)
+    assert (reason is not None) is refused
+
+
+async def test_oversized_and_bomb_replies_are_refused(provider: LoopbackProvider, revealer) -> None:
+    http = build_http_client(
+        HostPolicy(frozenset({"127.0.0.1"}), test_mode=True), HttpSettings(max_response_bytes=1000)
+    )
+    replies = iter(
+        [
+            web.Response(body=b"x" * 5000),
+            web.Response(
+                body=gzip.compress(b"0" * 1_000_000), headers={"Content-Encoding": "gzip"}
+            ),
+            web.Response(body=gzip.compress(b'{"ok": true}'), headers={"Content-Encoding": "gzip"}),
+        ]
+    )
+
+    async def reply(request: web.Request) -> web.StreamResponse:
+        return next(replies)
+
+    provider.handler = reply
+    try:
+        ctx = context(http, provider.url, revealer)
+        with pytest.raises(ResponseTooLargeError):
+            await ctx.send("GET", "/big")
+        with pytest.raises(ResponseTooLargeError):
+            await ctx.send("GET", "/bomb")
+        response = await ctx.send("GET", "/small")
+        assert response.json() == {"ok": True}
+    finally:
+        await http.aclose()
