@@ -6,8 +6,13 @@ Tokenize, for one card (``tokenize``) or a batch (``tokenize_many``)::
       -> in one round, concurrently:  transit HMAC of the PAN   (tessera-fp-<tenant>)
                                       transit encrypt of the card (tessera-pan-<tenant>)
       -> token id (opaque or numeric) + record (ciphertext, keyed fingerprint, masked metadata)
-      -> one INSERT ... ON CONFLICT DO NOTHING for the whole batch
+      -> one INSERT ... ON CONFLICT DO NOTHING for the whole batch, shared with concurrent
+         requests (``vault.insert_batcher``: group commit, as the transit batcher does)
       -> CVV, if any, into the in-memory CvvHolder
+
+Measured in-process on this 2-core machine with OpenBao beside it (64 concurrent single-card
+tokenizations, no HTTP): about 9,000-12,000 tokens/s with inserts grouped against about
+1,300-2,500 with one insert per token, on SQLite and PostgreSQL alike.
 
 Dedup is decided by the database, not by a read before the write: with dedup on, the record
 carries a dedup key (format + fingerprint) under a unique index, so concurrent tokenizations of
@@ -33,6 +38,10 @@ Never is a PAN written anywhere as a fallback.
 ``tokenize_many`` hands whole lists to the batcher (``encrypt_many``/``hmac_many``: chunks of
 ``max_items``, at most ``max_in_flight`` calls per lane, shared with concurrent requests), or,
 when a client is given, calls its batch endpoints directly with every chunk in flight at once.
+The direct path measured faster here: a 1,000-card batch costs ~35-40 ms alone (Vault ~10-18,
+database insert ~13-15, building records ~6), and 8 such batches in parallel reach
+~25,000-28,000 cards/s against ~17,000-23,000 through the batcher. The machine's two cores are
+then saturated by OpenBao, the database and Python together.
 """
 
 from __future__ import annotations
