@@ -47,14 +47,20 @@ EUR = "EUR"
 CARD = PaymentMethodSummary(type="card", token="tok_" + "a" * 24, brand="visa", last4="4242")
 
 
-async def _payment(store: PaymentStore, merchant: str = "mer_a", **kwargs: object) -> PaymentRecord:
-    amount = kwargs.pop("amount", Money.of(1050, EUR))
-    assert isinstance(amount, Money)
-    return await store.create_payment(merchant, amount, payment_method=CARD, **kwargs)  # type: ignore[arg-type]
+async def _payment(
+    store: PaymentStore,
+    merchant: str = "mer_a",
+    *,
+    reference: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> PaymentRecord:
+    return await store.create_payment(
+        merchant, Money.of(1050, EUR), payment_method=CARD, reference=reference, metadata=metadata
+    )
 
 
-async def _authorized(store: PaymentStore, **kwargs: object) -> PaymentRecord:
-    payment = await _payment(store, **kwargs)
+async def _authorized(store: PaymentStore) -> PaymentRecord:
+    payment = await _payment(store)
     return await store.apply(payment, S.AUTHORIZED, connector="sandbox", provider_reference="p_1")
 
 
@@ -143,7 +149,7 @@ async def test_bank_account_summary_is_masked() -> None:
 async def test_summary_refuses_a_card_number(field: str) -> None:
     pan = "4111 1111 1111 1111"
     with pytest.raises(InvalidRequestError) as caught:
-        PaymentMethodSummary(**{"type": "card", field: pan})  # type: ignore[arg-type]
+        PaymentMethodSummary(**{"type": "card", field: pan})
     assert "1111" not in str(caught.value)
 
 
