@@ -60,8 +60,8 @@ class Resources:
 RESOURCES = web.AppKey("resources", Resources)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", GatewayMetrics)
-MERCHANT = "tessera.merchant"
-REQUEST_ID = "tessera.request_id"
+MERCHANT = web.RequestKey("merchant", Merchant)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 #: Paths that need no API key.
 _PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/webhooks/")
@@ -96,8 +96,10 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(vault.close)
         ts = settings.tokenization
         batcher = TransitBatcher(vault, max_items=ts.batch_max_items, enabled=ts.batching)
+        # Closed before the Vault session (callbacks run in reverse): queued calls finish first.
+        stack.push_async_callback(batcher.close)
         cvv = CvvHolder(ttl_seconds=ts.cvv_ttl_seconds)
-        tokens = TokenizationService(token_store, batcher, cvv=cvv, audit=audit)
+        tokens = TokenizationService(token_store, batcher, cvv=cvv, audit=audit, client=vault)
         app[RESOURCES] = Resources(
             settings=settings,
             metrics=app[METRICS],

@@ -95,7 +95,7 @@ def _connector_new(args: argparse.Namespace) -> int:
 def _connector_list(args: argparse.Namespace) -> int:
     from sdk.registry import format_manifest_table, load_connectors
 
-    print(format_manifest_table(load_connectors()))
+    print(format_manifest_table(cls.manifest for cls in load_connectors().values()))
     return 0
 
 

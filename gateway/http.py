@@ -7,11 +7,11 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from gateway.problems import HttpProblem
 
-__all__ = ["json_response", "parse_model", "read_body"]
+__all__ = ["json_response", "parse_json", "parse_model", "read_body"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -35,16 +35,19 @@ def _too_large(max_size: int) -> HttpProblem:
     return HttpProblem(413, "payload_too_large", f"The body exceeds {max_size} bytes.")
 
 
+def parse_json(body: bytes) -> Any:
+    """Strict JSON (orjson): NaN/Infinity, invalid UTF-8 and nesting deeper than 1,024 are 400."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise HttpProblem(
+            400, "malformed_json", "The body is not valid JSON (or nests too deeply)."
+        ) from None
+
+
 def parse_model(model: type[M], body: bytes) -> M:
     """Validate ``body`` as ``model``; malformed JSON is a 400, a bad shape a 422."""
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        if any(err["type"] in ("json_invalid", "json_type") for err in exc.errors()):
-            raise HttpProblem(
-                400, "malformed_json", "The body is not valid JSON (or nests too deeply)."
-            ) from None
-        raise
+    return model.model_validate(parse_json(body))
 
 
 def json_response(

@@ -28,24 +28,7 @@ _FINGERPRINT_MAX = 200
 
 def token_view(record: TokenRecord) -> dict[str, Any]:
     """The public, masked view of a token (the ``POST /v1/tokens`` response shape)."""
-    return {
-        "id": record.id,
-        "fingerprint": record.fingerprint,
-        "format": record.format,
-        "card": {
-            "brand": record.brand,
-            "bin": record.bin,
-            "last4": record.last4,
-            "exp_month": record.exp_month,
-            "exp_year": record.exp_year,
-        },
-        "created_at": _iso(record.created_at),
-        "expires_at": _iso(record.expires_at) if record.expires_at is not None else None,
-    }
-
-
-def _iso(value: Any) -> str:
-    return value if isinstance(value, str) else value.isoformat()
+    return {**record.public_view(), "format": record.format}
 
 
 def _limits(request: web.Request) -> tuple[float, int]:

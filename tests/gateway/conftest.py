@@ -44,7 +44,9 @@ class Gateway:
     def resources(self) -> Any:
         return self.client.app[RESOURCES]  # type: ignore[index]
 
-    async def add_merchant(self, name: str = "other", *, dedup: bool = False) -> tuple[Merchant, str]:
+    async def add_merchant(
+        self, name: str = "other", *, dedup: bool = False
+    ) -> tuple[Merchant, str]:
         merchant, key = await self.resources.merchants.create(name, token_dedup=dedup)
         ensure_tenant_keys(self.settings.vault.addr, _root(self.settings), merchant.id)
         return merchant, key
@@ -60,7 +62,7 @@ MakeGateway = Callable[..., Awaitable[Gateway]]
 
 @pytest.fixture
 async def make_gateway(
-    aiohttp_client: Any, openbao: Any, tmp_path: Path
+    aiohttp_client: Any, openbao: Any, provisioned_vault: Any, tmp_path: Path
 ) -> AsyncIterator[MakeGateway]:
     async def make(
         *,

@@ -19,7 +19,11 @@ CARD = {"number": VISA, "exp_month": 12, "exp_year": 2031, "cvc": "123"}
 async def _post(gw: Gateway, path: str, body: Any, **kw: Any) -> tuple[int, dict[str, Any], Any]:
     resp = await gw.client.post(path, json=body, headers=gw.auth, **kw)
     text = await resp.text()
-    return resp.status, dict(resp.headers), json.loads(text) if text else None
+    return (
+        resp.status,
+        {k.lower(): v for k, v in resp.headers.items()},
+        json.loads(text) if text else None,
+    )
 
 
 async def test_tokenize_returns_token_and_masked_metadata(gateway: Gateway) -> None:
@@ -35,7 +39,7 @@ async def test_tokenize_returns_token_and_masked_metadata(gateway: Gateway) -> N
     }
     assert body["fingerprint"] and VISA not in json.dumps(body)
     assert body["created_at"] and body["expires_at"] is None
-    assert headers["X-Request-Id"]
+    assert headers["x-request-id"]
 
     resp = await gateway.client.get(f"/v1/tokens/{body['id']}", headers=gateway.auth)
     assert resp.status == 200
@@ -103,7 +107,9 @@ async def test_merchant_cannot_see_or_delete_another_merchants_token(gateway: Ga
         "/v1/tokens", params={"fingerprint": body["fingerprint"]}, headers=other
     )
     assert (await resp.json())["data"] == []
-    assert (await gateway.client.get(f"/v1/tokens/{body['id']}", headers=gateway.auth)).status == 200
+    assert (
+        await gateway.client.get(f"/v1/tokens/{body['id']}", headers=gateway.auth)
+    ).status == 200
 
 
 async def test_token_ttl_sets_expiry(gateway: Gateway) -> None:
@@ -144,7 +150,10 @@ async def test_batch_over_the_limit_is_rejected(make_gateway: Any) -> None:
     [
         ({"number": "4242424242424241", "exp_month": 12, "exp_year": 2031}, "invalid_card_number"),
         ({"number": "٤٢٤٢٤٢٤٢٤٢٤٢٤٢٤٢", "exp_month": 12, "exp_year": 2031}, "invalid_card_number"),
-        ({"number": "4242_4242_4242_4242", "exp_month": 12, "exp_year": 2031}, "invalid_card_number"),
+        (
+            {"number": "4242_4242_4242_4242", "exp_month": 12, "exp_year": 2031},
+            "invalid_card_number",
+        ),
         ({"number": VISA, "exp_month": 12, "exp_year": 2020}, "invalid_expiry"),
         ({"number": VISA, "exp_month": 0, "exp_year": 2031}, "invalid_expiry"),
         ({"number": VISA, "exp_month": 12, "exp_year": 2031, "cvc": "12"}, "invalid_cvc"),
@@ -157,7 +166,7 @@ async def test_invalid_cards_get_422_with_a_stable_code_and_no_echo(
 ) -> None:
     status, headers, body = await _post(gateway, "/v1/tokens", {"card": card})
     assert status == 422, body
-    assert headers["Content-Type"].startswith("application/problem+json")
+    assert headers["content-type"].startswith("application/problem+json")
     assert body["code"] == code
     assert body["status"] == 422 and body["errors"]
     text = json.dumps(body)
@@ -192,7 +201,9 @@ async def test_malformed_bodies(gateway: Gateway, raw: bytes, status: int, code:
 
 async def test_wrong_content_type_is_415(gateway: Gateway) -> None:
     resp = await gateway.client.post(
-        "/v1/tokens", data=json.dumps({"card": CARD}), headers={**gateway.auth, "Content-Type": "text/plain"}
+        "/v1/tokens",
+        data=json.dumps({"card": CARD}),
+        headers={**gateway.auth, "Content-Type": "text/plain"},
     )
     assert resp.status == 415
     assert (await resp.json())["code"] == "unsupported_media_type"
@@ -221,7 +232,9 @@ async def test_too_long_header_is_rejected(gateway: Gateway) -> None:
     "headers",
     [{}, {"Authorization": "Bearer tsk_" + "A" * 40}, {"Authorization": "Basic abc"}],
 )
-async def test_requests_without_a_valid_key_are_401(gateway: Gateway, headers: dict[str, str]) -> None:
+async def test_requests_without_a_valid_key_are_401(
+    gateway: Gateway, headers: dict[str, str]
+) -> None:
     resp = await gateway.client.post("/v1/tokens", json={"card": CARD}, headers=headers)
     assert resp.status == 401
     body = await resp.json()
@@ -243,9 +256,7 @@ async def test_api_keys_are_stored_hashed(gateway: Gateway) -> None:
 async def test_repeated_auth_failures_are_rate_limited(make_gateway: Any) -> None:
     gw = await make_gateway(auth={"failure_limit": 3, "failure_window_seconds": 60})
     bad = {"Authorization": "Bearer nope"}
-    statuses = [
-        (await gw.client.get("/v1/tokens/tok_x", headers=bad)).status for _ in range(5)
-    ]
+    statuses = [(await gw.client.get("/v1/tokens/tok_x", headers=bad)).status for _ in range(5)]
     assert statuses[:3] == [401, 401, 401]
     assert statuses[3:] == [429, 429]
     resp = await gw.client.get("/v1/tokens/tok_x", headers=gw.auth)
@@ -266,4 +277,4 @@ async def test_health_ready_and_metrics(gateway: Gateway) -> None:
 async def test_unknown_route_is_problem_json(gateway: Gateway) -> None:
     resp = await gateway.client.get("/nope")
     assert resp.status == 404
-    assert resp.headers["Content-Type"].startswith("application/problem+json")
+    assert resp.headers["content-type"].startswith("application/problem+json")

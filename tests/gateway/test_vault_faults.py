@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,15 +14,14 @@ CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031}
 
 
 @pytest.fixture
-def own_bao() -> Iterator[DevServer]:
+def own_bao(private_openbao: DevServer) -> DevServer:
     """A dev server of this test's own, so stopping or sealing it harms nobody else."""
-    with DevServer() as bao:
-        provision(bao.addr, bao.root_token)
-        yield bao
+    provision(private_openbao.addr, private_openbao.root_token)
+    return private_openbao
 
 
 async def _token_rows(gw: Any) -> int:
-    return int(await gw.resources.db.fetchval("SELECT count(*) FROM tokens"))
+    return int(await gw.resources.db.fetchval("SELECT count(*) FROM vault_tokens"))
 
 
 async def test_vault_down_gives_fast_503_with_retry_after_and_stores_nothing(
