@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.vault.conftest import random_pan
+from vault.insert_batcher import InsertBatcher
 from vault.token_store import CiphertextUpdate, TokenRecord, TokenStore, key_version_of
 from vault.tokens import new_opaque_token
 
@@ -181,3 +183,50 @@ def test_key_version_of() -> None:
     assert key_version_of("fp_v3_abc") == 3
     with pytest.raises(ValueError):
         key_version_of(random_pan())
+
+
+# -- group commit -----------------------------------------------------------------------------
+
+
+class CountingStore(TokenStore):
+    """The real store, counting the INSERT statements it runs."""
+
+    statements = 0
+
+    async def insert_many(self, records: Sequence[TokenRecord]) -> set[tuple[str, str]]:
+        self.statements += 1
+        return await super().insert_many(records)
+
+
+async def test_concurrent_inserts_share_statements(store: TokenStore) -> None:
+    counting = CountingStore(store.database)
+    inserts = InsertBatcher(counting, max_rows=1000)
+    requests = [[record()] for _ in range(60)]
+    results = await asyncio.gather(*(inserts.insert(r) for r in requests))
+    for request, inserted in zip(requests, results, strict=True):
+        assert ("acme", request[0].id) in inserted
+    assert await store.count("acme") == 60
+    # The first leaves alone (nothing was in flight), the rest wait and go together.
+    assert counting.statements <= 3
+
+
+async def test_grouped_requests_with_one_id_learn_their_own_outcome(store: TokenStore) -> None:
+    counting = CountingStore(store.database)
+    inserts = InsertBatcher(counting, max_in_flight=1)
+    first, second = record(token_id="4242420000004241"), record(token_id="4242420000004241")
+    results = await asyncio.gather(inserts.insert([first]), inserts.insert([second]))
+    # They went in separate statements: exactly one of them sees its row inserted.
+    assert counting.statements == 2
+    assert [("acme", first.id) in r for r in results] == [True, False]
+    stored = await store.get("acme", first.id)
+    assert stored is not None and stored.ciphertext == first.ciphertext
+
+
+async def test_a_failed_statement_fails_each_waiter(store: TokenStore) -> None:
+    inserts = InsertBatcher(store)
+    await store.database.execute("DROP TABLE vault_tokens")
+    outcomes = await asyncio.gather(
+        *(inserts.insert([record()]) for _ in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(o, Exception) for o in outcomes)
+    await inserts.close()
