@@ -1,7 +1,8 @@
 """Payment methods: a discriminated union on ``type``.
 
-- ``card``: a token reference (``{"type": "card", "token": "tok_..."}``) or inline card data to
-  tokenize on the fly (``{"type": "card", "card": {...}}``).
+- ``card``: a token reference (``{"type": "card", "token": "tok_..."}``, or a numeric token,
+  which by construction fails Luhn) or inline card data to tokenize on the fly
+  (``{"type": "card", "card": {...}}``).
 - ``bank_account``: an IBAN (+ optional BIC), validated with schwifty; or a US account: ABA
   routing number with its check digit (python-stdnum), account number, checking/savings.
 - ``open_banking``: a payer for a payment-initiation flow (scheme, creditor account, optional
