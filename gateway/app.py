@@ -100,6 +100,8 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(batcher.close)
         cvv = CvvHolder(ttl_seconds=ts.cvv_ttl_seconds)
         tokens = TokenizationService(token_store, batcher, cvv=cvv, audit=audit, client=vault)
+        # Grouped inserts still in flight finish before the batcher, Vault and database close.
+        stack.push_async_callback(tokens.close)
         app[RESOURCES] = Resources(
             settings=settings,
             metrics=app[METRICS],

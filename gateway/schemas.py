@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from normalization.methods import CardData
-from normalization.validation import DOMAIN_MODEL_CONFIG
+from normalization.validation import DomainModel
 
 __all__ = [
     "BatchTokenizeRequest",
@@ -22,18 +22,14 @@ TokenFormatName = Literal["opaque", "numeric"]
 TtlSeconds = Annotated[int, Field(strict=True, ge=60, le=10 * 366 * 86400)]
 
 
-class TokenizeRequest(BaseModel):
-    model_config = DOMAIN_MODEL_CONFIG
-
+class TokenizeRequest(DomainModel):
     card: CardData
     format: TokenFormatName = "opaque"
     ttl_seconds: TtlSeconds | None = None
 
 
-class BatchTokenizeRequest(BaseModel):
+class BatchTokenizeRequest(DomainModel):
     """Items are validated one by one so one bad card fails only its own slot."""
-
-    model_config = DOMAIN_MODEL_CONFIG
 
     cards: Annotated[list[Any], Field(min_length=1)]
     format: TokenFormatName = "opaque"
