@@ -253,6 +253,13 @@ class EgressTransport(httpx.AsyncBaseTransport):
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ResponseTooLargeError()
+        skip = {b"content-encoding", b"content-length"}
+        headers = list(response.headers.raw)
+        if response.is_stream_consumed:
+            # An in-memory response (mock transports, cassettes): already read and decoded.
+            if len(response.content) > limit:
+                raise ResponseTooLargeError()
+            return response.content, [(k, v) for k, v in headers if k.lower() not in skip]
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_raw():
@@ -262,7 +269,6 @@ class EgressTransport(httpx.AsyncBaseTransport):
             chunks.append(chunk)
         raw = b"".join(chunks)
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
-        headers = list(response.headers.raw)
         if encoding in ("", "identity"):
             return raw, headers
         if encoding not in ("gzip", "deflate"):
@@ -275,7 +281,6 @@ class EgressTransport(httpx.AsyncBaseTransport):
             raise ProviderError("The provider's compressed reply is corrupt.") from None
         if len(body) > limit or inflater.unconsumed_tail:
             raise ResponseTooLargeError()
-        skip = {b"content-encoding", b"content-length"}
         return body, [(k, v) for k, v in headers if k.lower() not in skip]
 
     def _record(

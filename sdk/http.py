@@ -27,7 +27,7 @@ import httpx
 from sdk.egress import DEFAULT_MAX_RESPONSE_BYTES, EgressTransport
 from sdk.hostpolicy import GuardedNetworkBackend, HostPolicy
 
-__all__ = ["HttpSettings", "build_http_client", "provider_tls_context"]
+__all__ = ["HttpSettings", "build_http_client", "network_transport", "provider_tls_context"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,14 @@ class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
         )
 
 
+def network_transport(
+    settings: HttpSettings | None = None, *, test_mode: bool = False
+) -> httpx.AsyncBaseTransport:
+    """The pooled network transport with the guarded backend (what ``build_http_client`` puts
+    under the egress transport; fault injectors wrap it)."""
+    return _GuardedPoolTransport(settings or HttpSettings(), test_mode=test_mode)
+
+
 def build_http_client(
     policy: HostPolicy,
     settings: HttpSettings | None = None,
@@ -91,7 +99,7 @@ def build_http_client(
     tests); the egress transport, and so the policy and detokenization, stay in place.
     """
     settings = settings or HttpSettings()
-    inner = inner_transport or _GuardedPoolTransport(settings, test_mode=policy.test_mode)
+    inner = inner_transport or network_transport(settings, test_mode=policy.test_mode)
     return httpx.AsyncClient(
         transport=EgressTransport(inner, policy, max_response_bytes=settings.max_response_bytes),
         follow_redirects=False,
