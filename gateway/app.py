@@ -15,15 +15,23 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+import aiohttp
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.config import Settings
+from gateway.connector_pool import ConnectorPool, VaultRevealer
 from gateway.merchants import ApiKeyCache, AuthFailureLimiter, Merchant, MerchantStore
 from gateway.observability import GatewayMetrics
+from gateway.payment_service import PaymentService
+from gateway.payments import IdempotencyStore, NotificationDispatcher, Outbox, PaymentStore
 from gateway.problems import HttpProblem, problem_response, status_for, validation_problem
+from gateway.reconciliation import run_reconciler
+from gateway.routing import Router
+from gateway.secrets import idempotency_fingerprint_key
 from normalization.errors import TesseraError, VaultError
+from sdk import ConnectorMetrics
 from vault.audit import AuditLog
 from vault.batcher import TransitBatcher
 from vault.client import AppRoleCredentials, VaultClient
@@ -55,6 +63,11 @@ class Resources:
     audit: AuditLog
     cvv: CvvHolder
     tokens: TokenizationService
+    payment_store: PaymentStore
+    idempotency: IdempotencyStore
+    outbox: Outbox
+    pool: ConnectorPool
+    payments: PaymentService
 
 
 RESOURCES = web.AppKey("resources", Resources)
@@ -102,6 +115,25 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
         tokens = TokenizationService(token_store, batcher, cvv=cvv, audit=audit, client=vault)
         # Grouped inserts still in flight finish before the batcher, Vault and database close.
         stack.push_async_callback(tokens.close)
+        payment_store = PaymentStore(db)
+        await payment_store.migrate()
+        ps = settings.payments
+        idempotency = IdempotencyStore(
+            db,
+            fingerprint_key=await idempotency_fingerprint_key(db, ps.idempotency_key),
+            retention_seconds=ps.idempotency_retention_seconds,
+        )
+        await idempotency.migrate()
+        outbox = Outbox(db)
+        await outbox.migrate()
+        pool = ConnectorPool.build(
+            settings.connectors,
+            revealer=VaultRevealer(tokens),
+            metrics=ConnectorMetrics(app[METRICS].registry),
+        )
+        stack.push_async_callback(pool.close)
+        router = Router(settings.routing, {c: pool.manifest(c) for c in pool.ids()})
+        payments = PaymentService(db, payment_store, tokens, pool, router, outbox)
         app[RESOURCES] = Resources(
             settings=settings,
             metrics=app[METRICS],
@@ -117,14 +149,38 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             audit=audit,
             cvv=cvv,
             tokens=tokens,
+            payment_store=payment_store,
+            idempotency=idempotency,
+            outbox=outbox,
+            pool=pool,
+            payments=payments,
         )
-        sweeper = asyncio.create_task(_sweep_forever(tokens, ts.sweep_interval_seconds))
+        stop = asyncio.Event()
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=15), auto_decompress=False
+        )
+        stack.push_async_callback(session.close)
+        dispatcher = NotificationDispatcher(outbox, merchants, session=session)
+        background = [
+            asyncio.create_task(_sweep_forever(tokens, ts.sweep_interval_seconds)),
+            asyncio.create_task(
+                run_reconciler(
+                    payment_store, payments, interval=ps.reconcile_interval_seconds, stop=stop
+                )
+            ),
+            asyncio.create_task(
+                dispatcher.run_forever(stop, idle_interval=ps.outbox_interval_seconds)
+            ),
+        ]
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            stop.set()
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
 
 async def _sweep_forever(tokens: TokenizationService, interval: float) -> None:
@@ -252,7 +308,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 def create_app(settings: Settings, *, metrics: GatewayMetrics | None = None) -> web.Application:
     """The gateway application; resources open when it starts and close when it stops."""
-    from gateway.views import health, openapi, tokens
+    from gateway.views import health, openapi, payments, tokens, webhooks
 
     server = settings.server
     app = web.Application(
@@ -270,4 +326,6 @@ def create_app(settings: Settings, *, metrics: GatewayMetrics | None = None) -> 
     health.setup(app)
     openapi.setup(app)
     tokens.setup(app)
+    payments.setup(app)
+    webhooks.setup(app)
     return app

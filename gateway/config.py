@@ -40,13 +40,17 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = [
     "AuthSettings",
+    "ConnectorSettings",
     "DatabaseSettings",
+    "PaymentSettings",
+    "RouteRule",
+    "RoutingSettings",
     "ServerSettings",
     "Settings",
     "TokenizationSettings",
@@ -109,6 +113,60 @@ class AuthSettings(BaseModel):
     key_cache_seconds: Annotated[float, Field(ge=0)] = 5.0
 
 
+class ConnectorSettings(BaseModel):
+    """One ``[connectors.<id>]`` section: where the provider is and how hard to try."""
+
+    model_config = _STRICT
+
+    environment: Literal["sandbox", "live"] = "sandbox"
+    base_url: str | None = None
+    #: Allows http and loopback destinations: simulators and tests only.
+    test_mode: bool = False
+    credentials: dict[str, SecretStr] = {}
+    webhook_secret: SecretStr | None = None
+    deadline_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
+    breaker_fail_max: Annotated[int, Field(ge=1)] = 5
+    breaker_reset_seconds: Annotated[float, Field(gt=0)] = 30.0
+    max_concurrent: Annotated[int, Field(ge=1)] = 64
+    max_queued: Annotated[int, Field(ge=0)] = 128
+    retry_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+
+
+class RouteRule(BaseModel):
+    """``[[routing.rules]]``: the first rule whose conditions all hold picks the connectors."""
+
+    model_config = _STRICT
+
+    connectors: Annotated[list[str], Field(min_length=1)]
+    payment_method: str | None = None
+    currencies: list[str] | None = None
+    countries: list[str] | None = None
+    brands: list[str] | None = None
+    bin_prefixes: list[str] | None = None
+    min_amount: Annotated[int, Field(ge=0)] | None = None
+    max_amount: Annotated[int, Field(ge=0)] | None = None
+    merchants: list[str] | None = None
+
+
+class RoutingSettings(BaseModel):
+    model_config = _STRICT
+
+    rules: list[RouteRule] = []
+    #: Used when no rule matches: connectors in order (later ones are fallbacks).
+    default: list[str] = []
+
+
+class PaymentSettings(BaseModel):
+    model_config = _STRICT
+
+    idempotency_retention_seconds: Annotated[int, Field(ge=60)] = 86_400
+    #: HMAC key for idempotency request fingerprints; every process must share it. When unset,
+    #: the first gateway generates one and keeps it in the database (see docs/operating.md).
+    idempotency_key: SecretStr | None = None
+    reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    outbox_interval_seconds: Annotated[float, Field(gt=0)] = 2.0
+
+
 class Settings(BaseModel):
     model_config = _STRICT
 
@@ -117,6 +175,9 @@ class Settings(BaseModel):
     vault: VaultSettings = VaultSettings()
     tokenization: TokenizationSettings = TokenizationSettings()
     auth: AuthSettings = AuthSettings()
+    connectors: dict[str, ConnectorSettings] = {}
+    routing: RoutingSettings = RoutingSettings()
+    payments: PaymentSettings = PaymentSettings()
 
 
 _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -126,6 +187,7 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "TESSERA_VAULT_ROLE_ID": ("vault", "role_id"),
     "TESSERA_VAULT_SECRET_ID": ("vault", "secret_id"),
     "TESSERA_VAULT_ADMIN_TOKEN": ("vault", "admin_token"),
+    "TESSERA_IDEMPOTENCY_KEY": ("payments", "idempotency_key"),
 }
 
 

@@ -16,8 +16,15 @@ __all__ = ["json_response", "parse_json", "parse_model", "read_body"]
 M = TypeVar("M", bound=BaseModel)
 
 
-async def read_body(request: web.Request, *, read_timeout: float, max_size: int) -> bytes:
-    """The whole body, within ``read_timeout`` seconds and ``max_size`` bytes."""
+async def read_body(
+    request: web.Request, *, read_timeout: float, max_size: int, optional: bool = False
+) -> bytes:
+    """The whole body, within ``read_timeout`` seconds and ``max_size`` bytes.
+
+    ``optional``: an absent body is ``b""`` (capture/void/refund may be sent without one).
+    """
+    if optional and not request.body_exists:
+        return b""
     if request.content_length is not None and request.content_length > max_size:
         raise _too_large(max_size)
     if request.content_type != "application/json":

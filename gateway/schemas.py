@@ -6,12 +6,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from normalization.methods import CardData
+from normalization.methods import CardData, PaymentMethod
+from normalization.money import Money
+from normalization.requests import Metadata
 from normalization.validation import DomainModel
 
 __all__ = [
+    "AmountRequest",
     "BatchTokenizeRequest",
     "CardMetadata",
+    "CompleteRequest",
+    "CreatePaymentRequest",
     "TokenList",
     "TokenView",
     "TokenizeRequest",
@@ -55,3 +60,34 @@ class TokenView(BaseModel):
 
 class TokenList(BaseModel):
     data: list[TokenView]
+
+
+ConnectorId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class CreatePaymentRequest(DomainModel):
+    """``POST /v1/payments``."""
+
+    amount: Money
+    payment_method: PaymentMethod
+    capture: bool = False
+    connector: ConnectorId | None = None
+    reference: Annotated[str | None, Field(min_length=1, max_length=128)] = None
+    metadata: Metadata = Field(default_factory=dict)
+    return_url: Annotated[str | None, Field(pattern=r"^https?://", max_length=2048)] = None
+    description: Annotated[str | None, Field(max_length=500)] = None
+    country: Annotated[str | None, Field(pattern=r"^[A-Z]{2}$")] = None
+
+
+class AmountRequest(DomainModel):
+    """Capture and refund bodies: an optional amount; omitted means the whole remaining one."""
+
+    amount: Money | None = None
+
+
+class CompleteRequest(DomainModel):
+    """``POST /v1/payments/{id}/complete``: what the bank or 3-D Secure page returned."""
+
+    parameters: Annotated[
+        dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=50)
+    ] = Field(default_factory=dict)

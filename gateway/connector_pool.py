@@ -1,0 +1,129 @@
+"""The connectors this gateway forwards to: one ``ConnectorRuntime`` each, built at start-up.
+
+Connectors are found through the SDK registry (the ``tessera.connectors`` entry points), never
+imported by name. Each ``[connectors.<id>]`` section of the configuration turns into runtime
+settings (base URL, environment, breaker, bulkhead, retries) and credentials. Card data reaches a
+connector only through ``VaultRevealer``, the vault's tokenization service seen through the SDK's
+``TokenRevealer`` protocol: every reveal is audited with its purpose, and the CVV held for a
+token is consumed by the first authorization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateway.config import ConnectorSettings
+from normalization.errors import NotSupportedError
+from sdk import (
+    BreakerSettings,
+    BulkheadSettings,
+    ConnectorMetrics,
+    ConnectorRuntime,
+    Credentials,
+    Manifest,
+    RetrySettings,
+    RevealedCard,
+    RuntimeSettings,
+    load_connectors,
+)
+from sdk.manifest import Environment
+from vault.tokenization import TokenizationService
+
+__all__ = ["ConnectorPool", "VaultRevealer"]
+
+
+class VaultRevealer:
+    """``sdk.TokenRevealer`` over the tokenization service (used only by egress)."""
+
+    def __init__(self, tokens: TokenizationService) -> None:
+        self._tokens = tokens
+
+    async def reveal(self, tenant: str, token: str, *, purpose: str) -> RevealedCard:
+        card = await self._tokens.reveal(
+            tenant,
+            token,
+            purpose=purpose,
+            actor="gateway:egress",
+            consume_cvc=purpose.endswith(":authorize"),
+        )
+        return RevealedCard(
+            number=card.number,
+            cvc=card.cvc,
+            exp_month=card.exp_month,
+            exp_year=card.exp_year,
+            holder_name=card.holder_name,
+        )
+
+
+def runtime_settings(config: ConnectorSettings) -> RuntimeSettings:
+    return RuntimeSettings(
+        environment=Environment(config.environment),
+        base_url=config.base_url,
+        test_mode=config.test_mode,
+        breaker=BreakerSettings(
+            fail_max=config.breaker_fail_max, reset_timeout=config.breaker_reset_seconds
+        ),
+        bulkhead=BulkheadSettings(
+            max_concurrent=config.max_concurrent, max_queued=config.max_queued
+        ),
+        retry=RetrySettings(max_attempts=config.retry_attempts),
+    )
+
+
+class ConnectorPool:
+    """Runtimes by connector id, for the connectors that are both installed and configured."""
+
+    def __init__(
+        self, runtimes: Mapping[str, ConnectorRuntime], configs: Mapping[str, ConnectorSettings]
+    ) -> None:
+        self._runtimes = dict(runtimes)
+        self._configs = dict(configs)
+
+    @classmethod
+    def build(
+        cls,
+        configs: Mapping[str, ConnectorSettings],
+        *,
+        revealer: VaultRevealer,
+        metrics: ConnectorMetrics,
+    ) -> ConnectorPool:
+        installed = load_connectors()
+        runtimes: dict[str, ConnectorRuntime] = {}
+        for connector_id, config in configs.items():
+            cls_ = installed.get(connector_id)
+            if cls_ is None:
+                raise NotSupportedError(
+                    f"Connector {connector_id!r} is configured but not installed "
+                    f"(installed: {', '.join(sorted(installed)) or 'none'})."
+                )
+            credentials = Credentials(config.credentials)
+            runtimes[connector_id] = ConnectorRuntime(
+                cls_(),
+                settings=runtime_settings(config),
+                revealer=revealer,
+                credentials=credentials,
+                metrics=metrics,
+            )
+        return cls(runtimes, configs)
+
+    def __contains__(self, connector_id: object) -> bool:
+        return connector_id in self._runtimes
+
+    def ids(self) -> list[str]:
+        return list(self._runtimes)
+
+    def runtime(self, connector_id: str) -> ConnectorRuntime:
+        try:
+            return self._runtimes[connector_id]
+        except KeyError:
+            raise NotSupportedError(f"Connector {connector_id!r} is not configured.") from None
+
+    def manifest(self, connector_id: str) -> Manifest:
+        return self.runtime(connector_id).manifest
+
+    def config(self, connector_id: str) -> ConnectorSettings:
+        return self._configs[connector_id]
+
+    async def close(self) -> None:
+        for runtime in self._runtimes.values():
+            await runtime.aclose()
