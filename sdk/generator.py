@@ -1,0 +1,101 @@
+"""The connector generator behind ``tessera connector new NAME --category C [--path DIR]``.
+
+``generate_connector("acme", "card-acquirer", Path("/tmp/x"))`` writes an installable project,
+``/tmp/x/tessera-connector-acme/``, and returns that directory::
+
+    tessera-connector-acme/
+      pyproject.toml           entry point tessera.connectors: acme = tessera_acme.connector:...
+      README.md
+      tessera_acme/
+        connector.py           manifest, verbs, one _send
+        transformers.py        wire models, builders, parsers, status and error maps
+        simulator.py           a stateful loopback simulator of the provider (aiohttp)
+      cassettes/               recorded, scrubbed exchanges (sdk.testing.Cassette)
+      tests/                   simulator tests, transcript scrubbing, registration
+
+The project passes ruff, mypy --strict and its own tests as generated; the templates live in
+``sdk/templates`` (``<category>.<file>.tmpl`` and ``common.<file>.tmpl``, ``string.Template``
+syntax with ``${slug}``, ``${package}``, ``${class_name}``, ``${display_name}``).
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+from normalization import ConnectorConfigurationError
+from sdk.manifest import Category
+
+__all__ = ["GENERATED_FILES", "generate_connector", "slugify"]
+
+# Shorter than a manifest id may be, so every generated line fits in 100 columns.
+_SLUG_RE = re.compile(r"[a-z][a-z0-9_]{1,19}", re.ASCII)
+
+#: Output path (relative to the project) -> template name ("{category}" is filled in).
+GENERATED_FILES: dict[str, str] = {
+    "pyproject.toml": "common.pyproject.toml.tmpl",
+    "README.md": "common.README.md.tmpl",
+    "${package}/__init__.py": "common.__init__.py.tmpl",
+    "${package}/py.typed": "common.py.typed.tmpl",
+    "${package}/connector.py": "{category}.connector.py.tmpl",
+    "${package}/transformers.py": "{category}.transformers.py.tmpl",
+    "${package}/simulator.py": "{category}.simulator.py.tmpl",
+    "cassettes/README.md": "common.cassettes.README.md.tmpl",
+    "tests/conftest.py": "common.conftest.py.tmpl",
+    "tests/test_registration.py": "common.test_registration.py.tmpl",
+    "tests/test_connector.py": "{category}.test_connector.py.tmpl",
+}
+
+
+def slugify(name: str) -> str:
+    """The connector slug for ``name``: lower case, ``-`` and spaces as ``_``."""
+    slug = re.sub(r"[\s-]+", "_", name.strip().lower())
+    if _SLUG_RE.fullmatch(slug) is None:
+        raise ConnectorConfigurationError(
+            f"{name!r} is not a usable connector name: use 2-20 ASCII letters, digits, '-' or "
+            "'_', starting with a letter."
+        )
+    return slug
+
+
+def _template(name: str) -> Template:
+    text = resources.files("sdk.templates").joinpath(name).read_text(encoding="utf-8")
+    return Template(text)
+
+
+def generate_connector(name: str, category: str, path: Path) -> Path:
+    """Write a new connector project under ``path`` and return the project directory.
+
+    Refuses to overwrite an existing directory. ``category`` is ``card-acquirer``,
+    ``bank-rail`` or ``open-banking``.
+    """
+    slug = slugify(name)
+    try:
+        kind = Category(category)
+    except ValueError:
+        choices = ", ".join(c.value for c in Category)
+        raise ConnectorConfigurationError(
+            f"Unknown category {category!r}: choose one of {choices}."
+        ) from None
+    words = slug.split("_")
+    values = {
+        "slug": slug,
+        "slug_dash": slug.replace("_", "-"),
+        "package": f"tessera_{slug}",
+        "class_name": "".join(w.capitalize() for w in words) + "Connector",
+        "display_name": " ".join(w.capitalize() for w in words),
+        "category": kind.value,
+        "host": slug.replace("_", "-"),
+    }
+    project = Path(path) / f"tessera-connector-{values['slug_dash']}"
+    if project.exists():
+        raise ConnectorConfigurationError(f"{project} already exists; not overwriting it.")
+    template_category = kind.value.replace("-", "_")
+    for target, template_name in GENERATED_FILES.items():
+        output = project / Template(target).substitute(values)
+        text = _template(template_name.format(category=template_category)).substitute(values)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    return project
