@@ -305,7 +305,19 @@ class NotificationDispatcher:
         token, batch = await self._outbox.claim_due(self._clock.now(), self._batch, self._lease)
         if not batch:
             return DispatchReport()
-        outcomes = await asyncio.gather(*(self._deliver(n, token) for n in batch))
+        results = await asyncio.gather(
+            *(self._deliver(n, token) for n in batch), return_exceptions=True
+        )
+        outcomes = []
+        for result in results:
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result  # cancellation and friends are never swallowed
+                # Recording the attempt failed (database trouble): the lease lapses and the
+                # notification is tried again; the batch's other deliveries stand.
+                log.error("notification bookkeeping failed", exc_info=result)
+            else:
+                outcomes.append(result)
         return DispatchReport(
             claimed=len(batch),
             delivered=outcomes.count(NotificationStatus.DELIVERED),

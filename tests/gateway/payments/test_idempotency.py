@@ -334,3 +334,17 @@ async def test_stored_record_holds_neither_body_nor_card_data(
         assert secret.encode() not in dump
     assert rows[0]["fingerprint"] != hashlib.sha256(body).hexdigest()
     assert (await _run(guard, handler, body=body)).body == response
+
+
+async def test_a_live_holder_keeps_its_claim_past_the_lease(db: Database) -> None:
+    # Real time here: the lease is renewed every third of it while the handler runs.
+    guard = IdempotencyStore(db, fingerprint_key=FINGERPRINT_KEY, claim_lease_seconds=0.3)
+    await guard.migrate()
+    handler = CountingHandler(delay=0.8)
+    first = asyncio.create_task(_run(guard, handler))
+    await asyncio.sleep(0.6)  # two leases later
+    with pytest.raises(HttpProblem) as caught:
+        await _run(guard, handler)
+    assert caught.value.code == "idempotency_key_in_use"
+    await first
+    assert handler.calls == 1 and (await _run(guard, handler)).replayed
