@@ -25,7 +25,12 @@ before anything was attempted, say), the claim is released so a retry runs. A cl
 that another process may take over once the lease lapses. The handler then gets an
 ``IdempotencyClaim`` whose ``resource_id`` is what the dead run bound with ``bind_resource``
 (the payment it created), so the retry continues that payment (and its attempts' provider
-idempotency keys) instead of charging again.
+idempotency keys) instead of charging again. Leases compare the processes' wall clocks: keep
+them synchronized (NTP); skew must stay well below ``claim_lease_seconds``.
+
+Handlers return business errors (a 402 decline, a 409 illegal capture, a 422) as storable
+results, so that a retry sees the same answer; they raise, or return ``storable=False``, only
+for transient failures after which running again is right.
 """
 
 from __future__ import annotations
@@ -288,13 +293,9 @@ class IdempotencyStore:
             if row["state"] == _DONE:
                 return _replay(row)
             if locked:
-                remaining = (row["locked_until"] - now) / 1_000_000
-                raise HttpProblem(
-                    409,
-                    "idempotency_key_in_use",
-                    "A request with this Idempotency-Key is in progress; retry shortly.",
-                    retry_after=min(max(remaining, 1.0), 5.0),
-                )
+                # The lease says nothing about when the request ends (it is renewed while it
+                # runs, and most requests take well under a second): ask for a short wait.
+                raise _in_use()
             # The holder's lease lapsed: its process died mid-request. Continue its work.
             if await self._take_over(merchant_id, key, row, token, fingerprint, now, reset=False):
                 return IdempotencyClaim(
@@ -305,12 +306,7 @@ class IdempotencyStore:
                     resource_id=row["resource_id"],
                     recovered=row["resource_id"] is not None,
                 )
-        raise HttpProblem(
-            409,
-            "idempotency_key_in_use",
-            "A request with this Idempotency-Key is in progress; retry shortly.",
-            retry_after=1.0,
-        )
+        raise _in_use()
 
     async def _take_over(
         self,
@@ -405,6 +401,15 @@ class IdempotencyStore:
                 *_owner(claim),
                 claim.resource_id,
             )
+
+
+def _in_use() -> HttpProblem:
+    return HttpProblem(
+        409,
+        "idempotency_key_in_use",
+        "A request with this Idempotency-Key is in progress; retry shortly.",
+        retry_after=1.0,
+    )
 
 
 def _replay(row: Row) -> IdempotentResponse:
