@@ -1,7 +1,8 @@
 """The connector generator behind ``tessera connector new NAME --category C [--path DIR]``.
 
 ``generate_connector("acme", "card-acquirer", Path("/tmp/x"))`` writes an installable project,
-``/tmp/x/tessera-connector-acme/``, and returns that directory::
+``/tmp/x/tessera-connector-acme/``, and returns its Python package directory
+(``.../tessera-connector-acme/tessera_acme``; ``.parent`` is what ``pip install -e`` takes)::
 
     tessera-connector-acme/
       pyproject.toml           entry point tessera.connectors: acme = tessera_acme.connector:...
@@ -66,7 +67,8 @@ def _template(name: str) -> Template:
 
 
 def generate_connector(name: str, category: str, path: Path) -> Path:
-    """Write a new connector project under ``path`` and return the project directory.
+    """Write a new connector project under ``path`` and return its package directory
+    (the project, to ``pip install -e``, is the returned path's parent).
 
     Refuses to overwrite an existing directory. ``category`` is ``card-acquirer``,
     ``bank-rail`` or ``open-banking``.
@@ -98,4 +100,4 @@ def generate_connector(name: str, category: str, path: Path) -> Path:
         text = _template(template_name.format(category=template_category)).substitute(values)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text, encoding="utf-8")
-    return project
+    return project / values["package"]

@@ -50,7 +50,7 @@ from sdk.resilience.breaker import AsyncCircuitBreaker, BreakerSettings, Breaker
 from sdk.resilience.bulkhead import Bulkhead, BulkheadSettings
 from sdk.resilience.metrics import BREAKER_STATE_VALUES, ConnectorMetrics
 from sdk.resilience.retry import RetrySettings, RetrySignal, build_retrying
-from sdk.revealer import TokenRevealer
+from sdk.revealer import RevealedCard, TokenRevealer
 from sdk.transcript import TranscriptRecorder
 
 __all__ = ["ConnectorRuntime", "RuntimeSettings", "VerbCall"]
@@ -110,12 +110,30 @@ class _CallArgs:
     idempotency_key: str | None
     correlation_id: str | None
     credentials: Credentials
+    revealer: TokenRevealer | None
 
 
 def _unknown(raw_status: str | None = None) -> PaymentResult:
     return PaymentResult(
         status=PaymentStatus.UNKNOWN, outcome=Outcome.UNKNOWN, raw_status=raw_status
     )
+
+
+class _CallRevealer:
+    """The runtime's revealer, remembered for one call: every attempt of a call sees the same
+    card (a vault that hands the CVC out once must not starve a retry after ``not_sent``), and
+    the vault audits one reveal per call. Lives only as long as the call."""
+
+    def __init__(self, inner: TokenRevealer) -> None:
+        self._inner = inner
+        self._cards: dict[tuple[str, str], RevealedCard] = {}
+
+    async def reveal(self, tenant: str, token: str, *, purpose: str) -> RevealedCard:
+        card = self._cards.get((tenant, token))
+        if card is None:
+            card = await self._inner.reveal(tenant, token, purpose=purpose)
+            self._cards[(tenant, token)] = card
+        return card
 
 
 class _MetricsListener(pybreaker.CircuitBreakerListener):
@@ -268,6 +286,7 @@ class ConnectorRuntime:
             idempotency_key=idempotency_key,
             correlation_id=correlation_id,
             credentials=credentials if credentials is not None else self.credentials,
+            revealer=_CallRevealer(self.revealer) if self.revealer is not None else None,
         )
         state = _CallState()
         started = time.perf_counter()
@@ -410,7 +429,7 @@ class ConnectorRuntime:
             http=self.http,
             base_url=self.base_url,
             credentials=args.credentials,
-            revealer=self.revealer,
+            revealer=args.revealer,
             idempotency_key=args.idempotency_key,
             correlation_id=args.correlation_id,
             attempt=attempt,

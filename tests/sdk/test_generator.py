@@ -42,9 +42,10 @@ def check(result: subprocess.CompletedProcess[str]) -> None:
 def test_generated_project_passes_ruff_mypy_and_its_tests(
     tmp_path: Path, name: str, category: str, slug: str, tests: int
 ) -> None:
-    project = generate_connector(name, category, tmp_path)
+    package = generate_connector(name, category, tmp_path)
+    project = package.parent
     assert project == tmp_path / f"tessera-connector-{slug.replace('_', '-')}"
-    package = project / f"tessera_{slug}"
+    assert package.name == f"tessera_{slug}"
     assert {p.name for p in package.iterdir()} >= {
         "connector.py",
         "transformers.py",
@@ -70,7 +71,7 @@ def test_generated_project_passes_ruff_mypy_and_its_tests(
 
 @pytest.mark.slow
 def test_installed_project_is_found_through_the_entry_point(tmp_path: Path) -> None:
-    project = generate_connector("acme", "card-acquirer", tmp_path)
+    project = generate_connector("acme", "card-acquirer", tmp_path).parent
     site = tmp_path / "site"
     check(
         run(

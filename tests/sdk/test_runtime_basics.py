@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import structlog
 
 from normalization import Outcome, PaymentStatus
-from sdk import Deadline
+from sdk import ConnectorRuntime, Credentials, Deadline, RevealedCard, RuntimeSettings
+from sdk.http import network_transport
+from sdk.testing import FakeTokenRevealer, Fault, FaultInjector, canary_cvc, canary_pan
 from tests.sdk.conftest import API_KEY, TENANT, RuntimeFactory, authorize_request, metric
+from tests.sdk.demo_connector import DemoConnector
 from tests.sdk.loopback import LoopbackProvider
 
 
@@ -50,3 +54,37 @@ async def test_authorize_reaches_provider_with_real_card_and_idempotency_key(
         )
         == 1
     )
+
+
+class ConsumingRevealer(FakeTokenRevealer):
+    """Like the vault: the CVC is handed out by the first reveal only."""
+
+    async def reveal(self, tenant: str, token: str, *, purpose: str) -> RevealedCard:
+        card = await super().reveal(tenant, token, purpose=purpose)
+        if len(self.reveals) > 1:
+            return dataclasses.replace(card, cvc=None)
+        return card
+
+
+async def test_retry_after_not_sent_reuses_the_call_s_reveal(
+    provider: LoopbackProvider, metrics
+) -> None:
+    revealer = ConsumingRevealer()
+    pan, cvc = canary_pan(), canary_cvc()
+    token = revealer.add(TENANT, pan, cvc=cvc)
+    injector = FaultInjector(network_transport(test_mode=True), [Fault.refused()])
+    runtime = ConnectorRuntime(
+        DemoConnector(),
+        settings=RuntimeSettings(base_url=provider.url, test_mode=True),
+        revealer=revealer,
+        credentials=Credentials({"api_key": API_KEY}),
+        metrics=metrics,
+        transport=injector,
+    )
+    async with runtime:
+        result = await runtime.invoke(
+            "authorize", authorize_request(token), deadline=Deadline.after(5), tenant=TENANT
+        )
+    assert result.outcome is Outcome.SUCCEEDED
+    assert json.loads(provider.requests[0].body)["card"]["cvc"] == cvc
+    assert len(revealer.reveals) == 1  # one reveal (and one audit entry) per call
