@@ -1,18 +1,19 @@
 """Persistence and reliability under the payments API.
 
 - ``store``: ``PaymentStore`` (payments, attempts, refunds, received webhook events) with the
-  normalization state machine and optimistic concurrency; ``records``: what it returns.
+  normalization state machine and optimistic concurrency; ``records``: what it returns;
+  ``schema``: its tables and the row <-> record mapping.
 - ``idempotency``: ``IdempotencyStore.run``, Stripe's Idempotency-Key semantics across processes.
 - ``outbox``: ``Outbox`` (notifications enqueued in the payment's own transaction) and
   ``NotificationDispatcher`` (signed, retried, lease-claimed delivery to merchants).
-- ``signatures``: the ``Tessera-Signature`` scheme; ``backoff``: exponential backoff with jitter;
-  ``instants``: how times are stored.
+- ``signatures``: the ``Tessera-Signature`` scheme; ``backoff``: exponential backoff with jitter
+  and the reconciliation schedule; ``instants``: how times are stored.
 
 Imports ``vault.database`` (the SQL interface), ``vault.clock``, ``normalization`` and the
 gateway's ``merchants`` and ``problems``; never a connector.
 """
 
-from gateway.payments.backoff import ExponentialBackoff
+from gateway.payments.backoff import ExponentialBackoff, ReconcilePolicy
 from gateway.payments.idempotency import (
     HandlerResult,
     IdempotencyClaim,
@@ -28,11 +29,14 @@ from gateway.payments.outbox import (
     Outbox,
 )
 from gateway.payments.records import (
+    KEEP,
     AttemptRecord,
+    ConcurrentUpdateError,
     PaymentMethodSummary,
     PaymentRecord,
     RefundRecord,
     RefundStatus,
+    Unchanged,
     provider_idempotency_key,
 )
 from gateway.payments.signatures import (
@@ -41,7 +45,7 @@ from gateway.payments.signatures import (
     sign_payload,
     verify_signature,
 )
-from gateway.payments.store import KEEP, ConcurrentUpdateError, PaymentStore, ReconcilePolicy
+from gateway.payments.store import PaymentStore
 
 __all__ = [
     "KEEP",
@@ -65,6 +69,7 @@ __all__ = [
     "ReconcilePolicy",
     "RefundRecord",
     "RefundStatus",
+    "Unchanged",
     "provider_idempotency_key",
     "sign_payload",
     "validate_idempotency_key",

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from datetime import timedelta
 
-__all__ = ["ExponentialBackoff"]
+__all__ = ["ExponentialBackoff", "ReconcilePolicy"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +33,22 @@ class ExponentialBackoff:
             return backoff
         spread = (rng or random).uniform(-self.jitter, self.jitter)
         return backoff * (1.0 + spread)
+
+
+_RECONCILE_BACKOFF = ExponentialBackoff(
+    first_delay=timedelta(seconds=5), max_delay=timedelta(hours=1), jitter=0.1
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcilePolicy:
+    """When open attempts are synced.
+
+    ``backoff.delay(n)`` is the wait after the n-th sync that left the attempt open (and after
+    the first answer, for n = 0). ``in_flight_grace`` is how long an attempt may stay unfinished
+    before it is presumed abandoned (its process died) and reconciled: keep it above every
+    connector deadline.
+    """
+
+    backoff: ExponentialBackoff = _RECONCILE_BACKOFF
+    in_flight_grace: timedelta = timedelta(seconds=60)

@@ -22,8 +22,8 @@ import string
 import uuid
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from enum import StrEnum
-from typing import Any
+from enum import Enum, StrEnum
+from typing import Any, Final, Literal
 
 from normalization import (
     CardBrand,
@@ -34,17 +34,21 @@ from normalization import (
     Outcome,
     PaymentState,
     PaymentStatus,
+    TesseraError,
     card_brand,
     is_valid_pan,
 )
 from normalization.methods import BankAccountMethod, CardMethod, OpenBankingMethod
 
 __all__ = [
+    "KEEP",
     "AttemptRecord",
+    "ConcurrentUpdateError",
     "PaymentMethodSummary",
     "PaymentRecord",
     "RefundRecord",
     "RefundStatus",
+    "Unchanged",
     "new_id",
     "provider_idempotency_key",
 ]
@@ -87,6 +91,26 @@ def contains_pan(text: str) -> bool:
         if is_valid_pan(digits) and card_brand(digits) is not CardBrand.UNKNOWN:
             return True
     return False
+
+
+class ConcurrentUpdateError(TesseraError):
+    """Another writer changed the payment since it was read. Re-read and try again."""
+
+    code = "concurrent_update"
+    default_detail = "The payment was changed by a concurrent request; retry."
+
+    def __init__(self, detail: str | None = None, *, retry_after: float | None = 1.0) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class _Keep(Enum):
+    KEEP = "keep"
+
+
+#: "Leave this field as it is" for ``PaymentStore.apply`` (``None`` clears a field).
+KEEP: Final = _Keep.KEEP
+#: The type of ``KEEP``, for signatures that accept it.
+Unchanged = Literal[_Keep.KEEP]
 
 
 class RefundStatus(StrEnum):

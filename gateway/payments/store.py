@@ -28,24 +28,40 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
-from enum import Enum
-from typing import Any, Final, Literal
 
-import orjson
-
-from gateway.payments.backoff import ExponentialBackoff
+from gateway.payments.backoff import ReconcilePolicy
 from gateway.payments.instants import Clock, SystemClock, from_micros, to_micros
 from gateway.payments.records import (
+    KEEP,
     AttemptRecord,
+    ConcurrentUpdateError,
     PaymentMethodSummary,
     PaymentRecord,
     RefundRecord,
     RefundStatus,
+    Unchanged,
     contains_pan,
     new_id,
     provider_idempotency_key,
+)
+from gateway.payments.schema import (
+    INSERT_ATTEMPT,
+    INSERT_PAYMENT,
+    INSERT_REFUND,
+    LEASE_ATTEMPT,
+    MIGRATIONS,
+    SELECT_ATTEMPTS,
+    SELECT_PAYMENT_BY_ATTEMPT,
+    SELECT_PAYMENTS,
+    SELECT_REFUNDS,
+    attempt_from_row,
+    enum_value,
+    model_json,
+    payment_from_row,
+    refund_from_row,
+    to_json,
 )
 from normalization import (
     Decline,
@@ -60,174 +76,14 @@ from normalization import (
     PaymentNotFoundError,
     PaymentResult,
     PaymentStatus,
-    TesseraError,
     transition,
 )
-from vault.database import Connection, Migration, PostgresDatabase, Row, SqliteDatabase, migrate
+from vault.database import Connection, PostgresDatabase, SqliteDatabase, migrate
 
-__all__ = [
-    "KEEP",
-    "ConcurrentUpdateError",
-    "PaymentStore",
-    "ReconcilePolicy",
-]
+__all__ = ["PaymentStore"]
 
 _COMPONENT = "gateway.payments"
-
-_MIGRATIONS = [
-    Migration(
-        1,
-        """
-        CREATE TABLE payments (
-            id TEXT PRIMARY KEY,
-            merchant_id TEXT NOT NULL,
-            status TEXT,
-            amount_value BIGINT NOT NULL,
-            currency TEXT NOT NULL,
-            captured BIGINT NOT NULL DEFAULT 0,
-            refunded BIGINT NOT NULL DEFAULT 0,
-            capture BOOLEAN NOT NULL,
-            connector TEXT,
-            reference TEXT,
-            metadata TEXT NOT NULL,
-            payment_method TEXT NOT NULL,
-            return_url TEXT,
-            provider_reference TEXT,
-            next_action TEXT,
-            decline TEXT,
-            created_at BIGINT NOT NULL,
-            updated_at BIGINT NOT NULL,
-            version INTEGER NOT NULL
-        );
-        CREATE INDEX payments_reference ON payments (merchant_id, reference)
-            WHERE reference IS NOT NULL;
-        CREATE INDEX payments_provider_reference ON payments (connector, provider_reference)
-            WHERE provider_reference IS NOT NULL;
-        CREATE TABLE payment_attempts (
-            id TEXT PRIMARY KEY,
-            payment_id TEXT NOT NULL REFERENCES payments(id),
-            seq INTEGER NOT NULL,
-            connector TEXT NOT NULL,
-            operation TEXT NOT NULL,
-            provider_idempotency_key TEXT NOT NULL,
-            outcome TEXT,
-            status TEXT,
-            provider_reference TEXT,
-            error_code TEXT,
-            amount_value BIGINT,
-            currency TEXT,
-            refund_id TEXT,
-            started_at BIGINT NOT NULL,
-            finished_at BIGINT,
-            next_reconcile_at BIGINT,
-            reconcile_count INTEGER NOT NULL DEFAULT 0,
-            UNIQUE (payment_id, seq)
-        );
-        CREATE INDEX payment_attempts_due ON payment_attempts (next_reconcile_at)
-            WHERE next_reconcile_at IS NOT NULL;
-        CREATE INDEX payment_attempts_provider_reference
-            ON payment_attempts (connector, provider_reference)
-            WHERE provider_reference IS NOT NULL;
-        CREATE TABLE payment_refunds (
-            id TEXT PRIMARY KEY,
-            payment_id TEXT NOT NULL REFERENCES payments(id),
-            amount_value BIGINT NOT NULL,
-            currency TEXT NOT NULL,
-            status TEXT NOT NULL,
-            provider_reference TEXT,
-            created_at BIGINT NOT NULL,
-            updated_at BIGINT NOT NULL
-        );
-        CREATE INDEX payment_refunds_payment ON payment_refunds (payment_id);
-        CREATE TABLE webhook_events (
-            connector TEXT NOT NULL,
-            event_id TEXT NOT NULL,
-            received_at BIGINT NOT NULL,
-            PRIMARY KEY (connector, event_id)
-        );
-        CREATE INDEX webhook_events_received ON webhook_events (received_at)
-        """,
-    )
-]
-
-_PAYMENT_COLUMNS = (
-    "id, merchant_id, status, amount_value, currency, captured, refunded, capture, connector, "
-    "reference, metadata, payment_method, return_url, provider_reference, next_action, decline, "
-    "created_at, updated_at, version"
-)
-_ATTEMPT_COLUMNS = (
-    "id, payment_id, seq, connector, operation, provider_idempotency_key, outcome, status, "
-    "provider_reference, error_code, amount_value, currency, refund_id, started_at, finished_at, "
-    "next_reconcile_at, reconcile_count"
-)
-_REFUND_COLUMNS = (
-    "id, payment_id, amount_value, currency, status, provider_reference, created_at, updated_at"
-)
-# Statements built once from the constant column lists above (no input ever goes in).
-_SELECT_PAYMENTS = f"SELECT {_PAYMENT_COLUMNS} FROM payments"  # noqa: S608
-_SELECT_ATTEMPTS = f"SELECT {_ATTEMPT_COLUMNS} FROM payment_attempts"  # noqa: S608
-_SELECT_REFUNDS = f"SELECT {_REFUND_COLUMNS} FROM payment_refunds"  # noqa: S608
-_SELECT_PAYMENT_BY_ATTEMPT = (
-    "SELECT "  # noqa: S608
-    + ", ".join(f"p.{column.strip()}" for column in _PAYMENT_COLUMNS.split(","))
-    + " FROM payment_attempts a JOIN payments p ON p.id = a.payment_id"
-)
-_INSERT_PAYMENT = (
-    f"INSERT INTO payments ({_PAYMENT_COLUMNS}) VALUES "  # noqa: S608
-    "($1, $2, NULL, $3, $4, 0, 0, $5, $6, $7, $8, $9, $10, NULL, NULL, NULL, $11, $11, 1)"
-)
-_INSERT_ATTEMPT = (
-    f"INSERT INTO payment_attempts ({_ATTEMPT_COLUMNS}) VALUES "  # noqa: S608
-    "($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, NULL, $7, $8, $9, $10, NULL, $11, 0) "
-    "ON CONFLICT (payment_id, seq) DO NOTHING RETURNING seq"
-)
-_INSERT_REFUND = (
-    f"INSERT INTO payment_refunds ({_REFUND_COLUMNS}) "  # noqa: S608
-    "VALUES ($1, $2, $3, $4, $5, NULL, $6, $6)"
-)
-_LEASE_ATTEMPT = (
-    "UPDATE payment_attempts SET next_reconcile_at = $1 "  # noqa: S608
-    f"WHERE id = $2 AND next_reconcile_at <= $3 RETURNING {_ATTEMPT_COLUMNS}"
-)
 _MAX_SEQ_RACES = 10
-
-
-class ConcurrentUpdateError(TesseraError):
-    """Another writer changed the payment since it was read. Re-read and try again."""
-
-    code = "concurrent_update"
-    default_detail = "The payment was changed by a concurrent request; retry."
-
-    def __init__(self, detail: str | None = None, *, retry_after: float | None = 1.0) -> None:
-        super().__init__(detail, retry_after=retry_after)
-
-
-class _Keep(Enum):
-    KEEP = "keep"
-
-
-#: "Leave this field as it is" for ``PaymentStore.apply`` (``None`` clears a field).
-KEEP: Final = _Keep.KEEP
-_Kept = Literal[_Keep.KEEP]
-
-
-_RECONCILE_BACKOFF = ExponentialBackoff(
-    first_delay=timedelta(seconds=5), max_delay=timedelta(hours=1), jitter=0.1
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ReconcilePolicy:
-    """When open attempts are synced.
-
-    ``backoff.delay(n)`` is the wait after the n-th sync that left the attempt open (and after
-    the first answer, for n = 0). ``in_flight_grace`` is how long an attempt may stay unfinished
-    before it is presumed abandoned (its process died) and reconciled: keep it above every
-    connector deadline.
-    """
-
-    backoff: ExponentialBackoff = _RECONCILE_BACKOFF
-    in_flight_grace: timedelta = timedelta(seconds=60)
 
 
 class PaymentStore:
@@ -247,7 +103,7 @@ class PaymentStore:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
 
     async def migrate(self) -> None:
-        await migrate(self._db, _COMPONENT, _MIGRATIONS)
+        await migrate(self._db, _COMPONENT, MIGRATIONS)
 
     @asynccontextmanager
     async def _tx(self, tx: Connection | None) -> AsyncIterator[Connection]:
@@ -282,7 +138,7 @@ class PaymentStore:
         payment_id = new_id("pay")
         async with self._tx(tx) as conn:
             await conn.execute(
-                _INSERT_PAYMENT,
+                INSERT_PAYMENT,
                 payment_id,
                 merchant_id,
                 amount.value,
@@ -290,8 +146,8 @@ class PaymentStore:
                 capture,
                 connector,
                 reference,
-                _json(metadata),
-                _json(payment_method.to_json()),
+                to_json(metadata),
+                to_json(payment_method.to_json()),
                 return_url,
                 now,
             )
@@ -322,51 +178,50 @@ class PaymentStore:
     ) -> PaymentRecord:
         """The merchant's payment; ``PaymentNotFoundError`` if missing or someone else's."""
         row = await (tx or self._db).fetchone(
-            _SELECT_PAYMENTS + " WHERE id = $1 AND merchant_id = $2", payment_id, merchant_id
+            SELECT_PAYMENTS + " WHERE id = $1 AND merchant_id = $2", payment_id, merchant_id
         )
         if row is None:
             raise PaymentNotFoundError()
-        return _payment(row)
+        return payment_from_row(row)
 
     async def find_by_reference(self, merchant_id: str, reference: str) -> list[PaymentRecord]:
         """The merchant's payments carrying ``reference``, newest first."""
         rows = await self._db.fetchall(
-            _SELECT_PAYMENTS + " WHERE merchant_id = $1 AND reference = $2 "
+            SELECT_PAYMENTS + " WHERE merchant_id = $1 AND reference = $2 "
             "ORDER BY created_at DESC, id",
             merchant_id,
             reference,
         )
-        return [_payment(row) for row in rows]
+        return [payment_from_row(row) for row in rows]
 
     async def find_by_provider_reference(
         self, connector: str, provider_reference: str
     ) -> PaymentRecord | None:
         """The payment a provider's webhook is about (by the payment's or an attempt's ref)."""
         row = await self._db.fetchone(
-            _SELECT_PAYMENTS + " WHERE connector = $1 AND provider_reference = $2",
+            SELECT_PAYMENTS + " WHERE connector = $1 AND provider_reference = $2",
             connector,
             provider_reference,
         )
         if row is None:
             row = await self._db.fetchone(
-                _SELECT_PAYMENT_BY_ATTEMPT
-                + " WHERE a.connector = $1 AND a.provider_reference = $2 "
+                SELECT_PAYMENT_BY_ATTEMPT + " WHERE a.connector = $1 AND a.provider_reference = $2 "
                 "ORDER BY a.seq DESC LIMIT 1",
                 connector,
                 provider_reference,
             )
-        return None if row is None else _payment(row)
+        return None if row is None else payment_from_row(row)
 
     async def apply(
         self,
         payment: PaymentRecord,
         event: PaymentEvent | PaymentStatus,
         *,
-        connector: str | _Kept | None = KEEP,
-        provider_reference: str | _Kept | None = KEEP,
-        next_action: NextAction | _Kept | None = KEEP,
-        decline: Decline | _Kept | None = KEEP,
-        metadata: Mapping[str, str] | _Kept = KEEP,
+        connector: str | Unchanged | None = KEEP,
+        provider_reference: str | Unchanged | None = KEEP,
+        next_action: NextAction | Unchanged | None = KEEP,
+        decline: Decline | Unchanged | None = KEEP,
+        metadata: Mapping[str, str] | Unchanged = KEEP,
         retries: int = 0,
         tx: Connection | None = None,
     ) -> PaymentRecord:
@@ -406,14 +261,14 @@ class PaymentStore:
                     "connector = $4, provider_reference = $5, next_action = $6, decline = $7, "
                     "metadata = $8, updated_at = $9, version = version + 1 "
                     "WHERE id = $10 AND merchant_id = $11 AND version = $12 RETURNING version",
-                    _enum_value(updated.status),
+                    enum_value(updated.status),
                     updated.captured,
                     updated.refunded,
                     updated.connector,
                     updated.provider_reference,
-                    _model_json(updated.next_action),
-                    _model_json(updated.decline),
-                    _json(updated.metadata),
+                    model_json(updated.next_action),
+                    model_json(updated.decline),
+                    to_json(updated.metadata),
                     now,
                     current.id,
                     current.merchant_id,
@@ -454,7 +309,7 @@ class PaymentStore:
                 seq = int(last or 0) + 1
                 key = provider_idempotency_key(payment.merchant_id, payment.id, seq, operation)
                 inserted = await conn.fetchval(
-                    _INSERT_ATTEMPT,
+                    INSERT_ATTEMPT,
                     attempt_id,
                     payment.id,
                     seq,
@@ -491,10 +346,10 @@ class PaymentStore:
         )
 
     async def get_attempt(self, attempt_id: str, *, tx: Connection | None = None) -> AttemptRecord:
-        row = await (tx or self._db).fetchone(_SELECT_ATTEMPTS + " WHERE id = $1", attempt_id)
+        row = await (tx or self._db).fetchone(SELECT_ATTEMPTS + " WHERE id = $1", attempt_id)
         if row is None:
             raise NotFoundError("No such attempt.")
-        return _attempt(row)
+        return attempt_from_row(row)
 
     async def finish_attempt(
         self,
@@ -551,10 +406,10 @@ class PaymentStore:
 
     async def attempts(self, payment_id: str) -> list[AttemptRecord]:
         rows = await self._db.fetchall(
-            _SELECT_ATTEMPTS + " WHERE payment_id = $1 ORDER BY seq",
+            SELECT_ATTEMPTS + " WHERE payment_id = $1 ORDER BY seq",
             payment_id,
         )
-        return [_attempt(row) for row in rows]
+        return [attempt_from_row(row) for row in rows]
 
     async def due_for_reconciliation(
         self, now: datetime | None = None, limit: int = 100
@@ -562,12 +417,12 @@ class PaymentStore:
         """Open attempts (in flight too long, ``unknown`` or ``pending``) whose time has come."""
         at = to_micros(now or self._clock.now())
         rows = await self._db.fetchall(
-            _SELECT_ATTEMPTS + " WHERE next_reconcile_at IS NOT NULL AND next_reconcile_at <= $1 "
+            SELECT_ATTEMPTS + " WHERE next_reconcile_at IS NOT NULL AND next_reconcile_at <= $1 "
             "ORDER BY next_reconcile_at, id LIMIT $2",
             at,
             limit,
         )
-        return [_attempt(row) for row in rows]
+        return [attempt_from_row(row) for row in rows]
 
     async def claim_for_reconciliation(
         self,
@@ -602,13 +457,13 @@ class PaymentStore:
             claimed: list[AttemptRecord] = []
             for row in rows:
                 updated = await conn.fetchone(
-                    _LEASE_ATTEMPT,
+                    LEASE_ATTEMPT,
                     until,
                     row["id"],
                     at,
                 )
                 if updated is not None:
-                    claimed.append(_attempt(updated))
+                    claimed.append(attempt_from_row(updated))
         return claimed
 
     async def schedule_reconcile(
@@ -640,7 +495,7 @@ class PaymentStore:
         now = self._now()
         async with self._tx(tx) as conn:
             await conn.execute(
-                _INSERT_REFUND,
+                INSERT_REFUND,
                 refund_id,
                 payment.id,
                 amount.value,
@@ -664,14 +519,14 @@ class PaymentStore:
         refund_id: str,
         *,
         status: RefundStatus,
-        provider_reference: str | _Kept | None = KEEP,
+        provider_reference: str | Unchanged | None = KEEP,
         tx: Connection | None = None,
     ) -> RefundRecord:
         async with self._tx(tx) as conn:
-            row = await conn.fetchone(_SELECT_REFUNDS + " WHERE id = $1", refund_id)
+            row = await conn.fetchone(SELECT_REFUNDS + " WHERE id = $1", refund_id)
             if row is None:
                 raise NotFoundError("No such refund.")
-            refund = _refund(row)
+            refund = refund_from_row(row)
             reference = (
                 refund.provider_reference if provider_reference is KEEP else provider_reference
             )
@@ -690,10 +545,10 @@ class PaymentStore:
 
     async def refunds(self, payment_id: str) -> list[RefundRecord]:
         rows = await self._db.fetchall(
-            _SELECT_REFUNDS + " WHERE payment_id = $1 ORDER BY created_at, id",
+            SELECT_REFUNDS + " WHERE payment_id = $1 ORDER BY created_at, id",
             payment_id,
         )
-        return [_refund(row) for row in rows]
+        return [refund_from_row(row) for row in rows]
 
     # -- webhook events -------------------------------------------------------------------------
 
@@ -733,21 +588,6 @@ class PaymentStore:
         return len(rows)
 
 
-# -- rows <-> records ---------------------------------------------------------------------------
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _model_json(model: NextAction | Decline | None) -> str | None:
-    return None if model is None else model.model_dump_json()
-
-
-def _enum_value(value: PaymentStatus | None) -> str | None:
-    return None if value is None else value.value
-
-
 def _refuse_card_numbers(reference: str | None, metadata: Mapping[str, str]) -> None:
     # Merchants sometimes paste card numbers into free-text fields; none may reach the store.
     if reference is not None and contains_pan(reference):
@@ -755,68 +595,3 @@ def _refuse_card_numbers(reference: str | None, metadata: Mapping[str, str]) -> 
     for key, value in metadata.items():
         if contains_pan(key) or contains_pan(value):
             raise InvalidRequestError("metadata looks like it holds a card number; not stored.")
-
-
-def _payment(row: Row) -> PaymentRecord:
-    return PaymentRecord(
-        id=row["id"],
-        merchant_id=row["merchant_id"],
-        status=None if row["status"] is None else PaymentStatus(row["status"]),
-        amount=Money.of(int(row["amount_value"]), row["currency"]),
-        captured=int(row["captured"]),
-        refunded=int(row["refunded"]),
-        capture=bool(row["capture"]),
-        connector=row["connector"],
-        reference=row["reference"],
-        metadata=orjson.loads(row["metadata"]),
-        payment_method=PaymentMethodSummary.from_json(orjson.loads(row["payment_method"])),
-        return_url=row["return_url"],
-        provider_reference=row["provider_reference"],
-        next_action=(
-            None
-            if row["next_action"] is None
-            else NextAction.model_validate_json(row["next_action"])
-        ),
-        decline=None if row["decline"] is None else Decline.model_validate_json(row["decline"]),
-        created_at=from_micros(row["created_at"]),
-        updated_at=from_micros(row["updated_at"]),
-        version=int(row["version"]),
-    )
-
-
-def _attempt(row: Row) -> AttemptRecord:
-    amount = None
-    if row["amount_value"] is not None:
-        amount = Money.of(int(row["amount_value"]), row["currency"])
-    return AttemptRecord(
-        id=row["id"],
-        payment_id=row["payment_id"],
-        seq=int(row["seq"]),
-        connector=row["connector"],
-        operation=row["operation"],
-        provider_idempotency_key=row["provider_idempotency_key"],
-        outcome=None if row["outcome"] is None else Outcome(row["outcome"]),
-        status=None if row["status"] is None else PaymentStatus(row["status"]),
-        provider_reference=row["provider_reference"],
-        error_code=row["error_code"],
-        amount=amount,
-        refund_id=row["refund_id"],
-        started_at=from_micros(row["started_at"]),
-        finished_at=None if row["finished_at"] is None else from_micros(row["finished_at"]),
-        next_reconcile_at=(
-            None if row["next_reconcile_at"] is None else from_micros(row["next_reconcile_at"])
-        ),
-        reconcile_count=int(row["reconcile_count"]),
-    )
-
-
-def _refund(row: Row) -> RefundRecord:
-    return RefundRecord(
-        id=row["id"],
-        payment_id=row["payment_id"],
-        amount=Money.of(int(row["amount_value"]), row["currency"]),
-        status=RefundStatus(row["status"]),
-        provider_reference=row["provider_reference"],
-        created_at=from_micros(row["created_at"]),
-        updated_at=from_micros(row["updated_at"]),
-    )
