@@ -12,6 +12,9 @@
 
 ``provider_idempotency_key`` derives the key sent to the provider from (merchant, payment,
 attempt sequence, operation), so a retry of the same attempt after a crash re-sends the same key.
+
+Also the store's vocabulary: ``KEEP`` ("leave this field as it is") and
+``ConcurrentUpdateError`` (a stale write lost to another writer: re-read and retry).
 """
 
 from __future__ import annotations
