@@ -181,7 +181,9 @@ class PaymentService:
             return_url=payment.return_url,
             description=new.description,
             country=new.country,
-            reference=payment.reference or payment.id,
+            # The provider-facing reference is the payment id: unique, so a connector can find
+            # an authorization whose answer was lost (sync by reference) without ambiguity.
+            reference=payment.id,
             idempotency_key=key,
             metadata=dict(payment.metadata),
         )
@@ -380,10 +382,11 @@ class PaymentService:
     async def reconcile(self, attempt: AttemptRecord, *, correlation_id: str | None = None) -> bool:
         """Try to settle one open attempt (``unknown``, ``pending`` or never answered).
 
-        A card authorization on a connector that honours idempotency keys is replayed with the
-        attempt's own provider key: the provider answers with what it did the first time, or does
-        it now, once. Anything else is synced by provider reference. True when the attempt is
-        final now; otherwise it is scheduled again with backoff.
+        The connector's ``sync`` is asked for the truth: by provider reference, or, for an
+        authorization whose answer was lost before any reference came back, by the payment id
+        it was sent with. A connector without ``sync`` gets the attempt replayed with its own
+        provider idempotency key (the provider answers with what it did the first time). True
+        when the attempt is final now; otherwise it is scheduled again with backoff.
         """
         merchant_id = await self._db.fetchval(
             "SELECT merchant_id FROM payments WHERE id = $1", attempt.payment_id
@@ -391,8 +394,18 @@ class PaymentService:
         payment = await self._store.get_payment(str(merchant_id), attempt.payment_id)
         manifest = self._pool.manifest(attempt.connector)
         token = payment.payment_method.token
-        reference = attempt.provider_reference or payment.provider_reference
-        if attempt.operation == "authorize" and manifest.idempotency is not None and token:
+        if manifest.supports(Operation.SYNC):
+            sync = SyncRequest(
+                payment_id=payment.id,
+                provider_reference=attempt.provider_reference or payment.provider_reference,
+                reference=payment.id,
+            )
+            result = await self._invoke(
+                payment.merchant_id, attempt.connector, Operation.SYNC, sync, correlation_id
+            )
+            if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
+                await self._store.finish_attempt(attempt.id, result)
+        elif attempt.operation == "authorize" and manifest.idempotency is not None and token:
             new = NewPayment(amount=payment.amount, payment_method=CardMethod(token=token))
             request = self._authorize_request(
                 payment, new, new.payment_method, attempt.provider_idempotency_key
@@ -400,13 +413,6 @@ class PaymentService:
             result, _ = await self._call(
                 payment.merchant_id, attempt, Operation.AUTHORIZE, request, correlation_id
             )
-        elif reference is not None:
-            sync = SyncRequest(payment_id=payment.id, provider_reference=reference)
-            result = await self._invoke(
-                payment.merchant_id, attempt.connector, Operation.SYNC, sync, correlation_id
-            )
-            if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
-                await self._store.finish_attempt(attempt.id, result)
         else:
             await self._store.schedule_reconcile(attempt.id)
             return False

@@ -73,6 +73,9 @@ async def make_gateway(
         server: dict[str, Any] | None = None,
         tokenization: dict[str, Any] | None = None,
         auth: dict[str, Any] | None = None,
+        connectors: dict[str, Any] | None = None,
+        routing: dict[str, Any] | None = None,
+        payments: dict[str, Any] | None = None,
     ) -> Gateway:
         addr = vault_addr or openbao.addr
         token = root_token or openbao.root_token
@@ -84,6 +87,9 @@ async def make_gateway(
             vault=VaultSettings(addr=addr, token=token, admin_token=token, timeout=2.0),  # type: ignore[arg-type]
             tokenization=TokenizationSettings(**(tokenization or {})),
             auth=AuthSettings(**({"key_cache_seconds": 0} | (auth or {}))),
+            connectors=connectors or {},
+            routing=routing or {},
+            payments=payments or {},
         )
         client = await aiohttp_client(create_app(settings, metrics=GatewayMetrics()))
         resources = client.app[RESOURCES]
@@ -97,3 +103,33 @@ async def make_gateway(
 @pytest.fixture
 async def gateway(make_gateway: MakeGateway) -> Gateway:
     return await make_gateway()
+
+
+SANDBOX_API_KEY = "sk_sandbox_test_key"
+SANDBOX_WEBHOOK_SECRET = "whsec_sandbox_test_secret"
+
+
+@pytest.fixture
+async def sandbox(aiohttp_server: Any) -> Any:
+    """The sandbox provider's simulator on loopback (from its entry point, as the gateway finds it)."""
+    from gateway.simulators import load_simulator
+
+    factory = load_simulator("sandbox")
+    app = factory(
+        api_key=SANDBOX_API_KEY,
+        webhook_secret=SANDBOX_WEBHOOK_SECRET,
+        settle_delay=0.2,
+        hang_seconds=5,
+    )
+    return await aiohttp_server(app)
+
+
+def sandbox_connector(server: Any, **overrides: Any) -> dict[str, Any]:
+    """A ``[connectors.sandbox]`` section pointing at ``server``."""
+    return {
+        "base_url": str(server.make_url("")).rstrip("/"),
+        "test_mode": True,
+        "credentials": {"api_key": SANDBOX_API_KEY, "webhook_secret": SANDBOX_WEBHOOK_SECRET},
+        "deadline_seconds": 2.0,
+        **overrides,
+    }
