@@ -4,10 +4,13 @@
    loopback port, and provision it (transit, KV, policies, AppRole roles).
 2. Open a fresh SQLite database under the data directory and create a ``dev`` merchant with its
    Vault keys and an API key.
-3. Start the gateway (logged in to OpenBao with the ``tessera-gateway`` AppRole, exactly as in
+3. Start the ``sandbox`` connector's provider simulator on a free loopback port (found through
+   the ``tessera.simulators`` entry point, like any connector's) and route payments to it: the
+   real path, with HTTP, egress detokenization, breaker and bulkhead.
+4. Start the gateway (logged in to OpenBao with the ``tessera-gateway`` AppRole, exactly as in
    production), then write ``<data-dir>/dev.json`` with ``gateway_url``, ``api_key`` and
    ``vault_addr`` so scripts can drive it.
-4. On Ctrl-C or SIGTERM, stop the gateway, then OpenBao, and remove ``dev.json``.
+5. On Ctrl-C or SIGTERM, stop the gateway, the simulator, then OpenBao, and remove ``dev.json``.
 
 The dev OpenBao keeps its keys in memory, so tokens cannot outlive it: each ``tessera dev`` run
 starts from an empty database (the previous one is moved aside to ``dev.db.previous``).
@@ -19,14 +22,26 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
-from gateway.config import DatabaseSettings, ServerSettings, Settings, VaultSettings
+from aiohttp import web
+
+from gateway.config import (
+    ConnectorSettings,
+    DatabaseSettings,
+    PaymentSettings,
+    RoutingSettings,
+    ServerSettings,
+    Settings,
+    VaultSettings,
+)
 from gateway.merchants import MerchantStore
 from gateway.server import run_gateway
+from gateway.simulators import load_simulator
 from vault.database import open_database
-from vault.devserver import DevServer
+from vault.devserver import DevServer, free_port
 from vault.provisioning import ensure_tenant_keys, provision
 
 __all__ = ["DEV_FILE", "run_dev"]
@@ -60,6 +75,9 @@ def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
     with DevServer() as bao:
         provisioned = provision(bao.addr, bao.root_token)
         merchant_id, api_key = asyncio.run(_create_dev_merchant(db_url, bao.addr, bao.root_token))
+        sandbox_key = "sk_dev_" + secrets.token_hex(12)
+        sandbox_secret = "whsec_dev_" + secrets.token_hex(16)
+        sandbox_port = free_port(host)
         settings = Settings(
             server=ServerSettings(host=host, port=port),
             database=DatabaseSettings(url=db_url),
@@ -68,6 +86,15 @@ def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
                 role_id=provisioned.gateway_role_id,
                 secret_id=provisioned.gateway_secret_id,  # type: ignore[arg-type]
             ),
+            connectors={
+                "sandbox": ConnectorSettings(
+                    base_url=f"http://{host}:{sandbox_port}",
+                    test_mode=True,
+                    credentials={"api_key": sandbox_key, "webhook_secret": sandbox_secret},  # type: ignore[dict-item]
+                )
+            },
+            routing=RoutingSettings(default=["sandbox"]),
+            payments=PaymentSettings(idempotency_key=secrets.token_hex(32)),  # type: ignore[arg-type]
         )
 
         async def ready(url: str) -> None:
@@ -77,29 +104,51 @@ def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
                 "vault_addr": bao.addr,
                 "vault_token": bao.root_token,
                 "merchant_id": merchant_id,
+                "sandbox_url": f"http://{host}:{sandbox_port}",
             }
             tmp = dev_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=2) + "\n")
             os.chmod(tmp, 0o600)
             tmp.replace(dev_file)
-            print(
-                f"\nTessera dev is running.\n"
-                f"  gateway:  {url}\n"
-                f"  api key:  {api_key}\n"
-                f"  vault:    {bao.addr}\n"
-                f"  details:  {dev_file}\n\n"
-                f"Try:\n  curl -s {url}/v1/tokens -H 'Authorization: Bearer {api_key}' "
-                f"-H 'Content-Type: application/json' \\\n"
-                '    -d \'{"card": {"number": "4242424242424242", "exp_month": 12, '
-                '"exp_year": 2030}}\'\n\nCtrl-C stops everything.',
-                file=sys.stderr,
-                flush=True,
+            print(_banner(url, api_key, bao.addr, dev_file), file=sys.stderr, flush=True)
+
+        async def main() -> None:
+            simulator = load_simulator("sandbox")(
+                api_key=sandbox_key,
+                webhook_secret=sandbox_secret,
+                webhook_url=f"http://{host}:{port}/v1/webhooks/sandbox",
             )
+            runner = web.AppRunner(simulator, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, host, sandbox_port).start()
+            try:
+                await run_gateway(settings, on_ready=ready)
+            finally:
+                await runner.cleanup()
 
         try:
-            asyncio.run(run_gateway(settings, on_ready=ready))
+            asyncio.run(main())
         finally:
             with contextlib.suppress(FileNotFoundError):
                 dev_file.unlink()
     print("Stopped.", file=sys.stderr)
     return 0
+
+
+def _banner(url: str, api_key: str, vault_addr: str, dev_file: Path) -> str:
+    auth = f"-H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json'"
+    return (
+        f"\nTessera dev is running.\n"
+        f"  gateway:  {url}\n"
+        f"  api key:  {api_key}\n"
+        f"  vault:    {vault_addr} (OpenBao dev server)\n"
+        f"  details:  {dev_file}\n\n"
+        f"Try:\n"
+        f"  curl -s {url}/v1/tokens {auth} \\\n"
+        '    -d \'{"card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030}}\'\n'
+        f"  curl -s {url}/v1/payments {auth} \\\n"
+        '    -d \'{"amount": {"value": 1050, "currency": "EUR"}, '
+        '"payment_method": {"type": "card", "token": "tok_..."}}\'\n'
+        f"  curl -s -X POST {url}/v1/payments/pay_.../capture {auth}\n\n"
+        "Ctrl-C stops everything."
+    )

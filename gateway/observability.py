@@ -105,6 +105,9 @@ def configure_logging(level: str = "INFO", *, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # One line per provider request is the SDK's job (connector_call); httpx's own is noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 class GatewayMetrics:
