@@ -33,6 +33,8 @@ class Bulkhead:
         self._semaphore = asyncio.Semaphore(self.settings.max_concurrent)
         self._in_flight = 0
         self._queued = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def in_flight(self) -> int:
@@ -42,6 +44,19 @@ class Bulkhead:
     def queued(self) -> int:
         return self._queued
 
+    def _track(self, in_flight: int = 0, queued: int = 0) -> None:
+        self._in_flight += in_flight
+        self._queued += queued
+        if self._in_flight or self._queued:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no call holds or waits for a slot (for draining at shutdown)."""
+        while self._in_flight or self._queued:
+            await self._idle.wait()
+
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one slot for the block; raises ``ConnectorBusyError`` when the queue is full."""
@@ -50,16 +65,18 @@ class Bulkhead:
                 raise ConnectorBusyError(
                     f"Connector {self.name!r} has too many calls in flight.", retry_after=1.0
                 )
-            self._queued += 1
+            self._track(queued=1)
             try:
                 await self._semaphore.acquire()
-            finally:
-                self._queued -= 1
+            except BaseException:
+                self._track(queued=-1)
+                raise
+            self._track(in_flight=1, queued=-1)
         else:
             await self._semaphore.acquire()
-        self._in_flight += 1
+            self._track(in_flight=1)
         try:
             yield
         finally:
-            self._in_flight -= 1
             self._semaphore.release()
+            self._track(in_flight=-1)

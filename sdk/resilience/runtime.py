@@ -222,8 +222,18 @@ class ConnectorRuntime:
     ) -> None:
         await self.aclose()
 
+    async def drain(self, within: float) -> bool:
+        """Wait up to ``within`` seconds for in-flight and queued calls to finish (graceful
+        shutdown: stop sending new calls first). True when drained, False on timeout."""
+        try:
+            async with asyncio.timeout(within):
+                await self.bulkhead.wait_idle()
+        except TimeoutError:
+            return False
+        return True
+
     async def aclose(self) -> None:
-        """Close the connection pool. In-flight calls should have drained first."""
+        """Close the connection pool. Drain in-flight calls first (``drain``)."""
         await self.http.aclose()
 
     # -- entry points ---------------------------------------------------------------------------

@@ -88,3 +88,28 @@ async def test_hung_connector_does_not_slow_another(
     finally:
         release.set()
         await hung.close()
+
+
+async def test_drain_waits_for_in_flight_calls_within_a_bound(
+    provider: LoopbackProvider, make_runtime: RuntimeFactory, canary
+) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        arrived.set()
+        await release.wait()
+        return web.json_response({"id": "pay_1", "status": "authorized"})
+
+    provider.handler = slow
+    runtime = make_runtime(provider.url)
+    assert await runtime.drain(0.01)  # nothing in flight
+    call = asyncio.create_task(
+        runtime.invoke(
+            "authorize", authorize_request(canary[0]), deadline=Deadline.after(5), tenant=TENANT
+        )
+    )
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert not await runtime.drain(0.05)  # still in flight: bounded wait, then False
+    asyncio.get_running_loop().call_later(0.05, release.set)
+    assert await runtime.drain(2.0)
+    assert (await call).outcome is Outcome.SUCCEEDED
