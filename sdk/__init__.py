@@ -17,6 +17,7 @@ Modules:
 | ``hostpolicy`` / ``http`` | where calls may go; the pooled, TLS-strict client |
 | ``outcomes`` | transport/HTTP failures mapped to ``not_sent`` / ``unknown`` |
 | ``error_map`` | provider codes onto normalized decline codes |
+| ``forms`` | Stripe-style bracketed form bodies |
 | ``scrubbing`` / ``transcript`` | card data and credentials out of recorded exchanges |
 | ``resilience`` | ``ConnectorRuntime``: breaker, bulkhead, deadline, retries, metrics |
 | ``registry`` | entry-point discovery, validation, ``tessera connector list`` output |
@@ -29,6 +30,7 @@ from sdk.context import CallContext
 from sdk.credentials import Credentials
 from sdk.deadline import Deadline
 from sdk.error_map import ErrorMap, ErrorMapping
+from sdk.forms import bracketed_form
 from sdk.hostpolicy import DestinationRefusedError, HostPolicy
 from sdk.http import HttpSettings, build_http_client
 from sdk.manifest import (
@@ -136,6 +138,7 @@ __all__ = [
     "WebhookEvent",
     "WebhookRequest",
     "WebhookVerificationError",
+    "bracketed_form",
     "build_http_client",
     "describe_manifest",
     "format_manifest_table",

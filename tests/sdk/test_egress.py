@@ -32,6 +32,7 @@ from sdk import (
     RuntimeSettings,
     TranscriptRecorder,
     UnexpectedRedirectError,
+    bracketed_form,
     build_http_client,
 )
 from sdk.hostpolicy import address_refusal
@@ -117,19 +118,23 @@ async def test_form_body_with_bracketed_keys_like_stripe(
     await ctx.send(
         "POST",
         "/v1/payment_methods",
-        data={
-            "type": "card",
-            "card[number]": card.number,
-            "card[cvc]": card.cvc,
-            "card[exp_month]": card.exp_month,
-            "billing_details[name]": card.holder_name,
-        },
+        data=bracketed_form(
+            {
+                "type": "card",
+                "card": {"number": card.number, "cvc": card.cvc, "exp_month": card.exp_month},
+                "billing_details": {"name": card.holder_name, "email": None},
+                "expand": ["customer"],
+                "livemode": False,
+            }
+        ),
     )
     form = parse_qs(provider.requests[0].body.decode())
     assert form["card[number]"] == [pan]
     assert form["card[cvc]"] == [cvc]
     assert form["card[exp_month]"] == ["03"]
     assert form["billing_details[name]"] == ["Zoë O'Brien & Co"]
+    assert form["expand[0]"] == ["customer"] and form["livemode"] == ["false"]
+    assert "billing_details[email]" not in form
     text = transcript.text()
     assert pan not in text and "Brien" not in text
 
