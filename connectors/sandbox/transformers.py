@@ -350,8 +350,6 @@ ERROR_MAP = ErrorMap(
         "invalid_request": DeclineCode.INVALID_REQUEST,
         "not_found": DeclineCode.INVALID_REQUEST,
         "idempotency_key_reused": DeclineCode.INVALID_REQUEST,
-        # Another request with the same key is in flight: it did not act on this one.
-        "idempotency_key_in_use": ErrorMapping(DeclineCode.PROCESSING_ERROR, retryable=True),
         # A wrong API key: the provider refused before acting. Configuration, not the card.
         "unauthorized": DeclineCode.PROCESSING_ERROR,
     }

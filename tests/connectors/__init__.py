@@ -1,0 +1,1 @@
+"""Tests of the reference connectors, one package each."""

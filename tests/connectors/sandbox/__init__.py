@@ -1,0 +1,1 @@
+"""Tests of the built-in sandbox connector and its loopback simulator."""
