@@ -82,6 +82,11 @@ _PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/web
 
 def _vault_client(settings: Settings) -> VaultClient:
     vs = settings.vault
+    if vs.token is None and not (vs.role_id and vs.secret_id):
+        raise SystemExit(
+            "tessera: the gateway needs Vault credentials: [vault] role_id + secret_id "
+            "(TESSERA_VAULT_ROLE_ID / TESSERA_VAULT_SECRET_ID) or token (TESSERA_VAULT_TOKEN)."
+        )
     approle = None
     if vs.role_id and vs.secret_id:
         approle = AppRoleCredentials(role_id=vs.role_id, secret_id=vs.secret_id.get_secret_value())

@@ -9,6 +9,7 @@ imported lazily so ``tessera --help`` stays fast::
     tessera merchants create NAME --config FILE  a merchant, its Vault keys and an API key
     tessera keys rotate [--tenant T] --config F  rotate transit keys and rewrap ciphertext
     tessera audit verify --config FILE           check the audit log's hash chain
+    tessera reconcile --config FILE              settle unknown/pending attempts once
     tessera connector new NAME --category C      scaffold a connector package
     tessera connector list                       installed connectors and their manifests
 """
@@ -83,6 +84,13 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return audit_verify(load_settings(args.config))
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    from gateway.commands.admin import reconcile
+    from gateway.config import load_settings
+
+    return reconcile(load_settings(args.config))
+
+
 def _connector_new(args: argparse.Namespace) -> int:
     from sdk.generator import generate_connector
 
@@ -155,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = a_cmds.add_parser("verify", help="Verify the hash chain; exit 1 if broken.")
     _config_arg(verify)
     verify.set_defaults(handler=_audit_verify)
+
+    rec = commands.add_parser("reconcile", help="Settle unknown/pending attempts once.")
+    _config_arg(rec, required=True)
+    rec.set_defaults(handler=_reconcile)
 
     connector = commands.add_parser("connector", help="Connector development.")
     c_cmds = connector.add_subparsers(dest="connector_command", metavar="ACTION", required=True)

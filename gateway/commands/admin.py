@@ -20,7 +20,7 @@ from vault.provisioning import ensure_tenant_keys, provision
 from vault.rotation import rotate_tenant_keys
 from vault.token_store import TokenStore
 
-__all__ = ["audit_verify", "merchants_create", "rotate_keys", "vault_provision"]
+__all__ = ["audit_verify", "merchants_create", "reconcile", "rotate_keys", "vault_provision"]
 
 T = TypeVar("T")
 
@@ -102,3 +102,25 @@ def audit_verify(settings: Settings) -> int:
         return 0 if result.ok else 1
 
     return asyncio.run(_with_db(settings, work))
+
+
+def reconcile(settings: Settings) -> int:
+    """One reconciliation pass over every due attempt (``tessera reconcile``)."""
+    from aiohttp import web
+
+    from gateway.app import RESOURCES, create_app
+    from gateway.reconciliation import reconcile_once
+
+    async def work() -> int:
+        app = create_app(settings)
+        runner = web.AppRunner(app)
+        await runner.setup()  # opens the resources (database, Vault, connectors)
+        try:
+            resources = app[RESOURCES]
+            total = await reconcile_once(resources.payment_store, resources.payments, limit=500)
+            print(f"reconciliation: {total!r}")
+            return 1 if total.failed else 0
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(work())
