@@ -95,6 +95,7 @@ def _vault_client(settings: Settings) -> VaultClient:
         token=vs.token.get_secret_value() if vs.token else None,
         approle=approle,
         timeout=vs.timeout,
+        connect_timeout=vs.connect_timeout,
         max_connections=vs.max_connections,
     )
 

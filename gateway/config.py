@@ -92,6 +92,8 @@ class VaultSettings(BaseModel):
     secret_id: SecretStr | None = None
     admin_token: SecretStr | None = None
     timeout: Annotated[float, Field(gt=0)] = 5.0
+    #: Small on purpose: an unreachable Vault must turn into a 503 in well under a second.
+    connect_timeout: Annotated[float, Field(gt=0)] = 0.5
     max_connections: Annotated[int, Field(ge=1)] = 64
 
 

@@ -88,7 +88,9 @@ def provisioned_vault(openbao: DevServer) -> ProvisionedVault:
 @pytest.fixture
 async def vault_client(openbao: DevServer) -> AsyncIterator[VaultClient]:
     """A ``VaultClient`` on the session OpenBao, authenticated with the root token."""
-    client = VaultClient(openbao.addr, token=openbao.root_token)
+    # A generous connect timeout: a loaded 2-core CI machine can take longer than the
+    # production default to accept on loopback, and these tests are not about that.
+    client = VaultClient(openbao.addr, token=openbao.root_token, connect_timeout=2.0)
     try:
         yield client
     finally:
