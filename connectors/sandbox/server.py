@@ -65,11 +65,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import secrets
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from html import escape
@@ -119,6 +121,7 @@ RequestObserver = Callable[[str, str, bytes], None]
 
 _LOGGER: FilteringBoundLogger = structlog.get_logger("tessera.sandbox")
 _MAX_BODY = 64 * 1024
+_KEPT = 10_000
 
 
 @dataclass
@@ -132,8 +135,9 @@ class SandboxState:
     ledger: Ledger
     idempotency: IdempotencyStore
     observer: RequestObserver | None = None
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    # Bounded: a long `tessera dev` session or a benchmark must not grow the simulator forever.
+    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_KEPT))
+    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_KEPT))
     faulted_once: set[bytes] = field(default_factory=set)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -151,7 +155,7 @@ class SandboxState:
 
     def emit(self, auth: Authorization) -> None:
         event = {
-            "id": f"evt_{secrets.token_hex(12)}",
+            "id": f"evt_{base64.b32encode(secrets.token_bytes(15)).decode().lower()}",
             "type": f"authorization.{auth.status}",
             "created": int(time.time()),
             "data": auth.view(),
@@ -261,7 +265,7 @@ async def _api_call(request: web.Request, handler: Handler) -> web.StreamRespons
         card=mask_card(card.get("number")) if isinstance(card, dict) else None,
         amount=amount if isinstance(amount, int) else None,
     )
-    _LOGGER.info(
+    _LOGGER.debug(
         "sandbox_request",
         method=request.method,
         path=request.path,
@@ -452,11 +456,11 @@ async def admin_charges(request: web.Request) -> web.StreamResponse:
 
 
 async def admin_requests(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"requests": request.app[STATE].requests})
+    return web.json_response({"requests": list(request.app[STATE].requests)})
 
 
 async def admin_events(request: web.Request) -> web.StreamResponse:
-    return web.json_response({"events": request.app[STATE].events})
+    return web.json_response({"events": list(request.app[STATE].events)})
 
 
 async def admin_reset(request: web.Request) -> web.StreamResponse:

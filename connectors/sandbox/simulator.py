@@ -11,6 +11,7 @@ only to pick the magic behaviour and check Luhn and expiry; the books keep the m
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -181,7 +182,14 @@ class SandboxRefusal(Exception):
 
 
 def _new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
+    # Base32 (a-z, 2-7), not hex: a long run of digits could pass Luhn and be masked as a PAN
+    # by every scrubber downstream (transcripts, cassettes, leak scans).
+    return f"{prefix}_{base64.b32encode(secrets.token_bytes(15)).decode().lower()}"
+
+
+def _now() -> int:
+    # Seconds, not milliseconds: a 13-digit number can pass Luhn and be scrubbed as a PAN.
+    return int(time.time())
 
 
 @dataclass(slots=True)
@@ -211,7 +219,7 @@ class Authorization:
     refunds: list[Movement] = field(default_factory=list)
     settles_at: float | None = None
     settles_to: tuple[str, str | None] | None = None
-    created_at: int = field(default_factory=lambda: int(time.time() * 1000))
+    created_at: int = field(default_factory=_now)
 
     def view(self) -> dict[str, Any]:
         """The wire object (``transformers.WireAuthorization``)."""
@@ -409,7 +417,7 @@ class Ledger:
                 409, "amount_exceeds_capturable", "More than is left to capture.", auth.id
             )
         auth.amount_captured += wire.amount
-        auth.captures.append(Movement(_new_id("cap"), wire.amount, int(time.time() * 1000)))
+        auth.captures.append(Movement(_new_id("cap"), wire.amount, _now()))
         full = auth.amount_captured == auth.amount or wire.final
         auth.status = "captured" if full else "partially_captured"
         self._changed(auth)
@@ -433,7 +441,7 @@ class Ledger:
                 409, "amount_exceeds_refundable", "More than is left to refund.", auth.id
             )
         auth.amount_refunded += wire.amount
-        auth.refunds.append(Movement(_new_id("ref"), wire.amount, int(time.time() * 1000)))
+        auth.refunds.append(Movement(_new_id("ref"), wire.amount, _now()))
         full = auth.amount_refunded == auth.amount_captured
         auth.status = "refunded" if full else "partially_refunded"
         self._changed(auth)

@@ -555,7 +555,8 @@ def parse_authorization_list(
         return PaymentResult(
             status=PaymentStatus.FAILED, outcome=Outcome.SUCCEEDED, raw_status="not_found"
         )
-    newest = max(listing.data, key=lambda auth: auth.created_at)
+    # Listed oldest first; a stable sort keeps that order within one second.
+    newest = sorted(listing.data, key=lambda auth: auth.created_at)[-1]
     return result_of(newest, manifest, decline)
 
 
