@@ -111,6 +111,11 @@ class CallContext:
         """Whether any request of this call may have reached the provider."""
         return self._scope.may_have_reached_provider
 
+    @property
+    def network_attempted(self) -> bool:
+        """Whether any request of this call got as far as the network (past detokenization)."""
+        return bool(self._scope.trackers)
+
     # -- card data ------------------------------------------------------------------------------
 
     def card(self, method: CardMethod) -> CardPlaceholders:

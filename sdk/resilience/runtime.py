@@ -493,12 +493,13 @@ class ConnectorRuntime:
 
     def _on_deadline(self, state: _CallState) -> PaymentResult:
         """The deadline fired: judge the attempt in flight and say what the caller knows."""
-        reached_now = bool(state.in_attempt and state.ctx and state.ctx.may_have_reached_provider)
+        ctx = state.ctx if state.in_attempt else None
+        reached_now = ctx is not None and ctx.may_have_reached_provider
         if state.ticket is not None:
-            if state.in_attempt:
-                self.breaker.record_failure(state.ticket)  # slower than the deadline
+            if ctx is not None and ctx.network_attempted:
+                self.breaker.record_failure(state.ticket)  # the provider was slower than that
             else:
-                self.breaker.release(state.ticket)
+                self.breaker.release(state.ticket)  # stuck before the network (queue, vault)
             state.ticket = None
         self.metrics.rejections.labels(self.connector_id, "deadline").inc()
         if reached_now or state.ambiguous:

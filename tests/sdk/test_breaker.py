@@ -15,8 +15,9 @@ import pytest
 from aiohttp import web
 
 from normalization import ConnectorUnavailableError, Outcome
-from sdk import Deadline
+from sdk import Deadline, RevealedCard
 from sdk.resilience import AsyncCircuitBreaker, BreakerSettings
+from sdk.testing import FakeTokenRevealer
 from tests.sdk.conftest import TENANT, RuntimeFactory, authorize_request, metric
 from tests.sdk.loopback import LoopbackProvider
 
@@ -186,3 +187,21 @@ def test_declines_and_successes_reset_the_consecutive_failure_count() -> None:
     breaker.record_success(breaker.admit())
     breaker.record_failure(breaker.admit())
     assert breaker.state == "closed" and breaker.fail_counter == 1
+
+
+async def test_deadline_spent_before_the_network_is_not_a_provider_failure(
+    provider: LoopbackProvider, make_runtime: RuntimeFactory, canary
+) -> None:
+    class SlowVault(FakeTokenRevealer):
+        async def reveal(self, tenant: str, token: str, *, purpose: str) -> RevealedCard:
+            await asyncio.sleep(1)
+            return await super().reveal(tenant, token, purpose=purpose)
+
+    runtime = make_runtime(provider.url, fail_max=1, max_attempts=1)
+    runtime.revealer = SlowVault()
+    result = await runtime.invoke(
+        "authorize", authorize_request(canary[0]), deadline=Deadline.after(0.1), tenant=TENANT
+    )
+    assert result.outcome is Outcome.NOT_SENT
+    assert provider.requests == []
+    assert runtime.breaker.state == "closed"  # a slow vault does not open the provider's breaker
