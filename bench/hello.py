@@ -6,11 +6,19 @@ service, with the same worker model as the gateway (N processes, SO_REUSEPORT).
 
 from __future__ import annotations
 
-import argparse
-import multiprocessing
+import os
+import sys
 
-import orjson
-from aiohttp import web
+# Run as a script, bench/ is first on sys.path and bench/tokenize.py would shadow the stdlib's
+# ``tokenize`` (imported by linecache, hence by logging and aiohttp): keep the directory last.
+_BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _BENCH] + [_BENCH]
+
+import argparse  # noqa: E402
+import multiprocessing  # noqa: E402
+
+import orjson  # noqa: E402
+from aiohttp import web  # noqa: E402
 
 
 async def echo(request: web.Request) -> web.Response:

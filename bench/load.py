@@ -16,6 +16,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The repository root: subprocesses run from here, never from bench/ (see bench/tokenize.py).
+REPO = Path(__file__).resolve().parent.parent
+
 _LATENCY_RE = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _RPS_RE = re.compile(r"Requests/sec:\s+([\d.]+)")
 _NON2XX_RE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
@@ -39,7 +42,11 @@ class LoadResult:
 
 def machine_facts() -> str:
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
     ).stdout.strip()
     cores = os.cpu_count()
     return f"commit {commit or 'unknown'}, {cores} cores, OpenBao dev server on this machine"
@@ -77,12 +84,12 @@ def wrk_post(
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     try:
-        out = subprocess.run(
+        proc = subprocess.run(
             [
                 wrk,
                 f"-t{threads}",
                 f"-c{connections}",
-                f"-d{duration}s",
+                f"-d{max(1, round(duration))}s",  # wrk takes whole seconds ("10.0s" fails)
                 "--latency",
                 "-s",
                 script.name,
@@ -91,10 +98,13 @@ def wrk_post(
             capture_output=True,
             text=True,
             timeout=duration + 30,
-            check=True,
-        ).stdout
+            check=False,
+        )
     finally:
         Path(script.name).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+    out = proc.stdout
     lat = {m.group(1): _ms(float(m.group(2)), m.group(3)) for m in _LATENCY_RE.finditer(out)}
     errors = _ERRORS_RE.search(out)
     non2xx = _NON2XX_RE.search(out)

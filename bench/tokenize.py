@@ -13,24 +13,36 @@ Needs ``wrk`` (``apt-get install wrk``). Traffic goes to 127.0.0.1 only; every r
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script, this directory is first on sys.path and this file would shadow the stdlib's
+# ``tokenize`` (imported by linecache, hence by logging and asyncio): keep the directory last.
+_BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _BENCH] + [_BENCH]
 
-from load import LoadResult, machine_facts, peak_rss_mb, tree_pids, wait_http, wrk_post
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from gateway.merchants import MerchantStore
-from vault.database import open_database
-from vault.devserver import DevServer, free_port
-from vault.provisioning import ensure_tenant_keys, provision
+from load import (  # noqa: E402
+    REPO,
+    LoadResult,
+    machine_facts,
+    peak_rss_mb,
+    tree_pids,
+    wait_http,
+    wrk_post,
+)
+
+from gateway.merchants import MerchantStore  # noqa: E402
+from vault.database import open_database  # noqa: E402
+from vault.devserver import DevServer, free_port  # noqa: E402
+from vault.provisioning import ensure_tenant_keys, provision  # noqa: E402
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031}
 
@@ -72,7 +84,8 @@ batching = {"true" if batching else "false"}
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
+        # cwd: the repository root, never bench/ (whose tokenize.py would shadow the stdlib's).
+        return subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True, cwd=REPO)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
