@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import structlog
@@ -177,6 +178,7 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             asyncio.create_task(
                 dispatcher.run_forever(stop, idle_interval=ps.outbox_interval_seconds)
             ),
+            asyncio.create_task(_housekeeping(idempotency, outbox, payment_store, stop)),
         ]
         try:
             yield
@@ -201,6 +203,25 @@ async def _sweep_forever(tokens: TokenizationService, interval: float) -> None:
             log.warning("sweep_failed", code=exc.code)
         except Exception:
             log.exception("sweep_crashed")
+
+
+async def _housekeeping(
+    idempotency: IdempotencyStore, outbox: Outbox, store: PaymentStore, stop: asyncio.Event
+) -> None:
+    """Hourly: forget expired idempotency keys, delivered notifications (after 7 days) and
+    received webhook event ids (after 30 days, well past any provider's redelivery window)."""
+    while not stop.is_set():
+        try:
+            now = datetime.now(UTC)
+            await idempotency.purge_expired()
+            await outbox.purge_delivered(now - timedelta(days=7))
+            await store.purge_webhook_events(now - timedelta(days=30))
+        except TesseraError as exc:
+            log.warning("housekeeping_failed", code=exc.code)
+        except Exception:
+            log.exception("housekeeping_crashed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=3600)
 
 
 def _route_name(request: web.Request) -> str:

@@ -7,6 +7,7 @@ imported lazily so ``tessera --help`` stays fast::
     tessera serve --config FILE [--workers N]    the gateway against an existing Vault and DB
     tessera vault provision --config FILE        transit, KV, policies, AppRole (idempotent)
     tessera merchants create NAME --config FILE  a merchant, its Vault keys and an API key
+    tessera merchants webhook ID URL --config F  where signed payment notifications go
     tessera keys rotate [--tenant T] --config F  rotate transit keys and rewrap ciphertext
     tessera audit verify --config FILE           check the audit log's hash chain
     tessera reconcile --config FILE              settle unknown/pending attempts once
@@ -68,6 +69,13 @@ def _merchants_create(args: argparse.Namespace) -> int:
     from gateway.config import load_settings
 
     return merchants_create(load_settings(args.config), args.name, dedup=args.dedup)
+
+
+def _merchants_webhook(args: argparse.Namespace) -> int:
+    from gateway.commands.admin import merchants_webhook_set
+    from gateway.config import load_settings
+
+    return merchants_webhook_set(load_settings(args.config), args.merchant_id, args.url)
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
@@ -150,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(create)
     create.set_defaults(handler=_merchants_create)
+    webhook = m_cmds.add_parser("webhook", help="Set where payment notifications are posted.")
+    webhook.add_argument("merchant_id")
+    webhook.add_argument("url", help="https:// URL receiving signed notifications.")
+    _config_arg(webhook)
+    webhook.set_defaults(handler=_merchants_webhook)
 
     keys = commands.add_parser("keys", help="Encryption key management.")
     k_cmds = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)

@@ -86,7 +86,7 @@ def status_for(error: TesseraError) -> int:
         return 422
     if isinstance(error, NotSupportedError):
         return 422
-    if isinstance(error, IllegalTransitionError):
+    if isinstance(error, IllegalTransitionError) or error.code == "concurrent_update":
         return 409
     if isinstance(error, ConnectorBusyError | ConnectorUnavailableError):
         return 503

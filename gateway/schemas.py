@@ -4,22 +4,39 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from normalization.methods import CardData, PaymentMethod
+from gateway.payments.records import RefundStatus
+from normalization.methods import CardData, PaymentMethod, PaymentMethodType
 from normalization.money import Money
 from normalization.requests import Metadata
+from normalization.results import Decline, NextAction, Outcome, PaymentStatus
 from normalization.validation import DomainModel
 
 __all__ = [
     "AmountRequest",
+    "AttemptView",
+    "BatchErrorDetail",
+    "BatchItemError",
     "BatchTokenizeRequest",
+    "BatchTokenizeResponse",
     "CardMetadata",
     "CompleteRequest",
     "CreatePaymentRequest",
+    "DeclinedProblem",
+    "FieldError",
+    "Health",
+    "MoneyView",
+    "PaymentList",
+    "PaymentMethodView",
+    "PaymentView",
+    "Problem",
+    "Readiness",
+    "RefundView",
     "TokenList",
     "TokenView",
     "TokenizeRequest",
+    "WebhookReceipt",
 ]
 
 TokenFormatName = Literal["opaque", "numeric"]
@@ -91,3 +108,142 @@ class CompleteRequest(DomainModel):
     parameters: Annotated[
         dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=50)
     ] = Field(default_factory=dict)
+
+
+# --- Response models -------------------------------------------------------------------------
+# Documentation of what the views return (``gateway.views``); /openapi.json is built from them
+# and tests validate real responses against that document, so a drift fails a test.
+
+Timestamp = Annotated[str, Field(description="ISO 8601 date and time, UTC offset included.")]
+
+
+class _View(BaseModel):
+    """A response shape; unknown fields are refused so that an undocumented field fails tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchErrorDetail(_View):
+    code: str
+    detail: str
+
+
+class BatchItemError(_View):
+    error: BatchErrorDetail
+
+
+class BatchTokenizeResponse(_View):
+    """One entry per submitted card, in order: a token, or the error of that card alone."""
+
+    results: list[TokenView | BatchItemError]
+
+
+class MoneyView(_View):
+    value: Annotated[int, Field(description="Amount in minor units of the currency.")]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code.")]
+
+
+class PaymentMethodView(_View):
+    """What is kept of the payment method: a token and masked details, never card data.
+
+    Fields without a value are omitted."""
+
+    type: PaymentMethodType
+    token: str | None = None
+    brand: str | None = None
+    last4: Annotated[str | None, Field(pattern=r"^[0-9]{4}$")] = None
+    masked_account: str | None = None
+    country: str | None = None
+    scheme: str | None = None
+
+
+class AttemptView(_View):
+    """One connector call; ``outcome`` null means still running (or to be reconciled)."""
+
+    id: str
+    connector: str
+    operation: str
+    outcome: Outcome | None
+    status: PaymentStatus | None
+    error_code: str | None
+    provider_reference: str | None
+    amount: MoneyView | None
+    started_at: Timestamp
+    finished_at: Timestamp | None
+
+
+class RefundView(_View):
+    id: str
+    amount: MoneyView
+    status: RefundStatus
+    provider_reference: str | None
+    created_at: Timestamp
+
+
+class PaymentView(_View):
+    """A payment (``gateway.views.payments.payment_view``)."""
+
+    id: Annotated[str, Field(pattern=r"^pay_")]
+    status: PaymentStatus
+    connector: str | None
+    amount: MoneyView
+    captured: MoneyView
+    refunded: MoneyView
+    capture: bool
+    reference: str | None
+    metadata: dict[str, str]
+    payment_method: PaymentMethodView
+    return_url: str | None
+    provider_reference: str | None
+    next_action: NextAction | None
+    decline: Decline | None
+    attempts: list[AttemptView]
+    refunds: list[RefundView]
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class PaymentList(_View):
+    data: list[PaymentView]
+
+
+class FieldError(_View):
+    field: str
+    code: str
+    detail: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; ``code`` is the stable, machine-readable error code."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: Annotated[int, Field(ge=400, le=599)]
+    code: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    detail: str
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class DeclinedProblem(Problem):
+    """402 ``operation_declined``: the provider refused; the payment as it now stands."""
+
+    decline: Decline | None
+    payment: PaymentView
+
+
+class WebhookReceipt(_View):
+    received: Annotated[int, Field(ge=0)]
+    applied: Annotated[int, Field(ge=0)]
+
+
+class Health(_View):
+    status: Literal["ok"]
+
+
+class Readiness(_View):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, Literal["ok", "sealed", "unreachable"]]

@@ -20,7 +20,14 @@ from vault.provisioning import ensure_tenant_keys, provision
 from vault.rotation import rotate_tenant_keys
 from vault.token_store import TokenStore
 
-__all__ = ["audit_verify", "merchants_create", "reconcile", "rotate_keys", "vault_provision"]
+__all__ = [
+    "audit_verify",
+    "merchants_create",
+    "merchants_webhook_set",
+    "reconcile",
+    "rotate_keys",
+    "vault_provision",
+]
 
 T = TypeVar("T")
 
@@ -124,3 +131,18 @@ def reconcile(settings: Settings) -> int:
             await runner.cleanup()
 
     return asyncio.run(work())
+
+
+def merchants_webhook_set(settings: Settings, merchant_id: str, url: str) -> int:
+    """Register the merchant's notification URL; prints the signing secret once."""
+
+    async def work(db: SqliteDatabase | PostgresDatabase) -> int:
+        store = MerchantStore(db)
+        await store.migrate()
+        endpoint = await store.set_webhook_endpoint(merchant_id, url)
+        print(f"webhook url:    {endpoint.url}")
+        print(f"signing secret: {endpoint.secret}")
+        print("Verify Tessera-Signature with this secret (docs/merchant-client.md).")
+        return 0
+
+    return asyncio.run(_with_db(settings, work))
