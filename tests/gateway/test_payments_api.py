@@ -282,6 +282,7 @@ async def test_reset_after_send_is_unknown_then_reconciled_with_the_same_key(
         pay = await resp.json()
         if pay["status"] != "unknown":
             break
+        await asyncio.sleep(0.05)
     assert pay["status"] == "authorized"
     charges = (await sandbox_client_get(sandbox, "/__sandbox/charges"))["charges"]
     assert len(charges) == 1
