@@ -5,7 +5,9 @@
 - ``transformers``: credentials, wire models, builders, parsers, status and decline maps;
 - ``server``: ``create_app()``, the stateful aiohttp simulator (entry point
   ``tessera.simulators: sandbox``), runnable as ``python -m connectors.sandbox.server``;
-- ``simulator``: the simulator's in-memory provider state and its magic values.
+- ``simulator``: the simulator's in-memory provider state and its magic values;
+- ``openapi``: the simulator's API as OpenAPI 3.1, generated from the wire models;
+- ``cassettes/``: a recorded, scrubbed card lifecycle for replay mode.
 
 Imports ``sdk`` and ``normalization`` only (the server also uses aiohttp).
 """

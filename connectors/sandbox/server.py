@@ -49,7 +49,7 @@ Every POST honours ``Idempotency-Key`` (same key and body: the stored reply, wit
 
 Admin and inspection (no auth; loopback tooling for tests and the conformance kit)::
 
-    GET  /__sandbox/health        GET /__sandbox/magic
+    GET  /__sandbox/health        GET /__sandbox/magic        GET /__sandbox/openapi.json
     GET  /__sandbox/charges       authorizations, their idempotency keys, times each key was seen
     GET  /__sandbox/requests      every API request: method, path, key, masked card, status
     GET  /__sandbox/events        webhooks emitted (body, signature, delivery attempts)
@@ -84,6 +84,7 @@ from pydantic import BaseModel, ValidationError
 from structlog.typing import FilteringBoundLogger
 from yarl import URL
 
+from connectors.sandbox.openapi import openapi_document
 from connectors.sandbox.simulator import (
     FAULTS_BY_AMOUNT,
     MAGIC_AMOUNTS,
@@ -440,6 +441,10 @@ async def admin_magic(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def admin_openapi(request: web.Request) -> web.StreamResponse:
+    return web.json_response(openapi_document())
+
+
 async def admin_charges(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     state.ledger.settle_due()
@@ -535,6 +540,7 @@ def create_app(
         web.post("/3ds/{id}", complete_challenge),
         web.get("/__sandbox/health", admin_health),
         web.get("/__sandbox/magic", admin_magic),
+        web.get("/__sandbox/openapi.json", admin_openapi),
         web.get("/__sandbox/charges", admin_charges),
         web.get("/__sandbox/requests", admin_requests),
         web.get("/__sandbox/events", admin_events),
