@@ -328,9 +328,9 @@ def gateway_config(
     server: Mapping[str, Any] | None = None,
     routing: Mapping[str, Any] | None = None,
     payments: Mapping[str, Any] | None = None,
-    idempotency_key: str = "procs-fingerprint-key-0123456789abcdef",
+    idempotency_key: str | None = "procs-fingerprint-key-0123456789abcdef",
 ) -> str:
-    """TOML for ``tessera serve``. Processes sharing a database must share ``idempotency_key``."""
+    """TOML for ``tessera serve``. ``idempotency_key=None``: the first process generates one."""
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port or free_port(), **(server or {})},
         "database": {"url": database_url},
@@ -338,7 +338,10 @@ def gateway_config(
         "auth": {"key_cache_seconds": 0},
         "connectors": {k: dict(v) for k, v in connectors.items()},
         "routing": dict(routing or {"default": list(connectors)[:1]}),
-        "payments": {"idempotency_key": idempotency_key, **(payments or {})},
+        "payments": {
+            **({"idempotency_key": idempotency_key} if idempotency_key else {}),
+            **(payments or {}),
+        },
     }
     return to_toml(data)
 
