@@ -138,7 +138,7 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             revealer=VaultRevealer(tokens),
             metrics=ConnectorMetrics(app[METRICS].registry),
         )
-        stack.push_async_callback(pool.close)
+        stack.push_async_callback(pool.close, drain_seconds=settings.server.shutdown_timeout)
         router = Router(settings.routing, {c: pool.manifest(c) for c in pool.ids()})
         payments = PaymentService(db, payment_store, tokens, pool, router, outbox)
         app[RESOURCES] = Resources(

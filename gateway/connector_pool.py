@@ -124,6 +124,8 @@ class ConnectorPool:
     def config(self, connector_id: str) -> ConnectorSettings:
         return self._configs[connector_id]
 
-    async def close(self) -> None:
+    async def close(self, *, drain_seconds: float = 10.0) -> None:
+        """Let calls in flight finish (up to ``drain_seconds``), then close the pools."""
         for runtime in self._runtimes.values():
+            await runtime.drain(drain_seconds)
             await runtime.aclose()

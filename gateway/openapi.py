@@ -1,238 +1,599 @@
 """The gateway's OpenAPI 3.1 description, built from the same pydantic models the views use.
 
-``build_openapi()`` is served at ``/openapi.json``; a test validates it with
-openapi-spec-validator and fuzzes every operation with schemathesis.
+``build_openapi()`` is served at ``/openapi.json``. Request bodies are the views' request models
+(validation mode), responses the response models of ``gateway.schemas`` (serialization mode).
+Every error is ``application/problem+json``; each error status has one shared response whose
+``code`` is one of the stable codes of that status: the gateway's own (``_GATEWAY_CODES``) and
+those of the ``normalization`` error tree, mapped to statuses exactly as the error middleware
+maps them. Tests validate the document, compare it with the router, validate real responses
+against it and fuzz every operation with schemathesis.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from gateway.schemas import BatchTokenizeRequest, TokenizeRequest, TokenList, TokenView
+# Imported for their error classes: the error tree below lists the codes of every loaded class.
+import gateway.payments
+import sdk
+import vault.tokenization
+from gateway.problems import PROBLEM_CONTENT_TYPE, status_for
+from gateway.schemas import (
+    AmountRequest,
+    BatchTokenizeRequest,
+    BatchTokenizeResponse,
+    CompleteRequest,
+    CreatePaymentRequest,
+    DeclinedProblem,
+    Health,
+    PaymentList,
+    PaymentView,
+    Problem,
+    Readiness,
+    TokenizeRequest,
+    TokenList,
+    TokenView,
+    WebhookReceipt,
+)
+from normalization.errors import TesseraError, VaultError
 
-__all__ = ["build_openapi"]
+__all__ = ["PUBLIC_OPERATIONS", "build_openapi", "problem_codes"]
 
 _REF = "#/components/schemas/{model}"
+_LOADED = (gateway.payments, sdk, vault.tokenization)
+
+_REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    TokenizeRequest,
+    BatchTokenizeRequest,
+    CreatePaymentRequest,
+    AmountRequest,
+    CompleteRequest,
+)
+_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    TokenView,
+    TokenList,
+    BatchTokenizeResponse,
+    PaymentView,
+    PaymentList,
+    Problem,
+    DeclinedProblem,
+    WebhookReceipt,
+    Health,
+    Readiness,
+)
+
+#: Codes the gateway raises itself (``HttpProblem`` and the error middleware), by status.
+_GATEWAY_CODES: dict[int, tuple[str, ...]] = {
+    400: (
+        "malformed_json",
+        "fingerprint_required",
+        "reference_required",
+        "invalid_idempotency_key",
+        "webhook_verification_failed",
+        "http_error",
+    ),
+    401: ("unauthorized",),
+    402: ("operation_declined",),
+    404: ("not_found", "unknown_connector"),
+    405: ("method_not_allowed",),
+    408: ("request_timeout",),
+    409: ("idempotency_key_in_use",),
+    413: ("payload_too_large", "batch_too_large"),
+    415: ("unsupported_media_type",),
+    422: ("invalid_request", "idempotency_key_reused"),
+    429: ("too_many_auth_failures",),
+    500: ("internal_error",),
+}
+
+_STATUS_TEXT: dict[int, str] = {
+    400: "Malformed request: bad JSON, a missing query parameter, a bad header or signature.",
+    401: "Missing, invalid or revoked API key.",
+    402: "The provider declined the operation; the body carries the decline and the payment.",
+    404: "No such resource for this merchant.",
+    405: "The method is not allowed on this path.",
+    408: "The request body arrived too slowly.",
+    409: "Conflicts with the resource's state, or the Idempotency-Key is in use; see `code`.",
+    413: "The body, or the batch, is too large.",
+    415: "The body is not application/json.",
+    422: "Well-formed but invalid; `errors` lists each field (never echoing its value).",
+    429: "Too many failed authentications from this client; retry after Retry-After.",
+    500: "An unexpected error; nothing about the input is disclosed.",
+    502: "The provider answered with an error.",
+    503: "The vault, the database or the connector is unavailable; retry after Retry-After.",
+    504: "The provider did not answer within the deadline.",
+}
+
+#: Statuses whose ``code`` the document lists exhaustively (an enum); 5xx codes may grow with
+#: connectors' own error classes, so they are listed in the description only.
+_ENUMERATED = range(400, 500)
+_RETRY_AFTER_STATUSES = frozenset({409, 429, 503})
 
 
-def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template=_REF, mode="validation")
-        out.update(schema.pop("$defs", {}))
-        out[model.__name__] = schema
+def problem_codes() -> dict[int, list[str]]:
+    """Every stable problem ``code`` by HTTP status, as the error middleware answers them."""
+    codes: dict[int, set[str]] = defaultdict(set)
+    for status, own in _GATEWAY_CODES.items():
+        codes[status].update(own)
+    pending: list[type[TesseraError]] = [TesseraError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.code in _GATEWAY_CODES[400]:
+            continue  # answered as 400 by the view that catches it (webhook verification)
+        # The middleware renders every vault error as 503, before the general mapping.
+        status = 503 if issubclass(cls, VaultError) else status_for(cls.__new__(cls))
+        codes[status].add(cls.code)
+    return {status: sorted(values) for status, values in sorted(codes.items())}
+
+
+# --- Components -------------------------------------------------------------------------------
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _component_schemas() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(schemas, reference by model name): requests in validation mode, responses in
+    serialization mode, one ``$defs`` namespace (pydantic suffixes a name used both ways)."""
+    pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((m, "validation") for m in _REQUEST_MODELS),
+        *((m, "serialization") for m in _RESPONSE_MODELS),
+    ]
+    refs, top = models_json_schema(pairs, ref_template=_REF)
+    by_name = {model.__name__: dict(ref) for (model, _), ref in refs.items()}
+    return dict(top["$defs"]), by_name
+
+
+def _problem_response(status: int, codes: list[str], schema_ref: dict[str, Any]) -> dict[str, Any]:
+    listed = ", ".join(f"`{c}`" for c in codes)
+    schema: dict[str, Any] = schema_ref
+    if status in _ENUMERATED:
+        schema = {"allOf": [schema_ref, {"properties": {"code": {"enum": codes}}}]}
+    headers: dict[str, Any] = {"X-Request-Id": _ref("headers", "RequestId")}
+    if status in _RETRY_AFTER_STATUSES:
+        headers["Retry-After"] = _ref("headers", "RetryAfter")
+    if status == 401:
+        headers["WWW-Authenticate"] = {"schema": {"type": "string"}}
+    return {
+        "description": f"{_STATUS_TEXT.get(status, 'Error.')} Codes: {listed}.",
+        "headers": headers,
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": schema}},
+    }
+
+
+def _components() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    schemas, refs = _component_schemas()
+    responses = {
+        f"Problem{status}": _problem_response(status, codes, refs["Problem"])
+        for status, codes in problem_codes().items()
+    }
+    components = {
+        "schemas": schemas,
+        "responses": responses,
+        "parameters": {
+            "IdempotencyKey": {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": (
+                    "Makes the POST safe to retry: the same key and request replay the first "
+                    "response (`Idempotent-Replayed: true`); the same key with another request "
+                    "is 422 `idempotency_key_reused`; while the first runs, 409 "
+                    "`idempotency_key_in_use`. Keys are per merchant."
+                ),
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+        },
+        "headers": {
+            "RequestId": {
+                "description": "The request's id (the client's X-Request-Id, or a new one).",
+                "required": True,
+                "schema": {"type": "string"},
+            },
+            "RetryAfter": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            },
+            "IdempotentReplayed": {
+                "description": "`true` when this is the stored response of an earlier request.",
+                "schema": {"type": "string", "enum": ["true"]},
+            },
+        },
+        "securitySchemes": {
+            "merchantKey": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Authorization: Bearer <merchant API key>.",
+            }
+        },
+    }
+    return components, refs
+
+
+# --- Operations -------------------------------------------------------------------------------
+
+#: Problem statuses every authenticated operation can answer.
+_AUTHENTICATED = (401, 429, 500, 503)
+#: ... and every operation that reads a JSON body.
+_BODY = (400, 408, 413, 415, 422)
+#: ... and every payment POST (idempotency guard, connector call).
+_PAYMENT_POST = (400, 409, 422, 502, 504)
+
+#: Operations that need no API key (everything else: ``Authorization: Bearer <key>``).
+PUBLIC_OPERATIONS = frozenset(
+    {
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("POST", "/v1/webhooks/{connector}"),
+    }
+)
+
+
+@dataclass(frozen=True)
+class _Op:
+    method: Literal["get", "post", "delete"]
+    path: str
+    operation_id: str
+    summary: str
+    tag: str
+    #: Success responses: status → (model name or None for no body, description).
+    success: dict[int, tuple[str | None, str]]
+    errors: tuple[int, ...] = ()
+    body: str | None = None
+    body_required: bool = True
+    query: tuple[dict[str, Any], ...] = ()
+    idempotent: bool = False
+    description: str | None = None
+    extra_responses: dict[str, Any] = field(default_factory=dict)
+
+
+def _query(name: str, description: str, max_length: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "minLength": 1, "maxLength": max_length},
+    }
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 100},
+    }
+
+
+_PATH_PARAMS = {
+    "token_id": _path_param("token_id", "A token id (`tok_...`, or a numeric token)."),
+    "payment_id": _path_param("payment_id", "A payment id (`pay_...`)."),
+    "connector": _path_param("connector", "The connector id the provider's webhooks go to."),
+}
+
+
+def _payment_followup(
+    name: str,
+    operation_id: str,
+    summary: str,
+    *,
+    body: str | None,
+    status: int = 200,
+    description: str,
+) -> _Op:
+    return _Op(
+        "post",
+        f"/v1/payments/{{payment_id}}/{name}",
+        operation_id,
+        summary,
+        "payments",
+        {
+            status: ("PaymentView", "The operation succeeded; the payment as it now stands."),
+            202: ("PaymentView", "Outcome unknown: reconciliation settles it. Do not retry."),
+        },
+        errors=(*_AUTHENTICATED, *_BODY, *_PAYMENT_POST, 402, 404),
+        body=body,
+        body_required=False,
+        idempotent=True,
+        description=description,
+    )
+
+
+def _operations() -> list[_Op]:
+    text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+    return [
+        _Op(
+            "post",
+            "/v1/tokens",
+            "createToken",
+            "Tokenize a card.",
+            "tokens",
+            {
+                201: ("TokenView", "Token created."),
+                200: ("TokenView", "The card was known (per-merchant dedup): that token."),
+            },
+            errors=(*_AUTHENTICATED, *_BODY),
+            body="TokenizeRequest",
+        ),
+        _Op(
+            "get",
+            "/v1/tokens",
+            "searchTokens",
+            "Find tokens by keyed card fingerprint.",
+            "tokens",
+            {200: ("TokenList", "Matching tokens.")},
+            errors=(*_AUTHENTICATED, 400),
+            query=(_query("fingerprint", "A token's keyed fingerprint.", 200),),
+        ),
+        _Op(
+            "post",
+            "/v1/tokens/batch",
+            "createTokensBatch",
+            "Tokenize many cards; one result per card, in order.",
+            "tokens",
+            {200: ("BatchTokenizeResponse", "Per-card results.")},
+            errors=(*_AUTHENTICATED, *_BODY),
+            body="BatchTokenizeRequest",
+        ),
+        _Op(
+            "get",
+            "/v1/tokens/{token_id}",
+            "getToken",
+            "A token's masked metadata.",
+            "tokens",
+            {200: ("TokenView", "The token.")},
+            errors=(*_AUTHENTICATED, 404),
+        ),
+        _Op(
+            "delete",
+            "/v1/tokens/{token_id}",
+            "deleteToken",
+            "Forget a token (its ciphertext is deleted; audited).",
+            "tokens",
+            {204: (None, "Deleted.")},
+            errors=(*_AUTHENTICATED, 404),
+        ),
+        _Op(
+            "post",
+            "/v1/payments",
+            "createPayment",
+            "Create a payment: authorize, or purchase with `capture: true`.",
+            "payments",
+            {
+                201: (
+                    "PaymentView",
+                    "Created. A provider decline is a value here (`status: declined`).",
+                )
+            },
+            errors=(*_AUTHENTICATED, *_BODY, *_PAYMENT_POST, 404),
+            body="CreatePaymentRequest",
+            idempotent=True,
+            description=(
+                "The payment method is a token, inline card data (tokenized on the fly) or a "
+                "bank/open-banking payer. An unknown outcome is `status: unknown` and is "
+                "reconciled; retry only with the same Idempotency-Key."
+            ),
+        ),
+        _Op(
+            "get",
+            "/v1/payments",
+            "listPayments",
+            "The merchant's payments with a reference.",
+            "payments",
+            {200: ("PaymentList", "Matching payments.")},
+            errors=(*_AUTHENTICATED, 400),
+            query=(_query("reference", "The merchant's reference of the payment.", 128),),
+        ),
+        _Op(
+            "get",
+            "/v1/payments/{payment_id}",
+            "getPayment",
+            "A payment with its attempts and refunds.",
+            "payments",
+            {200: ("PaymentView", "The payment.")},
+            errors=(*_AUTHENTICATED, 404),
+        ),
+        _payment_followup(
+            "capture",
+            "capturePayment",
+            "Capture an authorized payment, in whole or in part.",
+            body="AmountRequest",
+            description="Without `amount`, the whole remaining authorized amount is captured.",
+        ),
+        _payment_followup(
+            "void",
+            "voidPayment",
+            "Void (cancel) an authorization.",
+            body=None,
+            description="Any body is ignored.",
+        ),
+        _payment_followup(
+            "refunds",
+            "refundPayment",
+            "Refund a captured payment, in whole or in part.",
+            body="AmountRequest",
+            status=201,
+            description="Without `amount`, the whole remaining captured amount is refunded.",
+        ),
+        _payment_followup(
+            "sync",
+            "syncPayment",
+            "Ask the provider for the payment's state and apply it.",
+            body=None,
+            description="Any body is ignored.",
+        ),
+        _payment_followup(
+            "complete",
+            "completePayment",
+            "Finish a payment after the customer's redirect (3-D Secure, bank consent).",
+            body="CompleteRequest",
+            description="`parameters` are what the bank or challenge page returned.",
+        ),
+        _Op(
+            "post",
+            "/v1/webhooks/{connector}",
+            "receiveWebhook",
+            "A provider's webhook, verified by its connector (no API key).",
+            "webhooks",
+            {200: ("WebhookReceipt", "Verified; events counted and applied once each.")},
+            errors=(400, 404, 413, 500, 502, 503),
+            body="Webhook",
+            description=(
+                "The body and signature headers are the provider's own; a bad or stale "
+                "signature, or a replayed event id, is refused."
+            ),
+        ),
+        _Op(
+            "get",
+            "/healthz",
+            "healthz",
+            "Liveness: the process answers.",
+            "operations",
+            {200: ("Health", "Alive.")},
+        ),
+        _Op(
+            "get",
+            "/readyz",
+            "readyz",
+            "Readiness: the vault is unsealed and the database answers.",
+            "operations",
+            {200: ("Readiness", "Ready.")},
+            extra_responses={
+                "503": {
+                    "description": "Not ready; `checks` says what is not.",
+                    "headers": {"Retry-After": _ref("headers", "RetryAfter")},
+                    "content": {"application/json": {"schema": _ref("schemas", "Readiness")}},
+                }
+            },
+        ),
+        _Op(
+            "get",
+            "/metrics",
+            "metrics",
+            "Prometheus metrics (text exposition format).",
+            "operations",
+            {},
+            extra_responses={"200": {"description": "Metrics.", **text}},
+        ),
+        _Op(
+            "get",
+            "/openapi.json",
+            "openapi",
+            "This document.",
+            "operations",
+            {},
+            extra_responses={
+                "200": {
+                    "description": "The OpenAPI 3.1 document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        ),
+    ]
+
+
+def _request_body(op: _Op, refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if op.body == "Webhook":
+        schema: dict[str, Any] = {"description": "The provider's event payload."}
+    else:
+        assert op.body is not None
+        schema = refs[op.body]
+    return {"required": op.body_required, "content": {"application/json": {"schema": schema}}}
+
+
+def _success(
+    op: _Op, status: int, model: str | None, description: str, refs: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    headers: dict[str, Any] = {"X-Request-Id": _ref("headers", "RequestId")}
+    if op.idempotent:
+        headers["Idempotent-Replayed"] = _ref("headers", "IdempotentReplayed")
+    response: dict[str, Any] = {"description": description, "headers": headers}
+    if model is not None:
+        response["content"] = {"application/json": {"schema": refs[model]}}
+    return response
+
+
+def _operation(op: _Op, refs: dict[str, dict[str, Any]], codes: Iterable[int]) -> dict[str, Any]:
+    known = set(codes)
+    responses: dict[str, Any] = {
+        str(status): _success(op, status, model, description, refs)
+        for status, (model, description) in sorted(op.success.items())
+    }
+    responses.update(op.extra_responses)
+    if 402 in op.errors:
+        responses["402"] = {
+            "description": _STATUS_TEXT[402] + " Code: `operation_declined`.",
+            "headers": {"X-Request-Id": _ref("headers", "RequestId")},
+            "content": {PROBLEM_CONTENT_TYPE: {"schema": refs["DeclinedProblem"]}},
+        }
+    for status in sorted(set(op.errors) - {402}):
+        if status in known:
+            responses[str(status)] = _ref("responses", f"Problem{status}")
+    out: dict[str, Any] = {
+        "operationId": op.operation_id,
+        "summary": op.summary,
+        "tags": [op.tag],
+        "responses": dict(sorted(responses.items())),
+    }
+    if op.description:
+        out["description"] = op.description
+    parameters = list(op.query)
+    if op.idempotent:
+        parameters.append(_ref("parameters", "IdempotencyKey"))
+    if parameters:
+        out["parameters"] = parameters
+    if op.body is not None:
+        out["requestBody"] = _request_body(op, refs)
+    if (op.method.upper(), op.path) in PUBLIC_OPERATIONS:
+        out["security"] = []
     return out
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}},
-    }
-
-
-def _json(model: str, description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": _REF.format(model=model)}}},
-    }
-
-
-_COMMON_ERRORS = {
-    "400": _problem("Malformed request (bad JSON, bad header)."),
-    "401": _problem("Missing, invalid or revoked API key."),
-    "413": _problem("Body too large."),
-    "415": _problem("Body is not application/json."),
-    "422": _problem("The request is well-formed but invalid; `errors` lists each field."),
-    "429": _problem("Too many failed authentications."),
-    "503": _problem("The vault or the database is unavailable; retry after Retry-After."),
-}
-
-_PROBLEM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["type", "title", "status", "code", "detail"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "code": {"type": "string", "description": "Stable machine-readable error code."},
-        "detail": {"type": "string"},
-        "request_id": {"type": "string"},
-        "errors": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "field": {"type": "string"},
-                    "code": {"type": "string"},
-                    "detail": {"type": "string"},
-                },
-            },
-        },
-    },
-}
-
-_BATCH_RESULT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["results"],
-    "properties": {
-        "results": {
-            "type": "array",
-            "items": {
-                "oneOf": [
-                    {"$ref": _REF.format(model="TokenView")},
-                    {
-                        "type": "object",
-                        "required": ["error"],
-                        "properties": {
-                            "error": {
-                                "type": "object",
-                                "required": ["code", "detail"],
-                                "properties": {
-                                    "code": {"type": "string"},
-                                    "detail": {"type": "string"},
-                                },
-                            }
-                        },
-                    },
-                ]
-            },
-        }
-    },
-}
-
-_TOKEN_ID = {
-    "name": "token_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "maxLength": 100},
-}
+def _paths(refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    statuses = problem_codes().keys()
+    paths: dict[str, dict[str, Any]] = {}
+    for op in _operations():
+        item = paths.setdefault(op.path, {})
+        names = [p for p in _PATH_PARAMS if f"{{{p}}}" in op.path]
+        if names:
+            item["parameters"] = [_PATH_PARAMS[p] for p in names]
+        item[op.method] = _operation(op, refs, statuses)
+    return paths
 
 
 def build_openapi(server_url: str | None = None) -> dict[str, Any]:
     """The complete OpenAPI document of the gateway."""
-    schemas = _schemas(TokenizeRequest, BatchTokenizeRequest, TokenView, TokenList)
-    schemas["Problem"] = _PROBLEM_SCHEMA
-    schemas["BatchTokenizeResponse"] = _BATCH_RESULT_SCHEMA
-    health = {
-        "200": {
-            "description": "OK",
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        }
-    }
+    components, refs = _components()
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "Tessera gateway",
             "version": "1",
-            "description": "Vault-backed tokenization and payment gateway.",
+            "description": (
+                "Vault-backed tokenization and payment gateway. Errors are "
+                "application/problem+json (RFC 9457) with a stable `code`."
+            ),
         },
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {"merchantKey": {"type": "http", "scheme": "bearer"}},
-        },
+        "tags": [
+            {"name": "tokens", "description": "Card tokenization; no endpoint reveals a PAN."},
+            {"name": "payments", "description": "Payments through connectors."},
+            {"name": "webhooks", "description": "Provider webhooks."},
+            {"name": "operations", "description": "Health, readiness, metrics, this document."},
+        ],
         "security": [{"merchantKey": []}],
-        "paths": {
-            "/v1/tokens": {
-                "post": {
-                    "operationId": "createToken",
-                    "summary": "Tokenize a card.",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": _REF.format(model="TokenizeRequest")}
-                            }
-                        },
-                    },
-                    "responses": {
-                        "201": _json("TokenView", "Token created."),
-                        "200": _json("TokenView", "The card was known (per-merchant dedup)."),
-                        **_COMMON_ERRORS,
-                    },
-                },
-                "get": {
-                    "operationId": "searchTokens",
-                    "summary": "Find tokens by keyed card fingerprint.",
-                    "parameters": [
-                        {
-                            "name": "fingerprint",
-                            "in": "query",
-                            "required": True,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
-                        }
-                    ],
-                    "responses": {"200": _json("TokenList", "Matching tokens."), **_COMMON_ERRORS},
-                },
-            },
-            "/v1/tokens/batch": {
-                "post": {
-                    "operationId": "createTokensBatch",
-                    "summary": "Tokenize up to 1,000 cards; results in order, one per card.",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"$ref": _REF.format(model="BatchTokenizeRequest")}
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json("BatchTokenizeResponse", "Per-card results."),
-                        **_COMMON_ERRORS,
-                    },
-                }
-            },
-            "/v1/tokens/{token_id}": {
-                "parameters": [_TOKEN_ID],
-                "get": {
-                    "operationId": "getToken",
-                    "summary": "A token's masked metadata.",
-                    "responses": {
-                        "200": _json("TokenView", "The token."),
-                        "404": _problem("No such token for this merchant."),
-                        **_COMMON_ERRORS,
-                    },
-                },
-                "delete": {
-                    "operationId": "deleteToken",
-                    "summary": "Forget a token (its ciphertext is deleted; audited).",
-                    "responses": {
-                        "204": {"description": "Deleted."},
-                        "404": _problem("No such token for this merchant."),
-                        **_COMMON_ERRORS,
-                    },
-                },
-            },
-            "/healthz": {"get": {"operationId": "healthz", "security": [], "responses": health}},
-            "/readyz": {
-                "get": {
-                    "operationId": "readyz",
-                    "security": [],
-                    "responses": {
-                        **health,
-                        "503": {
-                            "description": "Not ready",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        },
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "security": [],
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus metrics",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
-        },
+        "paths": _paths(refs),
+        "components": components,
     }
     if server_url:
         doc["servers"] = [{"url": server_url}]
