@@ -1,0 +1,190 @@
+"""The conformance CLI: ``tessera conformance run`` (wired by the gateway's CLI) and
+``python -m conformance run`` (standalone), with the same arguments::
+
+    run --connector NAME [--profile P] [--mode simulator|replay|live] [--base-url URL]
+        [--openapi SPEC] [--faults] [--junit F] [--json F] [--html F]
+        [--overrides FILE]... [--cassettes DIR] [--record] [--vault-path MOUNT/PATH]
+        [--select PATTERN]... [--quiet]
+
+``add_arguments(parser)`` adds them to any ``argparse`` parser; ``run(args)`` runs and returns
+the exit code: 0 every scenario passed and every declared capability is covered, 1 anything
+failed (a scenario, coverage, a leak), 2 the run could not start (usage, setup), 3 the live
+sandbox failed its preflight (skipped: sandbox unhealthy). Progress goes to stdout as each
+scenario finishes; the summary names every problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from conformance.environment import Mode, RunConfig, SetupError
+from conformance.reports import write_reports
+from conformance.results import RunReport, ScenarioResult, Verdict
+from conformance.runner import ConformanceRun, ProgressCallback
+from sdk import Category
+
+__all__ = ["add_arguments", "main", "run"]
+
+_MARK = {Verdict.PASSED: "PASS", Verdict.FAILED: "FAIL", Verdict.SKIPPED: "SKIP"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``conformance run`` (see the module docstring)."""
+    parser.add_argument("--connector", required=True, metavar="NAME", help="connector id")
+    parser.add_argument(
+        "--profile",
+        choices=[c.value for c in Category],
+        default=None,
+        help="scenario profile (default: the manifest's category)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=[m.value for m in Mode],
+        default=Mode.SIMULATOR.value,
+        help="the kit's simulator, recorded cassettes, or a live sandbox (default: simulator)",
+    )
+    parser.add_argument("--base-url", default=None, metavar="URL", help="live sandbox URL")
+    parser.add_argument(
+        "--openapi", type=Path, default=None, metavar="SPEC", help="validate traffic against SPEC"
+    )
+    parser.add_argument("--faults", action="store_true", help="run the fault-injection scenarios")
+    parser.add_argument("--junit", type=Path, default=None, metavar="FILE", help="JUnit XML report")
+    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="JSON report")
+    parser.add_argument("--html", type=Path, default=None, metavar="FILE", help="HTML report")
+    parser.add_argument(
+        "--overrides",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="sandbox profile file (JSON/TOML) layered over the built-in one; repeatable",
+    )
+    parser.add_argument("--cassettes", type=Path, default=None, metavar="DIR", help="cassette dir")
+    parser.add_argument(
+        "--record", action="store_true", help="record cassettes of passing simulator scenarios"
+    )
+    parser.add_argument(
+        "--vault-path", default=None, metavar="MOUNT/PATH", help="live credentials in Vault KV v2"
+    )
+    parser.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only scenarios whose id matches (glob); coverage is not judged then",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print failures and the summary only")
+    parser.add_argument(
+        "--verbose", action="store_true", help="also print the connector's and SDK's log lines"
+    )
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        connector=args.connector,
+        profile=args.profile,
+        mode=Mode(args.mode),
+        base_url=args.base_url,
+        openapi=args.openapi,
+        faults=bool(args.faults),
+        overrides=tuple(args.overrides),
+        cassettes=args.cassettes,
+        record=bool(args.record),
+        vault_path=args.vault_path,
+        select=tuple(args.select),
+    )
+
+
+def _progress(out: TextIO, quiet: bool) -> ProgressCallback:
+    def show(result: ScenarioResult, index: int, total: int) -> None:
+        if quiet and result.verdict is not Verdict.FAILED:
+            return
+        width = len(str(total))
+        line = (
+            f"[{index:>{width}}/{total}] {_MARK[result.verdict]} {result.scenario_id} "
+            f"({result.duration_s * 1000:.0f} ms)"
+        )
+        if result.reason and result.verdict is not Verdict.PASSED:
+            line += f": {result.reason}"
+        out.write(line + "\n")
+        out.flush()
+
+    return show
+
+
+def _summary(report: RunReport, out: TextIO, written: dict[str, Path]) -> None:
+    counts = report.counts()
+    out.write(
+        f"\n{report.connector} ({report.profile}, {report.mode}): {report.status.value.upper()} "
+        f"- {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
+        f"in {report.duration_s:.1f} s\n"
+    )
+    if report.skip_reason:
+        out.write(f"skipped: {report.skip_reason}\n")
+    covered = len(report.coverage.declared) - len(report.coverage.uncovered)
+    if report.coverage.declared:
+        out.write(f"coverage: {covered}/{len(report.coverage.declared)} declared capabilities\n")
+    for problem in report.problems():
+        out.write(f"  - {problem}\n")
+    for name, path in written.items():
+        out.write(f"{name} report: {path}\n")
+    out.flush()
+
+
+@contextlib.contextmanager
+def _silent_structlog(verbose: bool) -> Iterator[None]:
+    """Keep log lines off the progress output. Events are still produced at every level (the
+    leak scan captures them before rendering); only the final output is dropped."""
+    if verbose:
+        yield
+        return
+    previous = structlog.get_config()
+    structlog.configure(
+        processors=[structlog.processors.add_log_level],
+        logger_factory=structlog.ReturnLoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+    )
+    try:
+        yield
+    finally:
+        structlog.configure(**previous)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``conformance run`` with parsed ``args``; returns the exit code."""
+    out, err = sys.stdout, sys.stderr
+    try:
+        conformance = ConformanceRun(_config(args), progress=_progress(out, args.quiet))
+        with _silent_structlog(bool(getattr(args, "verbose", False))):
+            report = asyncio.run(conformance.run_all())
+    except SetupError as exc:
+        err.write(f"conformance: error: {exc}\n")
+        return 2
+    paths = {
+        name: path
+        for name, path in (("junit", args.junit), ("json", args.json), ("html", args.html))
+        if path is not None
+    }
+    write_reports(report, conformance.env.scanner, paths)
+    _summary(report, out, paths)
+    return report.exit_code()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m conformance run ...``"""
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance", description="Tessera connector conformance kit."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_arguments(commands.add_parser("run", help="run the conformance scenarios"))
+    args = parser.parse_args(argv)
+    return run(args)

@@ -1,0 +1,258 @@
+"""The run environment: where the provider is in each mode, and what a run shares.
+
+``RunEnvironment`` is built from a ``RunConfig`` and, once started, holds everything the
+scenarios of one run share:
+
+- ``simulator`` mode: the connector's simulator (``tessera.simulators`` entry point) on
+  loopback, the fault proxy in front of it (the runtime's base URL is the proxy's), and a webhook
+  receiver the simulator delivers to;
+- ``replay`` mode: the scenario cassettes (``conformance.cassettes``); the base URL is
+  ``REPLAY_BASE`` and every scenario is served from its own recording;
+- ``live`` mode: a provider sandbox at ``--base-url`` (default: the manifest's sandbox URL),
+  credentials from the environment (``TESSERA_<CONNECTOR>_<FIELD>``) or Vault KV
+  (``--vault-path``, with ``VAULT_ADDR``/``VAULT_TOKEN``), and a ``preflight`` probe.
+
+Shared by every mode: the fake vault with the run's canary card, the leak scanner, the log
+capture, the inputs resolver, the credentials, the contract validator (``--openapi``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from conformance.cassettes import BUILTIN_CASSETTES, REPLAY_BASE, CassetteStore, Recording
+from conformance.contract import ContractValidator, SpecLoadError
+from conformance.inputs import Canary, Inputs
+from conformance.leaks import LeakScanner
+from conformance.logcapture import LogCapture
+from conformance.proxy import FaultProxy
+from conformance.sandboxes import SandboxProfile, SandboxProfileError, load_sandbox_profile
+from conformance.simulators import RunningSimulator, find_simulator, start_simulator
+from conformance.webhook_faults import WebhookReceiver
+from normalization import TesseraError
+from sdk import Category, Connector, Credentials, Environment, Manifest, Operation, load_connectors
+from sdk.http import HttpSettings, network_transport
+from sdk.testing import FakeTokenRevealer, canary_cvc, canary_pan
+
+__all__ = ["Mode", "RunConfig", "RunEnvironment", "SetupError"]
+
+
+class Mode(StrEnum):
+    SIMULATOR = "simulator"
+    REPLAY = "replay"
+    LIVE = "live"
+
+
+class SetupError(Exception):
+    """The run cannot start (unknown connector, no simulator, bad profile file, ...)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    connector: str
+    profile: str | None = None
+    mode: Mode = Mode.SIMULATOR
+    base_url: str | None = None
+    openapi: Path | None = None
+    faults: bool = False
+    overrides: tuple[Path, ...] = ()
+    cassettes: Path | None = None
+    record: bool = False
+    vault_path: str | None = None
+    select: tuple[str, ...] = ()
+
+
+def _is_local(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme == "http":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        return parts.hostname == "localhost"
+
+
+class RunEnvironment:
+    """See the module docstring. ``await start()`` before use, ``await close()`` after."""
+
+    def __init__(self, config: RunConfig, *, known_scenarios: frozenset[str] | None = None) -> None:
+        self.config = config
+        self.mode = Mode(config.mode)
+        try:
+            classes = load_connectors()
+        except TesseraError as exc:
+            raise SetupError(str(exc)) from None
+        if config.connector not in classes:
+            installed = ", ".join(sorted(classes)) or "none"
+            raise SetupError(f"No connector {config.connector!r} is installed (installed: {installed}).")
+        self.connector_class: type[Connector] = classes[config.connector]
+        self.manifest: Manifest = self.connector_class.manifest
+        try:
+            self.profile = Category(config.profile) if config.profile else self.manifest.category
+        except ValueError:
+            choices = ", ".join(c.value for c in Category)
+            raise SetupError(f"Unknown profile {config.profile!r} (choose from {choices}).") from None
+        try:
+            self.sandbox: SandboxProfile = load_sandbox_profile(
+                config.connector,
+                self.mode.value,
+                config.overrides,
+                known_scenarios=known_scenarios,
+            )
+        except SandboxProfileError as exc:
+            raise SetupError(str(exc)) from None
+        self.revealer = FakeTokenRevealer()
+        self.canary = Canary(canary_pan(), canary_cvc())
+        self.scanner = LeakScanner()
+        self.scanner.add("canary PAN", self.canary.pan, "pan")
+        self.scanner.add("canary CVC", self.canary.cvc, "cvc")
+        self.logs = LogCapture()
+        self.inputs = Inputs(self.sandbox, self.manifest, self.revealer, self.canary, self.scanner)
+        self.credentials = Credentials()
+        self.contract: ContractValidator | None = None
+        self.simulator: RunningSimulator | None = None
+        self.proxy: FaultProxy | None = None
+        self.receiver: WebhookReceiver | None = None
+        self.cassettes: CassetteStore | None = None
+        self.base_url = ""
+        self.test_mode = True
+        self.exception_texts: list[tuple[str, str]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.logs.start()
+        if self.config.openapi is not None:
+            try:
+                self.contract = ContractValidator.load(self.config.openapi)
+            except SpecLoadError as exc:
+                raise SetupError(str(exc)) from None
+        self.credentials = await self._credentials()
+        for name in self.credentials:
+            self.scanner.add(f"credential {name}", self.credentials.reveal(name), "credential")
+        base_path = urlsplit(self.manifest.base_urls.sandbox).path.rstrip("/")
+        if self.mode is Mode.SIMULATOR:
+            await self._start_simulator(base_path)
+        elif self.mode is Mode.REPLAY:
+            directory = self.config.cassettes or BUILTIN_CASSETTES / self.manifest.id
+            self.cassettes = CassetteStore(directory)
+            self.base_url = REPLAY_BASE + base_path
+        else:
+            self.base_url = (self.config.base_url or self.manifest.base_url(Environment.SANDBOX)).rstrip("/")
+            self.test_mode = _is_local(self.base_url)
+        if self.config.record:
+            if self.mode is not Mode.SIMULATOR:
+                raise SetupError("--record records a simulator run: use it with --mode simulator.")
+            self.cassettes = CassetteStore(self.config.cassettes or BUILTIN_CASSETTES / self.manifest.id)
+
+    async def _start_simulator(self, base_path: str) -> None:
+        factory = find_simulator(self.manifest.id)
+        if factory is None:
+            raise SetupError(
+                f"Connector {self.manifest.id!r} has no simulator (entry point group "
+                "'tessera.simulators'); use --mode live --base-url URL, or --mode replay."
+            )
+        if Operation.WEBHOOKS in self.manifest.operations:
+            self.receiver = await WebhookReceiver().start()
+        self.simulator = await start_simulator(
+            factory,
+            self.sandbox.simulator,
+            webhook_url=self.receiver.url if self.receiver else None,
+        )
+        if not self.simulator.delivers_webhooks and self.receiver is not None:
+            await self.receiver.close()
+            self.receiver = None
+        self.proxy = await FaultProxy(self.simulator.host, self.simulator.port).start()
+        self.base_url = self.proxy.url + base_path
+
+    async def close(self) -> None:
+        try:
+            if self.proxy is not None:
+                await self.proxy.close()
+            if self.simulator is not None:
+                await self.simulator.close()
+            if self.receiver is not None:
+                await self.receiver.close()
+        finally:
+            self.logs.stop()
+
+    # -- credentials ----------------------------------------------------------------------------
+
+    async def _credentials(self) -> Credentials:
+        values = dict(self.sandbox.credentials)
+        manifest = self.manifest
+        if self.mode is Mode.LIVE:
+            if self.config.vault_path:
+                values.update(await _vault_kv(self.config.vault_path))
+            for field in manifest.credentials:
+                variable = f"TESSERA_{manifest.id.upper()}_{field.name.upper()}"
+                if os.environ.get(variable):
+                    values[field.name] = os.environ[variable]
+            credentials = Credentials(values)
+            try:
+                credentials.check_against(manifest)
+            except TesseraError as exc:
+                variables = ", ".join(
+                    f"TESSERA_{manifest.id.upper()}_{f.name.upper()}"
+                    for f in manifest.credentials
+                    if f.required
+                )
+                raise SetupError(f"{exc} Set {variables} or use --vault-path.") from None
+            return credentials
+        for field in manifest.credentials:
+            if field.required and not values.get(field.name):
+                values[field.name] = f"conformance-{field.name}-{secrets.token_hex(8)}"
+        return Credentials(values)
+
+    # -- per scenario ---------------------------------------------------------------------------
+
+    def recording(self, instance_id: str) -> Recording | None:
+        if self.mode is not Mode.REPLAY or self.cassettes is None:
+            return None
+        return self.cassettes.load(instance_id)
+
+    def network_transport(self, recording: Recording | None) -> httpx.AsyncBaseTransport:
+        if recording is not None:
+            return recording.transport()
+        return network_transport(HttpSettings(), test_mode=self.test_mode)
+
+    async def preflight(self) -> str | None:
+        """Why the live sandbox looks unhealthy, or None. Other modes are always healthy."""
+        if self.mode is not Mode.LIVE:
+            return None
+        url = self.base_url + "/" + self.sandbox.preflight_path.lstrip("/")
+        timeout = self.sandbox.preflight_timeout
+        try:
+            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+                response = await client.request(self.sandbox.preflight_method, url)
+        except httpx.HTTPError as exc:
+            return f"sandbox unhealthy: {self.sandbox.preflight_method} {url} failed ({type(exc).__name__})"
+        if response.status_code >= 500:
+            return f"sandbox unhealthy: {self.sandbox.preflight_method} {url} answered {response.status_code}"
+        return None
+
+
+async def _vault_kv(path: str) -> dict[str, str]:
+    """Credentials from a Vault/OpenBao KV v2 secret (``mount/path``)."""
+    address, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
+    if not address or not token:
+        raise SetupError("--vault-path needs VAULT_ADDR and VAULT_TOKEN in the environment.")
+    mount, _, rest = path.strip("/").partition("/")
+    url = f"{address.rstrip('/')}/v1/{mount}/data/{rest}"
+    try:
+        async with httpx.AsyncClient(timeout=10.0, trust_env=False) as client:
+            response = await client.get(url, headers={"X-Vault-Token": token})
+    except httpx.HTTPError as exc:
+        raise SetupError(f"Vault at {address} did not answer ({type(exc).__name__}).") from None
+    if response.status_code != 200:
+        raise SetupError(f"Vault refused to read {path!r} (HTTP {response.status_code}).")
+    data = response.json().get("data", {}).get("data", {})
+    return {str(k): str(v) for k, v in data.items()}

@@ -1,0 +1,195 @@
+"""Scenario inputs: abstract names resolved to the sandbox profile's magic values, or defaults.
+
+Scenarios ask for inputs by name (``card.approved``, ``card.declined.insufficient_funds``,
+``bank.account.returned``, ``consent.approve``, ...). ``Inputs`` looks each up in the sandbox
+profile; a few have defaults that work with any provider (an approved card is the run's canary
+card, a valid IBAN is a well-known test IBAN). An input with neither is a reason to skip the
+scenario, said in the report ("no magic value for ... in the sandbox profile").
+
+Cards become tokens in the run's fake vault (``FakeTokenRevealer``) unless a scenario asks for
+inline card data; every PAN handed out is registered with the leak scanner.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from normalization import (
+    AccountIdentifier,
+    BankAccountMethod,
+    CardData,
+    CardMethod,
+    CardNumber,
+    CardSecurityCode,
+    Money,
+    OpenBankingMethod,
+)
+from sdk import Manifest
+from sdk.testing import FakeTokenRevealer
+
+from conformance.leaks import LeakScanner
+from conformance.sandboxes import SandboxProfile
+
+__all__ = ["Canary", "Inputs", "MissingInputError", "TENANT"]
+
+TENANT = "conformance"
+RETURN_URL = "https://merchant.example/return"
+_PREFERRED_CURRENCIES = ("EUR", "USD", "GBP")
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bank.account.valid": {"iban": "DE89370400440532013000", "holder_name": "Conformance Payee"},
+    "bank.account.invalid": {"iban": "DE89370400440532013001", "holder_name": "Bad Checksum"},
+    "open_banking.payer": {
+        "creditor": {
+            "scheme_name": "UK.OBIE.SortCodeAccountNumber",
+            "identification": "08080021325698",
+            "name": "Conformance Ltd",
+        }
+    },
+}
+
+
+class MissingInputError(LookupError):
+    """The sandbox profile maps no magic value to an input a scenario needs."""
+
+
+class Canary:
+    """The run's canary card: a fresh Luhn-valid PAN and CVC nobody else uses."""
+
+    def __init__(self, pan: str, cvc: str) -> None:
+        self.pan = pan
+        self.cvc = cvc
+
+    def __repr__(self) -> str:
+        return "Canary(<hidden>)"
+
+
+class Inputs:
+    """Resolves scenario inputs for one run; see the module docstring."""
+
+    def __init__(
+        self,
+        profile: SandboxProfile,
+        manifest: Manifest,
+        revealer: FakeTokenRevealer,
+        canary: Canary,
+        scanner: LeakScanner,
+    ) -> None:
+        self.profile = profile
+        self.manifest = manifest
+        self.revealer = revealer
+        self.canary = canary
+        self.scanner = scanner
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        found = self.profile.input(name)
+        if found is not None:
+            return found
+        default = _DEFAULTS.get(name)
+        return dict(default) if default is not None else None
+
+    def require(self, name: str) -> dict[str, Any]:
+        found = self.get(name)
+        if found is None:
+            raise MissingInputError(
+                f"no magic value for {name!r} in the sandbox profile "
+                f"({', '.join(self.profile.files) or 'no profile file'})"
+            )
+        return found
+
+    # -- money ----------------------------------------------------------------------------------
+
+    def currency(self) -> str:
+        for currency in _PREFERRED_CURRENCIES:
+            if currency in self.manifest.currencies:
+                return currency
+        return sorted(self.manifest.currencies)[0]
+
+    def money(self, name: str | None = None, *, value: int = 1050, currency: str | None = None) -> Money:
+        values = self.get(name) if name else None
+        values = values or {}
+        return Money(int(values.get("amount", value)), str(values.get("currency", currency or self.currency())))
+
+    def unsupported_currency(self) -> str | None:
+        for candidate in ("XOF", "ISK", "MNT", "PYG", "VND", "UZS", "ZMW", "EUR", "USD"):
+            if candidate not in self.manifest.currencies:
+                return candidate
+        return None
+
+    # -- cards ----------------------------------------------------------------------------------
+
+    def card_values(self, name: str) -> dict[str, Any]:
+        values = self.get(name)
+        if values is None:
+            if name != "card.approved":
+                raise MissingInputError(
+                    f"no magic value for {name!r} in the sandbox profile "
+                    f"({', '.join(self.profile.files) or 'no profile file'})"
+                )
+            values = {}
+        next_year = datetime.now(UTC).year + 3
+        number = str(values.get("number", self.canary.pan))
+        return {
+            "number": number,
+            "cvc": str(values.get("cvc", self.canary.cvc)),
+            "exp_month": int(values.get("exp_month", 12)),
+            "exp_year": int(values.get("exp_year", next_year)),
+            "holder_name": values.get("holder_name"),
+            **{k: v for k, v in values.items() if k not in ("number", "cvc")},
+        }
+
+    def card(self, name: str = "card.approved", *, inline: bool = False) -> CardMethod:
+        """A card payment method for input ``name``: a token in the run's fake vault, or
+        inline card data (``inline``)."""
+        values = self.card_values(name)
+        number = values["number"]
+        label = "canary PAN" if number == self.canary.pan else f"test PAN ({name})"
+        self.scanner.add(label, number, "pan")
+        if values["cvc"] == self.canary.cvc:
+            self.scanner.add("canary CVC", values["cvc"], "cvc")
+        if inline:
+            return CardMethod(
+                card=CardData(
+                    number=CardNumber(number),
+                    exp_month=values["exp_month"],
+                    exp_year=values["exp_year"],
+                    cvc=CardSecurityCode(values["cvc"]),
+                    holder_name=values.get("holder_name") or "Conformance Canary",
+                )
+            )
+        token = self.revealer.add(
+            TENANT,
+            number,
+            cvc=values["cvc"],
+            exp_month=values["exp_month"],
+            exp_year=values["exp_year"],
+            holder_name=values.get("holder_name"),
+        )
+        return CardMethod(token=token)
+
+    # -- bank accounts and payers ---------------------------------------------------------------
+
+    def bank_account(self, name: str = "bank.account.valid") -> BankAccountMethod:
+        values = self.require(name)
+        return BankAccountMethod.model_validate({"holder_name": "Conformance Payee", **values})
+
+    def payer(self, name: str = "open_banking.payer") -> OpenBankingMethod:
+        values = self.require(name)
+        creditor = values.get("creditor") or _DEFAULTS["open_banking.payer"]["creditor"]
+        debtor = values.get("debtor")
+        return OpenBankingMethod(
+            creditor_account=AccountIdentifier.model_validate(creditor),
+            debtor_account=AccountIdentifier.model_validate(debtor) if debtor else None,
+            return_url=values.get("return_url", RETURN_URL),
+        )
+
+    # -- identifiers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def reference(prefix: str = "conf") -> str:
+        return f"{prefix}-{secrets.token_hex(8)}"
+
+    @staticmethod
+    def key() -> str:
+        return f"conformance-{secrets.token_hex(12)}"

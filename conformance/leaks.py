@@ -1,0 +1,130 @@
+"""The leak scanner: canary card data and credentials, searched for in every encoding.
+
+Every run injects canaries: fresh Luhn-valid PANs and CVCs (``sdk.testing.canary_pan``) put in the
+fake vault behind the run's tokens and passed inline to the leak-probe scenario, plus the run's
+credential values. After the run, ``LeakScanner.scan`` searches transcripts, captured log lines,
+exception texts and the rendered reports for each of them:
+
+- PANs: raw, and with any single separator between digits (spaces, dashes, dots, ``+``, ``%20``),
+  which covers spaced, dashed and URL-encoded forms; base64 (standard and URL-safe, at all three
+  byte alignments, so a PAN inside a longer encoded string is found); hex (either case);
+- CVCs: only next to a security-code key (``"cvc": "123"``, ``cvv=123``): three digits alone
+  occur everywhere;
+- credentials: raw, URL-encoded, base64, hex.
+
+``redact`` replaces every form found by ``[CANARY]``, so what the kit keeps and reports never
+carries a canary even when the connector leaked one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from conformance.results import LeakFinding
+
+__all__ = ["REDACTION", "LeakScanner", "Secret"]
+
+REDACTION = "[CANARY]"
+_SEPARATOR = r"(?:[ \t\-.+_/]|%20|%2[dD])?"
+_CVC_KEYS = r"(?:cvc2?|cvv2?|csc|cid|security[_ -]?code|card[_ -]?security[_ -]?code)"
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """One value that must never appear. ``kind`` is "pan", "cvc" or "credential"."""
+
+    label: str
+    value: str
+    kind: str
+
+
+def _base64_cores(value: bytes) -> set[str]:
+    """Substrings of the base64 text of any data containing ``value``, at each alignment."""
+    cores: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + value).decode("ascii")
+        start = -(-8 * offset // 6)  # first character made only of value's bits
+        end = (8 * (offset + len(value))) // 6
+        core = encoded[start:end]
+        if len(core) >= 8:
+            cores.add(core)
+            cores.add(core.replace("+", "-").replace("/", "_"))
+    return cores
+
+
+@dataclass
+class _Pattern:
+    secret: Secret
+    encoding: str
+    regex: re.Pattern[str]
+
+
+def _patterns(secret: Secret) -> Iterator[_Pattern]:
+    value = secret.value
+    raw = value.encode("utf-8")
+    if secret.kind == "pan":
+        spaced = _SEPARATOR.join(re.escape(digit) for digit in value)
+        yield _Pattern(secret, "raw/spaced/dashed/url-encoded", re.compile(rf"(?<!\d){spaced}(?!\d)"))
+    elif secret.kind == "cvc":
+        yield _Pattern(
+            secret,
+            "next to a security-code key",
+            re.compile(
+                rf"{_CVC_KEYS}[\"'\]]?(?:\s|%22|%5[dD]|\\\")*[:=](?:\s|%22|\\\"|[\"'])*"
+                rf"{re.escape(value)}(?!\d)",
+                re.IGNORECASE,
+            ),
+        )
+        return
+    else:
+        yield _Pattern(secret, "raw", re.compile(re.escape(value)))
+        quoted = quote(value, safe="")
+        if quoted != value:
+            yield _Pattern(secret, "url-encoded", re.compile(re.escape(quoted), re.IGNORECASE))
+    cores = sorted(_base64_cores(raw))
+    if cores:
+        yield _Pattern(secret, "base64", re.compile("|".join(re.escape(c) for c in cores)))
+    yield _Pattern(
+        secret, "hex", re.compile(re.escape(binascii.hexlify(raw).decode()), re.IGNORECASE)
+    )
+
+
+@dataclass
+class LeakScanner:
+    """Searches texts for the run's canaries; see the module docstring."""
+
+    secrets: list[Secret] = field(default_factory=list)
+    _compiled: list[_Pattern] = field(default_factory=list)
+
+    def add(self, label: str, value: str, kind: str) -> None:
+        if kind != "cvc" and len(value) < 6:
+            return  # too short to search for without matching ordinary text
+        if any(s.value == value and s.kind == kind for s in self.secrets):
+            return
+        secret = Secret(label, value, kind)
+        self.secrets.append(secret)
+        self._compiled.extend(_patterns(secret))
+
+    def find(self, text: str) -> Iterator[tuple[Secret, str]]:
+        """``(secret, encoding)`` for every canary form present in ``text`` (once each)."""
+        for pattern in self._compiled:
+            if pattern.regex.search(text):
+                yield pattern.secret, pattern.encoding
+
+    def scan(self, source: str, items: Iterable[tuple[str, str]]) -> list[LeakFinding]:
+        """Findings for ``(location, text)`` items that all come from ``source``."""
+        findings: list[LeakFinding] = []
+        for location, text in items:
+            for secret, encoding in self.find(text):
+                findings.append(LeakFinding(secret.label, encoding, source, location))
+        return findings
+
+    def redact(self, text: str) -> str:
+        for pattern in self._compiled:
+            text = pattern.regex.sub(REDACTION, text)
+        return text

@@ -1,0 +1,280 @@
+"""Sandbox profiles: per connector and environment, the provider's magic values and the patches
+over baseline expectations.
+
+A sandbox profile is a JSON or TOML file. The kit ships one per built-in connector and
+environment in ``conformance/sandboxes/<connector>/<environment>.{json,toml}`` (environment:
+``simulator``, ``replay`` -- falling back to ``simulator`` --, ``live``); ``--overrides FILE``
+layers more on top, later files winning::
+
+    {
+      "connector": "sandbox",
+      "environment": "simulator",
+      "inputs": {
+        "card.declined.insufficient_funds": {"number": "4000000000009995"},
+        "card.requires_3ds": {"amount": 3001}
+      },
+      "credentials": {"api_key": "sk_sim_conformance"},
+      "simulator": {"settle_delay": 0.2},
+      "scenarios": {
+        "card.refund.over_captured": {
+          "patch": {"refund": {"decline": {"code": "invalid_amount"}}}
+        },
+        "card.authorize.approved": {
+          "patch": {"authorize": {"amount_authorized": null}},
+          "reasons": {"authorize.amount_authorized": "the provider does not echo amounts"}
+        },
+        "card.verify": {"skip": "verification is not enabled on our sandbox account"}
+      },
+      "polling": {"within": 30}
+    }
+
+``simulator`` holds keyword options for the simulator factory (those it accepts).
+``inputs`` map the abstract inputs scenarios ask for to magic values. ``scenarios`` patch a
+scenario's expectation with an RFC 7386 merge patch (keyed by scenario id, or by an instance id
+such as ``card.currency.roundtrip[JPY]``). Removing an assertion (``null``) needs a reason under
+``reasons`` (dotted ``step.path``), or the profile does not load; TOML, which has no ``null``,
+removes with ``remove = {"authorize.amount_authorized" = "reason"}``. Every removal and its
+reason is listed in the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from conformance.expectations import merge_patch, null_paths
+from conformance.polling import PollPolicy
+from conformance.results import RemovedAssertion
+
+__all__ = [
+    "BUILTIN_DIR",
+    "SandboxProfile",
+    "SandboxProfileError",
+    "ScenarioPatch",
+    "builtin_profile_paths",
+    "load_sandbox_profile",
+]
+
+BUILTIN_DIR = Path(__file__).with_name("sandboxes")
+_SUFFIXES = (".json", ".toml")
+_FALLBACK = {"replay": ("replay", "simulator")}
+
+
+class SandboxProfileError(ValueError):
+    """A sandbox profile file is malformed; the message names the file and the problem."""
+
+
+_CONFIG = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ScenarioOverride(BaseModel):
+    model_config = _CONFIG
+
+    skip: Annotated[str | None, Field(min_length=3, max_length=500)] = None
+    patch: dict[str, Any] = Field(default_factory=dict)
+    reasons: dict[str, Annotated[str, Field(min_length=3, max_length=500)]] = Field(
+        default_factory=dict
+    )
+    remove: dict[str, Annotated[str, Field(min_length=3, max_length=500)]] = Field(
+        default_factory=dict
+    )
+
+
+class _Polling(BaseModel):
+    model_config = _CONFIG
+
+    within: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    initial: Annotated[float, Field(gt=0, le=60)] = 0.02
+    maximum: Annotated[float, Field(gt=0, le=300)] = 1.0
+
+
+class _Preflight(BaseModel):
+    model_config = _CONFIG
+
+    method: str = "GET"
+    path: str = "/"
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
+class _File(BaseModel):
+    model_config = _CONFIG
+
+    connector: str
+    environment: str
+    description: str = ""
+    inputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    credentials: dict[str, str] = Field(default_factory=dict)
+    scenarios: dict[str, _ScenarioOverride] = Field(default_factory=dict)
+    simulator: dict[str, Any] = Field(default_factory=dict)
+    polling: _Polling | None = None
+    preflight: _Preflight | None = None
+    deadline_seconds: Annotated[float | None, Field(gt=0, le=600)] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioPatch:
+    """What the profile files say about one scenario id: merged patch, skip, removals."""
+
+    patch: dict[str, Any] = field(default_factory=dict)
+    skip: str | None = None
+    removed: tuple[RemovedAssertion, ...] = ()
+
+
+@dataclass
+class SandboxProfile:
+    """The merged sandbox profile of a run (possibly empty: no files)."""
+
+    connector: str
+    environment: str
+    files: list[str] = field(default_factory=list)
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    credentials: dict[str, str] = field(default_factory=dict)
+    scenarios: dict[str, ScenarioPatch] = field(default_factory=dict)
+    simulator: dict[str, Any] = field(default_factory=dict)
+    polling: PollPolicy = field(default_factory=PollPolicy)
+    preflight_method: str = "GET"
+    preflight_path: str = "/"
+    preflight_timeout: float = 5.0
+    deadline_seconds: float = 10.0
+
+    def input(self, name: str) -> dict[str, Any] | None:
+        value = self.inputs.get(name)
+        return dict(value) if value is not None else None
+
+    def patched(
+        self, scenario_id: str, instance_id: str, baseline: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], str | None, list[RemovedAssertion]]:
+        """The expectation of one scenario instance after the profile's patches, its skip
+        reason (if any) and the assertions the patches removed."""
+        expectation: dict[str, Any] = merge_patch({}, dict(baseline))
+        skip: str | None = None
+        removed: list[RemovedAssertion] = []
+        keys = [scenario_id] if scenario_id == instance_id else [scenario_id, instance_id]
+        for key in keys:
+            entry = self.scenarios.get(key)
+            if entry is None:
+                continue
+            expectation = merge_patch(expectation, entry.patch)
+            skip = entry.skip or skip
+            removed.extend(entry.removed)
+        return expectation, skip, removed
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SandboxProfileError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise SandboxProfileError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise SandboxProfileError(f"{path}: the top level must be an object")
+    return data
+
+
+def _parse(path: Path, known_scenarios: frozenset[str] | None) -> _File:
+    try:
+        parsed = _File.model_validate(_read(path))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise SandboxProfileError(f"{path}: {problems}") from None
+    for scenario_id, override in parsed.scenarios.items():
+        base_id = scenario_id.split("[", 1)[0]
+        if known_scenarios is not None and base_id not in known_scenarios:
+            raise SandboxProfileError(f"{path}: no scenario {scenario_id!r} in the catalogue")
+        removed = null_paths(override.patch)
+        missing = [p for p in removed if p not in override.reasons]
+        if missing:
+            raise SandboxProfileError(
+                f"{path}: scenario {scenario_id!r} removes {', '.join(missing)} without a "
+                "reason (add it under \"reasons\")"
+            )
+        extra = [p for p in override.reasons if p not in removed]
+        if extra:
+            raise SandboxProfileError(
+                f"{path}: scenario {scenario_id!r} gives reasons for {', '.join(extra)}, "
+                "which its patch does not remove"
+            )
+    return parsed
+
+
+def _removal_patch(paths: Mapping[str, str]) -> dict[str, Any]:
+    patch: dict[str, Any] = {}
+    for dotted in paths:
+        parts = dotted.split(".")
+        node = patch
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = None
+    return patch
+
+
+def builtin_profile_paths(connector: str, environment: str) -> list[Path]:
+    """The kit's own profile file for ``connector`` in ``environment`` (with fallbacks)."""
+    for env in _FALLBACK.get(environment, (environment,)):
+        for suffix in _SUFFIXES:
+            candidate = BUILTIN_DIR / connector / f"{env}{suffix}"
+            if candidate.is_file():
+                return [candidate]
+    return []
+
+
+def load_sandbox_profile(
+    connector: str,
+    environment: str,
+    overrides: Sequence[Path] = (),
+    *,
+    known_scenarios: frozenset[str] | None = None,
+    builtin: bool = True,
+) -> SandboxProfile:
+    """Merge the built-in profile (if any) and ``overrides`` for a run. See the module
+    docstring; raises ``SandboxProfileError`` naming the file for any problem."""
+    profile = SandboxProfile(connector=connector, environment=environment)
+    paths = [*(builtin_profile_paths(connector, environment) if builtin else []), *overrides]
+    for path in paths:
+        parsed = _parse(path, known_scenarios)
+        if parsed.connector != connector:
+            raise SandboxProfileError(
+                f"{path}: written for connector {parsed.connector!r}, not {connector!r}"
+            )
+        profile.files.append(str(path))
+        for name, values in parsed.inputs.items():
+            profile.inputs[name] = {**profile.inputs.get(name, {}), **values}
+        profile.credentials.update(parsed.credentials)
+        profile.simulator.update(parsed.simulator)
+        for scenario_id, override in parsed.scenarios.items():
+            removals = {**override.reasons, **override.remove}
+            patch = merge_patch(override.patch, _removal_patch(override.remove))
+            previous = profile.scenarios.get(scenario_id, ScenarioPatch())
+            profile.scenarios[scenario_id] = ScenarioPatch(
+                patch=merge_patch(previous.patch, patch),
+                skip=override.skip or previous.skip,
+                removed=previous.removed
+                + tuple(
+                    RemovedAssertion(path=p, reason=r, source=path.name)
+                    for p, r in removals.items()
+                ),
+            )
+        if parsed.polling is not None:
+            profile.polling = PollPolicy(
+                within=parsed.polling.within,
+                initial=parsed.polling.initial,
+                maximum=parsed.polling.maximum,
+            )
+        if parsed.preflight is not None:
+            profile.preflight_method = parsed.preflight.method
+            profile.preflight_path = parsed.preflight.path
+            profile.preflight_timeout = parsed.preflight.timeout
+        if parsed.deadline_seconds is not None:
+            profile.deadline_seconds = parsed.deadline_seconds
+    return profile

@@ -1,0 +1,356 @@
+"""Fault scenarios, for every profile: the fault proxy between the connector and its provider.
+
+Each is written against the profile's first call (``flows.first_call``) and runs only with
+``--faults`` in simulator mode. What they assert (RELIABILITY.md 12-17):
+
+- a refused connection (nothing written) is ``not_sent``; a reset after the request was written
+  is ``unknown`` and, unless the manifest declares the operation safe to retry, is **not retried**
+  (one request reaches the provider); a sync by reference then finds what the provider did;
+- 5xx and 429 are retried only for retry-safe operations, with the same idempotency key, after
+  ``Retry-After``; otherwise 5xx is ``unknown`` and 429 ``not_sent``;
+- a provider slower than the deadline, or trickling its reply, ends ``unknown`` within ~the
+  deadline; a truncated or non-JSON reply after the request went out is ``unknown``;
+- the breaker opens after its failures, fails fast without the network, admits exactly one trial
+  when half-open, and does not count declines; the bulkhead rejects its excess at once.
+
+A retry-safe operation is held to its retry (``call_retry_safe`` blocks), any other to its
+certainty (``call_not_retry_safe`` blocks). ``fault.retry_safe[<operation>]`` proves each
+operation the manifest declares safe to retry (it covers ``retry_safe:<operation>``): the call
+after its set-up gets a 503, and must be retried with the same key and succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from conformance.harness import ExpectationFailed, Observation, ScenarioContext
+from conformance.polling import PollPolicy, poll
+from conformance.proxy import Fault
+from conformance.scenarios.flows import complete_request, first_call, first_operation
+from conformance.scenarios.model import Requirement, scenario
+from normalization import ConnectorBusyError, ConnectorUnavailableError, Outcome, VerifyRequest
+from sdk import BreakerSettings, BulkheadSettings, Category, Manifest, Operation, RetrySettings
+
+ALL = tuple(Category)
+FAULTS = Requirement(faults=True)
+
+_RETRIED = {"outcome": "succeeded", "idempotency_key_sent": True}
+
+
+async def _call_first(ctx: ScenarioContext, step: str, **kwargs: Any) -> Observation:
+    operation, request = first_call(ctx)
+    return await ctx.call(step, operation, request, **kwargs)
+
+
+def _block(ctx: ScenarioContext) -> str:
+    operation, _ = first_call(ctx)
+    return "call_retry_safe" if ctx.retry_safe(operation) else "call_not_retry_safe"
+
+
+@scenario(
+    "fault.reset_before_send",
+    ALL,
+    "Connection refused: nothing was written",
+    requires=FAULTS,
+    expect={"call": {"outcome": "not_sent", "status": "failed", "provider_requests": 0}},
+    baseline="not_sent; nothing reached the provider",
+)
+async def reset_before_send(ctx: ScenarioContext) -> None:
+    operation, request = first_call(ctx)
+    async with ctx.proxy.refusing():
+        await ctx.call("call", operation, request)
+
+
+@scenario(
+    "fault.reset_after_send",
+    ALL,
+    "Connection reset after the request was written",
+    requires=FAULTS,
+    expect={
+        "call_not_retry_safe": {"outcome": "unknown", "status": "unknown", "provider_requests": 1},
+        "sync_after_unknown": {"outcome": "succeeded", "provider_reference": "@present"},
+        "call_retry_safe": {**_RETRIED, "provider_requests": {"@gte": 2}},
+    },
+    baseline="unknown and not retried (one provider call), then sync finds it; retry-safe: "
+    "retried with the same key",
+)
+async def reset_after_send(ctx: ScenarioContext) -> None:
+    operation, request = first_call(ctx)
+    ctx.proxy.inject(Fault.reset_after_request(method="POST"))
+    observed = await ctx.call("call", operation, request, block=_block(ctx))
+    if not ctx.retry_safe(operation) and ctx.declares(Operation.SYNC):
+        await ctx.settle(
+            "sync_after_unknown",
+            observed,
+            until=lambda result: result.outcome is not Outcome.UNKNOWN,
+            by_reference=True,
+        )
+
+
+@scenario(
+    "fault.server_error",
+    ALL,
+    "The provider answers 500",
+    requires=FAULTS,
+    expect={
+        "call_not_retry_safe": {
+            "outcome": "unknown",
+            "raw_status": "http_500",
+            "requests_sent": 1,
+        },
+        "call_retry_safe": {**_RETRIED, "requests_sent": 2},
+    },
+    baseline="unknown (http_500) and not retried; retry-safe: retried with the same key",
+)
+async def server_error(ctx: ScenarioContext) -> None:
+    ctx.proxy.inject(Fault.server_error(500, method="POST"))
+    await _call_first(ctx, "call", block=_block(ctx))
+
+
+@scenario(
+    "fault.throttled",
+    ALL,
+    "The provider answers 429 with Retry-After",
+    requires=FAULTS,
+    expect={
+        "call_not_retry_safe": {"outcome": "not_sent", "raw_status": "http_429"},
+        "call_retry_safe": {**_RETRIED, "elapsed_ms": {"@gte": 1000}},
+    },
+    baseline="not_sent (http_429); retry-safe: retried after Retry-After with the same key",
+)
+async def throttled(ctx: ScenarioContext) -> None:
+    ctx.proxy.inject(Fault.throttle(1, method="POST"))
+    await _call_first(ctx, "call", block=_block(ctx))
+
+
+@scenario(
+    "fault.timeout",
+    ALL,
+    "The provider is slower than the deadline",
+    requires=FAULTS,
+    expect={"call": {"outcome": "unknown", "status": "unknown", "elapsed_ms": {"@lte": 1000}}},
+    baseline="unknown within about the deadline (0.6 s)",
+)
+async def timeout(ctx: ScenarioContext) -> None:
+    ctx.proxy.inject(Fault.latency(3.0, method="POST", times=None))
+    try:
+        await _call_first(ctx, "call", deadline=0.6)
+    finally:
+        ctx.proxy.clear()
+
+
+@scenario(
+    "fault.trickle",
+    ALL,
+    "The provider trickles its reply a byte at a time",
+    requires=FAULTS,
+    expect={"call": {"outcome": "unknown", "status": "unknown", "elapsed_ms": {"@lte": 1000}}},
+    baseline="unknown within about the deadline (0.6 s)",
+)
+async def trickle(ctx: ScenarioContext) -> None:
+    ctx.proxy.inject(Fault.trickle(chunk=1, interval=0.05, method="POST", times=None))
+    try:
+        await _call_first(ctx, "call", deadline=0.6)
+    finally:
+        ctx.proxy.clear()
+
+
+@scenario(
+    "fault.truncated_body",
+    ALL,
+    "The reply is cut off half-way",
+    requires=FAULTS,
+    expect={
+        "call_not_retry_safe": {"outcome": "unknown", "status": "unknown"},
+        "call_retry_safe": _RETRIED,
+    },
+    baseline="unknown; retry-safe: retried with the same key",
+)
+async def truncated_body(ctx: ScenarioContext) -> None:
+    ctx.proxy.inject(Fault.truncated(method="POST"))
+    await _call_first(ctx, "call", block=_block(ctx))
+
+
+@scenario(
+    "fault.non_json_body",
+    ALL,
+    "The reply is an HTML error page",
+    requires=FAULTS,
+    expect={"call": {"outcome": "unknown", "status": "unknown"}},
+    baseline="unknown (the provider may have acted), never declined or failed",
+)
+async def non_json_body(ctx: ScenarioContext) -> None:
+    ctx.proxy.inject(Fault.non_json(method="POST"))
+    await _call_first(ctx, "call")
+
+
+async def _concurrently(ctx: ScenarioContext, count: int) -> list[tuple[Any, Any, float]]:
+    async def one() -> tuple[Any, Any, float]:
+        operation, request = first_call(ctx)
+        started = time.perf_counter()
+        result, error = await ctx.invoke(operation, request)
+        return result, error, (time.perf_counter() - started) * 1000
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+@scenario(
+    "fault.breaker",
+    ALL,
+    "The breaker opens, fails fast, and admits one trial when half-open",
+    requires=FAULTS,
+    expect={
+        "open": {"raised": "connector_unavailable", "requests_sent": 0, "elapsed_ms": {"@lte": 50}},
+        "half_open": {"trial_calls": 1, "rejected": 19, "trial_outcome": "succeeded"},
+        "closed": {"outcome": "succeeded"},
+    },
+    baseline="open after 3 failures (fails fast, no network); half-open: 1 of 20 callers tried",
+)
+async def breaker(ctx: ScenarioContext) -> None:
+    runtime = ctx.use_runtime(
+        breaker=BreakerSettings(fail_max=3, reset_timeout=0.3),
+        retry=RetrySettings(max_attempts=1),
+    )
+    for index in range(3):
+        ctx.proxy.inject(Fault.server_error(503, method="POST"))
+        await _call_first(ctx, f"failure_{index + 1}", check=False)
+    await _call_first(ctx, "open")
+    async def time_left() -> float:
+        return runtime.breaker.retry_after()
+
+    await poll(
+        time_left,
+        until=lambda left: left == 0,
+        policy=PollPolicy(within=5.0),
+        what="the breaker's reset timeout",
+    )
+    ctx.proxy.inject(Fault.latency(0.3, method="POST", times=None))
+    mark = len(ctx.proxy.requests)
+    try:
+        outcomes = await _concurrently(ctx, 20)
+    finally:
+        ctx.proxy.clear()
+    trials = [result for result, error, _ in outcomes if result is not None]
+    facts = {
+        "trial_calls": ctx.proxy.forwarded(mark),
+        "rejected": sum(isinstance(e, ConnectorUnavailableError) for _, e, _ in outcomes),
+        "trial_outcome": trials[0].outcome.value if len(trials) == 1 else f"{len(trials)} trials",
+    }
+    ctx.check("half_open", facts)
+    await _call_first(ctx, "closed")
+
+
+@scenario(
+    "fault.bulkhead",
+    ALL,
+    "A full bulkhead rejects the excess at once",
+    requires=FAULTS,
+    expect={
+        "burst": {
+            "rejected": {"@gte": 3},
+            "admitted_succeeded": True,
+            "slowest_rejection_ms": {"@lte": 100},
+            "provider_requests": {"@lte": 3},
+        }
+    },
+    baseline="2 in flight + 1 queued; the other callers get connector_busy within 100 ms",
+)
+async def bulkhead(ctx: ScenarioContext) -> None:
+    ctx.use_runtime(bulkhead=BulkheadSettings(max_concurrent=2, max_queued=1))
+    ctx.proxy.inject(Fault.latency(0.4, method="POST", times=None))
+    mark = len(ctx.proxy.requests)
+    try:
+        outcomes = await _concurrently(ctx, 6)
+    finally:
+        ctx.proxy.clear()
+    rejected = [ms for _, error, ms in outcomes if isinstance(error, ConnectorBusyError)]
+    admitted = [result for result, _, _ in outcomes if result is not None]
+    facts = {
+        "rejected": len(rejected),
+        "admitted_succeeded": bool(admitted) and all(r.outcome is Outcome.SUCCEEDED for r in admitted),
+        "slowest_rejection_ms": round(max(rejected, default=0.0), 1),
+        "provider_requests": ctx.proxy.forwarded(mark),
+    }
+    ctx.check("burst", facts)
+
+
+@scenario(
+    "fault.declines_do_not_trip_breaker",
+    Category.CARD_ACQUIRER,
+    "Declines never open the breaker",
+    requires=Requirement(faults=True, operations=frozenset({Operation.AUTHORIZE})),
+    inputs=("card.declined.do_not_honor",),
+    expect={"after_declines": {"outcome": "succeeded", "breaker": "closed"}},
+    baseline="after more declines than the breaker's limit, an approved call still goes through",
+)
+async def declines_do_not_trip_breaker(ctx: ScenarioContext) -> None:
+    runtime = ctx.use_runtime(breaker=BreakerSettings(fail_max=2, reset_timeout=30.0))
+    for index in range(3):
+        await ctx.call(
+            f"decline_{index + 1}",
+            Operation.AUTHORIZE,
+            ctx.authorize_request("card.declined.do_not_honor"),
+            check=False,
+        )
+    observed = await ctx.call("after_declines", Operation.AUTHORIZE, ctx.authorize_request(), check=False)
+    observed.facts["breaker"] = runtime.breaker.state
+    ctx.check("after_declines", observed.facts)
+
+
+async def _prepare(ctx: ScenarioContext, operation: Operation) -> Any:
+    """The payment state ``operation`` needs, and its request (the fault hits that request)."""
+    if operation is first_operation(ctx.manifest, ctx.instance.scenario.profile):
+        return first_call(ctx)[1]
+    if operation is Operation.VERIFY:
+        return VerifyRequest(
+            payment_method=ctx.inputs.card("card.approved"),
+            currency=ctx.inputs.currency(),
+            idempotency_key=ctx.inputs.key(),
+        )
+    if operation is Operation.COMPLETE_AUTHORIZATION:
+        started = await ctx.call(
+            "setup", Operation.AUTHORIZE, ctx.authorize_request("card.requires_3ds"), check=False
+        )
+        if started.result is None or started.result.next_action is None:
+            raise ExpectationFailed("setup: no 3-D Secure redirect to complete")
+        recipe = dict((ctx.inputs.get("card.requires_3ds") or {}).get("challenge") or {})
+        callback = await ctx.customer_action(started.result.next_action.url, recipe)
+        return complete_request(started, callback)
+    if operation is Operation.REFUND:
+        purchased = await ctx.call(
+            "setup", Operation.AUTHORIZE, ctx.authorize_request(capture=True), check=False
+        )
+        return ctx.refund_request(purchased, purchased.request.amount)
+    first = await _call_first(ctx, "setup", check=False)
+    if first.result is None or first.result.outcome is not Outcome.SUCCEEDED:
+        raise ExpectationFailed("setup: the first call did not succeed")
+    if operation is Operation.CAPTURE:
+        return ctx.capture_request(first)
+    if operation is Operation.VOID:
+        return ctx.void_request(first)
+    if operation is Operation.SYNC:
+        return ctx.sync_request(first)
+    ctx.skip(f"the kit has no retry set-up for {operation.value}")
+
+
+def _retry_safe_operations(manifest: Manifest) -> list[str]:
+    return sorted(op.value for op in manifest.retry_safe)
+
+
+@scenario(
+    "fault.retry_safe",
+    ALL,
+    "A retry-safe operation is retried after a 503, with the same key",
+    requires=FAULTS,
+    covers=("retry_safe:{param}",),
+    params=_retry_safe_operations,
+    expect={"call": {**_RETRIED, "requests_sent": 2}},
+    baseline="retried once, same idempotency key, succeeded",
+)
+async def retry_safe(ctx: ScenarioContext) -> None:
+    operation = Operation(ctx.param)
+    request = await _prepare(ctx, operation)
+    ctx.proxy.inject(Fault.server_error(503))
+    await ctx.call("call", operation, request)
