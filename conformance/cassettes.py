@@ -21,10 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from conformance.webhook_faults import delivery_from_json, delivery_to_json
 from sdk import TranscriptRecorder, WebhookRequest
 from sdk.testing.cassettes import Cassette, Interaction
-
-from conformance.webhook_faults import delivery_from_json, delivery_to_json
 
 __all__ = ["BUILTIN_CASSETTES", "REPLAY_BASE", "CassetteStore", "Recording"]
 

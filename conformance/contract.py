@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from jsonschema.exceptions import ValidationError as SchemaError
+from jsonschema.exceptions import ValidationError as SchemaError  # type: ignore[import-untyped]
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from openapi_schema_validator import OAS30Validator, OAS31Validator
@@ -41,7 +41,12 @@ __all__ = ["ContractValidator", "SpecLoadError"]
 _FORM = "application/x-www-form-urlencoded"
 _NAMES_ONLY = frozenset({"required", "additionalProperties", "dependentRequired", "propertyNames"})
 _BODY_ERRORS = frozenset(
-    {"MissingRequestBody", "MissingRequiredRequestBody", "InvalidRequestBody", "RequestBodyDeserialiseError"}
+    {
+        "MissingRequestBody",
+        "MissingRequiredRequestBody",
+        "InvalidRequestBody",
+        "RequestBodyDeserialiseError",
+    }
 )
 
 
@@ -111,7 +116,7 @@ class ContractValidator:
         try:
             text = path.read_text(encoding="utf-8")
             if path.suffix in (".yaml", ".yml"):
-                import yaml  # type: ignore[import-untyped]  # noqa: PLC0415 - only for YAML specs
+                import yaml  # type: ignore[import-untyped]
 
                 self.document: dict[str, Any] = yaml.safe_load(text)
             else:
@@ -131,7 +136,10 @@ class ContractValidator:
         self.server_host = f"{parts.scheme}://{parts.netloc}"
         self.server_path = parts.path.rstrip("/")
         self._templates = [
-            (template, re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"))
+            (
+                template,
+                re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"),
+            )
             for template in self.document.get("paths", {})
         ]
 
@@ -183,7 +191,9 @@ class ContractValidator:
             violations += self._response_violations(exchange, located)
         return violations
 
-    def _request_violations(self, exchange: TappedExchange, located: _Located) -> Iterator[Violation]:
+    def _request_violations(
+        self, exchange: TappedExchange, located: _Located
+    ) -> Iterator[Violation]:
         form = exchange.content_type == _FORM
         request = self._request(exchange, located, body=not form)
         for error in self.api.iter_request_errors(request):

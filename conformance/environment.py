@@ -92,14 +92,18 @@ class RunEnvironment:
             raise SetupError(str(exc)) from None
         if config.connector not in classes:
             installed = ", ".join(sorted(classes)) or "none"
-            raise SetupError(f"No connector {config.connector!r} is installed (installed: {installed}).")
+            raise SetupError(
+                f"No connector {config.connector!r} is installed (installed: {installed})."
+            )
         self.connector_class: type[Connector] = classes[config.connector]
         self.manifest: Manifest = self.connector_class.manifest
         try:
             self.profile = Category(config.profile) if config.profile else self.manifest.category
         except ValueError:
             choices = ", ".join(c.value for c in Category)
-            raise SetupError(f"Unknown profile {config.profile!r} (choose from {choices}).") from None
+            raise SetupError(
+                f"Unknown profile {config.profile!r} (choose from {choices})."
+            ) from None
         try:
             self.sandbox: SandboxProfile = load_sandbox_profile(
                 config.connector,
@@ -146,12 +150,16 @@ class RunEnvironment:
             self.cassettes = CassetteStore(directory)
             self.base_url = REPLAY_BASE + base_path
         else:
-            self.base_url = (self.config.base_url or self.manifest.base_url(Environment.SANDBOX)).rstrip("/")
+            self.base_url = (
+                self.config.base_url or self.manifest.base_url(Environment.SANDBOX)
+            ).rstrip("/")
             self.test_mode = _is_local(self.base_url)
         if self.config.record:
             if self.mode is not Mode.SIMULATOR:
                 raise SetupError("--record records a simulator run: use it with --mode simulator.")
-            self.cassettes = CassetteStore(self.config.cassettes or BUILTIN_CASSETTES / self.manifest.id)
+            self.cassettes = CassetteStore(
+                self.config.cassettes or BUILTIN_CASSETTES / self.manifest.id
+            )
 
     async def _start_simulator(self, base_path: str) -> None:
         factory = find_simulator(self.manifest.id)
@@ -230,13 +238,14 @@ class RunEnvironment:
             return None
         url = self.base_url + "/" + self.sandbox.preflight_path.lstrip("/")
         timeout = self.sandbox.preflight_timeout
+        probe = f"{self.sandbox.preflight_method} {url}"
         try:
             async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
                 response = await client.request(self.sandbox.preflight_method, url)
         except httpx.HTTPError as exc:
-            return f"sandbox unhealthy: {self.sandbox.preflight_method} {url} failed ({type(exc).__name__})"
+            return f"sandbox unhealthy: {probe} failed ({type(exc).__name__})"
         if response.status_code >= 500:
-            return f"sandbox unhealthy: {self.sandbox.preflight_method} {url} answered {response.status_code}"
+            return f"sandbox unhealthy: {probe} answered {response.status_code}"
         return None
 
 

@@ -206,7 +206,7 @@ class ScenarioContext:
 
     # -- calling --------------------------------------------------------------------------------
 
-    def _window(self) -> _Window:
+    def window(self) -> _Window:
         proxied = len(self.env.proxy.requests) if self.env.proxy is not None else 0
         return _Window(len(self.exchanges), proxied, time.perf_counter())
 
@@ -251,7 +251,9 @@ class ScenarioContext:
         # Every attempt carried the request's key (or, for a call without one, none did).
         facts["idempotency_key_sent"] = bool(keys) and all(k == expected_key for k in keys)
         facts["request_json_floats"] = [
-            path for exchange in tapped for path in json_floats(exchange.body, exchange.content_type)
+            path
+            for exchange in tapped
+            for path in json_floats(exchange.body, exchange.content_type)
         ]
         refused = (result is not None and result.outcome is Outcome.DECLINED) or (
             error is not None and not isinstance(error, _NOT_REFUSALS)
@@ -288,7 +290,7 @@ class ScenarioContext:
     ) -> Observation:
         """Invoke ``operation`` with ``request``, record the facts under ``step`` and check them
         against the expectation block ``block`` (default: ``step``)."""
-        window = self._window()
+        window = self.window()
         result, error = await self.invoke(operation, request, deadline=deadline, step=step)
         facts = self.facts(result, error, request, window)
         observation = Observation(
@@ -402,7 +404,9 @@ class ScenarioContext:
         request = self.sync_request(about, by_reference=by_reference)
 
         async def fetch() -> Observation:
-            return await self.call(step, Operation.SYNC, request, check=False, payment_id=about.payment_id)
+            return await self.call(
+                step, Operation.SYNC, request, check=False, payment_id=about.payment_id
+            )
 
         try:
             last = await poll(

@@ -16,6 +16,8 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
+from conformance.leaks import LeakScanner
+from conformance.sandboxes import SandboxProfile
 from normalization import (
     AccountIdentifier,
     BankAccountMethod,
@@ -29,10 +31,7 @@ from normalization import (
 from sdk import Manifest
 from sdk.testing import FakeTokenRevealer
 
-from conformance.leaks import LeakScanner
-from conformance.sandboxes import SandboxProfile
-
-__all__ = ["Canary", "Inputs", "MissingInputError", "TENANT"]
+__all__ = ["TENANT", "Canary", "Inputs", "MissingInputError"]
 
 TENANT = "conformance"
 RETURN_URL = "https://merchant.example/return"
@@ -106,10 +105,15 @@ class Inputs:
                 return currency
         return sorted(self.manifest.currencies)[0]
 
-    def money(self, name: str | None = None, *, value: int = 1050, currency: str | None = None) -> Money:
+    def money(
+        self, name: str | None = None, *, value: int = 1050, currency: str | None = None
+    ) -> Money:
         values = self.get(name) if name else None
         values = values or {}
-        return Money(int(values.get("amount", value)), str(values.get("currency", currency or self.currency())))
+        return Money(
+            int(values.get("amount", value)),
+            str(values.get("currency", currency or self.currency())),
+        )
 
     def unsupported_currency(self) -> str | None:
         for candidate in ("XOF", "ISK", "MNT", "PYG", "VND", "UZS", "ZMW", "EUR", "USD"):

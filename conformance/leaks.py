@@ -69,7 +69,9 @@ def _patterns(secret: Secret) -> Iterator[_Pattern]:
     raw = value.encode("utf-8")
     if secret.kind == "pan":
         spaced = _SEPARATOR.join(re.escape(digit) for digit in value)
-        yield _Pattern(secret, "raw/spaced/dashed/url-encoded", re.compile(rf"(?<!\d){spaced}(?!\d)"))
+        yield _Pattern(
+            secret, "raw/spaced/dashed/url-encoded", re.compile(rf"(?<!\d){spaced}(?!\d)")
+        )
     elif secret.kind == "cvc":
         yield _Pattern(
             secret,

@@ -284,15 +284,13 @@ class FaultProxy:
             _reset(writer)
             return False
         request_line, headers = _parse_head(head)
-        method, target, _ = (request_line.split(" ", 2) + ["", ""])[:3]
+        method, target, _ = [*request_line.split(" ", 2), "", ""][:3]
         body = await _read_body(reader, headers)
         path = target.split("?", 1)[0]
         keep_alive = (_header(headers, "connection") or "").lower() != "close"
         fault = self._take(method, path)
         forward = (
-            fault is None
-            or fault.forward
-            or fault.kind in (FaultKind.LATENCY, FaultKind.TRICKLE)
+            fault is None or fault.forward or fault.kind in (FaultKind.LATENCY, FaultKind.TRICKLE)
         )
         self.requests.append(
             ProxiedRequest(
@@ -320,7 +318,10 @@ class FaultProxy:
         if fault is not None and fault.kind is FaultKind.NON_JSON:
             kept = [(k, v) for k, v in upstream.headers if k.lower() != "content-type"]
             upstream = _Upstream(
-                upstream.status, upstream.reason, [*kept, ("Content-Type", "text/html")], _HTML_ERROR
+                upstream.status,
+                upstream.reason,
+                [*kept, ("Content-Type", "text/html")],
+                _HTML_ERROR,
             )
         response_head = self._head(upstream, keep_alive)
         if fault is not None and fault.kind is FaultKind.TRUNCATE:

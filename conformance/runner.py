@@ -92,7 +92,8 @@ class ConformanceRun:
                 i
                 for i in instances
                 if any(
-                    fnmatch.fnmatchcase(i.id, pattern) or fnmatch.fnmatchcase(i.scenario.id, pattern)
+                    fnmatch.fnmatchcase(i.id, pattern)
+                    or fnmatch.fnmatchcase(i.scenario.id, pattern)
                     for pattern in self.config.select
                 )
             ]
@@ -175,7 +176,10 @@ class ConformanceRun:
         except (ExpectationFailed, PollTimeoutError) as exc:
             result.verdict, result.reason = Verdict.FAILED, str(exc)
         except CassetteMismatchError as exc:
-            result.verdict, result.reason = Verdict.FAILED, f"replay: {exc} (re-record the cassette)"
+            result.verdict, result.reason = (
+                Verdict.FAILED,
+                f"replay: {exc} (re-record the cassette)",
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a scenario's crash is its failure, reported
@@ -206,15 +210,15 @@ class ConformanceRun:
                 )
                 for e in ctx.transcript.exchanges[-_MAX_EXCHANGES_SHOWN:]
             ]
-        if self.config.record and result.verdict is Verdict.PASSED and env.cassettes is not None:
-            if not scenario.requires.faults and env.proxy is not None:
-                env.cassettes.save(
-                    instance.id,
-                    ctx.transcript,
-                    customer=ctx.customer,
-                    webhooks=ctx.deliveries,
-                    base_url=env.proxy.url,
-                )
+        recordable = result.verdict is Verdict.PASSED and not scenario.requires.faults
+        if self.config.record and recordable and env.cassettes and env.proxy:
+            env.cassettes.save(
+                instance.id,
+                ctx.transcript,
+                customer=ctx.customer,
+                webhooks=ctx.deliveries,
+                base_url=env.proxy.url,
+            )
         return result
 
     def _judge_contract(self, ctx: ScenarioContext, result: ScenarioResult) -> None:

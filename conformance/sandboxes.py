@@ -197,7 +197,7 @@ def _parse(path: Path, known_scenarios: frozenset[str] | None) -> _File:
         if missing:
             raise SandboxProfileError(
                 f"{path}: scenario {scenario_id!r} removes {', '.join(missing)} without a "
-                "reason (add it under \"reasons\")"
+                'reason (add it under "reasons")'
             )
         extra = [p for p in override.reasons if p not in removed]
         if extra:

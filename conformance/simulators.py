@@ -15,7 +15,8 @@ and serves it on 127.0.0.1 on a free port.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "SIMULATOR_GROUP",
     "RunningSimulator",
     "SimulatorFactory",
+    "bound_port",
     "find_simulator",
     "register_simulator",
     "start_simulator",
@@ -105,8 +107,13 @@ async def start_simulator(
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server  # aiohttp exposes the bound port only through the server's sockets
-    assert server is not None
-    sockets = getattr(server, "sockets", ())
-    port = int(sockets[0].getsockname()[1])
-    return RunningSimulator(runner, "127.0.0.1", port, delivers)
+    return RunningSimulator(runner, "127.0.0.1", bound_port(site), delivers)
+
+
+def bound_port(site: web.TCPSite) -> int:
+    """The port a site bound (port 0 asked for a free one)."""
+    # aiohttp exposes the bound port only through the underlying server's sockets.
+    sockets: Sequence[socket.socket] = getattr(site._server, "sockets", None) or ()
+    if not sockets:
+        raise RuntimeError("The site is not listening.")
+    return int(sockets[0].getsockname()[1])

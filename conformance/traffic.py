@@ -49,9 +49,7 @@ class TappedExchange:
 
     @property
     def response_content_type(self) -> str:
-        lowered = next(
-            (v for k, v in self.response_headers if k.lower() == "content-type"), ""
-        )
+        lowered = next((v for k, v in self.response_headers if k.lower() == "content-type"), "")
         return lowered.split(";", 1)[0].strip().lower()
 
 

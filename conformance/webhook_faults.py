@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from conformance.simulators import bound_port
 from sdk import WebhookRequest
 
 __all__ = [
@@ -53,9 +54,7 @@ class WebhookReceiver:
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server  # the bound port is only reachable through the server's sockets
-        assert server is not None
-        self.port = int(getattr(server, "sockets", ())[0].getsockname()[1])
+        self.port = bound_port(site)
         return self
 
     async def close(self) -> None:

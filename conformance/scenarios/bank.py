@@ -37,7 +37,9 @@ ACCEPTED: dict[str, Any] = {
 
 
 def _needs(*operations: Operation, **flags: bool) -> Requirement:
-    return Requirement(operations=frozenset(operations), methods=frozenset({"bank_account"}), **flags)
+    return Requirement(
+        operations=frozenset(operations), methods=frozenset({"bank_account"}), **flags
+    )
 
 
 @scenario(
@@ -122,7 +124,7 @@ async def invalid_account(ctx: ScenarioContext) -> None:
     operation = first_operation(ctx.manifest, BANK)
     if operation is None:
         ctx.skip("the manifest declares neither credit nor debit")
-    window = ctx._window()  # noqa: SLF001 - the harness's own measurement of this step
+    window = ctx.window()
     error: InvalidRequestError | None = None
     try:
         builder = payout_request if operation is Operation.CREDIT else debit_request

@@ -208,7 +208,9 @@ async def capture_multiple(ctx: ScenarioContext) -> None:
     amount = authorized.request.amount
     first = Money(amount.value // 3, amount.currency)
     rest = Money(amount.value - first.value, amount.currency)
-    await ctx.call("capture_1", Operation.CAPTURE, ctx.capture_request(authorized, first, final=False))
+    await ctx.call(
+        "capture_1", Operation.CAPTURE, ctx.capture_request(authorized, first, final=False)
+    )
     await ctx.call("capture_2", Operation.CAPTURE, ctx.capture_request(authorized, rest))
 
 
@@ -241,7 +243,11 @@ async def void(ctx: ScenarioContext) -> None:
     covers=("operation:refund",),
     expect={
         "purchase": {"status": "captured"},
-        "refund": {"status": "refunded", "outcome": "succeeded", "amount_refunded": "@request.amount"},
+        "refund": {
+            "status": "refunded",
+            "outcome": "succeeded",
+            "amount_refunded": "@request.amount",
+        },
     },
     baseline="status refunded, the whole amount refunded",
 )
@@ -400,7 +406,7 @@ def _currencies(manifest: Manifest) -> list[str]:
             "request_json_floats": [],
         }
     },
-    baseline="exact amounts (float-hostile and the largest) echoed to the minor unit; no JSON floats",
+    baseline="exact amounts (float-hostile, the largest) echoed to the minor unit; no JSON floats",
 )
 async def currency_roundtrip(ctx: ScenarioContext) -> None:
     configured = ctx.inputs.get("currency.roundtrip") or {}

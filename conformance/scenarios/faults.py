@@ -217,6 +217,7 @@ async def breaker(ctx: ScenarioContext) -> None:
         ctx.proxy.inject(Fault.server_error(503, method="POST"))
         await _call_first(ctx, f"failure_{index + 1}", check=False)
     await _call_first(ctx, "open")
+
     async def time_left() -> float:
         return runtime.breaker.retry_after()
 
@@ -269,7 +270,8 @@ async def bulkhead(ctx: ScenarioContext) -> None:
     admitted = [result for result, _, _ in outcomes if result is not None]
     facts = {
         "rejected": len(rejected),
-        "admitted_succeeded": bool(admitted) and all(r.outcome is Outcome.SUCCEEDED for r in admitted),
+        "admitted_succeeded": bool(admitted)
+        and all(r.outcome is Outcome.SUCCEEDED for r in admitted),
         "slowest_rejection_ms": round(max(rejected, default=0.0), 1),
         "provider_requests": ctx.proxy.forwarded(mark),
     }
@@ -294,7 +296,9 @@ async def declines_do_not_trip_breaker(ctx: ScenarioContext) -> None:
             ctx.authorize_request("card.declined.do_not_honor"),
             check=False,
         )
-    observed = await ctx.call("after_declines", Operation.AUTHORIZE, ctx.authorize_request(), check=False)
+    observed = await ctx.call(
+        "after_declines", Operation.AUTHORIZE, ctx.authorize_request(), check=False
+    )
     observed.facts["breaker"] = runtime.breaker.state
     ctx.check("after_declines", observed.facts)
 
@@ -332,7 +336,7 @@ async def _prepare(ctx: ScenarioContext, operation: Operation) -> Any:
         return ctx.void_request(first)
     if operation is Operation.SYNC:
         return ctx.sync_request(first)
-    ctx.skip(f"the kit has no retry set-up for {operation.value}")
+    return ctx.skip(f"the kit has no retry set-up for {operation.value}")
 
 
 def _retry_safe_operations(manifest: Manifest) -> list[str]:

@@ -47,7 +47,11 @@ def first_operation(manifest: Manifest, profile: Category) -> Operation | None:
 
 
 def payout_request(
-    ctx: ScenarioContext, account: str = "bank.account.valid", *, amount: Money | None = None, key: str | None = None
+    ctx: ScenarioContext,
+    account: str = "bank.account.valid",
+    *,
+    amount: Money | None = None,
+    key: str | None = None,
 ) -> PayoutRequest:
     try:
         destination = ctx.inputs.bank_account(account)
@@ -64,7 +68,11 @@ def payout_request(
 
 
 def debit_request(
-    ctx: ScenarioContext, account: str = "bank.account.valid", *, amount: Money | None = None, key: str | None = None
+    ctx: ScenarioContext,
+    account: str = "bank.account.valid",
+    *,
+    amount: Money | None = None,
+    key: str | None = None,
 ) -> DebitRequest:
     try:
         source = ctx.inputs.bank_account(account)
@@ -81,7 +89,11 @@ def debit_request(
 
 
 def consent_request(
-    ctx: ScenarioContext, payer: str = "open_banking.payer", *, amount: Money | None = None, key: str | None = None
+    ctx: ScenarioContext,
+    payer: str = "open_banking.payer",
+    *,
+    amount: Money | None = None,
+    key: str | None = None,
 ) -> ConsentRequest:
     try:
         method = ctx.inputs.payer(payer)
@@ -106,7 +118,9 @@ def complete_request(about: Observation, callback: dict[str, str]) -> CompleteAu
     )
 
 
-def submit_request(ctx: ScenarioContext, consent: Observation, key: str | None = None) -> SubmitRequest:
+def submit_request(
+    ctx: ScenarioContext, consent: Observation, key: str | None = None
+) -> SubmitRequest:
     return SubmitRequest(
         payment_id=consent.payment_id or consent.reference or "payment",
         provider_reference=consent.provider_reference,

@@ -107,7 +107,9 @@ class ScenarioInstance:
 
     @property
     def title(self) -> str:
-        return self.scenario.title if self.param is None else f"{self.scenario.title} ({self.param})"
+        return (
+            self.scenario.title if self.param is None else f"{self.scenario.title} ({self.param})"
+        )
 
     def _fill(self, text: str) -> str:
         return text.replace("{param}", self.param or "")

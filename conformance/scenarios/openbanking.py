@@ -41,7 +41,9 @@ def _needs(*operations: Operation) -> Requirement:
     )
 
 
-async def _authorize_at_bank(ctx: ScenarioContext, consent: Observation, recipe: str) -> dict[str, str]:
+async def _authorize_at_bank(
+    ctx: ScenarioContext, consent: Observation, recipe: str
+) -> dict[str, str]:
     try:
         values = ctx.inputs.require(recipe)
     except MissingInputError as exc:
@@ -85,7 +87,9 @@ async def consent_redirect(ctx: ScenarioContext) -> None:
 async def payment_completed(ctx: ScenarioContext) -> None:
     consent = await ctx.call("consent", CONSENT, consent_request(ctx))
     callback = await _authorize_at_bank(ctx, consent, "consent.approve")
-    await ctx.call("authorized", Operation.COMPLETE_AUTHORIZATION, complete_request(consent, callback))
+    await ctx.call(
+        "authorized", Operation.COMPLETE_AUTHORIZATION, complete_request(consent, callback)
+    )
     submitted = await ctx.call("submitted", Operation.SUBMIT, submit_request(ctx, consent))
     if ctx.declares(Operation.SYNC):
         await ctx.settle("final", submitted)
@@ -129,7 +133,9 @@ async def consent_sync(ctx: ScenarioContext) -> None:
 async def consent_rejected(ctx: ScenarioContext) -> None:
     consent = await ctx.call("consent", CONSENT, consent_request(ctx))
     callback = await _authorize_at_bank(ctx, consent, "consent.reject")
-    await ctx.call("rejected", Operation.COMPLETE_AUTHORIZATION, complete_request(consent, callback))
+    await ctx.call(
+        "rejected", Operation.COMPLETE_AUTHORIZATION, complete_request(consent, callback)
+    )
 
 
 @scenario(
@@ -183,7 +189,13 @@ def _currencies(manifest: Manifest) -> list[str]:
     requires=_needs(),
     covers=("currency:{param}",),
     params=_currencies,
-    expect={"consent": {**REDIRECT, "amount_authorized": ["@request.amount", "@absent"], "request_json_floats": []}},
+    expect={
+        "consent": {
+            **REDIRECT,
+            "amount_authorized": ["@request.amount", "@absent"],
+            "request_json_floats": [],
+        }
+    },
     baseline="exact amounts; no JSON floats",
 )
 async def currency_roundtrip(ctx: ScenarioContext) -> None:
