@@ -1,14 +1,35 @@
 """The conformance kit's pytest plugin (``pytest11`` entry point ``tessera_conformance``).
 
 ``pytest --tessera-connector NAME [--tessera-mode simulator|replay|live]`` runs the kit's
-scenarios for that connector. Without ``--tessera-connector`` the plugin adds nothing.
+scenarios for that connector as test items, one per scenario instance, named like parametrized
+tests (``conformance[sandbox:card.authorize.approved]``, so ``-k authorize`` selects), followed
+by two items that judge the run: ``conformance[sandbox:coverage]`` (every declared capability
+covered by a scenario that ran and passed) and ``conformance[sandbox:leak-scan]``. Skipped
+scenarios are skipped items with the kit's reason; failures show the failed assertions, contract
+violations and scrubbed exchanges.
+
+Without ``--tessera-connector`` the plugin adds nothing. With it and no test paths on the
+command line, only the conformance items run (the project's own tests are not collected); with
+paths, both. One run per connector is shared by its items, on the plugin's own event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-MODES = ("simulator", "replay", "live")
+from conformance.environment import Mode, RunConfig, SetupError
+from conformance.reports import write_reports
+from conformance.results import RunReport, ScenarioResult, Verdict
+from conformance.runner import ConformanceRun, Planned
+
+MODES = tuple(mode.value for mode in Mode)
+_STATE = pytest.StashKey["_PluginState"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,3 +53,235 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PROFILE",
         help="Scenario profile (card-acquirer, bank-rail, open-banking); default: the manifest's.",
     )
+    group.addoption("--tessera-base-url", default=None, metavar="URL", help="Live sandbox URL.")
+    group.addoption(
+        "--tessera-openapi", default=None, metavar="SPEC", help="Validate traffic against SPEC."
+    )
+    group.addoption(
+        "--tessera-faults", action="store_true", help="Run the fault-injection scenarios."
+    )
+    group.addoption(
+        "--tessera-overrides",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Sandbox profile file layered over the built-in one (repeatable).",
+    )
+    group.addoption(
+        "--tessera-cassettes", default=None, metavar="DIR", help="Cassette directory (replay)."
+    )
+    group.addoption(
+        "--tessera-html", default=None, metavar="FILE", help="Write the kit's HTML report here."
+    )
+    group.addoption(
+        "--tessera-json", default=None, metavar="FILE", help="Write the kit's JSON report here."
+    )
+
+
+class ConformanceFailure(Exception):
+    """A scenario (or the coverage or leak judgement) failed; the text says how."""
+
+
+@dataclass
+class _ConnectorRun:
+    run: ConformanceRun
+    started: bool = False
+    finished: RunReport | None = None
+
+
+@dataclass
+class _PluginState:
+    runs: dict[str, _ConnectorRun] = field(default_factory=dict)
+    loop: asyncio.Runner = field(default_factory=asyncio.Runner)
+    html: Path | None = None
+    json: Path | None = None
+
+    def started(self, connector: str) -> ConformanceRun:
+        entry = self.runs[connector]
+        if not entry.started:
+            entry.started = True
+            self.loop.run(entry.run.start())
+        return entry.run
+
+    def finish(self, connector: str) -> RunReport:
+        entry = self.runs[connector]
+        if entry.finished is None:
+            entry.finished = entry.run.finish()
+        return entry.finished
+
+    def close(self) -> None:
+        try:
+            for connector, entry in self.runs.items():
+                if entry.started:
+                    self.loop.run(entry.run.close())
+                    self._write(connector, entry)
+        finally:
+            self.loop.close()
+
+    def _write(self, connector: str, entry: _ConnectorRun) -> None:
+        report = entry.finished or entry.run.finish()
+        paths: dict[str, Path] = {}
+        suffix = f".{connector}" if len(self.runs) > 1 else ""
+        if self.html is not None:
+            paths["html"] = self.html.with_name(self.html.stem + suffix + self.html.suffix)
+        if self.json is not None:
+            paths["json"] = self.json.with_name(self.json.stem + suffix + self.json.suffix)
+        if paths:
+            write_reports(report, entry.run.env.scanner, paths)
+
+
+def _details(result: ScenarioResult) -> str:
+    lines = [f"{result.scenario_id}: {result.reason}"]
+    lines += [
+        f"  assertion {a.label}: expected {a.expected}, got {a.actual}"
+        for a in result.failed_assertions
+    ]
+    lines += [
+        f"  contract {v.direction} {v.method} {v.path} {v.json_path}: {v.message}"
+        for v in result.violations
+    ]
+    for exchange in result.exchanges:
+        answer = exchange.status_code if exchange.status_code is not None else exchange.error
+        lines.append(f"  exchange {exchange.operation}: {exchange.method} {exchange.url} -> {answer}")
+        lines.append(f"    request:  {exchange.request_body[:2000]}")
+        lines.append(f"    response: {exchange.response_body[:2000]}")
+    if result.error:
+        lines.append(result.error)
+    return "\n".join(lines)
+
+
+class ScenarioItem(pytest.Item):
+    """One scenario instance of one connector's run."""
+
+    def __init__(self, *, connector: str, planned: Planned, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.connector = connector
+        self.planned = planned
+        self.add_marker(pytest.mark.tessera_conformance)
+
+    def runtest(self) -> None:
+        state = self.config.stash[_STATE]
+        run = state.started(self.connector)
+        result = state.loop.run(run.run_one(self.planned))
+        if result.verdict is Verdict.SKIPPED:
+            pytest.skip(result.reason or "skipped")
+        if result.verdict is Verdict.FAILED:
+            raise ConformanceFailure(_details(result))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ConformanceFailure):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo, style=style))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"conformance {self.connector}: {self.planned.instance.id}"
+
+
+class JudgementItem(pytest.Item):
+    """Coverage or the leak scan of one connector's run, judged after its scenarios."""
+
+    def __init__(self, *, connector: str, judgement: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.connector = connector
+        self.judgement = judgement
+        self.add_marker(pytest.mark.tessera_conformance)
+
+    def runtest(self) -> None:
+        state = self.config.stash[_STATE]
+        run = state.started(self.connector)
+        report = state.finish(self.connector)
+        if report.skip_reason is not None:
+            pytest.skip(report.skip_reason)
+        ran, planned = len(report.scenarios), len(run.plan)
+        if self.judgement == "coverage" and ran < planned:
+            pytest.skip(f"coverage is judged on a whole run; {planned - ran} scenarios did not run")
+        prefix = "declared capability" if self.judgement == "coverage" else "leak"
+        problems = [p for p in report.problems() if p.startswith(prefix)]
+        if problems:
+            raise ConformanceFailure("\n".join(problems))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ConformanceFailure):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo, style=style))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"conformance {self.connector}: {self.judgement}"
+
+
+def _config(config: pytest.Config, connector: str) -> RunConfig:
+    option = config.getoption
+    openapi, cassettes = option("tessera_openapi"), option("tessera_cassettes")
+    return RunConfig(
+        connector=connector,
+        profile=option("tessera_profile"),
+        mode=Mode(option("tessera_mode")),
+        base_url=option("tessera_base_url"),
+        openapi=Path(openapi) if openapi else None,
+        faults=bool(option("tessera_faults")),
+        overrides=tuple(Path(p) for p in option("tessera_overrides")),
+        cassettes=Path(cassettes) if cassettes else None,
+    )
+
+
+def _only_conformance(config: pytest.Config) -> bool:
+    return bool(config.getoption("tessera_connector")) and (
+        config.args_source is not pytest.Config.ArgsSource.ARGS
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "tessera_conformance: a conformance-kit scenario (added by the plugin)"
+    )
+    connectors = config.getoption("tessera_connector")
+    if not connectors:
+        return
+    state = _PluginState()
+    html, json_path = config.getoption("tessera_html"), config.getoption("tessera_json")
+    state.html = Path(html) if html else None
+    state.json = Path(json_path) if json_path else None
+    for connector in dict.fromkeys(connectors):
+        try:
+            state.runs[connector] = _ConnectorRun(ConformanceRun(_config(config, connector)))
+        except SetupError as exc:
+            raise pytest.UsageError(f"--tessera-connector {connector}: {exc}") from None
+    config.stash[_STATE] = state
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """A conformance run without test paths collects nothing but its own items."""
+    return True if _only_conformance(config) else None
+
+
+def _items(session: pytest.Session, state: _PluginState) -> Iterator[pytest.Item]:
+    for connector, entry in state.runs.items():
+        for planned in entry.run.plan:
+            yield ScenarioItem.from_parent(
+                session,
+                name=f"conformance[{connector}:{planned.instance.id}]",
+                connector=connector,
+                planned=planned,
+            )
+        for judgement in ("coverage", "leak-scan"):
+            yield JudgementItem.from_parent(
+                session,
+                name=f"conformance[{connector}:{judgement}]",
+                connector=connector,
+                judgement=judgement,
+            )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is not None:
+        items.extend(_items(session, state))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(_STATE, None)
+    if state is not None:
+        state.close()
