@@ -14,7 +14,7 @@ import json
 import multiprocessing
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from aiohttp import web
@@ -66,6 +66,7 @@ async def run_gateway(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
+    _unwind_before_cleanup(app, settings.server.shutdown_timeout)
     runner, url = await start_site(app, settings, reuse_port=reuse_port)
     log.info("gateway_started", url=url)
     try:
@@ -77,6 +78,42 @@ async def run_gateway(
         await runner.cleanup()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _unwind_before_cleanup(app: web.Application, timeout: float) -> None:
+    """Close the app's resources only once cancelled requests have finished unwinding.
+
+    Past ``shutdown_timeout``, aiohttp cancels the handlers still running but does not wait for
+    them before the app's cleanup closes the database: a payment request cut off that way could
+    not release its idempotency claim (the merchant's retry got 409 until the lease lapsed) and
+    failed with "Cannot operate on a closed database". Requests are counted here, and the first
+    cleanup step (cleanup contexts exit in reverse) waits, at most ``timeout``, for none to run.
+    """
+    running = 0
+    idle = asyncio.Event()
+    idle.set()
+
+    @web.middleware
+    async def count(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        nonlocal running
+        running += 1
+        idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            running -= 1
+            if running == 0:
+                idle.set()
+
+    async def wait_for_requests(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(idle.wait(), timeout)
+
+    app.middlewares.insert(0, count)
+    app.cleanup_ctx.append(wait_for_requests)
 
 
 def _worker(settings_json: str) -> None:
