@@ -47,6 +47,7 @@ __all__ = [
     "Processes",
     "Reply",
     "create_merchant",
+    "database",
     "eventually",
     "gateway_config",
     "payment_body",
@@ -394,6 +395,18 @@ async def create_merchant(database_url: str, vault_addr: str, root_token: str) -
         await db.close()
     await asyncio.to_thread(ensure_tenant_keys, vault_addr, root_token, merchant.id)
     return merchant.id, key
+
+
+@contextlib.asynccontextmanager
+async def database(url: str) -> AsyncIterator[Any]:
+    """The gateway's database opened from the test (to look at what a process left behind)."""
+    from vault.database import open_database
+
+    db = await open_database(url)
+    try:
+        yield db
+    finally:
+        await db.close()
 
 
 @contextlib.asynccontextmanager
