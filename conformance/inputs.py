@@ -4,7 +4,9 @@ Scenarios ask for inputs by name (``card.approved``, ``card.declined.insufficien
 ``bank.account.returned``, ``consent.approve``, ...). ``Inputs`` looks each up in the sandbox
 profile; a few have defaults that work with any provider (an approved card is the run's canary
 card, a valid IBAN is a well-known test IBAN). An input with neither is a reason to skip the
-scenario, said in the report ("no magic value for ... in the sandbox profile").
+scenario, said in the report ("no magic value for ... in the sandbox profile"). ``card.canary``
+is the leak probe's card: the canary, unless a provider that cannot take an arbitrary valid PAN
+maps it.
 
 Cards become tokens in the run's fake vault (``FakeTokenRevealer``) unless a scenario asks for
 inline card data; every PAN handed out is registered with the leak scanner.
@@ -126,7 +128,7 @@ class Inputs:
     def card_values(self, name: str) -> dict[str, Any]:
         values = self.get(name)
         if values is None:
-            if name != "card.approved":
+            if name not in ("card.approved", "card.canary"):
                 raise MissingInputError(
                     f"no magic value for {name!r} in the sandbox profile "
                     f"({', '.join(self.profile.files) or 'no profile file'})"

@@ -195,6 +195,7 @@ class FaultProxy:
     _server: asyncio.Server | None = None
     _connections: set[_Connection] = field(default_factory=set)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -211,12 +212,20 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
             self._server = None
+        self._closing.set()
         for connection in list(self._connections):
             connection.writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
+        # Handlers end on their own once their connections are gone (cancelling them makes
+        # asyncio log the cancellation as an error); only a stuck one is cancelled.
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(list(self._tasks), timeout=2.0)
+            for task in pending:
+                task.cancel()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep for a fault, but wake at once when the proxy closes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
 
     # -- faults ----------------------------------------------------------------------------------
 
@@ -314,7 +323,7 @@ class FaultProxy:
             upstream = _Upstream(fault.status, "Injected", extra, fault.body)
         assert upstream is not None
         if fault is not None and fault.kind is FaultKind.LATENCY:
-            await asyncio.sleep(fault.seconds)
+            await self._pause(fault.seconds)
         if fault is not None and fault.kind is FaultKind.NON_JSON:
             kept = [(k, v) for k, v in upstream.headers if k.lower() != "content-type"]
             upstream = _Upstream(
@@ -333,8 +342,8 @@ class FaultProxy:
             writer.write(response_head)
             await writer.drain()
             for start in range(0, len(upstream.body), fault.chunk):
-                await asyncio.sleep(fault.interval)
-                if writer.is_closing():
+                await self._pause(fault.interval)
+                if writer.is_closing() or self._closing.is_set():
                     return False  # the client gave up: stop feeding a dead connection
                 writer.write(upstream.body[start : start + fault.chunk])
                 await writer.drain()

@@ -142,7 +142,9 @@ def _details(result: ScenarioResult) -> str:
     ]
     for exchange in result.exchanges:
         answer = exchange.status_code if exchange.status_code is not None else exchange.error
-        lines.append(f"  exchange {exchange.operation}: {exchange.method} {exchange.url} -> {answer}")
+        lines.append(
+            f"  exchange {exchange.operation}: {exchange.method} {exchange.url} -> {answer}"
+        )
         lines.append(f"    request:  {exchange.request_body[:2000]}")
         lines.append(f"    response: {exchange.response_body[:2000]}")
     if result.error:

@@ -92,7 +92,8 @@ class ConformanceRun:
                 i
                 for i in instances
                 if any(
-                    fnmatch.fnmatchcase(i.id, pattern)
+                    pattern in (i.id, i.scenario.id)
+                    or fnmatch.fnmatchcase(i.id, pattern)
                     or fnmatch.fnmatchcase(i.scenario.id, pattern)
                     for pattern in self.config.select
                 )

@@ -1,6 +1,7 @@
 """The card-acquirer profile (CONFORMANCE.md, "Baseline scenarios").
 
-Inputs (sandbox profile ``inputs``): ``card.approved`` (default: the run's canary card),
+Inputs (sandbox profile ``inputs``): ``card.approved`` and ``card.canary`` (default: the run's
+canary card; the leak probe always sends ``card.canary`` inline),
 ``card.declined.<code>`` for insufficient_funds, do_not_honor, expired_card and incorrect_cvc,
 ``card.requires_3ds`` (with a ``challenge`` recipe: how the customer completes the page),
 ``currency.roundtrip`` (``amounts`` to authorize in each currency, default: amounts floats get
@@ -463,4 +464,4 @@ async def unsupported_method(ctx: ScenarioContext) -> None:
     baseline="approved; the canary PAN and CVC appear in no transcript, log, error or report",
 )
 async def leak_inline_card(ctx: ScenarioContext) -> None:
-    await ctx.call("authorize", AUTH, ctx.authorize_request(inline=True))
+    await ctx.call("authorize", AUTH, ctx.authorize_request("card.canary", inline=True))

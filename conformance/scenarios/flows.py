@@ -162,5 +162,7 @@ def nasty_amounts(manifest: Manifest, currency: str) -> list[int]:
     exponent = manifest.exponent_for(currency)
     if exponent is None:
         exponent = currency_exponent(currency)
-    small = {0: 1005, 1: 1009, 2: 1029, 3: 1005, 4: 10005}.get(exponent, 1029)
-    return [small, 9_007_199_254_740_991]
+    # Found by search: int(float("10.03") * 100) == 1002; round() fails on the large ones.
+    small = {2: 1003, 3: 1005, 4: 1020}.get(exponent, 1005)
+    large = {3: 9_007_199_254_740_989}.get(exponent, 9_007_199_254_740_987)
+    return [small, large]

@@ -1,0 +1,97 @@
+"""Deliberately broken connectors: the sandbox connector with one defect each.
+
+Each copies the sandbox manifest under its own id and talks to the sandbox simulator, so the only
+difference from a passing run is the defect. The test that uses each names the scenario that
+must catch it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectors.sandbox import MANIFEST, SandboxConnector
+from normalization import (
+    AuthorizeRequest,
+    CardMethod,
+    Money,
+    NotSupportedError,
+    PaymentResult,
+    PaymentStatus,
+    VoidRequest,
+)
+from sdk import CallContext, Manifest, Operation, OutcomeUnknownError
+
+
+def broken_manifest(connector_id: str, **update: Any) -> Manifest:
+    return MANIFEST.model_copy(
+        update={"id": connector_id, "display_name": f"Broken sandbox ({connector_id})", **update}
+    )
+
+
+class WrongStatusConnector(SandboxConnector):
+    """Maps the provider's ``authorized`` to ``captured``."""
+
+    manifest = broken_manifest("broken_status")
+
+    async def authorize(self, request: AuthorizeRequest, ctx: CallContext) -> PaymentResult:
+        result = await super().authorize(request, ctx)
+        if result.status is PaymentStatus.AUTHORIZED:
+            return result.model_copy(update={"status": PaymentStatus.CAPTURED})
+        return result
+
+
+class PanInLogConnector(SandboxConnector):
+    """Logs the card number of inline card data."""
+
+    manifest = broken_manifest("broken_log")
+
+    async def authorize(self, request: AuthorizeRequest, ctx: CallContext) -> PaymentResult:
+        method = request.payment_method
+        if isinstance(method, CardMethod) and method.card is not None:
+            ctx.logger.info("authorizing_card", number=method.card.number.reveal())
+        return await super().authorize(request, ctx)
+
+
+class RetriesAfterResetConnector(SandboxConnector):
+    """Does not declare authorize safe to retry, then re-sends it itself after a reset."""
+
+    manifest = broken_manifest(
+        "broken_retry", retry_safe=MANIFEST.retry_safe - {Operation.AUTHORIZE}
+    )
+
+    async def authorize(self, request: AuthorizeRequest, ctx: CallContext) -> PaymentResult:
+        try:
+            return await super().authorize(request, ctx)
+        except OutcomeUnknownError:
+            return await super().authorize(request, ctx)
+
+
+class FloatAmountConnector(SandboxConnector):
+    """Converts amounts through a binary float: 10.29 EUR goes out as 1028 cents."""
+
+    manifest = broken_manifest("broken_float")
+
+    async def authorize(self, request: AuthorizeRequest, ctx: CallContext) -> PaymentResult:
+        amount = request.amount
+        major = float(amount.to_major_string())
+        minor = int(major * 10**amount.exponent)
+        floated = request.model_copy(update={"amount": Money(minor, amount.currency)})
+        return await super().authorize(floated, ctx)
+
+
+class NoVoidConnector(SandboxConnector):
+    """Declares void (the sandbox manifest does) but its verb does not work."""
+
+    manifest = broken_manifest("broken_void")
+
+    async def void(self, request: VoidRequest, ctx: CallContext) -> PaymentResult:
+        raise NotSupportedError("Void is not implemented yet.")
+
+
+BROKEN = (
+    WrongStatusConnector,
+    PanInLogConnector,
+    RetriesAfterResetConnector,
+    FloatAmountConnector,
+    NoVoidConnector,
+)
