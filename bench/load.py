@@ -1,4 +1,5 @@
-"""Load-generation helpers shared by the benchmarks: wrk on loopback, process RSS, machine facts.
+"""Load-generation helpers shared by the benchmarks: wrk on loopback, process RSS and CPU time,
+machine facts.
 
 Every run is bounded in time and sends traffic to 127.0.0.1 only.
 """
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 _LATENCY_RE = re.compile(r"^\s+(50|99)(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _RPS_RE = re.compile(r"Requests/sec:\s+([\d.]+)")
+_COUNT_RE = re.compile(r"(\d+) requests in ")
 _NON2XX_RE = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _ERRORS_RE = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 
@@ -32,6 +34,7 @@ class LoadResult:
     p99_ms: float
     non_2xx: int
     socket_errors: int
+    requests: int = 0
 
     def row(self, label: str, unit: str = "req/s", scale: float = 1.0) -> str:
         return (
@@ -109,12 +112,14 @@ def wrk_post(
     errors = _ERRORS_RE.search(out)
     non2xx = _NON2XX_RE.search(out)
     rps = _RPS_RE.search(out)
+    count = _COUNT_RE.search(out)
     return LoadResult(
         rps=float(rps.group(1)) if rps else 0.0,
         p50_ms=lat.get("50", float("nan")),
         p99_ms=lat.get("99", float("nan")),
         non_2xx=int(non2xx.group(1)) if non2xx else 0,
         socket_errors=sum(int(g) for g in errors.groups()) if errors else 0,
+        requests=int(count.group(1)) if count else 0,
     )
 
 
@@ -151,3 +156,51 @@ def peak_rss_mb(pids: list[int]) -> float:
         except OSError:
             continue
     return peak / 1024
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time consumed so far by ``pids`` (processes that exited count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def _machine_ticks() -> tuple[int, int]:
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(fields)
+    return total - fields[3] - fields[4], total  # busy (not idle, not iowait), all
+
+
+class CpuWindow:
+    """CPU time of some processes, and how busy the whole machine was, over a ``with`` block.
+
+    The machine is shared: ``machine_busy`` near 1.0 while ``cpu_s`` of our processes is well
+    below the core count means other work took the rest, and throughput figures are pessimistic.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self._pids = pids
+        self.cpu_s = 0.0
+        self.machine_busy = 0.0
+        self.wall_s = 0.0
+
+    def __enter__(self) -> CpuWindow:
+        self._cpu0 = cpu_seconds(self._pids)
+        self._ticks0 = _machine_ticks()
+        self._t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall_s = time.monotonic() - self._t0
+        self.cpu_s = cpu_seconds(self._pids) - self._cpu0
+        busy, total = _machine_ticks()
+        elapsed = total - self._ticks0[1]
+        self.machine_busy = (busy - self._ticks0[0]) / elapsed if elapsed else 0.0
