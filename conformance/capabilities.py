@@ -8,7 +8,9 @@
 Each scenario says which of them it *covers* (proves when it passes). After a run,
 ``compute_coverage`` maps every declared capability to the scenarios that ran and passed for it;
 one left empty fails the run, naming the capability (no silent gaps). ``retry_safe:*`` are only
-declared-for-coverage when fault injection is on, because only fault scenarios can prove a retry.
+declared-for-coverage when fault injection is on, because only fault scenarios can prove a retry;
+``operation:webhooks`` is not judged in live mode, where the kit cannot receive the provider's
+webhooks.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from sdk import Manifest
 __all__ = ["compute_coverage", "declared_capabilities"]
 
 
-def declared_capabilities(manifest: Manifest, *, faults: bool) -> list[str]:
+def declared_capabilities(manifest: Manifest, *, faults: bool, webhooks: bool = True) -> list[str]:
     caps: set[str] = {f"operation:{op.value}" for op in manifest.operations}
+    if not webhooks:
+        caps.discard("operation:webhooks")
     for name, multi in (("capture", manifest.capture), ("refund", manifest.refund)):
         if multi.partial:
             caps.add(f"{name}:partial")

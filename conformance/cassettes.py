@@ -18,6 +18,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -77,8 +78,10 @@ class CassetteStore:
         webhooks: list[WebhookRequest],
         base_url: str,
     ) -> Path:
+        netloc, replay_netloc = urlsplit(base_url).netloc, urlsplit(REPLAY_BASE).netloc
+
         def rebase(text: str) -> str:
-            return text.replace(base_url, REPLAY_BASE)
+            return text.replace(base_url, REPLAY_BASE).replace(netloc, replay_netloc)
 
         interactions = [
             replace(
@@ -86,6 +89,7 @@ class CassetteStore:
                 url=rebase(interaction.url),
                 request_body=rebase(interaction.request_body),
                 response_body=rebase(interaction.response_body),
+                request_headers={k: rebase(v) for k, v in interaction.request_headers.items()},
                 response_headers={k: rebase(v) for k, v in interaction.response_headers.items()},
             )
             for interaction in [*Cassette.from_transcript(transcript).interactions, *customer]

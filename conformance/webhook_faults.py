@@ -85,9 +85,17 @@ def delay(delivery: WebhookRequest, seconds: float) -> WebhookRequest:
     return replace(delivery, received_at=delivery.received_at + seconds)
 
 
+_TRANSPORT_HEADERS = frozenset(
+    {"host", "content-length", "connection", "user-agent", "accept", "accept-encoding"}
+)
+
+
 def delivery_to_json(delivery: WebhookRequest) -> dict[str, Any]:
+    """A delivery for a cassette: the provider's headers and body, and when it arrived."""
     return {
-        "headers": dict(delivery.headers),
+        "headers": {
+            k: v for k, v in delivery.headers.items() if k.lower() not in _TRANSPORT_HEADERS
+        },
         "body": delivery.body.decode("utf-8", errors="replace"),
         "received_at": delivery.received_at,
     }
