@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.config import Settings
@@ -149,9 +150,20 @@ def serve(settings: Settings) -> int:
 
 
 def _settings_json(settings: Settings) -> str:
-    """Settings with secrets in clear, for the spawn boundary only (never logged)."""
-    data = settings.model_dump(mode="json")
-    for key in ("token", "secret_id", "admin_token"):
-        value = getattr(settings.vault, key)
-        data["vault"][key] = value.get_secret_value() if value is not None else None
-    return json.dumps(data)
+    """Settings with secrets in clear, for the spawn boundary only (never logged).
+
+    Every ``SecretStr`` is revealed, wherever it is: a JSON dump masks them as ``**********``,
+    and a worker given the mask for ``payments.idempotency_key`` or a connector's credentials
+    would refuse to start or be refused by the provider.
+    """
+
+    def reveal(value: object) -> object:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        if isinstance(value, dict):
+            return {key: reveal(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [reveal(item) for item in value]
+        return value
+
+    return json.dumps(reveal(settings.model_dump()))
