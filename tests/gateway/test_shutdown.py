@@ -276,3 +276,73 @@ async def test_sigterm_with_provider_past_the_drain_leaves_nothing_half_written(
         charges = await sandbox_admin(http, sandbox, "charges")
         assert len(charges["charges"]) == _IN_FLIGHT
         assert set(charges["idempotency_keys"].values()) == {1}, charges["idempotency_keys"]
+
+
+def _workers(pid: int) -> list[int]:
+    """The gateway's worker processes (multiprocessing spawn children, not its resource tracker)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:
+        return []
+    workers = []
+    for child in text.split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers.append(int(child))
+    return workers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+async def test_sigterm_to_a_multi_worker_gateway_drains_every_worker(
+    tmp_path: Path, provisioned_vault: Any
+) -> None:
+    """``workers = 2``: the parent forwards SIGTERM, each worker drains its own requests, the
+    parent exits 0 once both have, and no worker is left behind."""
+    shutdown_timeout = 5.0
+    vault = provisioned_vault
+    db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    _, api_key = await create_merchant(db_url, vault.addr, vault.root_token)
+    async with Processes(tmp_path) as procs, aiohttp.ClientSession() as http:
+        sandbox = await procs.sandbox(hang_seconds=1.5)
+        gateway = await procs.gateway(
+            gateway_config(
+                database_url=db_url,
+                vault_addr=vault.addr,
+                vault_token=vault.root_token,
+                server={"shutdown_timeout": shutdown_timeout, "workers": 2},
+                connectors={"sandbox": sandbox_section(sandbox, deadline_seconds=10.0)},
+            )
+        )
+        workers = await eventually(
+            lambda: _worker_pids(gateway.pid, 2), 10, "two workers are running"
+        )
+        # Separate connections, so that SO_REUSEPORT can spread them over both workers.
+        api = Api(http, gateway, api_key)
+        token = await api.tokenize()
+        tasks = _fire(api, token, _IN_FLIGHT, "workers")
+        await eventually(lambda: _hanging(http, sandbox, _IN_FLIGHT), 10, "all at the provider")
+
+        gateway.signal(signal.SIGTERM)
+        replies = await asyncio.gather(*tasks)
+        assert await gateway.wait(shutdown_timeout + 3) == 0, gateway.output()
+        for reply in replies:
+            assert reply.status == 201 and reply.body["status"] == "authorized", reply
+        assert not [pid for pid in workers if _alive(pid)]
+        sent = await _sent_per_key(http, sandbox)
+        assert len(sent) == _IN_FLIGHT and set(sent.values()) == {1}
+
+
+async def _worker_pids(parent: int, count: int) -> list[int] | None:
+    workers = _workers(parent)
+    return workers if len(workers) >= count else None
