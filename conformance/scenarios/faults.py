@@ -28,7 +28,15 @@ from typing import Any
 from conformance.harness import ExpectationFailed, Observation, ScenarioContext
 from conformance.polling import PollPolicy, poll
 from conformance.proxy import Fault
-from conformance.scenarios.flows import complete_request, first_call, first_operation
+from conformance.scenarios.flows import (
+    complete_request,
+    consent_request,
+    debit_request,
+    first_call,
+    first_operation,
+    payout_request,
+    submit_request,
+)
 from conformance.scenarios.model import Requirement, scenario
 from normalization import ConnectorBusyError, ConnectorUnavailableError, Outcome, VerifyRequest
 from sdk import BreakerSettings, BulkheadSettings, Category, Manifest, Operation, RetrySettings
@@ -303,10 +311,37 @@ async def declines_do_not_trip_breaker(ctx: ScenarioContext) -> None:
     ctx.check("after_declines", observed.facts)
 
 
+async def _prepare_open_banking(ctx: ScenarioContext, operation: Operation) -> Any:
+    consent = await ctx.call("setup", Operation.CREATE_CONSENT, consent_request(ctx), check=False)
+    if consent.result is None or consent.result.next_action is None:
+        raise ExpectationFailed("setup: the consent has no redirect")
+    recipe = ctx.inputs.get("consent.approve")
+    if recipe is None:
+        ctx.skip("no magic value for 'consent.approve' in the sandbox profile")
+    callback = await ctx.customer_action(consent.result.next_action.url, recipe)
+    completion = complete_request(consent, callback)
+    if operation is Operation.COMPLETE_AUTHORIZATION:
+        return completion
+    await ctx.call("setup_complete", Operation.COMPLETE_AUTHORIZATION, completion, check=False)
+    return submit_request(ctx, consent)
+
+
 async def _prepare(ctx: ScenarioContext, operation: Operation) -> Any:
     """The payment state ``operation`` needs, and its request (the fault hits that request)."""
-    if operation is first_operation(ctx.manifest, ctx.instance.scenario.profile):
+    profile = ctx.instance.scenario.profile
+    if operation is first_operation(ctx.manifest, profile):
         return first_call(ctx)[1]
+    if operation is Operation.CREDIT:
+        return payout_request(ctx)
+    if operation is Operation.DEBIT:
+        return debit_request(ctx)
+    if operation is Operation.CREATE_CONSENT:
+        return consent_request(ctx)
+    if profile is Category.OPEN_BANKING and operation in (
+        Operation.COMPLETE_AUTHORIZATION,
+        Operation.SUBMIT,
+    ):
+        return await _prepare_open_banking(ctx, operation)
     if operation is Operation.VERIFY:
         return VerifyRequest(
             payment_method=ctx.inputs.card("card.approved"),

@@ -252,8 +252,15 @@ class RailOpenBankingConnector(Connector):
         return self._result(_json(response), ctx)
 
     async def sync(self, request: SyncRequest, ctx: CallContext) -> PaymentResult:
-        response = await ctx.send("GET", f"/consents/{request.provider_reference}")
-        return self._result(_json(response), ctx)
+        if request.provider_reference:
+            response = await ctx.send("GET", f"/consents/{request.provider_reference}")
+            return self._result(_json(response), ctx)
+        found = _json(
+            await ctx.send("GET", "/consents", params={"reference": request.reference or ""})
+        )
+        if not found["data"]:
+            return PaymentResult(status=PaymentStatus.FAILED, outcome=Outcome.SUCCEEDED)
+        return self._result(found["data"][-1], ctx)
 
 
 def create_ob_app() -> web.Application:
@@ -285,6 +292,7 @@ def create_ob_app() -> web.Application:
             "expires_at": time.monotonic() + (SETTLE_SECONDS if expiring else 3600),
             "settles_at": 0.0,
             "code": secrets.token_hex(6),
+            "reference": body.get("reference"),
         }
         consents[consent_id] = consent
         reply = view(consent)
@@ -320,8 +328,14 @@ def create_ob_app() -> web.Application:
     async def get(request: web.Request) -> web.Response:
         return web.json_response(view(consents[request.match_info["id"]]))
 
+    async def find(request: web.Request) -> web.Response:
+        reference = request.query.get("reference")
+        data = [view(c) for c in consents.values() if c["reference"] == reference]
+        return web.json_response({"data": data})
+
     app = web.Application()
     app.router.add_post("/consents", create)
+    app.router.add_get("/consents", find)
     app.router.add_get("/consents/{id}", get)
     app.router.add_post("/consents/{id}/authorisation", authorise)
     app.router.add_post("/consents/{id}/payments", pay)
