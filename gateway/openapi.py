@@ -42,8 +42,9 @@ from gateway.schemas import (
     WebhookReceipt,
 )
 from normalization.errors import TesseraError, VaultError
+from normalization.money import MAX_AMOUNT_MINOR
 
-__all__ = ["PUBLIC_OPERATIONS", "build_openapi", "problem_codes"]
+__all__ = ["PUBLIC_OPERATIONS", "REFINEMENTS", "build_openapi", "problem_codes"]
 
 _REF = "#/components/schemas/{model}"
 _LOADED = (gateway.payments, sdk, vault.tokenization)
@@ -134,6 +135,15 @@ def problem_codes() -> dict[int, list[str]]:
 
 # --- Components -------------------------------------------------------------------------------
 
+#: Constraints the request models enforce in validators (so pydantic cannot publish them), added
+#: to their schemas: (schema name, property) → keywords. A test proves each against the model.
+REFINEMENTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("CardData", "exp_month"): {"minimum": 1, "maximum": 12},
+    ("CardData", "exp_year"): {"minimum": 1000, "maximum": 9999},
+    ("Money", "value"): {"minimum": 0, "maximum": MAX_AMOUNT_MINOR},
+    ("Money", "currency"): {"pattern": "^[A-Z]{3}$"},
+}
+
 
 def _ref(kind: str, name: str) -> dict[str, str]:
     return {"$ref": f"#/components/{kind}/{name}"}
@@ -147,8 +157,11 @@ def _component_schemas() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         *((m, "serialization") for m in _RESPONSE_MODELS),
     ]
     refs, top = models_json_schema(pairs, ref_template=_REF)
+    schemas: dict[str, Any] = top["$defs"]
+    for (name, prop), keywords in REFINEMENTS.items():
+        schemas[name]["properties"][prop].update(keywords)
     by_name = {model.__name__: dict(ref) for (model, _), ref in refs.items()}
-    return dict(top["$defs"]), by_name
+    return schemas, by_name
 
 
 def _problem_response(status: int, codes: list[str], schema_ref: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +201,13 @@ def _components() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
                     "is 422 `idempotency_key_reused`; while the first runs, 409 "
                     "`idempotency_key_in_use`. Keys are per merchant."
                 ),
-                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                # Printable ASCII; HTTP drops surrounding blanks, so a key cannot be all blank.
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "pattern": r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$",
+                },
             }
         },
         "headers": {
@@ -505,7 +524,10 @@ def _operations() -> list[_Op]:
 
 def _request_body(op: _Op, refs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if op.body == "Webhook":
-        schema: dict[str, Any] = {"description": "The provider's event payload."}
+        schema: dict[str, Any] = {
+            "type": "object",
+            "description": "The provider's event payload, in the provider's own format.",
+        }
     else:
         assert op.body is not None
         schema = refs[op.body]
