@@ -219,6 +219,18 @@ def _removal_patch(paths: Mapping[str, str]) -> dict[str, Any]:
     return patch
 
 
+def _combine(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """Two merge patches as one (the second wins), keeping their ``null`` removals."""
+    combined = dict(first)
+    for key, value in second.items():
+        previous = combined.get(key)
+        if isinstance(value, dict) and isinstance(previous, dict):
+            combined[key] = _combine(previous, value)
+        else:
+            combined[key] = value
+    return combined
+
+
 def builtin_profile_paths(connector: str, environment: str) -> list[Path]:
     """The kit's own profile file for ``connector`` in ``environment`` (with fallbacks)."""
     for env in _FALLBACK.get(environment, (environment,)):
@@ -254,10 +266,10 @@ def load_sandbox_profile(
         profile.simulator.update(parsed.simulator)
         for scenario_id, override in parsed.scenarios.items():
             removals = {**override.reasons, **override.remove}
-            patch = merge_patch(override.patch, _removal_patch(override.remove))
+            patch = _combine(override.patch, _removal_patch(override.remove))
             previous = profile.scenarios.get(scenario_id, ScenarioPatch())
             profile.scenarios[scenario_id] = ScenarioPatch(
-                patch=merge_patch(previous.patch, patch),
+                patch=_combine(previous.patch, patch),
                 skip=override.skip or previous.skip,
                 removed=previous.removed
                 + tuple(

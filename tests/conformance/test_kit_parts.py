@@ -1,0 +1,233 @@
+"""The kit's parts on their own: merge patches and sandbox profiles (removals need reasons, and
+the reasons reach the report), the leak scanner's encodings, polling with a deadline, form
+bodies, and contract validation of Stripe's form-encoded requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import httpx
+import pytest
+
+from conformance.contract import ContractValidator
+from conformance.expectations import check_block, merge_patch
+from conformance.formbody import decode_form
+from conformance.leaks import REDACTION, LeakScanner
+from conformance.polling import PollPolicy, PollTimeoutError, poll
+from conformance.reports import render_html
+from conformance.results import Verdict
+from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
+from conformance.traffic import TappedExchange
+from tests.conformance.conftest import by_id, run_kit, specs_dir, write_profile
+
+KNOWN = frozenset({"card.authorize.approved"})
+
+
+def test_merge_patch_follows_rfc_7386() -> None:
+    target = {"a": "b", "c": {"d": "e", "f": "g"}}
+    assert merge_patch(target, {"a": "z", "c": {"f": None}}) == {"a": "z", "c": {"d": "e"}}
+    assert merge_patch({"a": ["b"]}, {"a": "c"}) == {"a": "c"}
+    assert merge_patch({"a": "b"}, {"b": {"c": None}}) == {"a": "b", "b": {}}
+    assert target == {"a": "b", "c": {"d": "e", "f": "g"}}  # not modified
+
+
+def test_expectation_markers() -> None:
+    outcomes = check_block(
+        "authorize",
+        {
+            "status": ["authorized", "captured"],
+            "decline": "@absent",
+            "provider_reference": "@present",
+            "amount_authorized": "@request.amount",
+            "elapsed_ms": {"@lte": 10},
+            "request_json_floats": [],
+        },
+        {
+            "status": "captured",
+            "provider_reference": "p_1",
+            "amount_authorized": {"value": 1050, "currency": "EUR"},
+            "elapsed_ms": 12.5,
+            "request_json_floats": [],
+        },
+        request={"amount": {"value": 1050, "currency": "EUR"}},
+    )
+    assert [(o.path, o.passed) for o in outcomes] == [
+        ("status", True),
+        ("decline", True),
+        ("provider_reference", True),
+        ("amount_authorized", True),
+        ("elapsed_ms", False),
+        ("request_json_floats", True),
+    ]
+
+
+def test_removing_an_assertion_needs_a_reason(tmp_path: Path) -> None:
+    base = {"connector": "sandbox", "environment": "simulator"}
+    no_reason = write_profile(
+        tmp_path,
+        {
+            **base,
+            "scenarios": {"card.authorize.approved": {"patch": {"authorize": {"decline": None}}}},
+        },
+    )
+    with pytest.raises(SandboxProfileError, match=r"removes authorize\.decline without a reason"):
+        load_sandbox_profile(
+            "sandbox", "simulator", [no_reason], known_scenarios=KNOWN, builtin=False
+        )
+    stray = write_profile(
+        tmp_path,
+        {**base, "scenarios": {"card.authorize.approved": {"reasons": {"authorize.x": "why"}}}},
+        "stray.json",
+    )
+    with pytest.raises(SandboxProfileError, match="which its patch does not remove"):
+        load_sandbox_profile("sandbox", "simulator", [stray], known_scenarios=KNOWN, builtin=False)
+    typo = write_profile(tmp_path, {**base, "scenarios": {"card.authorise": {}}}, "typo.json")
+    with pytest.raises(SandboxProfileError, match="no scenario 'card.authorise'"):
+        load_sandbox_profile("sandbox", "simulator", [typo], known_scenarios=KNOWN, builtin=False)
+    other = write_profile(tmp_path, {"connector": "stripe", "environment": "live"}, "other.json")
+    with pytest.raises(SandboxProfileError, match="written for connector 'stripe'"):
+        load_sandbox_profile("sandbox", "simulator", [other], known_scenarios=KNOWN, builtin=False)
+
+
+def test_toml_profiles_remove_with_reasons(tmp_path: Path) -> None:
+    path = tmp_path / "live.toml"
+    path.write_text(
+        'connector = "sandbox"\nenvironment = "live"\n'
+        '[inputs."card.declined.do_not_honor"]\nnumber = "4000000000000002"\n'
+        '[scenarios."card.authorize.approved".remove]\n'
+        '"authorize.amount_authorized" = "this acquirer does not echo amounts"\n'
+    )
+    profile = load_sandbox_profile("sandbox", "live", [path], known_scenarios=KNOWN, builtin=False)
+    expectation, skip, removed = profile.patched(
+        "card.authorize.approved",
+        "card.authorize.approved",
+        {"authorize": {"status": "authorized", "amount_authorized": "@request.amount"}},
+    )
+    assert expectation == {"authorize": {"status": "authorized"}} and skip is None
+    assert [(r.path, r.reason) for r in removed] == [
+        ("authorize.amount_authorized", "this acquirer does not echo amounts")
+    ]
+    assert profile.input("card.declined.do_not_honor") == {"number": "4000000000000002"}
+
+
+async def test_removed_assertions_and_their_reasons_reach_the_report(tmp_path: Path) -> None:
+    override = write_profile(
+        tmp_path,
+        {
+            "connector": "sandbox",
+            "environment": "simulator",
+            "scenarios": {
+                "card.authorize.approved": {
+                    "patch": {
+                        "authorize": {
+                            "provider_reference": None,
+                            "status": ["authorized", "pending"],
+                        }
+                    },
+                    "reasons": {
+                        "authorize.provider_reference": "references arrive by webhook here"
+                    },
+                },
+                "card.verify": {"skip": "verification is switched off on this account"},
+            },
+        },
+    )
+    report = await run_kit(
+        "sandbox", overrides=(override,), select=("card.authorize.approved", "card.verify")
+    )
+    approved, verify = by_id(report)["card.authorize.approved"], by_id(report)["card.verify"]
+    assert approved.verdict is Verdict.PASSED
+    assert "provider_reference" not in {a.path for a in approved.assertions}
+    assert [r.reason for r in approved.removed] == ["references arrive by webhook here"]
+    assert verify.verdict is Verdict.SKIPPED
+    assert (
+        verify.reason
+        == "skipped by the sandbox profile: verification is switched off on this account"
+    )
+    page = render_html(report)
+    assert "references arrive by webhook here" in page and "switched off on this account" in page
+
+
+def test_leak_scanner_finds_every_encoding_and_redacts() -> None:
+    pan, cvc, key = "4111111145551142", "737", "sk_test_Zq81kLm20x"
+    scanner = LeakScanner()
+    scanner.add("canary PAN", pan, "pan")
+    scanner.add("canary CVC", cvc, "cvc")
+    scanner.add("credential api_key", key, "credential")
+    spaced = " ".join(pan[i : i + 4] for i in range(0, 16, 4))
+    forms = {
+        "raw": f"card {pan} ok",
+        "spaced": spaced,
+        "dashed": spaced.replace(" ", "-"),
+        "url": quote(spaced),
+        "form": quote_plus(spaced),
+        "base64": base64.b64encode(f'{{"n":"{pan}"}}'.encode()).decode(),
+        "base64-urlsafe": base64.urlsafe_b64encode(f"x{pan}".encode()).decode(),
+        "hex": pan.encode().hex().upper(),
+        "cvc-json": json.dumps({"card": {"cvc": cvc}}),
+        "cvc-form": f"card%5Bcvc%5D={cvc}",
+        "key": f"Authorization: Bearer {key}",
+        "key-url": quote(f"k={key}"),
+    }
+    for name, text in forms.items():
+        assert list(scanner.find(text)), name
+        assert not list(scanner.find(scanner.redact(text))), name
+        assert REDACTION in scanner.redact(text)
+    for clean in ("411111******1142", "amount 737", f"{pan}9", "4111 1111 4555 1143"):
+        assert not list(scanner.find(clean)), clean
+
+
+async def test_polling_waits_with_a_deadline_not_a_fixed_sleep() -> None:
+    calls: list[float] = []
+
+    async def fetch() -> int:
+        calls.append(time.monotonic())
+        return len(calls)
+
+    assert await poll(fetch, until=lambda n: n >= 3, policy=PollPolicy(within=2.0)) == 3
+    started = time.monotonic()
+    with pytest.raises(PollTimeoutError) as caught:
+        await poll(fetch, until=lambda n: False, policy=PollPolicy(within=0.2, maximum=0.05))
+    assert time.monotonic() - started < 0.5
+    assert caught.value.last == len(calls) and caught.value.attempts >= 3
+    await asyncio.sleep(0)
+
+
+def test_form_bodies_decode_to_nested_objects() -> None:
+    body = (
+        b"amount=1050&card[number]=4242&card[exp][month]=12&types[0]=card&types[1]=sepa&expand[]=x"
+    )
+    assert decode_form(body) == {
+        "amount": "1050",
+        "card": {"number": "4242", "exp": {"month": "12"}},
+        "types": ["card", "sepa"],
+        "expand": ["x"],
+    }
+
+
+def test_stripe_form_requests_are_validated_by_json_path() -> None:
+    validator = ContractValidator.load(specs_dir() / "stripe-spec3-2023-09.json")
+    headers = [("content-type", "application/x-www-form-urlencoded"), ("authorization", "Bearer k")]
+
+    def exchange(body: bytes) -> TappedExchange:
+        return TappedExchange(
+            "POST", httpx.URL("http://127.0.0.1:9/v1/payment_intents"), headers, body
+        )
+
+    good = exchange(
+        b"amount=1050&currency=eur&capture_method=manual&confirm=true&metadata[order]=42"
+    )
+    assert validator.validate(good, "http://127.0.0.1:9") == []
+    bad = exchange(b"amount=ten&currency=eur&confirm=maybe&surprise=1")
+    assert [(v.json_path, v.message) for v in validator.validate(bad, "http://127.0.0.1:9")] == [
+        ("$", "Additional properties are not allowed ('surprise' was unexpected)"),
+        ("$.amount", 'violates type "integer"'),
+        ("$.confirm", 'violates type "boolean"'),
+    ]
+    unknown = TappedExchange("POST", httpx.URL("http://127.0.0.1:9/v1/nowhere"), headers, b"")
+    assert [v.json_path for v in validator.validate(unknown, "http://127.0.0.1:9")] == ["path"]
