@@ -290,7 +290,11 @@ async def _handle(request: web.Request, handler: Handler, request_id: str) -> we
             405: "method_not_allowed",
             413: "payload_too_large",
         }.get(exc.status, "http_error")
-        return problem_response(exc.status, code, exc.reason, request_id=request_id)
+        # Keep the exception's headers: a 405 must say which methods are allowed (RFC 9110).
+        passthrough = {k: v for k, v in exc.headers.items() if k.lower() in ("allow",)}
+        return problem_response(
+            exc.status, code, exc.reason, headers=passthrough, request_id=request_id
+        )
     except Exception:
         # The traceback goes through the redacting logger; the client learns nothing.
         log.exception("unhandled_error")
