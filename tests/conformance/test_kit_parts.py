@@ -87,7 +87,7 @@ def test_removing_an_assertion_needs_a_reason(tmp_path: Path) -> None:
     with pytest.raises(SandboxProfileError, match="which its patch does not remove"):
         load_sandbox_profile("sandbox", "simulator", [stray], known_scenarios=KNOWN, builtin=False)
     typo = write_profile(tmp_path, {**base, "scenarios": {"card.authorise": {}}}, "typo.json")
-    with pytest.raises(SandboxProfileError, match="no scenario 'card.authorise'"):
+    with pytest.raises(SandboxProfileError, match=r"no scenario 'card\.authorise'"):
         load_sandbox_profile("sandbox", "simulator", [typo], known_scenarios=KNOWN, builtin=False)
     other = write_profile(tmp_path, {"connector": "stripe", "environment": "live"}, "other.json")
     with pytest.raises(SandboxProfileError, match="written for connector 'stripe'"):
