@@ -275,11 +275,12 @@ async def _handle(request: web.Request, handler: Handler, request_id: str) -> we
             request_id=request_id,
         )
     except TesseraError as exc:
+        status = status_for(exc)
         return problem_response(
-            status_for(exc),
+            status,
             exc.code,
             exc.detail,
-            retry_after=exc.retry_after,
+            retry_after=exc.retry_after or (1 if status == 503 else None),
             request_id=request_id,
         )
     except web.HTTPException as exc:

@@ -42,6 +42,8 @@ from normalization import (
     Capture,
     CaptureRequest,
     CardMethod,
+    ConnectorBusyError,
+    ConnectorUnavailableError,
     IllegalTransitionError,
     Money,
     Outcome,
@@ -198,6 +200,7 @@ class PaymentService:
         correlation_id: str | None,
     ) -> PaymentRecord:
         result = PaymentResult.not_sent()
+        rejection: TesseraError | None = None
         connector_id = candidates[0]
         for connector_id in candidates:
             attempt = await self._store.start_attempt(
@@ -206,13 +209,24 @@ class PaymentService:
             request = self._authorize_request(
                 payment, new, method, attempt.provider_idempotency_key
             )
-            result, _ = await self._call(
-                merchant.id, attempt, Operation.AUTHORIZE, request, correlation_id
-            )
+            error_code: str | None = None
+            try:
+                result = await self._invoke(
+                    merchant.id, connector_id, Operation.AUTHORIZE, request, correlation_id
+                )
+                rejection = None
+            except TesseraError as exc:  # raised by the runtime only when nothing was sent
+                result, error_code, rejection = PaymentResult.not_sent(), exc.code, exc
+            await self._store.finish_attempt(attempt.id, result, error_code=error_code)
             if result.outcome is not Outcome.NOT_SENT:
                 break
-            log.info("failover", payment_id=payment.id, connector=connector_id)
-        return await self._settle(payment, result, connector=connector_id)
+            log.info("failover", payment_id=payment.id, connector=connector_id, code=error_code)
+        payment = await self._settle(payment, result, connector=connector_id)
+        if isinstance(rejection, ConnectorBusyError | ConnectorUnavailableError):
+            # Every connector refused before sending (bulkhead full, breaker open): a fast 503
+            # the merchant may retry, rather than a payment that merely failed.
+            raise rejection
+        return payment
 
     async def _resume(
         self,
@@ -504,9 +518,8 @@ class PaymentService:
             )
         except TesseraError as exc:
             result, error_code = PaymentResult.not_sent(), exc.code
-            if operation is not Operation.AUTHORIZE:
-                await self._store.finish_attempt(attempt.id, result, error_code=error_code)
-                raise
+            await self._store.finish_attempt(attempt.id, result, error_code=error_code)
+            raise
         attempt = await self._store.finish_attempt(attempt.id, result, error_code=error_code)
         return result, attempt
 

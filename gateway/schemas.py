@@ -58,7 +58,13 @@ class BatchTokenizeRequest(DomainModel):
     ttl_seconds: TtlSeconds | None = None
 
 
-class CardMetadata(BaseModel):
+class _View(BaseModel):
+    """A response shape; unknown fields are refused so that an undocumented field fails tests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CardMetadata(_View):
     brand: str
     bin: str
     last4: str
@@ -66,7 +72,7 @@ class CardMetadata(BaseModel):
     exp_year: int
 
 
-class TokenView(BaseModel):
+class TokenView(_View):
     id: str
     fingerprint: str
     format: TokenFormatName
@@ -75,7 +81,7 @@ class TokenView(BaseModel):
     expires_at: str | None
 
 
-class TokenList(BaseModel):
+class TokenList(_View):
     data: list[TokenView]
 
 
@@ -115,12 +121,6 @@ class CompleteRequest(DomainModel):
 # and tests validate real responses against that document, so a drift fails a test.
 
 Timestamp = Annotated[str, Field(description="ISO 8601 date and time, UTC offset included.")]
-
-
-class _View(BaseModel):
-    """A response shape; unknown fields are refused so that an undocumented field fails tests."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 class BatchErrorDetail(_View):
