@@ -153,3 +153,11 @@ async def test_an_unhealthy_live_sandbox_skips_the_run(monkeypatch: pytest.Monke
     assert report.skip_reason is not None and report.skip_reason.startswith("sandbox unhealthy")
     assert {r.verdict for r in report.scenarios} == {Verdict.SKIPPED}
     assert report.problems() == []
+
+
+async def test_the_shipped_sandbox_cassettes_replay_green() -> None:
+    """``conformance/cassettes/sandbox`` (re-record with ``python -m conformance run --connector
+    sandbox --record`` when the sandbox's wire format changes)."""
+    report = await run_kit("sandbox", mode=Mode.REPLAY)
+    assert report.status is RunStatus.PASSED, report.problems()
+    assert report.counts()["passed"] >= 30
