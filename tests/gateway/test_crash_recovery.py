@@ -1,7 +1,7 @@
 """RELIABILITY 9: ``kill -9`` between the provider's success and the local write, restart, retry.
 
-Real processes on 127.0.0.1: the sandbox provider simulator, ``tessera serve`` on SQLite, the
-session's OpenBao. Amount 99408 makes the sandbox record the authorization and then hold the
+Real processes on 127.0.0.1: the sandbox provider simulator, ``tessera serve`` on SQLite and on
+PostgreSQL (a schema of its own), the session's OpenBao. Amount 99408 makes the sandbox record the authorization and then hold the
 reply back; the gateway (a long connector deadline) is still waiting when it is SIGKILLed, so the
 provider has charged and the gateway's database has only the attempt it wrote before sending.
 
@@ -16,8 +16,10 @@ the authorization exactly once: no second charge and no re-send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,16 @@ import aiohttp
 import pytest
 
 from gateway.config import PaymentSettings
-from vault.database import open_database
 
 from .procs import (
     Api,
     Processes,
     create_merchant,
+    database,
     eventually,
     gateway_config,
     payment_body,
+    postgres_schema,
     sandbox_admin,
     sandbox_section,
 )
@@ -54,14 +57,31 @@ async def _hanging_authorization(
     return hanging[0] if hanging else None
 
 
+@contextlib.asynccontextmanager
+async def _database_url(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}"
+    else:
+        async with postgres_schema(request.getfixturevalue("postgres_dsn")) as url:
+            yield url
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 async def test_kill_9_after_provider_success_then_retry_charges_once(
-    tmp_path: Path, provisioned_vault: Any
+    backend: str, tmp_path: Path, provisioned_vault: Any, request: pytest.FixtureRequest
 ) -> None:
     vault = provisioned_vault
-    db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
-    _, api_key = await create_merchant(db_url, vault.addr, vault.root_token)
-    async with Processes(tmp_path) as procs, aiohttp.ClientSession() as http:
+    async with (
+        _database_url(backend, tmp_path, request) as db_url,
+        Processes(tmp_path) as procs,
+        aiohttp.ClientSession() as http,
+    ):
+        _, api_key = await create_merchant(db_url, vault.addr, vault.root_token)
         sandbox = await procs.sandbox()  # 99408 holds its reply for 600 s
 
         def config() -> str:
@@ -99,14 +119,11 @@ async def test_kill_9_after_provider_success_then_retry_charges_once(
 
         # What the dead process left: the payment (no status yet) and the attempt it recorded
         # before sending, with the provider idempotency key it sent, never answered.
-        db = await open_database(db_url)
-        try:
+        async with database(db_url) as db:
             payments = await db.fetchall("SELECT id, status, provider_reference FROM payments")
             attempts = await db.fetchall(
                 "SELECT operation, outcome, provider_idempotency_key FROM payment_attempts"
             )
-        finally:
-            await db.close()
         assert [(p["status"], p["provider_reference"]) for p in payments] == [(None, None)]
         assert [(a["operation"], a["outcome"]) for a in attempts] == [("authorize", None)]
         assert attempts[0]["provider_idempotency_key"] == charge["idempotency_key"]
