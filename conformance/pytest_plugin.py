@@ -19,16 +19,18 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from conformance.environment import Mode, RunConfig, SetupError
-from conformance.reports import write_reports
-from conformance.results import RunReport, ScenarioResult, Verdict
-from conformance.runner import ConformanceRun, Planned
+if TYPE_CHECKING:
+    # The kit is imported only when a conformance run is asked for: every pytest session of
+    # the project loads this plugin, and the kit (aiohttp, openapi-core, ...) takes a second.
+    from conformance.environment import RunConfig
+    from conformance.results import RunReport, ScenarioResult
+    from conformance.runner import ConformanceRun, Planned
 
-MODES = tuple(mode.value for mode in Mode)
+MODES = ("simulator", "replay", "live")
 _STATE = pytest.StashKey["_PluginState"]()
 
 
@@ -119,6 +121,8 @@ class _PluginState:
             self.loop.close()
 
     def _write(self, connector: str, entry: _ConnectorRun) -> None:
+        from conformance.reports import write_reports  # lazy: see the imports above
+
         report = entry.finished or entry.run.finish()
         paths: dict[str, Path] = {}
         suffix = f".{connector}" if len(self.runs) > 1 else ""
@@ -162,6 +166,8 @@ class ScenarioItem(pytest.Item):
         self.add_marker(pytest.mark.tessera_conformance)
 
     def runtest(self) -> None:
+        from conformance.results import Verdict  # lazy: see the imports above
+
         state = self.config.stash[_STATE]
         run = state.started(self.connector)
         result = state.loop.run(run.run_one(self.planned))
@@ -212,6 +218,8 @@ class JudgementItem(pytest.Item):
 
 
 def _config(config: pytest.Config, connector: str) -> RunConfig:
+    from conformance.environment import Mode, RunConfig  # lazy: see the imports above
+
     option = config.getoption
     openapi, cassettes = option("tessera_openapi"), option("tessera_cassettes")
     return RunConfig(
@@ -239,6 +247,9 @@ def pytest_configure(config: pytest.Config) -> None:
     connectors = config.getoption("tessera_connector")
     if not connectors:
         return
+    from conformance.environment import SetupError  # lazy: see the imports above
+    from conformance.runner import ConformanceRun
+
     state = _PluginState()
     html, json_path = config.getoption("tessera_html"), config.getoption("tessera_json")
     state.html = Path(html) if html else None
