@@ -1,4 +1,4 @@
-"""RELIABILITY 18: SIGTERM while payments are at the provider.
+"""RELIABILITY 18: SIGTERM (or the client hanging up) while payments are at the provider.
 
 Real processes on 127.0.0.1: the sandbox provider simulator, ``tessera serve`` on SQLite, the
 session's OpenBao. Amount 99408 makes the sandbox authorize and then hold its reply for
@@ -346,3 +346,44 @@ async def test_sigterm_to_a_multi_worker_gateway_drains_every_worker(
 async def _worker_pids(parent: int, count: int) -> list[int] | None:
     workers = _workers(parent)
     return workers if len(workers) >= count else None
+
+
+@pytest.mark.slow
+async def test_client_disconnect_mid_call_settles_at_the_deadline_without_resending(
+    tmp_path: Path, provisioned_vault: Any
+) -> None:
+    """The merchant hangs up while the provider is slow: the gateway still finishes the call at
+    its deadline (``unknown``, reconciliation scheduled), stores that answer under the key,
+    and sends nothing again; the merchant's retry gets the stored answer."""
+    deadline = 1.0
+    async with Processes(tmp_path) as procs, aiohttp.ClientSession() as http:
+        setup = await _start(
+            procs,
+            http,
+            tmp_path,
+            provisioned_vault,
+            hang_seconds=4.0,
+            shutdown_timeout=5.0,
+            deadline_seconds=deadline,
+        )
+        body = payment_body(setup.token, _SLOW, reference="hang-up")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(setup.api.post("/v1/payments", body, key="hang-up"), 0.3)
+
+        async def settled() -> Any:
+            async with database(setup.db_url) as db:
+                row = await db.fetchone("SELECT outcome, next_reconcile_at FROM payment_attempts")
+                key = await db.fetchone("SELECT state, response_status FROM idempotency_keys")
+            answered = key is not None and key["state"] == "done"
+            return (row, key) if row is not None and answered else None
+
+        attempt, key = await eventually(settled, deadline + 3, "the request is answered")
+        assert attempt["outcome"] == "unknown" and attempt["next_reconcile_at"]
+        assert (key["state"], key["response_status"]) == ("done", 201)
+        # The call ended at its deadline and nothing was sent again for the key.
+        assert set((await _sent_per_key(http, setup.sandbox)).values()) == {1}
+
+        retry = await setup.api.post("/v1/payments", body, key="hang-up")
+        assert retry.status == 201 and retry.body["status"] == "unknown"
+        assert retry.headers.get("Idempotent-Replayed") == "true"
+        assert set((await _sent_per_key(http, setup.sandbox)).values()) == {1}
