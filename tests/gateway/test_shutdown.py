@@ -7,13 +7,16 @@ session's OpenBao. Amount 99408 makes the sandbox authorize and then hold its re
 - Provider faster than ``server.shutdown_timeout``: SIGTERM stops new connections at once, the
   in-flight payments finish normally (201, authorized), the process exits 0.
 - Connector deadline shorter than the drain: the in-flight payments end at their deadline as
-  ``unknown`` (202-style bookkeeping: attempt ``unknown``, reconciliation scheduled), nothing is
-  re-sent after the deadline, the process exits 0.
+  ``unknown`` (attempt ``unknown``, reconciliation scheduled), nothing is re-sent after the
+  deadline, the process exits 0.
 - Provider slower than ``server.shutdown_timeout``: the in-flight requests are cancelled at the
   drain's end and the process exits 0; nothing is half-written: each payment keeps its open
   attempt (due for reconciliation) and its idempotency key is released with the payment bound,
   so the merchant's retry on a new process resumes it at once and gets the authorization, with
-  one charge at the provider.
+  one charge at the provider. (aiohttp cuts them after ~2x ``shutdown_timeout``: see the test.)
+- ``workers = 2``: the parent forwards SIGTERM, every worker drains, the parent exits 0.
+- The client hangs up mid-call: the call still ends at its deadline, its answer is stored under
+  the key and replayed to the retry; nothing is sent twice.
 """
 
 from __future__ import annotations
