@@ -130,8 +130,14 @@ class Processes:
         self.close()
 
     def close(self) -> None:
+        errors = []
         for proc in reversed(self.started):
-            proc.destroy()
+            try:
+                proc.destroy()
+            except Exception as exc:  # destroy the others first, then raise
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def spawn(self, name: str, argv: Sequence[str]) -> Proc:
         log = self.workdir / f"{name}-{secrets.token_hex(3)}.log"
