@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 from conformance.cassettes import Recording
 from conformance.environment import Mode, RunEnvironment
 from conformance.expectations import check_block
-from conformance.inputs import RETURN_URL, TENANT, MissingInputError
+from conformance.inputs import RETURN_URL, TENANT, Inputs, MissingInputError
 from conformance.polling import PollTimeoutError, poll
 from conformance.proxy import FaultProxy
 from conformance.results import AssertionOutcome
@@ -61,6 +61,7 @@ from sdk import (
     ConnectorMetrics,
     ConnectorRuntime,
     Deadline,
+    Manifest,
     Operation,
     RetrySettings,
     RuntimeSettings,
@@ -136,11 +137,11 @@ class ScenarioContext:
     # -- what scenarios read --------------------------------------------------------------------
 
     @property
-    def manifest(self) -> Any:
+    def manifest(self) -> Manifest:
         return self.env.manifest
 
     @property
-    def inputs(self) -> Any:
+    def inputs(self) -> Inputs:
         return self.env.inputs
 
     @property
@@ -318,9 +319,11 @@ class ScenarioContext:
         self.assertions.extend(outcomes)
         failed = [o for o in outcomes if not o.passed]
         if failed:
-            raise ExpectationFailed(
-                "; ".join(f"{o.label}: expected {o.expected}, got {o.actual}" for o in failed)
-            )
+            message = "; ".join(f"{o.label}: expected {o.expected}, got {o.actual}" for o in failed)
+            raised = facts.get("raised")
+            if raised not in (None, "none") and not any(o.path == "raised" for o in failed):
+                message += f" (the call raised {raised})"
+            raise ExpectationFailed(message)
 
     # -- request builders -----------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 __all__ = ["Fault", "FaultKind", "FaultProxy", "ProxiedRequest"]
 
@@ -55,7 +56,8 @@ class FaultKind(StrEnum):
 @dataclass
 class Fault:
     """A fault for the next ``times`` requests matching ``method``/``path`` (a regex searched in
-    the path); ``times=None`` keeps it until ``FaultProxy.clear``."""
+    the path); ``times=None`` keeps it until ``FaultProxy.clear``. The constructors take those
+    three as keywords (``Fault.server_error(503, method="POST", times=2)``)."""
 
     kind: FaultKind
     times: int | None = 1
@@ -70,38 +72,39 @@ class Fault:
     forward: bool = False
 
     @classmethod
-    def latency(cls, seconds: float, **match: object) -> Fault:
-        return cls(FaultKind.LATENCY, seconds=seconds, **match)  # type: ignore[arg-type]
+    def latency(cls, seconds: float, **match: Any) -> Fault:
+        return cls(FaultKind.LATENCY, seconds=seconds, **match)
 
     @classmethod
-    def trickle(cls, *, chunk: int = 1, interval: float = 0.05, **match: object) -> Fault:
-        return cls(FaultKind.TRICKLE, chunk=chunk, interval=interval, **match)  # type: ignore[arg-type]
+    def trickle(cls, *, chunk: int = 1, interval: float = 0.05, **match: Any) -> Fault:
+        return cls(FaultKind.TRICKLE, chunk=chunk, interval=interval, **match)
 
     @classmethod
-    def reset_after_request(cls, **match: object) -> Fault:
-        return cls(FaultKind.RESET_AFTER, forward=True, **match)  # type: ignore[arg-type]
+    def reset_after_request(cls, **match: Any) -> Fault:
+        return cls(FaultKind.RESET_AFTER, forward=True, **match)
 
     @classmethod
-    def server_error(cls, status: int = 500, **match: object) -> Fault:
-        return cls(FaultKind.STATUS, status=status, **match)  # type: ignore[arg-type]
+    def server_error(cls, status: int = 500, **match: Any) -> Fault:
+        return cls(FaultKind.STATUS, status=status, **match)
 
     @classmethod
-    def throttle(cls, retry_after: float, **match: object) -> Fault:
+    def throttle(cls, retry_after: int, **match: Any) -> Fault:
+        """429 with ``Retry-After`` in whole seconds (the only form RFC 9110 delta allows)."""
         return cls(
             FaultKind.STATUS,
             status=429,
-            retry_after=f"{retry_after:g}",
+            retry_after=str(int(retry_after)),
             body=b'{"error": {"code": "rate_limited", "message": "Slow down."}}',
-            **match,  # type: ignore[arg-type]
+            **match,
         )
 
     @classmethod
-    def truncated(cls, **match: object) -> Fault:
-        return cls(FaultKind.TRUNCATE, forward=True, **match)  # type: ignore[arg-type]
+    def truncated(cls, **match: Any) -> Fault:
+        return cls(FaultKind.TRUNCATE, forward=True, **match)
 
     @classmethod
-    def non_json(cls, **match: object) -> Fault:
-        return cls(FaultKind.NON_JSON, forward=True, **match)  # type: ignore[arg-type]
+    def non_json(cls, **match: Any) -> Fault:
+        return cls(FaultKind.NON_JSON, forward=True, **match)
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():

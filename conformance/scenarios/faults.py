@@ -210,7 +210,11 @@ async def _concurrently(ctx: ScenarioContext, count: int) -> list[tuple[Any, Any
     "The breaker opens, fails fast, and admits one trial when half-open",
     requires=FAULTS,
     expect={
-        "open": {"raised": "connector_unavailable", "requests_sent": 0, "elapsed_ms": {"@lte": 50}},
+        "open": {
+            "raised": "connector_unavailable",
+            "requests_sent": 0,
+            "elapsed_ms": {"@lte": 100},
+        },
         "half_open": {"trial_calls": 1, "rejected": 19, "trial_outcome": "succeeded"},
         "closed": {"outcome": "succeeded"},
     },
