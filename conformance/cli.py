@@ -22,17 +22,23 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
-from conformance.environment import Mode, RunConfig, SetupError
 from conformance.reports import write_reports
 from conformance.results import RunReport, ScenarioResult, Verdict
-from conformance.runner import ConformanceRun, ProgressCallback
 from sdk import Category
 
+if TYPE_CHECKING:
+    # The runner (openapi-core, aiohttp, ...) is imported by ``run`` only: ``tessera`` builds
+    # its whole parser, ``add_arguments`` included, for every command.
+    from conformance.environment import RunConfig
+    from conformance.runner import ProgressCallback
+
 __all__ = ["add_arguments", "main", "run"]
+
+MODES = ("simulator", "replay", "live")
 
 _MARK = {Verdict.PASSED: "PASS", Verdict.FAILED: "FAIL", Verdict.SKIPPED: "SKIP"}
 
@@ -48,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--mode",
-        choices=[m.value for m in Mode],
-        default=Mode.SIMULATOR.value,
+        choices=MODES,
+        default="simulator",
         help="the kit's simulator, recorded cassettes, or a live sandbox (default: simulator)",
     )
     parser.add_argument("--base-url", default=None, metavar="URL", help="live sandbox URL")
@@ -89,6 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
+    from conformance.environment import Mode, RunConfig  # lazy: see the imports above
+
     return RunConfig(
         connector=args.connector,
         profile=args.profile,
@@ -161,6 +169,9 @@ def _silent_structlog(verbose: bool) -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``conformance run`` with parsed ``args``; returns the exit code."""
+    from conformance.environment import SetupError  # lazy: see the imports above
+    from conformance.runner import ConformanceRun
+
     out, err = sys.stdout, sys.stderr
     try:
         conformance = ConformanceRun(_config(args), progress=_progress(out, args.quiet))
