@@ -4,6 +4,7 @@ builds) does not load the kit's runner."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ def _loaded_after(module: str) -> list[str]:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
-    loaded: list[str] = eval(out)  # noqa: S307 - our own subprocess printing a list literal
+    loaded: list[str] = ast.literal_eval(out.strip())
     return loaded
 
 
