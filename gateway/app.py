@@ -129,6 +129,7 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             db,
             fingerprint_key=await idempotency_fingerprint_key(db, ps.idempotency_key),
             retention_seconds=ps.idempotency_retention_seconds,
+            claim_lease_seconds=ps.idempotency_lease_seconds,
         )
         await idempotency.migrate()
         outbox = Outbox(db)

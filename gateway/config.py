@@ -162,6 +162,9 @@ class PaymentSettings(BaseModel):
     model_config = _STRICT
 
     idempotency_retention_seconds: Annotated[int, Field(ge=60)] = 86_400
+    #: How long a request's claim on its key survives its process: after a crash, a retry with
+    #: the same key waits this long (409) before it may take the claim over and resume.
+    idempotency_lease_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
     #: HMAC key for idempotency request fingerprints; every process must share it. When unset,
     #: the first gateway generates one and keeps it in the database (see docs/operating.md).
     idempotency_key: SecretStr | None = None

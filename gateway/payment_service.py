@@ -123,7 +123,10 @@ class PaymentService:
         """Create and authorize (or purchase) a payment; resumes a crashed earlier run."""
         if claim.resource_id is not None:
             payment = await self._store.get_payment(merchant.id, claim.resource_id)
-            return await self._resume(merchant, payment, new, correlation_id)
+            if not await self._refused_everywhere(payment):
+                return await self._resume(merchant, payment, new, correlation_id)
+            # The earlier run answered 503: every connector refused before sending. That payment
+            # stays failed (nothing reached a provider); this retry is a new payment.
         method, summary, route = await self._prepare_method(merchant, new)
         candidates = self._router.candidates(route)
         async with self._db.transaction() as tx:
@@ -140,6 +143,12 @@ class PaymentService:
             )
             await claim.bind_resource(payment.id, tx=tx)
         return await self._authorize(merchant, payment, new, method, candidates, correlation_id)
+
+    async def _refused_everywhere(self, payment: PaymentRecord) -> bool:
+        if payment.status is not PaymentStatus.FAILED:
+            return False
+        attempts = await self._store.attempts(payment.id)
+        return bool(attempts) and all(a.outcome is Outcome.NOT_SENT for a in attempts)
 
     async def _prepare_method(
         self, merchant: Merchant, new: NewPayment

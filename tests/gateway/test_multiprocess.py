@@ -257,16 +257,6 @@ async def test_hanging_connector_is_contained_by_its_bulkhead(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "RELIABILITY 17 / issue 5: a payment refused by a full bulkhead (nothing sent) should be "
-        "a retryable 503 connector_busy with Retry-After, not stored under the key. Today "
-        "PaymentService._authorize settles it as a failed payment (201, attempt not_sent / "
-        "connector_busy), stored under the Idempotency-Key, so the merchant's retry replays "
-        "the failure."
-    ),
-)
 async def test_bulkhead_refusal_is_a_retryable_503(tmp_path: Path, provisioned_vault: Any) -> None:
     async with (
         Processes(tmp_path) as procs,
