@@ -13,6 +13,7 @@ imported lazily so ``tessera --help`` stays fast::
     tessera reconcile --config FILE              settle unknown/pending attempts once
     tessera connector new NAME --category C      scaffold a connector package
     tessera connector list                       installed connectors and their manifests
+    tessera conformance run --connector NAME     prove a connector (reports: JUnit/JSON/HTML)
 """
 
 from __future__ import annotations
@@ -97,6 +98,12 @@ def _reconcile(args: argparse.Namespace) -> int:
     from gateway.config import load_settings
 
     return reconcile(load_settings(args.config))
+
+
+def _conformance_run(args: argparse.Namespace) -> int:
+    from conformance import cli as conformance_cli
+
+    return conformance_cli.run(args)
 
 
 def _connector_new(args: argparse.Namespace) -> int:
@@ -192,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     new.set_defaults(handler=_connector_new)
     listing = c_cmds.add_parser("list", help="Installed connectors and their manifests.")
     listing.set_defaults(handler=_connector_list)
+
+    from conformance import cli as conformance_cli  # light: the runner loads inside run()
+
+    conformance = commands.add_parser("conformance", help="Connector conformance kit.")
+    k_sub = conformance.add_subparsers(dest="conformance_command", metavar="ACTION", required=True)
+    run = k_sub.add_parser("run", help="Run the conformance scenarios against a connector.")
+    conformance_cli.add_arguments(run)
+    run.set_defaults(handler=_conformance_run)
 
     return parser
 

@@ -95,3 +95,17 @@ def test_version_and_help() -> None:
         "connector",
     ):
         assert command in out.stdout
+
+
+def test_conformance_run_writes_all_three_reports(tmp_path: Path) -> None:
+    reports = {name: tmp_path / name for name in ("r.xml", "r.json", "r.html")}
+    out = _tessera(
+        "conformance", "run", "--connector", "sandbox", "--mode", "simulator",
+        "--junit", str(reports["r.xml"]), "--json", str(reports["r.json"]),
+        "--html", str(reports["r.html"]),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "PASSED" in out.stdout
+    for path in reports.values():
+        assert path.stat().st_size > 0
+    assert "<testsuite" in reports["r.xml"].read_text()
