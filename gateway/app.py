@@ -31,6 +31,7 @@ from gateway.problems import HttpProblem, problem_response, status_for, validati
 from gateway.reconciliation import run_reconciler
 from gateway.routing import Router
 from gateway.secrets import idempotency_fingerprint_key
+from gateway.tracing import span
 from normalization.errors import TesseraError, VaultError
 from sdk import ConnectorMetrics
 from vault.audit import AuditLog
@@ -240,7 +241,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     started = time.perf_counter()
     route = _route_name(request)
     try:
-        response = await _handle(request, handler, request_id)
+        with span(
+            f"{request.method} {route}",
+            **{"http.request.method": request.method, "http.route": route},
+            request_id=request_id,
+        ) as current:
+            response = await _handle(request, handler, request_id)
+            if current is not None:
+                current.set_attribute("http.response.status_code", response.status)
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
     metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)

@@ -37,6 +37,7 @@ from gateway.payments import (
     RefundStatus,
 )
 from gateway.routing import RouteQuery, Router
+from gateway.tracing import span
 from normalization import (
     AuthorizeRequest,
     Capture,
@@ -503,13 +504,19 @@ class PaymentService:
     ) -> PaymentResult:
         runtime = self._pool.runtime(connector_id)
         config = self._pool.config(connector_id)
-        return await runtime.invoke(
-            operation,
-            request,
-            deadline=Deadline.after(config.deadline_seconds),
-            tenant=tenant,
-            correlation_id=correlation_id,
-        )
+        with span(
+            f"connector {operation.value}", connector=connector_id, operation=operation.value
+        ) as current:
+            result = await runtime.invoke(
+                operation,
+                request,
+                deadline=Deadline.after(config.deadline_seconds),
+                tenant=tenant,
+                correlation_id=correlation_id,
+            )
+            if current is not None:
+                current.set_attribute("outcome", result.outcome.value)
+        return result
 
     async def _call(
         self,
