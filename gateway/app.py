@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -231,10 +232,27 @@ def _route_name(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII
+)
+
+
+def _request_id(offered: str | None) -> str:
+    """The client's ``X-Request-Id`` if it is a canonical UUID, else a new one.
+
+    Anything freer would be echoed in a header, a problem body and every log line of the
+    request, and a client can put anything there, card data included (encoded or not); a UUID's
+    fixed shape cannot hold a PAN.
+    """
+    if offered and _UUID_RE.fullmatch(offered):
+        return offered.lower()
+    return uuid.uuid4().hex
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, metrics, and the one place errors become problem+json."""
-    request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    request_id = _request_id(request.headers.get("X-Request-Id"))
     request[REQUEST_ID] = request_id
     structlog.contextvars.bind_contextvars(request_id=request_id)
     metrics = request.app[METRICS]

@@ -15,12 +15,15 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from normalization.cards import luhn_valid, mask_pan
 
 __all__ = [
     "GatewayMetrics",
+    "RedactingAccessLogger",
     "configure_logging",
     "redact_card_data",
     "redact_text",
@@ -108,6 +111,21 @@ def configure_logging(level: str = "INFO", *, stream: Any = None) -> None:
     # One line per provider request is the SDK's job (connector_call); httpx's own is noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """aiohttp access log without query strings (they can carry anything a client typed, a CVV
+    included) and with the path through the redaction layer: one JSON line per request."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        structlog.get_logger("tessera.access").info(
+            "http_access",
+            method=request.method,
+            path=redact_text(request.path),
+            status=response.status,
+            duration_ms=round(time * 1000, 3),
+            remote=request.remote,
+        )
 
 
 class GatewayMetrics:

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.observability import RedactingAccessLogger
 
 __all__ = ["run_gateway", "serve", "start_site"]
 
@@ -33,7 +34,10 @@ async def start_site(
 ) -> tuple[web.AppRunner, str]:
     """Start ``app`` on the configured host/port; return the runner and the base URL."""
     server = settings.server
-    extra: dict[str, object] = {} if server.access_log else {"access_log": None}
+    # The access log, when on, never writes query strings (RedactingAccessLogger).
+    extra: dict[str, object] = (
+        {"access_log_class": RedactingAccessLogger} if server.access_log else {"access_log": None}
+    )
     runner = web.AppRunner(
         app,
         keepalive_timeout=server.keepalive_timeout,
