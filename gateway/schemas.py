@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from gateway.payments.records import RefundStatus
+from gateway.payments.records import RefundStatus, contains_pan
 from normalization.methods import CardData, PaymentMethod, PaymentMethodType
 from normalization.money import Money
 from normalization.requests import Metadata
@@ -100,6 +101,16 @@ class CreatePaymentRequest(DomainModel):
     return_url: Annotated[str | None, Field(pattern=r"^https?://", max_length=2048)] = None
     description: Annotated[str | None, Field(max_length=500)] = None
     country: Annotated[str | None, Field(pattern=r"^[A-Z]{2}$")] = None
+
+    @field_validator("return_url", "description")
+    @classmethod
+    def _no_card_numbers(cls, value: str | None) -> str | None:
+        # Free text is stored and echoed: a card number pasted here must not be.
+        if value is not None and contains_pan(value):
+            raise PydanticCustomError(
+                "invalid_request", "The field looks like it holds a card number."
+            )
+        return value
 
 
 class AmountRequest(DomainModel):

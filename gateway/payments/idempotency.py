@@ -181,6 +181,10 @@ class IdempotencyStore:
     async def migrate(self) -> None:
         await migrate(self._db, _COMPONENT, _MIGRATIONS)
 
+    def stored_key(self, key: str) -> str:
+        """What the database holds for an Idempotency-Key: HMAC-SHA256 under the fingerprint key."""
+        return "k_" + hmac.new(self._fingerprint_key, key.encode(), hashlib.sha256).hexdigest()
+
     def fingerprint(self, merchant_id: str, method: str, path: str, body: bytes) -> str:
         """HMAC-SHA256 of the request under the fingerprint key (never a bare hash)."""
         mac = hmac.new(self._fingerprint_key, digestmod=hashlib.sha256)
@@ -208,6 +212,8 @@ class IdempotencyStore:
             return IdempotentResponse(result.status, result.body, dict(result.headers), False)
         validate_idempotency_key(key)
         fingerprint = self.fingerprint(merchant_id, method, path, body)
+        # Only a keyed digest of the key is stored: it is client text, and could be anything.
+        key = self.stored_key(key)
         claimed = await self._claim(merchant_id, key, fingerprint)
         if isinstance(claimed, IdempotentResponse):
             return claimed
