@@ -23,6 +23,7 @@ from vault.token_store import TokenRecord
 __all__ = ["setup", "token_view"]
 
 _CARD = TypeAdapter(CardData)
+_TOKEN_PATH = r"/v1/tokens/{token_id:(?:tok_[A-Za-z0-9]{1,64}|[0-9]{12,19}|(?!batch$)[^/]{1,100})}"
 _FINGERPRINT_MAX = 200
 
 
@@ -125,5 +126,6 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/v1/tokens", create_token)
     app.router.add_post("/v1/tokens/batch", create_tokens_batch)
     app.router.add_get("/v1/tokens", search_tokens)
-    app.router.add_get("/v1/tokens/{token_id}", get_token)
-    app.router.add_delete("/v1/tokens/{token_id}", delete_token)
+    # Token ids only (opaque or numeric): /v1/tokens/batch is never read as a token id.
+    app.router.add_get(_TOKEN_PATH, get_token)
+    app.router.add_delete(_TOKEN_PATH, delete_token)
