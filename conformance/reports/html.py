@@ -66,7 +66,7 @@ def _matrix(report: RunReport) -> str:
     head = "".join(f'<th class="cap">{_e(cap)}</th>' for cap in caps)
     status = "".join(
         f'<td class="{"covered" if report.coverage.covered_by.get(cap) else "uncovered"}">'
-        f'{"covered" if report.coverage.covered_by.get(cap) else "NOT covered"}</td>'
+        f"{'covered' if report.coverage.covered_by.get(cap) else 'NOT covered'}</td>"
         for cap in caps
     )
     rows = []
@@ -102,7 +102,8 @@ def _failure_details(result: ScenarioResult) -> str:
             for v in result.violations
         )
         parts.append(
-            "<table><tr><th>contract</th><th>operation</th><th>JSON path</th><th>violation</th></tr>"
+            "<table><tr><th>contract</th><th>operation</th>"
+            "<th>JSON path</th><th>violation</th></tr>"
             + rows
             + "</table>"
         )
@@ -160,7 +161,7 @@ def render_html(report: RunReport) -> str:
         else '<p class="muted">No canary found in transcripts, logs, errors or reports.</p>'
     )
     return (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Conformance: {_e(report.connector)} ({_e(report.status.value)})</title>"
         f"<style>{_CSS}</style></head><body>"
         f"<h1>Conformance of {_e(report.display_name)} {_badge(report.status.value)}</h1>"

@@ -67,10 +67,16 @@ def render_junit(report: RunReport) -> str:
     classname = f"conformance.{report.connector}.{report.profile}"
     for result in report.scenarios:
         case = ET.SubElement(
-            suite, "testcase", classname=classname, name=result.scenario_id, time=f"{result.duration_s:.3f}"
+            suite,
+            "testcase",
+            classname=classname,
+            name=result.scenario_id,
+            time=f"{result.duration_s:.3f}",
         )
         if result.verdict is Verdict.FAILED:
-            failure = ET.SubElement(case, "failure", message=result.reason[:500], type="conformance")
+            failure = ET.SubElement(
+                case, "failure", message=result.reason[:500], type="conformance"
+            )
             failure.text = _details(result)
         elif result.verdict is Verdict.SKIPPED:
             ET.SubElement(case, "skipped", message=result.reason[:500])
@@ -89,7 +95,9 @@ def render_junit(report: RunReport) -> str:
             message=f"uncovered capabilities: {', '.join(report.coverage.uncovered)}",
             type="coverage",
         )
-        failure.text = "\n".join(p for p in report.problems() if p.startswith("declared capability"))
+        failure.text = "\n".join(
+            p for p in report.problems() if p.startswith("declared capability")
+        )
     leaks = ET.SubElement(suite, "testcase", classname=classname, name="leak-scan", time="0")
     if leaks_failed:
         failure = ET.SubElement(
@@ -97,4 +105,6 @@ def render_junit(report: RunReport) -> str:
         )
         failure.text = "\n".join(p for p in report.problems() if p.startswith("leak"))
     ET.indent(suites)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    )
