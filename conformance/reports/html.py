@@ -103,9 +103,7 @@ def _failure_details(result: ScenarioResult) -> str:
         )
         parts.append(
             "<table><tr><th>contract</th><th>operation</th>"
-            "<th>JSON path</th><th>violation</th></tr>"
-            + rows
-            + "</table>"
+            "<th>JSON path</th><th>violation</th></tr>" + rows + "</table>"
         )
     for exchange in result.exchanges:
         answer = exchange.status_code if exchange.status_code is not None else exchange.error
