@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +116,9 @@ _OWN_LOGGERS = ("tessera", "gateway", "vault", "sdk", "connectors", "normalizati
 class Logs:
     production: io.StringIO = field(default_factory=io.StringIO)
     access: io.StringIO = field(default_factory=io.StringIO)
+    #: structlog's own rendering (unredacted), on a stream of its own so that the order in
+    #: which pytest sets up its capture fixtures cannot send it elsewhere.
+    structlog_out: io.StringIO = field(default_factory=io.StringIO)
 
 
 @pytest.fixture
@@ -153,7 +155,7 @@ def captured_logs(caplog: pytest.LogCaptureFixture) -> Iterator[Logs]:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(logs.structlog_out),
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=False,
     )
@@ -433,6 +435,7 @@ async def test_no_canary_anywhere(
     tables = await _table_dump(resources.db)
     assert {"vault_tokens", "payments", "idempotency_keys", "vault_audit_log"} <= set(tables)
     out, err = capfd.readouterr()
+    out += captured_logs.structlog_out.getvalue()
     texts: dict[str, str] = {
         **{f"table:{name}": text for name, text in tables.items()},
         **_database_files(gw.settings.database.url),
@@ -505,6 +508,7 @@ async def test_access_log_keeps_card_data_out(
     finally:
         await runner.cleanup()
     out, err = capfd.readouterr()
+    out += captured_logs.structlog_out.getvalue()
     logged = "\n".join(
         [out, err, captured_logs.access.getvalue(), captured_logs.production.getvalue()]
     )
@@ -527,6 +531,7 @@ async def test_request_id_header_is_not_echoed_with_card_data(
         )
         assert status == 422
     out, _ = capfd.readouterr()
+    out += captured_logs.structlog_out.getvalue()
     texts = [*transcript.responses, out, captured_logs.production.getvalue()]
     assert [hit for text in texts for hit in find_leaks(text, canary)] == []
 
