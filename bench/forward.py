@@ -1,35 +1,44 @@
 """Benchmark: payment forwarding through the gateway vs calling the sandbox simulator directly.
 
-Open-loop load at a fixed rate (500 payments/s by default): request *i* is due at
-``start + i / rate`` whatever happened to the ones before it, and its latency runs from that due
-time to the last byte of the reply (wrk2's rule, so a stall is not hidden by the client waiting
-for it). Each round measures, one after the other on the same machine:
+Open-loop load at a fixed rate: request *i* is due at ``start + i / rate`` whatever happened to
+the ones before it, and its latency runs from that due time to the last byte of the reply (wrk2's
+rule, so a stall is not hidden by the client waiting for it). Each round measures, one after the
+other on the same machine:
 
-``direct``            ``POST /v1/authorizations`` to the sandbox simulator (the same body, card
-                      and headers the sandbox connector sends);
-``gateway``           ``POST /v1/payments`` with a token to ``tessera serve`` routing to that
-                      simulator (connector ``sandbox``): auth, idempotency key, token lookup,
-                      payment and attempt rows, Vault reveal for egress, the provider call;
-``breaker open``      the same, with the connector pointed at a dead port and its breaker tripped:
-                      the time to refuse a payment without sending anything;
-``failover: backup``  a gateway whose route is ``[backup]`` (live) - the failover baseline;
-``failover: open``    route ``[sandbox, backup]`` with ``sandbox`` dead and its breaker open;
-``failover: closed``  the same with a breaker that never opens (``retry_attempts = 1``): every
-                      payment is refused by the dead port first (connection refused), then moves.
+``direct @R``            ``POST /v1/authorizations`` to the sandbox simulator: the body, card and
+                         headers the sandbox connector sends;
+``gateway @R``           ``POST /v1/payments`` with a token to ``tessera serve`` routing to that
+                         simulator (connector ``sandbox``): auth, idempotency key, token lookup,
+                         payment and attempt rows, Vault reveal for egress, the provider call;
 
-Added latency = gateway percentile minus direct percentile, within each round; the medians over
-rounds are printed. Only the ``sandbox`` connector is installed, and connector ids must be
-distinct manifests, so the failover gateways run this file's ``--gateway`` mode: it registers a
-copy of the sandbox connector as ``backup`` (``sdk.register_connector``, as
+at the target rate (``--rate``, 500/s) and at a rate one gateway worker sustains here
+(``--low-rate``, 50/s), then, at the low rate:
+
+``breaker open``         the connector points at a dead port and its breaker is tripped: the time
+                         to refuse a payment without sending anything;
+``failover: backup``     a gateway whose route is ``[backup]`` (live): the failover baseline;
+``failover: open``       route ``[sandbox, backup]``, ``sandbox`` dead with its breaker open;
+``failover: closed``     the same with a breaker that never opens (``retry_attempts = 1``): each
+                         payment is refused by the dead port first (connection refused), then moves;
+
+and last the gateway's capacity: a closed loop with 16 payments in flight for 3 s.
+
+Added latency = a percentile minus the same percentile of the baseline run in the same round;
+the medians over rounds are printed, with the gateway's own view (its /metrics histograms: the
+request latency, and the mean time spent in the connector runtime, which for a refused call is
+the cost of the refusal itself). Only the ``sandbox`` connector is installed and connector ids
+must be distinct manifests, so the failover gateways run this file's ``--gateway`` mode: it
+registers a copy of the sandbox connector as ``backup`` (``sdk.register_connector``, as
 ``tests/gateway/test_payments_api.py`` does) and runs the app with an AppRunner
 (``gateway.server.run_gateway``), exactly as ``tessera serve`` does with one worker.
 
 Every gateway runs one worker process (the CVC held for a token lives in that process's memory).
 Tokens carry a CVC and are made just before each measured run through ``/v1/tokens/batch``; each
-payment consumes one. OpenBao (dev server), the simulator, the gateways and this load generator
-all share this machine's cores, as do other people's jobs.
+payment consumes one. OpenBao (dev server), the simulator, five gateways and this load generator
+all share this machine's cores, as do other people's jobs: every run prints how busy the whole
+machine was and the CPU time its service spent per request.
 
-    python bench/forward.py [--rate 500] [--seconds 5] [--rounds 3] [--log-level INFO]
+    python bench/forward.py [--rate 500] [--low-rate 50] [--rounds 3] [--log-level INFO]
 
 Traffic goes to 127.0.0.1 only; every run is bounded in count and time; every child process is
 stopped on the way out.

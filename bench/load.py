@@ -6,6 +6,7 @@ Every run is bounded in time and sends traffic to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,8 +15,10 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 #: The repository root: subprocesses run from here, never from bench/ (see bench/tokenize.py).
 REPO = Path(__file__).resolve().parent.parent
@@ -204,3 +207,32 @@ class CpuWindow:
         busy, total = _machine_ticks()
         elapsed = total - self._ticks0[1]
         self.machine_busy = (busy - self._ticks0[0]) / elapsed if elapsed else 0.0
+
+
+@contextlib.contextmanager
+def scratch_postgres(dsn: str) -> Iterator[str]:
+    """A fresh database on the PostgreSQL server of ``dsn`` (loopback only), dropped afterwards.
+
+    Yields the DSN of the scratch database; the database named in ``dsn`` is only used to connect.
+    """
+    import asyncio
+
+    import asyncpg
+
+    parts = urlsplit(dsn)
+    if parts.hostname not in ("127.0.0.1", "localhost"):
+        raise ValueError("benchmarks use a PostgreSQL on 127.0.0.1 only")
+    name = f"tessera_bench_{os.getpid()}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

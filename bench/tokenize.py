@@ -26,6 +26,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _BENCH]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -39,6 +40,7 @@ from load import (  # noqa: E402
     LoadResult,
     machine_facts,
     peak_rss_mb,
+    scratch_postgres,
     tree_pids,
     wait_http,
     wrk_post,
@@ -256,11 +258,18 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--batch-cards", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of all four runs (3)")
+    parser.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="keep tokens in a scratch database on this PostgreSQL server instead of SQLite\n"
+        "(created, then dropped; e.g. postgresql://postgres@127.0.0.1:5432/postgres)",
+    )
     args = parser.parse_args()
     print(f"tessera tokenize benchmark: {machine_facts()}")
     print(
         f"settings: workers={args.workers} connections={args.connections} (batch endpoint: 4) "
-        f"duration={args.duration:g}s rounds={args.rounds}, wrk on loopback, SQLite store, "
+        f"duration={args.duration:g}s rounds={args.rounds}, wrk on loopback, "
+        f"{'PostgreSQL (same machine)' if args.postgres else 'SQLite'} store, "
         "gateway log level WARNING\n"
         "the 2 cores are shared with OpenBao, wrk and other people's work: 'machine busy' is "
         "everyone's share of both cores; CPU/req is what our processes spent per request\n"
@@ -273,10 +282,14 @@ def main() -> None:
         "hello": ("aiohttp hello-world (same workers)", "req/s", 1),
         "bulk": (f"batch endpoint, {args.batch_cards} cards/request", "cards/s", args.batch_cards),
     }
-    with tempfile.TemporaryDirectory() as tmp, DevServer() as bao:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        bao = stack.enter_context(DevServer())
         workdir = Path(tmp)
         provision(bao.addr, bao.root_token)
         db_url = f"sqlite:///{workdir / 'bench.db'}"
+        if args.postgres:
+            db_url = stack.enter_context(scratch_postgres(args.postgres))
         merchant_id, key = asyncio.run(_merchant(db_url))
         ensure_tenant_keys(bao.addr, bao.root_token, merchant_id)
         gw = {"workdir": workdir, "bao": bao, "db_url": db_url, "key": key}
