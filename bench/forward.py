@@ -95,6 +95,7 @@ class Samples:
     statuses: Counter[str] = field(default_factory=Counter)
     unexpected: int = 0
     lost: int = 0  # timed out or failed at the socket
+    errors: Counter[str] = field(default_factory=Counter)  # why they were lost
     wall_s: float = 0.0
 
     def pct(self, q: float, of: list[float] | None = None) -> float:
@@ -132,8 +133,9 @@ async def open_loop(
             async with session.post(url, data=body, headers=headers) as resp:
                 payload = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError) as exc:
             samples.lost += 1
+            samples.errors[type(exc).__name__] += 1
             return
         done = loop.time()
         label, expected = check(status, payload)
@@ -155,6 +157,8 @@ async def open_loop(
     for task in pending:
         task.cancel()
     samples.lost += len(pending)
+    if pending:
+        samples.errors["no reply within the run's bound"] += len(pending)
     samples.wall_s = loop.time() - start
     return samples
 
@@ -657,7 +661,9 @@ async def _start_all(
 async def _bench(args: argparse.Namespace, workdir: Path, bao: DevServer, stack: ExitStack) -> None:
     sandbox_url, sandbox, gateways = await _start_all(args, workdir, bao, stack)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-    connector = aiohttp.TCPConnector(limit=1024)
+    # Idle keep-alive connections are dropped well before the gateway's 15 s keep-alive timeout
+    # would close them: reusing one the server is closing at that moment loses the request.
+    connector = aiohttp.TCPConnector(limit=1024, keepalive_timeout=5)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         await _wait_ready(session, f"{sandbox_url}/__sandbox/health")
         for gw in gateways.values():
@@ -717,6 +723,8 @@ async def _bench(args: argparse.Namespace, workdir: Path, bao: DevServer, stack:
 def _print_run(name: str, run: Run) -> None:
     s = run.samples
     statuses = ", ".join(f"{k}: {v}" for k, v in s.statuses.most_common())
+    if s.errors:
+        statuses += "; lost: " + ", ".join(f"{k}: {v}" for k, v in s.errors.most_common())
     server = ""
     if run.server:
         server = (
