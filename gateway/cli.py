@@ -55,7 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(
             update={"server": settings.server.model_copy(update={"workers": args.workers})}
         )
-    return serve(settings)
+    return serve(settings, log_level=args.log_level)
 
 
 def _vault_provision(args: argparse.Namespace) -> int:

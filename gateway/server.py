@@ -121,14 +121,14 @@ def _unwind_before_cleanup(app: web.Application, timeout: float) -> None:
     app.cleanup_ctx.append(wait_for_requests)
 
 
-def _worker(settings_json: str) -> None:
+def _worker(settings_json: str, log_level: str) -> None:
     from gateway.observability import configure_logging
 
-    configure_logging()
+    configure_logging(log_level)
     asyncio.run(run_gateway(Settings.model_validate_json(settings_json), reuse_port=True))
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, *, log_level: str = "INFO") -> int:
     """Run the gateway with ``settings.server.workers`` processes; return an exit code."""
     workers = settings.server.workers
     if workers == 1:
@@ -136,7 +136,9 @@ def serve(settings: Settings) -> int:
         return 0
     payload = _settings_json(settings)
     ctx = multiprocessing.get_context("spawn")
-    children = [ctx.Process(target=_worker, args=(payload,), daemon=False) for _ in range(workers)]
+    children = [
+        ctx.Process(target=_worker, args=(payload, log_level), daemon=False) for _ in range(workers)
+    ]
     for child in children:
         child.start()
 
