@@ -6,7 +6,9 @@ runs unchanged on either backend:
 - SQL is written once, with PostgreSQL's numbered placeholders (``$1``, ``$2``); the SQLite
   backend rewrites them to ``?`` and reorders the arguments.
 - ``Database.transaction()`` yields a connection on which statements run atomically. SQLite has
-  one writer at a time, so its backend keeps a single connection guarded by a lock (WAL mode);
+  one writer at a time, so its backend keeps a single connection guarded by a lock (WAL mode),
+  and runs statements on the event loop's thread, where they take microseconds (waits for other
+  processes' locks, bulk statements and checkpoints go to threads: see "SQLite" below);
   PostgreSQL uses an asyncpg pool.
 - ``migrate(db, component, migrations)`` applies numbered migrations once, recording them in
   ``schema_migrations``; on PostgreSQL an advisory lock keeps two gateway processes that start
@@ -19,15 +21,23 @@ URLs: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``sqlite:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import logging
+import os
 import re
+import sqlite3
+import threading
+import time
+import weakref
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
-import aiosqlite
 import asyncpg
 
 __all__ = [
@@ -46,6 +56,7 @@ Dialect = Literal["sqlite", "postgresql"]
 Row = Mapping[str, Any]
 
 _PLACEHOLDER_RE = re.compile(r"\$(\d+)")
+_UNPACKS_RE = re.compile(r"\bjson_each\s*\(", re.IGNORECASE)
 
 
 class Connection(Protocol):
@@ -91,111 +102,430 @@ class Migration:
 
 
 # -- SQLite -------------------------------------------------------------------------------------
+#
+# Statements run on the event loop's own thread, straight through the stdlib ``sqlite3``: on a
+# local file in WAL mode with ``synchronous=NORMAL`` a small statement or a commit takes a few
+# microseconds and never waits for the disk. What can take long is kept off the loop:
+#
+# - Another process's write lock (``tessera serve --workers N`` share one file). On the loop the
+#   busy timeout is zero, so a statement that meets the lock fails at once with SQLITE_BUSY; it is
+#   then run again in a thread of this database's own, which waits for the lock (up to
+#   ``busy_timeout`` seconds, polling in short slices so that a cancelled caller is let go). The
+#   asyncio lock is held meanwhile, so only one thread ever uses the connection.
+# - WAL checkpoints, which copy the log into the database file and fsync both. SQLite runs them on
+#   the committing connection (every 1,000 pages by default): that would be a commit on the loop
+#   that stalls for the disk now and then. The loop's connection has ``wal_autocheckpoint`` off; a
+#   thread with a connection of its own runs a PASSIVE checkpoint every ``checkpoint_interval``
+#   seconds when the log has changed, which never blocks a reader or a writer.
+# - Opening and closing (the last close checkpoints) run in a thread too.
+
+_log = logging.getLogger(__name__)
+
+#: How long a statement waits for another connection's write lock before failing with
+#: ``sqlite3.OperationalError: database is locked``.
+_BUSY_TIMEOUT = 5.0
+#: Off the loop the wait goes in slices this long (ms), so a cancelled caller is let go quickly.
+_BUSY_SLICE_MS = 50
+#: Seconds between two looks at the WAL by the checkpointer.
+_CHECKPOINT_INTERVAL = 1.0
+#: A WAL that grew past this during a burst is cut back to it when it is next reused (bytes).
+_JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+#: Bulk statements run in the database's thread rather than hold the loop for milliseconds:
+#: ``executemany`` of this many rows or more, and a statement that unpacks rows from a JSON
+#: argument (``json_each($n)``, the token store's bulk insert) whose text and bytes arguments add
+#: up to this many bytes (about 80 token rows, some 0.7 ms of work; the thread hop costs about
+#: 50 us). See bench/db.py.
+_OFF_LOOP_ROWS = 100
+_OFF_LOOP_BYTES = 16 * 1024
+
+_T = TypeVar("_T")
+_Op = Callable[[sqlite3.Connection, str, Any], _T]
 
 
-def _to_qmark(sql: str, args: Sequence[Any]) -> tuple[str, list[Any]]:
-    order: list[int] = []
+@functools.lru_cache(maxsize=1024)
+def _rewrite(sql: str) -> tuple[str, tuple[int, ...], int, bool]:
+    """``sql`` with ``$n`` turned into ``?``; the argument index of each ``?``; how many
+    arguments can be passed as they are (``$1..$n`` in order), or -1 if they must be reordered;
+    and whether the statement unpacks rows from a JSON argument (so may be a bulk one).
 
-    def substitute(match: re.Match[str]) -> str:
-        order.append(int(match.group(1)) - 1)
-        return "?"
+    Cached per statement text: the stores send the same few dozen statements over and over, and
+    the regular expressions cost more than a small statement does."""
+    order = tuple(int(match.group(1)) - 1 for match in _PLACEHOLDER_RE.finditer(sql))
+    as_given = len(order) if order == tuple(range(len(order))) else -1
+    return _PLACEHOLDER_RE.sub("?", sql), order, as_given, _UNPACKS_RE.search(sql) is not None
 
-    rewritten = _PLACEHOLDER_RE.sub(substitute, sql)
-    if not order:
-        return rewritten, list(args)
-    return rewritten, [args[i] for i in order]
+
+def _to_qmark(sql: str, args: Sequence[Any]) -> tuple[str, Sequence[Any], bool]:
+    """The ``?`` statement, its arguments, and whether to run it off the loop (bulk)."""
+    query, order, as_given, unpacks = _rewrite(sql)
+    if unpacks:
+        unpacks = sum(len(a) for a in args if isinstance(a, str | bytes)) >= _OFF_LOOP_BYTES
+    if as_given == len(args) or not order:
+        return query, args, unpacks
+    return query, [args[i] for i in order], unpacks
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    """SQLITE_BUSY and its extended codes: another connection holds the lock. (Not
+    SQLITE_LOCKED: that is a conflict within this connection, which waiting does not end.)"""
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def _op_execute(conn: sqlite3.Connection, query: str, params: Any) -> None:
+    conn.execute(query, params).close()
+
+
+def _op_executemany(conn: sqlite3.Connection, query: str, params: Any) -> None:
+    before = conn.total_changes
+    try:
+        conn.executemany(query, params).close()
+    except sqlite3.OperationalError as error:
+        if _is_busy(error) and conn.total_changes != before:
+            # Some rows are in: running it again would write them twice. (Inside a transaction
+            # that holds the write lock, as ``executemany`` always is here, this does not happen.)
+            raise sqlite3.OperationalError(f"{error} after part of executemany ran") from error
+        raise
+
+
+def _op_fetchone(conn: sqlite3.Connection, query: str, params: Any) -> Row | None:
+    cursor = conn.execute(query, params)
+    row = cursor.fetchone()
+    cursor.close()  # ends the statement (and its read snapshot) even if rows were left
+    return None if row is None else dict(row)
+
+
+def _op_fetchall(conn: sqlite3.Connection, query: str, params: Any) -> list[Row]:
+    return [dict(row) for row in conn.execute(query, params).fetchall()]
+
+
+def _op_fetchval(conn: sqlite3.Connection, query: str, params: Any) -> Any:
+    cursor = conn.execute(query, params)
+    row = cursor.fetchone()
+    cursor.close()
+    return None if row is None else row[0]
+
+
+async def _wait_out(future: asyncio.Future[_T], on_cancel: Callable[[], None] | None = None) -> _T:
+    """Await ``future`` (work running in a thread). If the caller is cancelled, call
+    ``on_cancel`` and wait for the thread to finish all the same before the cancellation goes on,
+    so that nothing else uses the connection while the thread still does."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if on_cancel is not None:
+            on_cancel()
+        while not future.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller gets the cancellation
+        raise
 
 
 class _SqliteConnection:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    """The statements of a transaction: the database's lock is already held."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
 
     async def execute(self, sql: str, *args: Any) -> None:
-        query, params = _to_qmark(sql, args)
-        await self._conn.execute(query, params)
+        query, params, bulk = _to_qmark(sql, args)
+        await self._db._run(_op_execute, query, params, True, bulk)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:
             return
-        query, _ = _to_qmark(sql, rows[0])
-        await self._conn.executemany(query, [_to_qmark(sql, row)[1] for row in rows])
+        query, params = _many_params(sql, rows)
+        await self._db._run(_op_executemany, query, params, True, len(rows) >= _OFF_LOOP_ROWS)
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
-        query, params = _to_qmark(sql, args)
-        async with self._conn.execute(query, params) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else dict(row)
+        query, params, bulk = _to_qmark(sql, args)
+        return await self._db._run(_op_fetchone, query, params, True, bulk)
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
-        query, params = _to_qmark(sql, args)
-        async with self._conn.execute(query, params) as cursor:
-            rows = await cursor.fetchall()
-        return [dict(row) for row in rows]
+        query, params, bulk = _to_qmark(sql, args)
+        return await self._db._run(_op_fetchall, query, params, True, bulk)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchone(sql, *args)
-        return None if row is None else next(iter(row.values()))
+        query, params, bulk = _to_qmark(sql, args)
+        return await self._db._run(_op_fetchval, query, params, True, bulk)
+
+
+def _many_params(sql: str, rows: Sequence[Sequence[Any]]) -> tuple[str, Sequence[Sequence[Any]]]:
+    query, order, as_given, _ = _rewrite(sql)
+    if not order or all(len(row) == as_given for row in rows):
+        return query, rows
+    return query, [[row[i] for i in order] for row in rows]
+
+
+class _SqliteTransaction:
+    """``async with db.transaction() as tx``: BEGIN IMMEDIATE under the lock, COMMIT on success,
+    ROLLBACK on any exception (cancellation included)."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> Connection:
+        db = self._db
+        await db._lock.acquire()
+        try:
+            await db._run(_op_execute, "BEGIN IMMEDIATE", (), True, False)
+        except BaseException:
+            try:
+                db._rollback()  # a BEGIN that won the lock as its waiter was cancelled
+            finally:
+                db._lock.release()
+            raise
+        return db._tx
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        db = self._db
+        try:
+            if exc_type is not None:
+                db._rollback()
+                return
+            try:
+                await db._run(_op_execute, "COMMIT", (), True, False)
+            except BaseException:
+                db._rollback()
+                raise
+        finally:
+            db._lock.release()
+
+
+class _Checkpointer:
+    """PASSIVE checkpoints of one WAL database, from a thread with a connection of its own.
+
+    Every ``interval`` seconds, if the WAL file changed since the last checkpoint, it copies the
+    committed frames into the database file. A PASSIVE checkpoint takes no lock that a reader or
+    a writer waits for; once the whole log is copied, the next writer starts the WAL over from
+    its beginning, so the log stays about as long as ``interval`` seconds of writes."""
+
+    def __init__(self, path: str, interval: float) -> None:
+        self._path = path
+        self._wal = path + "-wal"
+        self._interval = interval
+        self._stop = threading.Event()
+        #: Checkpoints run so far (for tests and diagnostics).
+        self.runs = 0
+        self._thread = threading.Thread(
+            target=self._main, name=f"sqlite-checkpoint:{Path(path).name}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def signal_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop and wait for the thread (blocks: call it from a thread)."""
+        self._stop.set()
+        self._thread.join()
+
+    def _main(self) -> None:
+        conn: sqlite3.Connection | None = None
+        seen: tuple[int, int] | None = None
+        try:
+            while not self._stop.wait(self._interval):
+                try:
+                    stat = os.stat(self._wal)
+                except FileNotFoundError:
+                    continue
+                mark = (stat.st_size, stat.st_mtime_ns)
+                if mark == seen:
+                    continue
+                try:
+                    if conn is None:
+                        conn = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+                    _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as error:
+                    _log.warning("WAL checkpoint of %s failed: %s", self._path, error)
+                    continue
+                self.runs += 1
+                if copied >= frames:  # all of it (a reader's snapshot can hold frames back)
+                    seen = mark  # as before the checkpoint: a write during it shows next time
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def _connect(path: str, busy_timeout: float, checkpoints: bool) -> tuple[sqlite3.Connection, bool]:
+    conn = sqlite3.connect(
+        path,
+        isolation_level=None,  # autocommit; transactions are BEGIN IMMEDIATE ... COMMIT
+        check_same_thread=False,  # the loop's thread, and this database's thread for waits
+        timeout=busy_timeout,  # while opening (off the loop); zero on the loop afterwards
+        cached_statements=512,
+    )
+    try:
+        wal = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if wal and checkpoints:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
+        conn.execute("PRAGMA busy_timeout=0")
+    except BaseException:
+        conn.close()
+        raise
+    conn.row_factory = sqlite3.Row
+    return conn, wal
 
 
 class SqliteDatabase:
-    """SQLite through aiosqlite: one connection, one writer at a time, WAL journal."""
+    """SQLite through the stdlib ``sqlite3`` on the event loop: one connection, one writer at a
+    time (an asyncio lock), WAL journal; waits for other processes and checkpoints run in
+    threads (see the comment at the top of this section)."""
 
     dialect: Dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        busy_timeout: float = _BUSY_TIMEOUT,
+        checkpointer: _Checkpointer | None = None,
+    ) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
-        self._plain = _SqliteConnection(conn)
+        self._tx = _SqliteConnection(self)
+        self._busy_timeout = busy_timeout
+        self._checkpointer = checkpointer
+        if checkpointer is not None:  # a database dropped without close() stops it too
+            weakref.finalize(self, checkpointer.signal_stop)
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        #: Statements run in the database's thread: bulk ones, and those that met another
+        #: connection's lock and waited for it there (for tests and diagnostics).
+        self.thread_runs = 0
 
     @classmethod
-    async def open(cls, path: str) -> SqliteDatabase:
+    async def open(
+        cls,
+        path: str,
+        *,
+        busy_timeout: float = _BUSY_TIMEOUT,
+        checkpoint_interval: float | None = _CHECKPOINT_INTERVAL,
+    ) -> SqliteDatabase:
+        """Open (creating) the database file at ``path``, or ``:memory:``.
+
+        ``checkpoint_interval=None`` leaves checkpoints to SQLite (on the committing connection,
+        so on the loop)."""
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        return cls(conn)
+        conn, wal = await asyncio.to_thread(
+            _connect, path, busy_timeout, checkpoint_interval is not None
+        )
+        checkpointer = None
+        if wal and checkpoint_interval is not None:
+            checkpointer = _Checkpointer(path, checkpoint_interval)
+        return cls(conn, busy_timeout=busy_timeout, checkpointer=checkpointer)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._plain
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            else:
-                await self._conn.execute("COMMIT")
+    def transaction(self) -> _SqliteTransaction:
+        return _SqliteTransaction(self)
 
     async def execute(self, sql: str, *args: Any) -> None:
-        async with self._lock:
-            await self._plain.execute(sql, *args)
+        query, params, bulk = _to_qmark(sql, args)
+        await self._run(_op_execute, query, params, False, bulk)
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         async with self.transaction() as tx:
             await tx.executemany(sql, rows)
 
     async def fetchone(self, sql: str, *args: Any) -> Row | None:
-        async with self._lock:
-            return await self._plain.fetchone(sql, *args)
+        query, params, bulk = _to_qmark(sql, args)
+        return await self._run(_op_fetchone, query, params, False, bulk)
 
     async def fetchall(self, sql: str, *args: Any) -> list[Row]:
-        async with self._lock:
-            return await self._plain.fetchall(sql, *args)
+        query, params, bulk = _to_qmark(sql, args)
+        return await self._run(_op_fetchall, query, params, False, bulk)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        async with self._lock:
-            return await self._plain.fetchval(sql, *args)
+        query, params, bulk = _to_qmark(sql, args)
+        return await self._run(_op_fetchval, query, params, False, bulk)
 
     async def ping(self) -> None:
         await self.fetchval("SELECT 1")
 
     async def close(self) -> None:
-        await self._conn.close()
+        if self._closed:
+            return
+        self._closed = True
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            await _wait_out(loop.run_in_executor(None, self._shut))
+
+    def _shut(self) -> None:
+        # In a thread: joining the checkpointer, and the last close of a WAL database (which
+        # checkpoints it), can wait for the disk.
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self._conn.close()
+
+    # -- execution --------------------------------------------------------------------------
+
+    async def _run(self, op: _Op[_T], query: str, params: Any, locked: bool, bulk: bool) -> _T:
+        """Run ``op`` on the loop; if another connection holds the lock, wait for it off the
+        loop. ``locked``: the caller holds ``self._lock`` (inside a transaction). ``bulk``: run
+        it off the loop from the start."""
+        if not locked:
+            if self._lock.locked() or bulk:
+                # A transaction is open on the connection (running now would put the statement
+                # inside it), or the statement goes to the thread: take the lock first.
+                async with self._lock:
+                    return await self._run(op, query, params, True, bulk)
+        elif bulk:
+            return await self._off_loop(op, query, params)
+        try:
+            return op(self._conn, query, params)
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error):
+                raise
+        if locked:
+            return await self._off_loop(op, query, params)
+        async with self._lock:
+            return await self._off_loop(op, query, params)
+
+    async def _off_loop(self, op: _Op[_T], query: str, params: Any) -> _T:
+        """Run ``op`` in this database's thread, waiting up to the busy timeout for locks. The
+        caller holds ``self._lock``."""
+        self.thread_runs += 1
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-wait")
+        give_up = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._wait_and_run, op, query, params, give_up
+        )
+        return await _wait_out(future, give_up.set)
+
+    def _wait_and_run(self, op: _Op[_T], query: str, params: Any, give_up: threading.Event) -> _T:
+        conn = self._conn
+        deadline = time.monotonic() + self._busy_timeout
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_SLICE_MS}")
+        try:
+            while True:
+                try:
+                    return op(conn, query, params)
+                except sqlite3.OperationalError as error:
+                    if not _is_busy(error) or give_up.is_set() or time.monotonic() >= deadline:
+                        raise
+        finally:
+            conn.execute("PRAGMA busy_timeout=0")
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

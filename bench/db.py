@@ -1,0 +1,301 @@
+"""Benchmark: CPU time per SQLite statement through ``vault.database``, before and after.
+
+``old``  the backend as it was up to commit 26a1b15: aiosqlite, every statement handed to its
+         thread and back (execute, then fetch, then close the cursor), a copy of which is kept
+         below;
+``new``  ``vault.database.SqliteDatabase``: the stdlib ``sqlite3`` on the event loop's thread,
+         waits for other processes' locks and WAL checkpoints off the loop.
+
+Each on its own fresh database file (WAL, ``synchronous=NORMAL``) in a temporary directory, in
+the same run, one after the other, for several rounds; the medians are printed. Operations:
+
+``fetchone SELECT 1``       ``await db.fetchone("SELECT 1")``
+``INSERT autocommit``       ``await db.execute("INSERT ...", ...)`` outside a transaction
+``transaction of 3``        ``async with db.transaction()``: INSERT, UPDATE, SELECT, then COMMIT
+``insert 1,000 (json)``     the token store's bulk insert: one ``INSERT ... SELECT FROM
+                            json_each($1) ... RETURNING`` of 1,000 rows, as ``fetchall``
+``executemany 1,000``       ``await db.executemany("INSERT ...", rows)`` (its own transaction)
+
+The figure is CPU time (``time.process_time``: every thread of this process, so aiosqlite's
+thread counts) per operation, which other people's work on the shared cores does not inflate
+the way it does wall time. For the new backend the wall time of the two 1,000-row statements is
+also how long they hold the event loop (they run on it).
+
+    python bench/db.py [--n 5000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, bench/ is first on sys.path and bench/tokenize.py would shadow the stdlib's
+# ``tokenize`` (imported by linecache, hence by logging and asyncio): keep the directory last.
+_BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _BENCH] + [_BENCH]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sqlite3  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence  # noqa: E402
+from contextlib import asynccontextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from vault.database import Row, SqliteDatabase  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL,"
+    " ref TEXT NOT NULL, amount INTEGER NOT NULL, state TEXT NOT NULL, created_at INTEGER)"
+)
+INSERT = "INSERT INTO bench (tenant, ref, amount, state, created_at) VALUES ($1, $2, $3, $4, $5)"
+INSERT_JSON = (
+    "INSERT INTO bench (tenant, ref, amount, state, created_at)"
+    " SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),"
+    " json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]')"
+    " FROM json_each($1) WHERE true RETURNING id, tenant"
+)
+BATCH = 1000
+
+
+# -- the old backend (aiosqlite), as it was -----------------------------------------------------
+
+
+class _OldConnection:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        query, params = _old_qmark(sql, args)
+        await self._conn.execute(query, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        query, _ = _old_qmark(sql, rows[0])
+        await self._conn.executemany(query, [_old_qmark(sql, row)[1] for row in rows])
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        query, params = _old_qmark(sql, args)
+        async with self._conn.execute(query, params) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else dict(row)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        query, params = _old_qmark(sql, args)
+        async with self._conn.execute(query, params) as cursor:
+            rows = await cursor.fetchall()
+        return [dict(row) for row in rows]
+
+
+def _old_qmark(sql: str, args: Sequence[Any]) -> tuple[str, list[Any]]:
+    # The old rewrite ran the regex on every call (the new one caches it per statement text).
+    import re
+
+    order: list[int] = []
+
+    def substitute(match: re.Match[str]) -> str:
+        order.append(int(match.group(1)) - 1)
+        return "?"
+
+    rewritten = re.sub(r"\$(\d+)", substitute, sql)
+    if not order:
+        return rewritten, list(args)
+    return rewritten, [args[i] for i in order]
+
+
+class OldSqliteDatabase:
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        self._plain = _OldConnection(conn)
+
+    @classmethod
+    async def open(cls, path: str) -> OldSqliteDatabase:
+        import aiosqlite
+
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        return cls(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_OldConnection]:
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._plain
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            else:
+                await self._conn.execute("COMMIT")
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        async with self._lock:
+            await self._plain.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        async with self.transaction() as tx:
+            await tx.executemany(sql, rows)
+
+    async def fetchone(self, sql: str, *args: Any) -> Row | None:
+        async with self._lock:
+            return await self._plain.fetchone(sql, *args)
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Row]:
+        async with self._lock:
+            return await self._plain.fetchall(sql, *args)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+# -- the measurements ---------------------------------------------------------------------------
+
+Op = Callable[[Any, int], Awaitable[Any]]
+
+
+async def op_select1(db: Any, i: int) -> Any:
+    return await db.fetchone("SELECT 1")
+
+
+async def op_insert(db: Any, i: int) -> Any:
+    await db.execute(INSERT, "t1", f"ref-{i}", i, "new", i)
+
+
+async def op_transaction(db: Any, i: int) -> Any:
+    async with db.transaction() as tx:
+        await tx.execute(INSERT, "t1", f"tx-{i}", i, "new", i)
+        await tx.execute("UPDATE bench SET state = $1 WHERE ref = $2", "done", f"ref-{i}")
+        return await tx.fetchone("SELECT amount, state FROM bench WHERE ref = $1", f"tx-{i}")
+
+
+def _batch(i: int) -> list[list[Any]]:
+    return [["t2", f"b{i}-{k}", k, "new", k] for k in range(BATCH)]
+
+
+async def op_insert_json(db: Any, i: int) -> Any:
+    rows = await db.fetchall(INSERT_JSON, json.dumps(_batch(i)))
+    assert len(rows) == BATCH
+
+
+async def op_executemany(db: Any, i: int) -> Any:
+    await db.executemany(INSERT, _batch(-i - 1))
+
+
+OPS: list[tuple[str, Op, int]] = [  # label, operation, repetitions relative to --n
+    ("fetchone SELECT 1", op_select1, 1),
+    ("INSERT autocommit", op_insert, 1),
+    ("transaction of 3", op_transaction, 1),
+    (f"insert {BATCH:,} (json)", op_insert_json, 0),
+    (f"executemany {BATCH:,}", op_executemany, 0),
+]
+
+
+async def measure(db: Any, op: Op, n: int) -> tuple[float, float, float]:
+    """Run ``op`` ``n`` times; return CPU µs per op, wall µs per op, and the longest wall µs."""
+    for i in range(min(50, n)):  # warm up: statement caches, pages
+        await op(db, 10_000_000 + i)
+    longest = 0.0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for i in range(n):
+        start = time.perf_counter()
+        await op(db, i)
+        longest = max(longest, time.perf_counter() - start)
+    cpu = time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    return cpu / n * 1e6, wall / n * 1e6, longest * 1e6
+
+
+async def one_round(
+    kind: str, directory: Path, n: int, batches: int
+) -> dict[str, tuple[float, float, float]]:
+    path = str(directory / f"{kind}-{time.monotonic_ns()}.db")
+    db: Any = await (OldSqliteDatabase.open(path) if kind == "old" else SqliteDatabase.open(path))
+    try:
+        await db.execute(SCHEMA)
+        await db.execute("CREATE INDEX IF NOT EXISTS bench_ref ON bench (ref)")
+        results = {}
+        for label, op, scale in OPS:
+            results[label] = await measure(db, op, n * scale or batches)
+        return results
+    finally:
+        await db.close()
+
+
+def facts(n: int, rounds: int, batches: int) -> str:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "vault/database.py", "bench/db.py"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    ).stdout.strip()
+    return (
+        f"commit {commit or 'unknown'}{' (vault/database.py or bench/db.py modified)' if dirty else ''}"
+        f", {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n"
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}; a file in "
+        f"{tempfile.gettempdir()}, WAL, synchronous=NORMAL; {n:,} of each small operation and "
+        f"{batches} of each 1,000-row one per round, {rounds} rounds, medians"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=5000, help="small operations per round")
+    parser.add_argument("--batches", type=int, default=20, help="1,000-row operations per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    try:
+        import aiosqlite  # noqa: F401
+
+        kinds = ["old", "new"]
+    except ImportError:
+        kinds = ["new"]
+        print("aiosqlite is not installed: the old backend is not measured")
+
+    print(facts(args.n, args.rounds, args.batches))
+    runs: dict[str, list[dict[str, tuple[float, float, float]]]] = {k: [] for k in kinds}
+    with tempfile.TemporaryDirectory(prefix="tessera-bench-db-") as directory:
+        for _ in range(args.rounds):
+            for kind in kinds:  # interleaved, so a busy spell on the machine hits both
+                runs[kind].append(
+                    asyncio.run(one_round(kind, Path(directory), args.n, args.batches))
+                )
+
+    def median(kind: str, label: str, index: int) -> float:
+        return statistics.median(r[label][index] for r in runs[kind])
+
+    print(f"\n{'':<24}" + "".join(f"{k + ' CPU µs/op':>18}" for k in kinds) + "   new wall µs/op (max)")
+    for label, _, _ in OPS:
+        cells = "".join(f"{median(k, label, 0):>18.1f}" for k in kinds)
+        wall = f"{median('new', label, 1):>10.1f} ({median('new', label, 2):,.0f})"
+        ratio = ""
+        if "old" in kinds:
+            ratio = f"   {median('old', label, 0) / median('new', label, 0):.1f}x less CPU"
+        print(f"{label:<24}{cells}   {wall}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
