@@ -116,7 +116,11 @@ class Migration:
 #   the committing connection (every 1,000 pages by default): that would be a commit on the loop
 #   that stalls for the disk now and then. The loop's connection has ``wal_autocheckpoint`` off; a
 #   thread with a connection of its own runs a PASSIVE checkpoint every ``checkpoint_interval``
-#   seconds when the log has changed, which never blocks a reader or a writer.
+#   seconds when the log has changed, which never blocks a reader or a writer. The log starts
+#   over from its beginning at the first write after a checkpoint that copied all of it; should
+#   writes keep coming in while it copies so that this never happens and the log reaches
+#   ``_WAL_RESTART_FRAMES``, a RESTART checkpoint holds writers off (they wait in their threads,
+#   not on their loops) while it copies the rest, and the log starts over.
 # - Opening and closing (the last close checkpoints) run in a thread too.
 
 _log = logging.getLogger(__name__)
@@ -128,6 +132,8 @@ _BUSY_TIMEOUT = 5.0
 _BUSY_SLICE_MS = 50
 #: Seconds between two looks at the WAL by the checkpointer.
 _CHECKPOINT_INTERVAL = 1.0
+#: A WAL of this many frames (pages, 4 KiB each by default) gets a RESTART checkpoint.
+_WAL_RESTART_FRAMES = 4096
 #: A WAL that grew past this during a burst is cut back to it when it is next reused (bytes).
 _JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 #: Bulk statements run in the database's thread rather than hold the loop for milliseconds:
@@ -300,20 +306,24 @@ class _SqliteTransaction:
 
 
 class _Checkpointer:
-    """PASSIVE checkpoints of one WAL database, from a thread with a connection of its own.
+    """Checkpoints of one WAL database, from a thread with a connection of its own.
 
-    Every ``interval`` seconds, if the WAL file changed since the last checkpoint, it copies the
-    committed frames into the database file. A PASSIVE checkpoint takes no lock that a reader or
-    a writer waits for; once the whole log is copied, the next writer starts the WAL over from
-    its beginning, so the log stays about as long as ``interval`` seconds of writes."""
+    Every ``interval`` seconds, if the WAL file changed since the last checkpoint, a PASSIVE
+    checkpoint copies the committed frames into the database file: it takes no lock that a
+    reader or a writer waits for. Once the whole log is copied, the next writer starts the WAL
+    over from its beginning, so the log stays about as long as ``interval`` seconds of writes.
+    If it reaches ``_WAL_RESTART_FRAMES`` all the same (writes came in during every checkpoint),
+    a RESTART checkpoint makes writers wait while it copies the rest, so that it starts over."""
 
     def __init__(self, path: str, interval: float) -> None:
         self._path = path
         self._wal = path + "-wal"
         self._interval = interval
         self._stop = threading.Event()
-        #: Checkpoints run so far (for tests and diagnostics).
+        #: Checkpoints run so far, and how many of them had to hold writers off (for tests and
+        #: diagnostics).
         self.runs = 0
+        self.restarts = 0
         self._thread = threading.Thread(
             target=self._main, name=f"sqlite-checkpoint:{Path(path).name}", daemon=True
         )
@@ -345,8 +355,14 @@ class _Checkpointer:
                     continue
                 try:
                     if conn is None:
-                        conn = sqlite3.connect(self._path, isolation_level=None, timeout=0)
+                        # The timeout is a RESTART's wait for the writer of the moment.
+                        conn = sqlite3.connect(self._path, isolation_level=None, timeout=1.0)
                     _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames >= _WAL_RESTART_FRAMES:
+                        self.restarts += 1
+                        _, frames, copied = conn.execute(
+                            "PRAGMA wal_checkpoint(RESTART)"
+                        ).fetchone()
                 except sqlite3.Error as error:
                     _log.warning("WAL checkpoint of %s failed: %s", self._path, error)
                     continue

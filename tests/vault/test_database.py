@@ -1,0 +1,547 @@
+"""The SQLite backend of ``vault.database``: statements on the event loop, waits off it.
+
+Real database files under ``tmp_path``. "Another process" is a real one (a Python child holding
+a write transaction for a while); the event loop's responsiveness is watched by a ticker task
+that records the longest gap between its wake-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from vault import database
+from vault.database import SqliteDatabase, _rewrite, _to_qmark, open_database
+
+SCHEMA = "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER)"
+
+#: A child process that takes the write lock, inserts a row, holds the lock, then commits. It
+#: prints ``held`` once it holds the lock and ``committed <monotonic time>`` after the commit
+#: (CLOCK_MONOTONIC is the same clock in every process here).
+HOLDER = r"""
+import sqlite3, sys, time
+path, hold = sys.argv[1], float(sys.argv[2])
+conn = sqlite3.connect(path, isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO items (name) VALUES ('holder')")
+print("held", flush=True)
+time.sleep(hold)
+conn.execute("COMMIT")
+print("committed", time.monotonic(), flush=True)
+conn.close()
+"""
+
+#: Longest loop stall allowed while waiting for another process. A loop that waited for the lock
+#: on its own thread would stall for the whole hold (0.6 s); scheduling on a busy shared machine
+#: stays well under this.
+MAX_GAP = 0.15
+
+
+class Ticker:
+    """Wakes every 5 ms and records the longest gap between two wake-ups."""
+
+    def __init__(self) -> None:
+        self.max_gap = 0.0
+        self.ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.005)
+            now = loop.time()
+            self.max_gap = max(self.max_gap, now - last)
+            self.ticks += 1
+            last = now
+
+    async def __aenter__(self) -> Ticker:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self._task
+
+
+class Holder:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.committed_at: float | None = None
+
+    async def wait_committed(self) -> float:
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        word, at = line.decode().split()
+        assert word == "committed"
+        self.committed_at = float(at)
+        return self.committed_at
+
+
+@asynccontextmanager
+async def other_process_holds_lock(path: Path, seconds: float) -> AsyncIterator[Holder]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER, str(path), str(seconds), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"held\n"
+        yield Holder(proc)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "db" / "test.db"  # a directory that open() must create
+
+
+@pytest.fixture
+async def db(path: Path) -> AsyncIterator[SqliteDatabase]:
+    database = await SqliteDatabase.open(str(path))
+    await database.execute(SCHEMA)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+def names(path: Path) -> list[str]:
+    """The rows as another connection (another process would) sees them: committed only."""
+    conn = sqlite3.connect(path)
+    try:
+        return [name for (name,) in conn.execute("SELECT name FROM items ORDER BY id")]
+    finally:
+        conn.close()
+
+
+# -- statements ---------------------------------------------------------------------------------
+
+
+async def test_statements_and_numbered_placeholders(db: SqliteDatabase, path: Path) -> None:
+    await db.execute("INSERT INTO items (name, qty) VALUES ($1, $2)", "a", 1)
+    await db.execute("INSERT INTO items (qty, name) VALUES ($2, $1)", "b", 2)  # reordered
+    await db.executemany("INSERT INTO items (qty, name) VALUES ($2, $1)", [("c", 3), ("d", 4)])
+    await db.executemany("INSERT INTO items (name, qty) VALUES ($1, $2)", [])
+
+    assert await db.fetchone("SELECT name, qty FROM items WHERE name = $1", "b") == {
+        "name": "b",
+        "qty": 2,
+    }
+    assert await db.fetchone("SELECT name FROM items WHERE name = $1", "nope") is None
+    rows = await db.fetchall("SELECT name, qty FROM items ORDER BY id")
+    assert rows == [
+        {"name": "a", "qty": 1},
+        {"name": "b", "qty": 2},
+        {"name": "c", "qty": 3},
+        {"name": "d", "qty": 4},
+    ]
+    assert all(type(row) is dict for row in rows)
+    assert await db.fetchall("SELECT name FROM items WHERE qty > $1", 99) == []
+    # One argument used twice, and arguments in another order than they are numbered.
+    assert await db.fetchval("SELECT count(*) FROM items WHERE qty >= $1 AND qty <= $1 + 1", 2) == 2
+    assert await db.fetchval("SELECT $2 || '-' || $1", "x", "y") == "y-x"
+    assert await db.fetchval("SELECT qty FROM items WHERE name = $1", "nope") is None
+    await db.ping()
+    assert names(path) == list("abcd")
+
+
+def test_placeholder_rewrite_is_cached_per_statement() -> None:
+    sql = "SELECT $3, $1, $1 -- test_placeholder_rewrite_is_cached_per_statement"
+    expected = sql.replace("$3", "?").replace("$1", "?")
+    assert _to_qmark(sql, ("a", "b", "c")) == (expected, ["c", "a", "a"], False)
+    hits = _rewrite.cache_info().hits
+    assert _to_qmark(sql, (1, 2, 3))[1] == [3, 1, 1]
+    assert _rewrite.cache_info().hits == hits + 1
+    # In order and as many as given: passed on as they are, not copied.
+    args = ("a", "b")
+    assert _to_qmark("SELECT $1, $2", args)[1] is args
+    # Fewer placeholders than arguments: only the ones used go (as before the cache).
+    assert _to_qmark("SELECT $2", ("a", "b"))[1] == ["b"]
+
+
+async def test_errors_pass_through_and_leave_the_connection_usable(db: SqliteDatabase) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        await db.execute("INSERT INTO missing VALUES (1)")
+    with pytest.raises(sqlite3.IntegrityError):
+        await db.execute("INSERT INTO items (name) VALUES (NULL)")
+    await db.execute("INSERT INTO items (name) VALUES ('ok')")
+    assert await db.fetchval("SELECT count(*) FROM items") == 1
+
+
+async def test_memory_database() -> None:
+    db = await open_database("sqlite://:memory:")
+    assert isinstance(db, SqliteDatabase)
+    try:
+        await db.execute(SCHEMA)
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ($1)", "m")
+        assert await db.fetchall("SELECT name FROM items") == [{"name": "m"}]
+        assert db._checkpointer is None  # no WAL, nothing to checkpoint
+    finally:
+        await db.close()
+
+
+async def test_small_statements_cost_microseconds(db: SqliteDatabase) -> None:
+    """CPU time, not wall time: other work on the machine does not make this fail. Handing each
+    statement to a thread and back (aiosqlite) cost 50-240 us here."""
+    for _ in range(100):
+        await db.fetchone("SELECT 1")
+    n = 2000
+    start = time.process_time()
+    for _ in range(n):
+        await db.fetchone("SELECT 1")
+    per_op = (time.process_time() - start) / n
+    assert per_op < 30e-6, f"{per_op * 1e6:.1f} us per fetchone"
+    assert db.thread_runs == 0
+
+
+# -- transactions -------------------------------------------------------------------------------
+
+
+async def test_transaction_commits(db: SqliteDatabase, path: Path) -> None:
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO items (name) VALUES ($1)", "one")
+        await tx.executemany("INSERT INTO items (name) VALUES ($1)", [("two",), ("three",)])
+        assert await tx.fetchval("SELECT count(*) FROM items") == 3
+        assert names(path) == []  # not yet visible to anyone else
+    assert names(path) == ["one", "two", "three"]
+
+
+async def test_transaction_rolls_back_on_exception(db: SqliteDatabase, path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ($1)", "lost")
+            raise RuntimeError("boom")
+    assert names(path) == []
+    assert not db._conn.in_transaction
+    await db.execute("INSERT INTO items (name) VALUES ('after')")
+    assert names(path) == ["after"]
+
+
+async def test_failed_commit_rolls_back(db: SqliteDatabase, path: Path) -> None:
+    """A deferred foreign key fails at COMMIT, which leaves SQLite's transaction open: the
+    backend must roll it back, or the next statement would run inside it."""
+    await db.execute(
+        "CREATE TABLE child (id INTEGER PRIMARY KEY, item INTEGER"
+        " REFERENCES items (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('parent')")
+            await tx.execute("INSERT INTO child (item) VALUES (999)")
+    assert not db._conn.in_transaction
+    assert names(path) == []
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO items (name) VALUES ('next')")
+    assert names(path) == ["next"]
+
+
+async def test_cancelled_transaction_rolls_back_and_releases_the_lock(
+    db: SqliteDatabase, path: Path
+) -> None:
+    inside = asyncio.Event()
+
+    async def stuck() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('cancelled')")
+            inside.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(stuck())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not db._conn.in_transaction
+    assert not db._lock.locked()
+    # The file's write lock is free: another connection writes at once (no busy wait).
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        other.execute("INSERT INTO items (name) VALUES ('other')")
+    finally:
+        other.close()
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO items (name) VALUES ('mine')")
+    assert names(path) == ["other", "mine"]
+
+
+async def test_statement_outside_a_transaction_waits_for_it(db: SqliteDatabase, path: Path) -> None:
+    """A plain statement issued while a transaction is open must not run inside it."""
+    release = asyncio.Event()
+
+    async def open_transaction() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO items (name) VALUES ('tx')")
+            await release.wait()
+            raise RuntimeError("roll back")
+
+    task = asyncio.create_task(open_transaction())
+    await asyncio.sleep(0.01)
+    plain = asyncio.create_task(db.execute("INSERT INTO items (name) VALUES ('plain')"))
+    await asyncio.sleep(0.01)
+    assert not plain.done()
+    release.set()
+    with pytest.raises(RuntimeError):
+        await task
+    await plain
+    assert names(path) == ["plain"]  # not rolled back with the transaction
+
+
+# -- another connection holds the write lock ----------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["statement", "transaction"])
+async def test_waiting_for_another_process_does_not_block_the_loop(
+    db: SqliteDatabase, path: Path, kind: str
+) -> None:
+    hold = 0.6
+    async with other_process_holds_lock(path, hold) as holder, Ticker() as ticker:
+        start = time.monotonic()
+        if kind == "statement":
+            await db.execute("INSERT INTO items (name) VALUES ('mine')")
+        else:
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO items (name) VALUES ('mine')")
+        done = time.monotonic()
+        committed_at = await holder.wait_committed()
+    assert done >= committed_at, "went ahead while the other process held the lock"
+    assert done - start >= hold / 2
+    assert ticker.max_gap < MAX_GAP, f"the loop stalled for {ticker.max_gap * 1000:.0f} ms"
+    assert ticker.ticks >= 20
+    assert db.thread_runs == 1
+    assert names(path) == ["holder", "mine"]
+    # Back on the loop afterwards, with a zero busy timeout there.
+    assert db._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    await db.execute("INSERT INTO items (name) VALUES ('again')")
+    assert db.thread_runs == 1
+
+
+async def test_reads_do_not_wait_for_another_process(db: SqliteDatabase, path: Path) -> None:
+    await db.execute("INSERT INTO items (name) VALUES ('before')")
+    async with other_process_holds_lock(path, 0.6):
+        start = time.monotonic()
+        assert await db.fetchall("SELECT name FROM items") == [{"name": "before"}]
+        assert time.monotonic() - start < 0.1
+    assert db.thread_runs == 0
+
+
+async def test_lock_wait_gives_up_after_the_busy_timeout(path: Path) -> None:
+    db = await SqliteDatabase.open(str(path), busy_timeout=0.3)
+    try:
+        await db.execute(SCHEMA)
+        async with other_process_holds_lock(path, 2.0), Ticker() as ticker:
+            start = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                async with db.transaction() as tx:
+                    await tx.execute("INSERT INTO items (name) VALUES ('never')")
+            waited = time.monotonic() - start
+            assert ticker.max_gap < MAX_GAP
+        assert 0.25 <= waited < 1.5
+        assert not db._conn.in_transaction and not db._lock.locked()
+        await db.execute("INSERT INTO items (name) VALUES ('later')")
+        assert names(path) == ["holder", "later"]
+    finally:
+        await db.close()
+
+
+async def test_cancel_while_waiting_for_the_lock(db: SqliteDatabase, path: Path) -> None:
+    async with other_process_holds_lock(path, 2.0):
+        task = asyncio.create_task(db.execute("INSERT INTO items (name) VALUES ('cancelled')"))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        start = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Let go within a slice of the wait (50 ms), not at the end of the busy timeout.
+        assert time.monotonic() - start < 0.5
+        assert not db._lock.locked()
+    # The thread is done with the connection: the loop uses it again, at zero busy timeout.
+    assert db._conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    await db.execute("INSERT INTO items (name) VALUES ('after')")
+    assert names(path) == ["holder", "after"]
+
+
+async def test_two_databases_on_one_file_in_one_process(db: SqliteDatabase, path: Path) -> None:
+    """The other writer on the same loop: waiting for it on the loop would never end."""
+    other = await SqliteDatabase.open(str(path))
+    try:
+        first_in = asyncio.Event()
+        order: list[str] = []
+
+        async def first() -> None:
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO items (name) VALUES ('first')")
+                first_in.set()
+                await asyncio.sleep(0.3)
+                order.append("first commits")
+
+        async def second() -> None:
+            await first_in.wait()
+            async with other.transaction() as tx:
+                order.append("second begins")
+                await tx.execute("INSERT INTO items (name) VALUES ('second')")
+
+        async with Ticker() as ticker:
+            await asyncio.wait_for(asyncio.gather(first(), second()), 10)
+        assert order == ["first commits", "second begins"]
+        assert ticker.max_gap < MAX_GAP
+        assert other.thread_runs == 1
+        assert names(path) == ["first", "second"]
+    finally:
+        await other.close()
+
+
+# -- bulk statements ----------------------------------------------------------------------------
+
+BULK_INSERT = (
+    "INSERT INTO items (name, qty) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')"
+    " FROM json_each($1) RETURNING id"
+)
+
+
+async def test_bulk_statements_run_off_the_loop(db: SqliteDatabase, path: Path) -> None:
+    # 200,000 rows unpacked from one JSON argument: a long statement (it makes no Python objects,
+    # so the garbage collector, which would stall the loop from any thread, stays out of it).
+    bulk = json.dumps([[f"item-{i:06}", i] for i in range(200_000)])
+    async with Ticker() as ticker:
+        start = time.monotonic()
+        await db.execute(BULK_INSERT.removesuffix(" RETURNING id"), bulk)
+        took = time.monotonic() - start
+    assert db.thread_runs == 1
+    assert took > 2 * MAX_GAP  # it would have stalled the loop, had it run there
+    assert ticker.max_gap < MAX_GAP, f"the loop stalled for {ticker.max_gap * 1000:.0f} ms"
+    # A few rows stay on the loop: the hop to the thread would cost more than the statement.
+    few = json.dumps([["few", 1], ["few", 2], ["few", 3]])
+    assert len(await db.fetchall(BULK_INSERT, few)) == 3
+    await db.executemany("INSERT INTO items (name) VALUES ($1)", [("small",)] * 10)
+    assert db.thread_runs == 1
+    await db.executemany("INSERT INTO items (name) VALUES ($1)", [("big",)] * 500)
+    assert db.thread_runs == 2
+    assert await db.fetchval("SELECT count(*) FROM items") == 200_000 + 3 + 10 + 500
+
+
+# -- checkpoints and close ----------------------------------------------------------------------
+
+
+def _size(file: Path) -> int:
+    return file.stat().st_size
+
+
+async def _write_for_a_while(db: SqliteDatabase, wal: Path, *, pause: float = 0.025) -> int:
+    """About 8 MB of WAL frames (2,000 one-row commits of 1 KB) in 40 bursts ``pause`` seconds
+    apart; return the largest WAL file size seen."""
+    largest = 0
+    for burst in range(40):
+        for i in range(50):
+            await db.execute("INSERT INTO items (name) VALUES ($1)", f"{burst}-{i}-" + "x" * 1000)
+        largest = max(largest, _size(wal))
+        await asyncio.sleep(pause)
+    return largest
+
+
+async def test_checkpointer_keeps_the_wal_bounded(path: Path) -> None:
+    """Checkpoints run while writes keep coming: PASSIVE ones, and a RESTART one when the log
+    passes the frame limit (lowered here to 200 frames, about 800 KB)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(database, "_WAL_RESTART_FRAMES", 200)
+        db = await SqliteDatabase.open(str(path), checkpoint_interval=0.05)
+        try:
+            await db.execute(SCHEMA)
+            assert db._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+            largest = await _write_for_a_while(db, Path(f"{path}-wal"))
+            assert db._checkpointer is not None and db._checkpointer.runs >= 5
+            assert largest < 3_000_000, largest
+            assert await db.fetchval("SELECT count(*) FROM items") == 2000
+        finally:
+            await db.close()
+
+
+async def test_passive_checkpoints_in_quiet_moments_keep_the_wal_small(path: Path) -> None:
+    """With pauses between bursts, PASSIVE checkpoints copy the whole log and the next write
+    starts it over: the WAL stays at about one burst, and no writer is ever held off."""
+    db = await SqliteDatabase.open(str(path), checkpoint_interval=0.02)
+    try:
+        await db.execute(SCHEMA)
+        largest = await _write_for_a_while(db, Path(f"{path}-wal"), pause=0.1)
+        assert db._checkpointer is not None and db._checkpointer.runs >= 20
+        assert db._checkpointer.restarts == 0
+        assert largest < 1_500_000, largest
+    finally:
+        await db.close()
+
+
+async def test_without_checkpoints_the_wal_grows(path: Path) -> None:
+    """The control for the tests above: with the checkpointer idle (and SQLite's automatic
+    checkpoints off on the loop's connection) the same writes leave a large WAL."""
+    db = await SqliteDatabase.open(str(path), checkpoint_interval=3600)
+    try:
+        await db.execute(SCHEMA)
+        largest = await _write_for_a_while(db, Path(f"{path}-wal"))
+        assert db._checkpointer is not None and db._checkpointer.runs == 0
+        assert largest > 7_000_000, largest
+    finally:
+        await db.close()
+
+
+def _exists(file: Path) -> bool:
+    return file.exists()
+
+
+def _threads_named(prefix: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
+
+
+async def test_close_stops_everything(path: Path) -> None:
+    db = await SqliteDatabase.open(str(path), checkpoint_interval=0.02)
+    await db.execute(SCHEMA)
+    async with other_process_holds_lock(path, 0.2):
+        await db.execute("INSERT INTO items (name) VALUES ('waited')")  # starts the wait thread
+    assert db.thread_runs == 1
+    checkpointer = db._checkpointer
+    assert checkpointer is not None and checkpointer.alive
+    executor = db._executor
+    assert executor is not None
+
+    await db.close()
+    await db.close()  # a second close is a no-op
+
+    assert not checkpointer.alive
+    assert not [t for t in getattr(executor, "_threads", ()) if t.is_alive()]
+    assert not _threads_named(f"sqlite-checkpoint:{path.name}")
+    with pytest.raises(sqlite3.ProgrammingError):
+        await db.execute("SELECT 1")
+    # The last connection to the file is gone: SQLite folded the WAL in and removed it.
+    assert not _exists(Path(f"{path}-wal"))
+    assert names(path) == ["holder", "waited"]
+
+
+async def test_dropping_an_unclosed_database_stops_its_checkpointer(path: Path) -> None:
+    db = await SqliteDatabase.open(str(path), checkpoint_interval=0.02)
+    checkpointer = db._checkpointer
+    assert checkpointer is not None and checkpointer.alive
+    db._conn.close()
+    del db
+    gc.collect()  # the database and its transaction helper refer to each other
+    for _ in range(100):
+        if not checkpointer.alive:
+            break
+        await asyncio.sleep(0.02)
+    assert not checkpointer.alive
