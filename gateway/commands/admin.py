@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from gateway.config import Settings
-from gateway.merchants import MerchantStore
+from gateway.merchants import MerchantStore, WebhookUrlError
 from vault.audit import AuditLog
 from vault.client import VaultClient
 from vault.database import PostgresDatabase, SqliteDatabase, open_database
@@ -134,12 +134,29 @@ def reconcile(settings: Settings) -> int:
 
 
 def merchants_webhook_set(settings: Settings, merchant_id: str, url: str) -> int:
-    """Register the merchant's notification URL; prints the signing secret once."""
+    """Register the merchant's notification URL; prints the signing secret once.
+
+    The URL must be https, without credentials, on a host whose every address is public (see
+    ``gateway.merchants.check_webhook_url``); otherwise the reason is printed to stderr and the
+    exit status is 2 (1 for an unknown merchant). ``[payments] allow_private_webhook_targets``
+    (development and tests only) also admits http and loopback/private addresses.
+    """
+    # getattr: the setting is read when the configuration defines it (see docs/operating.md).
+    allow_private = bool(getattr(settings.payments, "allow_private_webhook_targets", False))
 
     async def work(db: SqliteDatabase | PostgresDatabase) -> int:
         store = MerchantStore(db)
         await store.migrate()
-        endpoint = await store.set_webhook_endpoint(merchant_id, url)
+        try:
+            endpoint = await store.set_webhook_endpoint(
+                merchant_id, url, allow_http=allow_private, allow_private=allow_private
+            )
+        except WebhookUrlError as exc:
+            print(f"tessera: webhook URL refused ({exc.code}): {exc}", file=sys.stderr)
+            return 2
+        except LookupError:
+            print(f"tessera: no merchant {merchant_id!r}.", file=sys.stderr)
+            return 1
         print(f"webhook url:    {endpoint.url}")
         print(f"signing secret: {endpoint.secret}")
         print("Verify Tessera-Signature with this secret (docs/merchant-client.md).")

@@ -15,6 +15,16 @@ delivers it; anything else (another status, a connection error, a timeout) sched
 with exponential backoff and jitter, until ``max_attempts`` marks it ``dead``. Redirects are
 not followed.
 
+Before each delivery the URL's host is resolved once and every address checked
+(``gateway.merchants.resolve_webhook_target``: no loopback, private, link-local, metadata or
+other non-public address); the request then goes to a checked address, with the URL's host in
+``Host`` and as the TLS server name (certificate verification is unchanged), so DNS rebinding
+between the check and the connect cannot reach an internal host. A refused or unresolvable
+target is a failed attempt like any other (``last_error`` says ``target refused: not a public
+address`` or ``target did not resolve``, never an address) and is retried with the same
+backoff: DNS may be fixed meanwhile. ``allow_private_targets`` admits loopback and private
+addresses for development and tests only.
+
 All state is in the database, so a restarted dispatcher carries on where the last one stopped.
 Each run claims a batch with a lease (``locked_until``, ``lock_token``; ``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL): two dispatcher processes never deliver one notification at the same
@@ -37,8 +47,10 @@ from enum import StrEnum
 
 import aiohttp
 import orjson
+from aiohttp.client_reqrep import ConnectionKey
+from yarl import URL
 
-from gateway.merchants import MerchantStore
+from gateway.merchants import MerchantStore, WebhookTarget, WebhookUrlError, resolve_webhook_target
 from gateway.payments.backoff import ExponentialBackoff
 from gateway.payments.instants import Clock, SystemClock, from_micros, to_micros
 from gateway.payments.records import new_id
@@ -100,6 +112,16 @@ _CLAIM = (
     f"RETURNING {_COLUMNS}"
 )
 _MAX_RESPONSE_BYTES = 64 * 1024
+#: Whether aiohttp's connection pool keys on the TLS server name (aiohttp 3.14 and later). Where
+#: it does not, a pooled connection made for one merchant's host name could carry another's
+#: request to the same address, so every request asks for its connection to be closed instead.
+_POOL_KEYED_BY_TLS_NAME = "server_hostname" in getattr(ConnectionKey, "_fields", ())
+#: What ``last_error`` says when the target itself is refused: fixed text, no address or name.
+_TARGET_ERRORS = {
+    "webhook_target_refused": "target refused: not a public address",
+    "webhook_target_unresolved": "target did not resolve",
+    "webhook_url_invalid": "target refused: invalid URL",
+}
 
 
 class NotificationStatus(StrEnum):
@@ -280,6 +302,7 @@ class NotificationDispatcher:
         batch_size: int = 50,
         concurrency: int = 8,
         rng: random.Random | None = None,
+        allow_private_targets: bool = False,
     ) -> None:
         if max_attempts < 1 or batch_size < 1 or concurrency < 1:
             raise ValueError("max_attempts, batch_size and concurrency must be positive.")
@@ -299,6 +322,7 @@ class NotificationDispatcher:
         self._batch = batch_size
         self._concurrency = asyncio.Semaphore(concurrency)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._allow_private = allow_private_targets
 
     async def run_once(self) -> DispatchReport:
         """Claim one batch of due notifications and try each once."""
@@ -353,7 +377,21 @@ class NotificationDispatcher:
             http_status: int | None = None
             error = ""
             try:
-                http_status = await self._post(endpoint.url, endpoint.secret, notification)
+                async with asyncio.timeout(self._timeout):
+                    target = await resolve_webhook_target(
+                        endpoint.url, allow_private=self._allow_private
+                    )
+                    http_status = await self._post(target, endpoint.secret, notification)
+            except WebhookUrlError as exc:
+                error = _TARGET_ERRORS.get(exc.code, "target refused")
+                log.warning(
+                    "notification target refused",
+                    extra={
+                        "event_id": notification.id,
+                        "merchant_id": notification.merchant_id,
+                        "code": exc.code,
+                    },
+                )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # The class name only: a message may echo the URL or part of a response.
                 error = type(exc).__name__
@@ -381,7 +419,13 @@ class NotificationDispatcher:
             )
             return NotificationStatus.PENDING if retry_at else NotificationStatus.DEAD
 
-    async def _post(self, url: str, secret: str, notification: Notification) -> int:
+    async def _post(self, target: WebhookTarget, secret: str, notification: Notification) -> int:
+        """POST to the first checked address that accepts a connection; the status it answers.
+
+        The URL's host is replaced by the address (so the session's resolver is never asked)
+        and sent as ``Host`` and as the TLS server name (SNI and certificate verification). The
+        next address is tried only when connecting failed, i.e. nothing was sent.
+        """
         timestamp = int(self._clock.now().timestamp())
         headers = {
             "Content-Type": "application/json",
@@ -390,15 +434,30 @@ class NotificationDispatcher:
             "Tessera-Event-Id": notification.id,
             "Tessera-Event-Type": notification.event_type,
         }
-        async with (
-            asyncio.timeout(self._timeout),
-            self._session.post(
-                url, data=notification.body, headers=headers, allow_redirects=False
-            ) as response,
-        ):
-            # Read a little so the connection can be reused; the answer's content is ignored.
-            await response.content.read(_MAX_RESPONSE_BYTES)
-            return response.status
+        if not _POOL_KEYED_BY_TLS_NAME:
+            headers["Connection"] = "close"  # the server closes it: nothing stays pooled
+        server_hostname: str | None = None
+        if not target.literal:
+            headers["Host"] = target.host_header
+            server_hostname = target.host
+        url = URL(target.url)
+        last_error: aiohttp.ClientConnectorError | None = None
+        for address in target.addresses:
+            try:
+                async with self._session.post(
+                    url if target.literal else url.with_host(str(address)),
+                    data=notification.body,
+                    headers=headers,
+                    allow_redirects=False,
+                    server_hostname=server_hostname,
+                ) as response:
+                    # Read a little so the connection can be reused; the content is ignored.
+                    await response.content.read(_MAX_RESPONSE_BYTES)
+                    return response.status
+            except aiohttp.ClientConnectorError as exc:
+                last_error = exc
+        assert last_error is not None  # resolve_webhook_target never returns no address
+        raise last_error
 
 
 def _notification(row: Row) -> Notification:

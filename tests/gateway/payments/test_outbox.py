@@ -5,6 +5,7 @@ dead letters, restarts, leases and two dispatchers racing."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+import gateway.merchants
 from gateway.merchants import MerchantStore
 from gateway.payments import (
     SIGNATURE_HEADER,
@@ -94,7 +96,9 @@ class Shop:
 @pytest.fixture
 async def shop(merchants: MerchantStore, receiver: Receiver) -> Shop:
     merchant, _ = await merchants.create("shop")
-    endpoint = await merchants.set_webhook_endpoint(merchant.id, receiver.url, allow_http=True)
+    endpoint = await merchants.set_webhook_endpoint(
+        merchant.id, receiver.url, allow_http=True, allow_private=True
+    )
     return Shop(merchant.id, endpoint.secret)
 
 
@@ -108,6 +112,7 @@ def _dispatcher(
     kwargs.setdefault("backoff", NO_JITTER)
     kwargs.setdefault("request_timeout", 2.0)
     kwargs.setdefault("lease_seconds", 30.0)
+    kwargs.setdefault("allow_private_targets", True)  # the receiver is on loopback
     return NotificationDispatcher(outbox, merchants, session=session, clock=clock, **kwargs)
 
 
@@ -241,14 +246,19 @@ async def test_unreachable_endpoint_and_timeouts_are_retried(
     receiver: Receiver,
 ) -> None:
     await merchants.set_webhook_endpoint(
-        shop.merchant_id, f"http://127.0.0.1:{free_port()}/hook", allow_http=True
+        shop.merchant_id,
+        f"http://127.0.0.1:{free_port()}/hook",
+        allow_http=True,
+        allow_private=True,
     )
     [refused] = await _enqueue(outbox, shop.merchant_id)
     dispatcher = _dispatcher(outbox, merchants, session, clock, request_timeout=0.2)
     assert (await dispatcher.run_once()).retrying == 1
     assert (await outbox.get(refused)).last_error == "ClientConnectorError"
 
-    await merchants.set_webhook_endpoint(shop.merchant_id, receiver.url, allow_http=True)
+    await merchants.set_webhook_endpoint(
+        shop.merchant_id, receiver.url, allow_http=True, allow_private=True
+    )
     receiver.delay = 1.0  # slower than the request timeout
     clock.advance(3600)
     assert (await dispatcher.run_once()).retrying == 1
@@ -438,7 +448,13 @@ def test_verify_signature_refuses(header: str | None, now: int, message: str) ->
 # -- merchant webhook endpoints -----------------------------------------------------------------
 
 
-async def test_webhook_endpoint_settings(merchants: MerchantStore) -> None:
+async def test_webhook_endpoint_settings(
+    merchants: MerchantStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def public(host: str, port: int) -> list[ipaddress.IPv4Address]:
+        return [ipaddress.IPv4Address("93.184.215.14")]
+
+    monkeypatch.setattr(gateway.merchants, "resolve_host", public)  # no real DNS in tests
     merchant, _ = await merchants.create("shop")
     assert await merchants.webhook_endpoint(merchant.id) is None
     endpoint = await merchants.set_webhook_endpoint(merchant.id, "https://shop.example/hooks")
