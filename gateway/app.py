@@ -166,11 +166,20 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             payments=payments,
         )
         stop = asyncio.Event()
+        # Deliveries go to checked IP addresses (see gateway.payments.outbox): no cookie jar, so
+        # one merchant's cookies can never reach another merchant behind the same address.
         session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=15), auto_decompress=False
+            timeout=aiohttp.ClientTimeout(total=15),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         stack.push_async_callback(session.close)
-        dispatcher = NotificationDispatcher(outbox, merchants, session=session)
+        dispatcher = NotificationDispatcher(
+            outbox,
+            merchants,
+            session=session,
+            allow_private_targets=ps.allow_private_webhook_targets,
+        )
         background = [
             asyncio.create_task(_sweep_forever(tokens, ts.sweep_interval_seconds)),
             asyncio.create_task(

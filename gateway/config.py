@@ -170,6 +170,9 @@ class PaymentSettings(BaseModel):
     idempotency_key: SecretStr | None = None
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     outbox_interval_seconds: Annotated[float, Field(gt=0)] = 2.0
+    #: Development and tests only: merchant webhook URLs may be http:// and point at loopback or
+    #: private addresses (never link-local or cloud-metadata ones). Never in production.
+    allow_private_webhook_targets: bool = False
 
 
 class Settings(BaseModel):

@@ -94,7 +94,10 @@ def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
                 )
             },
             routing=RoutingSettings(default=["sandbox"]),
-            payments=PaymentSettings(idempotency_key=secrets.token_hex(32)),  # type: ignore[arg-type]
+            payments=PaymentSettings(
+                idempotency_key=secrets.token_hex(32),  # type: ignore[arg-type]
+                allow_private_webhook_targets=True,  # local receivers on 127.0.0.1
+            ),
         )
 
         async def ready(url: str) -> None:

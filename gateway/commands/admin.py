@@ -141,8 +141,7 @@ def merchants_webhook_set(settings: Settings, merchant_id: str, url: str) -> int
     exit status is 2 (1 for an unknown merchant). ``[payments] allow_private_webhook_targets``
     (development and tests only) also admits http and loopback/private addresses.
     """
-    # getattr: the setting is read when the configuration defines it (see docs/operating.md).
-    allow_private = bool(getattr(settings.payments, "allow_private_webhook_targets", False))
+    allow_private = settings.payments.allow_private_webhook_targets
 
     async def work(db: SqliteDatabase | PostgresDatabase) -> int:
         store = MerchantStore(db)
