@@ -6,11 +6,19 @@ settings (base URL, environment, breaker, bulkhead, retries) and credentials. Ca
 connector only through ``VaultRevealer``, the vault's tokenization service seen through the SDK's
 ``TokenRevealer`` protocol: every reveal is audited with its purpose, and the CVV held for a
 token is consumed by the first authorization.
+
+One payment's authorization may try several connectors (failover after ``not_sent``). Inside
+``reveal_scope()`` each token is revealed (decrypted, audited, its CVV consumed) at most once and
+the card is handed to every later candidate: a first connector that revealed the card and then
+failed to connect must not leave the backup without the CVV. The card lives only as long as the
+scope; the CVV is still consumed by the vault, so no *later* payment can use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from gateway.config import ConnectorSettings
 from normalization.errors import NotSupportedError
@@ -29,7 +37,28 @@ from sdk import (
 from sdk.manifest import Environment
 from vault.tokenization import TokenizationService
 
-__all__ = ["ConnectorPool", "VaultRevealer"]
+__all__ = ["ConnectorPool", "VaultRevealer", "reveal_scope"]
+
+# (tenant, token, consumes the CVV) -> the card revealed in the current scope.
+_ScopeCards = dict[tuple[str, str, bool], RevealedCard]
+_SCOPE: ContextVar[_ScopeCards | None] = ContextVar("tessera_reveal_scope", default=None)
+
+
+@contextmanager
+def reveal_scope() -> Iterator[None]:
+    """Within: ``VaultRevealer`` reveals each token at most once and reuses the card after.
+
+    Used around one payment's authorization (all its failover candidates). The scope belongs to
+    the current task (a ``ContextVar``), so concurrent payments never share cards; on exit the
+    cards are dropped.
+    """
+    cards: _ScopeCards = {}
+    reset = _SCOPE.set(cards)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(reset)
+        cards.clear()
 
 
 class VaultRevealer:
@@ -39,12 +68,27 @@ class VaultRevealer:
         self._tokens = tokens
 
     async def reveal(self, tenant: str, token: str, *, purpose: str) -> RevealedCard:
+        consume = purpose.endswith(":authorize")
+        cards = _SCOPE.get()
+        if cards is not None:
+            card = cards.get((tenant, token, consume))
+            if card is not None:
+                # Revealed (and audited) for an earlier candidate of this same authorization.
+                return card
+        card = await self._reveal(tenant, token, purpose=purpose, consume=consume)
+        if cards is not None:
+            cards[(tenant, token, consume)] = card
+        return card
+
+    async def _reveal(
+        self, tenant: str, token: str, *, purpose: str, consume: bool
+    ) -> RevealedCard:
         card = await self._tokens.reveal(
             tenant,
             token,
             purpose=purpose,
             actor="gateway:egress",
-            consume_cvc=purpose.endswith(":authorize"),
+            consume_cvc=consume,
         )
         return RevealedCard(
             number=card.number,

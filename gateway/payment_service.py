@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from gateway.connector_pool import ConnectorPool
+from gateway.connector_pool import ConnectorPool, reveal_scope
 from gateway.merchants import Merchant
 from gateway.payments import (
     AttemptRecord,
@@ -212,25 +212,28 @@ class PaymentService:
         result = PaymentResult.not_sent()
         rejection: TesseraError | None = None
         connector_id = candidates[0]
-        for connector_id in candidates:
-            attempt = await self._store.start_attempt(
-                payment, connector_id, Operation.AUTHORIZE.value, amount=payment.amount
-            )
-            request = self._authorize_request(
-                payment, new, method, attempt.provider_idempotency_key
-            )
-            error_code: str | None = None
-            try:
-                result = await self._invoke(
-                    merchant.id, connector_id, Operation.AUTHORIZE, request, correlation_id
+        # One reveal for the whole authorization: a candidate that revealed the card and then
+        # could not connect must not have consumed the CVV the next candidate needs.
+        with reveal_scope():
+            for connector_id in candidates:
+                attempt = await self._store.start_attempt(
+                    payment, connector_id, Operation.AUTHORIZE.value, amount=payment.amount
                 )
-                rejection = None
-            except TesseraError as exc:  # raised by the runtime only when nothing was sent
-                result, error_code, rejection = PaymentResult.not_sent(), exc.code, exc
-            await self._store.finish_attempt(attempt.id, result, error_code=error_code)
-            if result.outcome is not Outcome.NOT_SENT:
-                break
-            log.info("failover", payment_id=payment.id, connector=connector_id, code=error_code)
+                request = self._authorize_request(
+                    payment, new, method, attempt.provider_idempotency_key
+                )
+                error_code: str | None = None
+                try:
+                    result = await self._invoke(
+                        merchant.id, connector_id, Operation.AUTHORIZE, request, correlation_id
+                    )
+                    rejection = None
+                except TesseraError as exc:  # raised by the runtime only when nothing was sent
+                    result, error_code, rejection = PaymentResult.not_sent(), exc.code, exc
+                await self._store.finish_attempt(attempt.id, result, error_code=error_code)
+                if result.outcome is not Outcome.NOT_SENT:
+                    break
+                log.info("failover", payment_id=payment.id, connector=connector_id, code=error_code)
         payment = await self._settle(payment, result, connector=connector_id)
         if isinstance(rejection, ConnectorBusyError | ConnectorUnavailableError):
             # Every connector refused before sending (bulkhead full, breaker open): a fast 503
