@@ -433,9 +433,9 @@ async def test_bulk_statements_run_off_the_loop(db: SqliteDatabase, path: Path) 
     assert len(await db.fetchall(BULK_INSERT, few)) == 3
     await db.executemany("INSERT INTO items (name) VALUES ($1)", [("small",)] * 10)
     assert db.thread_runs == 1
-    await db.executemany("INSERT INTO items (name) VALUES ($1)", [("big",)] * 500)
+    await db.executemany("INSERT INTO items (name) VALUES ($1)", [("big",)] * 300)
     assert db.thread_runs == 2
-    assert await db.fetchval("SELECT count(*) FROM items") == 200_000 + 3 + 10 + 500
+    assert await db.fetchval("SELECT count(*) FROM items") == 200_000 + 3 + 10 + 300
 
 
 # -- checkpoints and close ----------------------------------------------------------------------
