@@ -338,7 +338,7 @@ async def test_reads_do_not_wait_for_another_process(db: SqliteDatabase, path: P
     async with other_process_holds_lock(path, 0.6):
         start = time.monotonic()
         assert await db.fetchall("SELECT name FROM items") == [{"name": "before"}]
-        assert time.monotonic() - start < 0.1
+        assert time.monotonic() - start < MAX_GAP  # not the 0.6 s the writer holds its lock
     assert db.thread_runs == 0
 
 
