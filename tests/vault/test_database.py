@@ -114,12 +114,12 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def db(path: Path) -> AsyncIterator[SqliteDatabase]:
-    database = await SqliteDatabase.open(str(path))
-    await database.execute(SCHEMA)
+    opened = await SqliteDatabase.open(str(path))
+    await opened.execute(SCHEMA)
     try:
-        yield database
+        yield opened
     finally:
-        await database.close()
+        await opened.close()
 
 
 def names(path: Path) -> list[str]:
