@@ -65,9 +65,22 @@ _PAN_LIKE_RE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){11,18}[0-9](?![0-9])", re.A
 _PROVIDER_KEY_NAMESPACE = uuid.UUID("6f1c2a0e-4b7d-5c3e-9a8f-7d2b1e0c9a41")
 
 
+_ID_SPACE = len(_BASE62) ** _ID_LENGTH
+_ID_SOURCE_BYTES = 32  # 256 random bits reduced mod 62**24 (~143 bits): bias below 2**-113
+
+
 def new_id(prefix: str) -> str:
-    """``<prefix>_`` + 24 random base62 characters (about 143 bits)."""
-    return f"{prefix}_" + "".join(secrets.choice(_BASE62) for _ in range(_ID_LENGTH))
+    """``<prefix>_`` + 24 random base62 characters (about 143 bits).
+
+    One call to the CSPRNG and integer arithmetic: 24 ``secrets.choice`` calls cost ~5x more,
+    and a payment makes several ids.
+    """
+    n = int.from_bytes(secrets.token_bytes(_ID_SOURCE_BYTES), "big") % _ID_SPACE
+    chars = []
+    for _ in range(_ID_LENGTH):
+        n, digit = divmod(n, 62)
+        chars.append(_BASE62[digit])
+    return f"{prefix}_" + "".join(chars)
 
 
 def provider_idempotency_key(

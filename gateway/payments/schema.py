@@ -25,6 +25,7 @@ from vault.database import Migration, Row
 
 __all__ = [
     "ATTEMPT_COLUMNS",
+    "FINISH_ATTEMPT",
     "INSERT_ATTEMPT",
     "INSERT_PAYMENT",
     "INSERT_REFUND",
@@ -36,6 +37,7 @@ __all__ = [
     "SELECT_PAYMENTS",
     "SELECT_PAYMENT_BY_ATTEMPT",
     "SELECT_REFUNDS",
+    "UPDATE_REFUND",
     "attempt_from_row",
     "enum_value",
     "model_json",
@@ -148,8 +150,21 @@ INSERT_PAYMENT = (
 )
 INSERT_ATTEMPT = (
     f"INSERT INTO payment_attempts ({ATTEMPT_COLUMNS}) VALUES "  # noqa: S608
-    "($1, $2, $3, $4, $5, $6, NULL, NULL, NULL, NULL, $7, $8, $9, $10, NULL, $11, 0) "
+    "($1, $2, $3, $4, $5, $6, $12, $13, NULL, $14, $7, $8, $9, $10, $15, $11, 0) "
     "ON CONFLICT (payment_id, seq) DO NOTHING RETURNING seq"
+)
+# Settles an attempt still open (in flight, ``unknown`` or ``pending``: see
+# ``AttemptRecord.needs_reconciliation``) in one statement; no row back: it was settled already.
+FINISH_ATTEMPT = (
+    "UPDATE payment_attempts SET outcome = $1, status = $2, "  # noqa: S608
+    "provider_reference = COALESCE($3, provider_reference), error_code = $4, finished_at = $5, "
+    "next_reconcile_at = $6 WHERE id = $7 AND (outcome IS NULL OR outcome = $8 OR status = $9) "
+    f"RETURNING {ATTEMPT_COLUMNS}"
+)
+UPDATE_REFUND = (
+    "UPDATE payment_refunds SET status = $1, "  # noqa: S608
+    "provider_reference = CASE WHEN $2 THEN provider_reference ELSE $3 END, updated_at = $4 "
+    f"WHERE id = $5 RETURNING {REFUND_COLUMNS}"
 )
 INSERT_REFUND = (
     f"INSERT INTO payment_refunds ({REFUND_COLUMNS}) "  # noqa: S608

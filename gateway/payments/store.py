@@ -47,6 +47,7 @@ from gateway.payments.records import (
     provider_idempotency_key,
 )
 from gateway.payments.schema import (
+    FINISH_ATTEMPT,
     INSERT_ATTEMPT,
     INSERT_PAYMENT,
     INSERT_REFUND,
@@ -56,6 +57,7 @@ from gateway.payments.schema import (
     SELECT_PAYMENT_BY_ATTEMPT,
     SELECT_PAYMENTS,
     SELECT_REFUNDS,
+    UPDATE_REFUND,
     attempt_from_row,
     enum_value,
     model_json,
@@ -290,23 +292,76 @@ class PaymentStore:
         *,
         amount: Money | None = None,
         refund_id: str | None = None,
+        seq: int | None = None,
         tx: Connection | None = None,
     ) -> AttemptRecord:
         """Record a connector call about to be made; its provider key comes with it.
 
         Call it (and commit) before sending: if the process dies mid-call, the attempt stays
         ``in_flight`` and becomes due for reconciliation after ``in_flight_grace``.
+
+        ``seq``: the number the caller expects the attempt to get (it knows the payment's
+        attempts, e.g. it created the payment in ``tx``); tried first, which saves reading
+        ``MAX(seq)``. Taken meanwhile: the next free number, as without it.
         """
-        operation = str(operation)
-        attempt_id = new_id("att")
         now = self._now()
         grace = to_micros(from_micros(now) + self._policy.in_flight_grace)
+        return await self._insert_attempt(
+            payment, connector, str(operation), amount, refund_id, seq, now, grace, None, tx
+        )
+
+    async def refused_attempt(
+        self,
+        payment: PaymentRecord,
+        connector: str,
+        operation: str,
+        *,
+        error_code: str,
+        amount: Money | None = None,
+        seq: int | None = None,
+        tx: Connection | None = None,
+    ) -> AttemptRecord:
+        """Record a call refused before anything was sent (breaker open): settled ``not_sent``.
+
+        For a connector the gateway skips without calling it: the payment still shows why it
+        did not go there. Nothing to reconcile.
+        """
+        return await self._insert_attempt(
+            payment,
+            connector,
+            str(operation),
+            amount,
+            None,
+            seq,
+            self._now(),
+            None,
+            (PaymentResult.not_sent(), error_code),
+            tx,
+        )
+
+    async def _insert_attempt(
+        self,
+        payment: PaymentRecord,
+        connector: str,
+        operation: str,
+        amount: Money | None,
+        refund_id: str | None,
+        seq_hint: int | None,
+        now: int,
+        next_at: int | None,
+        finished: tuple[PaymentResult, str] | None,
+        tx: Connection | None,
+    ) -> AttemptRecord:
+        attempt_id = new_id("att")
+        result, error_code = finished if finished is not None else (None, None)
         async with self._tx(tx) as conn:
+            seq = seq_hint
             for _ in range(_MAX_SEQ_RACES):
-                last = await conn.fetchval(
-                    "SELECT MAX(seq) FROM payment_attempts WHERE payment_id = $1", payment.id
-                )
-                seq = int(last or 0) + 1
+                if seq is None:
+                    last = await conn.fetchval(
+                        "SELECT MAX(seq) FROM payment_attempts WHERE payment_id = $1", payment.id
+                    )
+                    seq = int(last or 0) + 1
                 key = provider_idempotency_key(payment.merchant_id, payment.id, seq, operation)
                 inserted = await conn.fetchval(
                     INSERT_ATTEMPT,
@@ -320,10 +375,15 @@ class PaymentStore:
                     None if amount is None else amount.currency,
                     refund_id,
                     now,
-                    grace,
+                    next_at,
+                    None if result is None else result.outcome.value,
+                    None if result is None else result.status.value,
+                    error_code,
+                    None if result is None else now,
                 )
                 if inserted is not None:
                     break
+                seq = None
             else:  # pragma: no cover - needs _MAX_SEQ_RACES concurrent starts on one payment
                 raise ConcurrentUpdateError("Too many concurrent attempts on one payment.")
         return AttemptRecord(
@@ -333,15 +393,15 @@ class PaymentStore:
             connector=connector,
             operation=operation,
             provider_idempotency_key=key,
-            outcome=None,
-            status=None,
+            outcome=None if result is None else result.outcome,
+            status=None if result is None else result.status,
             provider_reference=None,
-            error_code=None,
+            error_code=error_code,
             amount=amount,
             refund_id=refund_id,
             started_at=from_micros(now),
-            finished_at=None,
-            next_reconcile_at=from_micros(grace),
+            finished_at=None if result is None else from_micros(now),
+            next_reconcile_at=None if next_at is None else from_micros(next_at),
             reconcile_count=0,
         )
 
@@ -353,7 +413,7 @@ class PaymentStore:
 
     async def finish_attempt(
         self,
-        attempt_id: str,
+        attempt: str | AttemptRecord,
         result: PaymentResult,
         *,
         error_code: str | None = None,
@@ -361,47 +421,46 @@ class PaymentStore:
     ) -> AttemptRecord:
         """Record the answer of a connector call (or of the sync that settled it).
 
-        An ``unknown`` outcome or a ``pending`` status schedules reconciliation; anything else
-        clears it. Finishing an attempt that is already settled with the same answer is a
-        no-op (duplicate webhook, repeated sync); with a different answer it is
-        ``IllegalTransitionError``.
+        ``attempt``: its id, or the record (saves a read when the answer needs no
+        reconciliation; its ``reconcile_count`` sets the backoff when it does). An ``unknown``
+        outcome or a ``pending`` status schedules reconciliation; anything else clears it.
+        Finishing an attempt that is already settled with the same answer is a no-op
+        (duplicate webhook, repeated sync); with a different answer it is
+        ``IllegalTransitionError``. One conditional ``UPDATE``: of two concurrent finishers,
+        one settles the attempt.
         """
         if error_code is None and result.decline is not None:
             error_code = result.decline.code.value
         async with self._tx(tx) as conn:
-            attempt = await self.get_attempt(attempt_id, tx=conn)
-            if not attempt.needs_reconciliation:
-                if (attempt.outcome, attempt.status) == (result.outcome, result.status):
-                    return attempt
-                raise IllegalTransitionError(
-                    f"The {attempt.operation} attempt is already settled as "
-                    f"{attempt.outcome} / {attempt.status}."
-                )
+            known = attempt if isinstance(attempt, AttemptRecord) else None
+            attempt_id = attempt.id if isinstance(attempt, AttemptRecord) else attempt
             now = self._now()
             next_at: int | None = None
             if result.outcome is Outcome.UNKNOWN or result.status is PaymentStatus.PENDING:
-                delay = self._policy.backoff.delay(attempt.reconcile_count, self._rng)
+                if known is None:
+                    known = await self.get_attempt(attempt_id, tx=conn)
+                delay = self._policy.backoff.delay(known.reconcile_count, self._rng)
                 next_at = to_micros(from_micros(now) + delay)
-            provider_reference = result.provider_reference or attempt.provider_reference
-            await conn.execute(
-                "UPDATE payment_attempts SET outcome = $1, status = $2, provider_reference = $3, "
-                "error_code = $4, finished_at = $5, next_reconcile_at = $6 WHERE id = $7",
+            row = await conn.fetchone(
+                FINISH_ATTEMPT,
                 result.outcome.value,
                 result.status.value,
-                provider_reference,
+                result.provider_reference,
                 error_code,
                 now,
                 next_at,
                 attempt_id,
+                Outcome.UNKNOWN.value,
+                PaymentStatus.PENDING.value,
             )
-        return replace(
-            attempt,
-            outcome=result.outcome,
-            status=result.status,
-            provider_reference=provider_reference,
-            error_code=error_code,
-            finished_at=from_micros(now),
-            next_reconcile_at=None if next_at is None else from_micros(next_at),
+            if row is not None:
+                return attempt_from_row(row)
+            settled = await self.get_attempt(attempt_id, tx=conn)
+        if (settled.outcome, settled.status) == (result.outcome, result.status):
+            return settled
+        raise IllegalTransitionError(
+            f"The {settled.operation} attempt is already settled as "
+            f"{settled.outcome} / {settled.status}."
         )
 
     async def attempts(self, payment_id: str) -> list[AttemptRecord]:
@@ -522,26 +581,19 @@ class PaymentStore:
         provider_reference: str | Unchanged | None = KEEP,
         tx: Connection | None = None,
     ) -> RefundRecord:
+        reference = None if provider_reference is KEEP else provider_reference
         async with self._tx(tx) as conn:
-            row = await conn.fetchone(SELECT_REFUNDS + " WHERE id = $1", refund_id)
-            if row is None:
-                raise NotFoundError("No such refund.")
-            refund = refund_from_row(row)
-            reference = (
-                refund.provider_reference if provider_reference is KEEP else provider_reference
-            )
-            now = self._now()
-            await conn.execute(
-                "UPDATE payment_refunds SET status = $1, provider_reference = $2, updated_at = $3 "
-                "WHERE id = $4",
+            row = await conn.fetchone(
+                UPDATE_REFUND,
                 status.value,
+                provider_reference is KEEP,
                 reference,
-                now,
+                self._now(),
                 refund_id,
             )
-        return replace(
-            refund, status=status, provider_reference=reference, updated_at=from_micros(now)
-        )
+        if row is None:
+            raise NotFoundError("No such refund.")
+        return refund_from_row(row)
 
     async def refunds(self, payment_id: str) -> list[RefundRecord]:
         rows = await self._db.fetchall(

@@ -29,6 +29,7 @@ from normalization import (
     InvalidRequestError,
     Money,
     NextAction,
+    NotFoundError,
     Observe,
     Outcome,
     PaymentNotFoundError,
@@ -330,6 +331,84 @@ async def test_concurrent_attempts_get_distinct_sequence_numbers(
     assert len({a.provider_idempotency_key for a in attempts}) == 8
 
 
+async def test_expected_sequence_number_is_used_or_the_next_free_one(
+    payment_store: PaymentStore, db: Database
+) -> None:
+    payment = await _payment(payment_store)
+    async with db.transaction() as tx:
+        first = await payment_store.start_attempt(payment, "sandbox", "authorize", seq=1, tx=tx)
+    assert first.seq == 1
+    # A stale expectation (seq 1 is taken) still gets a number, the next free one.
+    second = await payment_store.start_attempt(payment, "sandbox", "capture", seq=1)
+    assert second.seq == 2
+    assert second.provider_idempotency_key == provider_idempotency_key(
+        "mer_a", payment.id, 2, "capture"
+    )
+    assert await payment_store.attempts(payment.id) == [first, second]
+
+
+async def test_refused_attempt_is_settled_not_sent_and_never_reconciled(
+    payment_store: PaymentStore, clock: FakeClock
+) -> None:
+    payment = await _payment(payment_store)
+    refused = await payment_store.refused_attempt(
+        payment, "sandbox", "authorize", error_code="connector_unavailable", seq=1
+    )
+    assert (refused.outcome, refused.status, refused.error_code) == (
+        Outcome.NOT_SENT,
+        S.FAILED,
+        "connector_unavailable",
+    )
+    assert refused.finished_at == clock.now() and not refused.needs_reconciliation
+    assert await payment_store.get_attempt(refused.id) == refused
+    nxt = await payment_store.start_attempt(payment, "backup", "authorize", seq=2)
+    assert nxt.seq == 2
+    clock.advance(3600)
+    assert [a.id for a in await payment_store.due_for_reconciliation(clock.now())] == [nxt.id]
+
+
+async def test_finish_with_the_record_schedules_from_its_count(
+    payment_store: PaymentStore, clock: FakeClock
+) -> None:
+    payment = await _payment(payment_store)
+    attempt = await payment_store.start_attempt(payment, "sandbox", "authorize")
+    unknown = await payment_store.finish_attempt(attempt, PaymentResult.unknown())
+    assert unknown.outcome is Outcome.UNKNOWN and unknown.next_reconcile_at is not None
+    assert unknown.next_reconcile_at > clock.now()
+    assert await payment_store.get_attempt(attempt.id) == unknown
+    # An unknown attempt is still open: its settling answer (with a reference) is taken.
+    done = await payment_store.finish_attempt(
+        unknown,
+        PaymentResult(status=S.AUTHORIZED, outcome=Outcome.SUCCEEDED, provider_reference="p_9"),
+    )
+    assert (done.outcome, done.provider_reference, done.next_reconcile_at) == (
+        Outcome.SUCCEEDED,
+        "p_9",
+        None,
+    )
+    # A later answer without a reference keeps the one recorded.
+    same = await payment_store.finish_attempt(
+        done, PaymentResult(status=S.AUTHORIZED, outcome=Outcome.SUCCEEDED)
+    )
+    assert same == done
+    with pytest.raises(IllegalTransitionError):
+        await payment_store.finish_attempt(done, PaymentResult.not_sent())
+
+
+async def test_concurrent_finishers_settle_an_attempt_once(payment_store: PaymentStore) -> None:
+    payment = await _payment(payment_store)
+    attempt = await payment_store.start_attempt(payment, "sandbox", "authorize")
+    authorized = PaymentResult(status=S.AUTHORIZED, outcome=Outcome.SUCCEEDED)
+    declined = PaymentResult.declined(DeclineCode.DO_NOT_HONOR)
+    results = await asyncio.gather(
+        payment_store.finish_attempt(attempt, authorized),
+        payment_store.finish_attempt(attempt, declined),
+        return_exceptions=True,
+    )
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(errors) == 1 and isinstance(errors[0], IllegalTransitionError)
+
+
 # -- reconciliation -----------------------------------------------------------------------------
 
 
@@ -426,7 +505,14 @@ async def test_refund_round_trip(payment_store: PaymentStore, clock: FakeClock) 
     assert (done.status, done.provider_reference) == (RefundStatus.SUCCEEDED, "rf_1")
     failed = await payment_store.update_refund(second.id, status=RefundStatus.FAILED)
     assert failed.provider_reference is None
+    kept = await payment_store.update_refund(first.id, status=RefundStatus.SUCCEEDED)
+    assert kept.provider_reference == "rf_1"  # KEEP: the reference stays
+    done = await payment_store.update_refund(
+        first.id, status=RefundStatus.SUCCEEDED, provider_reference="rf_1"
+    )
     assert await payment_store.refunds(payment.id) == [done, failed]
+    with pytest.raises(NotFoundError):
+        await payment_store.update_refund("re_missing", status=RefundStatus.FAILED)
     with pytest.raises(InvalidRequestError):
         await payment_store.add_refund(payment, Money.of(1, "USD"))
 
