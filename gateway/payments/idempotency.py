@@ -217,16 +217,16 @@ class IdempotencyStore:
         claimed = await self._claim(merchant_id, key, fingerprint)
         if isinstance(claimed, IdempotentResponse):
             return claimed
-        keep_alive = asyncio.create_task(self._keep_alive(claimed))
+        keep_alive = _LeaseRenewal(self, claimed)
         try:
             result = await handler(claimed)
         except BaseException:
-            await _stop(keep_alive)
+            await keep_alive.stop()
             # Shielded: a cancelled request must still give its key back, or every retry
             # would get 409 until the lease ran out.
             await asyncio.shield(self._release(claimed))
             raise
-        await _stop(keep_alive)
+        await keep_alive.stop()
         if result.storable:
             await self._complete(claimed, result)
         else:
@@ -351,11 +351,11 @@ class IdempotencyStore:
         return merchant_key is not None
 
     async def _keep_alive(self, claim: IdempotencyClaim) -> None:
-        """Renew the lease while the handler runs, so only a dead process loses its claim."""
+        """Renew the lease every ``lease / 3`` while the handler runs, so only a dead process
+        loses its claim. Started by ``_LeaseRenewal`` one interval after the claim."""
         interval = self._lease.total_seconds() / 3
         lease_us = int(self._lease.total_seconds() * 1_000_000)
         while True:
-            await asyncio.sleep(interval)
             try:
                 await self._db.execute(
                     "UPDATE idempotency_keys SET locked_until = $5 WHERE "
@@ -366,6 +366,7 @@ class IdempotencyStore:
             except Exception:
                 # A missed renewal only shortens the lease; the request itself goes on.
                 log.warning("idempotency lease renewal failed", exc_info=True)
+            await asyncio.sleep(interval)
 
     async def _bind(self, claim: IdempotencyClaim, resource_id: str, tx: Connection | None) -> None:
         await (tx or self._db).execute(
@@ -434,8 +435,30 @@ def _owner(claim: IdempotencyClaim) -> tuple[str, str | None, str, str]:
     return claim.merchant_id, claim.key, claim.token, _IN_PROGRESS
 
 
-async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    # wait() rather than awaiting the task: a cancellation of the caller itself must propagate,
-    # not be swallowed along with the task's own CancelledError.
-    await asyncio.wait({task})
+class _LeaseRenewal:
+    """Keeps a claim's lease alive while its handler runs.
+
+    Most handlers finish in milliseconds, long before the first renewal is due (``lease / 3``),
+    so no task is made up front: a timer starts the renewal task when the first renewal is due,
+    and ``stop`` cancels the timer (and the task, if it started).
+    """
+
+    __slots__ = ("_handle", "_task")
+
+    def __init__(self, store: IdempotencyStore, claim: IdempotencyClaim) -> None:
+        self._task: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            self._task = loop.create_task(store._keep_alive(claim))
+
+        self._handle = loop.call_later(store._lease.total_seconds() / 3, start)
+
+    async def stop(self) -> None:
+        self._handle.cancel()
+        task = self._task
+        if task is not None:
+            task.cancel()
+            # wait() rather than awaiting the task: a cancellation of the caller itself must
+            # propagate, not be swallowed along with the task's own CancelledError.
+            await asyncio.wait({task})
