@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from gateway.config import ConnectorSettings
-from normalization.errors import NotSupportedError
+from normalization.errors import ConnectorUnavailableError, NotSupportedError
 from sdk import (
     BreakerSettings,
     BulkheadSettings,
@@ -35,6 +35,7 @@ from sdk import (
     load_connectors,
 )
 from sdk.manifest import Environment
+from sdk.resilience.breaker import STATE_OPEN
 from vault.tokenization import TokenizationService
 
 __all__ = ["ConnectorPool", "VaultRevealer", "reveal_scope"]
@@ -167,6 +168,30 @@ class ConnectorPool:
 
     def config(self, connector_id: str) -> ConnectorSettings:
         return self._configs[connector_id]
+
+    def breaker_refusal(self, connector_id: str) -> ConnectorUnavailableError | None:
+        """The refusal the connector's runtime would give right now, if its breaker is open.
+
+        Read only (the breaker is not touched): a breaker open and not yet due for a trial call
+        gives a ``ConnectorUnavailableError`` with its ``retry_after``; closed, half-open, or
+        open past its reset timeout gives None (the runtime decides, as for any call).
+        """
+        breaker = self.runtime(connector_id).breaker
+        if breaker.state != STATE_OPEN:
+            return None
+        wait = breaker.retry_after()
+        if wait <= 0:
+            return None
+        return ConnectorUnavailableError(
+            f"Connector {connector_id!r} is unavailable (circuit open).", retry_after=wait
+        )
+
+    def count_refusal(self, connector_id: str, operation: str) -> None:
+        """Count a call refused for an open breaker without reaching the runtime, the way the
+        runtime counts its own refusals (so the metrics say the same either way)."""
+        metrics = self.runtime(connector_id).metrics
+        metrics.rejections.labels(connector_id, "breaker_open").inc()
+        metrics.calls.labels(connector_id, operation, "rejected").inc()
 
     async def close(self, *, drain_seconds: float = 10.0) -> None:
         """Let calls in flight finish (up to ``drain_seconds``), then close the pools."""

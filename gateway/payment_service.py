@@ -64,7 +64,7 @@ from sdk.webhooks import WebhookEvent
 from vault.database import Connection, PostgresDatabase, SqliteDatabase
 from vault.tokenization import TokenizationService
 
-__all__ = ["NewPayment", "OperationOutcome", "PaymentService"]
+__all__ = ["CreatedPayment", "NewPayment", "OperationOutcome", "PaymentService"]
 
 log = structlog.get_logger("tessera.payments")
 
@@ -82,6 +82,18 @@ class NewPayment:
     return_url: str | None = None
     description: str | None = None
     country: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedPayment:
+    """What ``create`` answers: the payment and, when this run made them all, its attempts.
+
+    ``attempts`` is None for a payment resumed from an earlier run (read them); otherwise it is
+    every attempt of the payment, and the payment has no refunds yet.
+    """
+
+    payment: PaymentRecord
+    attempts: list[AttemptRecord] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,30 +132,65 @@ class PaymentService:
         *,
         claim: IdempotencyClaim,
         correlation_id: str | None = None,
-    ) -> PaymentRecord:
-        """Create and authorize (or purchase) a payment; resumes a crashed earlier run."""
+    ) -> CreatedPayment:
+        """Create and authorize (or purchase) a payment; resumes a crashed earlier run.
+
+        Every routed connector's breaker open: ``ConnectorUnavailableError`` before anything is
+        written (no payment, no attempt, no reveal), so the key is released and a retry runs.
+        """
         if claim.resource_id is not None:
             payment = await self._store.get_payment(merchant.id, claim.resource_id)
             if not await self._refused_everywhere(payment):
-                return await self._resume(merchant, payment, new, correlation_id)
+                return CreatedPayment(await self._resume(merchant, payment, new, correlation_id))
             # The earlier run answered 503: every connector refused before sending. That payment
             # stays failed (nothing reached a provider); this retry is a new payment.
         method, summary, route = await self._prepare_method(merchant, new)
         candidates = self._router.candidates(route)
+        refusals = [self._pool.breaker_refusal(c) for c in candidates]
+        if all(refusal is not None for refusal in refusals):
+            raise self._all_open(candidates, refusals)
+        queue = list(candidates)
+        attempts: list[AttemptRecord] = []
+        # The payment, its idempotency binding and its first attempt (with the provider key it
+        # will send) commit together, before any call.
         async with self._db.transaction() as tx:
             payment = await self._store.create_payment(
                 merchant.id,
                 new.amount,
                 payment_method=summary,
                 capture=new.capture,
-                connector=candidates[0],
+                connector=candidates[refusals.index(None)],
                 reference=new.reference,
                 metadata=new.metadata,
                 return_url=new.return_url,
                 tx=tx,
             )
             await claim.bind_resource(payment.id, tx=tx)
-        return await self._authorize(merchant, payment, new, method, candidates, correlation_id)
+            refusal = await self._next_attempt(tx, payment, queue, attempts)
+            if refusal is not None:  # a breaker opened since the check above
+                await self._settle(
+                    payment, PaymentResult.not_sent(), connector=attempts[-1].connector, tx=tx
+                )
+        if refusal is not None:
+            raise refusal
+        payment = await self._authorize(
+            merchant, payment, new, method, attempts, queue, correlation_id
+        )
+        # Every attempt of this payment was made by this run, and a new payment has no refunds.
+        return CreatedPayment(payment, attempts)
+
+    def _all_open(
+        self, candidates: list[str], refusals: list[ConnectorUnavailableError | None]
+    ) -> ConnectorUnavailableError:
+        for connector_id in candidates:
+            self._pool.count_refusal(connector_id, Operation.AUTHORIZE.value)
+        if len(candidates) == 1 and refusals[0] is not None:
+            return refusals[0]
+        waits = [r.retry_after for r in refusals if r is not None and r.retry_after is not None]
+        return ConnectorUnavailableError(
+            "Every connector for this payment is unavailable (circuit open).",
+            retry_after=min(waits, default=None),
+        )
 
     async def _refused_everywhere(self, payment: PaymentRecord) -> bool:
         if payment.status is not PaymentStatus.FAILED:
@@ -200,41 +247,94 @@ class PaymentService:
             metadata=dict(payment.metadata),
         )
 
+    async def _next_attempt(
+        self,
+        tx: Connection,
+        payment: PaymentRecord,
+        queue: list[str],
+        attempts: list[AttemptRecord],
+    ) -> ConnectorUnavailableError | None:
+        """Start an authorize attempt on the next connector of ``queue`` (appended to
+        ``attempts``), recording those skipped for an open breaker on the way.
+
+        None when an attempt was started; the last refusal when every remaining connector was
+        skipped. ``attempts`` must hold the payment's attempts (their count is the next ``seq``).
+        """
+        refusal: ConnectorUnavailableError | None = None
+        operation = Operation.AUTHORIZE.value
+        while queue:
+            connector_id = queue.pop(0)
+            refusal = self._pool.breaker_refusal(connector_id)
+            if refusal is None:
+                attempt = await self._store.start_attempt(
+                    payment, connector_id, operation, amount=payment.amount,
+                    seq=len(attempts) + 1, tx=tx,
+                )  # fmt: skip
+                attempts.append(attempt)
+                return None
+            self._pool.count_refusal(connector_id, operation)
+            skipped = await self._store.refused_attempt(
+                payment, connector_id, operation, error_code=refusal.code,
+                amount=payment.amount, seq=len(attempts) + 1, tx=tx,
+            )  # fmt: skip
+            attempts.append(skipped)
+            log.info("failover", payment_id=payment.id, connector=connector_id, code=refusal.code)
+        return refusal
+
     async def _authorize(
         self,
         merchant: Merchant,
         payment: PaymentRecord,
         new: NewPayment,
         method: PaymentMethod,
-        candidates: list[str],
+        attempts: list[AttemptRecord],
+        queue: list[str],
         correlation_id: str | None,
     ) -> PaymentRecord:
-        result = PaymentResult.not_sent()
+        """Send ``attempts[-1]`` (started and committed); fail over down ``queue`` on ``not_sent``.
+
+        Each answer is written in one transaction with what follows from it: the next attempt
+        (failover), or the payment's new state and its notification. ``attempts`` is updated.
+        """
         rejection: TesseraError | None = None
-        connector_id = candidates[0]
         # One reveal for the whole authorization: a candidate that revealed the card and then
         # could not connect must not have consumed the CVV the next candidate needs.
         with reveal_scope():
-            for connector_id in candidates:
-                attempt = await self._store.start_attempt(
-                    payment, connector_id, Operation.AUTHORIZE.value, amount=payment.amount
-                )
+            while True:
+                attempt = attempts[-1]
                 request = self._authorize_request(
                     payment, new, method, attempt.provider_idempotency_key
                 )
                 error_code: str | None = None
                 try:
                     result = await self._invoke(
-                        merchant.id, connector_id, Operation.AUTHORIZE, request, correlation_id
-                    )
+                        merchant.id, attempt.connector, Operation.AUTHORIZE, request,
+                        correlation_id,
+                    )  # fmt: skip
                     rejection = None
                 except TesseraError as exc:  # raised by the runtime only when nothing was sent
                     result, error_code, rejection = PaymentResult.not_sent(), exc.code, exc
-                await self._store.finish_attempt(attempt.id, result, error_code=error_code)
-                if result.outcome is not Outcome.NOT_SENT:
+                failover = result.outcome is Outcome.NOT_SENT and bool(queue)
+                async with self._db.transaction() as tx:
+                    attempts[-1] = await self._store.finish_attempt(
+                        attempt, result, error_code=error_code, tx=tx
+                    )
+                    if failover:
+                        log.info(
+                            "failover",
+                            payment_id=payment.id,
+                            connector=attempt.connector,
+                            code=error_code,
+                        )
+                        refusal = await self._next_attempt(tx, payment, queue, attempts)
+                        failover = refusal is None
+                        rejection = refusal or rejection
+                    if not failover:
+                        payment = await self._settle(
+                            payment, result, connector=attempts[-1].connector, tx=tx
+                        )
+                if not failover:
                     break
-                log.info("failover", payment_id=payment.id, connector=connector_id, code=error_code)
-        payment = await self._settle(payment, result, connector=connector_id)
         if isinstance(rejection, ConnectorBusyError | ConnectorUnavailableError):
             # Every connector refused before sending (bulkhead full, breaker open): a fast 503
             # the merchant may retry, rather than a payment that merely failed.
@@ -263,8 +363,11 @@ class PaymentService:
             method: PaymentMethod = new.payment_method
             if payment.payment_method.token is not None:
                 method = CardMethod(token=payment.payment_method.token)
+            first = await self._store.start_attempt(
+                payment, payment.connector, Operation.AUTHORIZE.value, amount=payment.amount
+            )
             return await self._authorize(
-                merchant, payment, new, method, [payment.connector], correlation_id
+                merchant, payment, new, method, [first], [], correlation_id
             )
         return payment
 
@@ -284,15 +387,17 @@ class PaymentService:
             payment.state.capturable or payment.amount.value, payment.amount.currency
         )
         transition(payment.state, Capture(amount))  # 409/422 before any network call
-        attempt, result = await self._follow_up(
-            merchant, payment, Operation.CAPTURE, correlation_id, amount=amount,
-            build=lambda key: CaptureRequest(
-                payment_id=payment.id, provider_reference=payment.provider_reference,
-                amount=amount, final=False, idempotency_key=key, reference=payment.reference,
-            ),
+        attempt = await self._start_follow_up(payment, Operation.CAPTURE, amount=amount)
+        request = CaptureRequest(
+            payment_id=payment.id, provider_reference=payment.provider_reference, amount=amount,
+            final=False, idempotency_key=attempt.provider_idempotency_key,
+            reference=payment.reference,
         )  # fmt: skip
-        if result.outcome is Outcome.SUCCEEDED:
-            payment = await self._settle(payment, result, event=Capture(amount))
+        result = await self._send(merchant.id, attempt, Operation.CAPTURE, request, correlation_id)
+        async with self._db.transaction() as tx:
+            attempt = await self._store.finish_attempt(attempt, result, tx=tx)
+            if result.outcome is Outcome.SUCCEEDED:
+                payment = await self._settle(payment, result, event=Capture(amount), tx=tx)
         return OperationOutcome(payment, attempt, result)
 
     async def void(
@@ -300,15 +405,16 @@ class PaymentService:
     ) -> OperationOutcome:
         payment = await self._store.get_payment(merchant.id, payment_id)
         transition(payment.state, Void())
-        attempt, result = await self._follow_up(
-            merchant, payment, Operation.VOID, correlation_id,
-            build=lambda key: VoidRequest(
-                payment_id=payment.id, provider_reference=payment.provider_reference,
-                idempotency_key=key, reference=payment.reference,
-            ),
+        attempt = await self._start_follow_up(payment, Operation.VOID)
+        request = VoidRequest(
+            payment_id=payment.id, provider_reference=payment.provider_reference,
+            idempotency_key=attempt.provider_idempotency_key, reference=payment.reference,
         )  # fmt: skip
-        if result.outcome is Outcome.SUCCEEDED:
-            payment = await self._settle(payment, result, event=Void())
+        result = await self._send(merchant.id, attempt, Operation.VOID, request, correlation_id)
+        async with self._db.transaction() as tx:
+            attempt = await self._store.finish_attempt(attempt, result, tx=tx)
+            if result.outcome is Outcome.SUCCEEDED:
+                payment = await self._settle(payment, result, event=Void(), tx=tx)
         return OperationOutcome(payment, attempt, result)
 
     async def refund(
@@ -324,25 +430,33 @@ class PaymentService:
             payment.state.refundable or payment.amount.value, payment.amount.currency
         )
         transition(payment.state, Refund(amount))
-        refund = await self._store.add_refund(payment, amount)
+        # The refund and the attempt that requests it commit together, before the call.
+        async with self._db.transaction() as tx:
+            refund = await self._store.add_refund(payment, amount, tx=tx)
+            attempt = await self._start_follow_up(
+                payment, Operation.REFUND, amount=amount, refund_id=refund.id, tx=tx
+            )
+        request = RefundRequest(
+            payment_id=payment.id, provider_reference=payment.provider_reference, amount=amount,
+            idempotency_key=attempt.provider_idempotency_key, reference=payment.reference,
+        )  # fmt: skip
         try:
-            attempt, result = await self._follow_up(
-                merchant, payment, Operation.REFUND, correlation_id, amount=amount,
-                refund_id=refund.id,
-                build=lambda key: RefundRequest(
-                    payment_id=payment.id, provider_reference=payment.provider_reference,
-                    amount=amount, idempotency_key=key, reference=payment.reference,
-                ),
-            )  # fmt: skip
+            result = await self._send(
+                merchant.id, attempt, Operation.REFUND, request, correlation_id
+            )
         except TesseraError:
             await self._store.update_refund(refund.id, status=RefundStatus.FAILED)
             raise
-        refund = await self._finish_refund(refund.id, result)
-        if result.outcome is Outcome.SUCCEEDED and result.status is not PaymentStatus.PENDING:
-            payment = await self._settle(payment, result, event=Refund(amount))
+        async with self._db.transaction() as tx:
+            attempt = await self._store.finish_attempt(attempt, result, tx=tx)
+            refund = await self._finish_refund(refund.id, result, tx=tx)
+            if result.outcome is Outcome.SUCCEEDED and result.status is not PaymentStatus.PENDING:
+                payment = await self._settle(payment, result, event=Refund(amount), tx=tx)
         return OperationOutcome(payment, attempt, result, refund)
 
-    async def _finish_refund(self, refund_id: str, result: PaymentResult) -> RefundRecord:
+    async def _finish_refund(
+        self, refund_id: str, result: PaymentResult, *, tx: Connection | None = None
+    ) -> RefundRecord:
         if result.outcome is Outcome.SUCCEEDED:
             status = (
                 RefundStatus.PENDING
@@ -354,7 +468,7 @@ class PaymentService:
         else:
             status = RefundStatus.FAILED
         return await self._store.update_refund(
-            refund_id, status=status, provider_reference=result.provider_reference
+            refund_id, status=status, provider_reference=result.provider_reference, tx=tx
         )
 
     async def sync(
@@ -364,13 +478,13 @@ class PaymentService:
         payment = await self._store.get_payment(merchant.id, payment_id)
         if payment.connector is None or payment.provider_reference is None:
             return payment
-        _, result = await self._follow_up(
-            merchant, payment, Operation.SYNC, correlation_id,
-            build=lambda key: SyncRequest(
-                payment_id=payment.id, provider_reference=payment.provider_reference,
-                idempotency_key=key,
-            ),
+        attempt = await self._start_follow_up(payment, Operation.SYNC)
+        request = SyncRequest(
+            payment_id=payment.id, provider_reference=payment.provider_reference,
+            idempotency_key=attempt.provider_idempotency_key,
         )  # fmt: skip
+        result = await self._send(merchant.id, attempt, Operation.SYNC, request, correlation_id)
+        await self._store.finish_attempt(attempt, result)
         if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
             payment = await self._observe(payment, result)
         return payment
@@ -393,13 +507,14 @@ class PaymentService:
         manifest = self._pool.manifest(payment.connector)
         if not manifest.supports(Operation.COMPLETE_AUTHORIZATION):
             return await self.sync(merchant, payment_id, correlation_id=correlation_id)
-        _, result = await self._follow_up(
-            merchant, payment, Operation.COMPLETE_AUTHORIZATION, correlation_id,
-            build=lambda key: CompleteAuthorizationRequest(
-                payment_id=payment.id, provider_reference=payment.provider_reference,
-                callback_parameters=dict(params), idempotency_key=key,
-            ),
+        operation = Operation.COMPLETE_AUTHORIZATION
+        attempt = await self._start_follow_up(payment, operation)
+        request = CompleteAuthorizationRequest(
+            payment_id=payment.id, provider_reference=payment.provider_reference,
+            callback_parameters=dict(params), idempotency_key=attempt.provider_idempotency_key,
         )  # fmt: skip
+        result = await self._send(merchant.id, attempt, operation, request, correlation_id)
+        await self._store.finish_attempt(attempt, result)
         if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
             payment = await self._observe(payment, result)
         return payment
@@ -431,15 +546,19 @@ class PaymentService:
                 payment.merchant_id, attempt.connector, Operation.SYNC, sync, correlation_id
             )
             if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
-                await self._store.finish_attempt(attempt.id, result)
+                await self._store.finish_attempt(attempt, result)
         elif attempt.operation == "authorize" and manifest.idempotency is not None and token:
             new = NewPayment(amount=payment.amount, payment_method=CardMethod(token=token))
             request = self._authorize_request(
                 payment, new, new.payment_method, attempt.provider_idempotency_key
             )
-            result, _ = await self._call(
-                payment.merchant_id, attempt, Operation.AUTHORIZE, request, correlation_id
-            )
+            # A replay refused before sending (breaker open, bulkhead full) says nothing about
+            # the original call: the error propagates and the attempt stays open (rescheduled).
+            result = await self._invoke(
+                payment.merchant_id, attempt.connector, Operation.AUTHORIZE, request,
+                correlation_id,
+            )  # fmt: skip
+            await self._store.finish_attempt(attempt, result)
         else:
             await self._store.schedule_reconcile(attempt.id)
             return False
@@ -470,32 +589,27 @@ class PaymentService:
             settles = event.result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED)
             ours = attempt.provider_reference in (None, event.provider_reference)
             if settles and ours and attempt.needs_reconciliation:
-                await self._store.finish_attempt(attempt.id, event.result)
+                await self._store.finish_attempt(attempt, event.result)
         before = payment.status
         updated = await self._observe(payment, event.result)
         return updated.status != before
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    async def _follow_up(
+    async def _start_follow_up(
         self,
-        merchant: Merchant,
         payment: PaymentRecord,
         operation: Operation,
-        correlation_id: str | None,
         *,
-        build: Any,
         amount: Money | None = None,
         refund_id: str | None = None,
-    ) -> tuple[AttemptRecord, PaymentResult]:
+        tx: Connection | None = None,
+    ) -> AttemptRecord:
         if payment.connector is None:
             raise IllegalTransitionError("The payment has no connector yet.")
-        attempt = await self._store.start_attempt(
-            payment, payment.connector, operation.value, amount=amount, refund_id=refund_id
+        return await self._store.start_attempt(
+            payment, payment.connector, operation.value, amount=amount, refund_id=refund_id, tx=tx
         )
-        request = build(attempt.provider_idempotency_key)
-        result, attempt = await self._call(merchant.id, attempt, operation, request, correlation_id)
-        return attempt, result
 
     async def _invoke(
         self,
@@ -521,26 +635,21 @@ class PaymentService:
                 current.set_attribute("outcome", result.outcome.value)
         return result
 
-    async def _call(
+    async def _send(
         self,
         tenant: str,
         attempt: AttemptRecord,
         operation: Operation,
         request: Any,
         correlation_id: str | None,
-    ) -> tuple[PaymentResult, AttemptRecord]:
-        """Invoke and record. Errors the runtime raises mean nothing was sent: ``not_sent``."""
-        error_code: str | None = None
+    ) -> PaymentResult:
+        """Invoke for ``attempt``. Errors the runtime raises mean nothing was sent: the attempt
+        is recorded ``not_sent`` with the error's code, and the error propagates (a 503/504)."""
         try:
-            result = await self._invoke(
-                tenant, attempt.connector, operation, request, correlation_id
-            )
+            return await self._invoke(tenant, attempt.connector, operation, request, correlation_id)
         except TesseraError as exc:
-            result, error_code = PaymentResult.not_sent(), exc.code
-            await self._store.finish_attempt(attempt.id, result, error_code=error_code)
+            await self._store.finish_attempt(attempt, PaymentResult.not_sent(), error_code=exc.code)
             raise
-        attempt = await self._store.finish_attempt(attempt.id, result, error_code=error_code)
-        return result, attempt
 
     async def _settle(
         self,
@@ -549,8 +658,10 @@ class PaymentService:
         *,
         connector: str | None = None,
         event: Capture | Void | Refund | None = None,
+        tx: Connection | None = None,
     ) -> PaymentRecord:
-        """Apply an authorization result (or a follow-up's event) and notify, atomically."""
+        """Apply an authorization result (or a follow-up's event) and notify, atomically (in
+        ``tx`` when given, with whatever else the caller writes there)."""
         changes: dict[str, Any] = {}
         if connector is not None:
             changes["connector"] = connector
@@ -560,11 +671,21 @@ class PaymentService:
                 next_action=result.next_action,
                 decline=result.decline,
             )
-        async with self._db.transaction() as tx:
-            updated = await self._store.apply(
-                payment, event if event is not None else result.status, retries=3, tx=tx, **changes
-            )
-            await self._notify(tx, payment, updated)
+        step = event if event is not None else result.status
+        if tx is not None:
+            return await self._apply(tx, payment, step, changes)
+        async with self._db.transaction() as own:
+            return await self._apply(own, payment, step, changes)
+
+    async def _apply(
+        self,
+        tx: Connection,
+        payment: PaymentRecord,
+        step: Capture | Void | Refund | PaymentStatus,
+        changes: dict[str, Any],
+    ) -> PaymentRecord:
+        updated = await self._store.apply(payment, step, retries=3, tx=tx, **changes)
+        await self._notify(tx, payment, updated)
         return updated
 
     async def _observe(self, payment: PaymentRecord, result: PaymentResult) -> PaymentRecord:

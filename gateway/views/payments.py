@@ -90,7 +90,13 @@ def payment_view(
     }
 
 
-async def _view(request: web.Request, payment: PaymentRecord) -> dict[str, Any]:
+async def _view(
+    request: web.Request, payment: PaymentRecord, attempts: list[AttemptRecord] | None = None
+) -> dict[str, Any]:
+    """The payment as answered; ``attempts`` given: all of them, and it has no refunds (a
+    payment this request created), so nothing is read back."""
+    if attempts is not None:
+        return payment_view(payment, attempts, [])
     store = request.app[RESOURCES].payment_store
     return payment_view(payment, await store.attempts(payment.id), await store.refunds(payment.id))
 
@@ -166,10 +172,10 @@ async def create_payment(request: web.Request) -> web.Response:
             description=data.description,
             country=data.country,
         )
-        payment = await resources.payments.create(
+        created = await resources.payments.create(
             merchant, new, claim=claim, correlation_id=request[REQUEST_ID]
         )
-        return _json_result(201, await _view(request, payment))
+        return _json_result(201, await _view(request, created.payment, created.attempts))
 
     return await _idempotent(request, handler)
 

@@ -3,6 +3,9 @@
 - The CVC held for a token survives failover: a first connector that revealed the card and was
   then refused at connect time must not leave the backup without it (one reveal per
   authorization, audited once), and it is still consumed, so a later payment never gets it.
+- Every candidate's breaker open: a fast 503 ``connector_unavailable`` with ``Retry-After``
+  that writes no payment and no attempt, and that is not stored for its Idempotency-Key (a
+  retry runs again, and succeeds once the connector is back).
 """
 
 from __future__ import annotations
@@ -154,3 +157,91 @@ async def test_backup_gets_the_cvc_after_the_first_connector_was_refused(
     assert status == 201 and pay["status"] == "authorized", pay
     assert observed.authorizations()[1]["card"].get("cvc") is None
     assert len(await _reveals(gw, token)) == 2
+
+
+async def test_breaker_open_is_refused_before_anything_is_written(
+    make_gateway: MakeGateway, aiohttp_server: Any, observed: Observed
+) -> None:
+    from gateway.simulators import load_simulator
+    from tests.conftest import free_port
+
+    port = free_port()  # nothing listens there yet: the provider is down
+    gw = await make_gateway(
+        connectors={
+            "sandbox": sandbox_connector(
+                _server_at(port),
+                base_url=f"http://127.0.0.1:{port}",
+                breaker_fail_max=1,
+                breaker_reset_seconds=60,
+                retry_attempts=1,
+            )
+        },
+    )
+    token = await _tokenize(gw)
+    # The first payment trips the breaker (connection refused: it fails, nothing was sent).
+    status, pay, _ = await _pay(gw, token, key="trip")
+    assert status == 201 and pay["status"] == "failed", pay
+    runtime = gw.resources.pool.runtime("sandbox")
+    assert runtime.breaker.state == "open"
+    payments, attempts = await _rows(gw, "payments"), await _rows(gw, "payment_attempts")
+    reveals = len(await _reveals(gw, token))
+
+    status, problem, headers = await _pay(gw, token, key="while-open")
+    assert status == 503, problem
+    assert problem["code"] == "connector_unavailable"
+    assert float(headers["Retry-After"]) > 0
+    # Nothing written for it: no payment, no attempt, no reveal; no request left the gateway.
+    assert await _rows(gw, "payments") == payments
+    assert await _rows(gw, "payment_attempts") == attempts
+    assert len(await _reveals(gw, token)) == reveals
+    assert observed.bodies == []
+
+    # Not stored for its key: the retry runs again (no replay) ...
+    status, problem, headers = await _pay(gw, token, key="while-open")
+    assert status == 503 and problem["code"] == "connector_unavailable"
+    assert headers.get("Idempotent-Replayed") != "true"
+    # ... and once the connector is back, the same key authorizes.
+    app = load_simulator("sandbox")(
+        api_key=SANDBOX_API_KEY, webhook_secret=SANDBOX_WEBHOOK_SECRET, request_observer=observed
+    )
+    await aiohttp_server(app, port=port)
+    runtime.breaker.pybreaker.close()
+    status, pay, headers = await _pay(gw, token, key="while-open")
+    assert status == 201 and pay["status"] == "authorized", pay
+    assert [a["outcome"] for a in pay["attempts"]] == ["succeeded"]
+    status, again, headers = await _pay(gw, token, key="while-open")
+    assert status == 201 and again == pay and headers.get("Idempotent-Replayed") == "true"
+
+
+@pytest.mark.usefixtures("backup_connector")
+async def test_all_candidates_open_is_one_503_and_one_open_candidate_is_skipped(
+    make_gateway: MakeGateway, observed_sandbox: Any, observed: Observed
+) -> None:
+    dead = {"breaker_fail_max": 1, "breaker_reset_seconds": 60, "retry_attempts": 1}
+    gw = await make_gateway(
+        connectors={
+            "sandbox": sandbox_connector(observed_sandbox, base_url=_dead_url(), **dead),
+            "backup": sandbox_connector(observed_sandbox),
+        },
+        routing={"default": ["sandbox", "backup"]},
+    )
+    token = await _tokenize(gw)
+    status, pay, _ = await _pay(gw, token)  # trips sandbox's breaker, fails over to backup
+    assert status == 201 and pay["connector"] == "backup", pay
+    assert gw.resources.pool.runtime("sandbox").breaker.state == "open"
+
+    # sandbox open, backup closed: straight to the backup, with the CVC-less token as before.
+    status, pay, _ = await _pay(gw, token)
+    assert status == 201 and pay["connector"] == "backup", pay
+    assert [(a["connector"], a["outcome"], a["error_code"]) for a in pay["attempts"]] == [
+        ("sandbox", "not_sent", "connector_unavailable"),
+        ("backup", "succeeded", None),
+    ]
+
+    # Both open: one 503, nothing written.
+    gw.resources.pool.runtime("backup").breaker.pybreaker.open()
+    payments = await _rows(gw, "payments")
+    status, problem, headers = await _pay(gw, token, key="both-open")
+    assert status == 503 and problem["code"] == "connector_unavailable", problem
+    assert float(headers["Retry-After"]) > 0
+    assert await _rows(gw, "payments") == payments
