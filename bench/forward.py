@@ -803,11 +803,17 @@ def _summary(
         f"gateway capacity (1 worker, closed loop): {cap_rate:,.0f} payments/s, "
         f"{cap_cpu:,.0f} us gateway CPU per payment"
     )
+    # Since 2c0665d the gateway refuses before calling the runtime when every breaker is open
+    # (the rejection is still counted): no runtime time to report then.
+    refusal = (
+        f"of which the refusal in the connector runtime {in_runtime:.3f} ms mean"
+        if not math.isnan(in_runtime)
+        else "refused before the connector runtime (no call)"
+    )
     print(
         f"breaker open {lo}: client p50 {med(f'breaker open {lo}', 50):.2f} ms / p99 "
         f"{med(f'breaker open {lo}', 99):.2f} ms for the whole request; gateway metrics: request "
-        f"p50 ~{server_p50:.2f} ms, of which the refusal in the connector runtime "
-        f"{in_runtime:.3f} ms mean, nothing sent (target <= 1 ms)"
+        f"p50 ~{server_p50:.2f} ms, {refusal}, nothing sent (target <= 1 ms)"
     )
     fo = f"failover: open {lo}"
     fc = f"failover: closed {lo}"
