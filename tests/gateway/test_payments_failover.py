@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +25,7 @@ from .conftest import (
     MakeGateway,
     sandbox_connector,
 )
+from .procs import postgres_schema
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"}
 
@@ -59,6 +60,16 @@ async def observed_sandbox(aiohttp_server: Any, observed: Observed) -> Any:
         request_observer=observed,
     )
     return await aiohttp_server(app)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """None: the gateway's own SQLite file; else a scratch PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    async with postgres_schema(request.getfixturevalue("postgres_dsn")) as url:
+        yield url
 
 
 @pytest.fixture
@@ -215,10 +226,11 @@ async def test_breaker_open_is_refused_before_anything_is_written(
 
 @pytest.mark.usefixtures("backup_connector")
 async def test_all_candidates_open_is_one_503_and_one_open_candidate_is_skipped(
-    make_gateway: MakeGateway, observed_sandbox: Any, observed: Observed
+    make_gateway: MakeGateway, observed_sandbox: Any, observed: Observed, database_url: str | None
 ) -> None:
     dead = {"breaker_fail_max": 1, "breaker_reset_seconds": 60, "retry_attempts": 1}
     gw = await make_gateway(
+        database_url=database_url,
         connectors={
             "sandbox": sandbox_connector(observed_sandbox, base_url=_dead_url(), **dead),
             "backup": sandbox_connector(observed_sandbox),
@@ -237,6 +249,8 @@ async def test_all_candidates_open_is_one_503_and_one_open_candidate_is_skipped(
         ("sandbox", "not_sent", "connector_unavailable"),
         ("backup", "succeeded", None),
     ]
+    resp = await gw.client.get(f"/v1/payments/{pay['id']}", headers=gw.auth)
+    assert await resp.json() == pay  # the answer is what is stored
 
     # Both open: one 503, nothing written.
     gw.resources.pool.runtime("backup").breaker.pybreaker.open()

@@ -12,7 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+
 from .conftest import Gateway, MakeGateway, sandbox_connector
+from .procs import postgres_schema
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"}
 
@@ -61,6 +64,16 @@ class _CountingConnection:
         return counted
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """None: the gateway's own SQLite file; else a scratch PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    async with postgres_schema(request.getfixturevalue("postgres_dsn")) as url:
+        yield url
+
+
 def _count(gw: Gateway) -> Counting:
     resources = gw.resources
     counting = Counting(resources.db)
@@ -70,9 +83,11 @@ def _count(gw: Gateway) -> Counting:
 
 
 async def test_a_payment_is_two_transactions_and_eight_statements(
-    make_gateway: MakeGateway, sandbox: Any
+    make_gateway: MakeGateway, sandbox: Any, database_url: str | None
 ) -> None:
-    gw = await make_gateway(connectors={"sandbox": sandbox_connector(sandbox)})
+    gw = await make_gateway(
+        database_url=database_url, connectors={"sandbox": sandbox_connector(sandbox)}
+    )
     resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
     token = (await resp.json())["id"]
     counting = _count(gw)
@@ -99,3 +114,7 @@ async def test_a_payment_is_two_transactions_and_eight_statements(
         "UPDATE idempotency_keys SET",  # the stored response
     ]
     assert counting.transactions == 2
+    # The answer was built from the records in hand: it is what a read gives.
+    created = await resp.json()
+    resp = await gw.client.get(f"/v1/payments/{created['id']}", headers=gw.auth)
+    assert await resp.json() == created
