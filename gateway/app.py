@@ -3,19 +3,21 @@
 ``create_app(settings)`` builds the app; one ``cleanup_ctx`` generator opens every resource
 (database, stores, Vault client and batcher, tokenization service, background sweeper) in order
 and closes them in reverse. Views are thin: they parse, call a service, and return JSON; domain
-errors become problem+json in ``error_middleware`` and nowhere else.
+errors become problem+json in ``gateway_middleware`` and nowhere else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import structlog
@@ -32,7 +34,7 @@ from gateway.problems import HttpProblem, problem_response, status_for, validati
 from gateway.reconciliation import run_reconciler
 from gateway.routing import Router
 from gateway.secrets import idempotency_fingerprint_key
-from gateway.tracing import span
+from gateway.tracing import current_tracer, span
 from normalization.errors import TesseraError, VaultError
 from sdk import ConnectorMetrics
 from vault.audit import AuditLog
@@ -244,6 +246,15 @@ def _route_name(request: web.Request) -> str:
 _UUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII
 )
+# Version 4 (random) and the RFC 4122 variant, set on 128 random bits: what uuid.uuid4() does,
+# without building a UUID object (about 2 us a request).
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _new_request_id() -> str:
+    """A fresh random UUID (version 4), as 32 lowercase hex digits like ``uuid4().hex``."""
+    return "%032x" % (int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET)
 
 
 def _request_id(offered: str | None) -> str:
@@ -255,38 +266,61 @@ def _request_id(offered: str | None) -> str:
     """
     if offered and _UUID_RE.fullmatch(offered):
         return offered.lower()
-    return uuid.uuid4().hex
+    return _new_request_id()
+
+
+def _bound_request_id_var() -> contextvars.ContextVar[Any]:
+    """The context variable behind ``structlog.contextvars.bind_contextvars(request_id=...)``.
+
+    Setting and resetting it directly is what bind/unbind do, minus their per-call bookkeeping;
+    every ``merge_contextvars`` processor (production's and anyone's own) still sees the id.
+    """
+    tokens = structlog.contextvars.bind_contextvars(request_id=None)
+    structlog.contextvars.reset_contextvars(**tokens)
+    return tokens["request_id"].var
+
+
+_REQUEST_ID_VAR = _bound_request_id_var()
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, metrics, and the one place errors become problem+json."""
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The gateway's one middleware: request id, tracing, metrics, authentication, and the one
+    place errors become problem+json.
+
+    One layer instead of two (errors around authentication) saves a coroutine frame and a
+    handler partial per request; the order of what happens is the same as before.
+    """
     request_id = _request_id(request.headers.get("X-Request-Id"))
     request[REQUEST_ID] = request_id
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    metrics = request.app[METRICS]
+    bound = _REQUEST_ID_VAR.set(request_id)
     started = time.perf_counter()
     route = _route_name(request)
     try:
-        with span(
-            f"{request.method} {route}",
-            **{"http.request.method": request.method, "http.route": route},
-            request_id=request_id,
-        ) as current:
+        tracer = current_tracer()
+        if tracer is None:
             response = await _handle(request, handler, request_id)
-            if current is not None:
-                current.set_attribute("http.response.status_code", response.status)
+        else:
+            with span(
+                f"{request.method} {route}",
+                **{"http.request.method": request.method, "http.route": route},
+                request_id=request_id,
+            ) as current:
+                response = await _handle(request, handler, request_id)
+                if current is not None:
+                    current.set_attribute("http.response.status_code", response.status)
     finally:
-        structlog.contextvars.unbind_contextvars("request_id")
-    metrics.latency.labels(route, request.method).observe(time.perf_counter() - started)
-    metrics.requests.labels(route, request.method, str(response.status)).inc()
+        _REQUEST_ID_VAR.reset(bound)
+    request.app[METRICS].observe_request(
+        route, request.method, response.status, time.perf_counter() - started
+    )
     response.headers["X-Request-Id"] = request_id
     return response
 
 
 async def _handle(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
     try:
-        return await handler(request)
+        return await _authenticated(request, handler)
     except HttpProblem as exc:
         return problem_response(
             exc.status,
@@ -344,10 +378,10 @@ def _client_address(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
     """``Authorization: Bearer <merchant API key>`` on every /v1 route except webhooks."""
-    if request.path.startswith(_PUBLIC_PREFIXES) or not request.path.startswith("/v1/"):
+    path = request.path
+    if not path.startswith("/v1/") or path.startswith(_PUBLIC_PREFIXES):
         return await handler(request)
     resources = request.app[RESOURCES]
     client = _client_address(request)
@@ -359,7 +393,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     merchant: Merchant | None = None
-    if scheme.lower() == "bearer" and key:
+    if key and scheme.lower() == "bearer":
         merchant = await resources.api_keys.authenticate(key.strip())
     if merchant is None:
         resources.auth_limiter.record_failure(client)
@@ -380,7 +414,7 @@ def create_app(settings: Settings, *, metrics: GatewayMetrics | None = None) -> 
 
     server = settings.server
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[gateway_middleware],
         client_max_size=server.client_max_size,
         handler_args={
             "max_line_size": server.max_line_size,

@@ -27,7 +27,12 @@ async def read_body(
         return b""
     if request.content_length is not None and request.content_length > max_size:
         raise _too_large(max_size)
-    if request.content_type != "application/json":
+    # The plain header is compared first: parsing it (what ``content_type`` does) is only
+    # needed when it carries parameters or other spellings.
+    if (
+        request.headers.get("Content-Type") != "application/json"
+        and request.content_type != "application/json"
+    ):
         raise HttpProblem(415, "unsupported_media_type", "Send the body as application/json.")
     try:
         if request.content.is_eof():

@@ -128,6 +128,11 @@ class RedactingAccessLogger(AbstractAccessLogger):
         )
 
 
+#: Label combinations kept at hand per metric; past that (odd methods, say) ``labels()`` is
+#: asked each time, as before.
+_MAX_CACHED_CHILDREN = 512
+
+
 class GatewayMetrics:
     """The gateway's own metrics, on a registry of its own (tests get a fresh one each)."""
 
@@ -158,3 +163,32 @@ class GatewayMetrics:
         self.auth_failures = Counter(
             "tessera_auth_failures", "Failed API-key authentications.", registry=self.registry
         )
+        # Label children by (route, method[, status]): ``labels()`` validates and looks its
+        # arguments up under a lock on every call, which the request path should not pay.
+        self._latency_children: dict[tuple[str, str], Any] = {}
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._token_children: dict[str, Any] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and record its latency (``tessera_http_*``)."""
+        latency = self._latency_children.get((route, method))
+        if latency is None:
+            latency = self.latency.labels(route, method)
+            if len(self._latency_children) < _MAX_CACHED_CHILDREN:
+                self._latency_children[(route, method)] = latency
+        latency.observe(seconds)
+        counter = self._request_children.get((route, method, status))
+        if counter is None:
+            counter = self.requests.labels(route, method, str(status))
+            if len(self._request_children) < _MAX_CACHED_CHILDREN:
+                self._request_children[(route, method, status)] = counter
+        counter.inc()
+
+    def count_tokens(self, token_format: str, created: int = 1) -> None:
+        """Add ``created`` to ``tessera_tokens_created{format=...}``."""
+        counter = self._token_children.get(token_format)
+        if counter is None:
+            counter = self.tokens_created.labels(token_format)
+            if len(self._token_children) < _MAX_CACHED_CHILDREN:
+                self._token_children[token_format] = counter
+        counter.inc(created)

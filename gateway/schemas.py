@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.payments.records import RefundStatus, contains_pan
@@ -38,17 +38,48 @@ __all__ = [
     "TokenView",
     "TokenizeRequest",
     "WebhookReceipt",
+    "parse_tokenize_request",
 ]
 
 TokenFormatName = Literal["opaque", "numeric"]
+_TTL_MIN, _TTL_MAX = 60, 10 * 366 * 86400
 #: Token lifetimes: a minute to ten years; omitted means the token lives until deleted.
-TtlSeconds = Annotated[int, Field(strict=True, ge=60, le=10 * 366 * 86400)]
+TtlSeconds = Annotated[int, Field(strict=True, ge=_TTL_MIN, le=_TTL_MAX)]
 
 
 class TokenizeRequest(DomainModel):
     card: CardData
     format: TokenFormatName = "opaque"
     ttl_seconds: TtlSeconds | None = None
+
+
+_TOKENIZE_FIELDS = frozenset(TokenizeRequest.model_fields)
+_TOKEN_FORMAT_NAMES: tuple[TokenFormatName, ...] = get_args(TokenFormatName)
+_validate_card = CardData.__pydantic_validator__.validate_python
+
+
+def parse_tokenize_request(data: Any) -> tuple[CardData, TokenFormatName, int | None]:
+    """``(card, format, ttl_seconds)`` of a parsed ``POST /v1/tokens`` body.
+
+    Same answer as ``TokenizeRequest.model_validate(data)``, for less: the request's own fields
+    are checked here and only the card goes through pydantic (about a third of the cost of the
+    whole model, on the hottest endpoint). Anything this shortcut does not accept as plainly
+    valid, the card included, is validated again by the model, so a client gets exactly the
+    model's answer, errors and all.
+    """
+    if type(data) is dict and "card" in data and _TOKENIZE_FIELDS.issuperset(data):
+        token_format = data.get("format", "opaque")
+        ttl_seconds = data.get("ttl_seconds")
+        if token_format in _TOKEN_FORMAT_NAMES and (
+            ttl_seconds is None
+            or (type(ttl_seconds) is int and _TTL_MIN <= ttl_seconds <= _TTL_MAX)
+        ):
+            try:
+                return _validate_card(data["card"]), token_format, ttl_seconds
+            except ValidationError:
+                pass  # the model below reports it, with the field's location
+    request = TokenizeRequest.model_validate(data)
+    return request.card, request.format, request.ttl_seconds
 
 
 class BatchTokenizeRequest(DomainModel):

@@ -11,10 +11,9 @@ stay hidden; shorter PANs show the last 4 alone (PCI DSS v4, 3.4.1).
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, date, datetime
 from enum import StrEnum
-
-from stdnum import luhn
 
 from normalization.errors import (
     InvalidCardNumberError,
@@ -87,17 +86,39 @@ _IIN_RANGES: tuple[tuple[int, int, int, CardBrand], ...] = (
 )
 
 
+def _doubled_digits() -> bytes:
+    """A ``bytes.translate`` table: ASCII digit ``d`` -> the Luhn value of ``2 * d`` (the
+    digit sum of the doubled digit: 0, 2, 4, 6, 8, 1, 3, 5, 7, 9). Other bytes never reach it."""
+    table = bytearray(range(256))
+    for d in range(10):
+        table[0x30 + d] = 2 * d - 9 if d >= 5 else 2 * d
+    return bytes(table)
+
+
+_LUHN_DOUBLED = _doubled_digits()
+
+
+def _luhn_sum_ok(digits: str) -> bool:
+    """Luhn over a string already known to be ASCII digits only.
+
+    From the right, digits in odd positions count as they are and digits in even positions
+    doubled (digit sum); the total must be a multiple of 10. Both slices are summed in C: about
+    ten times faster than python-stdnum's generator, which dominated the validation of a card.
+    """
+    raw = digits.encode("ascii")
+    plain = raw[-1::-2]
+    return (sum(plain) - 0x30 * len(plain) + sum(raw[-2::-2].translate(_LUHN_DOUBLED))) % 10 == 0
+
+
 def luhn_valid(digits: str) -> bool:
-    """Luhn check over ASCII digits (python-stdnum's implementation)."""
-    return _DIGITS_RE.fullmatch(digits) is not None and luhn.is_valid(digits)
+    """Luhn check over ASCII digits (a non-empty run of ``0-9`` only)."""
+    return _DIGITS_RE.fullmatch(digits) is not None and _luhn_sum_ok(digits)
 
 
 def is_valid_pan(number: object) -> bool:
     """True only for a ``str`` of 12-19 ASCII digits passing Luhn."""
     return (
-        isinstance(number, str)
-        and _PAN_RE.fullmatch(number) is not None
-        and luhn.checksum(number) == 0
+        isinstance(number, str) and _PAN_RE.fullmatch(number) is not None and _luhn_sum_ok(number)
     )
 
 
@@ -155,12 +176,31 @@ def validate_expiry(month: object, year: object, today: date | None = None) -> t
         raise InvalidExpiryError("exp_month must be an integer from 1 to 12.")
     if isinstance(year, bool) or not isinstance(year, int) or not 1000 <= year <= 9999:
         raise InvalidExpiryError("exp_year must be a four-digit integer such as 2030.")
-    today = today or datetime.now(UTC).date()
-    if (year, month) < (today.year, today.month):
+    this_year, this_month = (today.year, today.month) if today else _current_month()
+    if (year, month) < (this_year, this_month):
         raise InvalidExpiryError("The card has expired.")
-    if year > today.year + MAX_EXPIRY_YEARS:
+    if year > this_year + MAX_EXPIRY_YEARS:
         raise InvalidExpiryError(f"exp_year is more than {MAX_EXPIRY_YEARS} years ahead.")
     return month, year
+
+
+# (start, end, year, month): the current UTC month as POSIX times [start, end), so that checking
+# an expiry reads the clock with time.time() (about 0.05 us) instead of building a date (0.5 us)
+# on every card; recomputed when the clock leaves the month, either way.
+_MONTH: tuple[float, float, int, int] = (0.0, 0.0, 0, 0)
+
+
+def _current_month() -> tuple[int, int]:
+    """(year, month) of the current UTC date."""
+    global _MONTH
+    start, end, year, month = _MONTH
+    if start <= time.time() < end:
+        return year, month
+    now = datetime.now(UTC)
+    first = datetime(now.year, now.month, 1, tzinfo=UTC)
+    following = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    _MONTH = (first.timestamp(), following.timestamp(), now.year, now.month)
+    return now.year, now.month
 
 
 def validate_cvc(cvc: object) -> str:

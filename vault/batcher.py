@@ -129,6 +129,26 @@ class TransitBatcher:
         """Transit-decrypt one ciphertext."""
         return await self._one("decrypt", key, ciphertext, self._client.transit_decrypt)
 
+    # -- one item, as a future -------------------------------------------------------------------
+
+    def encrypt_soon(self, key: str, plaintext: bytes) -> asyncio.Future[str] | None:
+        """Queue one encryption and return its future at once, or None when batching is off.
+
+        For a caller that needs several results together (tokenize: HMAC and encryption of one
+        card): awaiting two futures costs no task and no coroutine, where ``asyncio.gather`` of
+        ``encrypt`` and ``hmac`` makes a task of each. The future raises this item's
+        ``VaultError``; cancel it to drop the item (it is not sent if it has not left yet).
+        """
+        if not self._enabled:
+            return None
+        return self._put("encrypt", key, plaintext, self._client.transit_encrypt)
+
+    def hmac_soon(self, key: str, data: bytes) -> asyncio.Future[str] | None:
+        """Queue one HMAC (sha2-256, latest key version); as ``encrypt_soon``."""
+        if not self._enabled:
+            return None
+        return self._put("hmac", key, data, self._client.transit_hmac)
+
     # -- many items, results as values ----------------------------------------------------------
 
     async def encrypt_many(self, key: str, plaintexts: Sequence[bytes]) -> list[str | VaultError]:

@@ -68,6 +68,7 @@ from normalization import (
     card_brand,
 )
 from vault.audit import AuditAction, AuditLog
+from vault.batcher import TransitBatcher
 from vault.clock import Clock, SystemClock
 from vault.cvv import CvvHolder
 from vault.insert_batcher import InsertBatcher
@@ -88,6 +89,8 @@ __all__ = [
 #: Ten years: a token TTL beyond that is a typo (and would overflow nothing, but helps nobody).
 MAX_TTL_SECONDS = 10 * 366 * 86_400
 _INSERT_ATTEMPTS = 5
+#: Tenants whose key names are kept at hand (a gateway serves a few merchants; more is fine).
+_MAX_CACHED_TENANTS = 10_000
 _WHOLE_CALL_FAILURES = (VaultUnavailableError, VaultSealedError, VaultPermissionDeniedError)
 
 T = TypeVar("T")
@@ -208,6 +211,7 @@ class TokenizationService:
         self._clock: Clock = clock or SystemClock()
         self._client = client
         self._inserts = InsertBatcher(store)
+        self._tenant_keys: dict[str, tuple[str, str]] = {}
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive.")
         self._chunk_size = chunk_size
@@ -231,14 +235,13 @@ class TokenizationService:
         """
         _check_options(token_format, ttl_seconds)
         pan = card.number.reveal()
-        fingerprint, ciphertext = await asyncio.gather(
-            self._batcher.hmac(fingerprint_key_name(tenant), pan.encode()),
-            self._batcher.encrypt(pan_key_name(tenant), _payload(pan, card.holder_name)),
+        fingerprint, ciphertext = await self._hmac_and_encrypt(
+            tenant, pan.encode(), _payload(pan, card.holder_name)
         )
         now = self._clock.now()
         record = self._record(tenant, card, pan, fingerprint, ciphertext, now, token_format,
                               ttl_seconds, dedup)  # fmt: skip
-        (outcome,) = await self._persist(tenant, [record], [pan], now)
+        (outcome,) = await self._persist(tenant, (record,), (pan,), now)
         if isinstance(outcome, TesseraError):
             raise outcome
         stored, created = outcome
@@ -267,9 +270,10 @@ class TokenizationService:
         pans = [card.number.reveal() for card in cards]
         payloads = [_payload(pan, card.holder_name) for pan, card in zip(pans, cards, strict=True)]
         pan_bytes = [pan.encode() for pan in pans]
+        fingerprint_key, pan_key = self._key_names(tenant)
         fingerprints, ciphertexts = await asyncio.gather(
-            self._hmac_many(fingerprint_key_name(tenant), pan_bytes),
-            self._encrypt_many(pan_key_name(tenant), payloads),
+            self._hmac_many(fingerprint_key, pan_bytes),
+            self._encrypt_many(pan_key, payloads),
         )
         now = self._clock.now()
         results: list[TokenRecord | TesseraError] = []
@@ -304,7 +308,7 @@ class TokenizationService:
 
     async def fingerprint(self, tenant: str, pan: CardNumber) -> str:
         """The tenant's keyed fingerprint of ``pan`` (to search tokens by card)."""
-        vault_hmac = await self._batcher.hmac(fingerprint_key_name(tenant), pan.reveal().encode())
+        vault_hmac = await self._batcher.hmac(self._key_names(tenant)[0], pan.reveal().encode())
         return public_fingerprint(vault_hmac)
 
     # -- read, search, delete, expire -------------------------------------------------------------
@@ -373,7 +377,7 @@ class TokenizationService:
             target=token_id,
             purpose=purpose,
         )
-        plaintext = await self._batcher.decrypt(pan_key_name(tenant), record.ciphertext)
+        plaintext = await self._batcher.decrypt(self._key_names(tenant)[1], record.ciphertext)
         pan, holder_name = _parse_payload(plaintext)
         cvc = self._cvv.take(tenant, token_id) if consume_cvc else None
         return RevealedCard(
@@ -385,6 +389,42 @@ class TokenizationService:
         )
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _key_names(self, tenant: str) -> tuple[str, str]:
+        """The tenant's (fingerprint key, PAN key) names, checked once per tenant, not per card."""
+        names = self._tenant_keys.get(tenant)
+        if names is None:
+            names = (fingerprint_key_name(tenant), pan_key_name(tenant))
+            if len(self._tenant_keys) >= _MAX_CACHED_TENANTS:
+                self._tenant_keys.clear()
+            self._tenant_keys[tenant] = names
+        return names
+
+    async def _hmac_and_encrypt(self, tenant: str, pan: bytes, payload: bytes) -> tuple[str, str]:
+        """The card's transit HMAC and ciphertext, from one round of (batched) Vault calls."""
+        fingerprint_key, pan_key = self._key_names(tenant)
+        batcher = self._batcher
+        if not isinstance(batcher, TransitBatcher) or not batcher.enabled:
+            fingerprint, ciphertext = await asyncio.gather(
+                batcher.hmac(fingerprint_key, pan), batcher.encrypt(pan_key, payload)
+            )
+            return fingerprint, ciphertext
+        # Two futures straight from the batcher's lanes, awaited in turn: the same concurrency
+        # as gathering ``hmac`` and ``encrypt``, without a task for each.
+        hmac_future = batcher.hmac_soon(fingerprint_key, pan)
+        assert hmac_future is not None  # batching is on
+        try:
+            encrypt_future = batcher.encrypt_soon(pan_key, payload)
+            assert encrypt_future is not None
+        except BaseException:
+            hmac_future.cancel()
+            raise
+        try:
+            fingerprint = await hmac_future
+        except BaseException:
+            _drop(encrypt_future)
+            raise
+        return fingerprint, await encrypt_future
 
     def _record(
         self,
@@ -420,16 +460,27 @@ class TokenizationService:
         self, tenant: str, records: Sequence[TokenRecord], pans: Sequence[str], now: datetime
     ) -> list[tuple[TokenRecord, bool] | TesseraError]:
         """Insert ``records``, resolving conflicts: dedup hits, expired holders, id collisions."""
+        first: set[tuple[str, str]] | None = None
+        if len(records) == 1:
+            # One card (POST /v1/tokens): nearly always inserted at the first try, so that try
+            # skips the bookkeeping that conflicts need.
+            record = records[0]
+            first = await self._inserts.insert(records)
+            if (tenant, record.id) in first:
+                return [(record, True)]
         outcomes: list[tuple[TokenRecord, bool] | TesseraError | None] = [None] * len(records)
         current = list(records)
         pending = list(range(len(records)))
         for attempt in range(_INSERT_ATTEMPTS):
-            self._redraw_duplicate_ids(current, pending, pans)
-            batch = [current[i] for i in pending]
-            # The first try shares a statement with concurrent requests (group commit); the
-            # rare retries go alone.
-            insert = self._store.insert_many if attempt else self._inserts.insert
-            inserted = await insert(batch)
+            if attempt == 0 and first is not None:
+                inserted = first
+            else:
+                self._redraw_duplicate_ids(current, pending, pans)
+                batch = [current[i] for i in pending]
+                # The first try shares a statement with concurrent requests (group commit); the
+                # rare retries go alone.
+                insert = self._store.insert_many if attempt else self._inserts.insert
+                inserted = await insert(batch)
             conflicted = [i for i in pending if (tenant, current[i].id) not in inserted]
             for i in pending:
                 if (tenant, current[i].id) in inserted:
@@ -506,6 +557,13 @@ class TokenizationService:
             *(call(key, inputs[start : start + size]) for start in range(0, len(inputs), size))
         )
         return [item for chunk in chunks for item in chunk]
+
+
+def _drop(future: asyncio.Future[T]) -> None:
+    """Give up on ``future``: not sent if still queued, and its outcome, should it come anyway,
+    is consumed (no "exception was never retrieved" at garbage collection)."""
+    if not future.cancel() and not future.cancelled():
+        future.exception()
 
 
 def _raise_outage(results: list[T | VaultError]) -> list[T | VaultError]:

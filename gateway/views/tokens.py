@@ -12,10 +12,10 @@ from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from gateway.app import MERCHANT, RESOURCES
-from gateway.http import json_response, parse_model, read_body
+from gateway.http import json_response, parse_json, parse_model, read_body
 from gateway.merchants import Merchant
 from gateway.problems import HttpProblem, validation_problem
-from gateway.schemas import BatchTokenizeRequest, TokenizeRequest
+from gateway.schemas import BatchTokenizeRequest, parse_tokenize_request
 from normalization.errors import TesseraError
 from normalization.methods import CardData
 from vault.token_store import TokenRecord
@@ -28,8 +28,25 @@ _FINGERPRINT_MAX = 200
 
 
 def token_view(record: TokenRecord) -> dict[str, Any]:
-    """The public, masked view of a token (the ``POST /v1/tokens`` response shape)."""
-    return {**record.public_view(), "format": record.format}
+    """The public, masked view of a token (the ``POST /v1/tokens`` response shape).
+
+    ``TokenRecord.public_view()`` plus the format, built in one dict (same keys, same order).
+    """
+    expires_at = record.expires_at
+    return {
+        "id": record.id,
+        "fingerprint": record.fingerprint,
+        "card": {
+            "brand": record.brand,
+            "bin": record.bin,
+            "last4": record.last4,
+            "exp_month": record.exp_month,
+            "exp_year": record.exp_year,
+        },
+        "created_at": record.created_at.isoformat(),
+        "expires_at": None if expires_at is None else expires_at.isoformat(),
+        "format": record.format,
+    }
 
 
 def _limits(request: web.Request) -> tuple[float, int]:
@@ -40,19 +57,20 @@ def _limits(request: web.Request) -> tuple[float, int]:
 async def create_token(request: web.Request) -> web.Response:
     resources = request.app[RESOURCES]
     merchant: Merchant = request[MERCHANT]
-    timeout, max_size = _limits(request)
-    body = parse_model(
-        TokenizeRequest, await read_body(request, read_timeout=timeout, max_size=max_size)
+    server = resources.settings.server
+    body = await read_body(
+        request, read_timeout=server.read_timeout, max_size=server.client_max_size
     )
+    card, token_format, ttl_seconds = parse_tokenize_request(parse_json(body))
     record, created = await resources.tokens.tokenize(
         merchant.id,
-        body.card,
-        token_format=body.format,
-        ttl_seconds=body.ttl_seconds,
+        card,
+        token_format=token_format,
+        ttl_seconds=ttl_seconds,
         dedup=merchant.token_dedup,
     )
     if created:
-        resources.metrics.tokens_created.labels(body.format).inc()
+        resources.metrics.count_tokens(token_format)
     return json_response(token_view(record), status=201 if created else 200)
 
 
@@ -93,7 +111,7 @@ async def create_tokens_batch(request: web.Request) -> web.Response:
             else:
                 results[index] = token_view(outcome)
                 created += 1
-        resources.metrics.tokens_created.labels(body.format).inc(created)
+        resources.metrics.count_tokens(body.format, created)
     return json_response({"results": results})
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, tzinfo
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -15,6 +16,7 @@ from normalization import (
     InvalidCardNumberError,
     InvalidExpiryError,
     InvalidSecurityCodeError,
+    cards,
     is_valid_pan,
     luhn_valid,
     validate_cvc,
@@ -230,6 +232,33 @@ def test_expiry_defaults_to_today() -> None:
     assert validate_expiry(today.month, today.year) == (today.month, today.year)
     with pytest.raises(InvalidExpiryError):
         validate_expiry(today.month, today.year - 1)
+
+
+def test_expiry_default_month_follows_the_clock_across_months(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The current month is cached between clock reads; the cache never outlives its month,
+    forwards (a new month begins) or backwards (the clock is set back)."""
+    clock = [datetime(2030, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()]
+
+    class FrozenDatetime(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> FrozenDatetime:
+            return cls.fromtimestamp(clock[0], tz)
+
+    monkeypatch.setattr(cards, "datetime", FrozenDatetime)
+    monkeypatch.setattr(cards, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(cards, "_MONTH", (0.0, 0.0, 0, 0))
+    assert validate_expiry(12, 2030) == (12, 2030)
+    clock[0] += 1  # 2031-01-01T00:00:00Z
+    with pytest.raises(InvalidExpiryError):
+        validate_expiry(12, 2030)
+    assert validate_expiry(1, 2031) == (1, 2031)
+    assert validate_expiry(1, 2031 + MAX_EXPIRY_YEARS) == (1, 2031 + MAX_EXPIRY_YEARS)
+    clock[0] -= 2  # set back into December
+    assert validate_expiry(12, 2030) == (12, 2030)
+    with pytest.raises(InvalidExpiryError):
+        validate_expiry(1, 2031 + MAX_EXPIRY_YEARS)
 
 
 @PROPERTY

@@ -237,3 +237,49 @@ async def test_slow_vault_never_blocks_the_event_loop(
         await ticking
     assert elapsed >= 3 * SLOW_VAULT_DELAY  # the proxy really was slow
     assert worst_gap < 0.05, f"event loop blocked for {worst_gap * 1000:.0f} ms"
+
+
+# -- futures straight from the lanes (tokenize's HMAC + encryption) ----------------------------
+
+
+async def test_soon_futures_share_the_lanes_and_answer_as_the_coroutines(
+    vault_client: VaultClient, tenant: TenantKeys
+) -> None:
+    batcher = TransitBatcher(vault_client)
+    futures = [batcher.encrypt_soon(tenant.pan_key, b"soon-%d" % i) for i in range(50)]
+    hmacs = [batcher.hmac_soon(tenant.fingerprint_key, b"soon-%d" % i) for i in range(50)]
+    assert all(f is not None for f in futures + hmacs)
+    ciphertexts = [await f for f in futures if f is not None]
+    fingerprints = [await f for f in hmacs if f is not None]
+    assert (batcher.calls, batcher.items) == (2, 100)  # one call per lane
+    decrypted = await asyncio.gather(*(batcher.decrypt(tenant.pan_key, c) for c in ciphertexts))
+    assert decrypted == [b"soon-%d" % i for i in range(50)]
+    assert fingerprints[7] == await batcher.hmac(tenant.fingerprint_key, b"soon-7")
+
+
+async def test_a_cancelled_soon_future_is_not_sent(
+    vault_client: VaultClient, tenant: TenantKeys
+) -> None:
+    batcher = TransitBatcher(vault_client)
+    dropped = batcher.encrypt_soon(tenant.pan_key, b"dropped")
+    kept = batcher.encrypt_soon(tenant.pan_key, b"kept")
+    assert dropped is not None and kept is not None
+    dropped.cancel()
+    assert (await kept).startswith("vault:v1:")
+    assert (batcher.calls, batcher.items) == (1, 1)
+
+
+async def test_soon_futures_carry_item_errors_and_need_batching(
+    vault_client: VaultClient, tenant: TenantKeys
+) -> None:
+    batcher = TransitBatcher(vault_client)
+    missing = batcher.hmac_soon("tessera-fp-no_such_tenant", b"x")
+    assert missing is not None
+    with pytest.raises(VaultNotFoundError):
+        await missing
+    off = TransitBatcher(vault_client, enabled=False)
+    assert off.encrypt_soon(tenant.pan_key, b"x") is None
+    assert off.hmac_soon(tenant.fingerprint_key, b"x") is None
+    await batcher.close()
+    with pytest.raises(VaultUnavailableError):
+        batcher.encrypt_soon(tenant.pan_key, b"late")
