@@ -19,6 +19,7 @@ deadline that fires mid-call becomes ``not_sent`` or ``unknown``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -42,6 +43,9 @@ from sdk.transcript import TranscriptRecorder
 __all__ = ["CallContext"]
 
 _LOGGER: FilteringBoundLogger = structlog.get_logger("tessera.sdk")
+
+#: Parsed provider URLs (a connector sends to the same few paths over and over).
+_parse_url = functools.lru_cache(maxsize=512)(httpx.URL)
 
 
 class CallContext:
@@ -157,7 +161,7 @@ class CallContext:
         remaining = max(self.deadline.remaining(), 0.001)
         request = self._http.build_request(
             method,
-            self.url(path),
+            _parse_url(self.url(path)),
             json=json,
             data=data,
             content=content,

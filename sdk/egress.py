@@ -26,6 +26,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote_plus
 from xml.sax.saxutils import escape as xml_escape
@@ -44,6 +45,7 @@ __all__ = ["SCOPE_EXTENSION", "EgressScope", "EgressTransport", "SendTracker"]
 
 SCOPE_EXTENSION = "tessera.egress_scope"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 TraceCallback = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
@@ -165,17 +167,18 @@ class EgressTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self._policy.check_url(request.url)
-        scope = request.extensions.get(SCOPE_EXTENSION)
+        url = request.url
+        self._policy.check_url(url)
+        extensions = request.extensions
+        scope = extensions.get(SCOPE_EXTENSION)
         if scope is not None and not isinstance(scope, EgressScope):
             raise ConnectorConfigurationError("Malformed egress scope on a provider request.")
         body = await request.aread()
-        if MARKER_PATTERN.search(str(request.url).encode()):
+        if MARKER_PATTERN.search(str(url).encode()):
             raise ConnectorConfigurationError("Card placeholders are not allowed in URLs.")
 
-        headers = list(request.headers.raw)
+        headers = request.headers.raw
         resolved: dict[bytes, ResolvedValue] = {}
-        slots: set[int] = set()
         if scope is not None:
             slots = scope.placeholders.slots_in(body)
             for _, value in headers:
@@ -187,25 +190,32 @@ class EgressTransport(httpx.AsyncBaseTransport):
         elif MARKER_PATTERN.search(body) or any(MARKER_PATTERN.search(v) for _, v in headers):
             raise ConnectorConfigurationError("Card placeholders need a call context.")
 
-        outgoing = request
-        if resolved:
-            kind = _body_kind(request.headers.get("content-type", ""))
-            outgoing = httpx.Request(
-                request.method,
-                request.url,
-                headers=[
-                    (name, _substitute(value, resolved, "header"))
-                    for name, value in headers
-                    if name.lower() != b"content-length"
-                ],
-                content=_substitute(body, resolved, kind) if body else None,
-                extensions=dict(request.extensions),
-            )
-
         tracker = SendTracker()
         if scope is not None:
             scope.trackers.append(tracker)
-        outgoing.extensions = {**outgoing.extensions, "trace": _tracing(tracker, request)}
+        trace = _tracing(tracker, extensions.get("trace"))
+        if resolved:
+            # A new request for the wire; ``request`` (placeholders only) is what the reply
+            # points back to, so no connector code ever holds the detokenized one.
+            kind = _body_kind(request.headers.get("content-type", ""))
+            content = _substitute(body, resolved, kind) if body else b""
+            wire_headers = [
+                (name, _substitute(value, resolved, "header"))
+                for name, value in headers
+                if name.lower() != b"content-length"
+            ]
+            if content or request.method in _BODY_METHODS:
+                wire_headers.append((b"Content-Length", str(len(content)).encode("ascii")))
+            outgoing = httpx.Request(
+                request.method,
+                url,
+                headers=wire_headers,
+                stream=httpx.ByteStream(content),
+                extensions={**extensions, "trace": trace},
+            )
+        else:
+            outgoing = request
+            request.extensions = {**extensions, "trace": trace}
 
         started = time.perf_counter()
         status: int | None = None
@@ -217,20 +227,24 @@ class EgressTransport(httpx.AsyncBaseTransport):
             try:
                 response = await self._inner.handle_async_request(outgoing)
                 status = response.status_code
-                response_headers = list(response.headers.raw)
+                response_headers = response.headers.raw
                 try:
-                    response_body, response_headers = await self._read_body(response)
+                    response_body, response_headers = await self._read_body(
+                        response, response_headers
+                    )
                 finally:
                     await response.aclose()
             except httpx.HTTPError as exc:
                 raise transport_fault(exc, write_started=tracker.write_state) from exc
-            return httpx.Response(
-                response.status_code,
+            reply = httpx.Response(
+                status,
                 headers=response_headers,
                 content=response_body,
                 request=request,
                 extensions=response.extensions,
             )
+            reply.elapsed = timedelta(seconds=time.perf_counter() - started)
+            return reply
         except BaseException as exc:
             error = type(exc).__name__
             raise
@@ -248,13 +262,21 @@ class EgressTransport(httpx.AsyncBaseTransport):
                     started,
                 )
 
-    async def _read_body(self, response: httpx.Response) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    async def _read_body(
+        self, response: httpx.Response, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         limit = self._max_response_bytes
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        declared: list[bytes] = []
+        encodings: list[bytes] = []
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                declared.append(value)
+            elif lowered == b"content-encoding":
+                encodings.append(value)
+        if len(declared) == 1 and declared[0].isdigit() and int(declared[0]) > limit:
             raise ResponseTooLargeError()
-        skip = {b"content-encoding", b"content-length"}
-        headers = list(response.headers.raw)
+        skip = (b"content-encoding", b"content-length")
         if response.is_stream_consumed:
             # An in-memory response (mock transports, cassettes): already read and decoded.
             if len(response.content) > limit:
@@ -268,7 +290,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
                 raise ResponseTooLargeError()
             chunks.append(chunk)
         raw = b"".join(chunks)
-        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        encoding = b", ".join(encodings).decode("latin-1").strip().lower()
         if encoding in ("", "identity"):
             return raw, headers
         if encoding not in ("gzip", "deflate"):
@@ -324,9 +346,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
         )
 
 
-def _tracing(tracker: SendTracker, request: httpx.Request) -> TraceCallback:
-    downstream = request.extensions.get("trace")
-
+def _tracing(tracker: SendTracker, downstream: TraceCallback | None) -> TraceCallback:
     async def trace(name: str, info: Mapping[str, Any]) -> None:
         tracker.events_seen = True
         if name.endswith("send_request_headers.started"):

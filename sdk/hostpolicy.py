@@ -17,6 +17,7 @@ addresses; it must be switched on explicitly and still refuses link-local and me
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -27,7 +28,13 @@ import httpx
 
 from normalization import ConnectorError
 
-__all__ = ["DestinationRefusedError", "GuardedNetworkBackend", "HostPolicy", "address_refusal"]
+__all__ = [
+    "DestinationRefusedError",
+    "GuardedNetworkBackend",
+    "HostPolicy",
+    "address_refusal",
+    "ip_literal",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -67,7 +74,14 @@ def address_refusal(address: IPAddress, *, test_mode: bool) -> str | None:
     return None
 
 
-def _ip_literal(host: str) -> IPAddress | None:
+@functools.lru_cache(maxsize=1024)
+def _literal_refusal(address: IPAddress) -> str | None:
+    return address_refusal(address, test_mode=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def ip_literal(host: str) -> IPAddress | None:
+    """The address ``host`` spells (brackets allowed around IPv6), or None for a name."""
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -91,11 +105,11 @@ class HostPolicy:
             raise DestinationRefusedError(
                 f"Host {host!r} is not among the connector's declared hosts."
             )
-        literal = _ip_literal(host)
+        literal = ip_literal(host)
         if literal is not None:
             if not self.test_mode:
                 raise DestinationRefusedError("IP-literal provider URLs are refused.")
-            reason = address_refusal(literal, test_mode=True)
+            reason = _literal_refusal(literal)
             if reason is not None:
                 raise DestinationRefusedError(f"Host {host!r} is {reason}.")
 
@@ -110,7 +124,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         self._inner = inner if inner is not None else httpcore.AnyIOBackend()
 
     async def _resolve(self, host: str, port: int, limit: float | None) -> list[IPAddress]:
-        literal = _ip_literal(host)
+        literal = ip_literal(host)
         if literal is not None:
             return [literal]
         loop = asyncio.get_running_loop()
