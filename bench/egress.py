@@ -221,6 +221,8 @@ async def _profile(args: argparse.Namespace, base: str) -> None:
         profiler.disable()
     finally:
         await close()
+    if args.dump:
+        profiler.dump_stats(args.dump)
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats(args.sort).print_stats(args.top)
@@ -260,6 +262,7 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="cProfile this client instead")
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--top", type=int, default=45)
+    parser.add_argument("--dump", default=None, help="write the cProfile stats to this file")
     args = parser.parse_args()
     if args.serve:
         serve()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import select
 import socket
 import ssl
@@ -62,6 +63,12 @@ TraceCallback = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 #: Request headers aiohttp would otherwise add (httpx already set what it wants sent).
 _NO_AUTO_HEADERS = frozenset({"Accept", "Accept-Encoding", "User-Agent", "Content-Type"})
 _NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+
+
+@functools.lru_cache(maxsize=512)
+def _yarl_url(text: str) -> URL:
+    """httpx's URL (already percent-encoded) as aiohttp's, parsed once per distinct URL."""
+    return URL(text, encoded=True)
 
 
 def httpcore_patched() -> bool:
@@ -355,7 +362,7 @@ class AiohttpNetworkTransport(httpx.AsyncBaseTransport):
         try:
             response = await session.request(
                 request.method,
-                URL(str(url), encoded=True),
+                _yarl_url(str(url)),
                 headers=headers,
                 data=body or None,
                 allow_redirects=False,
@@ -369,12 +376,13 @@ class AiohttpNetworkTransport(httpx.AsyncBaseTransport):
         finally:
             _SENDING.reset(token)
         reason = response.reason
+        version = response.version
         return httpx.Response(
             response.status,
             headers=response.raw_headers,
             stream=_ResponseStream(response, request),
             extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": reason.encode("latin-1") if reason else b"",
+                "http_version": b"HTTP/1.0" if version == (1, 0) else b"HTTP/1.1",
+                "reason_phrase": reason.encode("latin-1", "replace") if reason else b"",
             },
         )

@@ -46,6 +46,9 @@ __all__ = ["SCOPE_EXTENSION", "EgressScope", "EgressTransport", "SendTracker"]
 SCOPE_EXTENSION = "tessera.egress_scope"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: What every ``MARKER_PATTERN`` match starts with: a cheap test before the regular expression
+#: (empty, so always true, should the pattern ever start otherwise).
+_MARKER_PREFIX = MARKER_PATTERN.pattern.split(b"(", 1)[0].split(b"[", 1)[0]
 
 TraceCallback = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
@@ -182,7 +185,8 @@ class EgressTransport(httpx.AsyncBaseTransport):
         if scope is not None:
             slots = scope.placeholders.slots_in(body)
             for _, value in headers:
-                slots |= scope.placeholders.slots_in(value)
+                if _MARKER_PREFIX in value:
+                    slots |= scope.placeholders.slots_in(value)
             if slots:
                 resolved = await scope.placeholders.resolve(
                     slots, scope.revealer, scope.tenant, scope.purpose
@@ -200,7 +204,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
             kind = _body_kind(request.headers.get("content-type", ""))
             content = _substitute(body, resolved, kind) if body else b""
             wire_headers = [
-                (name, _substitute(value, resolved, "header"))
+                (name, _substitute(value, resolved, "header") if _MARKER_PREFIX in value else value)
                 for name, value in headers
                 if name.lower() != b"content-length"
             ]
@@ -227,7 +231,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
             try:
                 response = await self._inner.handle_async_request(outgoing)
                 status = response.status_code
-                response_headers = response.headers.raw
+                response_headers = raw_headers = response.headers.raw
                 try:
                     response_body, response_headers = await self._read_body(
                         response, response_headers
@@ -238,7 +242,8 @@ class EgressTransport(httpx.AsyncBaseTransport):
                 raise transport_fault(exc, write_started=tracker.write_state) from exc
             reply = httpx.Response(
                 status,
-                headers=response_headers,
+                # unchanged (the usual case): httpx copies its own Headers without re-parsing
+                headers=response.headers if response_headers is raw_headers else response_headers,
                 content=response_body,
                 request=request,
                 extensions=response.extensions,
