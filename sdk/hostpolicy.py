@@ -55,10 +55,37 @@ class DestinationRefusedError(ConnectorError):
     default_detail = "The destination of a provider call is not allowed."
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 form carries to an IPv4 host: mapped (``::ffff:a.b.c.d``), 6to4
+    (``2002:AABB:CCDD::``), NAT64 (``64:ff9b::a.b.c.d``) and the deprecated IPv4-compatible form
+    (``::a.b.c.d``). On a host with NAT64 or 6to4 routing each of them reaches that address."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def address_refusal(address: IPAddress, *, test_mode: bool) -> str | None:
-    """Why ``address`` may not be connected to, or None when it may."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Why ``address`` may not be connected to, or None when it may.
+
+    An IPv6 address that embeds an IPv4 one (mapped, 6to4, NAT64, IPv4-compatible) is judged by
+    the IPv4 address it reaches; the local-use NAT64 prefix ``64:ff9b:1::/48`` is refused as
+    private whatever it embeds.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64_LOCAL and not test_mode:
+            return "a private or reserved address"
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            address = embedded
     if address in _METADATA_ADDRESSES:
         return "a cloud metadata address"
     if address.is_link_local:

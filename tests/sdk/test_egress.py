@@ -319,6 +319,17 @@ def test_runtime_refuses_http_base_url_outside_test_mode() -> None:
         ("127.0.0.1", False, True),
         ("::1", False, True),
         ("::ffff:127.0.0.1", False, True),
+        # IPv6 forms that carry an IPv4 address to it (NAT64, 6to4, IPv4-compatible)
+        ("64:ff9b::7f00:1", False, True),
+        ("64:ff9b::a9fe:a9fe", True, True),  # the metadata address through NAT64
+        ("64:ff9b::a01:203", False, True),
+        ("2002:7f00:1::1", False, True),
+        ("2002:a9fe:a9fe::1", True, True),
+        ("::127.0.0.1", False, True),
+        ("::10.1.2.3", False, True),
+        ("64:ff9b:1::5db8:d822", False, True),  # local-use NAT64
+        ("64:ff9b::5db8:d822", False, False),  # NAT64 of a public address
+        ("2002:5db8:d822::1", False, False),  # 6to4 of a public address
         ("0.0.0.0", True, True),  # noqa: S104 - the address under test
         ("224.0.0.1", False, True),
         ("127.0.0.1", True, False),
