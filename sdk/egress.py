@@ -1,6 +1,6 @@
 """The egress transport: the last SDK code a provider request passes through.
 
-``EgressTransport`` wraps the pooled httpcore transport and, for every request:
+``EgressTransport`` wraps the pooled network transport and, for every request:
 
 1. enforces the ``HostPolicy`` (https, declared hosts, no IP literals) before anything else;
 2. **detokenizes**: finds card placeholder markers (``sdk.placeholders``) in the headers and
@@ -8,8 +8,9 @@
    copy of the request, each encoded for where it sits (JSON string escaping, form
    url-encoding including Stripe-style ``card[number]`` keys, XML escaping, raw in headers).
    Placeholders in the URL are refused: a PAN never goes into a query string;
-3. watches httpcore's trace events, to know whether the request started being written: that is
-   the line between ``not_sent`` and ``unknown`` (``sdk.outcomes``);
+3. watches the network transport's trace events (httpcore's, or ``sdk.aiohttp_transport``'s),
+   to know whether the request started being written: that is the line between ``not_sent``
+   and ``unknown`` (``sdk.outcomes``);
 4. maps httpx failures to ``TransportFault`` errors (the one place this happens);
 5. reads the reply under a size limit (inflating gzip/deflate under the same limit);
 6. records the exchange in the call's ``TranscriptRecorder``, with masks where card data went and

@@ -4,7 +4,8 @@ Two checks, both before a socket opens:
 
 - ``HostPolicy.check_url`` (in the egress transport): the scheme is https, the host is one the
   manifest declares, the URL carries no userinfo, and the host is a DNS name, not an IP literal.
-- ``GuardedNetworkBackend`` (under httpcore's connection pool): the name is resolved once, every
+- ``GuardedNetworkBackend`` (under httpcore's connection pool; ``sdk.aiohttp_transport``'s
+  ``GuardedResolver`` does the same under aiohttp's): the name is resolved once, every
   address it resolves to is checked (loopback, private, link-local, cloud-metadata, multicast and
   other non-global addresses are refused), and the connection goes to the checked address, so a
   DNS answer cannot change between the check and the connect (rebinding). TLS still verifies the

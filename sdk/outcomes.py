@@ -18,8 +18,10 @@ Transport failures (raised by ``CallContext.send``, from httpx errors)::
         └── RetryableProviderError                  an error-map entry marked retryable
 
 The boundary between ``not_sent`` and ``unknown`` is *the request started being written*. The
-egress transport watches httpcore's trace events, so a failure before the first byte of the
-request is ``not_sent`` whatever exception carried it; without trace events (mock transports)
+egress transport watches the network transport's trace events (httpcore's
+``http11.send_request_headers.started``, or the aiohttp transport's
+``aiohttp.send_request_headers.started``), so a failure before the first byte of the request is
+``not_sent`` whatever exception carried it; without trace events (mock transports)
 the exception type decides, conservatively. 4xx replies are not errors here: the connector
 parses them and maps provider codes through its ``ErrorMap`` into declined results.
 """
