@@ -1,13 +1,18 @@
 """The async OpenBao/Vault client for the request path.
 
-One pooled ``aiohttp.ClientSession`` per client (hvac is synchronous and httpx's AsyncClient
-collapsed at 64 in flight in our measurements, see PERFORMANCE.md). Transit calls always use
-``batch_input`` and return one result per input, in order: a failed item is a ``VaultError``
+One pool of keep-alive HTTP/1.1 connections per client, spoken by the small transport at the end
+of this module (hvac is synchronous and httpx's AsyncClient collapsed at 64 in flight in our
+measurements, see PERFORMANCE.md). It replaced a pooled ``aiohttp.ClientSession``: a call is a
+JSON POST to one host, and aiohttp's client machinery cost about 4x the CPU of the exchange itself
+(measured here: ~440 vs ~110 us per one-item transit call). Group commit keeps batches small at
+moderate load, so that per-call cost was paid by a handful of tokens each. Transit calls always
+use ``batch_input`` and return one result per input, in order: a failed item is a ``VaultError``
 *value* in the list, so one bad item never fails its neighbours.
 
 Errors are mapped here, once (RELIABILITY.md, vault faults)::
 
-    connection refused / reset, DNS, timeout, 3xx, 429, 502, 504  VaultUnavailableError (retry 1 s)
+    connection refused / reset, DNS, timeout, malformed HTTP,
+    3xx, 429, 502, 504                                             VaultUnavailableError (retry 1 s)
     503 "Vault is sealed"                                          VaultSealedError
     403 (after at most one AppRole re-login)                        VaultPermissionDeniedError
     404, 400 "... not found"                                        VaultNotFoundError
@@ -28,15 +33,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
+import ssl
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
-import aiohttp
 import orjson
 
 from normalization.errors import (
@@ -67,7 +74,9 @@ _HEALTH_QUERY: Final = {
     "drsecondarycode": "200",
     "performancestandbycode": "200",
 }
-_JSON_HEADERS: Final = {"Content-Type": "application/json", "X-Vault-Request": "true"}
+# Client keep-alive: shorter than OpenBao's listener idle timeout (5 min), so the server never
+# closes a connection we are about to reuse.
+_KEEPALIVE_SECONDS: Final = 30.0
 
 # Long base64/hex/digit runs are what a request body looks like (PANs, plaintext, ciphertext):
 # they are redacted from anything OpenBao says before it becomes an exception detail.
@@ -147,12 +156,21 @@ class VaultClient:
         self._mount_transit = mount_transit.strip("/")
         self._mount_kv = mount_kv.strip("/")
         self._max_connections = max_connections
-        # `connect` in aiohttp includes waiting for a free pooled connection, which is normal
-        # under load, so only the socket connect is kept short: an unreachable Vault fails fast.
-        self._timeout = aiohttp.ClientTimeout(
-            total=timeout, sock_connect=min(connect_timeout, timeout)
+        # Waiting for a free pooled connection is normal under load and counts against the
+        # total only; the socket connect alone is kept short, so an unreachable Vault fails fast.
+        self._total_timeout = timeout
+        self._connect_timeout = min(connect_timeout, timeout)
+        parts = urlsplit(self._addr)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("Vault address must be an http:// or https:// URL")
+        self._origin = _Origin(
+            tls=parts.scheme == "https",
+            host=parts.hostname,
+            port=parts.port or (443 if parts.scheme == "https" else 80),
+            host_header=parts.netloc.rpartition("@")[2],
+            base_path=parts.path.rstrip("/"),
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: _Pool | None = None
         self._login: _Login | None = (
             _Login(token, renew_at=None) if token is not None and approle is None else None
         )
@@ -187,9 +205,9 @@ class VaultClient:
 
     async def close(self) -> None:
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     # -- health -----------------------------------------------------------------------------
 
@@ -401,47 +419,49 @@ class VaultClient:
         params: Mapping[str, str] | None = None,
     ) -> _Reply:
         """One HTTP exchange; transport failures become ``VaultUnavailableError``."""
-        headers = dict(_JSON_HEADERS)
+        origin = self._origin
+        target = origin.base_path + path
+        if params:
+            target += "?" + urlencode(params)
+        head = (
+            f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"
+            "Content-Type: application/json\r\nX-Vault-Request: true\r\n"
+        )
         if token is not None:
-            headers["X-Vault-Token"] = token
-        payload = orjson.dumps(body) if body is not None else None
+            if "\r" in token or "\n" in token:
+                raise VaultPermissionDeniedError("The vault token is malformed.")
+            head += f"X-Vault-Token: {token}\r\n"
+        payload = orjson.dumps(body) if body is not None else b""
+        if body is not None:
+            head += f"Content-Length: {len(payload)}\r\n"
+        request = (head + "\r\n").encode("latin-1") + payload
         try:
-            async with self._http().request(
-                method,
-                self._addr + path,
-                data=payload,
-                params=params,
-                headers=headers,
-                # A standby's or dead leader's 307 must not be followed with the body.
-                allow_redirects=False,
-            ) as response:
-                raw = await response.read()
-                status = response.status
-                retry_after = response.headers.get("Retry-After")
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            async with asyncio.timeout(self._total_timeout):
+                status, headers, raw = await self._http().exchange(request)
+        except (OSError, TimeoutError, _MalformedResponse) as error:
             # Not chained: the transport error is enough to explain, and the request's locals
             # (plaintexts) must not travel with the exception.
             raise VaultUnavailableError(
                 f"OpenBao is unreachable ({type(error).__name__}).",
                 retry_after=_RETRY_AFTER_UNAVAILABLE,
             ) from None
-        return _Reply(status, _parse_json(raw), retry_after)
+        return _Reply(status, _parse_json(raw), headers.get("retry-after"))
 
-    def _http(self) -> aiohttp.ClientSession:
+    def _http(self) -> _Pool:
         if self._closed:
             raise VaultUnavailableError("The vault client is closed.", retry_after=None)
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
+        loop = asyncio.get_running_loop()
+        pool = self._pool
+        if pool is None or pool.loop is not loop:
+            if pool is not None:
+                pool.close()
+            pool = self._pool = _Pool(
+                self._origin,
+                loop,
                 limit=self._max_connections,
-                limit_per_host=self._max_connections,
-                keepalive_timeout=30,
-                ttl_dns_cache=300,
+                connect_timeout=self._connect_timeout,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-            )
-        return self._session
+        return pool
 
     # -- authentication ---------------------------------------------------------------------
 
@@ -596,3 +616,307 @@ def _error_for_status(reply: _Reply, operation: str) -> VaultError:
             f"OpenBao cannot serve {operation} now (HTTP {status}).", retry_after=retry_after
         )
     return VaultError(f"OpenBao answered HTTP {status} to {operation}{suffix}")
+
+
+# -- the HTTP/1.1 transport ---------------------------------------------------------------------
+#
+# Just what the client needs: requests to one origin, JSON in and out, keep-alive connections,
+# responses framed by Content-Length, chunked encoding or the end of the connection. No redirects
+# (a standby's 307 is an answer, see ``_error_for_status``), no compression, no cookies, no
+# proxies. TLS with the default context (system CAs, hostname checked) for https:// addresses.
+
+#: A response head larger than this is refused (OpenBao's are a few hundred bytes).
+_MAX_HEAD_BYTES: Final = 64 * 1024
+
+
+class _MalformedResponse(Exception):
+    """The bytes that came back are not an HTTP/1.1 response we can frame."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    tls: bool
+    host: str
+    port: int
+    host_header: str
+    base_path: str
+
+
+def _parse_response(
+    buffer: bytearray, eof: bool
+) -> tuple[int, dict[str, str], bytes, int, bool] | None:
+    """(status, headers, body, bytes consumed, keep-alive) of the first complete response in
+    ``buffer``, or None while it is incomplete. Interim (1xx) responses are skipped."""
+    start = 0
+    while True:
+        end = buffer.find(b"\r\n\r\n", start)
+        if end < 0:
+            if len(buffer) - start > _MAX_HEAD_BYTES:
+                raise _MalformedResponse("response head too large")
+            if eof:
+                raise _MalformedResponse("connection closed before a response")
+            return None
+        lines = bytes(buffer[start:end]).decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+            raise _MalformedResponse("not an HTTP/1.x status line")
+        status = int(code)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise _MalformedResponse("malformed header line")
+            name = name.strip().lower()
+            value = value.strip()
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        body_start = end + 4
+        if 100 <= status < 200:
+            start = body_start
+            continue
+        break
+    keep_alive = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
+    if status in (204, 304):
+        return status, headers, b"", body_start, keep_alive
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return _dechunk(buffer, body_start, eof, status, headers, keep_alive)
+    length = headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise _MalformedResponse("bad Content-Length")
+        stop = body_start + int(length)
+        if len(buffer) < stop:
+            if eof:
+                raise _MalformedResponse("connection closed inside a response")
+            return None
+        return status, headers, bytes(buffer[body_start:stop]), stop, keep_alive
+    if not eof:  # framed by the end of the connection
+        return None
+    return status, headers, bytes(buffer[body_start:]), len(buffer), False
+
+
+def _dechunk(
+    buffer: bytearray,
+    position: int,
+    eof: bool,
+    status: int,
+    headers: dict[str, str],
+    keep_alive: bool,
+) -> tuple[int, dict[str, str], bytes, int, bool] | None:
+    chunks: list[bytes] = []
+    while True:
+        line_end = buffer.find(b"\r\n", position)
+        if line_end < 0:
+            break
+        size_text = bytes(buffer[position:line_end]).partition(b";")[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise _MalformedResponse("bad chunk size") from None
+        position = line_end + 2
+        if size == 0:
+            trailer_end = buffer.find(b"\r\n\r\n", position - 2)
+            if trailer_end < 0:
+                break
+            return status, headers, b"".join(chunks), trailer_end + 4, keep_alive
+        if len(buffer) < position + size + 2:
+            break
+        chunks.append(bytes(buffer[position : position + size]))
+        position += size
+        if buffer[position : position + 2] != b"\r\n":
+            raise _MalformedResponse("chunk not followed by CRLF")
+        position += 2
+    if eof:
+        raise _MalformedResponse("connection closed inside a chunked response")
+    return None
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: a request is written, its response is framed from the bytes
+    that arrive; one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.idle_since = 0.0
+        self.reusable = True
+        self._buffer = bytearray()
+        self._eof = False
+        self._waiter: asyncio.Future[tuple[int, dict[str, str], bytes]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._waiter is None:
+            self.reusable = False  # nothing was asked: the connection is out of step
+            return
+        self._try_complete()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        self.reusable = False
+        self._try_complete()
+        return None  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self.reusable = False
+        self._try_complete()
+
+    def _try_complete(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        try:
+            parsed = _parse_response(self._buffer, self._eof)
+        except _MalformedResponse as error:
+            self.reusable = False
+            if self._eof and not self._buffer:
+                waiter.set_exception(ConnectionResetError("OpenBao closed the connection"))
+            else:
+                waiter.set_exception(error)
+            return
+        if parsed is None:
+            return
+        status, headers, body, consumed, keep_alive = parsed
+        del self._buffer[:consumed]
+        if not keep_alive or self._buffer:
+            self.reusable = False
+        self._waiter = None
+        waiter.set_result((status, headers, body))
+
+    async def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        assert self.transport is not None
+        waiter: asyncio.Future[tuple[int, dict[str, str], bytes]]
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        self._try_complete()  # the connection may have closed before the write
+        return await waiter
+
+    @property
+    def sent_nothing_back(self) -> bool:
+        return not self._buffer
+
+    def close(self) -> None:
+        self.reusable = False
+        if self.transport is not None:
+            # RuntimeError: its event loop is gone (a client reused across loops).
+            with contextlib.suppress(RuntimeError):
+                self.transport.close()
+
+
+class _Pool:
+    """Keep-alive connections to one origin, at most ``limit`` open; callers beyond that wait."""
+
+    def __init__(
+        self,
+        origin: _Origin,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        limit: int,
+        connect_timeout: float,
+    ) -> None:
+        self.loop = loop
+        self._origin = origin
+        self._limit = max(1, limit)
+        self._connect_timeout = connect_timeout
+        self._ssl = ssl.create_default_context() if origin.tls else None
+        self._idle: deque[_Connection] = deque()
+        self._open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    async def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send ``request`` and return (status, headers, body).
+
+        A reused connection that the server closed before answering is retried once on a
+        fresh one (the request never reached OpenBao's handler); any other failure is raised.
+        """
+        connection, reused = await self._acquire()
+        try:
+            reply = await connection.exchange(request)
+        except (ConnectionError, _MalformedResponse):
+            retry = reused and connection.sent_nothing_back
+            self._release(connection, reusable=False)
+            if not retry:
+                raise
+            connection, _ = await self._acquire(fresh=True)
+            try:
+                reply = await connection.exchange(request)
+            except BaseException:
+                self._release(connection, reusable=False)
+                raise
+        except BaseException:  # cancelled or timed out mid-exchange: state unknown
+            self._release(connection, reusable=False)
+            raise
+        self._release(connection, reusable=connection.reusable)
+        return reply
+
+    async def _acquire(self, *, fresh: bool = False) -> tuple[_Connection, bool]:
+        while True:
+            if self._closed:
+                raise ConnectionAbortedError("the pool is closed")
+            now = time.monotonic()
+            while self._idle and not fresh:
+                connection = self._idle.pop()  # the most recently used: least likely stale
+                if connection.reusable and now - connection.idle_since < _KEEPALIVE_SECONDS:
+                    return connection, True
+                connection.close()
+                self._open -= 1
+            if self._open < self._limit:
+                break
+            if fresh and self._idle:
+                self._idle.popleft().close()
+                self._open -= 1
+                break
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if not waiter.cancelled():
+                    self._wake()  # pass the wake-up on
+                raise
+        self._open += 1
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, protocol = await self.loop.create_connection(
+                    _Connection,
+                    self._origin.host,
+                    self._origin.port,
+                    ssl=self._ssl,
+                    server_hostname=self._origin.host if self._ssl is not None else None,
+                )
+        except BaseException:
+            self._open -= 1
+            self._wake()
+            raise
+        return protocol, False
+
+    def _release(self, connection: _Connection, *, reusable: bool) -> None:
+        if reusable and not self._closed:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        else:
+            connection.close()
+            self._open -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+            self._open -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
