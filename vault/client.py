@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import re
 import ssl
@@ -525,7 +526,8 @@ class VaultClient:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    # binascii directly: base64.b64encode is a Python wrapper around this same call.
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _unb64(text: str, operation: str) -> bytes | VaultError:

@@ -62,19 +62,26 @@ class InsertBatcher:
         while self._pending and self._in_flight < self._max_in_flight:
             group: list[_Pending] = []
             keys: set[tuple[str, str]] = set()
+            rows = 0
             while self._pending:
                 records, future = self._pending[0]
                 if future.done():  # its caller was cancelled before the insert left
                     self._pending.popleft()
                     continue
-                own = {(record.tenant, record.id) for record in records}
-                # Two requests holding one id (numeric tokens) could not tell whose row went
-                # in: the second waits for the next statement.
-                if group and (len(keys) + len(records) > self._max_rows or own & keys):
-                    break
+                if group:
+                    if rows + len(records) > self._max_rows:
+                        break
+                    if not keys:  # the first request's ids, needed only once a second joins
+                        keys = {(record.tenant, record.id) for record in group[0][0]}
+                    own = {(record.tenant, record.id) for record in records}
+                    # Two requests holding one id (numeric tokens) could not tell whose row
+                    # went in: the second waits for the next statement.
+                    if own & keys:
+                        break
+                    keys |= own
                 self._pending.popleft()
                 group.append((records, future))
-                keys |= own
+                rows += len(records)
             if not group:
                 break
             self._in_flight += 1

@@ -65,6 +65,7 @@ from normalization import (
     VaultPermissionDeniedError,
     VaultSealedError,
     VaultUnavailableError,
+    card_bin,
     card_brand,
 )
 from vault.audit import AuditAction, AuditLog
@@ -154,10 +155,8 @@ class RevealedCard:
 def public_fingerprint(vault_hmac: str) -> str:
     """``vault:v1:<base64>`` -> ``fp_v1_<base64url, unpadded>`` (URL- and log-friendly)."""
     _, version, digest = vault_hmac.split(":", 2)
-    return f"fp_{version}_{digest.translate(_URLSAFE).rstrip('=')}"
-
-
-_URLSAFE = str.maketrans("+/", "-_")
+    # Two replace() calls: str.translate with a mapping table cost several times more, per card.
+    return f"fp_{version}_{digest.replace('+', '-').replace('/', '_').rstrip('=')}"
 
 
 @functools.lru_cache(maxsize=8192)
@@ -443,7 +442,7 @@ class TokenizationService:
             tenant=tenant,
             fingerprint=public_fingerprint(vault_hmac),
             ciphertext=ciphertext,
-            bin=card.number.bin,
+            bin=card_bin(pan),
             last4=pan[-4:],
             brand=_brand(pan[:6]),
             exp_month=card.exp_month,

@@ -6,33 +6,41 @@ detokenization, in the bytes sent to an allowlisted provider.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from gateway.app import MERCHANT, RESOURCES
 from gateway.http import json_response, parse_json, parse_model, read_body
 from gateway.merchants import Merchant
 from gateway.problems import HttpProblem, validation_problem
-from gateway.schemas import BatchTokenizeRequest, parse_tokenize_request
+from gateway.schemas import BatchTokenizeRequest, parse_tokenize_request, validate_card
 from normalization.errors import TesseraError
 from normalization.methods import CardData
 from vault.token_store import TokenRecord
 
 __all__ = ["setup", "token_view"]
 
-_CARD = TypeAdapter(CardData)
 _TOKEN_PATH = r"/v1/tokens/{token_id:(?!batch$)[^/]{1,100}}"  # noqa: S105 - a route
 _FINGERPRINT_MAX = 200
 
 
-def token_view(record: TokenRecord) -> dict[str, Any]:
+def token_view(record: TokenRecord, stamps: dict[datetime, str] | None = None) -> dict[str, Any]:
     """The public, masked view of a token (the ``POST /v1/tokens`` response shape).
 
     ``TokenRecord.public_view()`` plus the format, built in one dict (same keys, same order).
+    ``stamps``, if given, keeps formatted timestamps for the other records of one response (a
+    batch's tokens share their creation time).
     """
     expires_at = record.expires_at
+    if stamps is None:
+        created = record.created_at.isoformat()
+        expires = None if expires_at is None else expires_at.isoformat()
+    else:
+        created = _stamp(record.created_at, stamps)
+        expires = None if expires_at is None else _stamp(expires_at, stamps)
     return {
         "id": record.id,
         "fingerprint": record.fingerprint,
@@ -43,10 +51,17 @@ def token_view(record: TokenRecord) -> dict[str, Any]:
             "exp_month": record.exp_month,
             "exp_year": record.exp_year,
         },
-        "created_at": record.created_at.isoformat(),
-        "expires_at": None if expires_at is None else expires_at.isoformat(),
+        "created_at": created,
+        "expires_at": expires,
         "format": record.format,
     }
+
+
+def _stamp(moment: datetime, stamps: dict[datetime, str]) -> str:
+    text = stamps.get(moment)
+    if text is None:
+        text = stamps[moment] = moment.isoformat()
+    return text
 
 
 def _limits(request: web.Request) -> tuple[float, int]:
@@ -91,7 +106,7 @@ async def create_tokens_batch(request: web.Request) -> web.Response:
     positions: list[int] = []
     for index, item in enumerate(body.cards):
         try:
-            valid.append(_CARD.validate_python(item))
+            valid.append(validate_card(item))
             positions.append(index)
         except ValidationError as exc:
             code, detail, _ = validation_problem(exc)
@@ -105,11 +120,13 @@ async def create_tokens_batch(request: web.Request) -> web.Response:
             dedup=merchant.token_dedup,
         )
         created = 0
+        # One creation time for the whole batch: formatted once, not once per card.
+        stamps: dict[datetime, str] = {}
         for index, outcome in zip(positions, outcomes, strict=True):
             if isinstance(outcome, TesseraError):
                 results[index] = {"error": {"code": outcome.code, "detail": outcome.detail}}
             else:
-                results[index] = token_view(outcome)
+                results[index] = token_view(outcome, stamps)
                 created += 1
         resources.metrics.count_tokens(body.format, created)
     return json_response({"results": results})
