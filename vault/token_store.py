@@ -14,9 +14,11 @@ Uniqueness, enforced by the database so that concurrent gateway processes agree:
   and read the winner.
 
 Inserts are one statement per batch, whatever its size: ``INSERT ... SELECT FROM unnest(...)``
-with one array per column on PostgreSQL, ``INSERT ... SELECT FROM json_each(?)`` on SQLite (one
-bound parameter instead of 15 per row, which keeps the placeholder rewriting off the hot path).
-Both use ``ON CONFLICT DO NOTHING RETURNING``, which reports the rows that made it in.
+with one array per column on PostgreSQL; on SQLite a multi-row ``VALUES`` up to 64 rows (the
+group-committed single-card inserts; about half the CPU per row) and above that
+``INSERT ... SELECT FROM json_each(?)`` (one bound parameter instead of 15 per row, and one
+statement text for every batch size). All use ``ON CONFLICT DO NOTHING RETURNING``, which
+reports the rows that made it in.
 
 Timestamps are stored as integer microseconds since the epoch (UTC) on both backends, so the
 two dialects compare and sort them the same way.
@@ -24,6 +26,7 @@ two dialects compare and sort them the same way.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +103,28 @@ _INSERT_SQLITE = (
     " json_extract(value, '$[14]')"
     " FROM json_each($1) WHERE true ON CONFLICT DO NOTHING RETURNING tenant, id"
 )
+#: Up to this many rows, SQLite inserts bind every value (15 per row, well below SQLite's 32,766
+#: variables); bigger batches go as one JSON text (one statement text for every size).
+_VALUES_MAX_ROWS = 64
+
+
+@functools.lru_cache(maxsize=_VALUES_MAX_ROWS)
+def _insert_values_sqlite(rows: int) -> str:
+    """``INSERT ... VALUES ($1, ..., $15), ($16, ...) ... RETURNING tenant, id`` for ``rows``."""
+    values = ", ".join(
+        "(" + ", ".join(f"${row * 15 + column + 1}" for column in range(15)) + ")"
+        for row in range(rows)
+    )
+    # Only numbered placeholders are formatted in: no value ever becomes SQL text.
+    return _INSERT_VALUES_HEAD + values + " ON CONFLICT DO NOTHING RETURNING tenant, id"
+
+
+_INSERT_VALUES_HEAD = (
+    "INSERT INTO vault_tokens (tenant, id, fingerprint, dedup_key, ciphertext, key_version,"
+    " bin, last4, pan_length, brand, exp_month, exp_year, format, created_at, expires_at) VALUES "
+)
+
+
 # Lists bind as one array on PostgreSQL and as one JSON text on SQLite.
 _SELECT_DEDUP_HOLDERS = {
     "postgresql": "SELECT * FROM vault_tokens WHERE tenant = $1 AND dedup_key = ANY($2::text[])",
@@ -296,6 +321,12 @@ class TokenStore:
         if self._postgres:
             result = await self._db.fetchall(
                 _INSERT_PG, *(list(column) for column in zip(*rows, strict=True))
+            )
+        elif len(rows) <= _VALUES_MAX_ROWS:
+            # Small groups (single-card tokenizations sharing a statement): a multi-row VALUES
+            # costs SQLite about half the CPU per row of unpacking JSON (measured at 1-64 rows).
+            result = await self._db.fetchall(
+                _insert_values_sqlite(len(rows)), *[value for row in rows for value in row]
             )
         else:
             result = await self._db.fetchall(_INSERT_SQLITE, orjson.dumps(rows).decode())
