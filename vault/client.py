@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
@@ -746,8 +746,9 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[tuple[int, dict[str, str], bytes]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: other event loops' transports (uvloop's) are not
+        # subclasses of asyncio.Transport, yet have what is used here (write, close).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from normalization.errors import VaultUnavailableError
-from vault.client import VaultClient, _MalformedResponse, _parse_response
+from vault.client import VaultClient, _Connection, _MalformedResponse, _parse_response
 
 OK_BODY = orjson.dumps({"data": {"batch_results": [{"ciphertext": "vault:v1:abc"}]}})
 
@@ -251,6 +251,31 @@ async def test_a_closed_client_refuses_calls() -> None:
         await client.close()
         with pytest.raises(VaultUnavailableError, match="closed"):
             await client.transit_encrypt("k", [b"x"])
+
+
+async def test_transports_of_other_event_loops_are_accepted() -> None:
+    """uvloop's transports are not asyncio.Transport subclasses; only write/close are used."""
+
+    class DuckTransport:
+        def __init__(self) -> None:
+            self.written: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+        def close(self) -> None:
+            self.closed = True
+
+    transport = DuckTransport()
+    connection = _Connection()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    exchange = asyncio.ensure_future(connection.exchange(b"GET / HTTP/1.1\r\n\r\n"))
+    await asyncio.sleep(0)
+    connection.data_received(_reply(b"{}"))
+    assert (await exchange)[0] == 200 and transport.written
+    connection.close()
+    assert transport.closed
 
 
 def test_addresses_must_be_http_urls() -> None:
