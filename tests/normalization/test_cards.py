@@ -70,6 +70,15 @@ def test_luhn_valid_matches_the_oracle(digits: str) -> None:
 
 
 @PROPERTY
+@given(st.text(alphabet=ASCII_DIGITS, min_size=1, max_size=30))
+def test_luhn_valid_matches_python_stdnum(digits: str) -> None:
+    """The hot path sums Luhn itself; python-stdnum stays the reference it must agree with."""
+    from stdnum import luhn
+
+    assert luhn_valid(digits) is luhn.is_valid(digits)
+
+
+@PROPERTY
 @given(valid_pans)
 def test_every_valid_pan_is_accepted_and_its_check_digit_matters(pan: str) -> None:
     assert is_valid_pan(pan)
