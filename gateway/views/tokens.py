@@ -6,7 +6,6 @@ detokenization, in the bytes sent to an allowlisted provider.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -27,41 +26,9 @@ _TOKEN_PATH = r"/v1/tokens/{token_id:(?!batch$)[^/]{1,100}}"  # noqa: S105 - a r
 _FINGERPRINT_MAX = 200
 
 
-def token_view(record: TokenRecord, stamps: dict[datetime, str] | None = None) -> dict[str, Any]:
-    """The public, masked view of a token (the ``POST /v1/tokens`` response shape).
-
-    ``TokenRecord.public_view()`` plus the format, built in one dict (same keys, same order).
-    ``stamps``, if given, keeps formatted timestamps for the other records of one response (a
-    batch's tokens share their creation time).
-    """
-    expires_at = record.expires_at
-    if stamps is None:
-        created = record.created_at.isoformat()
-        expires = None if expires_at is None else expires_at.isoformat()
-    else:
-        created = _stamp(record.created_at, stamps)
-        expires = None if expires_at is None else _stamp(expires_at, stamps)
-    return {
-        "id": record.id,
-        "fingerprint": record.fingerprint,
-        "card": {
-            "brand": record.brand,
-            "bin": record.bin,
-            "last4": record.last4,
-            "exp_month": record.exp_month,
-            "exp_year": record.exp_year,
-        },
-        "created_at": created,
-        "expires_at": expires,
-        "format": record.format,
-    }
-
-
-def _stamp(moment: datetime, stamps: dict[datetime, str]) -> str:
-    text = stamps.get(moment)
-    if text is None:
-        text = stamps[moment] = moment.isoformat()
-    return text
+def token_view(record: TokenRecord) -> dict[str, Any]:
+    """The public, masked view of a token (the ``POST /v1/tokens`` response shape)."""
+    return {**record.public_view(), "format": record.format}
 
 
 def _limits(request: web.Request) -> tuple[float, int]:
@@ -72,10 +39,8 @@ def _limits(request: web.Request) -> tuple[float, int]:
 async def create_token(request: web.Request) -> web.Response:
     resources = request.app[RESOURCES]
     merchant: Merchant = request[MERCHANT]
-    server = resources.settings.server
-    body = await read_body(
-        request, read_timeout=server.read_timeout, max_size=server.client_max_size
-    )
+    timeout, max_size = _limits(request)
+    body = await read_body(request, read_timeout=timeout, max_size=max_size)
     card, token_format, ttl_seconds = parse_tokenize_request(parse_json(body))
     record, created = await resources.tokens.tokenize(
         merchant.id,
@@ -120,13 +85,11 @@ async def create_tokens_batch(request: web.Request) -> web.Response:
             dedup=merchant.token_dedup,
         )
         created = 0
-        # One creation time for the whole batch: formatted once, not once per card.
-        stamps: dict[datetime, str] = {}
         for index, outcome in zip(positions, outcomes, strict=True):
             if isinstance(outcome, TesseraError):
                 results[index] = {"error": {"code": outcome.code, "detail": outcome.detail}}
             else:
-                results[index] = token_view(outcome, stamps)
+                results[index] = token_view(outcome)
                 created += 1
         resources.metrics.count_tokens(body.format, created)
     return json_response({"results": results})
