@@ -365,11 +365,16 @@ class ConnectorRuntime:
                 correlation_id=args.correlation_id,
             )
 
-        retrying = build_retrying(self.settings.retry, deadline, before_sleep=before_sleep)
         try:
-            result: PaymentResult = await retrying(
-                self._attempt, op, verb_call, deadline, state, args
-            )
+            try:
+                # Most calls end in their first attempt: only a retry needs tenacity's machinery
+                # (about 3 % of a payment's CPU when built for every call).
+                result: PaymentResult = await self._attempt(op, verb_call, deadline, state, args)
+            except RetrySignal as first:
+                retrying = build_retrying(self.settings.retry, deadline, before_sleep=before_sleep)
+                result = await retrying(
+                    _replay_first(first, self._attempt), op, verb_call, deadline, state, args
+                )
         except RetrySignal as signal:
             result = signal.result
         except (ConnectorUnavailableError, ConnectorBusyError):
@@ -507,3 +512,18 @@ class ConnectorRuntime:
         if state.last is not None:
             return state.last
         return PaymentResult.not_sent()
+
+
+def _replay_first(
+    first: RetrySignal, attempt: Callable[..., Awaitable[PaymentResult]]
+) -> Callable[..., Awaitable[PaymentResult]]:
+    """``attempt`` whose first call raises ``first`` (the attempt that already ran) instead of
+    running again: tenacity then stops, waits and logs exactly as if it had run that attempt."""
+    pending: list[RetrySignal] = [first]
+
+    async def replaying(*args: Any) -> PaymentResult:
+        if pending:
+            raise pending.pop()
+        return await attempt(*args)
+
+    return replaying
