@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 from gateway.config import ConnectorSettings
 from normalization.errors import ConnectorUnavailableError, NotSupportedError
@@ -36,30 +37,39 @@ from sdk import (
 )
 from sdk.manifest import Environment
 from sdk.resilience.breaker import STATE_OPEN
+from vault.token_store import TokenRecord
 from vault.tokenization import TokenizationService
 
 __all__ = ["ConnectorPool", "VaultRevealer", "reveal_scope"]
 
-# (tenant, token, consumes the CVV) -> the card revealed in the current scope.
-_ScopeCards = dict[tuple[str, str, bool], RevealedCard]
-_SCOPE: ContextVar[_ScopeCards | None] = ContextVar("tessera_reveal_scope", default=None)
+
+@dataclass(slots=True)
+class _Scope:
+    # (tenant, token, consumes the CVV) -> the card revealed in the current scope.
+    cards: dict[tuple[str, str, bool], RevealedCard] = field(default_factory=dict)
+    record: TokenRecord | None = None
+
+
+_SCOPE: ContextVar[_Scope | None] = ContextVar("tessera_reveal_scope", default=None)
 
 
 @contextmanager
-def reveal_scope() -> Iterator[None]:
+def reveal_scope(record: TokenRecord | None = None) -> Iterator[None]:
     """Within: ``VaultRevealer`` reveals each token at most once and reuses the card after.
 
     Used around one payment's authorization (all its failover candidates). The scope belongs to
     the current task (a ``ContextVar``), so concurrent payments never share cards; on exit the
-    cards are dropped.
+    cards are dropped. ``record``: the token record the payment already read (and found live),
+    which the first reveal uses instead of reading it again.
     """
-    cards: _ScopeCards = {}
-    reset = _SCOPE.set(cards)
+    scope = _Scope(record=record)
+    reset = _SCOPE.set(scope)
     try:
         yield
     finally:
         _SCOPE.reset(reset)
-        cards.clear()
+        scope.cards.clear()
+        scope.record = None
 
 
 class VaultRevealer:
@@ -70,19 +80,21 @@ class VaultRevealer:
 
     async def reveal(self, tenant: str, token: str, *, purpose: str) -> RevealedCard:
         consume = purpose.endswith(":authorize")
-        cards = _SCOPE.get()
-        if cards is not None:
-            card = cards.get((tenant, token, consume))
-            if card is not None:
-                # Revealed (and audited) for an earlier candidate of this same authorization.
-                return card
-        card = await self._reveal(tenant, token, purpose=purpose, consume=consume)
-        if cards is not None:
-            cards[(tenant, token, consume)] = card
+        scope = _SCOPE.get()
+        if scope is None:
+            return await self._reveal(tenant, token, purpose=purpose, consume=consume, record=None)
+        card = scope.cards.get((tenant, token, consume))
+        if card is not None:
+            # Revealed (and audited) for an earlier candidate of this same authorization.
+            return card
+        card = await self._reveal(
+            tenant, token, purpose=purpose, consume=consume, record=scope.record
+        )
+        scope.cards[(tenant, token, consume)] = card
         return card
 
     async def _reveal(
-        self, tenant: str, token: str, *, purpose: str, consume: bool
+        self, tenant: str, token: str, *, purpose: str, consume: bool, record: TokenRecord | None
     ) -> RevealedCard:
         card = await self._tokens.reveal(
             tenant,
@@ -90,6 +102,7 @@ class VaultRevealer:
             purpose=purpose,
             actor="gateway:egress",
             consume_cvc=consume,
+            record=record,
         )
         return RevealedCard(
             number=card.number,

@@ -62,6 +62,7 @@ from normalization.methods import PaymentMethod, PaymentMethodType
 from sdk import CompleteAuthorizationRequest, Deadline, Operation
 from sdk.webhooks import WebhookEvent
 from vault.database import Connection, PostgresDatabase, SqliteDatabase
+from vault.token_store import TokenRecord
 from vault.tokenization import TokenizationService
 
 __all__ = ["CreatedPayment", "NewPayment", "OperationOutcome", "PaymentService"]
@@ -144,7 +145,7 @@ class PaymentService:
                 return CreatedPayment(await self._resume(merchant, payment, new, correlation_id))
             # The earlier run answered 503: every connector refused before sending. That payment
             # stays failed (nothing reached a provider); this retry is a new payment.
-        method, summary, route = await self._prepare_method(merchant, new)
+        method, summary, route, record = await self._prepare_method(merchant, new)
         candidates = self._router.candidates(route)
         refusals = [self._pool.breaker_refusal(c) for c in candidates]
         if all(refusal is not None for refusal in refusals):
@@ -174,7 +175,7 @@ class PaymentService:
         if refusal is not None:
             raise refusal
         payment = await self._authorize(
-            merchant, payment, new, method, attempts, queue, correlation_id
+            merchant, payment, new, method, attempts, queue, correlation_id, record=record
         )
         # Every attempt of this payment was made by this run, and a new payment has no refunds.
         return CreatedPayment(payment, attempts)
@@ -200,9 +201,12 @@ class PaymentService:
 
     async def _prepare_method(
         self, merchant: Merchant, new: NewPayment
-    ) -> tuple[PaymentMethod, PaymentMethodSummary, RouteQuery]:
+    ) -> tuple[PaymentMethod, PaymentMethodSummary, RouteQuery, TokenRecord | None]:
+        """The method as it will be sent, its summary, its route and, for a card, the token
+        record just read (or made), which the authorization's reveal reuses."""
         method = new.payment_method
         brand = bin_ = None
+        record: TokenRecord | None = None
         if isinstance(method, CardMethod):
             if method.card is not None:
                 record, _ = await self._tokens.tokenize(
@@ -228,7 +232,7 @@ class PaymentService:
             bin=bin_,
             connector=new.connector,
         )
-        return method, summary, route
+        return method, summary, route, record
 
     def _authorize_request(
         self, payment: PaymentRecord, new: NewPayment, method: PaymentMethod, key: str
@@ -290,6 +294,8 @@ class PaymentService:
         attempts: list[AttemptRecord],
         queue: list[str],
         correlation_id: str | None,
+        *,
+        record: TokenRecord | None = None,
     ) -> PaymentRecord:
         """Send ``attempts[-1]`` (started and committed); fail over down ``queue`` on ``not_sent``.
 
@@ -299,7 +305,7 @@ class PaymentService:
         rejection: TesseraError | None = None
         # One reveal for the whole authorization: a candidate that revealed the card and then
         # could not connect must not have consumed the CVV the next candidate needs.
-        with reveal_scope():
+        with reveal_scope(record):
             while True:
                 attempt = attempts[-1]
                 request = self._authorize_request(

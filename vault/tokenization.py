@@ -361,13 +361,21 @@ class TokenizationService:
         purpose: str,
         actor: str,
         consume_cvc: bool = False,
+        record: TokenRecord | None = None,
     ) -> RevealedCard:
         """Decrypt the card behind a token, for sending to a provider. Audited before decrypting.
 
         With ``consume_cvc`` the CVV held for the token (if any, and fresh) is taken: the first
         authorization gets it, later reveals do not. No public endpoint leads here.
+
+        ``record``: this token's record as ``get`` returned it moments ago in the same request
+        (a payment reads it to route and summarize); it saves reading it again. A record of
+        another tenant or token is ignored, and an expired one is refused like a missing token.
         """
-        record = await self.get(tenant, token_id)
+        if record is None or record.tenant != tenant or record.id != token_id:
+            record = await self.get(tenant, token_id)
+        elif record.is_expired(self._clock.now()):
+            raise TokenNotFoundError()
         # Recorded before the decrypt: an access that was attempted is never missing from the log.
         await self._audit.append(
             actor=actor,

@@ -137,6 +137,30 @@ async def _rows(gw: Gateway, table: str) -> int:
     return int(await gw.resources.db.fetchval(f"SELECT COUNT(*) FROM {table}"))  # noqa: S608
 
 
+async def test_a_payment_reads_its_token_once(
+    make_gateway: MakeGateway, observed_sandbox: Any, observed: Observed
+) -> None:
+    """The token record read to route the payment is the one the egress reveal decrypts: one
+    read of the token store, one audited reveal, and the provider gets the card and its CVC."""
+    gw = await make_gateway(connectors={"sandbox": sandbox_connector(observed_sandbox)})
+    token = await _tokenize(gw)
+    store = gw.resources.token_store
+    reads: list[str] = []
+    real_get = store.get
+
+    async def counted_get(tenant: str, token_id: str) -> Any:
+        reads.append(token_id)
+        return await real_get(tenant, token_id)
+
+    store.get = counted_get  # type: ignore[method-assign]
+    status, pay, _ = await _pay(gw, token)
+    assert status == 201 and pay["status"] == "authorized", pay
+    assert reads == [token]
+    [sent] = observed.authorizations()
+    assert sent["card"]["number"] == CARD["number"] and sent["card"].get("cvc") == "123"
+    assert await _reveals(gw, token) == ["egress:sandbox:authorize"]
+
+
 @pytest.mark.usefixtures("backup_connector")
 async def test_backup_gets_the_cvc_after_the_first_connector_was_refused(
     make_gateway: MakeGateway, observed_sandbox: Any, observed: Observed

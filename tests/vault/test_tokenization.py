@@ -157,6 +157,34 @@ async def test_expiry_and_sweeper(
     assert await service.get(tenant, forever.id) == forever
 
 
+async def test_reveal_with_a_record_in_hand(
+    service: TokenizationService,
+    tenant: str,
+    new_tenant: Callable[[], str],
+    clock: FakeClock,
+    audit: AuditLog,
+) -> None:
+    """The record a payment just read is decrypted as is (no second read), still audited; one
+    of another tenant or token is not trusted, and an expired one is refused."""
+    pan = random_pan()
+    record, _ = await service.tokenize(tenant, card(pan, cvc="321"), ttl_seconds=60)
+    other, _ = await service.tokenize(tenant, card())
+    revealed = await service.reveal(
+        tenant, record.id, purpose="egress", actor="svc", consume_cvc=True, record=record
+    )
+    assert revealed.number.reveal() == pan and revealed.cvc is not None
+    assert [e.target for e in await audit.entries()] == [record.id]
+    # A record that is not this token's is ignored: the token is read and decrypted.
+    assert (
+        await service.reveal(tenant, record.id, purpose="egress", actor="svc", record=other)
+    ).number.reveal() == pan
+    with pytest.raises(TokenNotFoundError):  # another tenant's token, whatever is in hand
+        await service.reveal(new_tenant(), record.id, purpose="x", actor="svc", record=record)
+    clock.advance(61)
+    with pytest.raises(TokenNotFoundError):
+        await service.reveal(tenant, record.id, purpose="egress", actor="svc", record=record)
+
+
 async def test_expired_dedup_token_is_replaced(
     service: TokenizationService, tenant: str, clock: FakeClock
 ) -> None:
