@@ -404,6 +404,14 @@ class MerchantStore:
             return None
         return WebhookEndpoint(url=row["webhook_url"], secret=row["webhook_secret"])
 
+    def cached(self, key: str) -> tuple[float, Merchant | None] | None:
+        """``(expiry, answer)`` for ``key`` while a cached answer is fresh, else None. The
+        answer is the merchant, or None for a key the store refused."""
+        hit = self._entries.get(hash_api_key(key))
+        if hit is not None and hit[0] > time.monotonic():
+            return hit
+        return None
+
     async def authenticate(self, key: str) -> Merchant | None:
         """The merchant owning the live key ``key``, or None."""
         if not looks_like_api_key(key):
@@ -428,7 +436,11 @@ def _merchant(row: object) -> Merchant:
 
 
 class ApiKeyCache:
-    """Positive and negative answers of ``MerchantStore.authenticate`` for a few seconds."""
+    """Positive and negative answers of ``MerchantStore.authenticate`` for a few seconds.
+
+    ``cached(key)`` answers from the cache without a coroutine (the request path's usual case);
+    ``authenticate(key)`` also asks the store on a miss, and caches its answer.
+    """
 
     def __init__(self, store: MerchantStore, ttl: float, *, max_entries: int = 10_000) -> None:
         self._store = store

@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from gateway.app import create_app
+from gateway.app import IN_FLIGHT, create_app
 from gateway.config import Settings
 from gateway.observability import RedactingAccessLogger
 
@@ -91,33 +91,16 @@ def _unwind_before_cleanup(app: web.Application, timeout: float) -> None:
     Past ``shutdown_timeout``, aiohttp cancels the handlers still running but does not wait for
     them before the app's cleanup closes the database: a payment request cut off that way could
     not release its idempotency claim (the merchant's retry got 409 until the lease lapsed) and
-    failed with "Cannot operate on a closed database". Requests are counted here, and the first
-    cleanup step (cleanup contexts exit in reverse) waits, at most ``timeout``, for none to run.
+    failed with "Cannot operate on a closed database". The gateway middleware counts requests
+    (``app[IN_FLIGHT]``), and the first cleanup step (cleanup contexts exit in reverse) waits, at
+    most ``timeout``, for none to run.
     """
-    running = 0
-    idle = asyncio.Event()
-    idle.set()
-
-    @web.middleware
-    async def count(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        nonlocal running
-        running += 1
-        idle.clear()
-        try:
-            return await handler(request)
-        finally:
-            running -= 1
-            if running == 0:
-                idle.set()
+    in_flight = app[IN_FLIGHT]
 
     async def wait_for_requests(_app: web.Application) -> AsyncIterator[None]:
         yield
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(idle.wait(), timeout)
+        await in_flight.wait_idle(timeout)
 
-    app.middlewares.insert(0, count)
     app.cleanup_ctx.append(wait_for_requests)
 
 

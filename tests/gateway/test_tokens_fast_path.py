@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 import uuid
 from typing import Any
@@ -180,6 +181,27 @@ def test_request_ids_are_random_uuid4() -> None:
         parsed = uuid.UUID(value)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
         assert parsed.hex == value
+
+
+def test_a_forked_child_never_hands_out_its_parents_drawn_request_ids() -> None:
+    from gateway import app as app_module
+
+    _new_request_id()  # the parent now holds ids drawn ahead
+    drawn = set(app_module._fresh_ids)
+    assert drawn
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, ",".join(_new_request_id() for _ in range(300)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child_ids = pipe.read().decode().split(",")
+    os.waitpid(pid, 0)
+    assert len(child_ids) == 300
+    assert not drawn & set(child_ids)
 
 
 def test_request_id_keeps_a_canonical_uuid_only() -> None:
