@@ -350,14 +350,14 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         tracer = current_tracer()
         if tracer is None:
-            response = await _handle(request, handler, request_id)
+            response = await _handle(request, handler, request_id, app)
         else:
             with span(
                 f"{request.method} {route}",
                 **{"http.request.method": request.method, "http.route": route},
                 request_id=request_id,
             ) as current:
-                response = await _handle(request, handler, request_id)
+                response = await _handle(request, handler, request_id, app)
                 if current is not None:
                     current.set_attribute("http.response.status_code", response.status)
     finally:
@@ -372,9 +372,11 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     return response
 
 
-async def _handle(request: web.Request, handler: Handler, request_id: str) -> web.StreamResponse:
+async def _handle(
+    request: web.Request, handler: Handler, request_id: str, app: web.Application
+) -> web.StreamResponse:
     try:
-        return await _authenticated(request, handler)
+        return await _authenticated(request, handler, app)
     except HttpProblem as exc:
         return problem_response(
             exc.status,
@@ -389,7 +391,7 @@ async def _handle(request: web.Request, handler: Handler, request_id: str) -> we
         code, detail, errors = validation_problem(exc)
         return problem_response(422, code, detail, request_id=request_id, errors=errors)
     except VaultError as exc:
-        request.app[METRICS].vault_errors.labels(exc.code).inc()
+        app[METRICS].vault_errors.labels(exc.code).inc()
         log.warning("vault_error", code=exc.code)
         return problem_response(
             503,
@@ -432,12 +434,14 @@ def _client_address(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-async def _authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _authenticated(
+    request: web.Request, handler: Handler, app: web.Application
+) -> web.StreamResponse:
     """``Authorization: Bearer <merchant API key>`` on every /v1 route except webhooks."""
     path = request.path
     if not path.startswith("/v1/") or path.startswith(_PUBLIC_PREFIXES):
         return await handler(request)
-    resources = request.app[RESOURCES]
+    resources = app[RESOURCES]
     client = _client_address(request)
     wait = resources.auth_limiter.blocked_for(client)
     if wait > 0:

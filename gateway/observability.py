@@ -165,24 +165,22 @@ class GatewayMetrics:
         )
         # Label children by (route, method[, status]): ``labels()`` validates and looks its
         # arguments up under a lock on every call, which the request path should not pay.
-        self._latency_children: dict[tuple[str, str], Any] = {}
-        self._request_children: dict[tuple[str, str, int], Any] = {}
+        # One look-up per request: (latency child, request counter child) by route and status.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._token_children: dict[str, Any] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP request and record its latency (``tessera_http_*``)."""
-        latency = self._latency_children.get((route, method))
-        if latency is None:
-            latency = self.latency.labels(route, method)
-            if len(self._latency_children) < _MAX_CACHED_CHILDREN:
-                self._latency_children[(route, method)] = latency
-        latency.observe(seconds)
-        counter = self._request_children.get((route, method, status))
-        if counter is None:
-            counter = self.requests.labels(route, method, str(status))
+        children = self._request_children.get((route, method, status))
+        if children is None:
+            children = (
+                self.latency.labels(route, method),
+                self.requests.labels(route, method, str(status)),
+            )
             if len(self._request_children) < _MAX_CACHED_CHILDREN:
-                self._request_children[(route, method, status)] = counter
-        counter.inc()
+                self._request_children[(route, method, status)] = children
+        children[0].observe(seconds)
+        children[1].inc()
 
     def count_tokens(self, token_format: str, created: int = 1) -> None:
         """Add ``created`` to ``tessera_tokens_created{format=...}``."""

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.app import MERCHANT, RESOURCES
+from gateway.app import MERCHANT, RESOURCES, Resources
 from gateway.http import json_response, parse_json, parse_model, read_body
 from gateway.merchants import Merchant
 from gateway.problems import HttpProblem, validation_problem
@@ -31,15 +31,15 @@ def token_view(record: TokenRecord) -> dict[str, Any]:
     return {**record.public_view(), "format": record.format}
 
 
-def _limits(request: web.Request) -> tuple[float, int]:
-    server = request.app[RESOURCES].settings.server
+def _limits(resources: Resources) -> tuple[float, int]:
+    server = resources.settings.server
     return server.read_timeout, server.client_max_size
 
 
 async def create_token(request: web.Request) -> web.Response:
     resources = request.app[RESOURCES]
     merchant: Merchant = request[MERCHANT]
-    timeout, max_size = _limits(request)
+    timeout, max_size = _limits(resources)
     body = await read_body(request, read_timeout=timeout, max_size=max_size)
     card, token_format, ttl_seconds = parse_tokenize_request(parse_json(body))
     record, created = await resources.tokens.tokenize(
@@ -57,7 +57,7 @@ async def create_token(request: web.Request) -> web.Response:
 async def create_tokens_batch(request: web.Request) -> web.Response:
     resources = request.app[RESOURCES]
     merchant: Merchant = request[MERCHANT]
-    timeout, max_size = _limits(request)
+    timeout, max_size = _limits(resources)
     limit = resources.settings.tokenization.max_cards_per_request
     body = parse_model(
         BatchTokenizeRequest, await read_body(request, read_timeout=timeout, max_size=max_size)

