@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
@@ -29,7 +28,13 @@ from gateway.connector_pool import ConnectorPool, VaultRevealer
 from gateway.merchants import ApiKeyCache, AuthFailureLimiter, Merchant, MerchantStore
 from gateway.observability import GatewayMetrics
 from gateway.payment_service import PaymentService
-from gateway.payments import IdempotencyStore, NotificationDispatcher, Outbox, PaymentStore
+from gateway.payments import (
+    IdempotencyStore,
+    NotificationDispatcher,
+    Outbox,
+    PaymentStore,
+    delivery_session,
+)
 from gateway.problems import HttpProblem, problem_response, status_for, validation_problem
 from gateway.reconciliation import run_reconciler
 from gateway.routing import Router
@@ -195,13 +200,8 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             payments=payments,
         )
         stop = asyncio.Event()
-        # Deliveries go to checked IP addresses (see gateway.payments.outbox): no cookie jar, so
-        # one merchant's cookies can never reach another merchant behind the same address.
-        session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=15),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        # Its GuardedResolver keeps deliveries off internal addresses (gateway.payments.outbox).
+        session = delivery_session(allow_private_targets=ps.allow_private_webhook_targets)
         stack.push_async_callback(session.close)
         dispatcher = NotificationDispatcher(
             outbox,

@@ -10,33 +10,44 @@ A merchant may register a webhook endpoint (migration 2): the URL Tessera posts 
 notifications to and the ``whsec_`` secret that signs them. Unlike an API key, the signing
 secret is stored as is, because signing needs it (Stripe does the same).
 
-Webhook URLs must not let a merchant aim Tessera at an internal address (SSRF). A URL is
-checked when it is registered (``check_webhook_url``) and again before every delivery
-(``resolve_webhook_target``): https only, no userinfo, a host that is a DNS name or an IP
-literal, any port; the host's addresses, every one of them, must be public (the predicate is
-``sdk.hostpolicy.address_refusal``: loopback, private, link-local, cloud-metadata, multicast,
-unspecified, reserved and IPv4-mapped forms of those are refused). The dispatcher then connects
-to the very addresses that were checked, so a DNS answer that changes in between (rebinding)
-cannot reach an internal host. ``allow_private`` (config: ``[payments]
-allow_private_webhook_targets``) is for development and tests only: it admits loopback and
-private addresses, never link-local or metadata ones. ``resolve_host`` is the only DNS look-up.
+Webhook URLs must not let a merchant aim Tessera at an internal address (SSRF). The rules:
+https only, no userinfo, a host that is a DNS name or an IP literal, any port; the host's
+addresses, every one of them, must be public (the predicate is ``sdk.hostpolicy.address_refusal``:
+loopback, private, link-local, cloud-metadata, multicast, unspecified, reserved and IPv4-mapped
+forms of those are refused). They are enforced twice:
+
+- at registration, ``check_webhook_url`` resolves the host with ``sdk.hostpolicy.resolve_checked``
+  (the SDK's one "resolve, then refuse if any address is non-public") and refuses the URL if any
+  address is non-public;
+- at delivery, ``check_webhook_delivery_url`` checks only what the connection will not: the URL's
+  form and, for an IP-literal host, the literal. A name is resolved and checked by the delivery
+  session's ``sdk.aiohttp_transport.GuardedResolver``, which hands aiohttp the addresses it
+  checked; aiohttp connects to those (no second lookup), so a DNS answer that changes after
+  registration (rebinding) cannot reach an internal host. See ``gateway.payments.outbox``.
+
+``allow_private`` (config: ``[payments] allow_private_webhook_targets``) is for development and
+tests only: it admits loopback and private addresses, never link-local or metadata ones. No
+``WebhookUrlError`` message names an address.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import ipaddress
 import re
 import secrets
-import socket
 import string
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from sdk.hostpolicy import address_refusal
+from sdk.hostpolicy import (
+    DestinationRefusedError,
+    HostResolutionError,
+    address_refusal,
+    ip_literal,
+    resolve_checked,
+)
 from vault.database import Migration, PostgresDatabase, SqliteDatabase, migrate
 
 __all__ = [
@@ -45,14 +56,12 @@ __all__ = [
     "Merchant",
     "MerchantStore",
     "WebhookEndpoint",
-    "WebhookTarget",
     "WebhookUrlError",
+    "check_webhook_delivery_url",
     "check_webhook_url",
     "hash_api_key",
     "new_api_key",
     "new_merchant_id",
-    "resolve_host",
-    "resolve_webhook_target",
 ]
 
 _BASE62 = string.ascii_letters + string.digits
@@ -119,8 +128,6 @@ class WebhookEndpoint:
     secret: str = field(repr=False)
 
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 #: A DNS name (ASCII: IDNs in their xn-- form) or, in brackets for IPv6, an IP literal.
 _HOST_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?|[0-9a-f:.]+", re.ASCII)
 _RESOLVE_TIMEOUT = 5.0
@@ -132,7 +139,8 @@ class WebhookUrlError(ValueError):
 
     ``webhook_url_invalid``: not an absolute https URL without credentials (or too long).
     ``webhook_target_refused``: the host is, or resolves to, a non-public address.
-    ``webhook_target_unresolved``: the host has no address right now (delivery only).
+    ``webhook_target_unresolved``: the host has no address right now (delivery only: the code
+    the dispatcher logs; registration accepts such a host).
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -140,47 +148,19 @@ class WebhookUrlError(ValueError):
         self.code = code
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookTarget:
-    """A checked webhook URL and the addresses a delivery may connect to (all checked)."""
-
-    url: str
-    scheme: str
-    #: The ASCII host name (or IP literal, without brackets) for the Host header and TLS.
-    host: str
-    port: int
-    addresses: tuple[IPAddress, ...]
-    #: The host is an IP literal: the URL itself names the (checked) address.
-    literal: bool
-
-    @property
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == _DEFAULT_PORTS[self.scheme] else f"{host}:{self.port}"
-
-
-async def resolve_host(host: str, port: int) -> list[IPAddress]:
-    """Every address ``host`` resolves to, in the resolver's order, duplicates dropped.
-
-    The one place webhook code asks DNS: ``getaddrinfo`` in the event loop's executor (off the
-    loop). Tests replace this function to simulate DNS answers.
-    """
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses: list[IPAddress] = []
-    for *_, sockaddr in infos:
-        # An IPv6 address may carry its scope ("fe80::1%eth0"); the address alone is checked.
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        if address not in addresses:
-            addresses.append(address)
-    return addresses
-
-
 def _invalid() -> WebhookUrlError:
     return WebhookUrlError(
         "webhook_url_invalid",
         "The webhook URL must be an absolute https:// URL without credentials, with a DNS "
         f"name or IP address as host (at most {_MAX_WEBHOOK_URL_LENGTH} characters).",
+    )
+
+
+def _refused(reason: str | None) -> WebhookUrlError:
+    return WebhookUrlError(
+        "webhook_target_refused",
+        f"The webhook URL's host is or resolves to {reason or 'a non-public address'}; "
+        "notifications are only sent to public addresses.",
     )
 
 
@@ -207,24 +187,6 @@ def _parse_webhook_url(url: str, *, allow_http: bool) -> tuple[str, str, int]:
     return parts.scheme, host, port if port is not None else _DEFAULT_PORTS[parts.scheme]
 
 
-def _ip_literal(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def _refuse_non_public(addresses: list[IPAddress], *, allow_private: bool) -> None:
-    for address in addresses:
-        reason = address_refusal(address, test_mode=allow_private)
-        if reason is not None:
-            raise WebhookUrlError(
-                "webhook_target_refused",
-                f"The webhook URL's host is or resolves to {reason}; notifications are only "
-                "sent to public addresses.",
-            )
-
-
 async def check_webhook_url(
     url: str, *, allow_http: bool = False, allow_private: bool = False
 ) -> None:
@@ -232,49 +194,31 @@ async def check_webhook_url(
 
     A host name that does not resolve now is accepted (its DNS may not be published yet):
     every delivery resolves and checks it again. One that resolves to any non-public address
-    is refused.
+    is refused. An IP literal is checked without a lookup.
     """
     _, host, port = _parse_webhook_url(url, allow_http=allow_http)
-    literal = _ip_literal(host)
-    if literal is not None:
-        _refuse_non_public([literal], allow_private=allow_private)
-        return
     try:
-        async with asyncio.timeout(_RESOLVE_TIMEOUT):
-            addresses = await resolve_host(host, port)
-    except (OSError, UnicodeError, TimeoutError):
+        await resolve_checked(host, port, test_mode=allow_private, timeout=_RESOLVE_TIMEOUT)
+    except DestinationRefusedError as exc:
+        raise _refused(exc.reason) from None
+    except (HostResolutionError, TimeoutError):
         return
-    _refuse_non_public(addresses, allow_private=allow_private)
 
 
-async def resolve_webhook_target(url: str, *, allow_private: bool = False) -> WebhookTarget:
-    """Resolve ``url``'s host once and check every address, for one delivery.
+def check_webhook_delivery_url(url: str, *, allow_private: bool = False) -> None:
+    """Raise ``WebhookUrlError`` unless a delivery may be attempted to the registered ``url``.
 
-    Connect only to ``WebhookTarget.addresses``: they are the ones that were checked. The scheme
-    is not re-checked beyond http(s): registration admitted the URL.
+    Syntax only (http is accepted: registration decided the scheme) plus, for an IP-literal
+    host, its address: aiohttp never asks a resolver about a literal. A host name is checked
+    when the delivery session resolves it (``GuardedResolver``), never here: a second lookup
+    would be the one an attacker's DNS answers differently.
     """
-    scheme, host, port = _parse_webhook_url(url, allow_http=True)
-    literal = _ip_literal(host)
+    _, host, _ = _parse_webhook_url(url, allow_http=True)
+    literal = ip_literal(host)
     if literal is not None:
-        addresses = [literal]
-    else:
-        try:
-            addresses = await resolve_host(host, port)
-        except (OSError, UnicodeError):
-            addresses = []
-        if not addresses:
-            raise WebhookUrlError(
-                "webhook_target_unresolved", "The webhook URL's host did not resolve."
-            )
-    _refuse_non_public(addresses, allow_private=allow_private)
-    return WebhookTarget(
-        url=url,
-        scheme=scheme,
-        host=host,
-        port=port,
-        addresses=tuple(addresses),
-        literal=literal is not None,
-    )
+        reason = address_refusal(literal, test_mode=allow_private)
+        if reason is not None:
+            raise _refused(reason)
 
 
 @dataclass(frozen=True, slots=True)

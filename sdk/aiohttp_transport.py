@@ -5,9 +5,10 @@ Connectors and the egress transport speak httpx; this is only what sits where th
 anyio): see ``bench/egress.py``. It keeps every property of the httpcore transport:
 
 - **addresses**: ``GuardedResolver`` resolves each name once, refuses the whole answer if any
-  address is internal (``hostpolicy.address_refusal``) and hands aiohttp the checked addresses,
-  which it connects to (DNS pinning: no second lookup between the check and the connect). IP
-  literals never reach a resolver, so the transport checks them itself. No proxies, no netrc,
+  address is internal and hands aiohttp the checked addresses, which it connects to (DNS
+  pinning: no second lookup between the check and the connect); the check is
+  ``hostpolicy.resolve_checked``, shared with the httpcore backend. IP literals never reach a
+  resolver, so the transport checks them itself. No proxies, no netrc,
   no environment (``trust_env=False``), no unix sockets;
 - **TLS**: the connector's context is ``provider_tls_context`` (verification on, TLS >= 1.2,
   host name checked: aiohttp verifies against the URL's host, not the address);
@@ -54,7 +55,7 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from sdk.hostpolicy import DestinationRefusedError, address_refusal, ip_literal
+from sdk.hostpolicy import DestinationRefusedError, address_refusal, ip_literal, resolve_checked
 
 __all__ = ["AiohttpNetworkTransport", "GuardedResolver", "httpcore_patched"]
 
@@ -78,38 +79,42 @@ def httpcore_patched() -> bool:
 
 
 class GuardedResolver(AbstractResolver):
-    """Resolves with the system resolver and refuses answers with any forbidden address."""
+    """An aiohttp resolver that hands aiohttp only checked addresses (``resolve_checked``).
+
+    A refused answer raises ``DestinationRefusedError`` (aiohttp passes it through unchanged,
+    and its DNS cache keeps only answers that were returned); a name that does not resolve
+    raises ``HostResolutionError``, an ``OSError`` aiohttp reports as
+    ``ClientConnectorDNSError``; a lookup longer than ``timeout`` raises ``TimeoutError``
+    (aiohttp: a connect timeout). aiohttp never asks a resolver about an IP literal: whoever
+    sends the request checks those.
+    """
 
     def __init__(self, *, test_mode: bool, timeout: float | None) -> None:
         self._test_mode = test_mode
         self._timeout = timeout
 
+    @property
+    def test_mode(self) -> bool:
+        """Whether loopback and private addresses are admitted (development and tests)."""
+        return self._test_mode
+
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._timeout):  # aiohttp: a connect timeout
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
-        results: list[ResolveResult] = []
-        for info_family, _, proto, _, address in infos:
-            literal = ip_literal(str(address[0]))
-            assert literal is not None
-            reason = address_refusal(literal, test_mode=self._test_mode)
-            if reason is not None:
-                raise DestinationRefusedError(f"Host {host!r} resolves to {reason}.")
-            results.append(
-                ResolveResult(
-                    hostname=host,
-                    host=str(address[0]),
-                    port=int(address[1]),
-                    family=info_family,
-                    proto=proto,
-                    flags=_NUMERIC,
-                )
+        checked = await resolve_checked(
+            host, port, test_mode=self._test_mode, family=family, timeout=self._timeout
+        )
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(answer.address),
+                port=answer.port,
+                family=answer.family,
+                proto=answer.proto,
+                flags=_NUMERIC,
             )
-        if not results:
-            raise OSError(f"Host {host!r} has no addresses.")
-        return results
+            for answer in checked
+        ]
 
     async def close(self) -> None:
         return None

@@ -4,12 +4,20 @@ Two checks, both before a socket opens:
 
 - ``HostPolicy.check_url`` (in the egress transport): the scheme is https, the host is one the
   manifest declares, the URL carries no userinfo, and the host is a DNS name, not an IP literal.
-- ``GuardedNetworkBackend`` (under httpcore's connection pool; ``sdk.aiohttp_transport``'s
-  ``GuardedResolver`` does the same under aiohttp's): the name is resolved once, every
-  address it resolves to is checked (loopback, private, link-local, cloud-metadata, multicast and
-  other non-global addresses are refused), and the connection goes to the checked address, so a
-  DNS answer cannot change between the check and the connect (rebinding). TLS still verifies the
-  certificate against the host name.
+- ``resolve_checked``: the one implementation of "resolve, then refuse if any address is
+  non-public". The name is resolved once (``getaddrinfo`` off the loop) and every address it
+  resolves to is checked with ``address_refusal`` (loopback, private, link-local, cloud-metadata,
+  multicast and other non-global addresses are refused): one bad address refuses the whole
+  answer. It returns the checked addresses, and the caller connects to those (DNS pinning), so a
+  DNS answer cannot change between the check and the connect (rebinding). An IP literal is
+  checked without asking DNS. ``GuardedNetworkBackend`` (under httpcore's connection pool) and
+  ``sdk.aiohttp_transport.GuardedResolver`` (under aiohttp's) are thin adapters around it; the
+  gateway's merchant webhooks use it too. TLS still verifies the certificate against the host
+  name.
+
+Errors: ``DestinationRefusedError`` names the host and the reason (``reason``), never an
+address; ``HostResolutionError`` (an ``OSError``) when the name does not resolve or resolves to
+nothing; ``TimeoutError`` when resolving outlasts ``timeout``.
 
 Test mode (simulators and tests on 127.0.0.1) allows http, IP literals and loopback/private
 addresses; it must be switched on explicitly and still refuses link-local and metadata addresses.
@@ -30,11 +38,14 @@ import httpx
 from normalization import ConnectorError
 
 __all__ = [
+    "CheckedAddress",
     "DestinationRefusedError",
     "GuardedNetworkBackend",
     "HostPolicy",
+    "HostResolutionError",
     "address_refusal",
     "ip_literal",
+    "resolve_checked",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -50,10 +61,25 @@ _METADATA_ADDRESSES = frozenset(
 
 
 class DestinationRefusedError(ConnectorError):
-    """A provider call was aimed somewhere the policy forbids; nothing was sent."""
+    """A provider call was aimed somewhere the policy forbids; nothing was sent.
+
+    ``reason`` is set when an address was refused: ``address_refusal``'s answer ("a loopback
+    address", ...), for callers that word their own message.
+    """
 
     code = "egress_refused"
     default_detail = "The destination of a provider call is not allowed."
+
+    def __init__(self, detail: str | None = None, *, reason: str | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class HostResolutionError(OSError):
+    """A host name did not resolve, or resolved to no address; nothing was sent.
+
+    An ``OSError`` so that aiohttp reports it from a resolver as ``ClientConnectorDNSError``.
+    """
 
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -117,6 +143,66 @@ def ip_literal(host: str) -> IPAddress | None:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckedAddress:
+    """One address ``resolve_checked`` let through, with what a socket needs to reach it."""
+
+    address: IPAddress
+    family: socket.AddressFamily
+    proto: int
+    port: int
+
+
+async def resolve_checked(
+    host: str,
+    port: int,
+    *,
+    test_mode: bool,
+    family: socket.AddressFamily = socket.AF_UNSPEC,
+    timeout: float | None = None,  # noqa: ASYNC109 - a bound on the lookup alone
+) -> list[CheckedAddress]:
+    """Resolve ``host`` once and return its addresses, every one of them checked.
+
+    Connect only to the returned addresses: they are the ones that were checked. Raises
+    ``DestinationRefusedError`` if any address is refused (the whole answer is refused: a name
+    with one public and one private address is as dangerous as a private one),
+    ``HostResolutionError`` if the name does not resolve or has no address, ``TimeoutError``
+    after ``timeout`` seconds. An IP literal (brackets allowed) is checked without a lookup.
+    No message names an address.
+    """
+    literal = ip_literal(host)
+    if literal is not None:
+        reason = address_refusal(literal, test_mode=test_mode)
+        if reason is not None:
+            raise DestinationRefusedError(f"The IP-literal host is {reason}.", reason=reason)
+        literal_family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        return [CheckedAddress(literal, literal_family, socket.IPPROTO_TCP, port)]
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+    except TimeoutError:  # before OSError: TimeoutError is one
+        raise TimeoutError(f"Resolving {host!r} timed out.") from None
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
+        strerror = exc.strerror if isinstance(exc, OSError) else None
+        raise HostResolutionError(
+            socket.EAI_NONAME, f"Resolving {host!r} failed: {strerror or type(exc).__name__}"
+        ) from None
+    checked: list[CheckedAddress] = []
+    seen: set[IPAddress] = set()
+    for info_family, _, proto, _, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]))
+        reason = address_refusal(address, test_mode=test_mode)
+        if reason is not None:
+            raise DestinationRefusedError(f"Host {host!r} resolves to {reason}.", reason=reason)
+        if address not in seen:
+            seen.add(address)
+            checked.append(CheckedAddress(address, info_family, proto, int(sockaddr[1])))
+    if not checked:
+        raise HostResolutionError(socket.EAI_NONAME, f"Host {host!r} has no addresses.")
+    return checked
+
+
+@dataclass(frozen=True, slots=True)
 class HostPolicy:
     """The URL-level rules for one connector runtime. See the module docstring."""
 
@@ -151,25 +237,6 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         self._test_mode = test_mode
         self._inner = inner if inner is not None else httpcore.AnyIOBackend()
 
-    async def _resolve(self, host: str, port: int, limit: float | None) -> list[IPAddress]:
-        literal = ip_literal(host)
-        if literal is not None:
-            return [literal]
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(limit):
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"Resolving {host!r} timed out.") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(f"Resolving {host!r} failed: {exc.strerror}") from None
-        addresses: list[IPAddress] = []
-        for info in infos:
-            address = ipaddress.ip_address(info[4][0])
-            if address not in addresses:
-                addresses.append(address)
-        return addresses
-
     async def connect_tcp(
         self,
         host: str,
@@ -178,18 +245,17 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await self._resolve(host, port, timeout)
-        for address in addresses:
-            reason = address_refusal(address, test_mode=self._test_mode)
-            if reason is not None:
-                raise DestinationRefusedError(f"Host {host!r} resolves to {reason}.")
-        if not addresses:
-            raise httpcore.ConnectError(f"Host {host!r} has no addresses.")
+        try:
+            checked = await resolve_checked(host, port, test_mode=self._test_mode, timeout=timeout)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from None
+        except HostResolutionError as exc:
+            raise httpcore.ConnectError(str(exc.strerror)) from None
         last_error: Exception | None = None
-        for address in addresses:
+        for answer in checked:
             try:
                 return await self._inner.connect_tcp(
-                    str(address),
+                    str(answer.address),
                     port,
                     timeout=timeout,
                     local_address=local_address,

@@ -4,13 +4,15 @@
   normalization state machine and optimistic concurrency; ``records``: what it returns;
   ``schema``: its tables and the row <-> record mapping.
 - ``idempotency``: ``IdempotencyStore.run``, Stripe's Idempotency-Key semantics across processes.
-- ``outbox``: ``Outbox`` (notifications enqueued in the payment's own transaction) and
-  ``NotificationDispatcher`` (signed, retried, lease-claimed delivery to merchants).
+- ``outbox``: ``Outbox`` (notifications enqueued in the payment's own transaction),
+  ``NotificationDispatcher`` (signed, retried, lease-claimed delivery to merchants) and
+  ``delivery_session`` (the aiohttp session it posts with, guarded against internal addresses).
 - ``signatures``: the ``Tessera-Signature`` scheme; ``backoff``: exponential backoff with jitter
   and the reconciliation schedule; ``instants``: how times are stored.
 
-Imports ``vault.database`` (the SQL interface), ``vault.clock``, ``normalization`` and the
-gateway's ``merchants`` and ``problems``; never a connector.
+Imports ``vault.database`` (the SQL interface), ``vault.clock``, ``normalization``, the SDK's
+address guard (``sdk.hostpolicy``, ``sdk.aiohttp_transport.GuardedResolver``) and the gateway's
+``merchants`` and ``problems``; never a connector.
 """
 
 from gateway.payments.backoff import ExponentialBackoff, ReconcilePolicy
@@ -27,6 +29,7 @@ from gateway.payments.outbox import (
     NotificationDispatcher,
     NotificationStatus,
     Outbox,
+    delivery_session,
 )
 from gateway.payments.records import (
     KEEP,
@@ -70,6 +73,7 @@ __all__ = [
     "RefundRecord",
     "RefundStatus",
     "Unchanged",
+    "delivery_session",
     "provider_idempotency_key",
     "sign_payload",
     "validate_idempotency_key",

@@ -15,15 +15,28 @@ delivers it; anything else (another status, a connection error, a timeout) sched
 with exponential backoff and jitter, until ``max_attempts`` marks it ``dead``. Redirects are
 not followed.
 
-Before each delivery the URL's host is resolved once and every address checked
-(``gateway.merchants.resolve_webhook_target``: no loopback, private, link-local, metadata or
-other non-public address); the request then goes to a checked address, with the URL's host in
-``Host`` and as the TLS server name (certificate verification is unchanged), so DNS rebinding
-between the check and the connect cannot reach an internal host. A refused or unresolvable
-target is a failed attempt like any other (``last_error`` says ``target refused: not a public
-address`` or ``target did not resolve``, never an address) and is retried with the same
-backoff: DNS may be fixed meanwhile. ``allow_private_targets`` admits loopback and private
-addresses for development and tests only.
+Where a delivery may go is decided at the depth where the connection is made. The session
+(``delivery_session``; the dispatcher refuses any other) resolves names through
+``sdk.aiohttp_transport.GuardedResolver``: each name is resolved once, the whole answer is
+refused if any address is non-public (``sdk.hostpolicy.resolve_checked``: loopback, private,
+link-local, metadata and other non-public addresses), and aiohttp connects to the addresses that
+were checked, never looking the name up again, so DNS rebinding between the check and the
+connect cannot reach an internal host. The request goes to the URL as registered: aiohttp sends
+its host as ``Host`` and verifies the certificate against it, and keeps connections alive in a
+pool keyed by that host name, so a pooled connection only ever carries requests for the name it
+was checked for. aiohttp never asks a resolver about an IP literal, so before each post the
+dispatcher checks the URL's form and, for an IP-literal host, the literal itself
+(``gateway.merchants.check_webhook_delivery_url``).
+
+aiohttp's DNS cache (``ttl_dns_cache``, 10 s) holds only answers the resolver returned, i.e.
+checked ones: a refused answer is raised, never returned, so it is never cached, and the next
+delivery to that name resolves and checks again. (A cached answer is reused for up to 10 s;
+it was checked, so it cannot point inside.)
+
+A refused or unresolvable target is a failed attempt like any other (``last_error`` says
+``target refused: not a public address`` or ``target did not resolve``, never an address, a
+name or the URL) and is retried with the same backoff: DNS may be fixed meanwhile.
+``allow_private_targets`` admits loopback and private addresses for development and tests only.
 
 All state is in the database, so a restarted dispatcher carries on where the last one stopped.
 Each run claims a batch with a lease (``locked_until``, ``lock_token``; ``FOR UPDATE SKIP
@@ -47,15 +60,15 @@ from enum import StrEnum
 
 import aiohttp
 import orjson
-from aiohttp.client_reqrep import ConnectionKey
-from yarl import URL
 
-from gateway.merchants import MerchantStore, WebhookTarget, WebhookUrlError, resolve_webhook_target
+from gateway.merchants import MerchantStore, WebhookUrlError, check_webhook_delivery_url
 from gateway.payments.backoff import ExponentialBackoff
 from gateway.payments.instants import Clock, SystemClock, from_micros, to_micros
 from gateway.payments.records import new_id
 from gateway.payments.signatures import SIGNATURE_HEADER, sign_payload, verify_signature
 from normalization import NotFoundError
+from sdk.aiohttp_transport import GuardedResolver
+from sdk.hostpolicy import DestinationRefusedError
 from vault.database import Connection, Migration, PostgresDatabase, Row, SqliteDatabase, migrate
 
 __all__ = [
@@ -64,6 +77,7 @@ __all__ = [
     "NotificationDispatcher",
     "NotificationStatus",
     "Outbox",
+    "delivery_session",
     "verify_signature",
 ]
 
@@ -112,16 +126,13 @@ _CLAIM = (
     f"RETURNING {_COLUMNS}"
 )
 _MAX_RESPONSE_BYTES = 64 * 1024
-#: Whether aiohttp's connection pool keys on the TLS server name (aiohttp 3.14 and later). Where
-#: it does not, a pooled connection made for one merchant's host name could carry another's
-#: request to the same address, so every request asks for its connection to be closed instead.
-_POOL_KEYED_BY_TLS_NAME = "server_hostname" in getattr(ConnectionKey, "_fields", ())
 #: What ``last_error`` says when the target itself is refused: fixed text, no address or name.
 _TARGET_ERRORS = {
     "webhook_target_refused": "target refused: not a public address",
     "webhook_target_unresolved": "target did not resolve",
     "webhook_url_invalid": "target refused: invalid URL",
 }
+_RESOLVE_TIMEOUT = 5.0
 
 
 class NotificationStatus(StrEnum):
@@ -285,6 +296,38 @@ class Outbox:
         return len(rows)
 
 
+def delivery_session(
+    *,
+    allow_private_targets: bool = False,
+    timeout: float = 15.0,
+    resolve_timeout: float = _RESOLVE_TIMEOUT,
+) -> aiohttp.ClientSession:
+    """The aiohttp session a ``NotificationDispatcher`` posts with (call it on the running loop).
+
+    Its connector resolves through ``GuardedResolver`` (see the module docstring), with the same
+    ``allow_private_targets`` as the dispatcher. No cookie jar (one merchant's cookies never
+    reach another), no proxies or netrc from the environment, no decompression (the body is
+    not read beyond a few KiB). The caller closes it.
+    """
+    connector = aiohttp.TCPConnector(
+        resolver=GuardedResolver(test_mode=allow_private_targets, timeout=resolve_timeout)
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
+
+
+def _guards_like(session: aiohttp.ClientSession, *, allow_private: bool) -> bool:
+    """Whether ``session`` resolves through a ``GuardedResolver`` with the same test mode."""
+    # aiohttp has no public accessor for a connector's resolver.
+    resolver = getattr(session.connector, "_resolver", None)
+    return isinstance(resolver, GuardedResolver) and resolver.test_mode == allow_private
+
+
 class NotificationDispatcher:
     """Delivers the outbox: ``run_once()`` for one batch, ``run_forever(stop)`` in the app."""
 
@@ -309,6 +352,12 @@ class NotificationDispatcher:
         if lease_seconds <= request_timeout:
             # A lease shorter than a delivery would let a second dispatcher post it meanwhile.
             raise ValueError("lease_seconds must exceed request_timeout.")
+        if not _guards_like(session, allow_private=allow_private_targets):
+            # Its resolver is what keeps deliveries off internal addresses: never do without.
+            raise ValueError(
+                "The session must come from delivery_session(allow_private_targets=...) with "
+                "the dispatcher's allow_private_targets."
+            )
         self._outbox = outbox
         self._merchants = merchants
         self._session = session
@@ -376,25 +425,32 @@ class NotificationDispatcher:
                 return NotificationStatus.DEAD
             http_status: int | None = None
             error = ""
+            target_code: str | None = None
             try:
+                check_webhook_delivery_url(endpoint.url, allow_private=self._allow_private)
                 async with asyncio.timeout(self._timeout):
-                    target = await resolve_webhook_target(
-                        endpoint.url, allow_private=self._allow_private
-                    )
-                    http_status = await self._post(target, endpoint.secret, notification)
+                    http_status = await self._post(endpoint.url, endpoint.secret, notification)
             except WebhookUrlError as exc:
-                error = _TARGET_ERRORS.get(exc.code, "target refused")
+                target_code = exc.code
+            except DestinationRefusedError:  # from GuardedResolver: a name resolving inside
+                target_code = "webhook_target_refused"
+            except aiohttp.ClientConnectorDNSError:  # GuardedResolver's HostResolutionError
+                target_code = "webhook_target_unresolved"
+            except aiohttp.InvalidURL:  # e.g. a numeric host spelling like 2130706433
+                target_code = "webhook_url_invalid"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The class name only: a message may echo the URL or part of a response.
+                error = type(exc).__name__
+            if target_code is not None:
+                error = _TARGET_ERRORS.get(target_code, "target refused")
                 log.warning(
                     "notification target refused",
                     extra={
                         "event_id": notification.id,
                         "merchant_id": notification.merchant_id,
-                        "code": exc.code,
+                        "code": target_code,
                     },
                 )
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # The class name only: a message may echo the URL or part of a response.
-                error = type(exc).__name__
             now = self._clock.now()
             if http_status is not None and 200 <= http_status < 300:
                 await self._outbox.record_delivery(
@@ -419,12 +475,11 @@ class NotificationDispatcher:
             )
             return NotificationStatus.PENDING if retry_at else NotificationStatus.DEAD
 
-    async def _post(self, target: WebhookTarget, secret: str, notification: Notification) -> int:
-        """POST to the first checked address that accepts a connection; the status it answers.
+    async def _post(self, url: str, secret: str, notification: Notification) -> int:
+        """POST the notification to ``url`` as registered; the status it answers.
 
-        The URL's host is replaced by the address (so the session's resolver is never asked)
-        and sent as ``Host`` and as the TLS server name (SNI and certificate verification). The
-        next address is tried only when connecting failed, i.e. nothing was sent.
+        The session's ``GuardedResolver`` checks and pins the host's addresses; aiohttp tries
+        the next checked address only when connecting failed, i.e. nothing was sent.
         """
         timestamp = int(self._clock.now().timestamp())
         headers = {
@@ -434,30 +489,12 @@ class NotificationDispatcher:
             "Tessera-Event-Id": notification.id,
             "Tessera-Event-Type": notification.event_type,
         }
-        if not _POOL_KEYED_BY_TLS_NAME:
-            headers["Connection"] = "close"  # the server closes it: nothing stays pooled
-        server_hostname: str | None = None
-        if not target.literal:
-            headers["Host"] = target.host_header
-            server_hostname = target.host
-        url = URL(target.url)
-        last_error: aiohttp.ClientConnectorError | None = None
-        for address in target.addresses:
-            try:
-                async with self._session.post(
-                    url if target.literal else url.with_host(str(address)),
-                    data=notification.body,
-                    headers=headers,
-                    allow_redirects=False,
-                    server_hostname=server_hostname,
-                ) as response:
-                    # Read a little so the connection can be reused; the content is ignored.
-                    await response.content.read(_MAX_RESPONSE_BYTES)
-                    return response.status
-            except aiohttp.ClientConnectorError as exc:
-                last_error = exc
-        assert last_error is not None  # resolve_webhook_target never returns no address
-        raise last_error
+        async with self._session.post(
+            url, data=notification.body, headers=headers, allow_redirects=False
+        ) as response:
+            # Read a little so the connection can be reused; the content is ignored.
+            await response.content.read(_MAX_RESPONSE_BYTES)
+            return response.status
 
 
 def _notification(row: Row) -> Notification:

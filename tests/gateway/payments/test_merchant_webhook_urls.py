@@ -1,43 +1,46 @@
-"""Merchant webhook URLs never reach internal addresses (SSRF): checked at registration and
-before every delivery, where the connection goes to the address that was checked (DNS pinning).
+"""Merchant webhook URLs never reach internal addresses (SSRF).
 
-DNS is simulated by replacing ``gateway.merchants.resolve_host``, the one function webhook code
-resolves names with; deliveries go to a real aiohttp receiver on loopback, or to a recording
-fake session where the checked address would be public (nothing leaves this machine).
+At registration ``check_webhook_url`` resolves the host with the SDK's ``resolve_checked``. At
+delivery the dispatcher's session (``delivery_session``) resolves through ``GuardedResolver``,
+and aiohttp connects to the addresses it checked (DNS pinning); the dispatcher itself checks only
+the URL's form and IP-literal hosts, which aiohttp never asks a resolver about.
+
+DNS is simulated (``tests.fake_dns``: the event loop's ``getaddrinfo`` answers for chosen names;
+IP literals go to the real one). Deliveries go to real servers on 127.0.0.1: an aiohttp receiver
+where a delivery should arrive, a bare TCP listener counting accepted connections where nothing
+may connect. Nothing leaves this machine: no test lets a delivery aim at a public address.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import logging
 import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-import gateway.merchants
-import gateway.payments.outbox
 from gateway.commands.admin import merchants_webhook_set
 from gateway.config import DatabaseSettings, Settings
-from gateway.merchants import (
-    IPAddress,
-    MerchantStore,
-    WebhookUrlError,
-    check_webhook_url,
-    resolve_webhook_target,
+from gateway.merchants import MerchantStore, WebhookUrlError, check_webhook_url
+from gateway.payments import (
+    ExponentialBackoff,
+    NotificationDispatcher,
+    NotificationStatus,
+    Outbox,
+    delivery_session,
 )
-from gateway.payments import ExponentialBackoff, NotificationDispatcher, NotificationStatus, Outbox
+from tests.fake_dns import FakeDns
 from tests.gateway.payments.conftest import FakeClock
+from tests.sdk.loopback import RawServer, raw_server
 from vault.database import open_database
 
 PUBLIC_V4 = "93.184.215.14"
@@ -45,6 +48,7 @@ PUBLIC_V6 = "2606:4700:4700::1111"
 NO_JITTER = ExponentialBackoff(
     first_delay=timedelta(seconds=10), max_delay=timedelta(hours=1), jitter=0
 )
+REFUSED = "target refused: not a public address"
 
 
 @pytest.fixture
@@ -53,26 +57,9 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'webhooks.db'}"
 
 
-@dataclass
-class FakeDns:
-    """Answers for ``resolve_host``: name -> addresses (or an exception); records every ask."""
-
-    answers: dict[str, list[str] | Exception] = field(default_factory=dict)
-    asked: list[tuple[str, int]] = field(default_factory=list)
-
-    async def resolve(self, host: str, port: int) -> list[IPAddress]:
-        self.asked.append((host, port))
-        answer = self.answers.get(host, socket.gaierror(socket.EAI_NONAME, "unknown name"))
-        if isinstance(answer, Exception):
-            raise answer
-        return [ipaddress.ip_address(a) for a in answer]
-
-
 @pytest.fixture
 def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
-    fake = FakeDns()
-    monkeypatch.setattr(gateway.merchants, "resolve_host", fake.resolve)
-    return fake
+    return FakeDns.install(monkeypatch)
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -249,7 +236,9 @@ def test_cli_prints_the_refusal_and_exits_non_zero(
 
 @dataclass
 class Receiver:
-    url: str = ""
+    """A merchant's endpoint on 127.0.0.1: records each request and the client port it came
+    from (one port per TCP connection)."""
+
     port: int = 0
     requests: list[dict[str, str]] = field(default_factory=list)
     peers: list[object] = field(default_factory=list)
@@ -268,263 +257,243 @@ async def receiver(aiohttp_server: Callable[..., Awaitable[Any]]) -> Receiver:
     app = web.Application()
     app.router.add_post("/hook", recv.handle)
     server = await aiohttp_server(app, host="127.0.0.1")
-    recv.url, recv.port = str(server.make_url("/hook")), server.port
+    recv.port = server.port
     return recv
 
 
-class NoResolver(AbstractResolver):
-    """The session's own resolver: the dispatcher must never need it (it connects to IPs)."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        self.asked.append(host)
-        raise OSError("the session's resolver was asked")
-
-    async def close(self) -> None:
-        pass
+async def _hang_up(server: RawServer, reader: asyncio.StreamReader, writer: Any) -> None:
+    """Accept and hang up: ``raw_server`` counts the connection."""
 
 
 @pytest.fixture
-async def session_resolver() -> NoResolver:
-    return NoResolver()
+async def internal() -> AsyncIterator[RawServer]:
+    """An internal service on 127.0.0.1 that must never be reached (counts connections)."""
+    server = await raw_server(_hang_up)
+    yield server
+    await server.close()
 
 
 @pytest.fixture
-async def session(session_resolver: NoResolver) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.TCPConnector(resolver=session_resolver)
-    async with aiohttp.ClientSession(connector=connector) as client:
-        yield client
+def allow_private() -> bool:
+    """The dispatcher's (and its session's) switch; tests override it by parametrizing."""
+    return False
+
+
+@pytest.fixture
+async def dispatcher(
+    outbox: Outbox, merchants: MerchantStore, clock: FakeClock, allow_private: bool
+) -> AsyncIterator[NotificationDispatcher]:
+    async with delivery_session(allow_private_targets=allow_private) as session:
+        yield NotificationDispatcher(
+            outbox,
+            merchants,
+            session=session,
+            clock=clock,
+            backoff=NO_JITTER,
+            request_timeout=2.0,
+            lease_seconds=30.0,
+            allow_private_targets=allow_private,
+        )
 
 
 async def _setup(
     merchants: MerchantStore, outbox: Outbox, dns: FakeDns, url: str, answer: list[str]
 ) -> tuple[str, str]:
-    """A merchant whose webhook ``url`` resolves to ``answer``, and one pending notification."""
+    """A merchant whose webhook ``url`` resolved to ``answer`` when it was registered (with the
+    development switch, so loopback receivers are accepted), and one pending notification."""
     host = URL(url).raw_host
     assert host is not None
     dns.answers[host] = answer
     merchant, _ = await merchants.create("shop")
     await merchants.set_webhook_endpoint(merchant.id, url, allow_http=True, allow_private=True)
-    async with outbox.db.transaction() as tx:
-        event_id = await outbox.enqueue(tx, merchant.id, "payment.captured", {"id": "pay_1"})
+    event_id = await _enqueue(outbox, merchant.id)
     dns.asked.clear()
     return merchant.id, event_id
 
 
-def _dispatcher(
-    outbox: Outbox,
-    merchants: MerchantStore,
-    session: aiohttp.ClientSession,
-    clock: FakeClock,
-    *,
-    allow_private: bool,
-) -> NotificationDispatcher:
-    return NotificationDispatcher(
-        outbox,
-        merchants,
-        session=session,
-        clock=clock,
-        backoff=NO_JITTER,
-        request_timeout=2.0,
-        lease_seconds=30.0,
-        allow_private_targets=allow_private,
-    )
-
-
-async def test_delivery_connects_to_the_checked_address(
-    dns: FakeDns,
-    merchants: MerchantStore,
-    outbox: Outbox,
-    session: aiohttp.ClientSession,
-    session_resolver: NoResolver,
-    clock: FakeClock,
-    receiver: Receiver,
-) -> None:
-    # The name exists only in the simulated DNS: only the pinned address can reach the receiver.
-    url = f"http://hooks.merchant.test:{receiver.port}/hook"
-    _, event_id = await _setup(merchants, outbox, dns, url, ["127.0.0.1"])
-    report = await _dispatcher(outbox, merchants, session, clock, allow_private=True).run_once()
-    assert report.delivered == 1
-    assert dns.asked == [("hooks.merchant.test", receiver.port)]  # resolved once, then pinned
-    assert session_resolver.asked == []  # aiohttp never resolved the name itself
-    [headers] = receiver.requests
-    assert headers["Host"] == f"hooks.merchant.test:{receiver.port}"
-    assert (await outbox.get(event_id)).status is NotificationStatus.DELIVERED
-
-
-async def test_delivery_tries_the_next_checked_address_when_a_connect_fails(
-    dns: FakeDns,
-    merchants: MerchantStore,
-    outbox: Outbox,
-    session: aiohttp.ClientSession,
-    clock: FakeClock,
-    receiver: Receiver,
-) -> None:
-    url = f"http://hooks.merchant.test:{receiver.port}/hook"
-    await _setup(merchants, outbox, dns, url, ["127.0.0.2", "127.0.0.1"])  # nothing on .2
-    report = await _dispatcher(outbox, merchants, session, clock, allow_private=True).run_once()
-    assert report.delivered == 1 and len(receiver.requests) == 1
-
-
-@pytest.mark.parametrize("pool_keyed_by_tls_name", [True, False])
-async def test_connections_are_not_pooled_where_aiohttp_ignores_the_tls_name(
-    dns: FakeDns,
-    merchants: MerchantStore,
-    outbox: Outbox,
-    session: aiohttp.ClientSession,
-    clock: FakeClock,
-    receiver: Receiver,
-    monkeypatch: pytest.MonkeyPatch,
-    pool_keyed_by_tls_name: bool,
-) -> None:
-    monkeypatch.setattr(gateway.payments.outbox, "_POOL_KEYED_BY_TLS_NAME", pool_keyed_by_tls_name)
-    url = f"http://hooks.merchant.test:{receiver.port}/hook"
-    merchant_id, _ = await _setup(merchants, outbox, dns, url, ["127.0.0.1"])
-    dispatcher = _dispatcher(outbox, merchants, session, clock, allow_private=True)
-    assert (await dispatcher.run_once()).delivered == 1
+async def _enqueue(outbox: Outbox, merchant_id: str) -> str:
     async with outbox.db.transaction() as tx:
-        await outbox.enqueue(tx, merchant_id, "payment.captured", {"id": "pay_2"})
-    assert (await dispatcher.run_once()).delivered == 1
-    # One pooled connection reused, or a fresh connection (a new client port) per delivery.
-    assert len(set(receiver.peers)) == (1 if pool_keyed_by_tls_name else 2)
+        return await outbox.enqueue(tx, merchant_id, "payment.captured", {"id": "pay_1"})
 
 
-@pytest.mark.parametrize(
-    "answer", [["127.0.0.1"], ["10.0.0.5"], [PUBLIC_V4, "169.254.169.254"], ["::ffff:127.0.0.1"]]
-)
-async def test_a_name_rebound_to_a_private_address_is_blocked_and_retried(
+@pytest.mark.parametrize("allow_private", [True])
+async def test_delivery_posts_to_the_registered_url_and_reuses_the_pooled_connection(
     dns: FakeDns,
     merchants: MerchantStore,
     outbox: Outbox,
-    session: aiohttp.ClientSession,
-    clock: FakeClock,
+    dispatcher: NotificationDispatcher,
     receiver: Receiver,
-    answer: list[str],
 ) -> None:
-    url = f"https://hooks.merchant.example:{receiver.port}/hook"
-    _, event_id = await _setup(merchants, outbox, dns, url, [PUBLIC_V4])
-    dns.answers["hooks.merchant.example"] = answer  # DNS changed after registration
-    dispatcher = _dispatcher(outbox, merchants, session, clock, allow_private=False)
-    report = await dispatcher.run_once()
-    assert report.retrying == 1 and receiver.requests == []
-    failed = await outbox.get(event_id)
-    assert failed.status is NotificationStatus.PENDING and failed.attempts == 1
-    assert failed.last_error == "target refused: not a public address"
-    assert failed.last_status is None
-    assert failed.next_attempt_at == clock.now() + NO_JITTER.delay(0, random.Random())
-
-    # Retried on the outbox's backoff; still blocked while DNS points inside.
-    clock.advance(10)
-    assert (await dispatcher.run_once()).retrying == 1
-    assert (await outbox.get(event_id)).attempts == 2 and receiver.requests == []
-
-
-async def test_the_switch_never_admits_metadata_addresses_at_delivery(
-    dns: FakeDns,
-    merchants: MerchantStore,
-    outbox: Outbox,
-    session: aiohttp.ClientSession,
-    clock: FakeClock,
-) -> None:
-    _, event_id = await _setup(merchants, outbox, dns, "https://hooks.merchant.test/h", [PUBLIC_V4])
-    dns.answers["hooks.merchant.test"] = ["169.254.169.254"]
-    report = await _dispatcher(outbox, merchants, session, clock, allow_private=True).run_once()
-    assert report.retrying == 1
-    assert (await outbox.get(event_id)).last_error == "target refused: not a public address"
-
-
-async def test_a_name_that_stops_resolving_is_a_failed_attempt(
-    dns: FakeDns,
-    merchants: MerchantStore,
-    outbox: Outbox,
-    session: aiohttp.ClientSession,
-    clock: FakeClock,
-) -> None:
-    _, event_id = await _setup(merchants, outbox, dns, "https://gone.merchant.test/h", [PUBLIC_V4])
-    dns.answers["gone.merchant.test"] = socket.gaierror(socket.EAI_NONAME, "gone")
-    report = await _dispatcher(outbox, merchants, session, clock, allow_private=False).run_once()
-    assert report.retrying == 1
-    assert (await outbox.get(event_id)).last_error == "target did not resolve"
-
-
-@dataclass
-class Posted:
-    url: URL
-    headers: dict[str, str]
-    server_hostname: str | None
-
-
-class RecordingSession:
-    """Stands in for ``aiohttp.ClientSession`` where the checked address is public: records the
-    request the dispatcher would send and answers 204 without touching the network."""
-
-    def __init__(self) -> None:
-        self.posted: list[Posted] = []
-
-    @asynccontextmanager
-    async def _answer(self) -> AsyncIterator[Any]:
-        class Content:
-            async def read(self, n: int) -> bytes:
-                return b""
-
-        class Response:
-            status = 204
-            content = Content()
-
-        yield Response()
-
-    def post(self, url: URL, **kwargs: Any) -> Any:
-        self.posted.append(Posted(url, dict(kwargs["headers"]), kwargs.get("server_hostname")))
-        return self._answer()
+    # The name exists only in the simulated DNS: the resolver's answer is the only way there.
+    url = f"http://hooks.merchant.test:{receiver.port}/hook"
+    merchant_id, first = await _setup(merchants, outbox, dns, url, ["127.0.0.1"])
+    assert (await dispatcher.run_once()).delivered == 1
+    second = await _enqueue(outbox, merchant_id)
+    assert (await dispatcher.run_once()).delivered == 1
+    assert [h["Tessera-Event-Id"] for h in receiver.requests] == [first, second]
+    # The URL as registered: its name in Host, no forced close, and one kept-alive connection
+    # (one client port) for both posts, so the name was resolved and checked once.
+    assert {h["Host"] for h in receiver.requests} == {f"hooks.merchant.test:{receiver.port}"}
+    assert all(h.get("Connection", "").lower() != "close" for h in receiver.requests)
+    assert len(receiver.peers) == 2 and len(set(receiver.peers)) == 1
+    assert dns.asked == [("hooks.merchant.test", receiver.port)]
 
 
 @pytest.mark.parametrize(
-    ("url", "answer", "pinned", "host_header"),
+    "answer",
     [
-        (
-            "https://hooks.merchant.example/notify?shop=1",
-            [PUBLIC_V4],
-            f"https://{PUBLIC_V4}/notify?shop=1",
-            "hooks.merchant.example",
-        ),
-        (
-            "https://hooks.merchant.example:8443/notify",
-            [PUBLIC_V6],
-            f"https://[{PUBLIC_V6}]:8443/notify",
-            "hooks.merchant.example:8443",
-        ),
+        ["127.0.0.1"],
+        ["10.0.0.5"],
+        ["::ffff:127.0.0.1"],
+        ["127.0.0.1", PUBLIC_V4],  # one internal address refuses the whole answer
     ],
 )
-async def test_production_delivery_is_pinned_with_host_and_tls_name(
+async def test_a_name_rebound_to_an_internal_address_after_registration_is_refused(
     dns: FakeDns,
     merchants: MerchantStore,
     outbox: Outbox,
+    dispatcher: NotificationDispatcher,
+    internal: RawServer,
     clock: FakeClock,
-    url: str,
     answer: list[str],
-    pinned: str,
-    host_header: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    await _setup(merchants, outbox, dns, url, answer)
-    fake = RecordingSession()
-    dispatcher = _dispatcher(
-        outbox, merchants, cast(aiohttp.ClientSession, fake), clock, allow_private=False
-    )
+    url = f"https://hooks.merchant.example:{internal.port}/hook"
+    merchant_id = (await merchants.create("shop"))[0].id
+    dns.answers["hooks.merchant.example"] = [PUBLIC_V4]
+    await merchants.set_webhook_endpoint(merchant_id, url)  # production rules: public
+    event_id = await _enqueue(outbox, merchant_id)
+    dns.answers["hooks.merchant.example"] = answer  # DNS changed after registration
+    caplog.set_level(logging.INFO, logger="tessera.gateway.notifications")
+    report = await dispatcher.run_once()
+    assert report.retrying == 1 and internal.connections == 0
+    failed = await outbox.get(event_id)
+    assert failed.status is NotificationStatus.PENDING and failed.attempts == 1
+    assert failed.last_error == REFUSED and failed.last_status is None
+    assert failed.next_attempt_at == clock.now() + NO_JITTER.delay(0, random.Random())
+    [warning] = [r for r in caplog.records if r.getMessage() == "notification target refused"]
+    assert warning.__dict__["code"] == "webhook_target_refused"
+    logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert all(a not in logged for a in answer) and "hooks.merchant.example" not in logged
+
+    # Retried on the outbox's backoff; still refused while DNS points inside.
+    clock.advance(10)
+    assert (await dispatcher.run_once()).retrying == 1
+    assert (await outbox.get(event_id)).attempts == 2 and internal.connections == 0
+
+
+@pytest.mark.parametrize("allow_private", [True])
+async def test_a_refused_answer_is_not_cached_and_fixed_dns_delivers_on_the_retry(
+    dns: FakeDns,
+    merchants: MerchantStore,
+    outbox: Outbox,
+    dispatcher: NotificationDispatcher,
+    receiver: Receiver,
+    clock: FakeClock,
+) -> None:
+    # The switch admits loopback, never metadata addresses.
+    url = f"http://hooks.merchant.test:{receiver.port}/hook"
+    _, event_id = await _setup(merchants, outbox, dns, url, ["127.0.0.1"])
+    dns.answers["hooks.merchant.test"] = ["169.254.169.254"]
+    assert (await dispatcher.run_once()).retrying == 1
+    assert (await outbox.get(event_id)).last_error == REFUSED
+    dns.answers["hooks.merchant.test"] = ["127.0.0.1"]
+    clock.advance(10)  # well within aiohttp's 10 s DNS cache, had the refusal been cached
     assert (await dispatcher.run_once()).delivered == 1
-    [posted] = fake.posted
-    assert str(posted.url) == pinned
-    assert posted.headers["Host"] == host_header
-    assert posted.server_hostname == "hooks.merchant.example"  # SNI + certificate check
+    assert len(receiver.requests) == 1 and len(dns.asked) == 2
 
 
-async def test_resolve_webhook_target_reports_every_checked_address(dns: FakeDns) -> None:
-    dns.answers["hooks.merchant.example"] = [PUBLIC_V4, PUBLIC_V6]
-    target = await resolve_webhook_target("https://hooks.merchant.example/h")
-    assert [str(a) for a in target.addresses] == [PUBLIC_V4, PUBLIC_V6]
-    assert target.host_header == "hooks.merchant.example" and not target.literal
-    literal = await resolve_webhook_target(f"https://[{PUBLIC_V6}]:8443/h")
-    assert literal.literal and literal.host_header == f"[{PUBLIC_V6}]:8443"
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::ffff:127.0.0.1]"])
+async def test_an_ip_literal_internal_url_is_refused_without_connecting(
+    dns: FakeDns,
+    merchants: MerchantStore,
+    outbox: Outbox,
+    dispatcher: NotificationDispatcher,
+    internal: RawServer,
+    host: str,
+) -> None:
+    _, event_id = await _setup(
+        merchants, outbox, dns, f"http://{host}:{internal.port}/hook", ["127.0.0.1"]
+    )
+    assert (await dispatcher.run_once()).retrying == 1
+    assert (await outbox.get(event_id)).last_error == REFUSED
+    assert internal.connections == 0 and dns.asked == []
+
+
+@pytest.mark.parametrize("allow_private", [True])
+async def test_an_ip_literal_url_is_delivered_with_the_switch(
+    dns: FakeDns,
+    merchants: MerchantStore,
+    outbox: Outbox,
+    dispatcher: NotificationDispatcher,
+    receiver: Receiver,
+) -> None:
+    await _setup(merchants, outbox, dns, f"http://127.0.0.1:{receiver.port}/hook", [])
+    assert (await dispatcher.run_once()).delivered == 1
+    assert len(receiver.requests) == 1 and dns.asked == []
+
+
+@pytest.mark.parametrize("allow_private", [True])
+async def test_a_numeric_host_spelling_is_refused_at_delivery(
+    dns: FakeDns,
+    merchants: MerchantStore,
+    outbox: Outbox,
+    dispatcher: NotificationDispatcher,
+    internal: RawServer,
+) -> None:
+    # 2130706433 is 127.0.0.1 to getaddrinfo. Registered while it did not resolve; aiohttp
+    # refuses the non-canonical spelling itself instead of asking the resolver.
+    url = f"http://2130706433:{internal.port}/hook"
+    _, event_id = await _setup(merchants, outbox, dns, url, [])
+    assert (await dispatcher.run_once()).retrying == 1
+    assert (await outbox.get(event_id)).last_error == "target refused: invalid URL"
+    assert internal.connections == 0
+
+
+@pytest.mark.parametrize(
+    "answer", [socket.gaierror(socket.EAI_NONAME, "gone"), []], ids=["nxdomain", "no-address"]
+)
+async def test_a_name_that_stops_resolving_is_retried(
+    dns: FakeDns,
+    merchants: MerchantStore,
+    outbox: Outbox,
+    dispatcher: NotificationDispatcher,
+    clock: FakeClock,
+    answer: list[str] | BaseException,
+) -> None:
+    merchant_id = (await merchants.create("shop"))[0].id
+    dns.answers["gone.merchant.example"] = [PUBLIC_V4]
+    await merchants.set_webhook_endpoint(merchant_id, "https://gone.merchant.example/h")
+    event_id = await _enqueue(outbox, merchant_id)
+    dns.answers["gone.merchant.example"] = answer
+    assert (await dispatcher.run_once()).retrying == 1
+    failed = await outbox.get(event_id)
+    assert failed.last_error == "target did not resolve" and failed.attempts == 1
+    clock.advance(10)
+    assert (await dispatcher.run_once()).retrying == 1
+    assert (await outbox.get(event_id)).attempts == 2
+
+
+async def test_a_lookup_that_outlasts_the_resolve_timeout_is_a_connection_timeout(
+    dns: FakeDns, merchants: MerchantStore, outbox: Outbox, clock: FakeClock
+) -> None:
+    _, event_id = await _setup(merchants, outbox, dns, "https://slow.merchant.example/h", [])
+    dns.hanging.add("slow.merchant.example")
+    async with delivery_session(resolve_timeout=0.05) as session:
+        dispatcher = NotificationDispatcher(
+            outbox, merchants, session=session, clock=clock, request_timeout=2.0
+        )
+        assert (await dispatcher.run_once()).retrying == 1
+    assert (await outbox.get(event_id)).last_error == "ConnectionTimeoutError"
+
+
+async def test_the_dispatcher_refuses_a_session_without_the_guarded_resolver(
+    outbox: Outbox, merchants: MerchantStore
+) -> None:
+    async with aiohttp.ClientSession() as plain, delivery_session() as strict:
+        with pytest.raises(ValueError, match="delivery_session"):
+            NotificationDispatcher(outbox, merchants, session=plain)
+        # The session's switch must be the dispatcher's.
+        with pytest.raises(ValueError, match="delivery_session"):
+            NotificationDispatcher(outbox, merchants, session=strict, allow_private_targets=True)
+        NotificationDispatcher(outbox, merchants, session=strict)

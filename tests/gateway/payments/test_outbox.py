@@ -5,7 +5,6 @@ dead letters, restarts, leases and two dispatchers racing."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ import orjson
 import pytest
 from aiohttp import web
 
-import gateway.merchants
 from gateway.merchants import MerchantStore
 from gateway.payments import (
     SIGNATURE_HEADER,
@@ -26,10 +24,12 @@ from gateway.payments import (
     NotificationDispatcher,
     NotificationStatus,
     Outbox,
+    delivery_session,
     sign_payload,
     verify_signature,
 )
 from tests.conftest import free_port
+from tests.fake_dns import FakeDns
 from tests.gateway.payments.conftest import FakeClock
 from vault.database import open_database
 
@@ -83,7 +83,7 @@ async def receiver(aiohttp_server: Callable[..., Awaitable[Any]]) -> Receiver:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
+    async with delivery_session(allow_private_targets=True) as client:  # receivers on loopback
         yield client
 
 
@@ -451,10 +451,7 @@ def test_verify_signature_refuses(header: str | None, now: int, message: str) ->
 async def test_webhook_endpoint_settings(
     merchants: MerchantStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def public(host: str, port: int) -> list[ipaddress.IPv4Address]:
-        return [ipaddress.IPv4Address("93.184.215.14")]
-
-    monkeypatch.setattr(gateway.merchants, "resolve_host", public)  # no real DNS in tests
+    FakeDns.install(monkeypatch).answers["shop.example"] = ["93.184.215.14"]  # no real DNS
     merchant, _ = await merchants.create("shop")
     assert await merchants.webhook_endpoint(merchant.id) is None
     endpoint = await merchants.set_webhook_endpoint(merchant.id, "https://shop.example/hooks")
