@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from aiohttp import web
@@ -376,7 +376,22 @@ async def _handle(
     request: web.Request, handler: Handler, request_id: str, app: web.Application
 ) -> web.StreamResponse:
     try:
-        return await _authenticated(request, handler, app)
+        # ``Authorization: Bearer <merchant API key>`` on every /v1 route except webhooks. Done
+        # here rather than in a coroutine of its own (one frame less per request); a cached key
+        # is answered without awaiting anything.
+        path = request.path
+        if path.startswith("/v1/") and not path.startswith(_PUBLIC_PREFIXES):
+            resources = app[RESOURCES]
+            key = _bearer_key(request, resources)
+            cached = resources.api_keys.cached(key) if key else None
+            if cached is not None:
+                merchant = cached[1]
+            else:
+                merchant = await resources.api_keys.authenticate(key) if key else None
+            if merchant is None:
+                _refuse(request, resources)
+            request[MERCHANT] = merchant
+        return await handler(request)
     except HttpProblem as exc:
         return problem_response(
             exc.status,
@@ -434,39 +449,27 @@ def _client_address(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
-async def _authenticated(
-    request: web.Request, handler: Handler, app: web.Application
-) -> web.StreamResponse:
-    """``Authorization: Bearer <merchant API key>`` on every /v1 route except webhooks."""
-    path = request.path
-    if not path.startswith("/v1/") or path.startswith(_PUBLIC_PREFIXES):
-        return await handler(request)
-    resources = app[RESOURCES]
-    client = _client_address(request)
-    wait = resources.auth_limiter.blocked_for(client)
+def _bearer_key(request: web.Request, resources: Resources) -> str:
+    """The offered API key (``""`` when there is none); 429 while the client is blocked."""
+    wait = resources.auth_limiter.blocked_for(_client_address(request))
     if wait > 0:
         raise HttpProblem(
             429, "too_many_auth_failures", "Too many failed authentications.", retry_after=wait
         )
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    merchant: Merchant | None = None
-    if key and scheme.lower() == "bearer":
-        key = key.strip()
-        # A cached answer needs no coroutine; only a miss asks the store.
-        cached = resources.api_keys.cached(key)
-        merchant = cached[1] if cached is not None else await resources.api_keys.authenticate(key)
-    if merchant is None:
-        resources.auth_limiter.record_failure(client)
-        resources.metrics.auth_failures.inc()
-        raise HttpProblem(
-            401,
-            "unauthorized",
-            "A valid API key is required: Authorization: Bearer <key>.",
-            headers={"WWW-Authenticate": 'Bearer realm="tessera"'},
-        )
-    request[MERCHANT] = merchant
-    return await handler(request)
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    return key.strip() if key and scheme.lower() == "bearer" else ""
+
+
+def _refuse(request: web.Request, resources: Resources) -> NoReturn:
+    """Count a failed authentication and answer 401."""
+    resources.auth_limiter.record_failure(_client_address(request))
+    resources.metrics.auth_failures.inc()
+    raise HttpProblem(
+        401,
+        "unauthorized",
+        "A valid API key is required: Authorization: Bearer <key>.",
+        headers={"WWW-Authenticate": 'Bearer realm="tessera"'},
+    )
 
 
 def create_app(settings: Settings, *, metrics: GatewayMetrics | None = None) -> web.Application:
