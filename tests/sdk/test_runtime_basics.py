@@ -40,7 +40,11 @@ async def test_authorize_reaches_provider_with_real_card_and_idempotency_key(
     assert sent.headers["Authorization"] == f"Bearer {API_KEY}"
 
     recorded = transcript.text()
-    assert pan not in recorded and cvc not in json.dumps(json.loads(recorded)[0]["request_body"])
+    recorded_body = json.loads(json.loads(recorded)[0]["request_body"])
+    assert pan not in recorded and recorded_body["card"]["cvc"] == "***"
+    # Nowhere else either (a substring check on the whole body would also match the CVC's
+    # digits inside the masked number, the amount or the expiry year).
+    assert cvc not in json.dumps({**recorded_body, "card": {}, "amount": 0})
     assert API_KEY not in recorded
     assert f"{pan[:6]}******{pan[-4:]}" in recorded
     assert pan not in repr(logs) and API_KEY not in repr(logs)
