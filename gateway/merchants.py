@@ -348,14 +348,6 @@ class MerchantStore:
             return None
         return WebhookEndpoint(url=row["webhook_url"], secret=row["webhook_secret"])
 
-    def cached(self, key: str) -> tuple[float, Merchant | None] | None:
-        """``(expiry, answer)`` for ``key`` while a cached answer is fresh, else None. The
-        answer is the merchant, or None for a key the store refused."""
-        hit = self._entries.get(hash_api_key(key))
-        if hit is not None and hit[0] > time.monotonic():
-            return hit
-        return None
-
     async def authenticate(self, key: str) -> Merchant | None:
         """The merchant owning the live key ``key``, or None."""
         if not looks_like_api_key(key):
@@ -391,6 +383,14 @@ class ApiKeyCache:
         self._ttl = ttl
         self._max = max_entries
         self._entries: dict[str, tuple[float, Merchant | None]] = {}
+
+    def cached(self, key: str) -> tuple[float, Merchant | None] | None:
+        """``(expiry, answer)`` for ``key`` while a cached answer is fresh, else None. The
+        answer is the merchant, or None for a key the store refused."""
+        hit = self._entries.get(hash_api_key(key))
+        if hit is not None and hit[0] > time.monotonic():
+            return hit
+        return None
 
     async def authenticate(self, key: str) -> Merchant | None:
         now = time.monotonic()
