@@ -137,7 +137,8 @@ _DEFAULT_PORTS = {"https": 443, "http": 80}
 class WebhookUrlError(ValueError):
     """A webhook URL Tessera will not post to. ``code`` is stable; the message names no address.
 
-    ``webhook_url_invalid``: not an absolute https URL without credentials (or too long).
+    ``webhook_url_invalid``: not an absolute https URL without credentials (or too long), or
+    a host that is a numeric spelling rather than a DNS name or a plain IP literal.
     ``webhook_target_refused``: the host is, or resolves to, a non-public address.
     ``webhook_target_unresolved``: the host has no address right now (delivery only: the code
     the dispatcher logs; registration accepts such a host).
@@ -164,6 +165,21 @@ def _refused(reason: str | None) -> WebhookUrlError:
     )
 
 
+_NUMERIC_LABEL_RE = re.compile(r"[0-9]+|0x[0-9a-f]*", re.ASCII)
+
+
+def _numeric_spelling(host: str) -> bool:
+    """Whether ``host`` ends in a numeric label without being a plain IP literal.
+
+    ``2130706433``, ``127.1`` or ``a.b.123`` are not DNS names (no top-level domain is a
+    number), and HTTP clients read them as IPv4 shorthands or refuse them: aiohttp refuses the
+    URL, so such a URL could never be delivered to.
+    """
+    if ip_literal(host) is not None:
+        return False
+    return _NUMERIC_LABEL_RE.fullmatch(host.rstrip(".").rsplit(".", 1)[-1]) is not None
+
+
 def _parse_webhook_url(url: str, *, allow_http: bool) -> tuple[str, str, int]:
     """``(scheme, host, port)`` of a syntactically acceptable webhook URL."""
     schemes = ("https", "http") if allow_http else ("https",)
@@ -182,6 +198,7 @@ def _parse_webhook_url(url: str, *, allow_http: bool) -> tuple[str, str, int]:
         or parts.password is not None
         or _HOST_RE.fullmatch(host) is None
         or port == 0
+        or _numeric_spelling(host)
     ):
         raise _invalid()
     return parts.scheme, host, port if port is not None else _DEFAULT_PORTS[parts.scheme]

@@ -148,12 +148,17 @@ async def test_localhost_is_refused_in_production_and_allowed_with_the_switch() 
     await check_webhook_url("http://localhost:8443/hooks", allow_http=True, allow_private=True)
 
 
-@pytest.mark.parametrize("host", ["2130706433", "127.1", "0x7f.0.0.1", "0177.0.0.1"])
-async def test_numeric_host_spellings_resolve_and_are_refused(host: str) -> None:
-    # Not IP literals to ``ipaddress``, but getaddrinfo reads them as 127.0.0.1 (no DNS query).
+@pytest.mark.parametrize(
+    "host", ["2130706433", "127.1", "0x7f.0.0.1", "0177.0.0.1", "134744072", "shop.example.123"]
+)
+@pytest.mark.parametrize("allow_private", [False, True])
+async def test_numeric_host_spellings_are_invalid(host: str, allow_private: bool) -> None:
+    # Not IP literals to ``ipaddress``, not DNS names either (no top-level domain is a number):
+    # getaddrinfo reads most as IPv4 shorthands (127.0.0.1, 8.8.8.8) and aiohttp refuses the
+    # URL outright, so none could ever be delivered to, wherever it points.
     with pytest.raises(WebhookUrlError) as refused:
-        await check_webhook_url(f"https://{host}/hooks")
-    assert refused.value.code == "webhook_target_refused"
+        await check_webhook_url(f"https://{host}/hooks", allow_private=allow_private)
+    assert refused.value.code == "webhook_url_invalid"
 
 
 async def test_the_switch_still_refuses_link_local_and_metadata(dns: FakeDns) -> None:
@@ -441,10 +446,16 @@ async def test_a_numeric_host_spelling_is_refused_at_delivery(
     dispatcher: NotificationDispatcher,
     internal: RawServer,
 ) -> None:
-    # 2130706433 is 127.0.0.1 to getaddrinfo. Registered while it did not resolve; aiohttp
-    # refuses the non-canonical spelling itself instead of asking the resolver.
-    url = f"http://2130706433:{internal.port}/hook"
-    _, event_id = await _setup(merchants, outbox, dns, url, [])
+    # 2130706433 is 127.0.0.1 to getaddrinfo. Registration refuses it now; a row stored before
+    # it did is refused at delivery, without connecting (aiohttp would refuse it too).
+    merchant_id, event_id = await _setup(
+        merchants, outbox, dns, f"http://127.0.0.1:{internal.port}/hook", []
+    )
+    await merchants._db.execute(
+        "UPDATE merchants SET webhook_url = $1 WHERE id = $2",
+        f"http://2130706433:{internal.port}/hook",
+        merchant_id,
+    )
     assert (await dispatcher.run_once()).retrying == 1
     assert (await outbox.get(event_id)).last_error == "target refused: invalid URL"
     assert internal.connections == 0
