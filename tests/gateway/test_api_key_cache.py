@@ -150,11 +150,22 @@ async def test_the_gateway_answers_from_the_cache_and_asks_again_after_expiry(
     assert asked == 2
 
 
-async def test_the_gateway_refuses_a_malformed_bearer_without_asking(
+async def test_the_gateway_refuses_an_empty_bearer_without_asking_the_store(
     make_gateway: MakeGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gw = await make_gateway(auth={"key_cache_seconds": 60})
-    headers: dict[str, Any] = {"Authorization": "Bearer "}
-    resp = await gw.client.get("/v1/tokens", params={"fingerprint": "fp"}, headers=headers)
-    assert resp.status == 401
-    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="tessera"'
+    asked = 0
+
+    async def counting(self: MerchantStore, key: str) -> Merchant | None:
+        nonlocal asked
+        asked += 1
+        return None
+
+    monkeypatch.setattr(MerchantStore, "authenticate", counting)
+    for header in ("Bearer ", "Bearer    ", "Basic abc", "bearer"):
+        headers: dict[str, Any] = {"Authorization": header}
+        resp = await gw.client.get("/v1/tokens", params={"fingerprint": "fp"}, headers=headers)
+        assert resp.status == 401, header
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="tessera"'
+        assert (await resp.json())["code"] == "unauthorized"
+    assert asked == 0
