@@ -12,16 +12,21 @@ How much of the PAN a numeric token keeps follows the masking rule of
 PANs of 15 digits or more. A 12-digit token keeping BIN6 + last4 would leave two unknown digits,
 and with the Luhn digit that is one PAN in ten: shorter PANs keep the last 4 alone.
 
-Random digits come from ``secrets.token_bytes`` through a ``bytes.translate`` table with
+Random symbols come from ``secrets.token_bytes`` through a ``bytes.translate`` table with
 rejection of the bytes that would bias the draw: a 1,000-card batch needs 24,000 random
-characters, and this keeps that in C.
+characters, and this keeps that in C. They are drawn 4 KiB at a time into a pool per alphabet
+(one ``getrandom`` system call per ~165 opaque tokens instead of one per token: the call was
+≈ 8 % of a batch's CPU here) and each symbol is handed out once. The pools are emptied in a
+forked child, so parent and child never share symbols (``os.register_at_fork``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import string
+import threading
 from typing import Literal, get_args
 
 from normalization import card_bin, luhn_valid
@@ -61,17 +66,55 @@ _BASE62_TABLE, _BASE62_REJECT = _translation(_BASE62)
 _DIGIT_TABLE, _DIGIT_REJECT = _translation(string.digits)
 
 
-def _random_symbols(count: int, table: bytes, reject: bytes) -> str:
-    drawn = b""
-    while len(drawn) < count:
-        # A few spare bytes make a second draw rare (3% of bytes are rejected for base62).
-        drawn += secrets.token_bytes(count + 8).translate(table, reject)
-    return drawn[:count].decode("ascii")
+_DRAW_BYTES = 4096
+
+
+class _SymbolPool:
+    """Uniform random symbols of one alphabet, drawn in bulk, each handed out once."""
+
+    __slots__ = ("_lock", "_next", "_reject", "_symbols", "_table")
+
+    def __init__(self, table: bytes, reject: bytes) -> None:
+        self._table, self._reject = table, reject
+        self._symbols = b""
+        self._next = 0  # symbols before this index have been handed out
+        # Tokens are made on the event loop, but nothing stops a thread from making one: the
+        # lock keeps two callers from taking the same symbols.
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> str:
+        with self._lock:
+            end = self._next + count
+            if end > len(self._symbols):
+                symbols = self._symbols[self._next :]
+                while len(symbols) < count:
+                    drawn = secrets.token_bytes(max(_DRAW_BYTES, 2 * count))
+                    symbols += drawn.translate(self._table, self._reject)
+                self._symbols, self._next, end = symbols, 0, count
+            taken = self._symbols[self._next : end]
+            self._next = end
+        return taken.decode("ascii")
+
+    def clear(self) -> None:
+        self._lock = threading.Lock()  # a fork may have copied it held
+        self._symbols, self._next = b"", 0
+
+
+_BASE62_POOL = _SymbolPool(_BASE62_TABLE, _BASE62_REJECT)
+_DIGIT_POOL = _SymbolPool(_DIGIT_TABLE, _DIGIT_REJECT)
+
+
+def _forget_symbols() -> None:
+    _BASE62_POOL.clear()
+    _DIGIT_POOL.clear()
+
+
+os.register_at_fork(after_in_child=_forget_symbols)
 
 
 def new_opaque_token() -> str:
     """``tok_`` + 24 random base62 characters."""
-    return OPAQUE_TOKEN_PREFIX + _random_symbols(_OPAQUE_LENGTH, _BASE62_TABLE, _BASE62_REJECT)
+    return OPAQUE_TOKEN_PREFIX + _BASE62_POOL.take(_OPAQUE_LENGTH)
 
 
 def new_numeric_token(pan: str) -> str:
@@ -82,7 +125,7 @@ def new_numeric_token(pan: str) -> str:
     kept_prefix = card_bin(pan)  # "" where showing the BIN would reveal too much
     last4 = pan[-4:]
     middle_length = len(pan) - len(kept_prefix) - 4
-    middle = _random_symbols(middle_length, _DIGIT_TABLE, _DIGIT_REJECT)
+    middle = _DIGIT_POOL.take(middle_length)
     candidate = kept_prefix + middle + last4
     if luhn_valid(candidate):
         # Changing any single digit changes the Luhn sum modulo 10 (the doubling map is a

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given
@@ -33,6 +35,29 @@ def test_opaque_token_uses_the_whole_alphabet_evenly() -> None:
     # Folding bytes modulo 62 would give the first 8 symbols ~25% more: rejection keeps it flat.
     assert max(counts.values()) < expected * 1.15
     assert min(counts.values()) > expected * 0.85
+
+
+def test_a_forked_child_never_hands_out_the_parents_symbols() -> None:
+    new_opaque_token()  # the parent's pool now holds symbols for many more tokens
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, (new_opaque_token() + new_numeric_token(random_pan())).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    # Without the at-fork reset the child's token would be the parent's next one, exactly.
+    assert child[:28] != new_opaque_token()
+    assert re.fullmatch(r"tok_[0-9A-Za-z]{24}[0-9]{16}", child)
+
+
+def test_threads_never_share_symbols() -> None:
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [new_opaque_token() for _ in range(2_000)], range(8)))
+    tokens = [token for batch in batches for token in batch]
+    assert len(set(tokens)) == len(tokens) == 16_000
 
 
 pans = st.integers(min_value=12, max_value=19).flatmap(
