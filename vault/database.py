@@ -110,8 +110,9 @@ class Migration:
 # - Another process's write lock (``tessera serve --workers N`` share one file). On the loop the
 #   busy timeout is zero, so a statement that meets the lock fails at once with SQLITE_BUSY; it is
 #   then run again in a thread of this database's own, which waits for the lock (up to
-#   ``busy_timeout`` seconds, polling in short slices so that a cancelled caller is let go). The
-#   asyncio lock is held meanwhile, so only one thread ever uses the connection.
+#   ``busy_timeout`` seconds, retrying after sleeps of 0.2-2 ms, so that neither a released lock
+#   nor a cancelled caller is waited for long). The asyncio lock is held meanwhile, so only one
+#   thread ever uses the connection.
 # - WAL checkpoints, which copy the log into the database file and fsync both. SQLite runs them on
 #   the committing connection (every 1,000 pages by default): that would be a commit on the loop
 #   that stalls for the disk now and then. The loop's connection has ``wal_autocheckpoint`` off; a
@@ -128,8 +129,14 @@ _log = logging.getLogger(__name__)
 #: How long a statement waits for another connection's write lock before failing with
 #: ``sqlite3.OperationalError: database is locked``.
 _BUSY_TIMEOUT = 5.0
-#: Off the loop the wait goes in slices this long (ms), so a cancelled caller is let go quickly.
-_BUSY_SLICE_MS = 50
+#: Off the loop, a statement that meets another connection's write lock is tried again after a
+#: sleep that doubles from the first to the last of these (seconds). SQLite's own busy handler
+#: sleeps 1, 2, 5, 10, 15, 20, 25, ... ms, so a lock released just after one of its longer sleeps
+#: began could be waited for up to ~20 ms longer than needed; these sleeps overshoot by 2 ms at
+#: most, and let a cancelled caller go within 2 ms. (Measured: the waits themselves are set by
+#: the holder, mostly RESTART checkpoints; docs/performance.md, third pass.)
+_BUSY_FIRST_SLEEP = 0.0002
+_BUSY_MAX_SLEEP = 0.002
 #: Seconds between two looks at the WAL by the checkpointer.
 _CHECKPOINT_INTERVAL = 1.0
 #: A WAL of this many frames (pages, 4 KiB each by default) gets a RESTART checkpoint.
@@ -528,18 +535,17 @@ class SqliteDatabase:
         return await _wait_out(future, give_up.set)
 
     def _wait_and_run(self, op: _Op[_T], query: str, params: Any, give_up: threading.Event) -> _T:
-        conn = self._conn
+        conn = self._conn  # its busy timeout is 0: SQLITE_BUSY comes back at once
         deadline = time.monotonic() + self._busy_timeout
-        conn.execute(f"PRAGMA busy_timeout={_BUSY_SLICE_MS}")
-        try:
-            while True:
-                try:
-                    return op(conn, query, params)
-                except sqlite3.OperationalError as error:
-                    if not _is_busy(error) or give_up.is_set() or time.monotonic() >= deadline:
-                        raise
-        finally:
-            conn.execute("PRAGMA busy_timeout=0")
+        pause = _BUSY_FIRST_SLEEP
+        while True:
+            try:
+                return op(conn, query, params)
+            except sqlite3.OperationalError as error:
+                if not _is_busy(error) or give_up.is_set() or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, _BUSY_MAX_SLEEP)
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
