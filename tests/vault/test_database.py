@@ -395,7 +395,7 @@ async def test_cancel_while_waiting_for_the_lock(db: SqliteDatabase, path: Path)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        # Let go within a slice of the wait (50 ms), not at the end of the busy timeout.
+        # Let go within a retry's sleep (2 ms at most), not at the end of the busy timeout.
         assert time.monotonic() - start < 0.5
         assert not db._lock.locked()
     # The thread is done with the connection: the loop uses it again, at zero busy timeout.
