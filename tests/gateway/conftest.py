@@ -28,6 +28,8 @@ from gateway.merchants import Merchant
 from gateway.observability import GatewayMetrics
 from vault.provisioning import ensure_tenant_keys
 
+from .procs import postgres_schema
+
 
 @dataclass
 class Gateway:
@@ -133,3 +135,14 @@ def sandbox_connector(server: Any, **overrides: Any) -> dict[str, Any]:
         "deadline_seconds": 2.0,
         **overrides,
     }
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """Both stores, for the tests that ask: None (the gateway's own SQLite file), then a scratch
+    PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    async with postgres_schema(request.getfixturevalue("postgres_dsn")) as url:
+        yield url

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,7 +25,6 @@ from .conftest import (
     MakeGateway,
     sandbox_connector,
 )
-from .procs import postgres_schema
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"}
 
@@ -60,16 +59,6 @@ async def observed_sandbox(aiohttp_server: Any, observed: Observed) -> Any:
         request_observer=observed,
     )
     return await aiohttp_server(app)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    """None: the gateway's own SQLite file; else a scratch PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield None
-        return
-    async with postgres_schema(request.getfixturevalue("postgres_dsn")) as url:
-        yield url
 
 
 @pytest.fixture

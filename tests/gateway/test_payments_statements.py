@@ -12,10 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
-
 from .conftest import Gateway, MakeGateway, sandbox_connector
-from .procs import postgres_schema
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"}
 
@@ -62,16 +59,6 @@ class _CountingConnection:
             return await method(sql, *args)
 
         return counted
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    """None: the gateway's own SQLite file; else a scratch PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield None
-        return
-    async with postgres_schema(request.getfixturevalue("postgres_dsn")) as url:
-        yield url
 
 
 def _count(gw: Gateway) -> Counting:
