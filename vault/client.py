@@ -429,7 +429,7 @@ class VaultClient:
             "Content-Type: application/json\r\nX-Vault-Request: true\r\n"
         )
         if token is not None:
-            if "\r" in token or "\n" in token:
+            if not token.isascii() or "\r" in token or "\n" in token:
                 raise VaultPermissionDeniedError("The vault token is malformed.")
             head += f"X-Vault-Token: {token}\r\n"
         payload = orjson.dumps(body) if body is not None else b""
@@ -661,7 +661,11 @@ def _parse_response(
         lines = bytes(buffer[start:end]).decode("latin-1").split("\r\n")
         version, _, rest = lines[0].partition(" ")
         code = rest[:3]
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        if (
+            not version.startswith("HTTP/1.")
+            or len(code) != 3
+            or not (code.isascii() and code.isdigit())
+        ):
             raise _MalformedResponse("not an HTTP/1.x status line")
         status = int(code)
         headers: dict[str, str] = {}
@@ -684,7 +688,7 @@ def _parse_response(
         return _dechunk(buffer, body_start, eof, status, headers, keep_alive)
     length = headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise _MalformedResponse("bad Content-Length")
         stop = body_start + int(length)
         if len(buffer) < stop:

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import orjson
 import pytest
 
-from normalization.errors import VaultUnavailableError
+from normalization.errors import VaultPermissionDeniedError, VaultUnavailableError
 from vault.client import VaultClient, _Connection, _MalformedResponse, _parse_response
 
 OK_BODY = orjson.dumps({"data": {"batch_results": [{"ciphertext": "vault:v1:abc"}]}})
@@ -120,6 +120,9 @@ def test_parse_content_length_chunked_and_interim() -> None:
         b"HTTP/1.1 2xx OK\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        # Digits to str.isdigit() but not to int() (the head is decoded as latin-1).
+        "HTTP/1.1 200 OK\r\nContent-Length: 1\u00b2\r\n\r\n".encode("latin-1"),
+        "HTTP/1.1 2\u00b20 OK\r\n\r\n".encode("latin-1"),
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY",
     ],
@@ -286,3 +289,14 @@ def test_addresses_must_be_http_urls() -> None:
     assert (
         client._origin.base_path == "/prefix" and client._origin.host_header == "vault.example:8443"
     )
+
+
+@pytest.mark.parametrize("token", ["s.abc\r\nX-Injected: 1", "s.ab\u4e00c"])
+async def test_a_malformed_token_is_refused_before_anything_is_sent(token: str) -> None:
+    # Nothing listens on port 9: the refusal must come before any connection attempt, and its
+    # text must not carry the token (a non-latin-1 one used to escape as UnicodeEncodeError,
+    # whose ``object`` is the whole request head).
+    async with VaultClient("http://127.0.0.1:9", token=token, timeout=0.3) as client:
+        with pytest.raises(VaultPermissionDeniedError) as refused:
+            await client.transit_encrypt("k", [b"x"])
+    assert "s.ab" not in str(refused.value) and refused.value.__context__ is None
