@@ -37,7 +37,13 @@ import httpx
 from normalization import ConnectorConfigurationError, ProviderError
 from sdk.hostpolicy import HostPolicy
 from sdk.outcomes import ResponseTooLargeError, transport_fault
-from sdk.placeholders import DIGIT_FIELDS, MARKER_PATTERN, PlaceholderTable, ResolvedValue
+from sdk.placeholders import (
+    DIGIT_FIELDS,
+    MARKER_PATTERN,
+    MARKER_PREFIX,
+    PlaceholderTable,
+    ResolvedValue,
+)
 from sdk.revealer import TokenRevealer
 from sdk.scrubbing import Scrubber
 from sdk.transcript import Exchange, TranscriptRecorder, clip_body
@@ -47,9 +53,6 @@ __all__ = ["SCOPE_EXTENSION", "EgressScope", "EgressTransport", "SendTracker"]
 SCOPE_EXTENSION = "tessera.egress_scope"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-#: What every ``MARKER_PATTERN`` match starts with: a cheap test before the regular expression
-#: (empty, so always true, should the pattern ever start otherwise).
-_MARKER_PREFIX = MARKER_PATTERN.pattern.split(b"(", 1)[0].split(b"[", 1)[0]
 
 TraceCallback = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
@@ -186,7 +189,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
         if scope is not None:
             slots = scope.placeholders.slots_in(body)
             for _, value in headers:
-                if _MARKER_PREFIX in value:
+                if MARKER_PREFIX in value:
                     slots |= scope.placeholders.slots_in(value)
             if slots:
                 resolved = await scope.placeholders.resolve(
@@ -205,7 +208,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
             kind = _body_kind(request.headers.get("content-type", ""))
             content = _substitute(body, resolved, kind) if body else b""
             wire_headers = [
-                (name, _substitute(value, resolved, "header") if _MARKER_PREFIX in value else value)
+                (name, _substitute(value, resolved, "header") if MARKER_PREFIX in value else value)
                 for name, value in headers
                 if name.lower() != b"content-length"
             ]

@@ -30,6 +30,7 @@ from sdk.revealer import RevealedCard, TokenRevealer
 
 __all__ = [
     "MARKER_PATTERN",
+    "MARKER_PREFIX",
     "CardField",
     "CardPlaceholder",
     "CardPlaceholders",
@@ -38,8 +39,10 @@ __all__ = [
     "ResolvedValue",
 ]
 
+#: What every placeholder marker starts with: a cheap ``in`` test before the regular expression.
+MARKER_PREFIX = b"tsr_"
 #: Any placeholder marker, of any call.
-MARKER_PATTERN = re.compile(rb"tsr_([0-9a-f]{16})_([0-9]{1,6})_")
+MARKER_PATTERN = re.compile(re.escape(MARKER_PREFIX) + rb"([0-9a-f]{16})_([0-9]{1,6})_")
 
 
 class CardField(StrEnum):
@@ -155,7 +158,7 @@ class PlaceholderTable:
     def _add(self, source: CardSource, field: CardField) -> CardPlaceholder:
         slot = len(self._slots)
         self._slots.append((source, field))
-        return CardPlaceholder(f"tsr_{self._nonce}_{slot}_", field)
+        return CardPlaceholder(f"{MARKER_PREFIX.decode()}{self._nonce}_{slot}_", field)
 
     def slots_in(self, data: bytes) -> set[int]:
         """The slots whose markers occur in ``data``; a marker of another call is an error."""
