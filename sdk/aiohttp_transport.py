@@ -194,9 +194,14 @@ class _TrackedRequest(aiohttp.ClientRequest):
         return await super().send(conn)
 
 
-def _mapped(exc: BaseException, request: httpx.Request, written: bool) -> Exception | None:
-    """The httpx error for an aiohttp/OS failure, as httpcore would have raised it."""
-    message = f"{type(exc).__name__}: {exc}"
+def _mapped(exc: BaseException, request: httpx.Request, written: bool) -> httpx.TransportError:
+    """The httpx error for an aiohttp/OS failure, as httpcore would have raised it.
+
+    Its message is the aiohttp error's class name only: aiohttp's text can quote the URL or
+    bytes of a malformed reply (which a provider could have filled with card data). The
+    original stays reachable as ``__cause__`` for debugging, never in the message.
+    """
+    message = type(exc).__name__
     mapped: type[httpx.TransportError]
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         mapped = httpx.ConnectTimeout
@@ -211,10 +216,8 @@ def _mapped(exc: BaseException, request: httpx.Request, written: bool) -> Except
         mapped = httpx.RemoteProtocolError
     elif isinstance(exc, aiohttp.InvalidURL) or type(exc).__name__ == "NonHttpUrlClientError":
         mapped = httpx.UnsupportedProtocol
-    elif isinstance(exc, (aiohttp.ClientError, OSError)):
+    else:  # any other aiohttp.ClientError or OSError: what callers catch
         mapped = httpx.ReadError if written else httpx.NetworkError
-    else:
-        return None
     return mapped(message, request=request)
 
 
@@ -238,9 +241,7 @@ class _ResponseStream(httpx.AsyncByteStream):
                 yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             response.close()
-            mapped = _mapped(exc, self._request, written=True)
-            assert mapped is not None
-            raise mapped from exc
+            raise _mapped(exc, self._request, written=True) from exc
         except BaseException:
             # Cancelled (a deadline) or abandoned mid-body: close the connection now, whether
             # or not the reader ever closes the response.
@@ -374,10 +375,7 @@ class AiohttpNetworkTransport(httpx.AsyncBaseTransport):
                 timeout=timeout,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            mapped = _mapped(exc, request, sending.written)
-            if mapped is None:
-                raise
-            raise mapped from exc
+            raise _mapped(exc, request, sending.written) from exc
         finally:
             _SENDING.reset(token)
         reason = response.reason

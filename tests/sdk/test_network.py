@@ -408,6 +408,26 @@ async def test_a_truncated_reply_is_unknown(clients, network) -> None:
         await server.close()
 
 
+async def test_a_malformed_reply_echoing_a_card_leaves_it_out_of_the_error() -> None:
+    # aiohttp's parser errors quote the offending bytes; the mapped error names the class only.
+    async def echo(state: RawServer, reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Card: 4242424242424242\x00\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await raw_server(echo)
+    transport = network_transport(HttpSettings(), test_mode=True)
+    try:
+        request = httpx.Request("GET", f"{server.url}/p")
+        with pytest.raises(httpx.TransportError) as failed:
+            await transport.handle_async_request(request)
+        assert "4242" not in str(failed.value)
+    finally:
+        await transport.aclose()
+        await server.close()
+
+
 async def test_provider_cookies_are_not_kept(clients, network) -> None:
     async def set_cookie(state: RawServer, reader, writer) -> None:
         for _ in range(2):
