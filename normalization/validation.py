@@ -132,9 +132,11 @@ def scrub_validation_error(exc: ValidationError) -> ValidationError:
     return ValidationError.from_exception_data(exc.title, details, hide_input=True)
 
 
-def _scrubbed(validate: Callable[[], R]) -> R:
+def _scrubbed(validate: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    """``validate(*args, **kwargs)``, its ``ValidationError`` scrubbed (the one place that
+    does it: every model, nested ones included, and every wrap validator come through here)."""
     try:
-        return validate()
+        return validate(*args, **kwargs)
     except ValidationError as exc:
         scrubbed = scrub_validation_error(exc)
     # Raised outside the except block: ``raise ... from None`` would still keep the original
@@ -144,11 +146,7 @@ def _scrubbed(validate: Callable[[], R]) -> R:
 
 def scrubbing_validator(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     """A ``WrapValidator`` for types that are not models (e.g. the ``PaymentMethod`` union)."""
-    try:
-        return handler(value)
-    except ValidationError as exc:
-        scrubbed = scrub_validation_error(exc)
-    raise scrubbed  # outside the except block, as in ``_scrubbed``
+    return _scrubbed(handler, value)
 
 
 class DomainModel(BaseModel):
@@ -163,26 +161,20 @@ class DomainModel(BaseModel):
     @model_validator(mode="wrap")
     @classmethod
     def _scrub_errors(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
-        # ``_scrubbed`` inlined: this runs for every model validated (nested ones included), and
-        # a lambda plus a call per model was a measurable share of a payment's CPU.
-        try:
-            return handler(data)
-        except ValidationError as exc:
-            scrubbed = scrub_validation_error(exc)
-        raise scrubbed  # outside the except block, as in ``_scrubbed``
+        return _scrubbed(handler, data)
 
     @classmethod
     def model_validate(cls, *args: Any, **kwargs: Any) -> Self:
         """As pydantic's; errors are scrubbed here too, in case a subclass's own model
         validator raised something other than a Tessera error (those are scrubbed at source).
         """
-        return _scrubbed(functools.partial(super().model_validate, *args, **kwargs))
+        return _scrubbed(super().model_validate, *args, **kwargs)
 
     @classmethod
     def model_validate_json(cls, *args: Any, **kwargs: Any) -> Self:
         """As pydantic's, but a JSON syntax error does not carry the raw document either."""
-        return _scrubbed(functools.partial(super().model_validate_json, *args, **kwargs))
+        return _scrubbed(super().model_validate_json, *args, **kwargs)
 
     @classmethod
     def model_validate_strings(cls, *args: Any, **kwargs: Any) -> Self:
-        return _scrubbed(functools.partial(super().model_validate_strings, *args, **kwargs))
+        return _scrubbed(super().model_validate_strings, *args, **kwargs)
