@@ -383,11 +383,10 @@ async def _handle(
         if path.startswith("/v1/") and not path.startswith(_PUBLIC_PREFIXES):
             resources = app[RESOURCES]
             key = _bearer_key(request, resources)
-            cached = resources.api_keys.cached(key) if key else None
-            if cached is not None:
-                merchant = cached[1]
-            else:
-                merchant = await resources.api_keys.authenticate(key) if key else None
+            merchant = None
+            if key:
+                cached = resources.api_keys.cached(key)
+                merchant = cached[1] if cached is not None else await resources.api_keys.fetch(key)
             if merchant is None:
                 _refuse(request, resources)
             request[MERCHANT] = merchant

@@ -392,7 +392,8 @@ class ApiKeyCache:
     """Positive and negative answers of ``MerchantStore.authenticate`` for a few seconds.
 
     ``cached(key)`` answers from the cache without a coroutine (the request path's usual case);
-    ``authenticate(key)`` also asks the store on a miss, and caches its answer.
+    ``fetch(key)`` asks the store after a miss and caches its answer; ``authenticate(key)`` is
+    the two together.
     """
 
     def __init__(self, store: MerchantStore, ttl: float, *, max_entries: int = 10_000) -> None:
@@ -410,15 +411,16 @@ class ApiKeyCache:
         return None
 
     async def authenticate(self, key: str) -> Merchant | None:
+        hit = self.cached(key)
+        return hit[1] if hit is not None else await self.fetch(key)
+
+    async def fetch(self, key: str) -> Merchant | None:
+        """Ask the store (after a miss of ``cached``) and cache its answer."""
         now = time.monotonic()
-        digest = hash_api_key(key)
-        hit = self._entries.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
         merchant = await self._store.authenticate(key)
         if len(self._entries) >= self._max:
             self._entries.clear()
-        self._entries[digest] = (now + self._ttl, merchant)
+        self._entries[hash_api_key(key)] = (now + self._ttl, merchant)
         return merchant
 
     def invalidate(self) -> None:
