@@ -371,6 +371,9 @@ class TokenizationService:
         ``record``: this token's record as ``get`` returned it moments ago in the same request
         (a payment reads it to route and summarize); it saves reading it again. A record of
         another tenant or token is ignored, and an expired one is refused like a missing token.
+        The payment then takes effect at that read: a ``DELETE`` that completed before it stops
+        the payment, one that races it (a few ms, while the payment row is written) does not,
+        exactly as if the delete had arrived just after the payment. Its CVV is gone with it.
         """
         if record is None or record.tenant != tenant or record.id != token_id:
             record = await self.get(tenant, token_id)
