@@ -44,8 +44,8 @@ from urllib.parse import urlsplit
 from sdk.hostpolicy import (
     DestinationRefusedError,
     HostResolutionError,
-    address_refusal,
     ip_literal,
+    literal_refusal,
     resolve_checked,
 )
 from vault.database import Migration, PostgresDatabase, SqliteDatabase, migrate
@@ -231,11 +231,9 @@ def check_webhook_delivery_url(url: str, *, allow_private: bool = False) -> None
     would be the one an attacker's DNS answers differently.
     """
     _, host, _ = _parse_webhook_url(url, allow_http=True)
-    literal = ip_literal(host)
-    if literal is not None:
-        reason = address_refusal(literal, test_mode=allow_private)
-        if reason is not None:
-            raise _refused(reason)
+    reason = literal_refusal(host, test_mode=allow_private)
+    if reason is not None:
+        raise _refused(reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,7 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from sdk.hostpolicy import DestinationRefusedError, address_refusal, ip_literal, resolve_checked
+from sdk.hostpolicy import DestinationRefusedError, literal_refusal, resolve_checked
 
 __all__ = ["AiohttpNetworkTransport", "GuardedResolver", "httpcore_patched"]
 
@@ -279,7 +279,6 @@ class AiohttpNetworkTransport(httpx.AsyncBaseTransport):
         self._connect_timeout = connect_timeout
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._literals: dict[str, str | None] = {}
         self._closed = False
 
     def _client(self) -> aiohttp.ClientSession:
@@ -314,15 +313,7 @@ class AiohttpNetworkTransport(httpx.AsyncBaseTransport):
 
     def _check_literal(self, host: str) -> None:
         """Names go through ``GuardedResolver``; IP literals are checked here."""
-        if host not in self._literals:
-            address = ip_literal(host)
-            reason = (
-                None if address is None else address_refusal(address, test_mode=self._test_mode)
-            )
-            if len(self._literals) < 1024:
-                self._literals[host] = reason
-        else:
-            reason = self._literals[host]
+        reason = literal_refusal(host, test_mode=self._test_mode)
         if reason is not None:
             raise DestinationRefusedError(f"Host {host!r} is {reason}.")
 

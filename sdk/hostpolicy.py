@@ -45,6 +45,7 @@ __all__ = [
     "HostResolutionError",
     "address_refusal",
     "ip_literal",
+    "literal_refusal",
     "resolve_checked",
 ]
 
@@ -129,8 +130,11 @@ def address_refusal(address: IPAddress, *, test_mode: bool) -> str | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _literal_refusal(address: IPAddress) -> str | None:
-    return address_refusal(address, test_mode=True)
+def literal_refusal(host: str, *, test_mode: bool) -> str | None:
+    """Why the IP-literal ``host`` may not be connected to; None when it may, or when ``host``
+    is a name (names are checked when they resolve: ``resolve_checked``). Cached per host."""
+    literal = ip_literal(host)
+    return None if literal is None else address_refusal(literal, test_mode=test_mode)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -171,7 +175,7 @@ async def resolve_checked(
     """
     literal = ip_literal(host)
     if literal is not None:
-        reason = address_refusal(literal, test_mode=test_mode)
+        reason = literal_refusal(host, test_mode=test_mode)
         if reason is not None:
             raise DestinationRefusedError(f"The IP-literal host is {reason}.", reason=reason)
         literal_family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
@@ -219,11 +223,10 @@ class HostPolicy:
             raise DestinationRefusedError(
                 f"Host {host!r} is not among the connector's declared hosts."
             )
-        literal = ip_literal(host)
-        if literal is not None:
+        if ip_literal(host) is not None:
             if not self.test_mode:
                 raise DestinationRefusedError("IP-literal provider URLs are refused.")
-            reason = _literal_refusal(literal)
+            reason = literal_refusal(host, test_mode=True)
             if reason is not None:
                 raise DestinationRefusedError(f"Host {host!r} is {reason}.")
 
