@@ -90,8 +90,6 @@ __all__ = [
 #: Ten years: a token TTL beyond that is a typo (and would overflow nothing, but helps nobody).
 MAX_TTL_SECONDS = 10 * 366 * 86_400
 _INSERT_ATTEMPTS = 5
-#: Tenants whose key names are kept at hand (a gateway serves a few merchants; more is fine).
-_MAX_CACHED_TENANTS = 10_000
 _WHOLE_CALL_FAILURES = (VaultUnavailableError, VaultSealedError, VaultPermissionDeniedError)
 
 T = TypeVar("T")
@@ -152,6 +150,13 @@ class RevealedCard:
     holder_name: str | None = None
 
 
+@functools.lru_cache(maxsize=10_000)
+def _key_names(tenant: str) -> tuple[str, str]:
+    """The tenant's (fingerprint key, PAN key) names, checked once per tenant, not per card
+    (an invalid tenant raises every time: ``lru_cache`` keeps no exceptions)."""
+    return fingerprint_key_name(tenant), pan_key_name(tenant)
+
+
 def public_fingerprint(vault_hmac: str) -> str:
     """``vault:v1:<base64>`` -> ``fp_v1_<base64url, unpadded>`` (URL- and log-friendly)."""
     _, version, digest = vault_hmac.split(":", 2)
@@ -210,7 +215,6 @@ class TokenizationService:
         self._clock: Clock = clock or SystemClock()
         self._client = client
         self._inserts = InsertBatcher(store)
-        self._tenant_keys: dict[str, tuple[str, str]] = {}
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive.")
         self._chunk_size = chunk_size
@@ -269,7 +273,7 @@ class TokenizationService:
         pans = [card.number.reveal() for card in cards]
         payloads = [_payload(pan, card.holder_name) for pan, card in zip(pans, cards, strict=True)]
         pan_bytes = [pan.encode() for pan in pans]
-        fingerprint_key, pan_key = self._key_names(tenant)
+        fingerprint_key, pan_key = _key_names(tenant)
         fingerprints, ciphertexts = await asyncio.gather(
             self._hmac_many(fingerprint_key, pan_bytes),
             self._encrypt_many(pan_key, payloads),
@@ -307,7 +311,7 @@ class TokenizationService:
 
     async def fingerprint(self, tenant: str, pan: CardNumber) -> str:
         """The tenant's keyed fingerprint of ``pan`` (to search tokens by card)."""
-        vault_hmac = await self._batcher.hmac(self._key_names(tenant)[0], pan.reveal().encode())
+        vault_hmac = await self._batcher.hmac(_key_names(tenant)[0], pan.reveal().encode())
         return public_fingerprint(vault_hmac)
 
     # -- read, search, delete, expire -------------------------------------------------------------
@@ -387,7 +391,7 @@ class TokenizationService:
             target=token_id,
             purpose=purpose,
         )
-        plaintext = await self._batcher.decrypt(self._key_names(tenant)[1], record.ciphertext)
+        plaintext = await self._batcher.decrypt(_key_names(tenant)[1], record.ciphertext)
         pan, holder_name = _parse_payload(plaintext)
         cvc = self._cvv.take(tenant, token_id) if consume_cvc else None
         return RevealedCard(
@@ -400,19 +404,9 @@ class TokenizationService:
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _key_names(self, tenant: str) -> tuple[str, str]:
-        """The tenant's (fingerprint key, PAN key) names, checked once per tenant, not per card."""
-        names = self._tenant_keys.get(tenant)
-        if names is None:
-            names = (fingerprint_key_name(tenant), pan_key_name(tenant))
-            if len(self._tenant_keys) >= _MAX_CACHED_TENANTS:
-                self._tenant_keys.clear()
-            self._tenant_keys[tenant] = names
-        return names
-
     async def _hmac_and_encrypt(self, tenant: str, pan: bytes, payload: bytes) -> tuple[str, str]:
         """The card's transit HMAC and ciphertext, from one round of (batched) Vault calls."""
-        fingerprint_key, pan_key = self._key_names(tenant)
+        fingerprint_key, pan_key = _key_names(tenant)
         batcher = self._batcher
         if not isinstance(batcher, TransitBatcher) or not batcher.enabled:
             fingerprint, ciphertext = await asyncio.gather(
