@@ -33,7 +33,6 @@ from gateway.payments import (
     NotificationDispatcher,
     Outbox,
     PaymentStore,
-    delivery_session,
 )
 from gateway.problems import HttpProblem, problem_response, status_for, validation_problem
 from gateway.reconciliation import run_reconciler
@@ -200,15 +199,12 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             payments=payments,
         )
         stop = asyncio.Event()
-        # Its GuardedResolver keeps deliveries off internal addresses (gateway.payments.outbox).
-        session = delivery_session(allow_private_targets=ps.allow_private_webhook_targets)
-        stack.push_async_callback(session.close)
+        # It builds and closes its own delivery session, whose GuardedResolver keeps deliveries
+        # off internal addresses (gateway.payments.outbox); closed after its task is cancelled.
         dispatcher = NotificationDispatcher(
-            outbox,
-            merchants,
-            session=session,
-            allow_private_targets=ps.allow_private_webhook_targets,
+            outbox, merchants, allow_private_targets=ps.allow_private_webhook_targets
         )
+        stack.push_async_callback(dispatcher.close)
         background = [
             asyncio.create_task(_sweep_forever(tokens, ts.sweep_interval_seconds)),
             asyncio.create_task(

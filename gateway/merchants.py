@@ -20,10 +20,11 @@ forms of those are refused). They are enforced twice:
   (the SDK's one "resolve, then refuse if any address is non-public") and refuses the URL if any
   address is non-public;
 - at delivery, ``check_webhook_delivery_url`` checks only what the connection will not: the URL's
-  form and, for an IP-literal host, the literal. A name is resolved and checked by the delivery
-  session's ``sdk.aiohttp_transport.GuardedResolver``, which hands aiohttp the addresses it
-  checked; aiohttp connects to those (no second lookup), so a DNS answer that changes after
-  registration (rebinding) cannot reach an internal host. See ``gateway.payments.outbox``.
+  form and, for an IP-literal host, the literal. A name is resolved and checked by the
+  ``sdk.aiohttp_transport.GuardedResolver`` of the session the dispatcher builds for itself,
+  which hands aiohttp the addresses it checked; aiohttp connects to those (no second lookup), so
+  a DNS answer that changes after registration (rebinding) cannot reach an internal host. See
+  ``gateway.payments.outbox``.
 
 ``allow_private`` (config: ``[payments] allow_private_webhook_targets``) is for development and
 tests only: it admits loopback and private addresses, never link-local or metadata ones. No
@@ -51,6 +52,7 @@ from sdk.hostpolicy import (
 from vault.database import Migration, PostgresDatabase, SqliteDatabase, migrate
 
 __all__ = [
+    "WEBHOOK_RESOLVE_TIMEOUT",
     "ApiKeyCache",
     "AuthFailureLimiter",
     "Merchant",
@@ -130,7 +132,9 @@ class WebhookEndpoint:
 
 #: A DNS name (ASCII: IDNs in their xn-- form) or, in brackets for IPv6, an IP literal.
 _HOST_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?|[0-9a-f:.]+", re.ASCII)
-_RESOLVE_TIMEOUT = 5.0
+#: Seconds a webhook host's lookup may take, at registration and at every delivery (the
+#: dispatcher's ``GuardedResolver``): a slow DNS is a failed attempt, not a stuck one.
+WEBHOOK_RESOLVE_TIMEOUT = 5.0
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
@@ -215,7 +219,7 @@ async def check_webhook_url(
     """
     _, host, port = _parse_webhook_url(url, allow_http=allow_http)
     try:
-        await resolve_checked(host, port, test_mode=allow_private, timeout=_RESOLVE_TIMEOUT)
+        await resolve_checked(host, port, test_mode=allow_private, timeout=WEBHOOK_RESOLVE_TIMEOUT)
     except DestinationRefusedError as exc:
         raise _refused(exc.reason) from None
     except (HostResolutionError, TimeoutError):

@@ -6,7 +6,8 @@
 - ``idempotency``: ``IdempotencyStore.run``, Stripe's Idempotency-Key semantics across processes.
 - ``outbox``: ``Outbox`` (notifications enqueued in the payment's own transaction),
   ``NotificationDispatcher`` (signed, retried, lease-claimed delivery to merchants) and
-  ``delivery_session`` (the aiohttp session it posts with, guarded against internal addresses).
+  ``delivery_session`` (the aiohttp session it builds for itself and posts with, guarded against
+  internal addresses).
 - ``signatures``: the ``Tessera-Signature`` scheme; ``backoff``: exponential backoff with jitter
   and the reconciliation schedule; ``instants``: how times are stored.
 

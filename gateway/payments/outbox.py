@@ -15,8 +15,10 @@ delivers it; anything else (another status, a connection error, a timeout) sched
 with exponential backoff and jitter, until ``max_attempts`` marks it ``dead``. Redirects are
 not followed.
 
-Where a delivery may go is decided at the depth where the connection is made. The session
-(``delivery_session``; the dispatcher refuses any other) resolves names through
+Where a delivery may go is decided at the depth where the connection is made. The dispatcher
+owns its session: it builds it itself, with ``delivery_session`` and its own
+``allow_private_targets``, on first use (on the running loop), and closes it in ``close()``; no
+caller can hand it another. That session resolves names through
 ``sdk.aiohttp_transport.GuardedResolver``: each name is resolved once, the whole answer is
 refused if any address is non-public (``sdk.hostpolicy.resolve_checked``: loopback, private,
 link-local, metadata and other non-public addresses), and aiohttp connects to the addresses that
@@ -57,11 +59,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Self
 
 import aiohttp
 import orjson
 
-from gateway.merchants import MerchantStore, WebhookUrlError, check_webhook_delivery_url
+from gateway.merchants import (
+    WEBHOOK_RESOLVE_TIMEOUT,
+    MerchantStore,
+    WebhookUrlError,
+    check_webhook_delivery_url,
+)
 from gateway.payments.backoff import ExponentialBackoff
 from gateway.payments.instants import Clock, SystemClock, from_micros, to_micros
 from gateway.payments.records import new_id
@@ -132,7 +140,6 @@ _TARGET_ERRORS = {
     "webhook_target_unresolved": "target did not resolve",
     "webhook_url_invalid": "target refused: invalid URL",
 }
-_RESOLVE_TIMEOUT = 5.0
 
 
 class NotificationStatus(StrEnum):
@@ -300,14 +307,14 @@ def delivery_session(
     *,
     allow_private_targets: bool = False,
     timeout: float = 15.0,
-    resolve_timeout: float = _RESOLVE_TIMEOUT,
+    resolve_timeout: float = WEBHOOK_RESOLVE_TIMEOUT,
 ) -> aiohttp.ClientSession:
-    """The aiohttp session a ``NotificationDispatcher`` posts with (call it on the running loop).
+    """The aiohttp session a ``NotificationDispatcher`` builds for itself (on the running loop).
 
-    Its connector resolves through ``GuardedResolver`` (see the module docstring), with the same
-    ``allow_private_targets`` as the dispatcher. No cookie jar (one merchant's cookies never
-    reach another), no proxies or netrc from the environment, no decompression (the body is
-    not read beyond a few KiB). The caller closes it.
+    Its connector resolves through ``GuardedResolver`` (see the module docstring) in the test
+    mode ``allow_private_targets``. No cookie jar (one merchant's cookies never reach another),
+    no proxies or netrc from the environment, no decompression (the body is not read beyond a
+    few KiB). The caller closes it.
     """
     connector = aiohttp.TCPConnector(
         resolver=GuardedResolver(test_mode=allow_private_targets, timeout=resolve_timeout)
@@ -321,22 +328,20 @@ def delivery_session(
     )
 
 
-def _guards_like(session: aiohttp.ClientSession, *, allow_private: bool) -> bool:
-    """Whether ``session`` resolves through a ``GuardedResolver`` with the same test mode."""
-    # aiohttp has no public accessor for a connector's resolver.
-    resolver = getattr(session.connector, "_resolver", None)
-    return isinstance(resolver, GuardedResolver) and resolver.test_mode == allow_private
-
-
 class NotificationDispatcher:
-    """Delivers the outbox: ``run_once()`` for one batch, ``run_forever(stop)`` in the app."""
+    """Delivers the outbox: ``run_once()`` for one batch, ``run_forever(stop)`` in the app.
+
+    It posts with a session of its own (``delivery_session(allow_private_targets=...,
+    resolve_timeout=...)``), built on the first delivery, so every delivery resolves through
+    ``GuardedResolver`` in the dispatcher's own test mode. ``close()`` (or leaving
+    ``async with``) closes it; a closed dispatcher delivers nothing more.
+    """
 
     def __init__(
         self,
         outbox: Outbox,
         merchants: MerchantStore,
         *,
-        session: aiohttp.ClientSession,
         clock: Clock | None = None,
         max_attempts: int = 12,
         backoff: ExponentialBackoff | None = None,
@@ -346,21 +351,19 @@ class NotificationDispatcher:
         concurrency: int = 8,
         rng: random.Random | None = None,
         allow_private_targets: bool = False,
+        resolve_timeout: float = WEBHOOK_RESOLVE_TIMEOUT,
     ) -> None:
         if max_attempts < 1 or batch_size < 1 or concurrency < 1:
             raise ValueError("max_attempts, batch_size and concurrency must be positive.")
         if lease_seconds <= request_timeout:
             # A lease shorter than a delivery would let a second dispatcher post it meanwhile.
             raise ValueError("lease_seconds must exceed request_timeout.")
-        if not _guards_like(session, allow_private=allow_private_targets):
-            # Its resolver is what keeps deliveries off internal addresses: never do without.
-            raise ValueError(
-                "The session must come from delivery_session(allow_private_targets=...) with "
-                "the dispatcher's allow_private_targets."
-            )
         self._outbox = outbox
         self._merchants = merchants
-        self._session = session
+        # Built on the running loop by the first delivery (``_delivery_session``).
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._resolve_timeout = resolve_timeout
         self._clock = clock or SystemClock()
         self._max_attempts = max_attempts
         self._backoff = backoff or ExponentialBackoff(
@@ -373,8 +376,37 @@ class NotificationDispatcher:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._allow_private = allow_private_targets
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the delivery session; the dispatcher delivers nothing afterwards."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("The notification dispatcher is closed.")
+
+    def _delivery_session(self) -> aiohttp.ClientSession:
+        """The dispatcher's own session, built on first use: its resolver is what keeps
+        deliveries off internal addresses, so no delivery goes through any other."""
+        self._ensure_open()
+        if self._session is None:
+            self._session = delivery_session(
+                allow_private_targets=self._allow_private, resolve_timeout=self._resolve_timeout
+            )
+        return self._session
+
     async def run_once(self) -> DispatchReport:
-        """Claim one batch of due notifications and try each once."""
+        """Claim one batch of due notifications and try each once (``RuntimeError`` once
+        closed: nothing is claimed then)."""
+        self._ensure_open()
         token, batch = await self._outbox.claim_due(self._clock.now(), self._batch, self._lease)
         if not batch:
             return DispatchReport()
@@ -401,6 +433,7 @@ class NotificationDispatcher:
     async def run_forever(self, stop: asyncio.Event, *, idle_interval: float = 1.0) -> None:
         """Deliver until ``stop`` is set: batch after batch, then poll every ``idle_interval``."""
         while not stop.is_set():
+            self._ensure_open()  # closed under it: a bug to surface, not a hiccup to retry
             try:
                 report = await self.run_once()
             except Exception:
@@ -478,8 +511,9 @@ class NotificationDispatcher:
     async def _post(self, url: str, secret: str, notification: Notification) -> int:
         """POST the notification to ``url`` as registered; the status it answers.
 
-        The session's ``GuardedResolver`` checks and pins the host's addresses; aiohttp tries
-        the next checked address only when connecting failed, i.e. nothing was sent.
+        The dispatcher's session's ``GuardedResolver`` checks and pins the host's addresses;
+        aiohttp tries the next checked address only when connecting failed, i.e. nothing was
+        sent.
         """
         timestamp = int(self._clock.now().timestamp())
         headers = {
@@ -489,7 +523,7 @@ class NotificationDispatcher:
             "Tessera-Event-Id": notification.id,
             "Tessera-Event-Type": notification.event_type,
         }
-        async with self._session.post(
+        async with self._delivery_session().post(
             url, data=notification.body, headers=headers, allow_redirects=False
         ) as response:
             # Read a little so the connection can be reused; the content is ignored.

@@ -1,9 +1,10 @@
 """Merchant webhook URLs never reach internal addresses (SSRF).
 
 At registration ``check_webhook_url`` resolves the host with the SDK's ``resolve_checked``. At
-delivery the dispatcher's session (``delivery_session``) resolves through ``GuardedResolver``,
-and aiohttp connects to the addresses it checked (DNS pinning); the dispatcher itself checks only
-the URL's form and IP-literal hosts, which aiohttp never asks a resolver about.
+delivery the session the dispatcher builds for itself (``delivery_session``) resolves through
+``GuardedResolver``, and aiohttp connects to the addresses it checked (DNS pinning); the
+dispatcher itself checks only the URL's form and IP-literal hosts, which aiohttp never asks a
+resolver about.
 
 DNS is simulated (``tests.fake_dns``: the event loop's ``getaddrinfo`` answers for chosen names;
 IP literals go to the real one). Deliveries go to real servers on 127.0.0.1: an aiohttp receiver
@@ -23,7 +24,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -36,7 +36,6 @@ from gateway.payments import (
     NotificationDispatcher,
     NotificationStatus,
     Outbox,
-    delivery_session,
 )
 from tests.fake_dns import FakeDns
 from tests.gateway.payments.conftest import FakeClock
@@ -241,18 +240,20 @@ def test_cli_prints_the_refusal_and_exits_non_zero(
 
 @dataclass
 class Receiver:
-    """A merchant's endpoint on 127.0.0.1: records each request and the client port it came
-    from (one port per TCP connection)."""
+    """A merchant's endpoint on 127.0.0.1: records each request, the client port it came from
+    (one port per TCP connection) and the server's end of that connection."""
 
     port: int = 0
     requests: list[dict[str, str]] = field(default_factory=list)
     peers: list[object] = field(default_factory=list)
+    transports: list[asyncio.BaseTransport] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
         self.requests.append(dict(request.headers))
         assert request.transport is not None
         self.peers.append(request.transport.get_extra_info("peername"))
+        self.transports.append(request.transport)
         return web.Response(status=204)
 
 
@@ -280,7 +281,8 @@ async def internal() -> AsyncIterator[RawServer]:
 
 @pytest.fixture
 def allow_private() -> bool:
-    """The dispatcher's (and its session's) switch; tests override it by parametrizing."""
+    """The dispatcher's switch (its session's too: it builds that itself); tests override it
+    by parametrizing."""
     return False
 
 
@@ -288,17 +290,16 @@ def allow_private() -> bool:
 async def dispatcher(
     outbox: Outbox, merchants: MerchantStore, clock: FakeClock, allow_private: bool
 ) -> AsyncIterator[NotificationDispatcher]:
-    async with delivery_session(allow_private_targets=allow_private) as session:
-        yield NotificationDispatcher(
-            outbox,
-            merchants,
-            session=session,
-            clock=clock,
-            backoff=NO_JITTER,
-            request_timeout=2.0,
-            lease_seconds=30.0,
-            allow_private_targets=allow_private,
-        )
+    async with NotificationDispatcher(
+        outbox,
+        merchants,
+        clock=clock,
+        backoff=NO_JITTER,
+        request_timeout=2.0,
+        lease_seconds=30.0,
+        allow_private_targets=allow_private,
+    ) as dispatcher:
+        yield dispatcher
 
 
 async def _setup(
@@ -490,21 +491,34 @@ async def test_a_lookup_that_outlasts_the_resolve_timeout_is_a_connection_timeou
 ) -> None:
     _, event_id = await _setup(merchants, outbox, dns, "https://slow.merchant.example/h", [])
     dns.hanging.add("slow.merchant.example")
-    async with delivery_session(resolve_timeout=0.05) as session:
-        dispatcher = NotificationDispatcher(
-            outbox, merchants, session=session, clock=clock, request_timeout=2.0
-        )
+    async with NotificationDispatcher(
+        outbox, merchants, clock=clock, request_timeout=2.0, resolve_timeout=0.05
+    ) as dispatcher:
         assert (await dispatcher.run_once()).retrying == 1
     assert (await outbox.get(event_id)).last_error == "ConnectionTimeoutError"
 
 
-async def test_the_dispatcher_refuses_a_session_without_the_guarded_resolver(
-    outbox: Outbox, merchants: MerchantStore
+@pytest.mark.parametrize("allow_private", [True])
+async def test_close_closes_the_dispatchers_own_session_and_it_delivers_nothing_more(
+    dns: FakeDns,
+    merchants: MerchantStore,
+    outbox: Outbox,
+    dispatcher: NotificationDispatcher,
+    receiver: Receiver,
 ) -> None:
-    async with aiohttp.ClientSession() as plain, delivery_session() as strict:
-        with pytest.raises(ValueError, match="delivery_session"):
-            NotificationDispatcher(outbox, merchants, session=plain)
-        # The session's switch must be the dispatcher's.
-        with pytest.raises(ValueError, match="delivery_session"):
-            NotificationDispatcher(outbox, merchants, session=strict, allow_private_targets=True)
-        NotificationDispatcher(outbox, merchants, session=strict)
+    url = f"http://hooks.merchant.test:{receiver.port}/hook"
+    merchant_id, _ = await _setup(merchants, outbox, dns, url, ["127.0.0.1"])
+    assert (await dispatcher.run_once()).delivered == 1
+    [connection] = receiver.transports
+    assert not connection.is_closing()  # kept alive in the dispatcher's pool
+    await dispatcher.close()
+    async with asyncio.timeout(5):  # the client end closed: the receiver sees it go
+        while not connection.is_closing():  # noqa: ASYNC110 - a transport has no event
+            await asyncio.sleep(0.01)
+    # Closed for good: nothing is claimed (no lease taken), no new session is built.
+    event_id = await _enqueue(outbox, merchant_id)
+    with pytest.raises(RuntimeError, match="closed"):
+        await dispatcher.run_once()
+    assert (await outbox.get(event_id)).locked_until is None
+    assert len(receiver.requests) == 1
+    await dispatcher.close()  # closing twice is harmless (the fixture closes it again)

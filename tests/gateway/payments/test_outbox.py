@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -24,7 +23,6 @@ from gateway.payments import (
     NotificationDispatcher,
     NotificationStatus,
     Outbox,
-    delivery_session,
     sign_payload,
     verify_signature,
 )
@@ -81,10 +79,27 @@ async def receiver(aiohttp_server: Callable[..., Awaitable[Any]]) -> Receiver:
     return recv
 
 
+MakeDispatcher = Callable[..., NotificationDispatcher]
+
+
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with delivery_session(allow_private_targets=True) as client:  # receivers on loopback
-        yield client
+async def make_dispatcher(clock: FakeClock) -> AsyncIterator[MakeDispatcher]:
+    """Builds dispatchers reading ``clock``; each builds its own delivery session, and every
+    one is closed (with its session) after the test."""
+    made: list[NotificationDispatcher] = []
+
+    def make(outbox: Outbox, merchants: MerchantStore, **kwargs: Any) -> NotificationDispatcher:
+        kwargs.setdefault("backoff", NO_JITTER)
+        kwargs.setdefault("request_timeout", 2.0)
+        kwargs.setdefault("lease_seconds", 30.0)
+        kwargs.setdefault("allow_private_targets", True)  # the receiver is on loopback
+        dispatcher = NotificationDispatcher(outbox, merchants, clock=clock, **kwargs)
+        made.append(dispatcher)
+        return dispatcher
+
+    yield make
+    for dispatcher in made:
+        await dispatcher.close()
 
 
 @dataclass
@@ -102,20 +117,6 @@ async def shop(merchants: MerchantStore, receiver: Receiver) -> Shop:
     return Shop(merchant.id, endpoint.secret)
 
 
-def _dispatcher(
-    outbox: Outbox,
-    merchants: MerchantStore,
-    session: aiohttp.ClientSession,
-    clock: FakeClock,
-    **kwargs: Any,
-) -> NotificationDispatcher:
-    kwargs.setdefault("backoff", NO_JITTER)
-    kwargs.setdefault("request_timeout", 2.0)
-    kwargs.setdefault("lease_seconds", 30.0)
-    kwargs.setdefault("allow_private_targets", True)  # the receiver is on loopback
-    return NotificationDispatcher(outbox, merchants, session=session, clock=clock, **kwargs)
-
-
 async def _enqueue(outbox: Outbox, merchant_id: str, n: int = 1) -> list[str]:
     ids = []
     async with outbox.db.transaction() as tx:
@@ -129,7 +130,7 @@ async def _enqueue(outbox: Outbox, merchant_id: str, n: int = 1) -> list[str]:
 async def test_rolled_back_enqueue_delivers_nothing(
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
@@ -138,7 +139,7 @@ async def test_rolled_back_enqueue_delivers_nothing(
         async with outbox.db.transaction() as tx:
             await outbox.enqueue(tx, shop.merchant_id, "payment.captured", {"id": "pay_1"})
             raise RuntimeError("the payment update failed")
-    report = await _dispatcher(outbox, merchants, session, clock).run_once()
+    report = await make_dispatcher(outbox, merchants).run_once()
     assert report.claimed == 0 and receiver.requests == []
     assert await outbox.for_merchant(shop.merchant_id) == []
 
@@ -146,13 +147,13 @@ async def test_rolled_back_enqueue_delivers_nothing(
 async def test_delivery_is_signed_and_verifiable(
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
 ) -> None:
     [event_id] = await _enqueue(outbox, shop.merchant_id)
-    report = await _dispatcher(outbox, merchants, session, clock).run_once()
+    report = await make_dispatcher(outbox, merchants).run_once()
     assert (report.claimed, report.delivered) == (1, 1)
     [(headers, body)] = receiver.requests
     now = clock.now().timestamp()
@@ -183,14 +184,14 @@ async def test_delivery_is_signed_and_verifiable(
 async def test_failures_are_retried_with_exponential_backoff(
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
 ) -> None:
     receiver.statuses = [500, 503, 429]
     [event_id] = await _enqueue(outbox, shop.merchant_id)
-    dispatcher = _dispatcher(outbox, merchants, session, clock)
+    dispatcher = make_dispatcher(outbox, merchants)
     waits = []
     for _ in range(3):
         report = await dispatcher.run_once()
@@ -219,14 +220,14 @@ async def test_jittered_backoff_stays_in_its_band() -> None:
 async def test_dead_after_max_attempts(
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
 ) -> None:
     receiver.statuses = [500] * 10
     [event_id] = await _enqueue(outbox, shop.merchant_id)
-    dispatcher = _dispatcher(outbox, merchants, session, clock, max_attempts=3)
+    dispatcher = make_dispatcher(outbox, merchants, max_attempts=3)
     reports = []
     for _ in range(5):
         reports.append(await dispatcher.run_once())
@@ -240,7 +241,7 @@ async def test_dead_after_max_attempts(
 async def test_unreachable_endpoint_and_timeouts_are_retried(
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
@@ -252,7 +253,7 @@ async def test_unreachable_endpoint_and_timeouts_are_retried(
         allow_private=True,
     )
     [refused] = await _enqueue(outbox, shop.merchant_id)
-    dispatcher = _dispatcher(outbox, merchants, session, clock, request_timeout=0.2)
+    dispatcher = make_dispatcher(outbox, merchants, request_timeout=0.2)
     assert (await dispatcher.run_once()).retrying == 1
     assert (await outbox.get(refused)).last_error == "ClientConnectorError"
 
@@ -269,14 +270,14 @@ async def test_unreachable_endpoint_and_timeouts_are_retried(
 async def test_redirects_are_not_followed(
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
 ) -> None:
     receiver.statuses = [302]
     [event_id] = await _enqueue(outbox, shop.merchant_id)
-    assert (await _dispatcher(outbox, merchants, session, clock).run_once()).retrying == 1
+    assert (await make_dispatcher(outbox, merchants).run_once()).retrying == 1
     assert receiver.other_path_hits == 0
     assert (await outbox.get(event_id)).last_status == 302
 
@@ -284,14 +285,14 @@ async def test_redirects_are_not_followed(
 async def test_no_endpoint_means_dead_letter(
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
 ) -> None:
     await merchants.clear_webhook_endpoint(shop.merchant_id)
     [event_id] = await _enqueue(outbox, shop.merchant_id)
-    assert (await _dispatcher(outbox, merchants, session, clock).run_once()).dead == 1
+    assert (await make_dispatcher(outbox, merchants).run_once()).dead == 1
     dead = await outbox.get(event_id)
     assert dead.status is NotificationStatus.DEAD and dead.last_error is not None
     assert receiver.requests == []
@@ -301,22 +302,20 @@ async def test_restart_delivers_exactly_once(
     database_url: str,
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
 ) -> None:
     receiver.statuses = [500]
     ids = await _enqueue(outbox, shop.merchant_id, 3)
-    first = _dispatcher(outbox, merchants, session, clock)
+    first = make_dispatcher(outbox, merchants)
     assert (await first.run_once()).delivered == 2
     del first  # the process goes away; only the database remembers
     clock.advance(3600)
     restarted_db = await open_database(database_url)
     try:
-        restarted = _dispatcher(
-            Outbox(restarted_db, clock=clock), MerchantStore(restarted_db), session, clock
-        )
+        restarted = make_dispatcher(Outbox(restarted_db, clock=clock), MerchantStore(restarted_db))
         assert (await restarted.run_once()).delivered == 1
         clock.advance(3600 * 24)
         assert (await restarted.run_once()).claimed == 0
@@ -333,7 +332,7 @@ async def test_restart_delivers_exactly_once(
 async def test_a_dead_dispatchers_lease_lapses(
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
@@ -342,7 +341,7 @@ async def test_a_dead_dispatchers_lease_lapses(
     # A dispatcher claimed it, then its process died before posting anything.
     _, claimed = await outbox.claim_due(clock.now(), 10, timedelta(seconds=30))
     assert [n.id for n in claimed] == [event_id]
-    survivor = _dispatcher(outbox, merchants, session, clock)
+    survivor = make_dispatcher(outbox, merchants)
     assert (await survivor.run_once()).claimed == 0
     clock.advance(31)
     assert (await survivor.run_once()).delivered == 1
@@ -353,7 +352,7 @@ async def test_two_dispatchers_never_deliver_twice(
     database_url: str,
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
@@ -362,10 +361,8 @@ async def test_two_dispatchers_never_deliver_twice(
     ids = await _enqueue(outbox, shop.merchant_id, 30)
     other_db = await open_database(database_url)
     try:
-        one = _dispatcher(outbox, merchants, session, clock, batch_size=7)
-        two = _dispatcher(
-            Outbox(other_db, clock=clock), MerchantStore(other_db), session, clock, batch_size=7
-        )
+        one = make_dispatcher(outbox, merchants, batch_size=7)
+        two = make_dispatcher(Outbox(other_db, clock=clock), MerchantStore(other_db), batch_size=7)
         for _ in range(10):
             reports = await asyncio.gather(one.run_once(), two.run_once(), one.run_once())
             if not any(r.claimed for r in reports):
@@ -378,14 +375,14 @@ async def test_two_dispatchers_never_deliver_twice(
 async def test_run_forever_delivers_then_stops(
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
     receiver: Receiver,
 ) -> None:
     stop = asyncio.Event()
     receiver.expected = 2
-    dispatcher = _dispatcher(outbox, merchants, session, clock)
+    dispatcher = make_dispatcher(outbox, merchants)
     task = asyncio.create_task(dispatcher.run_forever(stop, idle_interval=0.01))
     await _enqueue(outbox, shop.merchant_id, 2)
     async with asyncio.timeout(5):
@@ -399,12 +396,12 @@ async def test_run_forever_delivers_then_stops(
 async def test_delivered_notifications_are_purged(
     outbox: Outbox,
     merchants: MerchantStore,
-    session: aiohttp.ClientSession,
+    make_dispatcher: MakeDispatcher,
     clock: FakeClock,
     shop: Shop,
 ) -> None:
     await _enqueue(outbox, shop.merchant_id, 2)
-    await _dispatcher(outbox, merchants, session, clock).run_once()
+    await make_dispatcher(outbox, merchants).run_once()
     clock.advance(1)
     assert await outbox.purge_delivered(clock.now()) == 2
     assert await outbox.for_merchant(shop.merchant_id) == []
