@@ -90,7 +90,7 @@ class TransitBatcher:
         self._max_in_flight = max_in_flight
         self._enabled = enabled
         self._lanes: dict[tuple[str, str], _Lane[Any, Any]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
         self.calls = 0
         """Vault calls made so far (batched or not)."""
@@ -131,23 +131,21 @@ class TransitBatcher:
 
     # -- one item, as a future -------------------------------------------------------------------
 
-    def encrypt_soon(self, key: str, plaintext: bytes) -> asyncio.Future[str] | None:
-        """Queue one encryption and return its future at once, or None when batching is off.
+    def encrypt_soon(self, key: str, plaintext: bytes) -> asyncio.Future[str]:
+        """Queue one encryption and return its future at once.
 
         For a caller that needs several results together (tokenize: HMAC and encryption of one
         card): awaiting two futures costs no task and no coroutine, where ``asyncio.gather`` of
         ``encrypt`` and ``hmac`` makes a task of each. The future raises this item's
         ``VaultError``; cancel it to drop the item (it is not sent if it has not left yet).
+        With batching off, the future is a task making one Vault call for this item alone.
+        Raises ``VaultUnavailableError`` at once if the batcher is closed.
         """
-        if not self._enabled:
-            return None
-        return self._put("encrypt", key, plaintext, self._client.transit_encrypt)
+        return self._soon("encrypt", key, plaintext, self._client.transit_encrypt)
 
-    def hmac_soon(self, key: str, data: bytes) -> asyncio.Future[str] | None:
+    def hmac_soon(self, key: str, data: bytes) -> asyncio.Future[str]:
         """Queue one HMAC (sha2-256, latest key version); as ``encrypt_soon``."""
-        if not self._enabled:
-            return None
-        return self._put("hmac", key, data, self._client.transit_hmac)
+        return self._soon("hmac", key, data, self._client.transit_hmac)
 
     # -- many items, results as values ----------------------------------------------------------
 
@@ -186,6 +184,19 @@ class TransitBatcher:
                 raise result
             return result
         return await self._put(operation, key, item, send)
+
+    def _soon(
+        self, operation: str, key: str, item: _In, send: _Send[_In, _Out]
+    ) -> asyncio.Future[_Out]:
+        if self._enabled:
+            return self._put(operation, key, item, send)
+        if self._closed:
+            raise VaultUnavailableError("The transit batcher is closed.", retry_after=1)
+        # Kept in ``_tasks`` as the batched calls are: referenced until done, waited for by close.
+        task = asyncio.create_task(self._one(operation, key, item, send))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _many(
         self, operation: str, key: str, items: Sequence[_In], send: _Send[_In, _Out]

@@ -69,7 +69,6 @@ from normalization import (
     card_brand,
 )
 from vault.audit import AuditAction, AuditLog
-from vault.batcher import TransitBatcher
 from vault.clock import Clock, SystemClock
 from vault.cvv import CvvHolder
 from vault.insert_batcher import InsertBatcher
@@ -96,9 +95,16 @@ T = TypeVar("T")
 
 
 class TransitItemBatcher(Protocol):
-    """One item per call, coalesced behind the scenes (``vault.batcher.TransitBatcher``)."""
+    """One item per call, coalesced behind the scenes (``vault.batcher.TransitBatcher``).
 
-    async def encrypt(self, key: str, plaintext: bytes) -> str: ...
+    ``hmac_soon`` and ``encrypt_soon`` queue their item and return its future at once, batching
+    on or off; they raise only when the batcher is closed, so of two calls made back to back
+    either the first raises or neither does. Cancelling a future drops its item.
+    """
+
+    def hmac_soon(self, key: str, data: bytes) -> asyncio.Future[str]: ...
+
+    def encrypt_soon(self, key: str, plaintext: bytes) -> asyncio.Future[str]: ...
 
     async def decrypt(self, key: str, ciphertext: str) -> bytes: ...
 
@@ -407,22 +413,11 @@ class TokenizationService:
     async def _hmac_and_encrypt(self, tenant: str, pan: bytes, payload: bytes) -> tuple[str, str]:
         """The card's transit HMAC and ciphertext, from one round of (batched) Vault calls."""
         fingerprint_key, pan_key = _key_names(tenant)
-        batcher = self._batcher
-        if not isinstance(batcher, TransitBatcher) or not batcher.enabled:
-            fingerprint, ciphertext = await asyncio.gather(
-                batcher.hmac(fingerprint_key, pan), batcher.encrypt(pan_key, payload)
-            )
-            return fingerprint, ciphertext
-        # Two futures straight from the batcher's lanes, awaited in turn: the same concurrency
-        # as gathering ``hmac`` and ``encrypt``, without a task for each.
-        hmac_future = batcher.hmac_soon(fingerprint_key, pan)
-        assert hmac_future is not None  # batching is on
-        try:
-            encrypt_future = batcher.encrypt_soon(pan_key, payload)
-            assert encrypt_future is not None
-        except BaseException:
-            hmac_future.cancel()
-            raise
+        # Two futures (straight from the lanes when batching is on), awaited in turn: the same
+        # concurrency as gathering ``hmac`` and ``encrypt``, without a task for each. The second
+        # call cannot raise once the first has not (``TransitItemBatcher``): nothing to undo.
+        hmac_future = self._batcher.hmac_soon(fingerprint_key, pan)
+        encrypt_future = self._batcher.encrypt_soon(pan_key, payload)
         try:
             fingerprint = await hmac_future
         except BaseException:
@@ -463,32 +458,32 @@ class TokenizationService:
     async def _persist(
         self, tenant: str, records: Sequence[TokenRecord], pans: Sequence[str], now: datetime
     ) -> list[tuple[TokenRecord, bool] | TesseraError]:
-        """Insert ``records``, resolving conflicts: dedup hits, expired holders, id collisions."""
-        first: set[tuple[str, str]] | None = None
+        """Insert ``records``, resolving conflicts: dedup hits, expired holders, id collisions.
+
+        The first insert shares a statement with concurrent requests (group commit); the rare
+        retries go alone, ``_INSERT_ATTEMPTS`` inserts in all.
+        """
         if len(records) == 1:
-            # One card (POST /v1/tokens): nearly always inserted at the first try, so that try
-            # skips the bookkeeping that conflicts need.
-            record = records[0]
-            first = await self._inserts.insert(records)
-            if (tenant, record.id) in first:
-                return [(record, True)]
-        outcomes: list[tuple[TokenRecord, bool] | TesseraError | None] = [None] * len(records)
-        current = list(records)
-        pending = list(range(len(records)))
-        for attempt in range(_INSERT_ATTEMPTS):
-            if attempt == 0 and first is not None:
-                inserted = first
-            else:
-                self._redraw_duplicate_ids(current, pending, pans)
-                batch = [current[i] for i in pending]
-                # The first try shares a statement with concurrent requests (group commit); the
-                # rare retries go alone.
-                insert = self._store.insert_many if attempt else self._inserts.insert
-                inserted = await insert(batch)
-            conflicted = [i for i in pending if (tenant, current[i].id) not in inserted]
+            # One card (POST /v1/tokens): nearly always inserted at the first try, which then
+            # costs none of the bookkeeping that conflicts need.
+            inserted = await self._inserts.insert(records)
+            if (tenant, records[0].id) in inserted:
+                return [(records[0], True)]
+            current = list(records)
+        else:
+            current = list(records)
+            self._redraw_duplicate_ids(current, range(len(current)), pans)
+            inserted = await self._inserts.insert(current)
+        outcomes: list[tuple[TokenRecord, bool] | TesseraError | None] = [None] * len(current)
+        pending = list(range(len(current)))
+        attempts = 1
+        while True:  # ``inserted`` is the outcome of inserting ``pending``
+            conflicted: list[int] = []
             for i in pending:
                 if (tenant, current[i].id) in inserted:
                     outcomes[i] = (current[i], True)
+                else:
+                    conflicted.append(i)
             if not conflicted:
                 break
             dedup_keys = [key for i in conflicted if (key := current[i].dedup_key) is not None]
@@ -509,8 +504,11 @@ class TokenizationService:
                     outcomes[i] = (await self._refresh_if_renewed(holder, record), False)
             if expired_keys:
                 await self._store.delete_expired_dedup(tenant, expired_keys, now)
-            if not pending:
+            if not pending or attempts == _INSERT_ATTEMPTS:
                 break
+            attempts += 1
+            self._redraw_duplicate_ids(current, pending, pans)
+            inserted = await self._store.insert_many([current[i] for i in pending])
         return [TokenAllocationError() if outcome is None else outcome for outcome in outcomes]
 
     async def _refresh_if_renewed(self, holder: TokenRecord, fresh: TokenRecord) -> TokenRecord:

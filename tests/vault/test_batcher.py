@@ -248,9 +248,8 @@ async def test_soon_futures_share_the_lanes_and_answer_as_the_coroutines(
     batcher = TransitBatcher(vault_client)
     futures = [batcher.encrypt_soon(tenant.pan_key, b"soon-%d" % i) for i in range(50)]
     hmacs = [batcher.hmac_soon(tenant.fingerprint_key, b"soon-%d" % i) for i in range(50)]
-    assert all(f is not None for f in futures + hmacs)
-    ciphertexts = [await f for f in futures if f is not None]
-    fingerprints = [await f for f in hmacs if f is not None]
+    ciphertexts = [await f for f in futures]
+    fingerprints = [await f for f in hmacs]
     assert (batcher.calls, batcher.items) == (2, 100)  # one call per lane
     decrypted = await asyncio.gather(*(batcher.decrypt(tenant.pan_key, c) for c in ciphertexts))
     assert decrypted == [b"soon-%d" % i for i in range(50)]
@@ -263,23 +262,44 @@ async def test_a_cancelled_soon_future_is_not_sent(
     batcher = TransitBatcher(vault_client)
     dropped = batcher.encrypt_soon(tenant.pan_key, b"dropped")
     kept = batcher.encrypt_soon(tenant.pan_key, b"kept")
-    assert dropped is not None and kept is not None
     dropped.cancel()
     assert (await kept).startswith("vault:v1:")
     assert (batcher.calls, batcher.items) == (1, 1)
 
 
-async def test_soon_futures_carry_item_errors_and_need_batching(
+async def test_soon_futures_carry_item_errors(
     vault_client: VaultClient, tenant: TenantKeys
 ) -> None:
     batcher = TransitBatcher(vault_client)
     missing = batcher.hmac_soon("tessera-fp-no_such_tenant", b"x")
-    assert missing is not None
     with pytest.raises(VaultNotFoundError):
         await missing
-    off = TransitBatcher(vault_client, enabled=False)
-    assert off.encrypt_soon(tenant.pan_key, b"x") is None
-    assert off.hmac_soon(tenant.fingerprint_key, b"x") is None
     await batcher.close()
     with pytest.raises(VaultUnavailableError):
         batcher.encrypt_soon(tenant.pan_key, b"late")
+
+
+async def test_soon_futures_with_batching_off_make_one_call_each(
+    vault_client: VaultClient, tenant: TenantKeys
+) -> None:
+    off = TransitBatcher(vault_client, enabled=False)
+    futures = [off.encrypt_soon(tenant.pan_key, b"off-%d" % i) for i in range(3)]
+    fingerprint = off.hmac_soon(tenant.fingerprint_key, b"off-0")
+    missing = off.hmac_soon("tessera-fp-no_such_tenant", b"x")
+    ciphertexts = [await f for f in futures]
+    assert (await fingerprint).startswith("vault:v1:")
+    with pytest.raises(VaultNotFoundError):
+        await missing
+    assert (off.calls, off.items, off.largest_batch) == (5, 5, 1)
+    assert await off.decrypt(tenant.pan_key, ciphertexts[2]) == b"off-2"
+    assert await fingerprint == await off.hmac(tenant.fingerprint_key, b"off-0")
+    # A dropped future that has not started makes no call; close waits for one in flight.
+    dropped = off.encrypt_soon(tenant.pan_key, b"dropped")
+    dropped.cancel()
+    in_flight = off.encrypt_soon(tenant.pan_key, b"in flight")
+    await asyncio.sleep(0)
+    await off.close()
+    assert in_flight.done() and in_flight.result().startswith("vault:v1:")
+    assert off.items == 8  # 5 + the decrypt, the hmac and "in flight"; "dropped" never went
+    with pytest.raises(VaultUnavailableError):
+        off.hmac_soon(tenant.fingerprint_key, b"late")

@@ -10,7 +10,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -39,8 +39,9 @@ from vault.cvv import CvvHolder
 from vault.database import open_database
 from vault.devserver import DevServer
 from vault.provisioning import ensure_tenant_keys, provision
-from vault.token_store import TokenStore
+from vault.token_store import TokenRecord, TokenStore
 from vault.tokenization import TokenizationService
+from vault.tokens import new_token
 
 # -- tokenize, get, search, delete ------------------------------------------------------------
 
@@ -253,6 +254,34 @@ async def test_collisions_that_never_end_fail_cleanly(
     assert caught.value.code == "token_allocation_failed"
 
 
+async def test_a_batch_item_without_a_free_id_fails_alone_after_every_attempt(
+    service: TokenizationService, store: TokenStore, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One shared insert, then the retries of the stuck item alone: ``_INSERT_ATTEMPTS`` in all."""
+    stuck = random_pan("411111")
+    taken, _ = await service.tokenize(tenant, card(stuck), token_format="numeric")
+    real_insert = store.insert_many
+    statements: list[int] = []
+
+    def next_token(token_format: str, card_pan: str) -> str:
+        return taken.id if card_pan == stuck else new_token(token_format, card_pan)  # type: ignore[arg-type]
+
+    async def counted_insert(records: Sequence[TokenRecord]) -> set[tuple[str, str]]:
+        statements.append(len(records))
+        return await real_insert(records)
+
+    monkeypatch.setattr(tokenization, "new_token", next_token)
+    monkeypatch.setattr(store, "insert_many", counted_insert)
+    first, failed, last = await service.tokenize_many(
+        tenant, [card(), card(stuck), card()], token_format="numeric"
+    )
+    assert isinstance(failed, TesseraError) and failed.code == "token_allocation_failed"
+    assert not isinstance(first, TesseraError) and not isinstance(last, TesseraError)
+    assert statements == [3] + [1] * (tokenization._INSERT_ATTEMPTS - 1)
+    assert await store.count(tenant) == 3
+    assert (await service.get(tenant, taken.id)).ciphertext == taken.ciphertext
+
+
 # -- batches and concurrency ------------------------------------------------------------------
 
 
@@ -431,8 +460,20 @@ async def test_vault_unreachable_fails_fast_and_stores_nothing(
     assert await store.count(tenant) == 0
 
 
+@pytest.fixture(params=["batching", "unbatched"])
+async def any_batcher(
+    request: pytest.FixtureRequest, vault_client: VaultClient
+) -> AsyncIterator[TransitBatcher]:
+    """A transit batcher with batching on, then off (one Vault call per item)."""
+    transit = TransitBatcher(vault_client, enabled=request.param == "batching")
+    try:
+        yield transit
+    finally:
+        await transit.close()
+
+
 async def test_a_failed_item_fails_the_token_and_leaves_no_stray_future(
-    store: TokenStore, audit: AuditLog, batcher: TransitBatcher
+    store: TokenStore, audit: AuditLog, any_batcher: TransitBatcher
 ) -> None:
     """Tenant keys missing: the HMAC and the encryption both fail. The first error is raised,
     and the second is consumed, not left for the loop to report as never retrieved."""
@@ -440,7 +481,7 @@ async def test_a_failed_item_fails_the_token_and_leaves_no_stray_future(
     reported: list[dict[str, object]] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     try:
-        service = TokenizationService(store, batcher, cvv=CvvHolder(), audit=audit)
+        service = TokenizationService(store, any_batcher, cvv=CvvHolder(), audit=audit)
         with pytest.raises(VaultError):
             await service.tokenize("vt_without_keys", card(cvc="123"))
         await asyncio.sleep(0.05)
@@ -453,27 +494,29 @@ async def test_a_failed_item_fails_the_token_and_leaves_no_stray_future(
 
 
 async def test_a_cancelled_tokenize_drops_its_vault_items(
-    store: TokenStore, audit: AuditLog, batcher: TransitBatcher, tenant: str
+    store: TokenStore, audit: AuditLog, any_batcher: TransitBatcher, tenant: str
 ) -> None:
     loop = asyncio.get_running_loop()
     reported: list[dict[str, object]] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
     try:
-        service = TokenizationService(store, batcher, cvv=CvvHolder(), audit=audit)
+        service = TokenizationService(store, any_batcher, cvv=CvvHolder(), audit=audit)
         task = asyncio.create_task(service.tokenize(tenant, card()))
         await asyncio.sleep(0)  # queued in both lanes, not sent yet
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        _, created = await service.tokenize(tenant, card())
+        record, created = await service.tokenize(tenant, card(holder_name="After"))
         gc.collect()
         await asyncio.sleep(0)
     finally:
         loop.set_exception_handler(None)
     assert created and await store.count(tenant) == 1
+    revealed = await service.reveal(tenant, record.id, purpose="test", actor="test")
+    assert revealed.holder_name == "After"
     # The HMAC it was waiting for was cancelled before its call left; at most the encryption,
     # already queued behind it, went (and its result was dropped).
-    assert batcher.items <= 3
+    assert any_batcher.items <= 4  # the second tokenize's 2, its reveal's decrypt, 1 dropped
     assert reported == []
 
 
