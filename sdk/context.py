@@ -32,7 +32,7 @@ from structlog.typing import FilteringBoundLogger
 from normalization import CardMethod, PaymentResult
 from sdk.credentials import Credentials
 from sdk.deadline import Deadline
-from sdk.egress import SCOPE_EXTENSION, EgressScope
+from sdk.egress import SCOPE_EXTENSION, EgressScope, content_length_header
 from sdk.error_map import ErrorMap
 from sdk.http import ProviderClient
 from sdk.manifest import Manifest
@@ -49,7 +49,6 @@ _LOGGER: FilteringBoundLogger = structlog.get_logger("tessera.sdk")
 #: Parsed provider URLs (a connector sends to the same few paths over and over).
 _parse_url = functools.lru_cache(maxsize=512)(httpx.URL)
 
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _FRAMING_HEADERS = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
 
@@ -113,20 +112,21 @@ def _direct_request(
     wire.extend(given)
     names = overridden | {name.lower() for name, _ in wire}
     body = b""
+    json_type = False
     if content is not None:
         if not isinstance(content, (bytes, str)):
             return None  # an iterable: httpx streams it
         body = content.encode("utf-8") if isinstance(content, str) else content
-        if body:
-            wire.append((b"Content-Length", str(len(body)).encode("ascii")))
     elif json is not None:
         body = _JSON_ENCODING(json)
-        wire.append((b"Content-Length", str(len(body)).encode("ascii")))
-        if b"content-type" not in names:
-            wire.append((b"Content-Type", b"application/json"))
+        json_type = b"content-type" not in names
     front = [(b"Host", url.netloc)]
-    if not body and method.upper() in _BODY_METHODS:
-        front.append((b"Content-Length", b"0"))
+    length = content_length_header(method, body)
+    if length is not None:
+        # where httpx puts it: after the headers for a body, right after Host for an empty one
+        (wire if body else front).append(length)
+    if json_type:
+        wire.append((b"Content-Type", b"application/json"))
     request = httpx.Request(
         method,
         url,

@@ -17,7 +17,8 @@
    credentials scrubbed.
 
 Per-call state travels in the request's extensions as an ``EgressScope``; the transport itself is
-shared by every call of one connector runtime.
+shared by every call of one connector runtime. ``content_length_header`` is the framing rule the
+detokenized copy shares with the requests ``CallContext.send`` builds.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 from urllib.parse import quote_plus
 from xml.sax.saxutils import escape as xml_escape
@@ -48,11 +48,18 @@ from sdk.revealer import TokenRevealer
 from sdk.scrubbing import Scrubber
 from sdk.transcript import Exchange, TranscriptRecorder, clip_body
 
-__all__ = ["SCOPE_EXTENSION", "EgressScope", "EgressTransport", "SendTracker"]
+__all__ = [
+    "SCOPE_EXTENSION",
+    "EgressScope",
+    "EgressTransport",
+    "SendTracker",
+    "content_length_header",
+]
 
 SCOPE_EXTENSION = "tessera.egress_scope"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 TraceCallback = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
@@ -99,6 +106,25 @@ class EgressScope:
     def may_have_reached_provider(self) -> bool:
         """Whether any request of this call may have reached the provider."""
         return any(t.may_have_reached_provider for t in self.trackers)
+
+
+def content_length_header(method: str, body: bytes) -> tuple[bytes, bytes] | None:
+    """The ``Content-Length`` header ``httpx.Request(method, url, content=body)`` adds: the
+    length of a body, ``0`` for an empty POST, PUT or PATCH, none for any other empty request.
+
+    The SDK builds its provider requests with ``httpx.Request(stream=...)``, which adds no
+    header at all, so the framing is the SDK's to add, by this rule: ``CallContext.send``
+    (``sdk.context``) for every request it builds, and ``EgressTransport`` for the detokenized
+    copy it sends. ``content=`` would frame them itself, but it re-parses every header to do it,
+    on the path of every payment: 21 against 12 us for a JSON request in ``CallContext.send``,
+    14 against 4 us for the egress copy (httpx 0.28, CPython 3.11). ``test_context`` checks
+    the result against what httpx builds.
+    """
+    if body:
+        return (b"Content-Length", str(len(body)).encode("ascii"))
+    if method.upper() in _BODY_METHODS:
+        return (b"Content-Length", b"0")
+    return None
 
 
 # -- substitution ---------------------------------------------------------------------------------
@@ -204,16 +230,18 @@ class EgressTransport(httpx.AsyncBaseTransport):
         trace = _tracing(tracker, extensions.get("trace"))
         if resolved:
             # A new request for the wire; ``request`` (placeholders only) is what the reply
-            # points back to, so no connector code ever holds the detokenized one.
+            # points back to, so no connector code ever holds the detokenized one. Its body is
+            # whole, so it is framed by its length alone (a streamed one came chunked).
             kind = _body_kind(request.headers.get("content-type", ""))
             content = _substitute(body, resolved, kind) if body else b""
             wire_headers = [
                 (name, _substitute(value, resolved, "header") if MARKER_PREFIX in value else value)
                 for name, value in headers
-                if name.lower() != b"content-length"
+                if name.lower() not in _BODY_FRAMING
             ]
-            if content or request.method in _BODY_METHODS:
-                wire_headers.append((b"Content-Length", str(len(content)).encode("ascii")))
+            length = content_length_header(request.method, content)
+            if length is not None:
+                wire_headers.append(length)
             outgoing = httpx.Request(
                 request.method,
                 url,
@@ -244,7 +272,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
                     await response.aclose()
             except httpx.HTTPError as exc:
                 raise transport_fault(exc, write_started=tracker.write_state) from exc
-            reply = httpx.Response(
+            return httpx.Response(
                 status,
                 # unchanged (the usual case): httpx copies its own Headers without re-parsing
                 headers=response.headers if response_headers is raw_headers else response_headers,
@@ -252,8 +280,6 @@ class EgressTransport(httpx.AsyncBaseTransport):
                 request=request,
                 extensions=response.extensions,
             )
-            reply.elapsed = timedelta(seconds=time.perf_counter() - started)
-            return reply
         except BaseException as exc:
             error = type(exc).__name__
             raise

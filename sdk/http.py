@@ -30,7 +30,9 @@ Per-request timeouts are derived from the call's deadline by ``CallContext.send`
 from __future__ import annotations
 
 import ssl
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +148,8 @@ class ProviderClient(httpx.AsyncClient):
       straight to the transport (the egress transport returns replies already read, checked and
       decoded): no auth flow, redirect loop, cookie extraction, stream wrapper or log line per
       call. Anything else takes httpx's own path. ``_transport_for_url`` is still asked for the
-      transport, so respx's ``httpx`` mocker works.
+      transport, so respx's ``httpx`` mocker works, and ``elapsed`` is set as httpx sets it
+      (from handing the request to the transport to the reply read), whatever the transport.
     """
 
     @property
@@ -183,6 +186,7 @@ class ProviderClient(httpx.AsyncClient):
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         if "timeout" not in request.extensions:
             request.extensions = {**request.extensions, "timeout": self.timeout.as_dict()}
+        started = time.perf_counter()
         response = await self._transport_for_url(request.url).handle_async_request(request)
         response.request = request
         if not response.is_stream_consumed:  # not the egress transport's: read it here
@@ -190,6 +194,7 @@ class ProviderClient(httpx.AsyncClient):
                 await response.aread()
             finally:
                 await response.aclose()
+        response.elapsed = timedelta(seconds=time.perf_counter() - started)
         return response
 
 

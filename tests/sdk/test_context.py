@@ -1,6 +1,7 @@
 """``CallContext.send`` builds its requests without ``AsyncClient.build_request`` (a fraction of
 the CPU): the result must be the request httpx would have built, header for header, byte for
-byte; where it cannot know that, it defers to httpx."""
+byte; where it cannot know that, it defers to httpx. The ``Content-Length`` rule it shares with
+the egress transport's detokenized copy is httpx's too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from sdk import HostPolicy, build_http_client
 from sdk.context import _direct_request
+from sdk.egress import content_length_header
 
 URL = httpx.URL("https://api.demo-acquirer.example:8443/v1/payments/pay_1?expand=x")
 TIMEOUT = httpx.Timeout(4.2, connect=1.5)
@@ -80,3 +82,14 @@ async def test_unusual_requests_are_left_to_httpx(headers: dict[str, Any]) -> No
 async def test_a_client_with_default_params_is_left_to_httpx() -> None:
     async with httpx.AsyncClient(params={"key": "v"}) as http:
         assert _direct_request(http, "GET", URL, None, None, {}, TIMEOUT) is None
+
+
+@pytest.mark.parametrize(
+    "method", ["GET", "HEAD", "DELETE", "OPTIONS", "POST", "PUT", "PATCH", "put"]
+)
+@pytest.mark.parametrize("body", [b"", b"x", b"{}" * 600])
+def test_content_length_is_what_httpx_frames(method: str, body: bytes) -> None:
+    built = httpx.Request(method, URL, content=body)
+    expected = [pair for pair in built.headers.raw if pair[0].lower() == b"content-length"]
+    header = content_length_header(method, body)
+    assert ([] if header is None else [header]) == expected

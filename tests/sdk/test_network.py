@@ -167,6 +167,32 @@ async def test_card_data_is_detokenized_on_the_wire(clients, network, canary, re
     assert response.elapsed.total_seconds() > 0
 
 
+async def test_a_streamed_body_is_detokenized_with_one_framing(
+    clients, network, canary, revealer
+) -> None:
+    """A streamed body (``Transfer-Encoding: chunked`` as httpx builds it) with card data is
+    re-framed as a whole one: ``Content-Length`` only, never beside ``Transfer-Encoding``."""
+    token, pan, _ = canary
+    server = await raw_server(answer_ok)
+    try:
+        ctx = context(client(clients, network), server.url, revealer=revealer)
+        card = ctx.card(CardMethod(token=token))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b'{"n": "'
+            yield card.number.encode()
+            yield b'"}'
+
+        await ctx.send("POST", "/p", content=chunks(), headers={"Content-Type": "application/json"})
+    finally:
+        await server.close()
+    head, _, body = server.bodies[0].partition(b"\r\n\r\n")
+    assert json.loads(body) == {"n": pan}
+    fields = head.lower().split(b"\r\n")[1:]
+    assert f"content-length: {len(body)}".encode() in fields
+    assert not any(f.startswith(b"transfer-encoding") for f in fields)
+
+
 # -- not_sent vs unknown --------------------------------------------------------------------------
 
 
@@ -508,6 +534,15 @@ async def test_respx_still_intercepts_under_the_egress_transport(clients, canary
     assert response.json() == {"id": "pay_1"}
     assert json.loads(route.calls.last.request.content) == {"number": pan}  # egress ran
     assert not httpcore_patched()
+
+
+async def test_elapsed_is_set_whatever_the_transport() -> None:
+    """``ProviderClient``'s short send sets ``elapsed`` as httpx's own send would, for any
+    transport, not only the egress transport."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(204))
+    async with ProviderClient(transport=transport, trust_env=False) as http:
+        response = await http.get("http://127.0.0.1:9/x")
+    assert response.elapsed.total_seconds() > 0
 
 
 async def test_mock_inner_transport(canary, revealer) -> None:
