@@ -116,12 +116,17 @@ class Migration:
 # - WAL checkpoints, which copy the log into the database file and fsync both. SQLite runs them on
 #   the committing connection (every 1,000 pages by default): that would be a commit on the loop
 #   that stalls for the disk now and then. The loop's connection has ``wal_autocheckpoint`` off; a
-#   thread with a connection of its own runs a PASSIVE checkpoint every ``checkpoint_interval``
-#   seconds when the log has changed, which never blocks a reader or a writer. The log starts
-#   over from its beginning at the first write after a checkpoint that copied all of it; should
-#   writes keep coming in while it copies so that this never happens and the log reaches
-#   ``_WAL_RESTART_FRAMES``, a RESTART checkpoint holds writers off (they wait in their threads,
-#   not on their loops) while it copies the rest, and the log starts over.
+#   thread with a connection of its own looks at the log every ``checkpoint_interval`` seconds
+#   and, when it has changed, runs PASSIVE checkpoints, which never block a reader or a writer:
+#   one after another while writes that came in during the last one remain (each has less to
+#   copy than the one before), up to ``_CATCH_UP_PASSES``. The log starts over from its beginning
+#   at the first write after a checkpoint that copied all of it, if no reader is in the log at
+#   that moment; under steady writes from several processes that seldom happens, so once a
+#   fully copied log is ``_TRY_RESTART_FRAMES`` long the thread starts it over itself with a
+#   RESTART checkpoint that waits for no one (busy timeout 0: it gives up at once if a writer or
+#   a reader is in the way, and holds the write lock only to sync and reset the log). Should the
+#   log still reach ``_WAL_RESTART_FRAMES``, a RESTART checkpoint that does wait holds writers
+#   off (they wait in their threads, not on their loops) until it can start the log over.
 # - Opening and closing (the last close checkpoints) run in a thread too.
 
 _log = logging.getLogger(__name__)
@@ -137,10 +142,24 @@ _BUSY_TIMEOUT = 5.0
 #: the holder, mostly RESTART checkpoints; docs/performance.md, third pass.)
 _BUSY_FIRST_SLEEP = 0.0002
 _BUSY_MAX_SLEEP = 0.002
-#: Seconds between two looks at the WAL by the checkpointer.
-_CHECKPOINT_INTERVAL = 1.0
-#: A WAL of this many frames (pages, 4 KiB each by default) gets a RESTART checkpoint.
+#: Seconds between two looks at the WAL by the checkpointer. A look costs a ``stat``; what it
+#: finds to copy is what was written since the last one, so a short interval keeps each
+#: checkpoint, and the log, small (tokenizing flat out writes ~15,000 frames a second).
+_CHECKPOINT_INTERVAL = 0.1
+#: PASSIVE checkpoints run back to back at most this many times per look, while the one before
+#: left frames written during it: each copies and syncs fewer pages than the last, so the log
+#: usually ends fully copied and starts over at the next write.
+_CATCH_UP_PASSES = 8
+#: A WAL of this many frames (pages, 4 KiB each by default) after the PASSIVE ones gets a
+#: RESTART checkpoint that waits for writers and readers, and holds writers off meanwhile. (With
+#: one-second looks and only these, tokenizing flat out met one every 1-3 s, and each held the
+#: other worker's writes for 10-60 ms; docs/performance.md, fourth pass.)
 _WAL_RESTART_FRAMES = 4096
+#: After PASSIVE checkpoints copied all of a log this long (frames), a RESTART that waits for no
+#: one (it gives up at once if a writer or reader is busy) starts it over.
+_TRY_RESTART_FRAMES = 1024
+#: How long a RESTART at ``_WAL_RESTART_FRAMES`` waits for the writer and readers of the moment.
+_RESTART_TIMEOUT_MS = 1000
 #: A WAL that grew past this during a burst is cut back to it when it is next reused (bytes).
 _JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 #: Bulk statements run in the database's thread rather than hold the loop for milliseconds:
@@ -317,22 +336,27 @@ class _SqliteTransaction:
 class _Checkpointer:
     """Checkpoints of one WAL database, from a thread with a connection of its own.
 
-    Every ``interval`` seconds, if the WAL file changed since the last checkpoint, a PASSIVE
-    checkpoint copies the committed frames into the database file: it takes no lock that a
-    reader or a writer waits for. Once the whole log is copied, the next writer starts the WAL
-    over from its beginning, so the log stays about as long as ``interval`` seconds of writes.
-    If it reaches ``_WAL_RESTART_FRAMES`` all the same (writes came in during every checkpoint),
-    a RESTART checkpoint makes writers wait while it copies the rest, so that it starts over."""
+    Every ``interval`` seconds, if the WAL file changed since the last checkpoint, PASSIVE
+    checkpoints copy the committed frames into the database file: they take no lock that a
+    reader or a writer waits for. While one leaves frames that were written during it, another
+    runs at once (up to ``_CATCH_UP_PASSES``); once the whole log is copied, the next writer
+    starts the WAL over from its beginning, so the log stays about as long as ``interval``
+    seconds of writes. A fully copied log of ``_TRY_RESTART_FRAMES`` or more is started over by
+    a RESTART that waits for no one (and gives up if anyone is in the way); one that reaches
+    ``_WAL_RESTART_FRAMES`` all the same gets a RESTART that makes writers wait."""
 
     def __init__(self, path: str, interval: float) -> None:
         self._path = path
         self._wal = path + "-wal"
         self._interval = interval
         self._stop = threading.Event()
-        #: Checkpoints run so far, and how many of them had to hold writers off (for tests and
-        #: diagnostics).
+        #: For tests and diagnostics: PASSIVE checkpoints run (each catch-up pass counted);
+        #: RESTARTs that held writers off; RESTARTs tried without waiting, and how many of
+        #: those started the log over.
         self.runs = 0
         self.restarts = 0
+        self.quick_tries = 0
+        self.quick_restarts = 0
         self._thread = threading.Thread(
             target=self._main, name=f"sqlite-checkpoint:{Path(path).name}", daemon=True
         )
@@ -350,6 +374,34 @@ class _Checkpointer:
         self._stop.set()
         self._thread.join()
 
+    def _checkpoint(self, conn: sqlite3.Connection) -> bool:
+        """PASSIVE checkpoints until one finds nothing new, then a RESTART if the log is long;
+        whether all of it was copied."""
+        frames, copied = -1, -1
+        for _ in range(_CATCH_UP_PASSES):
+            last = frames
+            # ``frames`` is the log's length when the checkpoint began: a pass that finds it
+            # unchanged copied everything there was (or a reader's snapshot holds the rest back).
+            _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.runs += 1
+            if frames == last or frames < 0 or self._stop.is_set():  # -1: another checkpoint
+                break
+        if frames >= _WAL_RESTART_FRAMES:
+            # Writers never left a moment to start the log over: make them.
+            self.restarts += 1
+            conn.execute(f"PRAGMA busy_timeout={_RESTART_TIMEOUT_MS}")
+            try:
+                _, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                conn.execute("PRAGMA busy_timeout=0")
+        elif frames >= _TRY_RESTART_FRAMES and copied >= frames:
+            # All copied: start the log over now if no writer or reader is in the way, waiting
+            # for none of them (busy timeout 0). Else the next writer may, or the next look.
+            self.quick_tries += 1
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            self.quick_restarts += not busy
+        return copied >= frames
+
     def _main(self) -> None:
         conn: sqlite3.Connection | None = None
         seen: tuple[int, int] | None = None
@@ -364,19 +416,12 @@ class _Checkpointer:
                     continue
                 try:
                     if conn is None:
-                        # The timeout is a RESTART's wait for the writer of the moment.
-                        conn = sqlite3.connect(self._path, isolation_level=None, timeout=1.0)
-                    _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if frames >= _WAL_RESTART_FRAMES:
-                        self.restarts += 1
-                        _, frames, copied = conn.execute(
-                            "PRAGMA wal_checkpoint(RESTART)"
-                        ).fetchone()
+                        conn = sqlite3.connect(self._path, isolation_level=None, timeout=0.0)
+                    complete = self._checkpoint(conn)
                 except sqlite3.Error as error:
                     _log.warning("WAL checkpoint of %s failed: %s", self._path, error)
                     continue
-                self.runs += 1
-                if copied >= frames:  # all of it (a reader's snapshot can hold frames back)
+                if complete:  # all of it (a reader's snapshot can hold frames back)
                     seen = mark  # as before the checkpoint: a write during it shows next time
         finally:
             if conn is not None:

@@ -514,6 +514,84 @@ async def test_passive_checkpoints_in_quiet_moments_keep_the_wal_small(path: Pat
         await db.close()
 
 
+def _log_frames(conn: sqlite3.Connection) -> int:
+    """How many frames the WAL holds (a PASSIVE checkpoint reports it, copying what it can)."""
+    return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+async def test_a_quick_restart_waits_for_no_reader(path: Path) -> None:
+    """A fully copied log is started over by a RESTART that waits for no one: while a reader is
+    in the log it gives up at once (one that waited would hold the write lock, so every writer,
+    until the reader left), and once the reader is gone it starts the log over."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(database, "_TRY_RESTART_FRAMES", 20)
+        db = await SqliteDatabase.open(str(path), checkpoint_interval=3600)  # driven by hand
+        checkpointer = db._checkpointer
+        assert checkpointer is not None
+        conn = sqlite3.connect(
+            str(path), isolation_level=None, timeout=0.0, check_same_thread=False
+        )
+        reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        try:
+            await db.execute(SCHEMA)
+            for i in range(40):
+                await db.execute("INSERT INTO items (name) VALUES ($1)", f"{i}-" + "x" * 1000)
+            reader.execute("BEGIN")
+            assert reader.execute("SELECT count(*) FROM items").fetchone()[0] == 40
+
+            start = time.monotonic()
+            assert await asyncio.to_thread(checkpointer._checkpoint, conn)  # all copied
+            assert time.monotonic() - start < 0.5  # a waiting RESTART would take its 1 s
+            assert (checkpointer.quick_tries, checkpointer.quick_restarts) == (1, 0)
+            assert checkpointer.restarts == 0
+            assert _log_frames(conn) >= 40  # not started over: the reader is in it
+
+            reader.execute("COMMIT")
+            assert await asyncio.to_thread(checkpointer._checkpoint, conn)
+            assert (checkpointer.quick_tries, checkpointer.quick_restarts) == (2, 1)
+            await db.execute("INSERT INTO items (name) VALUES ('after')")
+            assert _log_frames(conn) < 5  # the log started over from its beginning
+            assert await db.fetchval("SELECT count(*) FROM items") == 41
+            assert db.thread_runs == 0  # no write ever met a lock
+        finally:
+            reader.close()
+            conn.close()
+            await db.close()
+
+
+async def test_a_long_log_gets_a_restart_that_waits_for_the_reader(path: Path) -> None:
+    """Past ``_WAL_RESTART_FRAMES`` the RESTART waits (up to its timeout) for a reader to leave,
+    then starts the log over."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(database, "_WAL_RESTART_FRAMES", 20)
+        db = await SqliteDatabase.open(str(path), checkpoint_interval=3600)
+        checkpointer = db._checkpointer
+        assert checkpointer is not None
+        conn = sqlite3.connect(
+            str(path), isolation_level=None, timeout=0.0, check_same_thread=False
+        )
+        reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        try:
+            await db.execute(SCHEMA)
+            for i in range(40):
+                await db.execute("INSERT INTO items (name) VALUES ($1)", f"{i}-" + "x" * 1000)
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM items").fetchone()
+            leave = threading.Timer(0.2, reader.execute, ("COMMIT",))
+            leave.start()
+            start = time.monotonic()
+            assert await asyncio.to_thread(checkpointer._checkpoint, conn)
+            leave.join()
+            assert 0.15 < time.monotonic() - start < 1.0  # it waited for the reader, and no more
+            assert (checkpointer.restarts, checkpointer.quick_tries) == (1, 0)
+            await db.execute("INSERT INTO items (name) VALUES ('after')")
+            assert _log_frames(conn) < 5
+        finally:
+            reader.close()
+            conn.close()
+            await db.close()
+
+
 async def test_without_checkpoints_the_wal_grows(path: Path) -> None:
     """The control for the tests above: with the checkpointer idle (and SQLite's automatic
     checkpoints off on the loop's connection) the same writes leave a large WAL."""
