@@ -399,7 +399,11 @@ class NotificationDispatcher:
         self._ensure_open()
         if self._session is None:
             self._session = delivery_session(
-                allow_private_targets=self._allow_private, resolve_timeout=self._resolve_timeout
+                allow_private_targets=self._allow_private,
+                # The per-delivery deadline is ``request_timeout`` (asyncio.timeout in
+                # _deliver); the session's own limit must not cut a delivery shorter.
+                timeout=max(self._timeout, 15.0),
+                resolve_timeout=self._resolve_timeout,
             )
         return self._session
 
