@@ -32,7 +32,10 @@ registers a copy of the sandbox connector as ``backup`` (``sdk.register_connecto
 ``tests/gateway/test_payments_api.py`` does) and runs the app with an AppRunner
 (``gateway.server.run_gateway``), exactly as ``tessera serve`` does with one worker.
 
-Every gateway runs one worker process (the CVC held for a token lives in that process's memory).
+Every gateway runs one worker process (the CVC held for a token lives in that process's memory),
+except that ``--workers N`` gives the measured ``gateway`` N of them (SO_REUSEPORT, as ``tessera
+serve --workers N``): a payment that reaches another worker than the one its token was made on
+then goes without the CVC, the documented trade-off of several processes (``vault/cvv.py``).
 Tokens carry a CVC and are made just before each measured run through ``/v1/tokens/batch``; each
 payment consumes one. OpenBao (dev server), the simulator, five gateways and this load generator
 all share this machine's cores, as do other people's jobs: every run prints how busy the whole
@@ -224,6 +227,7 @@ class GatewaySpec:
     connectors: str  # TOML sections
     route: list[str]
     backup: bool  # needs the registered "backup" connector (this file's --gateway mode)
+    workers: int = 1
 
 
 @dataclass
@@ -247,7 +251,7 @@ def _write_config(path: Path, spec: GatewaySpec, *, port: int, db_url: str, bao:
 [server]
 host = "127.0.0.1"
 port = {port}
-workers = 1
+workers = {spec.workers}
 
 [database]
 url = "{db_url}"
@@ -575,10 +579,10 @@ async def _capacity(
 # -- main ---------------------------------------------------------------------------------------
 
 
-def _specs(sandbox_url: str, dead_url: str) -> list[GatewaySpec]:
+def _specs(sandbox_url: str, dead_url: str, workers: int) -> list[GatewaySpec]:
     live = _connector_section("sandbox", sandbox_url)
     return [
-        GatewaySpec("gateway", live, ["sandbox"], backup=False),
+        GatewaySpec("gateway", live, ["sandbox"], backup=False, workers=workers),
         GatewaySpec(
             "breaker open",
             _connector_section("sandbox", dead_url, breaker_fail_max=2, retry_attempts=1),
@@ -640,7 +644,7 @@ async def _start_all(
         )
     )
     gateways: dict[str, Gateway] = {}
-    for number, spec in enumerate(_specs(sandbox_url, dead_url)):
+    for number, spec in enumerate(_specs(sandbox_url, dead_url, args.workers)):
         db_url = f"sqlite:///{workdir / f'gw{number}.db'}"
         merchant_id, key = await _create_merchant(db_url)
         ensure_tenant_keys(bao.addr, bao.root_token, merchant_id)
@@ -800,7 +804,7 @@ def _summary(
         f"added p99 {added(f'gateway {lo}', f'direct {lo}', 99):+.2f} ms"
     )
     print(
-        f"gateway capacity (1 worker, closed loop): {cap_rate:,.0f} payments/s, "
+        f"gateway capacity ({args.workers} worker(s), closed loop): {cap_rate:,.0f} payments/s, "
         f"{cap_cpu:,.0f} us gateway CPU per payment"
     )
     # Since 2c0665d the gateway refuses before calling the runtime when every breaker is open
@@ -857,12 +861,21 @@ def main() -> None:
     parser.add_argument("--capacity-concurrency", type=int, default=16)
     parser.add_argument("--warmup", type=float, default=0.5, help="unrecorded seconds first (0.5)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of the measured gateway (1); with more, a payment reaching\n"
+        "another worker than its token's goes without the CVC (vault/cvv.py)",
+    )
     parser.add_argument("--log-level", default="INFO", help="gateways' log level (INFO)")
     parser.add_argument("--gateway", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gateway:
         _serve_with_backup(args.gateway, args.log_level)
         return
+    if not 1 <= args.workers <= 8:
+        parser.error("--workers: 1 to 8")
     rates_ok = 0 < args.low_rate <= args.rate <= 5000
     if not rates_ok or not 0 < args.seconds <= 30 or not 0 < args.low_seconds <= 60:
         parser.error("keep it bounded: 0 < low-rate <= rate <= 5000, seconds <= 30, <= 60 low")
@@ -871,7 +884,8 @@ def main() -> None:
         f"settings: open loop at {args.rate:g} payments/s for {args.seconds:g} s and at "
         f"{args.low_rate:g}/s for {args.low_seconds:g} s (+ {args.warmup:g} s warm-up each), "
         f"closed loop {args.capacity_concurrency} in flight for {args.capacity_seconds:g} s; "
-        f"{args.rounds} round(s); gateways: 1 worker, SQLite, log level {args.log_level}, "
+        f"{args.rounds} round(s); gateways: SQLite, 1 worker ('gateway': {args.workers}), "
+        f"log level {args.log_level}, "
         "an Idempotency-Key on every payment; the sandbox simulator, OpenBao, 5 gateways and "
         "this generator share the 2 cores with other people's work\n"
     )
