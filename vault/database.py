@@ -139,7 +139,8 @@ _BUSY_TIMEOUT = 5.0
 #: sleeps 1, 2, 5, 10, 15, 20, 25, ... ms, so a lock released just after one of its longer sleeps
 #: began could be waited for up to ~20 ms longer than needed; these sleeps overshoot by 2 ms at
 #: most, and let a cancelled caller go within 2 ms. (Measured: the waits themselves are set by
-#: the holder, mostly RESTART checkpoints; docs/performance.md, third pass.)
+#: the holder: RESTART checkpoints in the third pass, the other worker's own transactions since
+#: the fourth; docs/performance.md.)
 _BUSY_FIRST_SLEEP = 0.0002
 _BUSY_MAX_SLEEP = 0.002
 #: Seconds between two looks at the WAL by the checkpointer. A look costs a ``stat``; what it
