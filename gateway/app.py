@@ -28,12 +28,7 @@ from gateway.connector_pool import ConnectorPool, VaultRevealer
 from gateway.merchants import ApiKeyCache, AuthFailureLimiter, Merchant, MerchantStore
 from gateway.observability import GatewayMetrics
 from gateway.payment_service import PaymentService
-from gateway.payments import (
-    IdempotencyStore,
-    NotificationDispatcher,
-    Outbox,
-    PaymentStore,
-)
+from gateway.payments import IdempotencyStore, NotificationDispatcher, Outbox, PaymentStore
 from gateway.problems import HttpProblem, problem_response, status_for, validation_problem
 from gateway.reconciliation import run_reconciler
 from gateway.routing import Router

@@ -463,17 +463,14 @@ class TokenizationService:
         The first insert shares a statement with concurrent requests (group commit); the rare
         retries go alone, ``_INSERT_ATTEMPTS`` inserts in all.
         """
-        if len(records) == 1:
-            # One card (POST /v1/tokens): nearly always inserted at the first try, which then
-            # costs none of the bookkeeping that conflicts need.
-            inserted = await self._inserts.insert(records)
-            if (tenant, records[0].id) in inserted:
-                return [(records[0], True)]
-            current = list(records)
-        else:
-            current = list(records)
+        current = list(records)
+        if len(current) > 1:
             self._redraw_duplicate_ids(current, range(len(current)), pans)
-            inserted = await self._inserts.insert(current)
+        inserted = await self._inserts.insert(current)
+        if len(current) == 1 and (tenant, current[0].id) in inserted:
+            # One card (POST /v1/tokens), inserted at the first try as nearly always: none of
+            # the bookkeeping that conflicts need.
+            return [(current[0], True)]
         outcomes: list[tuple[TokenRecord, bool] | TesseraError | None] = [None] * len(current)
         pending = list(range(len(current)))
         attempts = 1

@@ -400,9 +400,7 @@ class NotificationDispatcher:
         if self._session is None:
             self._session = delivery_session(
                 allow_private_targets=self._allow_private,
-                # The per-delivery deadline is ``request_timeout`` (asyncio.timeout in
-                # _deliver); the session's own limit must not cut a delivery shorter.
-                timeout=max(self._timeout, 15.0),
+                timeout=self._timeout,
                 resolve_timeout=self._resolve_timeout,
             )
         return self._session

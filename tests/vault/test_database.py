@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -519,26 +520,44 @@ def _log_frames(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
 
 
+@dataclass
+class LogWithReader:
+    db: SqliteDatabase
+    checkpointer: database._Checkpointer
+    conn: sqlite3.Connection  # the test's own, to drive ``_checkpoint`` from a thread
+    reader: sqlite3.Connection  # in a read transaction over the 40 rows
+
+
+@asynccontextmanager
+async def log_with_reader(path: Path) -> AsyncIterator[LogWithReader]:
+    """40 one-row commits of 1 KB in the WAL, no checkpoint run yet (the checkpointer is idle
+    and driven by hand), and a reader in the log."""
+    db = await SqliteDatabase.open(str(path), checkpoint_interval=3600)
+    checkpointer = db._checkpointer
+    assert checkpointer is not None
+    conn = sqlite3.connect(str(path), isolation_level=None, timeout=0.0, check_same_thread=False)
+    reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    try:
+        await db.execute(SCHEMA)
+        for i in range(40):
+            await db.execute("INSERT INTO items (name) VALUES ($1)", f"{i}-" + "x" * 1000)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM items").fetchone()[0] == 40
+        yield LogWithReader(db, checkpointer, conn, reader)
+    finally:
+        reader.close()
+        conn.close()
+        await db.close()
+
+
 async def test_a_quick_restart_waits_for_no_reader(path: Path) -> None:
     """A fully copied log is started over by a RESTART that waits for no one: while a reader is
     in the log it gives up at once (one that waited would hold the write lock, so every writer,
     until the reader left), and once the reader is gone it starts the log over."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(database, "_TRY_RESTART_FRAMES", 20)
-        db = await SqliteDatabase.open(str(path), checkpoint_interval=3600)  # driven by hand
-        checkpointer = db._checkpointer
-        assert checkpointer is not None
-        conn = sqlite3.connect(
-            str(path), isolation_level=None, timeout=0.0, check_same_thread=False
-        )
-        reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        try:
-            await db.execute(SCHEMA)
-            for i in range(40):
-                await db.execute("INSERT INTO items (name) VALUES ($1)", f"{i}-" + "x" * 1000)
-            reader.execute("BEGIN")
-            assert reader.execute("SELECT count(*) FROM items").fetchone()[0] == 40
-
+        async with log_with_reader(path) as log:
+            checkpointer, conn = log.checkpointer, log.conn
             start = time.monotonic()
             assert await asyncio.to_thread(checkpointer._checkpoint, conn)  # all copied
             assert time.monotonic() - start < 0.5  # a waiting RESTART would take its 1 s
@@ -546,17 +565,13 @@ async def test_a_quick_restart_waits_for_no_reader(path: Path) -> None:
             assert checkpointer.restarts == 0
             assert _log_frames(conn) >= 40  # not started over: the reader is in it
 
-            reader.execute("COMMIT")
+            log.reader.execute("COMMIT")
             assert await asyncio.to_thread(checkpointer._checkpoint, conn)
             assert (checkpointer.quick_tries, checkpointer.quick_restarts) == (2, 1)
-            await db.execute("INSERT INTO items (name) VALUES ('after')")
+            await log.db.execute("INSERT INTO items (name) VALUES ('after')")
             assert _log_frames(conn) < 5  # the log started over from its beginning
-            assert await db.fetchval("SELECT count(*) FROM items") == 41
-            assert db.thread_runs == 0  # no write ever met a lock
-        finally:
-            reader.close()
-            conn.close()
-            await db.close()
+            assert await log.db.fetchval("SELECT count(*) FROM items") == 41
+            assert log.db.thread_runs == 0  # no write ever met a lock
 
 
 async def test_a_long_log_gets_a_restart_that_waits_for_the_reader(path: Path) -> None:
@@ -564,32 +579,17 @@ async def test_a_long_log_gets_a_restart_that_waits_for_the_reader(path: Path) -
     then starts the log over."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(database, "_WAL_RESTART_FRAMES", 20)
-        db = await SqliteDatabase.open(str(path), checkpoint_interval=3600)
-        checkpointer = db._checkpointer
-        assert checkpointer is not None
-        conn = sqlite3.connect(
-            str(path), isolation_level=None, timeout=0.0, check_same_thread=False
-        )
-        reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        try:
-            await db.execute(SCHEMA)
-            for i in range(40):
-                await db.execute("INSERT INTO items (name) VALUES ($1)", f"{i}-" + "x" * 1000)
-            reader.execute("BEGIN")
-            reader.execute("SELECT count(*) FROM items").fetchone()
-            leave = threading.Timer(0.2, reader.execute, ("COMMIT",))
+        async with log_with_reader(path) as log:
+            checkpointer, conn = log.checkpointer, log.conn
+            leave = threading.Timer(0.2, log.reader.execute, ("COMMIT",))
             leave.start()
             start = time.monotonic()
             assert await asyncio.to_thread(checkpointer._checkpoint, conn)
             leave.join()
             assert 0.15 < time.monotonic() - start < 1.0  # it waited for the reader, and no more
             assert (checkpointer.restarts, checkpointer.quick_tries) == (1, 0)
-            await db.execute("INSERT INTO items (name) VALUES ('after')")
+            await log.db.execute("INSERT INTO items (name) VALUES ('after')")
             assert _log_frames(conn) < 5
-        finally:
-            reader.close()
-            conn.close()
-            await db.close()
 
 
 async def test_without_checkpoints_the_wal_grows(path: Path) -> None:
