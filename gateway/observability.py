@@ -1,13 +1,23 @@
 """Structured logs with a redaction layer, and the gateway's Prometheus metrics.
 
 Logs are JSON lines (structlog). Before anything is rendered, ``redact_card_data`` masks every
-run of 12-19 digits (plain, spaced or dashed) that passes Luhn, and blanks values whose key names
-a secret (``cvc``, ``number``, ``authorization``, ``api_key``, ...). Code should never log card
-data in the first place; this layer is the safety net, and it is tested.
+run of 12-19 digits (plain, spaced or dashed, any script) that passes Luhn, hides a security code
+written next to its name (``'cvc': '123'``, ``card[cvc]=123``, ``CVC 123 does not match``) and
+the input a pydantic error quotes (``input_value=...``), and blanks values whose key names a
+secret (``cvc``, ``card_cvv``, ``number``, ``authorization``, ``api_key``, ...). Values of every
+type go through it: bytes, floats, sets, dict keys and arbitrary objects (rendered as their
+``repr``, as the JSON renderer would) included.
+
+Records of the standard library's loggers (aiohttp, asyncio, this project's stdlib loggers) go
+through the same chain, exception tracebacks (``exc_info``, chained causes included) rendered
+first and then redacted; ``warnings`` are routed to logging, so a warning quoting a value is
+redacted too instead of being printed to stderr. Code should never log card data in the first
+place; this layer is the safety net, and it is tested (``tests/test_leaks_logging.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -19,7 +29,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from normalization.cards import luhn_valid, mask_pan
+from normalization.redaction import redact_card_text
 
 __all__ = [
     "GatewayMetrics",
@@ -29,49 +39,76 @@ __all__ = [
     "redact_text",
 ]
 
-_CANDIDATE_RE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,18}(?![0-9])")
 _SECRET_KEYS = frozenset(
     {
         "number",
         "pan",
-        "card_number",
+        "cardnumber",
         "cvc",
         "cvv",
         "cvc2",
-        "security_code",
+        "cvv2",
+        "securitycode",
         "authorization",
-        "api_key",
+        "apikey",
         "secret",
-        "secret_id",
+        "secretid",
         "password",
-        "token_value",
-        "x-vault-token",
+        "tokenvalue",
+        "xvaulttoken",
     }
 )
+#: A key holding one of these (once lower-cased, separators dropped) names a secret too.
+_SECRET_KEY_PARTS = ("cvc", "cvv", "securitycode", "cardnumber", "password")
+_KEY_SEPARATORS_RE = re.compile(r"[^a-z0-9]")
+#: pydantic's error text quotes the rejected input: ``[type=..., input_value='...', ...]``.
+_PYDANTIC_INPUT_RE = re.compile(r"input_value=.*?(?=, input_type=)")
+#: Keys ``structlog.stdlib.ProcessorFormatter`` adds for itself (and removes before rendering).
+_FORMATTER_KEYS = frozenset({"_record", "_from_structlog"})
+#: Containers nested deeper than this are rendered as text (and redacted as such).
+_MAX_DEPTH = 16
+_BIG_NUMBER = 10**11
 
 
 def redact_text(text: str) -> str:
-    """Mask every Luhn-valid 12-19 digit run in ``text`` (separators allowed)."""
-
-    def mask(match: re.Match[str]) -> str:
-        digits = re.sub(r"[ -]", "", match.group(0))
-        return mask_pan(digits) if luhn_valid(digits) else match.group(0)
-
-    return _CANDIDATE_RE.sub(mask, text)
+    """Mask every Luhn-valid 12-19 digit run in ``text`` (separators allowed, any script), hide
+    security codes written next to their name and the inputs pydantic errors quote."""
+    if "input_value=" in text:
+        text = _PYDANTIC_INPUT_RE.sub("input_value=[hidden]", text)
+    return redact_card_text(text)
 
 
-def _redact_value(key: str, value: Any) -> Any:
-    if key.lower() in _SECRET_KEYS:
-        return "[redacted]"
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    name = _KEY_SEPARATORS_RE.sub("", key.lower())
+    return name in _SECRET_KEYS or any(part in name for part in _SECRET_KEY_PARTS)
+
+
+def _redact(value: Any, depth: int = 0) -> Any:
+    """``value`` with card data redacted, in a shape the JSON renderer takes as it is."""
+    if value is None or isinstance(value, bool):
+        return value
     if isinstance(value, str):
         return redact_text(value)
-    if isinstance(value, dict):
-        return {k: _redact_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_redact_value(key, v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 10**11:
-        return redact_text(str(value))
-    return value
+    if isinstance(value, int | float):
+        return value if -_BIG_NUMBER < value < _BIG_NUMBER else redact_text(str(value))
+    if depth < _MAX_DEPTH:
+        if isinstance(value, dict):
+            return {
+                redact_text(str(k)): _redact_value(str(k), v, depth + 1) for k, v in value.items()
+            }
+        if isinstance(value, list | tuple | set | frozenset):
+            return [_redact(v, depth + 1) for v in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return redact_text(repr(bytes(value)))
+    structlog_repr = getattr(value, "__structlog__", None)
+    return redact_text(structlog_repr() if callable(structlog_repr) else repr(value))
+
+
+def _redact_value(key: str, value: Any, depth: int = 0) -> Any:
+    if _is_secret_key(key):
+        return "[redacted]"
+    return _redact(value, depth)
 
 
 def redact_card_data(
@@ -79,7 +116,8 @@ def redact_card_data(
 ) -> MutableMapping[str, Any]:
     """structlog processor: the redaction layer."""
     for key in list(event_dict):
-        event_dict[key] = _redact_value(key, event_dict[key])
+        if key not in _FORMATTER_KEYS:
+            event_dict[key] = _redact_value(key, event_dict[key])
     return event_dict
 
 
@@ -102,12 +140,18 @@ def configure_logging(level: str = "INFO", *, stream: Any = None) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processor=structlog.processors.JSONRenderer(),
-            foreign_pre_chain=[*shared[:2], shared[2], redact_card_data],
+            # The whole chain, ``format_exc_info`` included: a record's ``exc_info`` is rendered
+            # as a traceback and then redacted (left to the renderer, it came out as the raw
+            # ``repr`` of the exception, whatever its message held).
+            foreign_pre_chain=shared,
         )
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # ``warnings.warn`` text (pydantic's serializer quotes the value it did not expect) goes to
+    # the ``py.warnings`` logger, through the redaction, instead of straight to stderr.
+    logging.captureWarnings(True)
     # One line per provider request is the SDK's job (connector_call); httpx's own is noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)

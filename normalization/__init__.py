@@ -76,6 +76,11 @@ from normalization.money import (
     currency_exponent,
     known_currencies,
 )
+from normalization.redaction import (
+    redact_card_numbers,
+    redact_card_text,
+    redact_security_codes,
+)
 from normalization.requests import (
     AuthorizeRequest,
     CaptureRequest,
@@ -191,6 +196,9 @@ __all__ = [
     "luhn_valid",
     "mask_pan",
     "pydantic_error",
+    "redact_card_numbers",
+    "redact_card_text",
+    "redact_security_codes",
     "reraise_for_pydantic",
     "scrub_validation_error",
     "scrubbing_validator",

@@ -6,6 +6,11 @@ Every connector call ends in exactly one ``Outcome``:
 - ``declined``: the provider answered and refused (``decline`` says why). A business outcome.
 - ``not_sent``: nothing reached the provider; safe to retry or fail over.
 - ``unknown``: the provider may have acted; never retried blindly, reconciled by sync/webhook.
+
+Provider text kept on a result (a decline's message and provider code, the raw status) goes
+through ``normalization.redaction`` whichever way the result is built: a provider that echoes
+the card number or the security code in its message ("Card 4000...0002 declined", "CVC 123
+does not match") cannot put them in the payments table, the API or a merchant notification.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from normalization.errors import InvalidRequestError
 from normalization.money import Money
+from normalization.redaction import redact_card_text
 from normalization.validation import DomainModel, reraise_for_pydantic
 
 __all__ = [
@@ -84,12 +90,16 @@ class DeclineCode(StrEnum):
     PROCESSING_ERROR = "processing_error"
 
 
+#: Free text from a provider: card numbers masked, security codes next to their name hidden.
+ProviderText = Annotated[str, AfterValidator(redact_card_text)]
+
+
 class Decline(DomainModel):
     """Why a provider refused: a normalized code, a message, and the provider's raw code."""
 
     code: DeclineCode
-    message: Annotated[str, Field(max_length=500)] = ""
-    provider_code: Annotated[str | None, Field(max_length=100)] = None
+    message: Annotated[ProviderText, Field(max_length=500)] = ""
+    provider_code: Annotated[ProviderText | None, Field(max_length=100)] = None
 
 
 class NextAction(DomainModel):
@@ -113,7 +123,7 @@ class PaymentResult(DomainModel):
     amount_refunded: Money | None = None
     decline: Decline | None = None
     next_action: NextAction | None = None
-    raw_status: Annotated[str | None, Field(max_length=100)] = None
+    raw_status: Annotated[ProviderText | None, Field(max_length=100)] = None
 
     @model_validator(mode="after")
     @reraise_for_pydantic

@@ -4,10 +4,14 @@ Three layers, applied in order by ``Scrubber.scrub_text``:
 
 1. known secrets (credential values, revealed PANs) replaced by ``[REDACTED]``, whatever
    surrounds them;
-2. a sweep for anything shaped like a PAN (12-19 digits, optionally grouped by spaces or dashes)
-   that passes Luhn, replaced by its mask (BIN and last four at most);
+2. a sweep for anything shaped like a PAN (12-19 digits of any script, optionally grouped by
+   spaces or dashes) that passes Luhn, replaced by its mask (BIN and last four at most);
 3. values of security-code and secret-looking keys (``cvc``, ``card[cvc]``, ``<cvv>``,
-   ``"password"``, ...) in JSON, form and XML text, replaced by ``***``.
+   ``"password"``, and JSON keys naming a security code in any way: ``"card_cvc"``,
+   ``"cardCvv"``, ``"security_code"``) in JSON, form and XML text, replaced by ``***``;
+4. a security code written next to its name anywhere else, as providers do in their messages
+   (``"CVC 123 does not match"``, ``cvv2: 123``): the digits become ``***``
+   (``normalization.redaction``).
 
 Headers are scrubbed by name (``Authorization``, cookies, API-key headers) and then as text.
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from normalization import luhn_valid, mask_pan
+from normalization.redaction import redact_card_numbers, redact_security_codes
 
 __all__ = ["REDACTED", "SENSITIVE_HEADERS", "SENSITIVE_KEYS", "Scrubber"]
 
@@ -56,24 +60,21 @@ SENSITIVE_KEYS = (
     "refresh_token",
 )
 
-_PAN_CANDIDATE = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,18}(?![0-9])", re.ASCII)
 _KEYS = "|".join(re.escape(k) for k in sorted(SENSITIVE_KEYS, key=len, reverse=True))
 # "cvc": "123"  /  "cvc":123
 _JSON_KEY = re.compile(rf'("(?:{_KEYS})"\s*:\s*)("(?:[^"\\]|\\.)*"|[0-9]+)', re.IGNORECASE)
+# Any other key naming a security code, with a code as its value: "card_cvc": "123",
+# "cardCvv": 123 ("cvc_check": "pass" is left alone). Quoted in the result: the document parses.
+_JSON_CODE_KEY = re.compile(
+    r'("[^"\\]{0,40}(?:cvc|cvv|security_?code)[^"\\]{0,40}"\s*:\s*)("\s*[0-9]{3,4}\s*"|[0-9]{3,4}(?![0-9]))',
+    re.IGNORECASE,
+)
 # cvc=123, card[cvc]=123, card%5Bcvc%5D=123
 _FORM_KEY = re.compile(
     rf"((?:^|[&?])(?:[^=&\s]*?(?:\[|%5B))?(?:{_KEYS})(?:\]|%5D)?=)([^&\s]*)", re.IGNORECASE
 )
 # <cvc>123</cvc>, <ns:cvv>123</ns:cvv>
 _XML_KEY = re.compile(rf"(<(?:[A-Za-z0-9_]+:)?(?:{_KEYS})>)([^<]*)(</)", re.IGNORECASE)
-
-
-def _mask_candidate(match: re.Match[str]) -> str:
-    text = match.group(0)
-    digits = text.replace(" ", "").replace("-", "")
-    if 12 <= len(digits) <= 19 and luhn_valid(digits):
-        return mask_pan(digits)
-    return text
 
 
 class Scrubber:
@@ -92,10 +93,12 @@ class Scrubber:
     def scrub_text(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
-        text = _PAN_CANDIDATE.sub(_mask_candidate, text)
+        text = redact_card_numbers(text)
         text = _JSON_KEY.sub(lambda m: f'{m.group(1)}"***"', text)
+        text = _JSON_CODE_KEY.sub(lambda m: f'{m.group(1)}"***"', text)
         text = _FORM_KEY.sub(lambda m: f"{m.group(1)}***", text)
-        return _XML_KEY.sub(lambda m: f"{m.group(1)}***{m.group(3)}", text)
+        text = _XML_KEY.sub(lambda m: f"{m.group(1)}***{m.group(3)}", text)
+        return redact_security_codes(text)
 
     def scrub_headers(
         self, headers: Iterable[tuple[str, str]], extra_sensitive: Iterable[str] = ()

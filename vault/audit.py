@@ -21,7 +21,8 @@ ticket, Vault KV) and pass it back to ``verify(anchor=...)``, which then also pr
 entries up to the anchor are the ones that were exported.
 
 No card data goes in: every text field is checked, and one holding a Luhn-valid run of 12-19
-digits (spaces and dashes allowed), or any longer run, is refused. Numeric tokens fail Luhn, so
+digits (of any script; whitespace, dashes, dots, slashes or underscores allowed between them), or
+any longer run, is refused. Numeric tokens fail Luhn, so
 they pass.
 """
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -105,15 +107,21 @@ _PG_GUARD_TRIGGER = (
 _READ_HEAD = "SELECT seq, hash FROM vault_audit_head WHERE id = 1"
 _READ_HEAD_FOR_UPDATE = "SELECT seq, hash FROM vault_audit_head WHERE id = 1 FOR UPDATE"
 
-_CARD_RUN_RE = re.compile(r"[0-9](?:[ -]?[0-9])+", re.ASCII)
+# Digits of any script (a full-width PAN is still the PAN), with up to two separators between
+# them: whitespace, dashes, dots, slashes or underscores, as card numbers get written.
+_CARD_RUN_RE = re.compile(r"\d(?:[\s./_-]{0,2}\d)+")
+_NOT_DIGITS_RE = re.compile(r"\D")
 
 
 def contains_card_number(text: str) -> bool:
-    """True if ``text`` may hold a PAN: a run of 12-19 digits (spaces and dashes allowed between
-    them) passing Luhn, or any longer run, which could hide one."""
+    """True if ``text`` may hold a PAN: a run of 12-19 digits (of any script; whitespace, dashes,
+    dots, slashes or underscores allowed between them) passing Luhn, or any longer run, which
+    could hide one."""
     for match in _CARD_RUN_RE.finditer(text):
-        digits = match.group().replace(" ", "").replace("-", "")
-        if len(digits) > 19 or (len(digits) >= 12 and luhn_valid(digits)):
+        run = _NOT_DIGITS_RE.sub("", match.group())
+        if len(run) > 19:
+            return True
+        if len(run) >= 12 and luhn_valid("".join(str(unicodedata.decimal(c)) for c in run)):
             return True
     return False
 

@@ -182,7 +182,14 @@ def _payload(pan: str, holder_name: str | None) -> bytes:
 
 
 def _parse_payload(plaintext: bytes) -> tuple[str, str | None]:
-    pan, separator, holder_name = plaintext.decode().partition("\n")
+    try:
+        text = plaintext.decode()
+    except UnicodeDecodeError:
+        # Its repr and ``object`` hold the raw bytes, PAN included: not raised, not chained.
+        text = None
+    if text is None:
+        raise VaultError("The vault returned a card payload that does not decode.")
+    pan, separator, holder_name = text.partition("\n")
     return pan, holder_name if separator else None
 
 
