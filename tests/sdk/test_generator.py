@@ -34,8 +34,8 @@ def check(result: subprocess.CompletedProcess[str]) -> None:
 @pytest.mark.parametrize(
     ("name", "category", "slug", "tests"),
     [
-        ("acme", "card-acquirer", "acme", 8),
-        ("Moov-Like Rail", "bank-rail", "moov_like_rail", 8),
+        ("acme", "card-acquirer", "acme", 9),
+        ("Moov-Like Rail", "bank-rail", "moov_like_rail", 9),
         ("open_bank_x", "open-banking", "open_bank_x", 6),
     ],
 )
@@ -52,6 +52,7 @@ def test_generated_project_passes_ruff_mypy_and_its_tests(
         "simulator.py",
     }
     assert (project / "cassettes").is_dir()
+    assert (project / "sandboxes" / "simulator.json").is_file()
 
     check(run([str(BIN / "ruff"), "check", "--no-cache", "."], project))
     check(run([str(BIN / "ruff"), "format", "--check", "--no-cache", "."], project))
@@ -102,6 +103,68 @@ def test_installed_project_is_found_through_the_entry_point(tmp_path: Path) -> N
     )
     check(listing)
     assert any(line.startswith("acme ") for line in listing.stdout.splitlines())
+
+
+CONFORMANCE_RUN = (sys.executable, "-m", "conformance", "run", "--connector")
+PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider")
+PIP_INSTALL = (sys.executable, "-m", "pip", "install", "-q", "--no-deps")
+
+
+def install(project: Path, site: Path) -> None:
+    check(
+        run(
+            [*PIP_INSTALL, "--target", str(site), str(project)],
+            project.parent,
+        )
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "category", "conformant"),
+    [("acme", "card-acquirer", True), ("rail", "bank-rail", True), ("obx", "open-banking", False)],
+)
+def test_installed_project_registers_its_simulator_for_the_conformance_kit(
+    tmp_path: Path, name: str, category: str, conformant: bool
+) -> None:
+    """The guide's conformance step, as written: the simulator is found through the
+    ``tessera.simulators`` entry point, and with the generated sandbox profile (the simulator's
+    API key and magic values) the kit passes, faults included, from the CLI and from pytest."""
+    project = generate_connector(name, category, tmp_path).parent
+    site = tmp_path / "site"
+    install(project, site)
+    found = run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from aiohttp import web\n"
+            "from conformance.simulators import find_simulator\n"
+            "factory = find_simulator(sys.argv[1])\n"
+            "assert factory is not None and isinstance(factory(), web.Application)",
+            name,
+        ],
+        tmp_path,
+        PYTHONPATH=str(site),
+    )
+    check(found)
+    if not conformant:
+        return
+    profile = str(project / "sandboxes" / "simulator.json")
+    cli = run(
+        [*CONFORMANCE_RUN, name, "--overrides", profile, "--faults", "--quiet"],
+        project,
+        PYTHONPATH=str(site),
+    )
+    check(cli)
+    assert f"{name} ({category}, simulator): PASSED" in cli.stdout
+    plugin = run(
+        [*PYTEST, "--tessera-connector", name, "--tessera-overrides", profile],
+        project,
+        PYTHONPATH=str(site),
+    )
+    check(plugin)
+    assert "failed" not in plugin.stdout
 
 
 def test_names_and_categories_are_checked(tmp_path: Path) -> None:
