@@ -47,6 +47,7 @@ def compute_coverage(declared: Iterable[str], results: Iterable[ScenarioResult])
         declared=declared_list,
         covered_by={cap: [] for cap in declared_list},
         attempted_by={cap: [] for cap in declared_list},
+        skipped_by={cap: [] for cap in declared_list},
     )
     for result in results:
         for cap in result.covers:
@@ -56,4 +57,6 @@ def compute_coverage(declared: Iterable[str], results: Iterable[ScenarioResult])
                 report.covered_by[cap].append(result.scenario_id)
             elif result.verdict is Verdict.FAILED:
                 report.attempted_by[cap].append(result.scenario_id)
+            else:
+                report.skipped_by[cap].append(f"{result.scenario_id} ({result.reason})")
     return report

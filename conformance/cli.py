@@ -4,13 +4,15 @@
     run --connector NAME [--profile P] [--mode simulator|replay|live] [--base-url URL]
         [--openapi SPEC] [--faults] [--junit F] [--json F] [--html F]
         [--overrides FILE]... [--cassettes DIR] [--record] [--vault-path MOUNT/PATH]
-        [--select PATTERN]... [--quiet]
+        [--select PATTERN]... [--quiet | --verbose]
 
 ``add_arguments(parser)`` adds them to any ``argparse`` parser; ``run(args)`` runs and returns
 the exit code: 0 every scenario passed and every declared capability is covered, 1 anything
-failed (a scenario, coverage, a leak), 2 the run could not start (usage, setup), 3 the live
-sandbox failed its preflight (skipped: sandbox unhealthy). Progress goes to stdout as each
-scenario finishes; the summary names every problem.
+failed (a scenario, coverage, a leak), 2 the run could not start (usage, setup: an unknown
+connector, a bad sandbox profile, an option the mode would ignore, a replay without cassettes,
+``--select`` matching nothing, missing live credentials, a report path that cannot be written)
+or its reports could not be written, 3 the live sandbox failed its preflight (skipped: sandbox
+unhealthy). Progress goes to stdout as each scenario finishes; the summary names every problem.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,7 +142,9 @@ def _summary(report: RunReport, out: TextIO, written: dict[str, Path]) -> None:
     if report.skip_reason:
         out.write(f"skipped: {report.skip_reason}\n")
     covered = len(report.coverage.declared) - len(report.coverage.uncovered)
-    if report.coverage.declared:
+    if report.coverage_skip is not None and report.skip_reason is None:
+        out.write(f"coverage: {report.coverage_skip}\n")
+    elif report.coverage.declared:
         out.write(f"coverage: {covered}/{len(report.coverage.declared)} declared capabilities\n")
     for problem in report.problems():
         out.write(f"  - {problem}\n")
@@ -173,21 +178,48 @@ def run(args: argparse.Namespace) -> int:
     from conformance.runner import ConformanceRun
 
     out, err = sys.stdout, sys.stderr
+    paths = {
+        name: path
+        for name, path in (("junit", args.junit), ("json", args.json), ("html", args.html))
+        if path is not None
+    }
     try:
+        _check_report_paths(paths)
         conformance = ConformanceRun(_config(args), progress=_progress(out, args.quiet))
         with _silent_structlog(bool(getattr(args, "verbose", False))):
             report = asyncio.run(conformance.run_all())
     except SetupError as exc:
         err.write(f"conformance: error: {exc}\n")
         return 2
-    paths = {
-        name: path
-        for name, path in (("junit", args.junit), ("json", args.json), ("html", args.html))
-        if path is not None
-    }
-    write_reports(report, conformance.env.scanner, paths)
+    try:
+        write_reports(report, conformance.env.scanner, paths)
+    except OSError as exc:
+        _summary(report, out, {})
+        err.write(f"conformance: error: cannot write a report: {exc}\n")
+        return 2
     _summary(report, out, paths)
     return report.exit_code()
+
+
+def _check_report_paths(paths: dict[str, Path]) -> None:
+    """Refuse, before anything runs, report paths that cannot be written (a typo in a
+    directory would otherwise surface as a traceback after the whole run)."""
+    from conformance.environment import SetupError  # lazy: see the imports above
+
+    seen: dict[Path, str] = {}
+    for name, path in paths.items():
+        resolved = path.resolve()
+        if resolved in seen:
+            raise SetupError(f"--{seen[resolved]} and --{name} both write {path}.")
+        seen[resolved] = name
+        if path.is_dir():
+            raise SetupError(f"--{name} {path}: is a directory; give a file name.")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SetupError(f"--{name} {path}: cannot create its directory ({exc}).") from None
+        if not os.access(path.parent, os.W_OK):
+            raise SetupError(f"--{name} {path}: its directory is not writable.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,6 +104,7 @@ class RunEnvironment:
             raise SetupError(
                 f"Unknown profile {config.profile!r} (choose from {choices})."
             ) from None
+        self._check_options()
         try:
             self.sandbox: SandboxProfile = load_sandbox_profile(
                 config.connector,
@@ -129,10 +130,49 @@ class RunEnvironment:
         self.base_url = ""
         self.test_mode = True
         self.exception_texts: list[tuple[str, str]] = []
+        if self.mode is Mode.LIVE and not config.vault_path:
+            # Refuse now, not after the run started: the variables are all there is to read.
+            self._live_credentials(dict(self.sandbox.credentials))
+
+    # -- options --------------------------------------------------------------------------------
+
+    @property
+    def cassette_dir(self) -> Path:
+        """Where cassettes are read (replay) or written (``--record``)."""
+        return self.config.cassettes or BUILTIN_CASSETTES / self.manifest.id
+
+    def _check_options(self) -> None:
+        """Refuse option combinations the run would silently ignore, and a replay with nothing
+        to replay: each would otherwise end in a run that proves something else than asked."""
+        config, mode = self.config, self.mode
+        if config.record and mode is not Mode.SIMULATOR:
+            raise SetupError("--record records a simulator run: use it with --mode simulator.")
+        if mode is not Mode.LIVE:
+            for option, value in (
+                ("--base-url", config.base_url),
+                ("--vault-path", config.vault_path),
+            ):
+                if value:
+                    raise SetupError(
+                        f"{option} is for --mode live; this {mode.value} run would ignore it."
+                    )
+        if mode is Mode.SIMULATOR and config.cassettes is not None and not config.record:
+            raise SetupError(
+                "--cassettes without --record does nothing in simulator mode: add --record to "
+                "write cassettes, or use --mode replay to replay them."
+            )
+        if mode is Mode.REPLAY:
+            directory = self.cassette_dir
+            record = f"record them with --mode simulator --record --cassettes {directory}"
+            if not directory.is_dir():
+                raise SetupError(f"No cassette directory {directory} ({record}).")
+            if not any(directory.glob("*.json")):
+                raise SetupError(f"No cassettes in {directory} ({record}).")
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start what the mode needs; on failure, ``close()`` still undoes what did start."""
         self.logs.start()
         if self.config.openapi is not None:
             try:
@@ -146,8 +186,7 @@ class RunEnvironment:
         if self.mode is Mode.SIMULATOR:
             await self._start_simulator(base_path)
         elif self.mode is Mode.REPLAY:
-            directory = self.config.cassettes or BUILTIN_CASSETTES / self.manifest.id
-            self.cassettes = CassetteStore(directory)
+            self.cassettes = CassetteStore(self.cassette_dir)
             self.base_url = REPLAY_BASE + base_path
         else:
             self.base_url = (
@@ -155,11 +194,7 @@ class RunEnvironment:
             ).rstrip("/")
             self.test_mode = _is_local(self.base_url)
         if self.config.record:
-            if self.mode is not Mode.SIMULATOR:
-                raise SetupError("--record records a simulator run: use it with --mode simulator.")
-            self.cassettes = CassetteStore(
-                self.config.cassettes or BUILTIN_CASSETTES / self.manifest.id
-            )
+            self.cassettes = CassetteStore(self.cassette_dir)
 
     async def _start_simulator(self, base_path: str) -> None:
         factory = find_simulator(self.manifest.id)
@@ -200,25 +235,31 @@ class RunEnvironment:
         if self.mode is Mode.LIVE:
             if self.config.vault_path:
                 values.update(await _vault_kv(self.config.vault_path))
-            for field in manifest.credentials:
-                variable = f"TESSERA_{manifest.id.upper()}_{field.name.upper()}"
-                if os.environ.get(variable):
-                    values[field.name] = os.environ[variable]
-            credentials = Credentials(values)
-            try:
-                credentials.check_against(manifest)
-            except TesseraError as exc:
-                variables = ", ".join(
-                    f"TESSERA_{manifest.id.upper()}_{f.name.upper()}"
-                    for f in manifest.credentials
-                    if f.required
-                )
-                raise SetupError(f"{exc} Set {variables} or use --vault-path.") from None
-            return credentials
+            return self._live_credentials(values)
         for field in manifest.credentials:
             if field.required and not values.get(field.name):
                 values[field.name] = f"conformance-{field.name}-{secrets.token_hex(8)}"
         return Credentials(values)
+
+    def _live_credentials(self, values: dict[str, str]) -> Credentials:
+        """``values`` with the ``TESSERA_<CONNECTOR>_<FIELD>`` variables over them, checked
+        against the manifest (``SetupError`` naming the variables when one is missing)."""
+        manifest = self.manifest
+        for field in manifest.credentials:
+            variable = f"TESSERA_{manifest.id.upper()}_{field.name.upper()}"
+            if os.environ.get(variable):
+                values[field.name] = os.environ[variable]
+        credentials = Credentials(values)
+        try:
+            credentials.check_against(manifest)
+        except TesseraError as exc:
+            variables = ", ".join(
+                f"TESSERA_{manifest.id.upper()}_{f.name.upper()}"
+                for f in manifest.credentials
+                if f.required
+            )
+            raise SetupError(f"{exc} Set {variables} or use --vault-path.") from None
+        return credentials
 
     # -- per scenario ---------------------------------------------------------------------------
 

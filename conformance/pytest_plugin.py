@@ -73,6 +73,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--tessera-cassettes", default=None, metavar="DIR", help="Cassette directory (replay)."
     )
     group.addoption(
+        "--tessera-vault-path",
+        default=None,
+        metavar="MOUNT/PATH",
+        help="Live mode: read the connector's credentials from Vault/OpenBao KV v2.",
+    )
+    group.addoption(
         "--tessera-html", default=None, metavar="FILE", help="Write the kit's HTML report here."
     )
     group.addoption(
@@ -89,6 +95,8 @@ class _ConnectorRun:
     run: ConformanceRun
     started: bool = False
     finished: RunReport | None = None
+    #: Why the run could not start (Vault unreachable, a bad OpenAPI file, ...), or None.
+    error: str | None = None
 
 
 @dataclass
@@ -99,10 +107,19 @@ class _PluginState:
     json: Path | None = None
 
     def started(self, connector: str) -> ConformanceRun:
+        """The connector's run, started on first use. When it cannot start, every item of that
+        connector fails with the reason (not a traceback, and no scenario runs half set up)."""
+        from conformance.environment import SetupError  # lazy: see the imports above
+
         entry = self.runs[connector]
         if not entry.started:
             entry.started = True
-            self.loop.run(entry.run.start())
+            try:
+                self.loop.run(entry.run.start())
+            except SetupError as exc:
+                entry.error = f"the conformance run of {connector!r} could not start: {exc}"
+        if entry.error is not None:
+            raise ConformanceFailure(entry.error)
         return entry.run
 
     def finish(self, connector: str) -> RunReport:
@@ -116,7 +133,8 @@ class _PluginState:
             for connector, entry in self.runs.items():
                 if entry.started:
                     self.loop.run(entry.run.close())
-                    self._write(connector, entry)
+                    if entry.error is None:  # a run that never started has nothing to report
+                        self._write(connector, entry)
         finally:
             self.loop.close()
 
@@ -196,13 +214,12 @@ class JudgementItem(pytest.Item):
 
     def runtest(self) -> None:
         state = self.config.stash[_STATE]
-        run = state.started(self.connector)
+        state.started(self.connector)
         report = state.finish(self.connector)
         if report.skip_reason is not None:
             pytest.skip(report.skip_reason)
-        ran, planned = len(report.scenarios), len(run.plan)
-        if self.judgement == "coverage" and ran < planned:
-            pytest.skip(f"coverage is judged on a whole run; {planned - ran} scenarios did not run")
+        if self.judgement == "coverage" and report.coverage_skip is not None:
+            pytest.skip(f"coverage {report.coverage_skip}")
         prefix = "declared capability" if self.judgement == "coverage" else "leak"
         problems = [p for p in report.problems() if p.startswith(prefix)]
         if problems:
@@ -231,6 +248,7 @@ def _config(config: pytest.Config, connector: str) -> RunConfig:
         faults=bool(option("tessera_faults")),
         overrides=tuple(Path(p) for p in option("tessera_overrides")),
         cassettes=Path(cassettes) if cassettes else None,
+        vault_path=option("tessera_vault_path"),
     )
 
 

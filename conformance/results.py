@@ -124,6 +124,8 @@ class CoverageReport:
     declared: list[str] = field(default_factory=list)
     covered_by: dict[str, list[str]] = field(default_factory=dict)
     attempted_by: dict[str, list[str]] = field(default_factory=dict)
+    #: Scenarios covering the capability that were skipped, with their reasons.
+    skipped_by: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def uncovered(self) -> list[str]:
@@ -147,6 +149,8 @@ class RunReport:
     openapi: str | None = None
     faults: bool = False
     skip_reason: str | None = None
+    #: Why coverage was not judged (a partial run, an unhealthy sandbox), or None.
+    coverage_skip: str | None = None
 
     @property
     def status(self) -> RunStatus:
@@ -165,7 +169,9 @@ class RunReport:
         ]
         found += [
             f"declared capability {cap!r} is not covered by any scenario that ran and passed"
-            + _attempts(self.coverage.attempted_by.get(cap, []))
+            + _attempts(
+                self.coverage.attempted_by.get(cap, []), self.coverage.skipped_by.get(cap, [])
+            )
             for cap in self.coverage.uncovered
         ]
         found += [
@@ -193,7 +199,12 @@ class RunReport:
         return data
 
 
-def _attempts(scenario_ids: list[str]) -> str:
-    if not scenario_ids:
+def _attempts(failed: list[str], skipped: list[str]) -> str:
+    parts = []
+    if failed:
+        parts.append(f"attempted by: {', '.join(failed)}")
+    if skipped:
+        parts.append(f"skipped: {'; '.join(skipped)}")
+    if not parts:
         return " (no scenario in the profile exercises it)"
-    return f" (attempted by: {', '.join(scenario_ids)})"
+    return f" ({'; '.join(parts)})"

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from conformance.capabilities import compute_coverage, declared_capabilities
-from conformance.environment import Mode, RunConfig, RunEnvironment
+from conformance.environment import Mode, RunConfig, RunEnvironment, SetupError
 from conformance.harness import ExpectationFailed, ScenarioContext, ScenarioSkipped
 from conformance.inputs import MissingInputError
 from conformance.polling import PollTimeoutError
@@ -98,6 +98,13 @@ class ConformanceRun:
                     for pattern in self.config.select
                 )
             ]
+            if not instances:
+                patterns = ", ".join(self.config.select)
+                raise SetupError(
+                    f"--select {patterns}: no scenario of the {self.env.profile.value} profile "
+                    f"matches (scenario ids look like card.authorize.approved or "
+                    f"card.currency.roundtrip[JPY])."
+                )
         planned: list[Planned] = []
         for instance in instances:
             requires = instance.scenario.requires
@@ -122,8 +129,8 @@ class ConformanceRun:
         await self.env.close()
 
     async def run_all(self) -> RunReport:
-        await self.start()
         try:
+            await self.start()
             for index, planned in enumerate(self.plan):
                 result = await self.run_one(planned)
                 if self.progress is not None:
@@ -262,9 +269,16 @@ class ConformanceRun:
         declared = declared_capabilities(
             env.manifest, faults=faults_on, webhooks=env.mode is not Mode.LIVE
         )
+        not_run = len(self.plan) - len(self.report.scenarios)
         if self.config.select:
-            declared = []  # a partial run (--select) proves nothing about coverage
-        if self.report.skip_reason is None:
+            self.report.coverage_skip = "not judged: --select ran part of the profile"
+        elif not_run > 0:
+            self.report.coverage_skip = (
+                f"not judged: {not_run} planned scenario(s) did not run (deselected or stopped)"
+            )
+        elif self.report.skip_reason is not None:
+            self.report.coverage_skip = f"not judged: {self.report.skip_reason}"
+        if self.report.coverage_skip is None:
             self.report.coverage = compute_coverage(declared, self.report.scenarios)
         self.report.duration_s = round(time.perf_counter() - self._started, 3)
         return self.report

@@ -35,6 +35,10 @@ such as ``card.currency.roundtrip[JPY]``). Removing an assertion (``null``) need
 ``reasons`` (dotted ``step.path``), or the profile does not load; TOML, which has no ``null``,
 removes with ``remove = {"authorize.amount_authorized" = "reason"}``. Every removal and its
 reason is listed in the reports.
+
+A file loads only for its own ``connector`` and ``environment`` (a replay run also takes
+``simulator`` files), and a ``live`` file may not hold ``credentials``: live secrets come from the
+environment or Vault, never from a file.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -106,7 +110,7 @@ class _File(BaseModel):
     model_config = _CONFIG
 
     connector: str
-    environment: str
+    environment: Literal["simulator", "replay", "live"]
     description: str = ""
     inputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     credentials: dict[str, str] = Field(default_factory=dict)
@@ -258,6 +262,17 @@ def load_sandbox_profile(
         if parsed.connector != connector:
             raise SandboxProfileError(
                 f"{path}: written for connector {parsed.connector!r}, not {connector!r}"
+            )
+        accepted = _FALLBACK.get(environment, (environment,))
+        if parsed.environment not in accepted:
+            raise SandboxProfileError(
+                f"{path}: written for the {parsed.environment!r} environment, not "
+                f"{environment!r} (this run's mode); use a file per environment"
+            )
+        if parsed.credentials and environment == "live":
+            raise SandboxProfileError(
+                f"{path}: a live profile must not hold credentials (never put live secrets in a "
+                "file): set TESSERA_<CONNECTOR>_<FIELD> or use --vault-path"
             )
         profile.files.append(str(path))
         for name, values in parsed.inputs.items():

@@ -61,6 +61,8 @@ def _facts(report: RunReport) -> str:
 
 def _matrix(report: RunReport) -> str:
     caps = report.coverage.declared
+    if report.coverage_skip is not None:
+        return f'<p class="muted">Coverage {_e(report.coverage_skip)}.</p>'
     if not caps:
         return '<p class="muted">No coverage was judged for this run.</p>'
     head = "".join(f'<th class="cap">{_e(cap)}</th>' for cap in caps)

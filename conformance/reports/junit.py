@@ -1,5 +1,7 @@
 """The JUnit XML report: one ``testcase`` per scenario instance, plus ``coverage`` and
-``leak-scan`` cases, so a CI dashboard shows exactly what failed and why.
+``leak-scan`` cases, so a CI dashboard shows exactly what failed and why. The suite's ``tests``,
+``failures`` and ``skipped`` counts are those of its cases (``coverage`` is a skipped case when
+it was not judged: a partial run, an unhealthy sandbox).
 
 Failed scenarios carry their failed assertions, contract violations and scrubbed exchanges in
 the failure text; skipped ones their reason; removed assertions (and their reasons) go to
@@ -39,7 +41,8 @@ def _details(result: ScenarioResult) -> str:
 
 def render_junit(report: RunReport) -> str:
     counts = report.counts()
-    coverage_failed = bool(report.coverage.uncovered)
+    coverage_skip = report.coverage_skip
+    coverage_failed = coverage_skip is None and bool(report.coverage.uncovered)
     leaks_failed = bool(report.leaks)
     suites = ET.Element("testsuites")
     suite = ET.SubElement(
@@ -49,7 +52,7 @@ def render_junit(report: RunReport) -> str:
         tests=str(len(report.scenarios) + 2),
         failures=str(counts["failed"] + int(coverage_failed) + int(leaks_failed)),
         errors="0",
-        skipped=str(counts["skipped"]),
+        skipped=str(counts["skipped"] + int(coverage_skip is not None)),
         time=f"{report.duration_s:.3f}",
         timestamp=report.started_at,
     )
@@ -86,8 +89,8 @@ def render_junit(report: RunReport) -> str:
                 f"removed assertion {r.path} ({r.source}): {r.reason}" for r in result.removed
             )
     coverage = ET.SubElement(suite, "testcase", classname=classname, name="coverage", time="0")
-    if report.skip_reason is not None:
-        ET.SubElement(coverage, "skipped", message=report.skip_reason)
+    if coverage_skip is not None:
+        ET.SubElement(coverage, "skipped", message=f"coverage {coverage_skip}"[:500])
     elif coverage_failed:
         failure = ET.SubElement(
             coverage,

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from conformance.environment import Mode, RunConfig
+from conformance.environment import Mode, RunConfig, SetupError
 from conformance.results import RunStatus, Verdict
 from conformance.runner import ConformanceRun
 from conformance.simulators import bound_port
@@ -70,7 +70,10 @@ def test_cli_run_against_the_simulator_exits_0_and_writes_all_reports(tmp_path: 
 
     suite = ET.parse(junit).getroot().find("testsuite")  # noqa: S314 - the kit's own report
     assert suite is not None and suite.get("failures") == "0"
-    names = {case.get("name") for case in suite.iter("testcase")}
+    cases = suite.findall("testcase")
+    assert suite.get("tests") == str(len(cases)) == str(len(report["scenarios"]) + 2)
+    assert suite.get("skipped") == str(sum(c.find("skipped") is not None for c in cases))
+    names = {case.get("name") for case in cases}
     assert {"card.authorize.approved", "fault.reset_after_send", "coverage", "leak-scan"} <= names
 
     page = html.read_text()
@@ -138,10 +141,8 @@ async def test_live_mode_without_credentials_does_not_start(
     sandbox_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TESSERA_SANDBOX_API_KEY", raising=False)
-    run = ConformanceRun(RunConfig(connector="sandbox", mode=Mode.LIVE, base_url=sandbox_server))
-    with pytest.raises(Exception, match="TESSERA_SANDBOX_API_KEY"):
-        await run.start()
-    await run.close()
+    with pytest.raises(SetupError, match="TESSERA_SANDBOX_API_KEY"):  # before anything starts
+        ConformanceRun(RunConfig(connector="sandbox", mode=Mode.LIVE, base_url=sandbox_server))
 
 
 async def test_an_unhealthy_live_sandbox_skips_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
