@@ -175,6 +175,8 @@ class RedactingAccessLogger(AbstractAccessLogger):
 #: Label combinations kept at hand per metric; past that (odd methods, say) ``labels()`` is
 #: asked each time, as before.
 _MAX_CACHED_CHILDREN = 512
+#: HTTP methods that get a label of their own.
+_LABELLED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class GatewayMetrics:
@@ -214,7 +216,14 @@ class GatewayMetrics:
         self._token_children: dict[str, Any] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one HTTP request and record its latency (``tessera_http_*``)."""
+        """Count one HTTP request and record its latency (``tessera_http_*``).
+
+        ``method`` is labelled as it is only when it is a standard one: a method is any token
+        the client likes (``4000056655665556 /v1/tokens HTTP/1.1`` parses), and a label is
+        served to whoever scrapes ``/metrics``; the rest share ``other``.
+        """
+        if method not in _LABELLED_METHODS:
+            method = "other"
         children = self._request_children.get((route, method, status))
         if children is None:
             children = (
