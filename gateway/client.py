@@ -7,7 +7,9 @@ newer gateway does not break an older client. docs/merchant-client.md is the gui
 
 **Idempotency.** Every POST carries an ``Idempotency-Key``: one random UUID4 per logical call
 (or the caller's own ``idempotency_key=``), reused, with byte-identical bodies, on every retry of
-that call. The gateway therefore executes a call at most once however often it is retried.
+that call. The gateway therefore executes a payment call at most once however often it is
+retried. ``POST /v1/tokens`` is not guarded by the key on the gateway: a tokenization retried
+after a lost response may leave a second token for the same card (same ``fingerprint``).
 
 **Retries** happen only where they are safe, at most ``max_retries`` times:
 
@@ -19,7 +21,10 @@ that call. The gateway therefore executes a call at most once however often it i
 
 Anything else (declines are ``Payment`` values, not errors; 4xx; other 5xx) is returned or raised
 at once: ``TesseraAPIError(status, code, detail)`` from the problem+json body, or
-``TesseraConnectionError`` when no response came. Request bodies are never logged and never
+``TesseraConnectionError`` when no response came. A provider's refusal of a capture, void or
+refund is the gateway's ``402 operation_declined``: a ``TesseraAPIError`` whose ``payment`` is
+the payment as it now stands and whose ``decline`` says why; ``errors`` lists the fields of a
+``422``. Request bodies are never logged and never
 appear in an error, so card data given to ``tokenize`` stays out of logs and tracebacks.
 ``verify_signature`` checks the signature on Tessera's notifications to a merchant.
 """
@@ -41,7 +46,7 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.payments.signatures import SIGNATURE_HEADER, InvalidSignatureError, verify_signature
 
@@ -183,6 +188,40 @@ class TesseraAPIError(TesseraClientError):
 
     def __repr__(self) -> str:
         return f"TesseraAPIError(status={self.status}, code={self.code!r})"
+
+    @property
+    def payment(self) -> Payment | None:
+        """The payment carried by the problem (``402 operation_declined``), else None."""
+        data = self.problem.get("payment")
+        if not (isinstance(data, Mapping) and str(data.get("id", "")).startswith("pay_")):
+            return None
+        try:
+            return Payment.model_validate(data)
+        except ValidationError:
+            return None  # an error report must not raise while being read
+
+    @property
+    def decline(self) -> Decline | None:
+        """Why the provider refused (``402 operation_declined``), else None."""
+        data = self.problem.get("decline")
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            return Decline.model_validate(data)
+        except ValidationError:
+            return None
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        """The invalid fields of a ``422`` (``field``, ``code``, ``detail``); never their values."""
+        items = self.problem.get("errors")
+        if not isinstance(items, list):
+            return []
+        return [
+            {k: str(v) for k, v in item.items() if k in ("field", "code", "detail")}
+            for item in items
+            if isinstance(item, Mapping)
+        ]
 
 
 class TesseraConnectionError(TesseraClientError):

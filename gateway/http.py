@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from gateway.problems import HttpProblem
 
-__all__ = ["json_response", "parse_json", "parse_model", "read_body"]
+__all__ = ["json_response", "parse_json", "parse_model", "read_body", "read_raw_body"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,6 +34,14 @@ async def read_body(
         and request.content_type != "application/json"
     ):
         raise HttpProblem(415, "unsupported_media_type", "Send the body as application/json.")
+    return await read_raw_body(request, read_timeout=read_timeout, max_size=max_size)
+
+
+async def read_raw_body(request: web.Request, *, read_timeout: float, max_size: int) -> bytes:
+    """The whole body whatever its content type, within ``read_timeout`` seconds and
+    ``max_size`` bytes (also when it is chunked, so no Content-Length was checked): 408, 413."""
+    if request.content_length is not None and request.content_length > max_size:
+        raise _too_large(max_size)
     try:
         content = request.content
         if content.is_eof():
@@ -45,11 +53,14 @@ async def read_body(
                 raise _too_large(max_size)
             return body
         async with asyncio.timeout(read_timeout):
-            return await request.read()
+            body = await request.read()
     except TimeoutError:
         raise HttpProblem(408, "request_timeout", "The request body arrived too slowly.") from None
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(max_size) from None
+    if len(body) > max_size:
+        raise _too_large(max_size)
+    return body
 
 
 def _too_large(max_size: int) -> HttpProblem:

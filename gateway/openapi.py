@@ -302,6 +302,13 @@ _PATH_PARAMS = {
 }
 
 
+_IGNORED_BODY = (
+    "A body is optional and its content is ignored; one that is sent must still be "
+    "application/json (415) within the size and time limits (413, 408), and it is part of "
+    "what an Idempotency-Key is compared with."
+)
+
+
 def _payment_followup(
     name: str,
     operation_id: str,
@@ -435,7 +442,7 @@ def _operations() -> list[_Op]:
             "voidPayment",
             "Void (cancel) an authorization.",
             body=None,
-            description="Any body is ignored.",
+            description=_IGNORED_BODY,
         ),
         _payment_followup(
             "refunds",
@@ -450,7 +457,7 @@ def _operations() -> list[_Op]:
             "syncPayment",
             "Ask the provider for the payment's state and apply it.",
             body=None,
-            description="Any body is ignored.",
+            description=_IGNORED_BODY,
         ),
         _payment_followup(
             "complete",
@@ -466,7 +473,8 @@ def _operations() -> list[_Op]:
             "A provider's webhook, verified by its connector (no API key).",
             "webhooks",
             {200: ("WebhookReceipt", "Verified; events counted and applied once each.")},
-            errors=(400, 404, 413, 500, 502, 503),
+            # 408: the body arrived too slowly; 409: the event's payment cannot take it yet.
+            errors=(400, 404, 408, 409, 413, 500, 502, 503),
             body="Webhook",
             description=(
                 "The body and signature headers are the provider's own; a bad or stale "

@@ -44,6 +44,7 @@ _TITLES = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Content Too Large",
     415: "Unsupported Media Type",
@@ -133,12 +134,20 @@ def problem_response(
     )
 
 
+_OBJECT_TYPES = frozenset({"model_type", "model_attributes_type", "dict_type"})
+_OBJECT_EXPECTED = "Input should be a JSON object."
+
+
 def validation_problem(exc: ValidationError) -> tuple[str, str, list[dict[str, str]]]:
     """(code, detail, errors) for a pydantic error, without echoing any input value."""
     errors: list[dict[str, str]] = []
     for err in exc.errors(include_url=False, include_input=False, include_context=False):
         loc = ".".join(str(part) for part in err["loc"])
-        errors.append({"field": loc, "code": str(err["type"]), "detail": str(err["msg"])})
+        kind = str(err["type"])
+        # pydantic names the internal model ("... instance of CreatePaymentRequest"): say what
+        # the client has to send instead.
+        message = _OBJECT_EXPECTED if kind in _OBJECT_TYPES else str(err["msg"])
+        errors.append({"field": loc, "code": kind, "detail": message})
     # A single Tessera code (invalid_card_number, ...) is the problem's code; pydantic's own
     # error types (missing, int_type, ...) and mixtures collapse into invalid_request.
     codes = {e["code"] for e in errors}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.payments.records import RefundStatus, contains_pan
@@ -132,13 +133,31 @@ class TokenList(_View):
 
 ConnectorId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
+#: C0 and C1 control characters and DEL: never part of an identifier or a URL.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _refuse_control_characters(value: str) -> None:
+    if _CONTROL_CHARACTERS.search(value):
+        raise PydanticCustomError(
+            "invalid_request", "The field must not contain control characters."
+        )
+
+
+def _refuse_nul(value: str) -> None:
+    # Free text may hold newlines and tabs; NUL is refused everywhere (PostgreSQL cannot store
+    # it in text, and it truncates strings in the merchant's and providers' C-based tooling).
+    if "\x00" in value:
+        raise PydanticCustomError("invalid_request", "The field must not contain NUL characters.")
+
 
 class CreatePaymentRequest(DomainModel):
     """``POST /v1/payments``."""
 
     amount: Money
     payment_method: PaymentMethod
-    capture: bool = False
+    #: Strict: ``"false"`` or ``0`` must not be read as a decision about capturing money.
+    capture: StrictBool = False
     connector: ConnectorId | None = None
     reference: Annotated[str | None, Field(min_length=1, max_length=128)] = None
     metadata: Metadata = Field(default_factory=dict)
@@ -156,6 +175,29 @@ class CreatePaymentRequest(DomainModel):
             )
         return value
 
+    @field_validator("reference", "return_url")
+    @classmethod
+    def _no_control_characters(cls, value: str | None) -> str | None:
+        # Identifiers are stored, searched with ?reference= and put into URLs and headers.
+        if value is not None:
+            _refuse_control_characters(value)
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _no_nul_in_text(cls, value: str | None) -> str | None:
+        if value is not None:
+            _refuse_nul(value)
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _clean_metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            _refuse_control_characters(key)
+            _refuse_nul(item)
+        return value
+
 
 class AmountRequest(DomainModel):
     """Capture and refund bodies: an optional amount; omitted means the whole remaining one."""
@@ -169,6 +211,14 @@ class CompleteRequest(DomainModel):
     parameters: Annotated[
         dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=50)
     ] = Field(default_factory=dict)
+
+    @field_validator("parameters")
+    @classmethod
+    def _no_nul(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            _refuse_nul(key)
+            _refuse_nul(item)
+        return value
 
 
 # --- Response models -------------------------------------------------------------------------

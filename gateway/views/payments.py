@@ -10,6 +10,7 @@ Follow-up responses: 200 with the payment when the provider did it; 202 when the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from gateway.payments import (
 from gateway.problems import PROBLEM_CONTENT_TYPE, HttpProblem
 from gateway.schemas import AmountRequest, CompleteRequest, CreatePaymentRequest
 from normalization import Money, Outcome
+from normalization.errors import PaymentNotFoundError
 
 __all__ = ["payment_view", "setup"]
 
@@ -155,6 +157,20 @@ def _merchant(request: web.Request) -> Merchant:
     return request[MERCHANT]
 
 
+_ID_MAX = 100
+_REFERENCE_MAX = 128
+#: Never in an id the gateway made (and NUL is refused by PostgreSQL in text: a 500).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _payment_id(request: web.Request) -> str:
+    """The path's payment id; one that cannot exist is 404 before any store is asked."""
+    payment_id = request.match_info["payment_id"]
+    if len(payment_id) > _ID_MAX or _CONTROL_CHARACTERS.search(payment_id):
+        raise PaymentNotFoundError()
+    return payment_id
+
+
 async def create_payment(request: web.Request) -> web.Response:
     resources = request.app[RESOURCES]
     merchant = _merchant(request)
@@ -186,7 +202,7 @@ def _amount(body: bytes) -> Money | None:
 
 async def capture_payment(request: web.Request) -> web.Response:
     resources, merchant = request.app[RESOURCES], _merchant(request)
-    payment_id = request.match_info["payment_id"]
+    payment_id = _payment_id(request)
 
     async def handler(claim: IdempotencyClaim, body: bytes) -> HandlerResult:
         outcome = await resources.payments.capture(
@@ -199,7 +215,7 @@ async def capture_payment(request: web.Request) -> web.Response:
 
 async def void_payment(request: web.Request) -> web.Response:
     resources, merchant = request.app[RESOURCES], _merchant(request)
-    payment_id = request.match_info["payment_id"]
+    payment_id = _payment_id(request)
 
     async def handler(claim: IdempotencyClaim, body: bytes) -> HandlerResult:
         outcome = await resources.payments.void(
@@ -212,7 +228,7 @@ async def void_payment(request: web.Request) -> web.Response:
 
 async def refund_payment(request: web.Request) -> web.Response:
     resources, merchant = request.app[RESOURCES], _merchant(request)
-    payment_id = request.match_info["payment_id"]
+    payment_id = _payment_id(request)
 
     async def handler(claim: IdempotencyClaim, body: bytes) -> HandlerResult:
         outcome = await resources.payments.refund(
@@ -225,7 +241,7 @@ async def refund_payment(request: web.Request) -> web.Response:
 
 async def sync_payment(request: web.Request) -> web.Response:
     resources, merchant = request.app[RESOURCES], _merchant(request)
-    payment_id = request.match_info["payment_id"]
+    payment_id = _payment_id(request)
 
     async def handler(claim: IdempotencyClaim, body: bytes) -> HandlerResult:
         payment = await resources.payments.sync(
@@ -238,7 +254,7 @@ async def sync_payment(request: web.Request) -> web.Response:
 
 async def complete_payment(request: web.Request) -> web.Response:
     resources, merchant = request.app[RESOURCES], _merchant(request)
-    payment_id = request.match_info["payment_id"]
+    payment_id = _payment_id(request)
 
     async def handler(claim: IdempotencyClaim, body: bytes) -> HandlerResult:
         params = parse_model(CompleteRequest, body).parameters if body.strip() else {}
@@ -252,14 +268,19 @@ async def complete_payment(request: web.Request) -> web.Response:
 
 async def get_payment(request: web.Request) -> web.Response:
     store = request.app[RESOURCES].payment_store
-    payment = await store.get_payment(_merchant(request).id, request.match_info["payment_id"])
+    payment = await store.get_payment(_merchant(request).id, _payment_id(request))
     return json_response(await _view(request, payment))
 
 
 async def list_payments(request: web.Request) -> web.Response:
     reference = request.query.get("reference", "")
-    if not reference or len(reference) > 128:
-        raise HttpProblem(400, "reference_required", "List payments with ?reference=<reference>.")
+    # NUL: no stored reference holds one, and PostgreSQL would refuse the query (a 500).
+    if not reference or len(reference) > _REFERENCE_MAX or "\x00" in reference:
+        raise HttpProblem(
+            400,
+            "reference_required",
+            "List payments with ?reference=<reference> (1-128 characters, no NUL).",
+        )
     store = request.app[RESOURCES].payment_store
     payments = await store.find_by_reference(_merchant(request).id, reference)
     return json_response({"data": [await _view(request, p) for p in payments]})

@@ -104,9 +104,13 @@ async def get_token(request: web.Request) -> web.Response:
 async def search_tokens(request: web.Request) -> web.Response:
     merchant: Merchant = request[MERCHANT]
     fingerprint = request.query.get("fingerprint", "")
-    if not fingerprint or len(fingerprint) > _FINGERPRINT_MAX:
+    # NUL: no fingerprint holds one, and PostgreSQL would refuse the query (a 500).
+    if not fingerprint or len(fingerprint) > _FINGERPRINT_MAX or "\x00" in fingerprint:
         raise HttpProblem(
-            400, "fingerprint_required", "Search tokens with ?fingerprint=<fingerprint>."
+            400,
+            "fingerprint_required",
+            f"Search tokens with ?fingerprint=<fingerprint> (1-{_FINGERPRINT_MAX} characters, "
+            "no NUL).",
         )
     records = await request.app[RESOURCES].tokens.find(merchant.id, fingerprint)
     return json_response({"data": [token_view(r) for r in records]})

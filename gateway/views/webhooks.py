@@ -12,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.app import RESOURCES
-from gateway.http import json_response
+from gateway.http import json_response, read_raw_body
 from gateway.problems import HttpProblem
 from normalization import TesseraError
 from sdk.webhooks import WebhookRequest, WebhookVerificationError
@@ -27,9 +27,13 @@ async def receive_webhook(request: web.Request) -> web.Response:
     connector_id = request.match_info["connector"]
     if connector_id not in resources.pool:
         raise HttpProblem(404, "unknown_connector", "No such connector on this gateway.")
-    if request.content_length is not None and request.content_length > _MAX_WEBHOOK_BYTES:
-        raise HttpProblem(413, "payload_too_large", "The webhook body is too large.")
-    body = await request.read()
+    # Bounded in size (chunked bodies too) and in time, like every other body: a provider, or
+    # anyone posting here, cannot hold a connection open or buffer more than the limit.
+    body = await read_raw_body(
+        request,
+        read_timeout=resources.settings.server.read_timeout,
+        max_size=_MAX_WEBHOOK_BYTES,
+    )
     runtime = resources.pool.runtime(connector_id)
     webhook = WebhookRequest.of(dict(request.headers), body)
     try:

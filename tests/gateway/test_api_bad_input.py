@@ -1,0 +1,273 @@
+"""A demanding merchant's bad input, route by route: every refusal is problem+json with a stable,
+documented ``code`` and the right status, never a 500, never card data, and nothing half-written.
+
+Runs on both stores (``database_url``): PostgreSQL refuses NUL in text, which once turned a NUL
+in a reference, a return URL, a payment id or a search parameter into a 500 there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.client import Payment, TesseraAPIError, TesseraClient
+from gateway.openapi import build_openapi, problem_codes
+from gateway.problems import PROBLEM_CONTENT_TYPE
+
+from .conftest import Gateway, MakeGateway, sandbox_connector
+
+PAN = "4242424242424242"
+CARD = {"number": PAN, "exp_month": 12, "exp_year": 2031, "cvc": "123"}
+CODES = problem_codes()
+
+
+@pytest.fixture
+async def gw(make_gateway: MakeGateway, sandbox: Any, database_url: str | None) -> Gateway:
+    return await make_gateway(
+        database_url=database_url, connectors={"sandbox": sandbox_connector(sandbox)}
+    )
+
+
+async def _problem(resp: Any, status: int, code: str) -> dict[str, Any]:
+    """The problem body, after checking it is one: status, documented code, no card data."""
+    text = await resp.text()
+    assert resp.status == status, text
+    assert resp.content_type == PROBLEM_CONTENT_TYPE, text
+    assert PAN not in text and "Traceback" not in text
+    body: dict[str, Any] = json.loads(text)
+    assert body["status"] == status and body["code"] == code, body
+    assert code in CODES[status], f"{code} is not documented for {status}"
+    assert body["title"] != "Error", "every status the gateway answers has its own title"
+    return body
+
+
+async def _token(gw: Gateway) -> str:
+    resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["id"])
+
+
+def _payment(token: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "amount": {"value": 1000, "currency": "EUR"},
+        "payment_method": {"type": "card", "token": token},
+        "reference": "bad-input",
+        **extra,
+    }
+
+
+async def _references(gw: Gateway) -> list[dict[str, Any]]:
+    resp = await gw.client.get("/v1/payments?reference=bad-input", headers=gw.auth)
+    assert resp.status == 200
+    return list((await resp.json())["data"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"reference": "order\x0042"}, "reference"),
+        ({"reference": "order\n42"}, "reference"),
+        ({"return_url": "https://shop.test/\x00"}, "return_url"),
+        ({"return_url": "https://shop.test/\r\nSet-Cookie: x"}, "return_url"),
+        ({"description": "gift\x00"}, "description"),
+        ({"metadata": {"order\x01": "42"}}, "metadata"),
+        ({"metadata": {"order": "4\x002"}}, "metadata"),
+    ],
+)
+async def test_control_characters_in_stored_text_are_422_and_nothing_is_written(
+    gw: Gateway, extra: dict[str, Any], field: str
+) -> None:
+    token = await _token(gw)
+    body = {**_payment(token), **extra}
+    resp = await gw.client.post(
+        "/v1/payments", json=body, headers={**gw.auth, "Idempotency-Key": "ctl-1"}
+    )
+    problem = await _problem(resp, 422, "invalid_request")
+    assert [e["field"] for e in problem["errors"]] == [field]
+    # Nothing written, and the key was not spent: the corrected request runs under it.
+    assert await _references(gw) == []
+    resp = await gw.client.post(
+        "/v1/payments", json=_payment(token), headers={**gw.auth, "Idempotency-Key": "ctl-1"}
+    )
+    assert resp.status == 201, await resp.text()
+
+
+async def test_newlines_stay_allowed_in_free_text(gw: Gateway) -> None:
+    token = await _token(gw)
+    body = _payment(token, description="line one\nline two\t!", metadata={"note": "a\nb"})
+    resp = await gw.client.post("/v1/payments", json=body, headers=gw.auth)
+    assert resp.status == 201, await resp.text()
+
+
+@pytest.mark.parametrize("value", ["true", "false", 1, 0, None])
+async def test_capture_must_be_a_json_boolean(gw: Gateway, value: Any) -> None:
+    token = await _token(gw)
+    resp = await gw.client.post(
+        "/v1/payments", json=_payment(token, capture=value), headers=gw.auth
+    )
+    problem = await _problem(resp, 422, "invalid_request")
+    assert problem["errors"][0]["field"] == "capture"
+    assert await _references(gw) == []
+
+
+@pytest.mark.parametrize(
+    "payment_id", ["%00", "pay_%00x", "pay_%01", "%C2%85", "p" * 101], ids=repr
+)
+async def test_impossible_payment_ids_are_404_on_every_route(gw: Gateway, payment_id: str) -> None:
+    resp = await gw.client.get(f"/v1/payments/{payment_id}", headers=gw.auth)
+    await _problem(resp, 404, "payment_not_found")
+    for action in ("capture", "void", "refunds", "sync", "complete"):
+        headers = {**gw.auth, "Idempotency-Key": f"id-{action}"}
+        resp = await gw.client.post(f"/v1/payments/{payment_id}/{action}", headers=headers)
+        await _problem(resp, 404, "payment_not_found")
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/v1/payments?reference=a%00b", "reference_required"),
+        ("/v1/payments?reference=" + "r" * 129, "reference_required"),
+        ("/v1/tokens?fingerprint=fp_%00", "fingerprint_required"),
+        ("/v1/tokens?fingerprint=" + "f" * 201, "fingerprint_required"),
+    ],
+)
+async def test_unsearchable_query_values_are_400(gw: Gateway, path: str, code: str) -> None:
+    problem = await _problem(await gw.client.get(path, headers=gw.auth), 400, code)
+    assert "characters" in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "needs_payment"),
+    [
+        ("/v1/tokens", False),
+        ("/v1/tokens/batch", False),
+        ("/v1/payments", False),
+        ("/v1/payments/{id}/capture", True),
+        ("/v1/payments/{id}/refunds", True),
+        ("/v1/payments/{id}/complete", True),
+    ],
+)
+@pytest.mark.parametrize("raw", [b"[]", b'"card"', b"null", b"1"], ids=bytes.decode)
+async def test_a_body_that_is_not_an_object_says_so_without_internal_names(
+    gw: Gateway, path: str, needs_payment: bool, raw: bytes
+) -> None:
+    if needs_payment:
+        resp = await gw.client.post(
+            "/v1/payments", json=_payment(await _token(gw)), headers=gw.auth
+        )
+        path = path.format(id=(await resp.json())["id"])
+    headers = {**gw.auth, "Content-Type": "application/json"}
+    resp = await gw.client.post(path, data=raw, headers=headers)
+    problem = await _problem(resp, 422, "invalid_request")
+    assert problem["detail"] == "Input should be a JSON object."
+    assert "Request" not in json.dumps(problem)  # no model class names
+
+
+async def test_another_merchants_payment_cannot_be_touched(gw: Gateway) -> None:
+    resp = await gw.client.post("/v1/payments", json=_payment(await _token(gw)), headers=gw.auth)
+    payment = await resp.json()
+    _, other_key = await gw.add_merchant("mallory")
+    other = {"Authorization": f"Bearer {other_key}"}
+    await _problem(
+        await gw.client.get(f"/v1/payments/{payment['id']}", headers=other),
+        404,
+        "payment_not_found",
+    )
+    for action in ("capture", "void", "refunds", "sync", "complete"):
+        resp = await gw.client.post(f"/v1/payments/{payment['id']}/{action}", headers=other)
+        await _problem(resp, 404, "payment_not_found")
+    resp = await gw.client.get(f"/v1/payments/{payment['id']}", headers=gw.auth)
+    after = await resp.json()
+    assert after["status"] == "authorized" and after["captured"]["value"] == 0
+    assert [a["operation"] for a in after["attempts"]] == ["authorize"]
+
+
+async def _stalled_body() -> AsyncIterator[bytes]:
+    yield b'{"card": '
+    await asyncio.sleep(5)
+    yield b"{}}"
+
+
+@pytest.mark.parametrize("path", ["/v1/tokens", "/v1/webhooks/sandbox"])
+async def test_a_body_that_stalls_is_408_request_timeout(
+    make_gateway: MakeGateway, sandbox: Any, path: str
+) -> None:
+    gw = await make_gateway(
+        server={"read_timeout": 0.3}, connectors={"sandbox": sandbox_connector(sandbox)}
+    )
+    headers = {**gw.auth, "Content-Type": "application/json"}
+    async with asyncio.timeout(4):  # the webhook read had no deadline at all
+        resp = await gw.client.post(path, data=_stalled_body(), headers=headers)
+        problem = await _problem(resp, 408, "request_timeout")
+    assert problem["title"] == "Request Timeout"
+
+
+async def test_a_chunked_webhook_over_the_limit_is_413(gw: Gateway) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"x" * (64 * 1024)  # 320 KiB, no Content-Length
+
+    resp = await gw.client.post(
+        "/v1/webhooks/sandbox", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+    await _problem(resp, 413, "payload_too_large")
+
+
+def test_the_document_lists_what_the_webhook_route_answers() -> None:
+    doc = build_openapi()
+    responses = doc["paths"]["/v1/webhooks/{connector}"]["post"]["responses"]
+    assert {"400", "404", "408", "409", "413"} <= set(responses)
+    for action in ("void", "sync"):
+        described = doc["paths"][f"/v1/payments/{{payment_id}}/{action}"]["post"]["description"]
+        assert "application/json" in described
+
+
+def test_the_client_reports_a_declined_follow_up_with_its_payment_and_fields() -> None:
+    payment = {
+        "id": "pay_" + "d" * 24,
+        "status": "authorized",
+        "amount": {"value": 5, "currency": "EUR"},
+    }
+    declined = {
+        "type": "https://tessera.dev/problems/operation_declined",
+        "title": "Payment Required",
+        "status": 402,
+        "code": "operation_declined",
+        "detail": "The provider declined the capture.",
+        "decline": {"code": "do_not_honor", "message": "Declined.", "provider_code": "05"},
+        "payment": payment,
+    }
+    invalid = {
+        "type": "https://tessera.dev/problems/invalid_request",
+        "title": "Unprocessable Content",
+        "status": 422,
+        "code": "invalid_request",
+        "detail": "capture: Input should be a valid boolean",
+        "errors": [{"field": "capture", "code": "bool_type", "detail": "Input should be ..."}],
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = declined if request.url.path.endswith("/capture") else invalid
+        headers = {"Content-Type": PROBLEM_CONTENT_TYPE}
+        return httpx.Response(body["status"], json=body, headers=headers)  # type: ignore[arg-type]
+
+    with TesseraClient(
+        "https://tessera.test", "tsk_x", transport=httpx.MockTransport(answer)
+    ) as client:
+        with pytest.raises(TesseraAPIError) as caught:
+            client.capture(payment["id"])  # type: ignore[arg-type]
+        assert caught.value.status == 402 and caught.value.code == "operation_declined"
+        assert isinstance(caught.value.payment, Payment)
+        assert caught.value.payment.id == payment["id"]
+        assert caught.value.decline is not None and caught.value.decline.code == "do_not_honor"
+        with pytest.raises(TesseraAPIError) as caught:
+            client.create_payment(5, "EUR", token="tok_x")
+        assert caught.value.payment is None and caught.value.decline is None
+        assert caught.value.errors == [
+            {"field": "capture", "code": "bool_type", "detail": "Input should be ..."}
+        ]
