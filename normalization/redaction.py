@@ -59,8 +59,27 @@ def redact_card_numbers(text: str) -> str:
     return _PAN_CANDIDATE_RE.sub(_mask_candidate, text)
 
 
+def _may_name_a_code(text: str) -> bool:
+    """False only when ``text`` cannot hold a security code's name, so the pass can be skipped
+    (it runs on every string of every log line). Exact for ASCII text, where case-insensitive
+    matching is plain lower-casing; other text always takes the full pass (``re``'s
+    case-insensitive ``s`` and ``i`` also match U+017F, U+0131 and U+0130)."""
+    if not text.isascii():
+        return True
+    lowered = text.lower()
+    return (
+        "cv" in lowered
+        or "cid" in lowered
+        or "csc" in lowered
+        or "cav2" in lowered
+        or ("security" in lowered)
+    )
+
+
 def redact_security_codes(text: str) -> str:
     """``text`` with every 3-4 digit number that follows a security code's name as ``***``."""
+    if not _may_name_a_code(text):
+        return text
     return _SECURITY_CODE_RE.sub(lambda m: m.group(1) + MASKED_CODE, text)
 
 

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from normalization import (
     Decline,
@@ -29,7 +31,7 @@ from normalization import (
     PaymentStatus,
     VaultError,
 )
-from normalization.redaction import redact_card_text
+from normalization.redaction import _SECURITY_CODE_RE, redact_card_text, redact_security_codes
 from sdk.error_map import ErrorMap
 from sdk.scrubbing import Scrubber
 from tests.vault.canary import Canary, find_leaks
@@ -151,6 +153,33 @@ def test_redact_card_text_leaves_ordinary_text_alone() -> None:
         "numeric token 4000051234565557",  # fails Luhn
     ):
         assert redact_card_text(text) == text
+
+
+_CODE_TEXT = st.text(
+    alphabet=st.sampled_from(
+        list("cvCVidsaSIDA2ecuRTYty_-[]%5BD'\":= 0123456789x\u017f\u0131\u0130")
+    ),
+    max_size=40,
+)
+
+
+@given(_CODE_TEXT)
+def test_security_code_pass_skips_only_text_that_cannot_match(text: str) -> None:
+    # The pass skips its regular expression for text that cannot name a code (every log string
+    # goes through it); the shortcut must never change a result.
+    full = _SECURITY_CODE_RE.sub(lambda m: m.group(1) + "***", text)
+    assert redact_security_codes(text) == full
+
+
+def test_security_code_pass_still_sees_names_in_any_case_or_spelling() -> None:
+    for text in (
+        "CVC 739",
+        "card[Cvv]=7391",
+        "SECURITY-CODE: 739",
+        "c\u017fc 739",
+        "c\u0131d 7391",
+    ):
+        assert redact_security_codes(text) != text, text
 
 
 def test_audit_refuses_card_numbers_in_any_digit_script_or_grouping() -> None:
