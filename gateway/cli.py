@@ -212,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; operator mistakes end as one ``tessera: ...`` line, never a traceback.
+
+    Exit codes: 0 success, 1 the command failed (Vault, database, a failed check), 2 usage or
+    configuration errors (argparse's convention), 130 interrupted.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
@@ -219,6 +224,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        problem = _operator_problem(exc, connects=hasattr(args, "config"))
+        if problem is None:
+            raise
+        message, code = problem
+        print(f"tessera: {message}", file=sys.stderr)
+        return code
+
+
+def _operator_problem(exc: Exception, *, connects: bool) -> tuple[str, int] | None:
+    """(message, exit code) for the failures an operator can fix; ``None`` for bugs.
+
+    ``connects``: the command talks to the configured database (``--config`` commands), so a
+    connection-level ``OSError`` is the database's (Vault's are ``VaultUnavailableError``).
+    """
+    import sqlite3
+
+    from gateway.config import ConfigError
+    from normalization.errors import (
+        TesseraError,
+        VaultPermissionDeniedError,
+        VaultSealedError,
+        VaultUnavailableError,
+    )
+
+    if isinstance(exc, ConfigError):
+        return str(exc), 2
+    if isinstance(exc, VaultUnavailableError):
+        return f"{exc} Check [vault] addr (TESSERA_VAULT_ADDR) and that it is running.", 1
+    if isinstance(exc, VaultSealedError):
+        return f"{exc} Unseal it (bao operator unseal) and run the command again.", 1
+    if isinstance(exc, VaultPermissionDeniedError):
+        return (
+            f"{exc} Check the token this command uses (vault.admin_token / "
+            "TESSERA_VAULT_ADMIN_TOKEN for administration, the gateway's credentials otherwise).",
+            1,
+        )
+    if isinstance(exc, TesseraError):
+        return str(exc), 1
+    if not connects:
+        return None
+    database_errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+    try:
+        import asyncpg
+
+        database_errors += (asyncpg.PostgresError, asyncpg.InterfaceError)
+    except ImportError:  # pragma: no cover - PostgreSQL support not installed
+        pass
+    if isinstance(exc, database_errors):
+        return (
+            f"database error ({type(exc).__name__}: {exc}); check [database] url "
+            "(TESSERA_DATABASE_URL) and that the database is up.",
+            1,
+        )
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,15 +37,17 @@ a default that suits one developer on one machine; docs/operating.md documents t
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 __all__ = [
     "AuthSettings",
+    "ConfigError",
     "ConnectorSettings",
     "DatabaseSettings",
     "PaymentSettings",
@@ -81,6 +83,16 @@ class DatabaseSettings(BaseModel):
     model_config = _STRICT
 
     url: str = "sqlite:///.tessera/tessera.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not url.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError(
+                "must start with sqlite:// (sqlite:///relative/path.db or "
+                "sqlite:////absolute/path.db) or postgresql://"
+            )
+        return url
 
 
 class VaultSettings(BaseModel):
@@ -199,14 +211,116 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
+class ConfigError(ValueError):
+    """The configuration cannot be used: unreadable file, bad TOML, or invalid values.
+
+    The message is meant for an operator, one line per problem, naming the key as it is written
+    in the file (``[server] port``) or the environment variable that set it. It never repeats a
+    value of a secret-looking key.
+    """
+
+
 def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None = None) -> Settings:
-    """Read ``path`` (TOML; optional) and apply the ``TESSERA_*`` environment overrides."""
+    """Read ``path`` (TOML; optional) and apply the ``TESSERA_*`` environment overrides.
+
+    Raises ``ConfigError`` (a ``ValueError``) with an operator-readable message when the file
+    cannot be read or parsed, or when a value is unknown, of the wrong type or out of range.
+    """
     data: dict[str, Any] = {}
+    source = "the environment" if path is None else str(path)
     if path is not None:
-        with Path(path).open("rb") as fh:
-            data = tomllib.load(fh)
+        try:
+            with Path(path).open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {source} does not exist.") from None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read configuration file {source}: {exc.strerror or exc}."
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source} is not valid TOML: {exc}.") from None
     environ = os.environ if env is None else env
+    from_env: dict[tuple[str, str], str] = {}
     for name, (section, key) in _ENV_OVERRIDES.items():
         if environ.get(name):
-            data.setdefault(section, {})[key] = environ[name]
-    return Settings.model_validate(data)
+            target = data.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{source}: {section} must be a [{section}] table.")
+            target[key] = environ[name]
+            from_env[(section, key)] = name
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(error, from_env) for error in exc.errors()]
+        raise ConfigError(
+            f"invalid configuration in {source} (docs/operating.md lists every key):\n  "
+            + "\n  ".join(lines)
+        ) from None
+
+
+_SECRET_WORDS = ("token", "secret", "key", "password", "credential")
+
+
+def _describe(error: Any, from_env: dict[tuple[str, str], str]) -> str:
+    """One pydantic error as ``[section] key: problem``, without echoing secret values."""
+    loc = tuple(error.get("loc", ()))
+    where = _toml_location(loc)
+    env_name = from_env.get((str(loc[0]), str(loc[1]))) if len(loc) == 2 else None
+    if env_name is not None:
+        where += f" (set by {env_name})"
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1) if loc else []
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        expected = f" (known: {', '.join(known)})" if known and not hint else ""
+        return f"{where}: unknown key{suggestion}{expected}"
+    if kind == "missing":
+        return f"{where}: a value is required"
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    value = error.get("input")
+    # A database URL may hold a password; secret-named keys are never repeated.
+    secret = loc[:2] == ("database", "url") or any(
+        word in str(part).lower() for part in loc for word in _SECRET_WORDS
+    )
+    if not secret and isinstance(value, bool | int | float | str) and len(str(value)) <= 80:
+        message += f" (got {value!r})"
+    return f"{where}: {message}"
+
+
+def _toml_location(loc: tuple[Any, ...]) -> str:
+    """``("server", "port")`` -> ``[server] port``; ``("routing", "rules", 0, "connectors")`` ->
+    ``[[routing.rules]] #1 connectors``."""
+    if not loc:
+        return "(top level)"
+    if len(loc) == 1:
+        return f"[{loc[0]}]" if loc[0] in Settings.model_fields else str(loc[0])
+    if loc[0] == "connectors" and len(loc) >= 3:
+        return f"[connectors.{loc[1]}] " + ".".join(str(p) for p in loc[2:])
+    if loc[:2] == ("routing", "rules") and len(loc) >= 4 and isinstance(loc[2], int):
+        return f"[[routing.rules]] #{loc[2] + 1} " + ".".join(str(p) for p in loc[3:])
+    return f"[{loc[0]}] " + ".".join(str(p) for p in loc[1:])
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys a table at ``loc`` accepts (for "did you mean")."""
+    model: Any = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            if model is Settings or not hasattr(model, "model_fields"):
+                return []
+            continue
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
+            model = args[-1]  # dict[str, Model] or list[Model]
+        else:
+            return []
+    return sorted(model.model_fields) if hasattr(model, "model_fields") else []

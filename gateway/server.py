@@ -3,19 +3,32 @@
 ``serve(settings)`` runs until SIGINT/SIGTERM, then stops accepting, lets in-flight requests drain
 for ``server.shutdown_timeout`` seconds and closes every resource. With ``workers > 1`` the parent
 starts N children that each bind the same port with SO_REUSEPORT (the kernel spreads connections
-across them), forwards SIGTERM to them, and exits non-zero if any of them fails.
+across them), forwards SIGTERM to them, and exits non-zero if any of them fails; when one worker
+exits on its own, the parent stops the others and exits non-zero too (a supervisor restarts the
+whole gateway rather than leaving it running on fewer workers than configured).
+
+Before any worker starts, ``serve`` checks what an operator can get wrong (``preflight``): the
+address is free (SO_REUSEPORT would otherwise let a second gateway silently share the port of a
+running one), the database opens and answers, and Vault is reachable, unsealed and accepts the
+gateway's credentials. A failed check prints one ``tessera: ...`` line saying what to fix and
+``serve`` returns 1, with no traceback and no worker started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from aiohttp import web
@@ -24,8 +37,29 @@ from pydantic import SecretStr
 from gateway.app import IN_FLIGHT, create_app
 from gateway.config import Settings
 from gateway.observability import RedactingAccessLogger
+from normalization.errors import (
+    TesseraError,
+    VaultPermissionDeniedError,
+    VaultSealedError,
+    VaultUnavailableError,
+)
 
-__all__ = ["run_gateway", "serve", "start_site"]
+__all__ = [
+    "StartupError",
+    "check_listen_address",
+    "preflight",
+    "run_gateway",
+    "serve",
+    "start_site",
+]
+
+#: Bound on each start-up check: asyncpg would otherwise wait 60 s for an unanswering host.
+_CHECK_TIMEOUT = 15.0
+
+
+class StartupError(Exception):
+    """The gateway cannot start; the message says what is wrong and what to check."""
+
 
 log = structlog.get_logger("tessera.server")
 
@@ -46,11 +80,160 @@ async def start_site(
         handle_signals=False,
         **extra,  # type: ignore[arg-type]
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise StartupError(f"the gateway could not open its resources: {_reason(exc)}") from exc
     site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise StartupError(_listen_problem(server.host, server.port, exc)) from None
     port = _bound_port(runner) or server.port
     return runner, f"http://{server.host}:{port}"
+
+
+# -- start-up checks ----------------------------------------------------------------------------
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Raise ``StartupError`` unless ``host:port`` can be bound *without* SO_REUSEPORT.
+
+    The workers bind with SO_REUSEPORT, which also lets them join the listening socket of a
+    gateway that is already running (same user): the kernel would then split traffic between the
+    old and the new configuration without a word. A plain bind, as here, fails on any listener.
+    """
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise StartupError(
+            f"cannot listen on {host}:{port}: the host does not resolve ({exc.strerror}); "
+            "check [server] host."
+        ) from None
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise StartupError(_listen_problem(host, port, exc)) from None
+
+
+def _listen_problem(host: str, port: int, exc: OSError) -> str:
+    where = f"cannot listen on {host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where}: the address is already in use (another gateway or program is listening "
+            "there); stop it or choose another [server] port."
+        )
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges); use a port >= 1024."
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: this machine has no such address; check [server] host."
+    return f"{where}: {exc.strerror or exc}."
+
+
+async def preflight(settings: Settings) -> None:
+    """Check the database and Vault the way the gateway will use them; raise ``StartupError``.
+
+    The database is opened (migrations are left to the gateway) and pinged. Vault must answer
+    ``sys/health`` unsealed, and accept the gateway's credentials: an AppRole login, or a
+    ``lookup-self`` of a static token. Each check is bounded (``_CHECK_TIMEOUT``).
+    """
+    await _check_database(settings.database.url)
+    await _check_vault(settings)
+
+
+async def _check_database(url: str) -> None:
+    from vault.database import open_database
+
+    shown = _redacted_url(url)
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT):
+            db = await open_database(url)
+            try:
+                await db.ping()
+            finally:
+                await db.close()
+    except TimeoutError:
+        raise StartupError(
+            f"the database at {shown} did not answer within {_CHECK_TIMEOUT:.0f} s; check "
+            "[database] url (TESSERA_DATABASE_URL) and that the server is up."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - every driver error means "cannot start"
+        hint = ""
+        if url.startswith("sqlite:"):
+            hint = " (does its directory exist and is it writable?)"
+        raise StartupError(
+            f"cannot open the database at {shown}{hint}: {_reason(exc)}; check [database] url "
+            "(TESSERA_DATABASE_URL)."
+        ) from None
+
+
+async def _check_vault(settings: Settings) -> None:
+    from gateway.app import _vault_client
+
+    addr = settings.vault.addr
+    client = _vault_client(settings)  # SystemExit with its own message when no credentials
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT):
+            health = await client.health()
+            if not health.initialized:
+                raise StartupError(f"Vault at {addr} is not initialized (bao operator init).")
+            if health.sealed:
+                raise VaultSealedError()
+            if settings.vault.role_id and settings.vault.secret_id:
+                await client._current_token()  # the AppRole login the gateway will make
+            else:
+                await client._call("GET", "/v1/auth/token/lookup-self", None, "token lookup")
+    except TimeoutError:
+        raise StartupError(
+            f"Vault at {addr} did not answer within {_CHECK_TIMEOUT:.0f} s; check [vault] addr "
+            "(TESSERA_VAULT_ADDR)."
+        ) from None
+    except VaultSealedError:
+        raise StartupError(
+            f"Vault at {addr} is sealed; unseal it (bao operator unseal), then start the gateway."
+        ) from None
+    except VaultUnavailableError as exc:
+        raise StartupError(
+            f"Vault at {addr} does not answer: {exc} Check [vault] addr (TESSERA_VAULT_ADDR) "
+            "and that OpenBao/Vault is running."
+        ) from None
+    except VaultPermissionDeniedError:
+        raise StartupError(
+            f"Vault at {addr} refused the gateway's credentials; check [vault] role_id and "
+            "secret_id (TESSERA_VAULT_ROLE_ID / TESSERA_VAULT_SECRET_ID) or TESSERA_VAULT_TOKEN. "
+            "`tessera vault provision` prints the role id and a fresh secret id."
+        ) from None
+    except TesseraError as exc:
+        raise StartupError(f"Vault at {addr} answered with an error: {exc}") from None
+    finally:
+        await client.close()
+
+
+def _redacted_url(url: str) -> str:
+    """``url`` without its password (database URLs may carry one)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "<the configured URL>"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:
@@ -130,34 +313,88 @@ def _worker(settings_json: str, log_level: str) -> None:
     from gateway.observability import configure_logging
 
     configure_logging(log_level)
-    asyncio.run(run_gateway(Settings.model_validate_json(settings_json), reuse_port=True))
+    try:
+        asyncio.run(run_gateway(Settings.model_validate_json(settings_json), reuse_port=True))
+    except StartupError as exc:
+        _say(f"worker {os.getpid()}: {exc}")
+        sys.exit(1)
 
 
-def serve(settings: Settings, *, log_level: str = "INFO") -> int:
-    """Run the gateway with ``settings.server.workers`` processes; return an exit code."""
-    workers = settings.server.workers
-    if workers == 1:
-        asyncio.run(run_gateway(settings))
-        return 0
+def serve(settings: Settings, *, log_level: str = "INFO", checks: bool = True) -> int:
+    """Run the gateway with ``settings.server.workers`` processes; return an exit code.
+
+    ``checks`` runs ``check_listen_address`` and ``preflight`` first: a failure prints one
+    ``tessera: ...`` line on stderr and returns 1 before anything listens.
+    """
+    server = settings.server
+    workers = server.workers
+    try:
+        if workers > 1 and server.port == 0:
+            raise StartupError(
+                "[server] port = 0 picks a random port per process; with workers > 1 set a port."
+            )
+        if checks:
+            check_listen_address(server.host, server.port)
+            asyncio.run(preflight(settings))
+        if workers == 1:
+            asyncio.run(run_gateway(settings))
+            return 0
+    except StartupError as exc:
+        _say(str(exc))
+        return 1
     payload = _settings_json(settings)
     ctx = multiprocessing.get_context("spawn")
     children = [
         ctx.Process(target=_worker, args=(payload, log_level), daemon=False) for _ in range(workers)
     ]
-    for child in children:
-        child.start()
+    stopping = False
 
-    def forward(signum: int, _frame: object) -> None:
+    def stop_children() -> None:
         for child in children:
             if child.is_alive() and child.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signal.SIGTERM)
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        stop_children()
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _supervise(children, stop_children, lambda: stopping)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _supervise(
+    children: Sequence[multiprocessing.process.BaseProcess],
+    stop_children: Callable[[], None],
+    stopping: Callable[[], bool],
+) -> int:
+    """Start the workers and wait; the first one to exit ends the gateway."""
+    for child in children:
+        child.start()
+    # The first worker to exit ends the gateway: either we are stopping (SIGTERM forwarded), or
+    # it failed, and the others are stopped rather than left serving on fewer workers.
+    ready = multiprocessing.connection.wait([child.sentinel for child in children])
+    first = next(child for child in children if child.sentinel in ready)
+    first.join()  # its sentinel closes before it can be reaped: join for the exit code
+    unexpected = not stopping()
+    if unexpected:
+        _say(f"worker {first.pid} exited (code {first.exitcode}); stopping the others.")
+        stop_children()
     for child in children:
         child.join()
-    return max((child.exitcode or 0) for child in children)
+    code = max((child.exitcode or 0) for child in children)
+    return max(code, 1) if unexpected else code
+
+
+def _say(message: str) -> None:
+    """One ``tessera: ...`` line for the operator on stderr (not a JSON log line)."""
+    sys.stderr.write(f"tessera: {message}\n")
+    sys.stderr.flush()
 
 
 def _settings_json(settings: Settings) -> str:

@@ -2,6 +2,11 @@
 
 They read the same configuration as ``tessera serve`` (``--config FILE`` and ``TESSERA_*``
 variables) and need ``vault.admin_token`` (or ``TESSERA_VAULT_ADMIN_TOKEN``) for Vault admin work.
+
+Failures an operator can fix (Vault unreachable or sealed, a refused token, a database that does
+not open) propagate as exceptions that ``gateway.cli.main`` turns into one ``tessera: ...`` line
+and exit status 1. Merchant creation and webhook registration are written to the audit log, like
+key rotation.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from gateway.config import Settings
 from gateway.merchants import MerchantStore, WebhookUrlError
+from normalization.errors import VaultNotFoundError, VaultPermissionDeniedError
 from vault.audit import AuditLog
 from vault.client import VaultClient
 from vault.database import PostgresDatabase, SqliteDatabase, open_database
@@ -58,24 +65,56 @@ def vault_provision(settings: Settings) -> int:
     print(f"gateway role_id:   {result.gateway_role_id}")
     print(f"gateway secret_id: {result.gateway_secret_id}")
     print("Put them in [vault] role_id / secret_id (or TESSERA_VAULT_SECRET_ID).")
+    print(
+        "Each run issues a new secret_id; earlier ones stay valid, so running it again changes "
+        "nothing for gateways already configured.",
+        file=sys.stderr,
+    )
     return 0
 
 
 def merchants_create(settings: Settings, name: str, *, dedup: bool) -> int:
+    """Create the merchant row and API key, then its Vault keys; undone if Vault fails.
+
+    The row needs the merchant id that Vault's key names use, so it comes first; when the keys
+    cannot be created (Vault unreachable, sealed, token refused) the row and its key are deleted
+    again and the error propagates: a merchant never exists with an API key nobody saw and no
+    keys to tokenize under.
+    """
     token = _admin_token(settings)
 
     async def work(db: SqliteDatabase | PostgresDatabase) -> tuple[str, str]:
         store = MerchantStore(db)
         await store.migrate()
+        audit = AuditLog(db)
+        await audit.migrate()
         merchant, key = await store.create(name, token_dedup=dedup)
+        try:
+            await asyncio.to_thread(ensure_tenant_keys, settings.vault.addr, token, merchant.id)
+        except BaseException:
+            await _delete_merchant(db, merchant.id)
+            raise
+        await audit.append(
+            actor="cli:merchants-create",
+            action="merchant.create",
+            tenant=merchant.id,
+            target=merchant.id,
+            detail=f"token_dedup={'on' if dedup else 'off'}",
+        )
         return merchant.id, key
 
     merchant_id, key = asyncio.run(_with_db(settings, work))
-    ensure_tenant_keys(settings.vault.addr, token, merchant_id)
     print(f"merchant: {merchant_id}")
     print(f"api key:  {key}")
     print("The key is shown once; store it now.", file=sys.stderr)
     return 0
+
+
+async def _delete_merchant(db: SqliteDatabase | PostgresDatabase, merchant_id: str) -> None:
+    """Remove a merchant created a moment ago, and its API keys (nothing else refers to it)."""
+    async with db.transaction() as tx:
+        await tx.execute("DELETE FROM api_keys WHERE merchant_id = $1", merchant_id)
+        await tx.execute("DELETE FROM merchants WHERE id = $1", merchant_id)
 
 
 def rotate_keys(settings: Settings, tenant: str | None) -> int:
@@ -88,14 +127,38 @@ def rotate_keys(settings: Settings, tenant: str | None) -> int:
         await audit.migrate()
         merchants = MerchantStore(db)
         await merchants.migrate()
+        if tenant is not None and await merchants.get(tenant) is None:
+            print(f"tessera: no merchant {tenant!r}.", file=sys.stderr)
+            return 1
         tenants = [tenant] if tenant else [m.id for m in await merchants.list()]
+        if not tenants:
+            print("No merchants: nothing to rotate.")
+            return 0
+        incomplete = 0
         async with VaultClient(settings.vault.addr, token=token) as client:
             for tenant_id in tenants:
-                report = await rotate_tenant_keys(
-                    client, store, tenant_id, audit=audit, actor="cli:keys-rotate"
+                try:
+                    report = await rotate_tenant_keys(
+                        client, store, tenant_id, audit=audit, actor="cli:keys-rotate"
+                    )
+                except (VaultNotFoundError, VaultPermissionDeniedError) as exc:
+                    # This tenant only (a missing key, a policy gap): the others still rotate.
+                    incomplete += 1
+                    print(f"tessera: {tenant_id}: not rotated: {exc}", file=sys.stderr)
+                    continue
+                print(
+                    f"{tenant_id}: {report.pan_key} v{report.previous_version} -> "
+                    f"v{report.new_version}; rewrapped {report.rewrapped}, remaining "
+                    f"{report.remaining}; min_decryption_version {report.min_decryption_version}"
                 )
-                print(f"{tenant_id}: {report}")
-        return 0
+                if not report.complete:
+                    incomplete += 1
+                    print(
+                        f"tessera: {tenant_id}: {report.remaining} ciphertexts could not be "
+                        "rewrapped, so old key versions still decrypt; run the rotation again.",
+                        file=sys.stderr,
+                    )
+        return 1 if incomplete else 0
 
     return asyncio.run(_with_db(settings, work))
 
@@ -105,8 +168,14 @@ def audit_verify(settings: Settings) -> int:
         audit = AuditLog(db)
         await audit.migrate()
         result = await audit.verify()
-        print(result)
-        return 0 if result.ok else 1
+        if result.ok:
+            print(f"audit log intact: {result.entries_checked} entries checked.")
+            return 0
+        print(
+            f"audit log BROKEN at entry {result.first_bad_seq}: {result.reason} "
+            f"({result.entries_checked} entries checked before it).",
+        )
+        return 1
 
     return asyncio.run(_with_db(settings, work))
 
@@ -146,6 +215,8 @@ def merchants_webhook_set(settings: Settings, merchant_id: str, url: str) -> int
     async def work(db: SqliteDatabase | PostgresDatabase) -> int:
         store = MerchantStore(db)
         await store.migrate()
+        audit = AuditLog(db)
+        await audit.migrate()
         try:
             endpoint = await store.set_webhook_endpoint(
                 merchant_id, url, allow_http=allow_private, allow_private=allow_private
@@ -156,6 +227,13 @@ def merchants_webhook_set(settings: Settings, merchant_id: str, url: str) -> int
         except LookupError:
             print(f"tessera: no merchant {merchant_id!r}.", file=sys.stderr)
             return 1
+        await audit.append(
+            actor="cli:merchants-webhook",
+            action="merchant.webhook_set",
+            tenant=merchant_id,
+            target=merchant_id,
+            detail=f"host {urlsplit(endpoint.url).hostname}",
+        )
         print(f"webhook url:    {endpoint.url}")
         print(f"signing secret: {endpoint.secret}")
         print("Verify Tessera-Signature with this secret (docs/merchant-client.md).")
