@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from gateway.config import Settings
 from gateway.connector_pool import ConnectorPool, VaultRevealer
 from gateway.merchants import ApiKeyCache, AuthFailureLimiter, Merchant, MerchantStore
-from gateway.observability import GatewayMetrics
+from gateway.observability import GatewayMetrics, method_label
 from gateway.payment_service import PaymentService
 from gateway.payments import IdempotencyStore, NotificationDispatcher, Outbox, PaymentStore
 from gateway.problems import HttpProblem, problem_response, status_for, validation_problem
@@ -343,9 +343,10 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         if tracer is None:
             response = await _handle(request, handler, request_id, app)
         else:
+            method = method_label(request.method)
             with span(
-                f"{request.method} {route}",
-                **{"http.request.method": request.method, "http.route": route},
+                f"{method} {route}",
+                **{"http.request.method": method, "http.route": route},
                 request_id=request_id,
             ) as current:
                 response = await _handle(request, handler, request_id, app)

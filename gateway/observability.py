@@ -35,6 +35,7 @@ __all__ = [
     "GatewayMetrics",
     "RedactingAccessLogger",
     "configure_logging",
+    "method_label",
     "redact_card_data",
     "redact_text",
 ]
@@ -175,8 +176,15 @@ class RedactingAccessLogger(AbstractAccessLogger):
 #: Label combinations kept at hand per metric; past that (odd methods, say) ``labels()`` is
 #: asked each time, as before.
 _MAX_CACHED_CHILDREN = 512
-#: HTTP methods that get a label of their own.
+#: HTTP methods that get a label (and a span name) of their own.
 _LABELLED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    """``method`` if it is a standard one, else ``other``: a method is any token the client
+    chose (with aiohttp's pure-Python parser, even a card number), so only the standard ones
+    may name a metric series or a span."""
+    return method if method in _LABELLED_METHODS else "other"
 
 
 class GatewayMetrics:
@@ -222,8 +230,7 @@ class GatewayMetrics:
         the client likes (``4000056655665556 /v1/tokens HTTP/1.1`` parses), and a label is
         served to whoever scrapes ``/metrics``; the rest share ``other``.
         """
-        if method not in _LABELLED_METHODS:
-            method = "other"
+        method = method_label(method)
         children = self._request_children.get((route, method, status))
         if children is None:
             children = (

@@ -5,7 +5,9 @@ HTTP request (route, method, status, request id) and a child span per connector 
 (connector, operation, outcome). Spans go wherever the process's tracer provider sends them:
 configure it with the OpenTelemetry SDK or ``opentelemetry-instrument``. Without the package,
 or without a configured provider, no span is opened at all. Span attributes never carry card
-data: only ids, routes and outcomes.
+data: only ids, routes and outcomes; the method in a span's name is a standard one or ``other``
+(``observability.method_label``). A span that ends in an exception records its type and its
+redacted message, never the traceback (OpenTelemetry's own recording would export both raw).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
+
+from gateway.observability import redact_text
 
 __all__ = ["current_tracer", "span"]
 
@@ -67,8 +71,21 @@ def span(name: str, **attributes: str | int | float | bool | None) -> Iterator[A
     if tracer is None:
         yield None
         return
-    with tracer.start_as_current_span(name) as current:
+    # OpenTelemetry's own exception recording would export ``str(exc)`` and the traceback as
+    # they are; an error is recorded here instead, by type and redacted message.
+    with tracer.start_as_current_span(
+        name, record_exception=False, set_status_on_exception=False
+    ) as current:
         for key, value in attributes.items():
             if value is not None:
                 current.set_attribute(key, value)
-        yield current
+        try:
+            yield current
+        except BaseException as exc:
+            kind = type(exc).__name__
+            current.set_status(_trace.Status(_trace.StatusCode.ERROR, kind))
+            current.add_event(
+                "exception",
+                {"exception.type": kind, "exception.message": redact_text(str(exc))},
+            )
+            raise

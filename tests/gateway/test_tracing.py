@@ -50,3 +50,46 @@ async def test_requests_and_connector_calls_are_traced(
     dumped = json.dumps([dict(s.attributes or {}) for s in exporter.get_finished_spans()])
     assert card["number"] not in dumped
     assert trace.get_tracer_provider() is not None
+
+
+def _exported(exporter: InMemorySpanExporter) -> str:
+    """Everything the spans would export: names, attributes, status and events."""
+    return json.dumps(
+        [
+            {
+                "name": s.name,
+                "attributes": dict(s.attributes or {}),
+                "status": [s.status.status_code.name, s.status.description],
+                "events": [[e.name, dict(e.attributes or {})] for e in s.events],
+            }
+            for s in exporter.get_finished_spans()
+        ]
+    )
+
+
+def test_a_failing_span_records_the_error_without_card_data(
+    exporter: InMemorySpanExporter,
+) -> None:
+    pan = "4000056655665556"
+    with pytest.raises(ValueError), gateway.tracing.span("connector authorize"):
+        raise ValueError(f"invalid literal for int() with base 10: '{pan}x'")
+    (finished,) = exporter.get_finished_spans()
+    assert finished.status.status_code is trace.StatusCode.ERROR
+    assert finished.status.description == "ValueError"
+    (event,) = finished.events
+    assert event.name == "exception"
+    assert event.attributes is not None and event.attributes["exception.type"] == "ValueError"
+    assert "400005" in str(event.attributes["exception.message"])  # the mask: BIN and last 4
+    exported = _exported(exporter)
+    assert pan not in exported and "Traceback" not in exported
+
+
+async def test_a_client_chosen_method_never_names_a_span(
+    exporter: InMemorySpanExporter, make_gateway: MakeGateway
+) -> None:
+    gw = await make_gateway()
+    resp = await gw.client.request("PURGE", "/v1/tokens", headers=gw.auth)
+    assert resp.status == 405
+    (finished,) = exporter.get_finished_spans()
+    assert finished.name.startswith("other ")
+    assert "PURGE" not in _exported(exporter)
