@@ -41,6 +41,7 @@ from sdk.placeholders import (
     DIGIT_FIELDS,
     MARKER_PATTERN,
     MARKER_PREFIX,
+    CardField,
     PlaceholderTable,
     ResolvedValue,
 )
@@ -360,6 +361,20 @@ class EgressTransport(httpx.AsyncBaseTransport):
         def text(data: bytes) -> str:
             return scrubber.scrub_text(_mask(data, resolved).decode("utf-8", errors="replace"))
 
+        # A short revealed value (the security code) is too common a number to scrub wherever
+        # it appears; a reply that echoes it as a whole quoted value, under a name the scrubber
+        # does not know, still loses it (replies only: the request shows placeholders' masks).
+        codes = [
+            b'"' + v.raw.encode() + b'"'
+            for v in resolved.values()
+            if v.field is CardField.CVC and v.raw
+        ]
+
+        def reply_text(data: bytes) -> str:
+            for quoted in codes:
+                data = data.replace(quoted, b'"***"')
+            return text(data)
+
         def header_pairs(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
             pairs = [(k.decode("latin-1"), text(v)) for k, v in raw]
             return scrubber.scrub_headers(pairs, scope.sensitive_headers)
@@ -374,7 +389,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
                 request_body=clip_body(text(body)),
                 status_code=status,
                 response_headers=header_pairs(response_headers),
-                response_body=clip_body(text(response_body)),
+                response_body=clip_body(reply_text(response_body)),
                 error=error,
                 elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
             )

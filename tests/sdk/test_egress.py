@@ -371,3 +371,27 @@ async def test_oversized_and_bomb_replies_are_refused(provider: LoopbackProvider
         assert response.json() == {"ok": True}
     finally:
         await http.aclose()
+
+
+async def test_a_reply_echoing_the_security_code_under_another_name_loses_it(
+    provider: LoopbackProvider, client, revealer, canary, transcript
+) -> None:
+    token, pan, cvc = canary
+
+    async def echo(request: web.Request) -> web.Response:
+        # An unnamed echo of the code, next to numbers that must survive (amounts, ids).
+        return web.json_response({"id": "ch_1", "amount": 1050, "check": cvc, "note": "ok"})
+
+    provider.handler = echo
+    ctx = context(client, provider.url, revealer, transcript)
+    card = ctx.card(CardMethod(token=token))
+    await ctx.send("POST", "/payments", json={"number": card.number, "cvc": card.cvc})
+    [exchange] = transcript.exchanges
+    assert json.loads(exchange.response_body) == {
+        "id": "ch_1",
+        "amount": 1050,
+        "check": "***",
+        "note": "ok",
+    }
+    # (A random 3-digit code may occur inside other numbers, e.g. the amount: quoted only.)
+    assert f'"{cvc}"' not in transcript.text() and pan not in transcript.text()
