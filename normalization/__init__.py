@@ -14,6 +14,8 @@ from normalization.cards import (
     luhn_valid,
     mask_pan,
     validate_cvc,
+    validate_exp_month,
+    validate_exp_year,
     validate_expiry,
     validate_pan,
 )
@@ -205,6 +207,8 @@ __all__ = [
     "transition",
     "validate_aba_routing_number",
     "validate_cvc",
+    "validate_exp_month",
+    "validate_exp_year",
     "validate_expiry",
     "validate_iban",
     "validate_pan",

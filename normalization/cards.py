@@ -31,6 +31,8 @@ __all__ = [
     "luhn_valid",
     "mask_pan",
     "validate_cvc",
+    "validate_exp_month",
+    "validate_exp_year",
     "validate_expiry",
     "validate_pan",
 ]
@@ -172,16 +174,30 @@ def validate_expiry(month: object, year: object, today: date | None = None) -> t
 
     A card is valid through the last day of its expiry month.
     """
-    if isinstance(month, bool) or not isinstance(month, int) or not 1 <= month <= 12:
-        raise InvalidExpiryError("exp_month must be an integer from 1 to 12.")
-    if isinstance(year, bool) or not isinstance(year, int) or not 1000 <= year <= 9999:
-        raise InvalidExpiryError("exp_year must be a four-digit integer such as 2030.")
+    month = validate_exp_month(month)
+    year = validate_exp_year(year, today)
     this_year, this_month = (today.year, today.month) if today else _current_month()
     if (year, month) < (this_year, this_month):
         raise InvalidExpiryError("The card has expired.")
+    return month, year
+
+
+def validate_exp_month(month: object) -> int:
+    """The expiry month on its own: an integer from 1 to 12."""
+    if isinstance(month, bool) or not isinstance(month, int) or not 1 <= month <= 12:
+        raise InvalidExpiryError("exp_month must be an integer from 1 to 12.")
+    return month
+
+
+def validate_exp_year(year: object, today: date | None = None) -> int:
+    """The expiry year on its own: four digits, not absurdly far ahead (whether the card has
+    expired needs the month too: ``validate_expiry``)."""
+    if isinstance(year, bool) or not isinstance(year, int) or not 1000 <= year <= 9999:
+        raise InvalidExpiryError("exp_year must be a four-digit integer such as 2030.")
+    this_year = today.year if today else _current_month()[0]
     if year > this_year + MAX_EXPIRY_YEARS:
         raise InvalidExpiryError(f"exp_year is more than {MAX_EXPIRY_YEARS} years ahead.")
-    return month, year
+    return year
 
 
 # (start, end, year, month): the current UTC month as POSIX times [start, end), so that checking

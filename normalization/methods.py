@@ -21,7 +21,12 @@ from schwifty import BIC, IBAN
 from schwifty.exceptions import SchwiftyException
 from stdnum.us import rtn
 
-from normalization.cards import luhn_valid, validate_expiry
+from normalization.cards import (
+    luhn_valid,
+    validate_exp_month,
+    validate_exp_year,
+    validate_expiry,
+)
 from normalization.errors import InvalidBankAccountError, InvalidCardError, InvalidRequestError
 from normalization.secrets import CardNumber, CardSecurityCode
 from normalization.validation import DomainModel, reraise_for_pydantic, scrubbing_validator
@@ -45,6 +50,15 @@ _ROUTING_NUMBER_RE = re.compile(r"[0-9]{9}", re.ASCII)
 _ACCOUNT_NUMBER_RE = re.compile(r"[0-9]{4,17}", re.ASCII)
 _ANY_DIGIT_RE = re.compile(r"\d")  # any script: a PAN in Arabic-Indic digits is still a PAN
 _MIN_PAN_LENGTH = 12
+#: Control characters (NUL, newlines, escapes) and the bidirectional overrides and isolates that
+#: make a name display as something else ("Trojan Source"): no holder's name contains them.
+_UNNAMEABLE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _check_name(value: str, error: type[InvalidRequestError], field: str) -> str:
+    if _UNNAMEABLE_RE.search(value):
+        raise error(f"{field} must not contain control or bidirectional-override characters.")
+    return value
 
 
 class PaymentMethodType(StrEnum):
@@ -68,9 +82,25 @@ class CardData(DomainModel):
     def _check_holder_name(cls, value: str | None) -> str | None:
         # A name holds no card number; one typed into the wrong field would otherwise be shown
         # in clear by every repr, log line and serialization of this model.
-        if value is not None and len(_ANY_DIGIT_RE.findall(value)) >= _MIN_PAN_LENGTH:
+        if value is None:
+            return None
+        if len(_ANY_DIGIT_RE.findall(value)) >= _MIN_PAN_LENGTH:
             raise InvalidCardError("holder_name must not contain a card number.")
-        return value
+        return _check_name(value, InvalidCardError, "holder_name")
+
+    # Month and year are checked each on its own first, so an error names its field
+    # (``card.exp_month``); whether the card has expired needs both, so it names the card.
+    @field_validator("exp_month")
+    @classmethod
+    @reraise_for_pydantic
+    def _check_exp_month(cls, value: int) -> int:
+        return validate_exp_month(value)
+
+    @field_validator("exp_year")
+    @classmethod
+    @reraise_for_pydantic
+    def _check_exp_year(cls, value: int) -> int:
+        return validate_exp_year(value)
 
     @model_validator(mode="after")
     @reraise_for_pydantic
@@ -150,6 +180,12 @@ class BankAccountMethod(DomainModel):
     account_number: Annotated[str | None, Field(repr=False)] = None
     account_type: BankAccountType | None = None
     country: Annotated[str | None, Field(pattern=r"^[A-Z]{2}$")] = None
+
+    @field_validator("holder_name")
+    @classmethod
+    @reraise_for_pydantic
+    def _check_holder_name(cls, value: str) -> str:
+        return _check_name(value, InvalidBankAccountError, "holder_name")
 
     @field_validator("iban")
     @classmethod

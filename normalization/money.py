@@ -84,6 +84,9 @@ def _check_exponent(exponent: object) -> int:
 
 def _check_amount(value: object) -> int:
     # bool is an int subclass and float is never exact: both are refused explicitly.
+    if isinstance(value, float) and value.is_integer() and value > MAX_AMOUNT_MINOR:
+        # A JSON integer past 64 bits arrives as a float (orjson): it is too large, not a float.
+        raise InvalidAmountError(f"Amounts cannot exceed {MAX_AMOUNT_MINOR} minor units.")
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidAmountError(
             "Amounts are integers in minor units (e.g. 1050 for EUR 10.50); "

@@ -197,6 +197,48 @@ def test_holder_names_with_a_few_digits_are_fine() -> None:
     assert CardData(**CARD, holder_name="Ada Lovelace 3rd").holder_name == "Ada Lovelace 3rd"
 
 
+@pytest.mark.parametrize(
+    "name", ["Ada\x00", "Ada\nLovelace", "Ada\x1b[31m", "Ada\x85", "evil\u202egpj.exe", "A\u2066da"]
+)
+def test_holder_names_with_control_or_bidi_override_characters_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        CardData(**CARD, holder_name=name)
+    assert error_types(info.value) == ["invalid_card"]
+    assert info.value.errors()[0]["loc"] == ("holder_name",)
+    with pytest.raises(ValidationError) as info:
+        BankAccountMethod(holder_name=name, iban=IBAN_DE)
+    assert error_types(info.value) == ["invalid_bank_account"]
+
+
+def test_holder_names_in_any_script_are_fine() -> None:
+    # Joiners are format characters that scripts need (Persian, Devanagari); only overrides
+    # and isolates are refused.
+    for name in (
+        "Zoë O'Brien-Łukasz",
+        "\u0645\u06cc\u200c\u0631\u0632\u0627",
+        "\u0915\u094d\u200d\u0937",
+    ):
+        assert CardData(**CARD, holder_name=name).holder_name == name
+        assert BankAccountMethod(holder_name=name, iban=IBAN_DE).holder_name == name
+
+
+@pytest.mark.parametrize(
+    ("change", "loc"),
+    [
+        ({"exp_month": 13}, ("exp_month",)),
+        ({"exp_month": 0}, ("exp_month",)),
+        ({"exp_year": 99}, ("exp_year",)),
+        ({"exp_year": NEXT_YEAR + 40}, ("exp_year",)),
+        ({"exp_year": NEXT_YEAR - 3}, ()),  # expired: month and year together, the card's
+    ],
+)
+def test_expiry_errors_name_their_field(change: dict[str, Any], loc: tuple[str, ...]) -> None:
+    with pytest.raises(ValidationError) as info:
+        CardData(**{**CARD, **change})
+    [error] = info.value.errors()
+    assert (error["type"], error["loc"]) == ("invalid_expiry", loc)
+
+
 def test_card_models_are_immutable() -> None:
     card = CardData(**CARD)
     with pytest.raises(ValidationError):

@@ -225,6 +225,14 @@ def test_non_integer_values_are_refused(value: object) -> None:
         Money.of(value, "EUR")  # type: ignore[arg-type]
 
 
+def test_an_integer_past_64_bits_is_too_large_not_a_float() -> None:
+    # orjson reads a JSON integer that does not fit 64 bits as a float.
+    for value in (float(10**30), float(2**64)):
+        with pytest.raises(ValidationError) as info:
+            Money(value, "EUR")  # type: ignore[arg-type]
+        assert "cannot exceed" in info.value.errors()[0]["msg"]
+
+
 @pytest.mark.parametrize("value", [-1, -(10**20), MAX_AMOUNT_MINOR + 1, 10**40])
 def test_out_of_range_values_are_refused(value: int) -> None:
     with pytest.raises(ValidationError) as info:
