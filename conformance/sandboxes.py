@@ -3,8 +3,16 @@ over baseline expectations.
 
 A sandbox profile is a JSON or TOML file. The kit ships one per built-in connector and
 environment in ``conformance/sandboxes/<connector>/<environment>.{json,toml}`` (environment:
-``simulator``, ``replay`` -- falling back to ``simulator`` --, ``live``); ``--overrides FILE``
-layers more on top, later files winning::
+``simulator``, ``replay`` -- falling back to ``simulator`` --, ``live``). A connector package
+ships its own the same way, as package data found through an entry point of the
+``tessera.sandboxes`` group named after the connector, whose value is the package (directory)
+holding the files::
+
+    [project.entry-points."tessera.sandboxes"]
+    acme = "acme_connector.sandboxes"     # acme_connector/sandboxes/simulator.json
+
+``--overrides FILE`` layers more on top (kit's, then the package's, then the overrides; later
+files winning)::
 
     {
       "connector": "sandbox",
@@ -43,10 +51,13 @@ environment or Vault, never from a file.
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -58,6 +69,7 @@ from conformance.results import RemovedAssertion
 
 __all__ = [
     "BUILTIN_DIR",
+    "PROFILE_GROUP",
     "SandboxProfile",
     "SandboxProfileError",
     "ScenarioPatch",
@@ -66,6 +78,8 @@ __all__ = [
 ]
 
 BUILTIN_DIR = Path(__file__).with_name("sandboxes")
+#: Entry-point group through which a connector package ships its sandbox profiles.
+PROFILE_GROUP = "tessera.sandboxes"
 _SUFFIXES = (".json", ".toml")
 _FALLBACK = {"replay": ("replay", "simulator")}
 
@@ -235,14 +249,41 @@ def _combine(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
     return combined
 
 
-def builtin_profile_paths(connector: str, environment: str) -> list[Path]:
-    """The kit's own profile file for ``connector`` in ``environment`` (with fallbacks)."""
+def _profile_in(directory: Traversable, environment: str) -> list[Path]:
     for env in _FALLBACK.get(environment, (environment,)):
         for suffix in _SUFFIXES:
-            candidate = BUILTIN_DIR / connector / f"{env}{suffix}"
+            candidate = directory.joinpath(f"{env}{suffix}")
             if candidate.is_file():
+                if not isinstance(candidate, Path):  # e.g. inside a zip: not supported
+                    raise SandboxProfileError(f"{candidate}: a sandbox profile must be a file")
                 return [candidate]
     return []
+
+
+def _packaged_dirs(connector: str) -> list[Traversable]:
+    """The directories the connector's packages declare under ``tessera.sandboxes``."""
+    found: list[Traversable] = []
+    for entry_point in entry_points(group=PROFILE_GROUP, name=connector):
+        where = f"entry point {entry_point.name} = {entry_point.value!r} ({PROFILE_GROUP})"
+        try:
+            directory = importlib.resources.files(entry_point.value)
+        except (ImportError, TypeError, ValueError) as exc:
+            raise SandboxProfileError(
+                f"{where}: not an importable package ({type(exc).__name__})"
+            ) from None
+        if not directory.is_dir():
+            raise SandboxProfileError(f"{where}: not a directory")
+        found.append(directory)
+    return found
+
+
+def builtin_profile_paths(connector: str, environment: str) -> list[Path]:
+    """The profile files that come with ``connector`` for ``environment`` (with fallbacks): the
+    kit's own, then those its package ships (``tessera.sandboxes`` entry points)."""
+    paths = _profile_in(BUILTIN_DIR / connector, environment)
+    for directory in _packaged_dirs(connector):
+        paths += _profile_in(directory, environment)
+    return paths
 
 
 def load_sandbox_profile(
