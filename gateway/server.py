@@ -27,16 +27,20 @@ import os
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
+from aiohttp.web_protocol import RequestHandler
 from pydantic import SecretStr
 
 from gateway.app import IN_FLIGHT, create_app
 from gateway.config import Settings
 from gateway.observability import RedactingAccessLogger
+from gateway.problems import problem_response
 from normalization.errors import (
     TesseraError,
     VaultPermissionDeniedError,
@@ -45,6 +49,7 @@ from normalization.errors import (
 )
 
 __all__ = [
+    "GatewayRunner",
     "StartupError",
     "check_listen_address",
     "preflight",
@@ -64,6 +69,90 @@ class StartupError(Exception):
 log = structlog.get_logger("tessera.server")
 
 
+# -- errors aiohttp answers itself -------------------------------------------------------------
+
+#: What a client whose request aiohttp's HTTP parser refused is told: never the parser's message,
+#: which quotes the offending request line or header (a card number in a path, a header value or
+#: a method token came back verbatim in aiohttp's ``text/plain`` 400).
+_UNPARSABLE_DETAIL = "The request is not valid HTTP/1.1 and was not processed."
+_INTERNAL_DETAIL = "An unexpected error occurred."
+
+
+class _ProblemRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with its own error answers replaced by problem+json.
+
+    ``handle_error`` is how aiohttp answers what never reaches the application: a request its
+    parser refused (400: bad request line, method token, header, or a line over the size limit)
+    and an exception escaping the middleware (500; 504 for a ``TimeoutError``). aiohttp's answer
+    is ``text/plain`` quoting the parser's message, the raw input included, and its log line
+    carries the same text in the traceback. Here the answer is a fixed problem+json body (4xx:
+    ``http_error``, 5xx: 500 ``internal_error``) and a parser refusal is logged by exception class
+    only.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        del message  # the parser's text: it quotes the input
+        error = type(exc).__name__ if exc is not None else None
+        if status >= 500:
+            # As the middleware does for its own 500s: the traceback through the redaction.
+            log.error("unhandled_error", status=status, error=error, exc_info=exc)
+        elif isinstance(exc, BadHttpMethod) and self._request_count == 1:
+            # Usually TLS or other non-HTTP traffic sent to the port: routine on a public
+            # address (aiohttp logs it at debug level for the same reason).
+            log.debug("http_request_rejected", status=status, error=error)
+        else:
+            log.info("http_request_rejected", status=status, error=error)
+        if request.writer.output_size > 0:
+            # Part of a response already went out: the connection cannot carry another one.
+            raise ConnectionError("a response was already sent; cannot send the error")
+        request_id = str(uuid.uuid4())
+        if status >= 500:
+            response = problem_response(
+                500, "internal_error", _INTERNAL_DETAIL, request_id=request_id
+            )
+        else:
+            response = problem_response(
+                status, "http_error", _UNPARSABLE_DETAIL, request_id=request_id
+            )
+        response.headers["X-Request-Id"] = request_id
+        response.force_close()
+        return response
+
+
+class _ProblemServer(web.Server):
+    """aiohttp's ``Server`` (the protocol factory) making ``_ProblemRequestHandler`` s."""
+
+    def __call__(self) -> RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer aiohttp's own errors as problem+json.
+
+    The application's ``Server`` is built by aiohttp as usual (start-up hooks, handler
+    arguments) and then re-made as a ``_ProblemServer`` with the same handler, request factory
+    and arguments, before any connection exists.
+    """
+
+    __slots__ = ()
+
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _ProblemServer(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=made._loop,
+            **made._kwargs,
+        )
+
+
 async def start_site(
     app: web.Application, settings: Settings, *, reuse_port: bool = False
 ) -> tuple[web.AppRunner, str]:
@@ -73,7 +162,7 @@ async def start_site(
     extra: dict[str, object] = (
         {"access_log_class": RedactingAccessLogger} if server.access_log else {"access_log": None}
     )
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app,
         keepalive_timeout=server.keepalive_timeout,
         shutdown_timeout=server.shutdown_timeout,
