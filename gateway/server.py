@@ -277,10 +277,8 @@ async def _check_vault(settings: Settings) -> None:
                 raise StartupError(f"Vault at {addr} is not initialized (bao operator init).")
             if health.sealed:
                 raise VaultSealedError()
-            if settings.vault.role_id and settings.vault.secret_id:
-                await client._current_token()  # the AppRole login the gateway will make
-            else:
-                await client._call("GET", "/v1/auth/token/lookup-self", None, "token lookup")
+            # The AppRole login the gateway will make, or the static token, looked up.
+            await client.check_credentials()
     except TimeoutError:
         raise StartupError(
             f"Vault at {addr} did not answer within {_CHECK_TIMEOUT:.0f} s; check [vault] addr "

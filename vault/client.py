@@ -225,6 +225,28 @@ class VaultClient:
             version=str(document.get("version", "")),
         )
 
+    # -- credentials ------------------------------------------------------------------------
+
+    async def check_credentials(self) -> None:
+        """Return if Vault accepts this client's credentials; raise ``VaultPermissionDeniedError``
+        if it refuses them (other failures raise as any call does: ``VaultUnavailableError``,
+        ``VaultSealedError``, ...).
+
+        One ``lookup-self`` of the token in use (granted by Vault's ``default`` policy). With
+        AppRole, the token comes from a login made now if there is no live one; a lookup refused
+        with 403 (token revoked or expired, or a policy without ``lookup-self``) is settled by one
+        fresh login, as for any call: accepted means the credentials are good and the client
+        holds a live token again. A static token refused is refused.
+        """
+        token = await self._current_token()  # AppRole: logs in if needed, raises if refused
+        reply = await self._send("GET", "/v1/auth/token/lookup-self", token, None)
+        if reply.status == 200:
+            return
+        if reply.status == 403 and self._approle is not None:
+            await self._relogin_after_403(token)  # raises if the login is refused
+            return
+        raise _error_for_status(reply, "token lookup")
+
     # -- transit, batched -------------------------------------------------------------------
 
     async def transit_encrypt(

@@ -1,0 +1,111 @@
+"""``VaultClient.check_credentials`` against the real OpenBao: accepted, refused, unreachable.
+
+Used by ``tessera serve``'s start-up check and by ``/readyz``; it must tell "Vault refuses the
+gateway's credentials" (``VaultPermissionDeniedError``) from everything else, for a static token
+and for AppRole (whose dead token is replaced by one fresh login, as for any call).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import hvac
+import pytest
+
+from normalization.errors import VaultPermissionDeniedError, VaultUnavailableError
+from tests.conftest import ProvisionedVault, free_port
+from vault.client import AppRoleCredentials, VaultClient
+
+
+@pytest.fixture
+def root_hvac(provisioned_vault: ProvisionedVault) -> Iterator[hvac.Client]:
+    client = hvac.Client(url=provisioned_vault.addr, token=provisioned_vault.root_token)
+    yield client
+    client.adapter.close()
+
+
+def _approle(root: hvac.Client, **role: object) -> tuple[AppRoleCredentials, str]:
+    """A role of this test's own (tokenize policy): its credentials and its secret id accessor."""
+    name = f"check_{secrets.token_hex(3)}"
+    root.auth.approle.create_or_update_approle(name, token_policies=["tessera-tokenize"], **role)
+    role_id = root.auth.approle.read_role_id(name)["data"]["role_id"]
+    secret = root.auth.approle.generate_secret_id(name)["data"]
+    return AppRoleCredentials(role_id, secret["secret_id"]), name
+
+
+async def test_a_live_static_token_is_accepted_and_a_revoked_one_refused(
+    provisioned_vault: ProvisionedVault, root_hvac: hvac.Client
+) -> None:
+    token = root_hvac.auth.token.create(policies=["tessera-tokenize"], ttl="10m")["auth"][
+        "client_token"
+    ]
+    async with VaultClient(provisioned_vault.addr, token=token) as client:
+        await client.check_credentials()
+        root_hvac.auth.token.revoke(token)
+        with pytest.raises(VaultPermissionDeniedError) as caught:
+            await client.check_credentials()
+        assert token not in str(caught.value)
+
+
+async def test_approle_logs_in_then_only_looks_up(
+    provisioned_vault: ProvisionedVault, root_hvac: hvac.Client
+) -> None:
+    credentials, _ = _approle(root_hvac)
+    async with VaultClient(provisioned_vault.addr, approle=credentials) as client:
+        await client.check_credentials()
+        await client.check_credentials()
+        assert client.logins == 1
+
+
+async def test_approle_with_a_revoked_token_logs_in_again(
+    provisioned_vault: ProvisionedVault, root_hvac: hvac.Client
+) -> None:
+    credentials, _ = _approle(root_hvac)
+    async with VaultClient(provisioned_vault.addr, approle=credentials) as client:
+        await client.check_credentials()
+        assert client.token is not None
+        root_hvac.auth.token.revoke(client.token)
+        await client.check_credentials()
+        assert client.logins == 2
+
+
+async def test_approle_whose_secret_id_is_gone_is_refused_once_its_token_is(
+    provisioned_vault: ProvisionedVault, root_hvac: hvac.Client
+) -> None:
+    credentials, role = _approle(root_hvac)
+    async with VaultClient(provisioned_vault.addr, approle=credentials) as client:
+        await client.check_credentials()
+        root_hvac.auth.approle.destroy_secret_id(role, credentials.secret_id)
+        # The token it holds still works: so does the gateway, for now.
+        await client.check_credentials()
+        assert client.token is not None
+        root_hvac.auth.token.revoke(client.token)
+        with pytest.raises(VaultPermissionDeniedError) as caught:
+            await client.check_credentials()
+        assert credentials.secret_id not in str(caught.value)
+
+
+async def test_bad_approle_credentials_are_refused(provisioned_vault: ProvisionedVault) -> None:
+    bad = AppRoleCredentials(provisioned_vault.result.gateway_role_id, "not-the-secret")
+    async with VaultClient(provisioned_vault.addr, approle=bad) as client:
+        with pytest.raises(VaultPermissionDeniedError):
+            await client.check_credentials()
+        assert client.logins == 0
+
+
+async def test_approle_token_without_lookup_self_is_still_accepted(
+    provisioned_vault: ProvisionedVault, root_hvac: hvac.Client
+) -> None:
+    """A role whose tokens lack the ``default`` policy cannot look itself up: the login that
+    follows the refused lookup decides, and it succeeds."""
+    credentials, _ = _approle(root_hvac, token_no_default_policy=True)
+    async with VaultClient(provisioned_vault.addr, approle=credentials) as client:
+        await client.check_credentials()
+        assert client.logins == 2
+
+
+async def test_unreachable_vault_is_not_a_refusal() -> None:
+    async with VaultClient(f"http://127.0.0.1:{free_port()}", token="t", timeout=1) as client:
+        with pytest.raises(VaultUnavailableError):
+            await client.check_credentials()
