@@ -281,7 +281,13 @@ def _query(name: str, description: str, max_length: int) -> dict[str, Any]:
         "in": "query",
         "required": True,
         "description": description,
-        "schema": {"type": "string", "minLength": 1, "maxLength": max_length},
+        # No NUL: nothing stored holds one (and PostgreSQL refuses it in text): 400.
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": max_length,
+            "pattern": "^[^\\u0000]+$",
+        },
     }
 
 
