@@ -68,7 +68,9 @@ async def test_revoked_credentials_make_readyz_not_ready_within_the_interval(
 
     denied = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
     assert denied.status == 503
-    assert (await denied.json())["code"] == "vault_permission_denied"
+    problem = await denied.json()
+    assert problem["code"] == "vault_permission_denied"
+    assert problem["detail"].startswith("The token vault refused the gateway's credentials")
 
 
 async def test_readyz_with_accepted_credentials(make_gateway: MakeGateway) -> None:

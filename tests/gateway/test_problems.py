@@ -1,0 +1,41 @@
+"""``gateway.problems.problem_response``: the problem+json body, and details fixed by code."""
+
+from __future__ import annotations
+
+import orjson
+
+from gateway.problems import PROBLEM_CONTENT_TYPE, problem_response
+
+
+def _body(response: object) -> dict[str, object]:
+    body = getattr(response, "body", b"")
+    assert isinstance(body, bytes)
+    return dict(orjson.loads(body))
+
+
+def test_vault_permission_denied_says_the_credentials_were_refused() -> None:
+    # The error middleware passes one generic sentence for every vault error.
+    response = problem_response(
+        503,
+        "vault_permission_denied",
+        "The token vault is unavailable; nothing was stored. Retry later.",
+        retry_after=1,
+    )
+    body = _body(response)
+    assert response.status == 503
+    assert response.content_type == PROBLEM_CONTENT_TYPE
+    assert response.headers["Retry-After"] == "1"
+    assert body["title"] == "Service Unavailable"
+    assert body["code"] == "vault_permission_denied"
+    assert body["detail"] == (
+        "The token vault refused the gateway's credentials; the gateway's Vault role and "
+        "secret id (or token) need attention. Retry later."
+    )
+    assert "unavailable" not in str(body["detail"])
+
+
+def test_other_codes_keep_the_detail_they_were_given() -> None:
+    body = _body(problem_response(503, "vault_unavailable", "The token vault is unavailable."))
+    assert body["detail"] == "The token vault is unavailable."
+    body = _body(problem_response(400, "http_error", "Bad.", request_id="r"))
+    assert (body["detail"], body["request_id"]) == ("Bad.", "r")
