@@ -302,6 +302,22 @@ class MerchantStore:
         )
         return True
 
+    async def delete(self, merchant_id: str) -> bool:
+        """Remove the merchant and its API keys (revoked ones too), in one transaction; False
+        if there was no such merchant.
+
+        For undoing a creation that could not be completed (``tessera merchants create`` when
+        Vault refuses to make its keys). Tokens, payments and audit entries name a merchant
+        without a foreign key and are not touched: do not delete a merchant that has any.
+        """
+        async with self._db.transaction() as tx:
+            row = await tx.fetchone("SELECT id FROM merchants WHERE id = $1", merchant_id)
+            if row is None:
+                return False
+            await tx.execute("DELETE FROM api_keys WHERE merchant_id = $1", merchant_id)
+            await tx.execute("DELETE FROM merchants WHERE id = $1", merchant_id)
+        return True
+
     async def get(self, merchant_id: str) -> Merchant | None:
         row = await self._db.fetchone(
             "SELECT id, name, token_dedup, created_at FROM merchants WHERE id = $1", merchant_id

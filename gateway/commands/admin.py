@@ -92,7 +92,7 @@ def merchants_create(settings: Settings, name: str, *, dedup: bool) -> int:
         try:
             await asyncio.to_thread(ensure_tenant_keys, settings.vault.addr, token, merchant.id)
         except BaseException:
-            await _delete_merchant(db, merchant.id)
+            await store.delete(merchant.id)
             raise
         await audit.append(
             actor="cli:merchants-create",
@@ -108,13 +108,6 @@ def merchants_create(settings: Settings, name: str, *, dedup: bool) -> int:
     print(f"api key:  {key}")
     print("The key is shown once; store it now.", file=sys.stderr)
     return 0
-
-
-async def _delete_merchant(db: SqliteDatabase | PostgresDatabase, merchant_id: str) -> None:
-    """Remove a merchant created a moment ago, and its API keys (nothing else refers to it)."""
-    async with db.transaction() as tx:
-        await tx.execute("DELETE FROM api_keys WHERE merchant_id = $1", merchant_id)
-        await tx.execute("DELETE FROM merchants WHERE id = $1", merchant_id)
 
 
 def rotate_keys(settings: Settings, tenant: str | None) -> int:
