@@ -5,14 +5,15 @@
 (``.../tessera-connector-acme/tessera_acme``; ``.parent`` is what ``pip install -e`` takes)::
 
     tessera-connector-acme/
-      pyproject.toml           entry points tessera.connectors and tessera.simulators
+      pyproject.toml           entry points tessera.connectors, .simulators and .sandboxes
       README.md
       tessera_acme/
         connector.py           manifest, verbs, one _send
         transformers.py        wire models, builders, parsers, status and error maps
         simulator.py           a stateful loopback simulator of the provider (aiohttp)
+        sandboxes/simulator.json  the simulator's API key and magic values: the conformance
+                               kit finds it through the tessera.sandboxes entry point
       cassettes/               recorded, scrubbed exchanges (sdk.testing.Cassette)
-      sandboxes/simulator.json the simulator's API key and magic values, for the conformance kit
       tests/                   simulator tests, transcript scrubbing, registration
 
 The project passes ruff, mypy --strict and its own tests as generated; the templates live in
@@ -45,7 +46,7 @@ GENERATED_FILES: dict[str, str] = {
     "${package}/transformers.py": "{category}.transformers.py.tmpl",
     "${package}/simulator.py": "{category}.simulator.py.tmpl",
     "cassettes/README.md": "common.cassettes.README.md.tmpl",
-    "sandboxes/simulator.json": "{category}.sandbox.json.tmpl",
+    "${package}/sandboxes/simulator.json": "{category}.sandbox.json.tmpl",
     "tests/conftest.py": "common.conftest.py.tmpl",
     "tests/test_registration.py": "common.test_registration.py.tmpl",
     "tests/test_connector.py": "{category}.test_connector.py.tmpl",

@@ -52,7 +52,7 @@ def test_generated_project_passes_ruff_mypy_and_its_tests(
         "simulator.py",
     }
     assert (project / "cassettes").is_dir()
-    assert (project / "sandboxes" / "simulator.json").is_file()
+    assert (package / "sandboxes" / "simulator.json").is_file()
 
     check(run([str(BIN / "ruff"), "check", "--no-cache", "."], project))
     check(run([str(BIN / "ruff"), "format", "--check", "--no-cache", "."], project))
@@ -150,16 +150,16 @@ def test_installed_project_registers_its_simulator_for_the_conformance_kit(
         PYTHONPATH=str(site),
     )
     check(found)
-    profile = str(project / "sandboxes" / "simulator.json")
+    # The sandbox profile comes with the package (tessera.sandboxes): no --overrides.
     cli = run(
-        [*CONFORMANCE_RUN, name, "--overrides", profile, "--faults", "--quiet"],
+        [*CONFORMANCE_RUN, name, "--faults", "--quiet"],
         project,
         PYTHONPATH=str(site),
     )
     check(cli)
     assert f"{name} ({category}, simulator): PASSED" in cli.stdout
     plugin = run(
-        [*PYTEST, "--tessera-connector", name, "--tessera-overrides", profile],
+        [*PYTEST, "--tessera-connector", name],
         project,
         PYTHONPATH=str(site),
     )
