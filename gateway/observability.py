@@ -9,10 +9,11 @@ type go through it: bytes, floats, sets, dict keys and arbitrary objects (render
 ``repr``, as the JSON renderer would) included.
 
 Records of the standard library's loggers (aiohttp, asyncio, this project's stdlib loggers) go
-through the same chain, exception tracebacks (``exc_info``, chained causes included) rendered
-first and then redacted; ``warnings`` are routed to logging, so a warning quoting a value is
-redacted too instead of being printed to stderr. Code should never log card data in the first
-place; this layer is the safety net, and it is tested (``tests/test_leaks_logging.py``).
+through the same chain, their ``extra=`` fields and exception tracebacks (``exc_info``, chained
+causes included) added first and then redacted; ``warnings`` are routed to logging, so a warning
+quoting a value is redacted too instead of being printed to stderr. Code should never log card
+data in the first place; this layer is the safety net, and it is tested
+(``tests/test_leaks_logging.py``).
 """
 
 from __future__ import annotations
@@ -124,13 +125,13 @@ def redact_card_data(
 
 def configure_logging(level: str = "INFO", *, stream: Any = None) -> None:
     """JSON logs to ``stream`` (stderr), stdlib logging routed through the same redaction."""
-    shared: list[Any] = [
+    unredacted: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
-        redact_card_data,
     ]
+    shared = [*unredacted, redact_card_data]
     structlog.configure(
         processors=[*shared, structlog.processors.JSONRenderer()],
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
@@ -143,8 +144,10 @@ def configure_logging(level: str = "INFO", *, stream: Any = None) -> None:
             processor=structlog.processors.JSONRenderer(),
             # The whole chain, ``format_exc_info`` included: a record's ``exc_info`` is rendered
             # as a traceback and then redacted (left to the renderer, it came out as the raw
-            # ``repr`` of the exception, whatever its message held).
-            foreign_pre_chain=shared,
+            # ``repr`` of the exception, whatever its message held). ``ExtraAdder`` copies a
+            # record's ``extra=`` fields into the line (they were dropped: a failed delivery
+            # logged no event id); it runs before the redaction, which covers them too.
+            foreign_pre_chain=[*unredacted, structlog.stdlib.ExtraAdder(), redact_card_data],
         )
     )
     root = logging.getLogger()

@@ -1,0 +1,84 @@
+"""stdlib log records keep their ``extra=`` fields, redacted like everything else.
+
+``configure_logging`` renders stdlib records (aiohttp, asyncio, the outbox's "notification
+delivery failed") through structlog's ``ProcessorFormatter``; without ``ExtraAdder`` in its
+pre-chain their ``extra=`` fields were dropped, so the line said a delivery failed but not which
+event, after how many attempts, or with what status. Added before the redaction processor, they
+are masked like any other value.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from gateway.observability import configure_logging
+from normalization import mask_pan
+from tests.vault.canary import find_leaks, new_canary
+
+
+@pytest.fixture
+def production_log() -> Iterator[io.StringIO]:
+    """The production configuration, at DEBUG, into a buffer; everything restored after."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    saved_structlog = structlog.get_config()
+    saved_showwarning = warnings.showwarning
+    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
+    stream = io.StringIO()
+    configure_logging("DEBUG", stream=stream)
+    try:
+        yield stream
+    finally:
+        logging.captureWarnings(False)
+        warnings.showwarning = saved_showwarning
+        structlog.configure(**saved_structlog)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        for name, level in quiet.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_extra_fields_of_a_stdlib_record_are_in_the_line(production_log: io.StringIO) -> None:
+    logging.getLogger("tessera.outbox").warning(
+        "notification delivery failed",
+        extra={"event_id": "evt_123", "attempts": 3, "status": 503},
+    )
+    (line,) = _lines(production_log)
+    assert line["event"] == "notification delivery failed"
+    assert line["level"] == "warning"
+    assert (line["event_id"], line["attempts"], line["status"]) == ("evt_123", 3, 503)
+    assert "_record" not in line and "_from_structlog" not in line
+
+
+def test_card_data_in_extra_fields_is_masked(production_log: io.StringIO) -> None:
+    canary = new_canary()
+    pan = canary.pan
+    logging.getLogger("tessera.test").error(
+        "provider said no",
+        extra={
+            "reply": f"card {pan} declined",
+            "number": pan,  # a key that names a secret: blanked
+            "payload": {"card": {"pan": pan, "note": f"see {pan}"}, "raw": pan.encode()},
+            "cvc": canary.cvc,
+        },
+    )
+    text = production_log.getvalue()
+    assert find_leaks(text, canary) == [], text
+    (line,) = _lines(production_log)
+    assert line["reply"] == f"card {mask_pan(pan)} declined"
+    assert line["number"] == "[redacted]"
+    assert line["cvc"] == "[redacted]"
+    assert line["payload"]["card"]["pan"] == "[redacted]"
+    assert line["payload"]["card"]["note"] == f"see {mask_pan(pan)}"
