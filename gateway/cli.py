@@ -107,11 +107,13 @@ def _conformance_run(args: argparse.Namespace) -> int:
 
 
 def _connector_new(args: argparse.Namespace) -> int:
-    from sdk.generator import generate_connector
+    from sdk.generator import generate_connector, slugify
 
     package = generate_connector(args.name, args.category, Path(args.path))
     print(f"Created {package}")
-    print(f"Next: pip install -e {package.parent} && tessera connector list")
+    project, slug = package.parent, slugify(args.name)
+    print(f"Next: pip install -e '{project}[dev]' && tessera connector list")
+    print(f"Then: cd {project} && pytest && tessera conformance run --connector {slug}")
     return 0
 
 

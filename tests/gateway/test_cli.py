@@ -81,6 +81,17 @@ def test_connector_list_shows_the_sandbox() -> None:
     assert "sandbox" in out.stdout
 
 
+def test_connector_new_says_what_to_run_next(tmp_path: Path) -> None:
+    result = _tessera(
+        "connector", "new", "Acme Pay", "--category", "bank-rail", "--path", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    project = tmp_path / "tessera-connector-acme-pay"
+    assert (project / "tessera_acme_pay" / "sandboxes" / "simulator.json").is_file()
+    assert f"pip install -e '{project}[dev]'" in result.stdout
+    assert "tessera conformance run --connector acme_pay" in result.stdout
+
+
 def test_version_and_help() -> None:
     assert _tessera("--version").stdout.startswith("tessera ")
     out = _tessera("--help")
