@@ -351,4 +351,4 @@ class Health(_View):
 
 class Readiness(_View):
     status: Literal["ready", "not_ready"]
-    checks: dict[str, Literal["ok", "sealed", "unreachable"]]
+    checks: dict[str, Literal["ok", "sealed", "unreachable", "refused"]]
