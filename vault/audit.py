@@ -40,7 +40,14 @@ import orjson
 
 from normalization import InvalidRequestError, luhn_valid
 from vault.clock import Clock, SystemClock
-from vault.database import Migration, PostgresDatabase, Row, SqliteDatabase, migrate
+from vault.database import (
+    Connection,
+    Migration,
+    PostgresDatabase,
+    Row,
+    SqliteDatabase,
+    migrate,
+)
 
 __all__ = [
     "GENESIS_HASH",
@@ -244,9 +251,12 @@ class AuditLog:
         target: str | None = None,
         purpose: str | None = None,
         detail: str | None = None,
+        tx: Connection | None = None,
     ) -> AuditEntry:
         """Append one entry and return it, chained to the current head.
 
+        ``tx``: append inside the caller's transaction, so the entry commits (or rolls back)
+        with the action it records; otherwise the entry is a transaction of its own.
         Raises ``InvalidRequestError`` if a field looks like it holds a card number.
         """
         fields: dict[str, Any] = {
@@ -260,45 +270,49 @@ class AuditLog:
         for value in fields.values():
             if value is not None and contains_card_number(value):
                 raise InvalidRequestError("Audit entries must not contain card numbers.")
+        if tx is None:
+            async with self._db.transaction() as own:
+                return await self._append(own, fields)
+        return await self._append(tx, fields)
+
+    async def _append(self, tx: Connection, fields: dict[str, Any]) -> AuditEntry:
         # PostgreSQL: the row lock queues concurrent appenders (other processes included).
         # SQLite: the transaction is BEGIN IMMEDIATE, which already admits one writer.
-        read_head = _READ_HEAD_FOR_UPDATE if self._postgres else _READ_HEAD
-        async with self._db.transaction() as tx:
-            head = await tx.fetchone(read_head)
-            if head is None:
-                raise RuntimeError("The audit log is not migrated (no head row).")
-            seq = int(head["seq"]) + 1
-            prev_hash = head["hash"]
-            # Read the clock under the lock, so timestamps never run backwards along the chain.
-            fields["ts"] = self._clock.now().isoformat(timespec="microseconds")
-            fields["seq"] = seq
-            entry_hash = _entry_hash(fields, prev_hash)
-            await tx.execute(
-                "INSERT INTO vault_audit_log (seq, ts, actor, action, tenant, target, purpose,"
-                " detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                seq,
-                fields["ts"],
-                actor,
-                fields["action"],
-                tenant,
-                target,
-                purpose,
-                detail,
-                prev_hash,
-                entry_hash,
-            )
-            await tx.execute(
-                "UPDATE vault_audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, entry_hash
-            )
+        head = await tx.fetchone(_READ_HEAD_FOR_UPDATE if self._postgres else _READ_HEAD)
+        if head is None:
+            raise RuntimeError("The audit log is not migrated (no head row).")
+        seq = int(head["seq"]) + 1
+        prev_hash = head["hash"]
+        # Read the clock under the lock, so timestamps never run backwards along the chain.
+        fields["ts"] = self._clock.now().isoformat(timespec="microseconds")
+        fields["seq"] = seq
+        entry_hash = _entry_hash(fields, prev_hash)
+        await tx.execute(
+            "INSERT INTO vault_audit_log (seq, ts, actor, action, tenant, target, purpose,"
+            " detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            seq,
+            fields["ts"],
+            fields["actor"],
+            fields["action"],
+            fields["tenant"],
+            fields["target"],
+            fields["purpose"],
+            fields["detail"],
+            prev_hash,
+            entry_hash,
+        )
+        await tx.execute(
+            "UPDATE vault_audit_head SET seq = $1, hash = $2 WHERE id = 1", seq, entry_hash
+        )
         return AuditEntry(
             seq=seq,
             ts=fields["ts"],
-            actor=actor,
+            actor=fields["actor"],
             action=fields["action"],
-            tenant=tenant,
-            target=target,
-            purpose=purpose,
-            detail=detail,
+            tenant=fields["tenant"],
+            target=fields["target"],
+            purpose=fields["purpose"],
+            detail=fields["detail"],
             prev_hash=prev_hash,
             hash=entry_hash,
         )

@@ -195,3 +195,19 @@ async def test_two_processes_appending_do_not_fork_the_chain(
         await other_db.close()
     result = await audit.verify()
     assert result.ok and result.entries_checked == 180
+
+
+async def test_an_entry_commits_or_rolls_back_with_the_callers_transaction(
+    audit: AuditLog, database: Database
+) -> None:
+    await audit.append(actor="admin", action="merchant.create", target="m_1")
+    with pytest.raises(RuntimeError, match="refund failed"):
+        async with database.transaction() as tx:
+            await audit.append(actor="merchant:m_1", action="payment.refund", tx=tx)
+            raise RuntimeError("refund failed")
+    assert (await audit.head()).seq == 1  # rolled back with the action it recorded
+    async with database.transaction() as tx:
+        entry = await audit.append(actor="merchant:m_1", action="payment.refund", tx=tx)
+    assert entry.seq == 2 and (await audit.head()).hash == entry.hash
+    result = await audit.verify()
+    assert result.ok and result.entries_checked == 2
