@@ -10,16 +10,26 @@
 4. records the outcome, and moves the payment through the state machine in one transaction with
    the merchant notification (outbox).
 
-Failover (authorize only): the next routed connector is tried only when nothing was sent
-(``not_sent``, breaker open, bulkhead full). ``unknown`` stops the payment where it is: the
+Failover (the first operation only): the next routed connector is tried only when nothing was
+sent (``not_sent``, breaker open, bulkhead full). ``unknown`` stops the payment where it is: the
 reconciler (``reconcile``) settles it by replaying the attempt with the same provider key where
 the connector honours idempotency keys, or by a sync.
+
+The first operation depends on the payment method (``gateway.routing.CREATE_OPERATIONS``): a card
+is authorized; a bank account is authorized, or debited on a bank rail (``pending`` until sync or
+a webhook settles it); an open-banking payer gets a consent (``requires_action`` with the bank's
+redirect). ``complete`` then sends ``complete_authorization`` with the bank's callback and, once
+the consent is authorized, ``submit`` (its own attempt and provider key, started in the same
+transaction that records the authorization): the payment goes from ``requires_action`` straight
+to the submission's result. A submit whose answer was lost, or that never left, stays an open
+attempt: reconciliation syncs the consent and replays the submit with the same provider key only
+when the consent is authorized and carries no payment.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -36,7 +46,7 @@ from gateway.payments import (
     RefundRecord,
     RefundStatus,
 )
-from gateway.routing import RouteQuery, Router
+from gateway.routing import RouteQuery, Router, create_operation
 from gateway.tracing import span
 from normalization import (
     AuthorizeRequest,
@@ -45,7 +55,10 @@ from normalization import (
     CardMethod,
     ConnectorBusyError,
     ConnectorUnavailableError,
+    ConsentRequest,
+    DebitRequest,
     IllegalTransitionError,
+    InvalidRequestError,
     Money,
     Outcome,
     PaymentResult,
@@ -58,8 +71,13 @@ from normalization import (
     VoidRequest,
     transition,
 )
-from normalization.methods import PaymentMethod, PaymentMethodType
-from sdk import CompleteAuthorizationRequest, Deadline, Operation
+from normalization.methods import (
+    BankAccountMethod,
+    OpenBankingMethod,
+    PaymentMethod,
+    PaymentMethodType,
+)
+from sdk import CompleteAuthorizationRequest, Deadline, Operation, SubmitRequest
 from sdk.webhooks import WebhookEvent
 from vault.database import Connection, PostgresDatabase, SqliteDatabase
 from vault.token_store import TokenRecord
@@ -68,6 +86,14 @@ from vault.tokenization import TokenizationService
 __all__ = ["CreatedPayment", "NewPayment", "OperationOutcome", "PaymentService"]
 
 log = structlog.get_logger("tessera.payments")
+
+#: The operations that start a payment (its first attempts, failover included).
+_CREATE_OPERATIONS = frozenset(
+    {Operation.AUTHORIZE.value, Operation.DEBIT.value, Operation.CREATE_CONSENT.value}
+)
+_OPEN_BANKING = PaymentMethodType.OPEN_BANKING.value
+#: A bank debit's description, at most (``DebitRequest``).
+_DEBIT_DESCRIPTION_MAX = 140
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +173,11 @@ class PaymentService:
             # stays failed (nothing reached a provider); this retry is a new payment.
         method, summary, route, record = await self._prepare_method(merchant, new)
         candidates = self._router.candidates(route)
+        if not isinstance(method, CardMethod):
+            new = self._check_bank_payment(new, method, candidates)
         refusals = [self._pool.breaker_refusal(c) for c in candidates]
         if all(refusal is not None for refusal in refusals):
-            raise self._all_open(candidates, refusals)
+            raise self._all_open(candidates, refusals, summary.type)
         queue = list(candidates)
         attempts: list[AttemptRecord] = []
         # The payment, its idempotency binding and its first attempt (with the provider key it
@@ -180,11 +208,46 @@ class PaymentService:
         # Every attempt of this payment was made by this run, and a new payment has no refunds.
         return CreatedPayment(payment, attempts)
 
+    def _check_bank_payment(
+        self, new: NewPayment, method: PaymentMethod, candidates: list[str]
+    ) -> NewPayment:
+        """What a bank-account or open-banking payment needs, checked before anything is
+        written: an open-banking payment's return URL (the request's, else the payer's, kept on
+        the payment), a debit's shorter description."""
+        if isinstance(method, OpenBankingMethod):
+            return_url = new.return_url or method.return_url
+            if return_url is None:
+                raise InvalidRequestError(
+                    "An open-banking payment needs a return_url: where the bank sends the "
+                    "customer back."
+                )
+            return replace(new, return_url=return_url)
+        debits = any(
+            self._create_operation(c, PaymentMethodType.BANK_ACCOUNT.value) is Operation.DEBIT
+            for c in candidates
+        )
+        if debits and new.description is not None and len(new.description) > _DEBIT_DESCRIPTION_MAX:
+            raise InvalidRequestError(
+                f"A bank debit's description is at most {_DEBIT_DESCRIPTION_MAX} characters."
+            )
+        return new
+
+    def _create_operation(self, connector_id: str, method_type: str) -> Operation:
+        """The operation that starts a payment of ``method_type`` on ``connector_id``."""
+        if method_type == "card":
+            return Operation.AUTHORIZE
+        manifest = self._pool.manifest(connector_id)
+        return create_operation(manifest, PaymentMethodType(method_type)) or Operation.AUTHORIZE
+
     def _all_open(
-        self, candidates: list[str], refusals: list[ConnectorUnavailableError | None]
+        self,
+        candidates: list[str],
+        refusals: list[ConnectorUnavailableError | None],
+        method_type: str,
     ) -> ConnectorUnavailableError:
         for connector_id in candidates:
-            self._pool.count_refusal(connector_id, Operation.AUTHORIZE.value)
+            operation = self._create_operation(connector_id, method_type)
+            self._pool.count_refusal(connector_id, operation.value)
         if len(candidates) == 1 and refusals[0] is not None:
             return refusals[0]
         waits = [r.retry_after for r in refusals if r is not None and r.retry_after is not None]
@@ -251,6 +314,37 @@ class PaymentService:
             metadata=dict(payment.metadata),
         )
 
+    def _create_request(
+        self,
+        operation: Operation,
+        payment: PaymentRecord,
+        new: NewPayment,
+        method: PaymentMethod,
+        key: str,
+    ) -> AuthorizeRequest | DebitRequest | ConsentRequest:
+        """The first operation's request; the provider reference and key as for a card."""
+        if operation is Operation.DEBIT:
+            assert isinstance(method, BankAccountMethod)
+            return DebitRequest(
+                amount=payment.amount,
+                source=method,
+                description=new.description,
+                reference=payment.id,
+                idempotency_key=key,
+                metadata=dict(payment.metadata),
+            )
+        if operation is Operation.CREATE_CONSENT:
+            assert isinstance(method, OpenBankingMethod) and payment.return_url is not None
+            return ConsentRequest(
+                amount=payment.amount,
+                payer=method,
+                return_url=payment.return_url,
+                reference=payment.id,
+                idempotency_key=key,
+                metadata=dict(payment.metadata),
+            )
+        return self._authorize_request(payment, new, method, key)
+
     async def _next_attempt(
         self,
         tx: Connection,
@@ -258,16 +352,18 @@ class PaymentService:
         queue: list[str],
         attempts: list[AttemptRecord],
     ) -> ConnectorUnavailableError | None:
-        """Start an authorize attempt on the next connector of ``queue`` (appended to
-        ``attempts``), recording those skipped for an open breaker on the way.
+        """Start the first operation's attempt (authorize, debit or create_consent) on the next
+        connector of ``queue`` (appended to ``attempts``), recording those skipped for an open
+        breaker on the way.
 
         None when an attempt was started; the last refusal when every remaining connector was
         skipped. ``attempts`` must hold the payment's attempts (their count is the next ``seq``).
         """
         refusal: ConnectorUnavailableError | None = None
-        operation = Operation.AUTHORIZE.value
+        method_type = payment.payment_method.type
         while queue:
             connector_id = queue.pop(0)
+            operation = self._create_operation(connector_id, method_type).value
             refusal = self._pool.breaker_refusal(connector_id)
             if refusal is None:
                 attempt = await self._store.start_attempt(
@@ -308,15 +404,15 @@ class PaymentService:
         with reveal_scope(record):
             while True:
                 attempt = attempts[-1]
-                request = self._authorize_request(
-                    payment, new, method, attempt.provider_idempotency_key
+                operation = Operation(attempt.operation)
+                request = self._create_request(
+                    operation, payment, new, method, attempt.provider_idempotency_key
                 )
                 error_code: str | None = None
                 try:
                     result = await self._invoke(
-                        merchant.id, attempt.connector, Operation.AUTHORIZE, request,
-                        correlation_id,
-                    )  # fmt: skip
+                        merchant.id, attempt.connector, operation, request, correlation_id
+                    )
                     rejection = None
                 except TesseraError as exc:  # raised by the runtime only when nothing was sent
                     result, error_code, rejection = PaymentResult.not_sent(), exc.code, exc
@@ -360,7 +456,9 @@ class PaymentService:
         the same provider idempotency key; a payment that died before its first attempt is
         authorized now, on the connector it was routed to.
         """
-        attempts = [a for a in await self._store.attempts(payment.id) if a.operation == "authorize"]
+        attempts = [
+            a for a in await self._store.attempts(payment.id) if a.operation in _CREATE_OPERATIONS
+        ]
         open_attempt = next((a for a in reversed(attempts) if a.needs_reconciliation), None)
         if open_attempt is not None:
             await self.reconcile(open_attempt, correlation_id=correlation_id)
@@ -369,8 +467,9 @@ class PaymentService:
             method: PaymentMethod = new.payment_method
             if payment.payment_method.token is not None:
                 method = CardMethod(token=payment.payment_method.token)
+            operation = self._create_operation(payment.connector, payment.payment_method.type)
             first = await self._store.start_attempt(
-                payment, payment.connector, Operation.AUTHORIZE.value, amount=payment.amount
+                payment, payment.connector, operation.value, amount=payment.amount
             )
             return await self._authorize(
                 merchant, payment, new, method, [first], [], correlation_id
@@ -491,7 +590,9 @@ class PaymentService:
         )  # fmt: skip
         result = await self._send(merchant.id, attempt, Operation.SYNC, request, correlation_id)
         await self._store.finish_attempt(attempt, result)
-        if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
+        if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED) and not _unsubmitted(
+            payment, result
+        ):
             payment = await self._observe(payment, result)
         return payment
 
@@ -511,6 +612,8 @@ class PaymentService:
                 f"{payment.status.value if payment.status else 'new'}."
             )
         manifest = self._pool.manifest(payment.connector)
+        if payment.payment_method.type == _OPEN_BANKING and manifest.supports(Operation.SUBMIT):
+            return await self._complete_consent(merchant, payment, params, correlation_id)
         if not manifest.supports(Operation.COMPLETE_AUTHORIZATION):
             return await self.sync(merchant, payment_id, correlation_id=correlation_id)
         operation = Operation.COMPLETE_AUTHORIZATION
@@ -524,6 +627,118 @@ class PaymentService:
         if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
             payment = await self._observe(payment, result)
         return payment
+
+    async def _complete_consent(
+        self,
+        merchant: Merchant,
+        payment: PaymentRecord,
+        params: Mapping[str, str],
+        correlation_id: str | None,
+    ) -> PaymentRecord:
+        """Open banking: the customer is back from the bank. ``complete_authorization`` with the
+        callback, then, once the consent is authorized, ``submit``.
+
+        Resumes where an earlier call stopped: a submit already started is reconciled (synced,
+        replayed with its own key only if the consent carries no payment), never sent anew; a
+        consent already authorized is submitted without asking the bank again.
+        """
+        if payment.provider_reference is None:
+            raise IllegalTransitionError("The payment has no consent to complete yet.")
+        attempts = await self._store.attempts(payment.id)
+        submit = next((a for a in reversed(attempts) if a.operation == "submit"), None)
+        if submit is not None:
+            if submit.needs_reconciliation:
+                await self.reconcile(submit, correlation_id=correlation_id)
+            return await self._store.get_payment(merchant.id, payment.id)
+        authorized = any(
+            a.operation == Operation.COMPLETE_AUTHORIZATION.value
+            and _authorized(a.outcome, a.status)
+            for a in attempts
+        )
+        if authorized:
+            submit = await self._start_follow_up(payment, Operation.SUBMIT)
+        else:
+            operation = Operation.COMPLETE_AUTHORIZATION
+            attempt = await self._start_follow_up(payment, operation)
+            request = CompleteAuthorizationRequest(
+                payment_id=payment.id, provider_reference=payment.provider_reference,
+                callback_parameters=dict(params), idempotency_key=attempt.provider_idempotency_key,
+                reference=payment.id,
+            )  # fmt: skip
+            result = await self._send(merchant.id, attempt, operation, request, correlation_id)
+            # The authorization and the submit attempt commit together: a crash after this
+            # leaves an open submit attempt, which reconciliation finishes.
+            async with self._db.transaction() as tx:
+                await self._store.finish_attempt(attempt, result, tx=tx)
+                if _authorized(result.outcome, result.status):
+                    submit = await self._start_follow_up(payment, Operation.SUBMIT, tx=tx)
+            if submit is None:
+                if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
+                    payment = await self._observe(payment, result)
+                return payment
+        return await self._submit(payment, submit, correlation_id)
+
+    async def _submit(
+        self, payment: PaymentRecord, submit: AttemptRecord, correlation_id: str | None
+    ) -> PaymentRecord:
+        """Send ``submit`` (started and committed) and settle the payment on its answer.
+
+        Refused before sending (breaker, bulkhead, deadline): the error propagates and the
+        attempt stays open, so the reconciler submits it later with the same provider key.
+        """
+        assert payment.provider_reference is not None
+        request = SubmitRequest(
+            payment_id=payment.id, provider_reference=payment.provider_reference,
+            consent_reference=payment.provider_reference, reference=payment.id,
+            idempotency_key=submit.provider_idempotency_key, metadata=dict(payment.metadata),
+        )  # fmt: skip
+        result = await self._invoke(
+            payment.merchant_id, submit.connector, Operation.SUBMIT, request, correlation_id
+        )
+        if result.outcome is Outcome.NOT_SENT:
+            return payment  # still open: the reconciler sends it
+        async with self._db.transaction() as tx:
+            await self._store.finish_attempt(submit, result, tx=tx)
+            return await self._settle(payment, result, tx=tx)
+
+    async def _reconcile_consent(
+        self,
+        attempt: AttemptRecord,
+        payment: PaymentRecord,
+        result: PaymentResult,
+        correlation_id: str | None,
+    ) -> bool:
+        """A sync says the consent is authorized and carries no payment: nothing was submitted.
+
+        A submit attempt is replayed with its own provider key (a provider that honours it pays
+        once even if the first call did arrive); the attempt that saw the authorization
+        (``complete_authorization`` whose answer was lost) is settled and a submit started, unless
+        one exists already.
+        """
+        manifest = self._pool.manifest(attempt.connector)
+        if attempt.operation == Operation.SUBMIT.value:
+            if manifest.idempotency is None:
+                await self._store.schedule_reconcile(attempt.id)
+                return False
+            submit = attempt
+        else:
+            others = await self._store.attempts(payment.id)
+            async with self._db.transaction() as tx:
+                await self._store.finish_attempt(attempt, result, tx=tx)
+                if any(a.operation == Operation.SUBMIT.value for a in others):
+                    return True  # that attempt is reconciled on its own
+                submit = await self._start_follow_up(payment, Operation.SUBMIT, tx=tx)
+            try:
+                await self._submit(payment, submit, correlation_id)
+            except TesseraError as exc:  # not sent: the submit attempt is reconciled later
+                log.info("submit_deferred", payment_id=payment.id, code=exc.code)
+            return True
+        await self._submit(payment, submit, correlation_id)
+        settled = await self._store.get_attempt(submit.id)
+        if settled.needs_reconciliation:
+            await self._store.schedule_reconcile(attempt.id)
+            return False
+        return True
 
     # -- reconciliation -------------------------------------------------------------------------
 
@@ -551,6 +766,8 @@ class PaymentService:
             result = await self._invoke(
                 payment.merchant_id, attempt.connector, Operation.SYNC, sync, correlation_id
             )
+            if _unsubmitted(payment, result):
+                return await self._reconcile_consent(attempt, payment, result, correlation_id)
             if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
                 await self._store.finish_attempt(attempt, result)
         elif attempt.operation == "authorize" and manifest.idempotency is not None and token:
@@ -573,7 +790,7 @@ class PaymentService:
         ):
             await self._store.schedule_reconcile(attempt.id)
             return False
-        if attempt.operation == "authorize":
+        if attempt.operation in _CREATE_OPERATIONS:
             await self._settle(payment, result, connector=attempt.connector)
         else:
             await self._observe(payment, result)
@@ -591,6 +808,8 @@ class PaymentService:
         if payment is None:
             log.info("webhook_for_unknown_payment", connector=connector_id, event=event.event_type)
             return False
+        if _unsubmitted(payment, event.result):
+            return False  # the consent is authorized: ``complete`` submits it
         for attempt in await self._store.attempts(payment.id):
             settles = event.result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED)
             ours = attempt.provider_reference in (None, event.provider_reference)
@@ -734,3 +953,15 @@ class PaymentService:
                 "reference": after.reference,
             },
         )
+
+
+def _authorized(outcome: Outcome | None, status: PaymentStatus | None) -> bool:
+    return outcome is Outcome.SUCCEEDED and status is PaymentStatus.AUTHORIZED
+
+
+def _unsubmitted(payment: PaymentRecord, result: PaymentResult) -> bool:
+    """An open-banking consent the customer authorized, with no payment submitted yet: not a
+    state of the payment (which stays ``requires_action`` until the submit answers)."""
+    return payment.payment_method.type == _OPEN_BANKING and _authorized(
+        result.outcome, result.status
+    )

@@ -3,7 +3,8 @@
 Rules come from configuration (``[[routing.rules]]``); the first rule whose every condition holds
 gives an ordered list, later entries being fallbacks; ``routing.default`` applies when none does.
 A merchant naming ``connector`` in the request gets exactly that connector. Candidates whose
-manifest cannot carry the payment (method type, currency, country) are dropped before any call.
+manifest cannot carry the payment (method type, currency, country, an operation that starts a
+payment of that method: ``CREATE_OPERATIONS``) are dropped before any call.
 
 Failover is decided by the payments service, not here: the next candidate is tried **only** when
 the previous attempt's outcome was ``not_sent`` (or its breaker was open / bulkhead full); a
@@ -17,9 +18,23 @@ from dataclasses import dataclass
 from gateway.config import RouteRule, RoutingSettings
 from normalization.errors import NotSupportedError
 from normalization.methods import PaymentMethodType
-from sdk import Manifest
+from sdk import Manifest, Operation
 
-__all__ = ["RouteQuery", "Router"]
+__all__ = ["CREATE_OPERATIONS", "RouteQuery", "Router", "create_operation"]
+
+#: The operations that start a payment of each method type, preferred first: a card is
+#: authorized; a bank account is authorized where the connector can, else debited (bank rails);
+#: an open-banking payer gets a consent (then complete_authorization and submit).
+CREATE_OPERATIONS: dict[PaymentMethodType, tuple[Operation, ...]] = {
+    PaymentMethodType.CARD: (Operation.AUTHORIZE,),
+    PaymentMethodType.BANK_ACCOUNT: (Operation.AUTHORIZE, Operation.DEBIT),
+    PaymentMethodType.OPEN_BANKING: (Operation.CREATE_CONSENT,),
+}
+
+
+def create_operation(manifest: Manifest, method: PaymentMethodType) -> Operation | None:
+    """The operation that starts a payment of ``method`` on this connector; None: none does."""
+    return next((op for op in CREATE_OPERATIONS[method] if manifest.supports(op)), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +67,8 @@ def _matches(rule: RouteRule, q: RouteQuery) -> bool:
 def can_carry(manifest: Manifest, q: RouteQuery) -> bool:
     """Whether the manifest declares what the payment needs."""
     if q.method not in manifest.payment_methods or q.currency not in manifest.currencies:
+        return False
+    if create_operation(manifest, q.method) is None:
         return False
     return not (manifest.countries and q.country and q.country not in manifest.countries)
 

@@ -32,6 +32,7 @@ from gateway.problems import PROBLEM_CONTENT_TYPE, HttpProblem
 from gateway.schemas import AmountRequest, CompleteRequest, CreatePaymentRequest
 from normalization import Money, Outcome
 from normalization.errors import PaymentNotFoundError
+from normalization.methods import OpenBankingMethod
 
 __all__ = ["payment_view", "setup"]
 
@@ -177,6 +178,14 @@ async def create_payment(request: web.Request) -> web.Response:
 
     async def handler(claim: IdempotencyClaim, body: bytes) -> HandlerResult:
         data = parse_model(CreatePaymentRequest, body)
+        method = data.payment_method
+        if isinstance(method, OpenBankingMethod) and not (data.return_url or method.return_url):
+            raise HttpProblem(
+                422,
+                "return_url_required",
+                "An open-banking payment needs a return_url (in the request or the payer): "
+                "where the bank sends the customer back.",
+            )
         new = NewPayment(
             amount=data.amount,
             payment_method=data.payment_method,
