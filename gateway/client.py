@@ -1,7 +1,8 @@
 """A small typed Python client for the Tessera merchant API, on httpx.
 
 ``TesseraClient`` (sync) and ``AsyncTesseraClient`` (asyncio) have the same methods:
-``tokenize``, ``create_payment``, ``capture``, ``void``, ``refund``, ``get_payment``. They return
+``tokenize``, ``create_payment``, ``complete``, ``capture``, ``void``, ``refund``, ``get_payment``.
+They return
 frozen pydantic views (``Token``, ``Payment``, ...) that ignore fields they do not know, so a
 newer gateway does not break an older client. docs/merchant-client.md is the guide.
 
@@ -475,6 +476,23 @@ def _refund(
     return (yield from _follow_up(payment_id, "refunds", amount_minor, currency, idempotency_key))
 
 
+def _complete(
+    payment_id: str,
+    parameters: Mapping[str, str] | None = None,
+    *,
+    idempotency_key: str | None = None,
+) -> Program[Payment]:
+    """The customer is back from a redirect (3-D Secure, the bank of an open-banking consent):
+    finish the payment with the ``parameters`` the return URL carried (``code``, ``state``,
+    ``error``, ...). An open-banking payment is then submitted: ``pending``, ``captured`` or
+    ``declined`` (a consent the customer refused has ``decline.code == "consent_rejected"``).
+    """
+    payload = {"parameters": dict(parameters or {})}
+    path = _payment_path(payment_id, "complete")
+    payment: Payment = yield _post(path, payload, Payment.model_validate, idempotency_key)
+    return payment
+
+
 def _payment_or_none(data: Any) -> Payment | None:
     if isinstance(data, dict) and str(data.get("id", "")).startswith("pay_"):
         return Payment.model_validate(data)
@@ -552,6 +570,7 @@ class TesseraClient:
 
     tokenize = _blocking(_tokenize)
     create_payment = _blocking(_create_payment)
+    complete = _blocking(_complete)
     capture = _blocking(_capture)
     void = _blocking(_void)
     refund = _blocking(_refund)
@@ -618,6 +637,7 @@ class AsyncTesseraClient:
 
     tokenize = _awaitable(_tokenize)
     create_payment = _awaitable(_create_payment)
+    complete = _awaitable(_complete)
     capture = _awaitable(_capture)
     void = _awaitable(_void)
     refund = _awaitable(_refund)

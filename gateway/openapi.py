@@ -87,7 +87,7 @@ _GATEWAY_CODES: dict[int, tuple[str, ...]] = {
     409: ("idempotency_key_in_use",),
     413: ("payload_too_large", "batch_too_large"),
     415: ("unsupported_media_type",),
-    422: ("invalid_request", "idempotency_key_reused"),
+    422: ("invalid_request", "idempotency_key_reused", "return_url_required"),
     429: ("too_many_auth_failures",),
     500: ("internal_error",),
 }
@@ -400,7 +400,8 @@ def _operations() -> list[_Op]:
             "post",
             "/v1/payments",
             "createPayment",
-            "Create a payment: authorize, or purchase with `capture: true`.",
+            "Create a payment: authorize (or purchase), debit a bank account, or open an "
+            "open-banking consent.",
             "payments",
             {
                 201: (
@@ -413,8 +414,14 @@ def _operations() -> list[_Op]:
             idempotent=True,
             description=(
                 "The payment method is a token, inline card data (tokenized on the fly) or a "
-                "bank/open-banking payer. An unknown outcome is `status: unknown` and is "
-                "reconciled; retry only with the same Idempotency-Key."
+                "bank/open-banking payer. A card is authorized (purchased with `capture: "
+                "true`); a bank account is authorized where the routed connector can, else "
+                "debited (`pending` until the bank settles it: `captured`, or `declined` "
+                "`payment_returned`); an open-banking payer gets a consent: `requires_action` "
+                "with the bank's redirect in `next_action` (a `return_url`, in the request or "
+                "the payer, is required: 422 `return_url_required`), then `complete`. An "
+                "unknown outcome is `status: unknown` and is reconciled; retry only with the "
+                "same Idempotency-Key."
             ),
         ),
         _Op(
@@ -470,7 +477,14 @@ def _operations() -> list[_Op]:
             "completePayment",
             "Finish a payment after the customer's redirect (3-D Secure, bank consent).",
             body="CompleteRequest",
-            description="`parameters` are what the bank or challenge page returned.",
+            description=(
+                "`parameters` are what the bank or challenge page returned. An open-banking "
+                "payment: the consent is authorized at the provider and then submitted; the "
+                "answer is the submission's result (`pending`, `captured`, `declined`; "
+                "`unknown` is reconciled without submitting twice). A refused consent is "
+                "`declined` with `decline.code` `consent_rejected`. Only a payment that "
+                "`requires_action` can be completed (else 409 `invalid_state_transition`)."
+            ),
         ),
         _Op(
             "post",
