@@ -171,7 +171,7 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
         )
         stack.push_async_callback(pool.close, drain_seconds=settings.server.shutdown_timeout)
         router = Router(settings.routing, {c: pool.manifest(c) for c in pool.ids()})
-        payments = PaymentService(db, payment_store, tokens, pool, router, outbox)
+        payments = PaymentService(db, payment_store, tokens, pool, router, outbox, audit)
         app[RESOURCES] = Resources(
             settings=settings,
             metrics=app[METRICS],

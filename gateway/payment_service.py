@@ -79,6 +79,7 @@ from normalization.methods import (
 )
 from sdk import CompleteAuthorizationRequest, Deadline, Operation, SubmitRequest
 from sdk.webhooks import WebhookEvent
+from vault.audit import AuditLog
 from vault.database import Connection, PostgresDatabase, SqliteDatabase
 from vault.token_store import TokenRecord
 from vault.tokenization import TokenizationService
@@ -142,6 +143,7 @@ class PaymentService:
         pool: ConnectorPool,
         router: Router,
         outbox: Outbox,
+        audit: AuditLog,
     ) -> None:
         self._db = db
         self._store = store
@@ -149,6 +151,7 @@ class PaymentService:
         self._pool = pool
         self._router = router
         self._outbox = outbox
+        self._audit = audit
 
     # -- create ---------------------------------------------------------------------------------
 
@@ -535,11 +538,21 @@ class PaymentService:
             payment.state.refundable or payment.amount.value, payment.amount.currency
         )
         transition(payment.state, Refund(amount))
-        # The refund and the attempt that requests it commit together, before the call.
+        # The refund, the attempt that requests it and its audit entry (RELIABILITY 33: every
+        # refund is in the audit log) commit together, before the call.
         async with self._db.transaction() as tx:
             refund = await self._store.add_refund(payment, amount, tx=tx)
             attempt = await self._start_follow_up(
                 payment, Operation.REFUND, amount=amount, refund_id=refund.id, tx=tx
+            )
+            await self._audit.append(
+                actor=f"merchant:{merchant.id}",
+                action="payment.refund",
+                tenant=merchant.id,
+                target=payment.id,
+                purpose="refund",
+                detail=f"{refund.id} {amount.value} {amount.currency}",
+                tx=tx,
             )
         request = RefundRequest(
             payment_id=payment.id, provider_reference=payment.provider_reference, amount=amount,

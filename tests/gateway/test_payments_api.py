@@ -67,6 +67,22 @@ async def gw(make_gateway: MakeGateway, sandbox: Any) -> Gateway:
     return await make_gateway(connectors={"sandbox": sandbox_connector(sandbox)})
 
 
+async def test_every_refund_is_in_the_audit_log(gw: Gateway) -> None:
+    token = await _tokenize(gw)
+    status, pay = await _post(gw, "/v1/payments", _payment(token, 1000, capture=True))
+    assert status == 201 and pay["status"] == "captured", pay
+    status, refunded = await _post(
+        gw, f"/v1/payments/{pay['id']}/refunds", {"amount": {"value": 300, "currency": "EUR"}}
+    )
+    assert status == 201, refunded
+    audit = gw.resources.audit
+    [entry] = [e for e in await audit.entries() if e.action == "payment.refund"]
+    assert entry.actor == f"merchant:{gw.merchant.id}" and entry.tenant == gw.merchant.id
+    assert entry.target == pay["id"] and entry.purpose == "refund"
+    assert entry.detail == f"{refunded['refunds'][0]['id']} 300 EUR"
+    assert (await audit.verify()).ok
+
+
 async def test_full_lifecycle_authorize_capture_refund(gw: Gateway, sandbox: Any) -> None:
     token = await _tokenize(gw)
     status, pay = await _post(gw, "/v1/payments", _payment(token, 1000))
