@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
-from conformance.reports import write_reports
+from conformance.reports import check_report_paths, write_reports
 from conformance.results import RunReport, ScenarioResult, Verdict
 from sdk import Category
 
@@ -184,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         if path is not None
     }
     try:
-        _check_report_paths(paths)
+        check_report_paths(paths)
         conformance = ConformanceRun(_config(args), progress=_progress(out, args.quiet))
         with _silent_structlog(bool(getattr(args, "verbose", False))):
             report = asyncio.run(conformance.run_all())
@@ -199,27 +198,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     _summary(report, out, paths)
     return report.exit_code()
-
-
-def _check_report_paths(paths: dict[str, Path]) -> None:
-    """Refuse, before anything runs, report paths that cannot be written (a typo in a
-    directory would otherwise surface as a traceback after the whole run)."""
-    from conformance.environment import SetupError  # lazy: see the imports above
-
-    seen: dict[Path, str] = {}
-    for name, path in paths.items():
-        resolved = path.resolve()
-        if resolved in seen:
-            raise SetupError(f"--{seen[resolved]} and --{name} both write {path}.")
-        seen[resolved] = name
-        if path.is_dir():
-            raise SetupError(f"--{name} {path}: is a directory; give a file name.")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SetupError(f"--{name} {path}: cannot create its directory ({exc}).") from None
-        if not os.access(path.parent, os.W_OK):
-            raise SetupError(f"--{name} {path}: its directory is not writable.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -131,8 +131,8 @@ class RunEnvironment:
         self.test_mode = True
         self.exception_texts: list[tuple[str, str]] = []
         if self.mode is Mode.LIVE and not config.vault_path:
-            # Refuse now, not after the run started: the variables are all there is to read.
-            self._live_credentials(dict(self.sandbox.credentials))
+            # Read and refuse now, not after the run started: the variables are all there is.
+            self.credentials = self._live_credentials(dict(self.sandbox.credentials))
 
     # -- options --------------------------------------------------------------------------------
 
@@ -231,12 +231,12 @@ class RunEnvironment:
 
     async def _credentials(self) -> Credentials:
         values = dict(self.sandbox.credentials)
-        manifest = self.manifest
         if self.mode is Mode.LIVE:
-            if self.config.vault_path:
-                values.update(await _vault_kv(self.config.vault_path))
+            if not self.config.vault_path:
+                return self.credentials  # read from the environment, and checked, by __init__
+            values.update(await _vault_kv(self.config.vault_path))
             return self._live_credentials(values)
-        for field in manifest.credentials:
+        for field in self.manifest.credentials:
             if field.required and not values.get(field.name):
                 values[field.name] = f"conformance-{field.name}-{secrets.token_hex(8)}"
         return Credentials(values)

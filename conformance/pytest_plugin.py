@@ -93,6 +93,8 @@ class ConformanceFailure(Exception):
 @dataclass
 class _ConnectorRun:
     run: ConformanceRun
+    #: The kit's reports to write when the session ends: ``{"html"|"json": path}``.
+    reports: dict[str, Path] = field(default_factory=dict)
     started: bool = False
     finished: RunReport | None = None
     #: Why the run could not start (Vault unreachable, a bad OpenAPI file, ...), or None.
@@ -103,8 +105,6 @@ class _ConnectorRun:
 class _PluginState:
     runs: dict[str, _ConnectorRun] = field(default_factory=dict)
     loop: asyncio.Runner = field(default_factory=asyncio.Runner)
-    html: Path | None = None
-    json: Path | None = None
 
     def started(self, connector: str) -> ConformanceRun:
         """The connector's run, started on first use. When it cannot start, every item of that
@@ -129,27 +129,16 @@ class _PluginState:
         return entry.finished
 
     def close(self) -> None:
+        from conformance.reports import write_reports  # lazy: see the imports above
+
         try:
             for connector, entry in self.runs.items():
                 if entry.started:
                     self.loop.run(entry.run.close())
-                    if entry.error is None:  # a run that never started has nothing to report
-                        self._write(connector, entry)
+                    if entry.reports and entry.error is None:  # a run that never started: none
+                        write_reports(self.finish(connector), entry.run.env.scanner, entry.reports)
         finally:
             self.loop.close()
-
-    def _write(self, connector: str, entry: _ConnectorRun) -> None:
-        from conformance.reports import write_reports  # lazy: see the imports above
-
-        report = entry.finished or entry.run.finish()
-        paths: dict[str, Path] = {}
-        suffix = f".{connector}" if len(self.runs) > 1 else ""
-        if self.html is not None:
-            paths["html"] = self.html.with_name(self.html.stem + suffix + self.html.suffix)
-        if self.json is not None:
-            paths["json"] = self.json.with_name(self.json.stem + suffix + self.json.suffix)
-        if paths:
-            write_reports(report, entry.run.env.scanner, paths)
 
 
 def _details(result: ScenarioResult) -> str:
@@ -266,18 +255,33 @@ def pytest_configure(config: pytest.Config) -> None:
     if not connectors:
         return
     from conformance.environment import SetupError  # lazy: see the imports above
+    from conformance.reports import check_report_paths
     from conformance.runner import ConformanceRun
 
     state = _PluginState()
-    html, json_path = config.getoption("tessera_html"), config.getoption("tessera_json")
-    state.html = Path(html) if html else None
-    state.json = Path(json_path) if json_path else None
-    for connector in dict.fromkeys(connectors):
+    connectors = list(dict.fromkeys(connectors))
+    for connector in connectors:
+        # With several connectors, each writes its own files (report.<connector>.html).
+        reports = _report_paths(config, f".{connector}" if len(connectors) > 1 else "")
         try:
-            state.runs[connector] = _ConnectorRun(ConformanceRun(_config(config, connector)))
+            check_report_paths(reports, option_prefix="--tessera-")
+            state.runs[connector] = _ConnectorRun(
+                ConformanceRun(_config(config, connector)), reports
+            )
         except SetupError as exc:
             raise pytest.UsageError(f"--tessera-connector {connector}: {exc}") from None
     config.stash[_STATE] = state
+
+
+def _report_paths(config: pytest.Config, suffix: str) -> dict[str, Path]:
+    """``{"html"|"json": path}`` from ``--tessera-html``/``--tessera-json``, ``suffix`` added to
+    each file's stem."""
+    paths: dict[str, Path] = {}
+    for name in ("html", "json"):
+        if value := config.getoption(f"tessera_{name}"):
+            path = Path(value)
+            paths[name] = path.with_name(path.stem + suffix + path.suffix)
+    return paths
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

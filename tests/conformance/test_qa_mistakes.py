@@ -178,3 +178,19 @@ def test_a_plugin_run_that_cannot_start_fails_each_item_with_the_reason(
         ["*the conformance run of 'sandbox' could not start: --vault-path needs VAULT_ADDR*"]
     )
     assert "Traceback" not in result.stdout.str() and "CallInfo" not in result.stdout.str()
+
+
+def test_the_plugin_refuses_report_paths_as_the_cli_does(pytester: pytest.Pytester) -> None:
+    """One rule (``conformance.reports.check_report_paths``) for both: a usage error before
+    anything runs, naming the plugin's option."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    result = pytester.runpytest_subprocess(
+        "--tessera-connector",
+        "sandbox",
+        "--tessera-html",
+        str(pytester.path),
+        "-p",
+        "no:cacheprovider",
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--tessera-html *: is a directory; give a file name.*"])
