@@ -2,9 +2,8 @@
 
 ``TesseraClient`` (sync) and ``AsyncTesseraClient`` (asyncio) have the same methods:
 ``tokenize``, ``create_payment``, ``complete``, ``capture``, ``void``, ``refund``, ``get_payment``.
-They return
-frozen pydantic views (``Token``, ``Payment``, ...) that ignore fields they do not know, so a
-newer gateway does not break an older client. docs/merchant-client.md is the guide.
+They return frozen pydantic views (``Token``, ``Payment``, ...) that ignore fields they do not
+know, so a newer gateway does not break an older client. docs/merchant-client.md is the guide.
 
 **Idempotency.** Every POST carries an ``Idempotency-Key``: one random UUID4 per logical call
 (or the caller's own ``idempotency_key=``), reused, with byte-identical bodies, on every retry of
@@ -193,11 +192,8 @@ class TesseraAPIError(TesseraClientError):
     @property
     def payment(self) -> Payment | None:
         """The payment carried by the problem (``402 operation_declined``), else None."""
-        data = self.problem.get("payment")
-        if not (isinstance(data, Mapping) and str(data.get("id", "")).startswith("pay_")):
-            return None
         try:
-            return Payment.model_validate(data)
+            return _payment_or_none(self.problem.get("payment"))
         except ValidationError:
             return None  # an error report must not raise while being read
 

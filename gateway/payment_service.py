@@ -46,7 +46,7 @@ from gateway.payments import (
     RefundRecord,
     RefundStatus,
 )
-from gateway.routing import RouteQuery, Router, create_operation
+from gateway.routing import CREATE_OPERATIONS, RouteQuery, Router
 from gateway.tracing import span
 from normalization import (
     AuthorizeRequest,
@@ -88,13 +88,19 @@ __all__ = ["CreatedPayment", "NewPayment", "OperationOutcome", "PaymentService"]
 
 log = structlog.get_logger("tessera.payments")
 
-#: The operations that start a payment (its first attempts, failover included).
-_CREATE_OPERATIONS = frozenset(
-    {Operation.AUTHORIZE.value, Operation.DEBIT.value, Operation.CREATE_CONSENT.value}
-)
+#: The operations that start a payment (its first attempts, failover included), by value.
+_CREATE_OPERATIONS = {op.value: op for ops in CREATE_OPERATIONS.values() for op in ops}
 _OPEN_BANKING = PaymentMethodType.OPEN_BANKING.value
 #: A bank debit's description, at most (``DebitRequest``).
 _DEBIT_DESCRIPTION_MAX = 140
+
+
+class ReturnUrlRequiredError(InvalidRequestError):
+    code = "return_url_required"
+    default_detail = (
+        "An open-banking payment needs a return_url (in the request or the payer): where the "
+        "bank sends the customer back."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,27 +226,15 @@ class PaymentService:
         if isinstance(method, OpenBankingMethod):
             return_url = new.return_url or method.return_url
             if return_url is None:
-                raise InvalidRequestError(
-                    "An open-banking payment needs a return_url: where the bank sends the "
-                    "customer back."
-                )
+                raise ReturnUrlRequiredError()
             return replace(new, return_url=return_url)
-        debits = any(
-            self._create_operation(c, PaymentMethodType.BANK_ACCOUNT.value) is Operation.DEBIT
-            for c in candidates
-        )
+        starts = self._router.start_operations[method.type]
+        debits = any(starts[c] is Operation.DEBIT for c in candidates)
         if debits and new.description is not None and len(new.description) > _DEBIT_DESCRIPTION_MAX:
             raise InvalidRequestError(
                 f"A bank debit's description is at most {_DEBIT_DESCRIPTION_MAX} characters."
             )
         return new
-
-    def _create_operation(self, connector_id: str, method_type: str) -> Operation:
-        """The operation that starts a payment of ``method_type`` on ``connector_id``."""
-        if method_type == "card":
-            return Operation.AUTHORIZE
-        manifest = self._pool.manifest(connector_id)
-        return create_operation(manifest, PaymentMethodType(method_type)) or Operation.AUTHORIZE
 
     def _all_open(
         self,
@@ -248,9 +242,9 @@ class PaymentService:
         refusals: list[ConnectorUnavailableError | None],
         method_type: str,
     ) -> ConnectorUnavailableError:
+        starts = self._router.start_operations[method_type]
         for connector_id in candidates:
-            operation = self._create_operation(connector_id, method_type)
-            self._pool.count_refusal(connector_id, operation.value)
+            self._pool.count_refusal(connector_id, starts[connector_id].value)
         if len(candidates) == 1 and refusals[0] is not None:
             return refusals[0]
         waits = [r.retry_after for r in refusals if r is not None and r.retry_after is not None]
@@ -317,15 +311,15 @@ class PaymentService:
             metadata=dict(payment.metadata),
         )
 
-    def _create_request(
+    def _bank_request(
         self,
         operation: Operation,
         payment: PaymentRecord,
         new: NewPayment,
         method: PaymentMethod,
         key: str,
-    ) -> AuthorizeRequest | DebitRequest | ConsentRequest:
-        """The first operation's request; the provider reference and key as for a card."""
+    ) -> DebitRequest | ConsentRequest:
+        """A debit's or a consent's request; the provider reference and key as for a card."""
         if operation is Operation.DEBIT:
             assert isinstance(method, BankAccountMethod)
             return DebitRequest(
@@ -336,17 +330,16 @@ class PaymentService:
                 idempotency_key=key,
                 metadata=dict(payment.metadata),
             )
-        if operation is Operation.CREATE_CONSENT:
-            assert isinstance(method, OpenBankingMethod) and payment.return_url is not None
-            return ConsentRequest(
-                amount=payment.amount,
-                payer=method,
-                return_url=payment.return_url,
-                reference=payment.id,
-                idempotency_key=key,
-                metadata=dict(payment.metadata),
-            )
-        return self._authorize_request(payment, new, method, key)
+        assert operation is Operation.CREATE_CONSENT
+        assert isinstance(method, OpenBankingMethod) and payment.return_url is not None
+        return ConsentRequest(
+            amount=payment.amount,
+            payer=method,
+            return_url=payment.return_url,
+            reference=payment.id,
+            idempotency_key=key,
+            metadata=dict(payment.metadata),
+        )
 
     async def _next_attempt(
         self,
@@ -363,10 +356,10 @@ class PaymentService:
         skipped. ``attempts`` must hold the payment's attempts (their count is the next ``seq``).
         """
         refusal: ConnectorUnavailableError | None = None
-        method_type = payment.payment_method.type
+        starts = self._router.start_operations[payment.payment_method.type]
         while queue:
             connector_id = queue.pop(0)
-            operation = self._create_operation(connector_id, method_type).value
+            operation = starts[connector_id].value
             refusal = self._pool.breaker_refusal(connector_id)
             if refusal is None:
                 attempt = await self._store.start_attempt(
@@ -407,9 +400,12 @@ class PaymentService:
         with reveal_scope(record):
             while True:
                 attempt = attempts[-1]
-                operation = Operation(attempt.operation)
-                request = self._create_request(
-                    operation, payment, new, method, attempt.provider_idempotency_key
+                operation = _CREATE_OPERATIONS[attempt.operation]
+                key = attempt.provider_idempotency_key
+                request: AuthorizeRequest | DebitRequest | ConsentRequest = (
+                    self._authorize_request(payment, new, method, key)
+                    if operation is Operation.AUTHORIZE
+                    else self._bank_request(operation, payment, new, method, key)
                 )
                 error_code: str | None = None
                 try:
@@ -470,7 +466,8 @@ class PaymentService:
             method: PaymentMethod = new.payment_method
             if payment.payment_method.token is not None:
                 method = CardMethod(token=payment.payment_method.token)
-            operation = self._create_operation(payment.connector, payment.payment_method.type)
+            starts = self._router.start_operations[payment.payment_method.type]
+            operation = starts.get(payment.connector, Operation.AUTHORIZE)
             first = await self._store.start_attempt(
                 payment, payment.connector, operation.value, amount=payment.amount
             )

@@ -13,6 +13,7 @@ payment whose attempt may have reached a provider (``unknown``) never goes to a 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.config import RouteRule, RoutingSettings
@@ -65,10 +66,9 @@ def _matches(rule: RouteRule, q: RouteQuery) -> bool:
 
 
 def can_carry(manifest: Manifest, q: RouteQuery) -> bool:
-    """Whether the manifest declares what the payment needs."""
-    if q.method not in manifest.payment_methods or q.currency not in manifest.currencies:
-        return False
-    if create_operation(manifest, q.method) is None:
+    """Whether the manifest declares the payment's currency and country (its method and an
+    operation that starts it are ``Router.start_operations``)."""
+    if q.currency not in manifest.currencies:
         return False
     return not (manifest.countries and q.country and q.country not in manifest.countries)
 
@@ -77,6 +77,17 @@ class Router:
     def __init__(self, settings: RoutingSettings, manifests: dict[str, Manifest]) -> None:
         self._settings = settings
         self._manifests = manifests
+        #: Per method type (keyed by its value), each connector that can carry it and the
+        #: operation that starts it there: decided once, so a payment only looks it up.
+        self.start_operations: Mapping[str, Mapping[str, Operation]] = {
+            method.value: {
+                connector_id: operation
+                for connector_id, manifest in manifests.items()
+                if method in manifest.payment_methods
+                and (operation := create_operation(manifest, method)) is not None
+            }
+            for method in PaymentMethodType
+        }
 
     def candidates(self, q: RouteQuery) -> list[str]:
         """Connector ids to try, in order; ``NotSupportedError`` when none can carry it."""
@@ -89,10 +100,9 @@ class Router:
                 (rule.connectors for rule in self._settings.rules if _matches(rule, q)),
                 self._settings.default or sorted(self._manifests),
             )
+        starts = self.start_operations[q.method]
         usable = [
-            c
-            for c in dict.fromkeys(ordered)
-            if c in self._manifests and can_carry(self._manifests[c], q)
+            c for c in dict.fromkeys(ordered) if c in starts and can_carry(self._manifests[c], q)
         ]
         if not usable:
             raise NotSupportedError(

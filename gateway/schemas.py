@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from gateway.payments.records import RefundStatus, contains_pan
@@ -134,21 +142,29 @@ class TokenList(_View):
 ConnectorId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 
 #: C0 and C1 control characters and DEL: never part of an identifier or a URL.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _refuse_control_characters(value: str) -> None:
-    if _CONTROL_CHARACTERS.search(value):
+def _refuse_control_characters(value: str) -> str:
+    if CONTROL_CHARACTERS.search(value):
         raise PydanticCustomError(
             "invalid_request", "The field must not contain control characters."
         )
+    return value
 
 
-def _refuse_nul(value: str) -> None:
+def _refuse_nul(value: str) -> str:
     # Free text may hold newlines and tabs; NUL is refused everywhere (PostgreSQL cannot store
     # it in text, and it truncates strings in the merchant's and providers' C-based tooling).
     if "\x00" in value:
         raise PydanticCustomError("invalid_request", "The field must not contain NUL characters.")
+    return value
+
+
+#: For identifiers: they are stored, searched with ?reference= and put into URLs and headers.
+_NoControlCharacters = AfterValidator(_refuse_control_characters)
+#: For free text and what a bank or challenge page returns.
+_NoNul = AfterValidator(_refuse_nul)
 
 
 class CreatePaymentRequest(DomainModel):
@@ -159,10 +175,14 @@ class CreatePaymentRequest(DomainModel):
     #: Strict: ``"false"`` or ``0`` must not be read as a decision about capturing money.
     capture: StrictBool = False
     connector: ConnectorId | None = None
-    reference: Annotated[str | None, Field(min_length=1, max_length=128)] = None
+    reference: Annotated[str, Field(min_length=1, max_length=128), _NoControlCharacters] | None = (
+        None
+    )
     metadata: Metadata = Field(default_factory=dict)
-    return_url: Annotated[str | None, Field(pattern=r"^https?://", max_length=2048)] = None
-    description: Annotated[str | None, Field(max_length=500)] = None
+    return_url: (
+        Annotated[str, Field(pattern=r"^https?://", max_length=2048), _NoControlCharacters] | None
+    ) = None
+    description: Annotated[str, Field(max_length=500), _NoNul] | None = None
     country: Annotated[str | None, Field(pattern=r"^[A-Z]{2}$")] = None
 
     @field_validator("return_url", "description")
@@ -173,21 +193,6 @@ class CreatePaymentRequest(DomainModel):
             raise PydanticCustomError(
                 "invalid_request", "The field looks like it holds a card number."
             )
-        return value
-
-    @field_validator("reference", "return_url")
-    @classmethod
-    def _no_control_characters(cls, value: str | None) -> str | None:
-        # Identifiers are stored, searched with ?reference= and put into URLs and headers.
-        if value is not None:
-            _refuse_control_characters(value)
-        return value
-
-    @field_validator("description")
-    @classmethod
-    def _no_nul_in_text(cls, value: str | None) -> str | None:
-        if value is not None:
-            _refuse_nul(value)
         return value
 
     @field_validator("metadata")
@@ -209,16 +214,9 @@ class CompleteRequest(DomainModel):
     """``POST /v1/payments/{id}/complete``: what the bank or 3-D Secure page returned."""
 
     parameters: Annotated[
-        dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=50)
+        dict[Annotated[str, _NoNul], Annotated[str, Field(max_length=4096), _NoNul]],
+        Field(max_length=50),
     ] = Field(default_factory=dict)
-
-    @field_validator("parameters")
-    @classmethod
-    def _no_nul(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            _refuse_nul(key)
-            _refuse_nul(item)
-        return value
 
 
 # --- Response models -------------------------------------------------------------------------

@@ -10,7 +10,6 @@ Follow-up responses: 200 with the payment when the provider did it; 202 when the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,10 +28,14 @@ from gateway.payments import (
     RefundRecord,
 )
 from gateway.problems import PROBLEM_CONTENT_TYPE, HttpProblem
-from gateway.schemas import AmountRequest, CompleteRequest, CreatePaymentRequest
+from gateway.schemas import (
+    CONTROL_CHARACTERS,
+    AmountRequest,
+    CompleteRequest,
+    CreatePaymentRequest,
+)
 from normalization import Money, Outcome
 from normalization.errors import PaymentNotFoundError
-from normalization.methods import OpenBankingMethod
 
 __all__ = ["payment_view", "setup"]
 
@@ -160,14 +163,14 @@ def _merchant(request: web.Request) -> Merchant:
 
 _ID_MAX = 100
 _REFERENCE_MAX = 128
-#: Never in an id the gateway made (and NUL is refused by PostgreSQL in text: a 500).
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def _payment_id(request: web.Request) -> str:
     """The path's payment id; one that cannot exist is 404 before any store is asked."""
     payment_id = request.match_info["payment_id"]
-    if len(payment_id) > _ID_MAX or _CONTROL_CHARACTERS.search(payment_id):
+    # Control characters are never in an id the gateway made (and PostgreSQL refuses NUL in
+    # text: a 500).
+    if len(payment_id) > _ID_MAX or CONTROL_CHARACTERS.search(payment_id):
         raise PaymentNotFoundError()
     return payment_id
 
@@ -178,14 +181,6 @@ async def create_payment(request: web.Request) -> web.Response:
 
     async def handler(claim: IdempotencyClaim, body: bytes) -> HandlerResult:
         data = parse_model(CreatePaymentRequest, body)
-        method = data.payment_method
-        if isinstance(method, OpenBankingMethod) and not (data.return_url or method.return_url):
-            raise HttpProblem(
-                422,
-                "return_url_required",
-                "An open-banking payment needs a return_url (in the request or the payer): "
-                "where the bank sends the customer back.",
-            )
         new = NewPayment(
             amount=data.amount,
             payment_method=data.payment_method,

@@ -13,8 +13,6 @@ payment was made) or reset the connection before the simulator sees the request.
 from __future__ import annotations
 
 import importlib
-import socket
-import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+# The sandbox simulator's own reset (RST, no reply), for the same faults.
+from connectors.sandbox.server import _reset_connection as _reset
 from sdk.generator import generate_connector
 
 __all__ = [
@@ -76,17 +76,6 @@ def connector_settings(rail: Rail, server: Any, **overrides: Any) -> dict[str, A
         "deadline_seconds": 2.0,
         **overrides,
     }
-
-
-def _reset(request: web.Request) -> None:
-    """Close with RST, without a reply."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
 
 
 @dataclass

@@ -231,8 +231,8 @@ async def _at_bank(url: str, decision: str) -> dict[str, str]:
     return dict(location.query)
 
 
-async def _consent(env: Env, **extra: Any) -> Any:
-    status, pay, _ = await env.post("/v1/payments", _ob_payment(**extra))
+async def _consent(env: Env) -> Any:
+    status, pay, _ = await env.post("/v1/payments", _ob_payment())
     assert status == 201, pay
     assert pay["status"] == "requires_action" and pay["connector"] == OPEN_BANKING
     assert pay["next_action"]["type"] == "redirect"
@@ -244,13 +244,25 @@ async def _consent(env: Env, **extra: Any) -> Any:
     return pay
 
 
-async def test_open_banking_consent_approved_then_submitted_and_settled(env: Env) -> None:
+async def _back_from_bank(
+    env: Env, decision: str, *, fault: str | None = None, key: str | None = None
+) -> tuple[Any, dict[str, str]]:
+    """A consent, the customer's ``decision`` at the bank, then ``complete`` with the callback
+    parameters (``fault``, a ``Faults`` flag, set just before): the payment and those
+    parameters."""
     pay = await _consent(env)
-    params = await _at_bank(pay["next_action"]["url"], "approve")
+    params = await _at_bank(pay["next_action"]["url"], decision)
+    if fault is not None:
+        setattr(env.faults, fault, True)
     status, pay, _ = await env.post(
-        f"/v1/payments/{pay['id']}/complete", {"parameters": params}, key="back-1"
+        f"/v1/payments/{pay['id']}/complete", {"parameters": params}, key=key
     )
     assert status == 200, pay
+    return pay, params
+
+
+async def test_open_banking_consent_approved_then_submitted_and_settled(env: Env) -> None:
+    pay, params = await _back_from_bank(env, "approve", key="back-1")
     assert pay["status"] == "pending" and pay["next_action"] is None
     assert _ops(pay) == [
         ("create_consent", "succeeded", "requires_action"),
@@ -285,10 +297,7 @@ async def test_open_banking_create_replayed_with_its_key_makes_one_consent(env: 
 
 
 async def test_open_banking_consent_rejected_at_the_bank_is_declined(env: Env) -> None:
-    pay = await _consent(env)
-    params = await _at_bank(pay["next_action"]["url"], "reject")
-    status, pay, _ = await env.post(f"/v1/payments/{pay['id']}/complete", {"parameters": params})
-    assert status == 200, pay
+    pay, _ = await _back_from_bank(env, "reject")
     assert pay["status"] == "declined" and pay["decline"]["code"] == "consent_rejected"
     assert [a["operation"] for a in pay["attempts"]] == ["create_consent", "complete_authorization"]
     assert env.ob.payments == {} and env.faults.submit_keys == []
@@ -308,11 +317,7 @@ async def test_open_banking_return_url_is_required(env: Env) -> None:
 
 
 async def test_lost_submit_answer_is_reconciled_without_a_second_submit(env: Env) -> None:
-    pay = await _consent(env)
-    params = await _at_bank(pay["next_action"]["url"], "approve")
-    env.faults.lose_submit_answer = True
-    status, pay, _ = await env.post(f"/v1/payments/{pay['id']}/complete", {"parameters": params})
-    assert status == 200, pay
+    pay, params = await _back_from_bank(env, "approve", fault="lose_submit_answer")
     assert pay["status"] == "unknown"
     assert _ops(pay)[-1] == ("submit", "unknown", "unknown")
     [payment] = env.ob.payments.values()  # the provider did make it
@@ -333,11 +338,7 @@ async def test_lost_submit_answer_is_reconciled_without_a_second_submit(env: Env
 async def test_submit_that_never_arrived_is_replayed_by_reconciliation_with_its_key(
     env: Env,
 ) -> None:
-    pay = await _consent(env)
-    params = await _at_bank(pay["next_action"]["url"], "approve")
-    env.faults.reset_before_submit = True
-    status, pay, _ = await env.post(f"/v1/payments/{pay['id']}/complete", {"parameters": params})
-    assert status == 200, pay
+    pay, _ = await _back_from_bank(env, "approve", fault="reset_before_submit")
     assert pay["status"] == "unknown" and env.ob.payments == {}
 
     # The consent is authorized and carries no payment: the submit is sent again, same key.
@@ -353,11 +354,7 @@ async def test_submit_that_never_arrived_is_replayed_by_reconciliation_with_its_
 
 
 async def test_lost_authorization_answer_is_reconciled_into_one_submit(env: Env) -> None:
-    pay = await _consent(env)
-    params = await _at_bank(pay["next_action"]["url"], "approve")
-    env.faults.lose_authorization_answer = True
-    status, pay, _ = await env.post(f"/v1/payments/{pay['id']}/complete", {"parameters": params})
-    assert status == 200, pay
+    pay, _ = await _back_from_bank(env, "approve", fault="lose_authorization_answer")
     assert pay["status"] == "requires_action"
     assert _ops(pay)[-1] == ("complete_authorization", "unknown", "unknown")
     assert env.faults.submit_keys == []
