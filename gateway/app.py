@@ -34,7 +34,7 @@ from gateway.reconciliation import run_reconciler
 from gateway.routing import Router
 from gateway.secrets import idempotency_fingerprint_key
 from gateway.tracing import current_tracer, span
-from normalization.errors import TesseraError, VaultError
+from normalization.errors import TesseraError, VaultError, VaultPermissionDeniedError
 from sdk import ConnectorMetrics
 from vault.audit import AuditLog
 from vault.batcher import TransitBatcher
@@ -402,7 +402,7 @@ async def _handle(
         return problem_response(
             503,
             exc.code,
-            "The token vault is unavailable; nothing was stored. Retry later.",
+            _vault_detail(exc),
             retry_after=exc.retry_after or 1,
             request_id=request_id,
         )
@@ -434,6 +434,20 @@ async def _handle(
         return problem_response(
             500, "internal_error", "An unexpected error occurred.", request_id=request_id
         )
+
+
+def _vault_detail(exc: VaultError) -> str:
+    """What a client is told about a vault error (never the error's own text).
+
+    A refusal is not an outage: Vault is up and refusing the gateway's own credentials (a revoked
+    secret id or token), which an operator has to fix; every other vault error is "unavailable".
+    """
+    if isinstance(exc, VaultPermissionDeniedError):
+        return (
+            "The token vault refused the gateway's credentials; the gateway's Vault role and "
+            "secret id (or token) need attention. Retry later."
+        )
+    return "The token vault is unavailable; nothing was stored. Retry later."
 
 
 def _client_address(request: web.Request) -> str:

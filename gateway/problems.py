@@ -57,18 +57,6 @@ _TITLES = {
 }
 
 
-#: Codes whose ``detail`` is fixed by the code, whatever text the raising site passed: the error
-#: middleware answers every vault error with one "the token vault is unavailable" sentence, which
-#: sent operators looking for an outage when Vault was up and refusing the gateway's own
-#: credentials (a revoked secret id or token). Status and code are unchanged (503).
-_CODE_DETAILS = {
-    "vault_permission_denied": (
-        "The token vault refused the gateway's credentials; the gateway's Vault role and "
-        "secret id (or token) need attention. Retry later."
-    ),
-}
-
-
 class HttpProblem(Exception):
     """An HTTP-level problem raised by the gateway itself (auth, content type, size, ...)."""
 
@@ -123,13 +111,12 @@ def problem_response(
     request_id: str | None = None,
     **extra: Any,
 ) -> web.Response:
-    """The problem+json response; ``detail`` is replaced for codes whose detail is fixed."""
     body: dict[str, Any] = {
         "type": f"https://tessera.dev/problems/{code}",
         "title": _TITLES.get(status, "Error"),
         "status": status,
         "code": code,
-        "detail": _CODE_DETAILS.get(code, detail),
+        "detail": detail,
     }
     if instance:
         body["instance"] = instance

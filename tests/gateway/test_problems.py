@@ -1,10 +1,13 @@
-"""``gateway.problems.problem_response``: the problem+json body, and details fixed by code."""
+"""``gateway.problems.problem_response``: the problem+json body; the error middleware's detail for
+a vault refusal (``gateway.app._vault_detail``)."""
 
 from __future__ import annotations
 
 import orjson
 
+from gateway.app import _vault_detail
 from gateway.problems import PROBLEM_CONTENT_TYPE, problem_response
+from normalization.errors import VaultPermissionDeniedError, VaultUnavailableError
 
 
 def _body(response: object) -> dict[str, object]:
@@ -14,13 +17,9 @@ def _body(response: object) -> dict[str, object]:
 
 
 def test_vault_permission_denied_says_the_credentials_were_refused() -> None:
-    # The error middleware passes one generic sentence for every vault error.
-    response = problem_response(
-        503,
-        "vault_permission_denied",
-        "The token vault is unavailable; nothing was stored. Retry later.",
-        retry_after=1,
-    )
+    # As the error middleware answers it: the detail is chosen by the error, not a generic outage.
+    error = VaultPermissionDeniedError()
+    response = problem_response(503, error.code, _vault_detail(error), retry_after=1)
     body = _body(response)
     assert response.status == 503
     assert response.content_type == PROBLEM_CONTENT_TYPE
@@ -32,6 +31,9 @@ def test_vault_permission_denied_says_the_credentials_were_refused() -> None:
         "secret id (or token) need attention. Retry later."
     )
     assert "unavailable" not in str(body["detail"])
+    assert _vault_detail(VaultUnavailableError()) == (
+        "The token vault is unavailable; nothing was stored. Retry later."
+    )
 
 
 def test_other_codes_keep_the_detail_they_were_given() -> None:
