@@ -102,25 +102,23 @@ class _ProblemRequestHandler(RequestHandler):
         if status >= 500:
             # As the middleware does for its own 500s: the traceback through the redaction.
             log.error("unhandled_error", status=status, error=error, exc_info=exc)
-        elif isinstance(exc, BadHttpMethod) and self._request_count == 1:
-            # Usually TLS or other non-HTTP traffic sent to the port: routine on a public
-            # address (aiohttp logs it at debug level for the same reason).
-            log.debug("http_request_rejected", status=status, error=error)
+            status, code, detail = 500, "internal_error", _INTERNAL_DETAIL
         else:
-            log.info("http_request_rejected", status=status, error=error)
+            # A bad method token on a connection's first request is usually TLS or other
+            # non-HTTP traffic sent to the port: routine on a public address (aiohttp logs it at
+            # debug level for the same reason).
+            routine = isinstance(exc, BadHttpMethod) and self._request_count == 1
+            (log.debug if routine else log.info)(
+                "http_request_rejected", status=status, error=error
+            )
+            code, detail = "http_error", _UNPARSABLE_DETAIL
         if request.writer.output_size > 0:
             # Part of a response already went out: the connection cannot carry another one.
             raise ConnectionError("a response was already sent; cannot send the error")
         request_id = str(uuid.uuid4())
-        if status >= 500:
-            response = problem_response(
-                500, "internal_error", _INTERNAL_DETAIL, request_id=request_id
-            )
-        else:
-            response = problem_response(
-                status, "http_error", _UNPARSABLE_DETAIL, request_id=request_id
-            )
-        response.headers["X-Request-Id"] = request_id
+        response = problem_response(
+            status, code, detail, request_id=request_id, headers={"X-Request-Id": request_id}
+        )
         response.force_close()
         return response
 
@@ -135,22 +133,18 @@ class _ProblemServer(web.Server):
 class GatewayRunner(web.AppRunner):
     """``web.AppRunner`` whose connections answer aiohttp's own errors as problem+json.
 
-    The application's ``Server`` is built by aiohttp as usual (start-up hooks, handler
-    arguments) and then re-made as a ``_ProblemServer`` with the same handler, request factory
-    and arguments, before any connection exists.
+    aiohttp has no hook for these answers (a parser refusal never reaches the middlewares), so
+    the ``Server`` aiohttp builds (start-up hooks run, handler arguments set) is made a
+    ``_ProblemServer``, which only changes the class of the handler it makes per connection.
+    Nothing is copied or built twice; it happens before any connection exists.
     """
 
     __slots__ = ()
 
     async def _make_server(self) -> web.Server:
-        made = await super()._make_server()
-        return _ProblemServer(
-            made.request_handler,
-            request_factory=made.request_factory,
-            handler_cancellation=made.handler_cancellation,
-            loop=made._loop,
-            **made._kwargs,
-        )
+        server = await super()._make_server()
+        server.__class__ = _ProblemServer
+        return server
 
 
 async def start_site(

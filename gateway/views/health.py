@@ -24,7 +24,8 @@ CREDENTIALS_CHECK_SECONDS = 5.0
 
 class _CredentialsCheck:
     """``VaultClient.check_credentials`` at most once per ``interval``; concurrent probes share
-    one call. "ok" and "refused" are kept for ``interval``; a failure to ask is not kept."""
+    one call. "ok" and "refused" are kept for ``interval``; a failure to ask is not kept: its
+    ``TesseraError`` propagates (``/readyz`` reports Vault unreachable)."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -43,8 +44,6 @@ class _CredentialsCheck:
                 result = "ok"
             except VaultPermissionDeniedError:
                 result = "refused"
-            except TesseraError:
-                return "unreachable"
             self._result, self._checked_at = result, time.monotonic()
             return result
 
@@ -62,11 +61,13 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(_READY_TIMEOUT):
             health = await resources.vault.health()
-            checks["vault"] = "sealed" if health.sealed else "ok"
-            if checks["vault"] == "ok":
-                # A revoked secret id or token: every vault call would answer 503
-                # vault_permission_denied, so the gateway is not ready either.
-                checks["vault"] = await request.app[_CREDENTIALS].status(resources.vault)
+            # Unsealed, a revoked secret id or token still fails every vault call (503
+            # vault_permission_denied): the gateway is not ready then either.
+            checks["vault"] = (
+                "sealed"
+                if health.sealed
+                else await request.app[_CREDENTIALS].status(resources.vault)
+            )
     except (TesseraError, TimeoutError):
         checks["vault"] = "unreachable"
     try:
