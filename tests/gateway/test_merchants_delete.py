@@ -10,31 +10,17 @@ import pytest
 from gateway.merchants import MerchantStore
 from vault.database import open_database
 
-from .procs import postgres_schema
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MerchantStore]:
-    if request.param == "sqlite":
-        db = await open_database(f"sqlite:///{tmp_path / 'merchants.db'}")
-        try:
-            yield await _migrated(db)
-        finally:
-            await db.close()
-        return
-    dsn = request.getfixturevalue("postgres_dsn")
-    async with postgres_schema(dsn) as url:
-        db = await open_database(url)
-        try:
-            yield await _migrated(db)
-        finally:
-            await db.close()
-
-
-async def _migrated(db: object) -> MerchantStore:
-    merchants = MerchantStore(db)  # type: ignore[arg-type]
-    await merchants.migrate()
-    return merchants
+@pytest.fixture
+async def store(database_url: str | None, tmp_path: Path) -> AsyncIterator[MerchantStore]:
+    """On each backend (``database_url``: None for SQLite, then a scratch PostgreSQL schema)."""
+    db = await open_database(database_url or f"sqlite:///{tmp_path / 'merchants.db'}")
+    try:
+        merchants = MerchantStore(db)
+        await merchants.migrate()
+        yield merchants
+    finally:
+        await db.close()
 
 
 async def test_delete_removes_the_merchant_and_its_keys_only(store: MerchantStore) -> None:

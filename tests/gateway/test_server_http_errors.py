@@ -29,7 +29,7 @@ import pytest
 from tests.vault.canary import new_canary
 from vault.devserver import free_port
 
-from .procs import Proc, Processes, gateway_config, wait_http
+from .procs import Proc, Processes, _tessera_cli, gateway_config, wait_http
 
 PROBLEM = "application/problem+json"
 
@@ -193,8 +193,7 @@ async def test_dev_answers_unparsable_requests_with_a_fixed_problem(tmp_path: Pa
     """``tessera dev`` (its own OpenBao, AppRole login) runs the gateway the same way."""
     port = free_port()
     data_dir = tmp_path / "dev"
-    script = Path(sys.executable).parent / "tessera"
-    cli = [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+    cli = _tessera_cli()
     async with Processes(tmp_path) as procs:
         dev = procs.spawn(
             "dev",

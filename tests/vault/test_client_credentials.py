@@ -7,8 +7,9 @@ and for AppRole (whose dead token is replaced by one fresh login, as for any cal
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import hvac
 import pytest
@@ -25,13 +26,25 @@ def root_hvac(provisioned_vault: ProvisionedVault) -> Iterator[hvac.Client]:
     client.adapter.close()
 
 
-def _approle(root: hvac.Client, **role: object) -> tuple[AppRoleCredentials, str]:
-    """A role of this test's own (tokenize policy): its credentials and its secret id accessor."""
+@contextlib.asynccontextmanager
+async def _approle_client(
+    vault: ProvisionedVault, root: hvac.Client, **role: object
+) -> AsyncIterator[tuple[VaultClient, AppRoleCredentials, str]]:
+    """A client of a role of this test's own (tokenize policy), its credentials and role name;
+    its credentials already checked once (so it holds a token)."""
     name = f"check_{secrets.token_hex(3)}"
     root.auth.approle.create_or_update_approle(name, token_policies=["tessera-tokenize"], **role)
     role_id = root.auth.approle.read_role_id(name)["data"]["role_id"]
-    secret = root.auth.approle.generate_secret_id(name)["data"]
-    return AppRoleCredentials(role_id, secret["secret_id"]), name
+    secret_id = root.auth.approle.generate_secret_id(name)["data"]["secret_id"]
+    credentials = AppRoleCredentials(role_id, secret_id)
+    async with VaultClient(vault.addr, approle=credentials) as client:
+        await client.check_credentials()
+        yield client, credentials, name
+
+
+def _revoke_token(root: hvac.Client, client: VaultClient) -> None:
+    assert client.token is not None
+    root.auth.token.revoke(client.token)
 
 
 async def test_a_live_static_token_is_accepted_and_a_revoked_one_refused(
@@ -51,9 +64,7 @@ async def test_a_live_static_token_is_accepted_and_a_revoked_one_refused(
 async def test_approle_logs_in_then_only_looks_up(
     provisioned_vault: ProvisionedVault, root_hvac: hvac.Client
 ) -> None:
-    credentials, _ = _approle(root_hvac)
-    async with VaultClient(provisioned_vault.addr, approle=credentials) as client:
-        await client.check_credentials()
+    async with _approle_client(provisioned_vault, root_hvac) as (client, _, _):
         await client.check_credentials()
         assert client.logins == 1
 
@@ -61,11 +72,8 @@ async def test_approle_logs_in_then_only_looks_up(
 async def test_approle_with_a_revoked_token_logs_in_again(
     provisioned_vault: ProvisionedVault, root_hvac: hvac.Client
 ) -> None:
-    credentials, _ = _approle(root_hvac)
-    async with VaultClient(provisioned_vault.addr, approle=credentials) as client:
-        await client.check_credentials()
-        assert client.token is not None
-        root_hvac.auth.token.revoke(client.token)
+    async with _approle_client(provisioned_vault, root_hvac) as (client, _, _):
+        _revoke_token(root_hvac, client)
         await client.check_credentials()
         assert client.logins == 2
 
@@ -73,14 +81,11 @@ async def test_approle_with_a_revoked_token_logs_in_again(
 async def test_approle_whose_secret_id_is_gone_is_refused_once_its_token_is(
     provisioned_vault: ProvisionedVault, root_hvac: hvac.Client
 ) -> None:
-    credentials, role = _approle(root_hvac)
-    async with VaultClient(provisioned_vault.addr, approle=credentials) as client:
-        await client.check_credentials()
+    async with _approle_client(provisioned_vault, root_hvac) as (client, credentials, role):
         root_hvac.auth.approle.destroy_secret_id(role, credentials.secret_id)
         # The token it holds still works: so does the gateway, for now.
         await client.check_credentials()
-        assert client.token is not None
-        root_hvac.auth.token.revoke(client.token)
+        _revoke_token(root_hvac, client)
         with pytest.raises(VaultPermissionDeniedError) as caught:
             await client.check_credentials()
         assert credentials.secret_id not in str(caught.value)
@@ -99,9 +104,11 @@ async def test_approle_token_without_lookup_self_is_still_accepted(
 ) -> None:
     """A role whose tokens lack the ``default`` policy cannot look itself up: the login that
     follows the refused lookup decides, and it succeeds."""
-    credentials, _ = _approle(root_hvac, token_no_default_policy=True)
-    async with VaultClient(provisioned_vault.addr, approle=credentials) as client:
-        await client.check_credentials()
+    async with _approle_client(provisioned_vault, root_hvac, token_no_default_policy=True) as (
+        client,
+        _,
+        _,
+    ):
         assert client.logins == 2
 
 
