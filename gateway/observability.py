@@ -41,26 +41,21 @@ __all__ = [
     "redact_text",
 ]
 
+#: Keys naming a secret, once lower-cased and their separators dropped (``X-Vault-Token``,
+#: ``api_key``, ``apiKey``) ...
 _SECRET_KEYS = frozenset(
     {
         "number",
         "pan",
-        "cardnumber",
-        "cvc",
-        "cvv",
-        "cvc2",
-        "cvv2",
-        "securitycode",
         "authorization",
         "apikey",
         "secret",
         "secretid",
-        "password",
         "tokenvalue",
         "xvaulttoken",
     }
 )
-#: A key holding one of these (once lower-cased, separators dropped) names a secret too.
+#: ... and keys holding one of these anywhere (``cvc2``, ``card_cvv``, ``security_code``).
 _SECRET_KEY_PARTS = ("cvc", "cvv", "securitycode", "cardnumber", "password")
 _KEY_SEPARATORS_RE = re.compile(r"[^a-z0-9]")
 #: pydantic's error text quotes the rejected input: ``[type=..., input_value='...', ...]``.

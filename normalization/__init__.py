@@ -79,6 +79,7 @@ from normalization.money import (
     known_currencies,
 )
 from normalization.redaction import (
+    ascii_digits,
     redact_card_numbers,
     redact_card_text,
     redact_security_codes,
@@ -188,6 +189,7 @@ __all__ = [
     "VerifyRequest",
     "Void",
     "VoidRequest",
+    "ascii_digits",
     "card_bin",
     "card_brand",
     "card_last4",

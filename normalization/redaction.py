@@ -25,12 +25,13 @@ import unicodedata
 
 from normalization.cards import luhn_valid, mask_pan
 
-__all__ = ["redact_card_numbers", "redact_card_text", "redact_security_codes"]
+__all__ = ["ascii_digits", "redact_card_numbers", "redact_card_text", "redact_security_codes"]
 
 #: What a redacted security code shows.
 MASKED_CODE = "***"
 
 _PAN_CANDIDATE_RE = re.compile(r"(?<!\d)\d(?:[ -]?\d){11,18}(?!\d)")
+_ANY_DIGIT_RE = re.compile(r"\d")
 
 _CODE_NAMES = r"(?i:cvc2?|cvv2?|cav2|cid|csc|security[ _-]?code)"
 # Where a name may start: not inside a word or a number ("acid", "x1cvc"), except after a
@@ -45,12 +46,14 @@ _SECURITY_CODE_RE = re.compile(
 )
 
 
-def _ascii_digits(run: str) -> str:
-    return "".join(str(unicodedata.decimal(char)) for char in run if char not in " -")
+def ascii_digits(text: str) -> str:
+    """The decimal digits of ``text`` (any script) as ASCII digits, everything else dropped:
+    ``"\uff14\uff10 00-12"`` gives ``"400012"``."""
+    return "".join(str(unicodedata.decimal(char)) for char in text if char.isdecimal())
 
 
 def _mask_candidate(match: re.Match[str]) -> str:
-    digits = _ascii_digits(match.group(0))
+    digits = ascii_digits(match.group(0))
     return mask_pan(digits) if luhn_valid(digits) else match.group(0)
 
 
@@ -84,5 +87,11 @@ def redact_security_codes(text: str) -> str:
 
 
 def redact_card_text(text: str) -> str:
-    """Both passes: card numbers masked, security codes next to their name hidden."""
+    """Both passes: card numbers masked, security codes next to their name hidden.
+
+    Both only ever replace digits, so text without any (a provider's ``"authorized"``, most log
+    values) is returned as it is, without either pass: this runs on every provider text of every
+    ``PaymentResult`` and every string of every log line."""
+    if _ANY_DIGIT_RE.search(text) is None:
+        return text
     return redact_security_codes(redact_card_numbers(text))

@@ -50,7 +50,6 @@ def production_log() -> Iterator[io.StringIO]:
         logging.captureWarnings(False)
         warnings.showwarning = saved_showwarning
         structlog.configure(**saved_structlog)
-        structlog.reset_defaults() if not saved_structlog else None
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
         for name, level in quiet.items():

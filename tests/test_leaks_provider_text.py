@@ -15,11 +15,10 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from normalization import (
@@ -31,13 +30,18 @@ from normalization import (
     PaymentStatus,
     VaultError,
 )
-from normalization.redaction import _SECURITY_CODE_RE, redact_card_text, redact_security_codes
+from normalization.redaction import (
+    _SECURITY_CODE_RE,
+    redact_card_numbers,
+    redact_card_text,
+    redact_security_codes,
+)
 from sdk.error_map import ErrorMap
 from sdk.scrubbing import Scrubber
 from tests.vault.canary import Canary, find_leaks
+from tests.vault.test_token_store import record as token_record
 from vault.audit import contains_card_number
 from vault.cvv import CvvHolder
-from vault.token_store import TokenRecord
 from vault.tokenization import TokenizationService
 
 CANARY = Canary(pan="4000056655665556", cvc="7391")
@@ -171,6 +175,26 @@ def test_security_code_pass_skips_only_text_that_cannot_match(text: str) -> None
     assert redact_security_codes(text) == full
 
 
+_DIGITS_OR_NOT = st.lists(
+    st.sampled_from(
+        # digits of three scripts, numerics that are not decimal digits (superscript, fraction,
+        # roman numeral), separators and a code's name
+        [*"0123456789 -:=\"'\uff10\uff14\uff17\u0660\u0665\u00b2\u00bd\u216b", "cvc", "CVV2"]
+    ),
+    max_size=30,
+).map("".join)
+
+
+@given(st.one_of(_DIGITS_OR_NOT, st.text(max_size=40)))
+@example(f"Card {FULLWIDTH} declined")
+@example("CVC " + "".join(chr(0xFF10 + int(d)) for d in CVV))
+def test_card_text_skips_only_text_without_digits(text: str) -> None:
+    # Text without a digit skips both passes (provider statuses, most log values); the shortcut
+    # must never change a result.
+    full = _SECURITY_CODE_RE.sub(lambda m: m.group(1) + "***", redact_card_numbers(text))
+    assert redact_card_text(text) == full
+
+
 def test_security_code_pass_still_sees_names_in_any_case_or_spelling() -> None:
     for text in (
         "CVC 739",
@@ -227,22 +251,7 @@ async def test_an_undecodable_vault_payload_raises_without_the_bytes() -> None:
         cvv=CvvHolder(),
         audit=_NoAudit(),  # type: ignore[arg-type]
     )
-    record = TokenRecord(
-        id="tok_" + "a" * 24,
-        tenant="t1",
-        fingerprint="fp_v1_x",
-        ciphertext="vault:v1:x",
-        bin="400005",
-        last4="5556",
-        brand="visa",
-        exp_month=12,
-        exp_year=2031,
-        format="opaque",
-        created_at=datetime.now(UTC),
-        expires_at=None,
-        key_version=1,
-        pan_length=16,
-    )
+    record = token_record("t1")
     with pytest.raises(VaultError) as info:
         await service.reveal("t1", record.id, purpose="test", actor="test", record=record)
     assert not isinstance(info.value, InvalidRequestError)

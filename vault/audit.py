@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -38,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from normalization import InvalidRequestError, luhn_valid
+from normalization import InvalidRequestError, ascii_digits, luhn_valid
 from vault.clock import Clock, SystemClock
 from vault.database import (
     Connection,
@@ -117,7 +116,6 @@ _READ_HEAD_FOR_UPDATE = "SELECT seq, hash FROM vault_audit_head WHERE id = 1 FOR
 # Digits of any script (a full-width PAN is still the PAN), with up to two separators between
 # them: whitespace, dashes, dots, slashes or underscores, as card numbers get written.
 _CARD_RUN_RE = re.compile(r"\d(?:[\s./_-]{0,2}\d)+")
-_NOT_DIGITS_RE = re.compile(r"\D")
 
 
 def contains_card_number(text: str) -> bool:
@@ -125,10 +123,8 @@ def contains_card_number(text: str) -> bool:
     dots, slashes or underscores allowed between them) passing Luhn, or any longer run, which
     could hide one."""
     for match in _CARD_RUN_RE.finditer(text):
-        run = _NOT_DIGITS_RE.sub("", match.group())
-        if len(run) > 19:
-            return True
-        if len(run) >= 12 and luhn_valid("".join(str(unicodedata.decimal(c)) for c in run)):
+        digits = ascii_digits(match.group())
+        if len(digits) > 19 or (len(digits) >= 12 and luhn_valid(digits)):
             return True
     return False
 

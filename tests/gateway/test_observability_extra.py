@@ -10,44 +10,12 @@ are masked like any other value.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import warnings
-from collections.abc import Iterator
-from typing import Any
 
-import pytest
-import structlog
-
-from gateway.observability import configure_logging
 from normalization import mask_pan
+from tests.test_leaks_logging import _lines
+from tests.test_leaks_logging import production_log as production_log  # the fixture
 from tests.vault.canary import find_leaks, new_canary
-
-
-@pytest.fixture
-def production_log() -> Iterator[io.StringIO]:
-    """The production configuration, at DEBUG, into a buffer; everything restored after."""
-    root = logging.getLogger()
-    saved_handlers, saved_level = root.handlers[:], root.level
-    saved_structlog = structlog.get_config()
-    saved_showwarning = warnings.showwarning
-    quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
-    stream = io.StringIO()
-    configure_logging("DEBUG", stream=stream)
-    try:
-        yield stream
-    finally:
-        logging.captureWarnings(False)
-        warnings.showwarning = saved_showwarning
-        structlog.configure(**saved_structlog)
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        for name, level in quiet.items():
-            logging.getLogger(name).setLevel(level)
-
-
-def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
 def test_extra_fields_of_a_stdlib_record_are_in_the_line(production_log: io.StringIO) -> None:
