@@ -132,7 +132,7 @@ def captured_logs(caplog: pytest.LogCaptureFixture) -> Iterator[Logs]:
       the access log, off in production by default);
     - stdlib records as emitted (caplog), searched for this project's loggers.
 
-    Everything is restored afterwards (structlog config, root handlers and levels)."""
+    Everything is restored afterwards (structlog config, root handlers and levels, warnings)."""
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     quiet = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
@@ -168,6 +168,7 @@ def captured_logs(caplog: pytest.LogCaptureFixture) -> Iterator[Logs]:
         root.setLevel(saved_level)
         for name, level in quiet.items():
             logging.getLogger(name).setLevel(level)
+        logging.captureWarnings(False)  # configure_logging routes warnings to logging
 
 
 def _own_records(caplog: pytest.LogCaptureFixture) -> str:
