@@ -15,7 +15,9 @@ after a lost response may leave a second token for the same card (same ``fingerp
 
 - the connection failed or broke before a response arrived (the key makes a resend safe:
   the gateway replays the first result or reports the first attempt still running);
-- ``409 idempotency_key_in_use`` (the first attempt is still running);
+- ``409 idempotency_key_in_use`` (the first attempt is still running) and ``409
+  operation_in_progress`` (another capture, void, refund or completion of the payment is still
+  open; nothing was done);
 - ``429`` and ``503``, after the ``Retry-After`` the gateway asked for (a wait longer than
   ``max_retry_delay`` is not attempted: the error is raised instead).
 
@@ -74,6 +76,8 @@ log = logging.getLogger("tessera.client")
 T = TypeVar("T")
 P = ParamSpec("P")
 _RETRYABLE_STATUSES = frozenset({429, 503})
+#: 409s after which nothing was done and a resend (after ``Retry-After``) is the right move.
+_RETRYABLE_CONFLICTS = frozenset({"idempotency_key_in_use", "operation_in_progress"})
 _USER_AGENT = "tessera-python/0.1"
 
 # -- views --------------------------------------------------------------------------------------
@@ -268,7 +272,7 @@ class _RetryPolicy:
         """Seconds to wait before resending after ``response``, or None to return/raise it."""
         if retry >= self.max_retries:
             return None
-        in_use = response.status_code == 409 and _problem_code(response) == "idempotency_key_in_use"
+        in_use = response.status_code == 409 and _problem_code(response) in _RETRYABLE_CONFLICTS
         if not in_use and response.status_code not in _RETRYABLE_STATUSES:
             return None
         wait = _retry_after(response)

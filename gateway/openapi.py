@@ -84,7 +84,7 @@ _GATEWAY_CODES: dict[int, tuple[str, ...]] = {
     404: ("not_found", "unknown_connector"),
     405: ("method_not_allowed",),
     408: ("request_timeout",),
-    409: ("idempotency_key_in_use",),
+    409: ("idempotency_key_in_use", "operation_in_progress"),
     413: ("payload_too_large", "batch_too_large"),
     415: ("unsupported_media_type",),
     422: ("invalid_request", "idempotency_key_reused", "return_url_required"),

@@ -39,6 +39,7 @@ from gateway.merchants import Merchant
 from gateway.payments import (
     AttemptRecord,
     IdempotencyClaim,
+    OperationInProgressError,
     Outbox,
     PaymentMethodSummary,
     PaymentRecord,
@@ -64,6 +65,7 @@ from normalization import (
     PaymentResult,
     PaymentStatus,
     Refund,
+    RefundExceedsCapturedError,
     RefundRequest,
     SyncRequest,
     TesseraError,
@@ -491,8 +493,11 @@ class PaymentService:
         amount = amount or Money.of(
             payment.state.capturable or payment.amount.value, payment.amount.currency
         )
-        transition(payment.state, Capture(amount))  # 409/422 before any network call
-        attempt = await self._start_follow_up(payment, Operation.CAPTURE, amount=amount)
+        transition(payment.state, Capture(amount))  # 409/422 before any write
+        async with self._db.transaction() as tx:
+            payment, attempt = await self._begin(
+                payment, Operation.CAPTURE, Capture(amount), amount=amount, tx=tx
+            )
         request = CaptureRequest(
             payment_id=payment.id, provider_reference=payment.provider_reference, amount=amount,
             final=False, idempotency_key=attempt.provider_idempotency_key,
@@ -510,7 +515,8 @@ class PaymentService:
     ) -> OperationOutcome:
         payment = await self._store.get_payment(merchant.id, payment_id)
         transition(payment.state, Void())
-        attempt = await self._start_follow_up(payment, Operation.VOID)
+        async with self._db.transaction() as tx:
+            payment, attempt = await self._begin(payment, Operation.VOID, Void(), tx=tx)
         request = VoidRequest(
             payment_id=payment.id, provider_reference=payment.provider_reference,
             idempotency_key=attempt.provider_idempotency_key, reference=payment.reference,
@@ -531,17 +537,21 @@ class PaymentService:
         correlation_id: str | None = None,
     ) -> OperationOutcome:
         payment = await self._store.get_payment(merchant.id, payment_id)
+        reserved = await self._store.reserved_refunds(payment.id)
         amount = amount or Money.of(
-            payment.state.refundable or payment.amount.value, payment.amount.currency
+            _refundable(payment, reserved) or payment.amount.value, payment.amount.currency
         )
-        transition(payment.state, Refund(amount))
+        _check_refund(payment, amount, reserved)
         # The refund, the attempt that requests it and its audit entry (RELIABILITY 33: every
         # refund is in the audit log) commit together, before the call.
         async with self._db.transaction() as tx:
             refund = await self._store.add_refund(payment, amount, tx=tx)
-            attempt = await self._start_follow_up(
+            payment, attempt = await self._begin(
                 payment, Operation.REFUND, amount=amount, refund_id=refund.id, tx=tx
             )
+            # Under the operation's lock: refunds still pending elsewhere (this one aside).
+            reserved = await self._store.reserved_refunds(payment.id, tx=tx) - amount.value
+            _check_refund(payment, amount, reserved)
             await self._audit.append(
                 actor=f"merchant:{merchant.id}",
                 action="payment.refund",
@@ -604,7 +614,25 @@ class PaymentService:
             payment, result
         ):
             payment = await self._observe(payment, result)
+            if result.status is not PaymentStatus.PENDING:
+                payment = await self._settle_unknown(payment, result)
         return payment
+
+    async def _settle_unknown(self, payment: PaymentRecord, result: PaymentResult) -> PaymentRecord:
+        """A final answer from the provider settles the payment's follow-ups whose outcome was
+        ``unknown`` as the reconciler would, so that they stop holding the payment's operation
+        lock at once (calls still in flight are left alone: their answer is on its way)."""
+        settled = False
+        for attempt in await self._store.attempts(payment.id):
+            if attempt.outcome is not Outcome.UNKNOWN or attempt.operation in _CREATE_OPERATIONS:
+                continue
+            await self._store.finish_attempt(attempt, result)
+            if attempt.refund_id is not None:
+                await self._settle_refund(payment, attempt.refund_id, attempt.amount, result)
+            settled = True
+        if not settled:
+            return payment
+        return await self._store.get_payment(payment.merchant_id, payment.id)
 
     async def complete(
         self,
@@ -627,7 +655,8 @@ class PaymentService:
         if not manifest.supports(Operation.COMPLETE_AUTHORIZATION):
             return await self.sync(merchant, payment_id, correlation_id=correlation_id)
         operation = Operation.COMPLETE_AUTHORIZATION
-        attempt = await self._start_follow_up(payment, operation)
+        async with self._db.transaction() as tx:
+            payment, attempt = await self._begin(payment, operation, tx=tx)
         request = CompleteAuthorizationRequest(
             payment_id=payment.id, provider_reference=payment.provider_reference,
             callback_parameters=dict(params), idempotency_key=attempt.provider_idempotency_key,
@@ -666,10 +695,15 @@ class PaymentService:
             for a in attempts
         )
         if authorized:
-            submit = await self._start_follow_up(payment, Operation.SUBMIT)
+            try:
+                async with self._db.transaction() as tx:
+                    payment, submit = await self._begin(payment, Operation.SUBMIT, tx=tx)
+            except OperationInProgressError:  # a concurrent ``complete`` submitted it
+                return await self._store.get_payment(merchant.id, payment.id)
         else:
             operation = Operation.COMPLETE_AUTHORIZATION
-            attempt = await self._start_follow_up(payment, operation)
+            async with self._db.transaction() as tx:
+                payment, attempt = await self._begin(payment, operation, tx=tx)
             request = CompleteAuthorizationRequest(
                 payment_id=payment.id, provider_reference=payment.provider_reference,
                 callback_parameters=dict(params), idempotency_key=attempt.provider_idempotency_key,
@@ -732,12 +766,12 @@ class PaymentService:
                 return False
             submit = attempt
         else:
-            others = await self._store.attempts(payment.id)
             async with self._db.transaction() as tx:
                 await self._store.finish_attempt(attempt, result, tx=tx)
-                if any(a.operation == Operation.SUBMIT.value for a in others):
-                    return True  # that attempt is reconciled on its own
-                submit = await self._start_follow_up(payment, Operation.SUBMIT, tx=tx)
+                try:
+                    submit = await self._start_follow_up(payment, Operation.SUBMIT, tx=tx)
+                except OperationInProgressError:
+                    return True  # submitted already: that attempt is reconciled on its own
             try:
                 await self._submit(payment, submit, correlation_id)
             except TesseraError as exc:  # not sent: the submit attempt is reconciled later
@@ -793,6 +827,15 @@ class PaymentService:
             )  # fmt: skip
             await self._store.finish_attempt(attempt, result)
         else:
+            # Neither a sync nor a replay can settle it: only a person with the provider's
+            # dashboard can (the payment's money-moving operations wait until then).
+            log.warning(
+                "attempt_needs_operator",
+                attempt_id=attempt.id,
+                payment_id=attempt.payment_id,
+                connector=attempt.connector,
+                operation=attempt.operation,
+            )
             await self._store.schedule_reconcile(attempt.id)
             return False
         if result.outcome in (Outcome.UNKNOWN, Outcome.NOT_SENT) or (
@@ -802,11 +845,36 @@ class PaymentService:
             return False
         if attempt.operation in _CREATE_OPERATIONS:
             await self._settle(payment, result, connector=attempt.connector)
+        elif attempt.refund_id is not None:
+            await self._settle_refund(payment, attempt.refund_id, attempt.amount, result)
         else:
             await self._observe(payment, result)
-        if attempt.refund_id is not None:
-            await self._finish_refund(attempt.refund_id, result)
         return True
+
+    async def _settle_refund(
+        self,
+        payment: PaymentRecord,
+        refund_id: str,
+        amount: Money | None,
+        result: PaymentResult,
+    ) -> None:
+        """A refund whose answer was ``unknown`` or ``pending`` is final now. Succeeded: its
+        amount joins the payment's ``refunded`` together with the refund's own status (a sync
+        reports the payment's status, which for a partial refund says nothing of the amount);
+        when the payment moved meanwhile so that it no longer fits, the reported status is
+        observed instead, as for any other follow-up."""
+        async with self._db.transaction() as tx:
+            await self._finish_refund(refund_id, result, tx=tx)
+            if result.outcome is Outcome.SUCCEEDED and amount is not None:
+                current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
+                try:
+                    transition(current.state, Refund(amount))
+                except IllegalTransitionError:
+                    pass
+                else:
+                    await self._settle(current, result, event=Refund(amount), tx=tx)
+                    return
+        await self._observe(payment, result)
 
     async def apply_webhook_event(self, connector_id: str, event: WebhookEvent) -> bool:
         """Converge the payment an event is about on the state it reports; True if it did."""
@@ -845,6 +913,36 @@ class PaymentService:
         return await self._store.start_attempt(
             payment, payment.connector, operation.value, amount=amount, refund_id=refund_id, tx=tx
         )
+
+    async def _begin(
+        self,
+        payment: PaymentRecord,
+        operation: Operation,
+        event: Capture | Void | Refund | None = None,
+        *,
+        amount: Money | None = None,
+        refund_id: str | None = None,
+        tx: Connection,
+    ) -> tuple[PaymentRecord, AttemptRecord]:
+        """Start a money-moving follow-up in ``tx``; the payment as it is now, and the attempt.
+
+        The attempt's insert is the operation's lock (``OperationInProgressError`` while another
+        one on the payment is open: ``PaymentStore``). Holding it, the payment is read again: if
+        it changed since the caller's check, ``event`` is checked against what it is now (or,
+        with no event, its status must be the same), so a decision made on a stale read never
+        reaches the provider; raising here rolls the attempt back.
+        """
+        attempt = await self._start_follow_up(
+            payment, operation, amount=amount, refund_id=refund_id, tx=tx
+        )
+        current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
+        if current.version != payment.version:
+            if event is not None:
+                transition(current.state, event)
+            elif current.status is not payment.status:
+                status = current.status.value if current.status else "new"
+                raise IllegalTransitionError(f"The payment changed meanwhile; it is {status} now.")
+        return current, attempt
 
     async def _invoke(
         self,
@@ -962,6 +1060,20 @@ class PaymentService:
                 "refunded": after.refunded,
                 "reference": after.reference,
             },
+        )
+
+
+def _refundable(payment: PaymentRecord, reserved: int) -> int:
+    """What may still be refunded: captured, less refunded and less refunds still pending."""
+    return max(0, payment.state.refundable - reserved)
+
+
+def _check_refund(payment: PaymentRecord, amount: Money, reserved: int) -> None:
+    transition(payment.state, Refund(amount))  # status, currency, amount against captured
+    if reserved and amount.value > _refundable(payment, reserved):
+        raise RefundExceedsCapturedError(
+            f"Only {_refundable(payment, reserved)} minor units remain refundable "
+            f"({reserved} more are in refunds still pending); asked {amount.value}."
         )
 
 

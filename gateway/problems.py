@@ -79,6 +79,11 @@ class HttpProblem(Exception):
         self.extra = extra or {}
 
 
+#: The payment store's conflicts (``gateway.payments.records``; named by code, since this module
+#: sits below the payment packages).
+_CONFLICT_CODES = frozenset({"concurrent_update", "operation_in_progress"})
+
+
 def status_for(error: TesseraError) -> int:
     """The HTTP status of a domain error."""
     if isinstance(error, NotFoundError | VaultNotFoundError):
@@ -87,7 +92,7 @@ def status_for(error: TesseraError) -> int:
         return 422
     if isinstance(error, NotSupportedError):
         return 422
-    if isinstance(error, IllegalTransitionError) or error.code == "concurrent_update":
+    if isinstance(error, IllegalTransitionError) or error.code in _CONFLICT_CODES:
         return 409
     if isinstance(error, ConnectorBusyError | ConnectorUnavailableError):
         return 503

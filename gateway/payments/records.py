@@ -14,7 +14,8 @@
 attempt sequence, operation), so a retry of the same attempt after a crash re-sends the same key.
 
 Also the store's vocabulary: ``KEEP`` ("leave this field as it is") and
-``ConcurrentUpdateError`` (a stale write lost to another writer: re-read and retry).
+``ConcurrentUpdateError`` (a stale write lost to another writer: re-read and retry), and its
+``OperationInProgressError`` (a money-moving operation on the payment is still open).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "KEEP",
     "AttemptRecord",
     "ConcurrentUpdateError",
+    "OperationInProgressError",
     "PaymentMethodSummary",
     "PaymentRecord",
     "RefundRecord",
@@ -117,6 +119,19 @@ class ConcurrentUpdateError(TesseraError):
 
     def __init__(self, detail: str | None = None, *, retry_after: float | None = 1.0) -> None:
         super().__init__(detail, retry_after=retry_after)
+
+
+class OperationInProgressError(ConcurrentUpdateError):
+    """Another operation that moves money on this payment (capture, void, refund, completing an
+    authorization, submitting a consent) has started and its outcome is not known yet: sent and
+    unanswered, or answered ``unknown`` and awaiting reconciliation. Nothing was sent; retry
+    once it settles."""
+
+    code = "operation_in_progress"
+    default_detail = (
+        "Another operation on this payment is in progress or its outcome is not known yet; "
+        "nothing was done. Retry once it has settled."
+    )
 
 
 class _Keep(Enum):

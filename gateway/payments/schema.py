@@ -30,6 +30,7 @@ __all__ = [
     "INSERT_PAYMENT",
     "INSERT_REFUND",
     "LEASE_ATTEMPT",
+    "LOCKING_OPERATIONS",
     "MIGRATIONS",
     "PAYMENT_COLUMNS",
     "REFUND_COLUMNS",
@@ -46,6 +47,11 @@ __all__ = [
     "to_json",
 ]
 
+
+#: Follow-up operations that move money or commit the customer's consent: at most one of them is
+#: open on a payment at a time (``sync`` only reads, and creating a payment has its own guard,
+#: the idempotency key).
+LOCKING_OPERATIONS = frozenset({"capture", "void", "refund", "complete_authorization", "submit"})
 
 MIGRATIONS = [
     Migration(
@@ -120,7 +126,21 @@ MIGRATIONS = [
         );
         CREATE INDEX webhook_events_received ON webhook_events (received_at)
         """,
-    )
+    ),
+    # One money-moving follow-up open per payment (sent and unanswered, or ``unknown``), and one
+    # submit per payment ever: the database, not a read before the write, decides which of two
+    # concurrent requests (in any process) goes to the provider. ``PaymentStore.start_attempt``
+    # turns the conflict into ``OperationInProgressError``.
+    Migration(
+        2,
+        f"""
+        CREATE UNIQUE INDEX payment_attempts_one_open_operation ON payment_attempts (payment_id)
+            WHERE operation IN ({", ".join(f"'{op}'" for op in sorted(LOCKING_OPERATIONS))})
+            AND (outcome IS NULL OR outcome = 'unknown');
+        CREATE UNIQUE INDEX payment_attempts_one_submit ON payment_attempts (payment_id)
+            WHERE operation = 'submit'
+        """,
+    ),
 ]
 
 PAYMENT_COLUMNS = (
@@ -151,7 +171,8 @@ INSERT_PAYMENT = (
 INSERT_ATTEMPT = (
     f"INSERT INTO payment_attempts ({ATTEMPT_COLUMNS}) VALUES "  # noqa: S608
     "($1, $2, $3, $4, $5, $6, $12, $13, NULL, $14, $7, $8, $9, $10, $15, $11, 0) "
-    "ON CONFLICT (payment_id, seq) DO NOTHING RETURNING seq"
+    # No conflict target: a taken ``seq`` and an open operation (migration 2) both return no row.
+    "ON CONFLICT DO NOTHING RETURNING seq"
 )
 # Settles an attempt still open (in flight, ``unknown`` or ``pending``: see
 # ``AttemptRecord.needs_reconciliation``) in one statement; no row back: it was settled already.

@@ -14,6 +14,12 @@ Guarantees the gateway builds on:
   derived from their identity. An attempt that never finished, one whose outcome was
   ``unknown`` and one left ``pending`` by the provider are due for reconciliation
   (``due_for_reconciliation`` / ``claim_for_reconciliation``) with exponential backoff.
+- **One money-moving operation at a time.** A capture, void, refund, authorization completion
+  or submit cannot start (``OperationInProgressError``, 409) while another of them on the same
+  payment is open: sent and unanswered, or ``unknown`` until reconciliation settles it; and a
+  payment is submitted once. A unique index decides (migration 2), so it holds across
+  processes; the caller re-checks the payment's state inside the transaction that started the
+  attempt, so a decision made on a stale read never reaches the provider.
 - **Webhook events are recorded once** (primary key on connector + event id): of concurrent
   deliveries of one event, exactly one ``record_webhook_event`` returns True.
 
@@ -37,6 +43,7 @@ from gateway.payments.records import (
     KEEP,
     AttemptRecord,
     ConcurrentUpdateError,
+    OperationInProgressError,
     PaymentMethodSummary,
     PaymentRecord,
     RefundRecord,
@@ -52,6 +59,7 @@ from gateway.payments.schema import (
     INSERT_PAYMENT,
     INSERT_REFUND,
     LEASE_ATTEMPT,
+    LOCKING_OPERATIONS,
     MIGRATIONS,
     SELECT_ATTEMPTS,
     SELECT_PAYMENT_BY_ATTEMPT,
@@ -86,6 +94,23 @@ __all__ = ["PaymentStore"]
 
 _COMPONENT = "gateway.payments"
 _MAX_SEQ_RACES = 10
+
+
+async def _refuse_if_locked(conn: Connection, payment_id: str, operation: str) -> None:
+    """After an attempt insert that returned no row: ``OperationInProgressError`` if the reason
+    is migration 2's guard (an open money-moving operation, or a second submit) rather than a
+    ``seq`` taken meanwhile (then it returns, and the caller takes the next number)."""
+    rows = await conn.fetchall(
+        "SELECT operation, outcome FROM payment_attempts WHERE payment_id = $1", payment_id
+    )
+    if operation == "submit" and any(row["operation"] == "submit" for row in rows):
+        raise OperationInProgressError("The payment was submitted already.")
+    for row in rows:
+        if row["operation"] in LOCKING_OPERATIONS and row["outcome"] in (None, "unknown"):
+            raise OperationInProgressError(
+                f"A {row['operation']} of this payment is in progress or its outcome is not "
+                "known yet; nothing was done. Retry once it has settled."
+            )
 
 
 class PaymentStore:
@@ -383,6 +408,8 @@ class PaymentStore:
                 )
                 if inserted is not None:
                     break
+                if operation in LOCKING_OPERATIONS:
+                    await _refuse_if_locked(conn, payment.id, operation)
                 seq = None
             else:  # pragma: no cover - needs _MAX_SEQ_RACES concurrent starts on one payment
                 raise ConcurrentUpdateError("Too many concurrent attempts on one payment.")
@@ -404,6 +431,17 @@ class PaymentStore:
             next_reconcile_at=None if next_at is None else from_micros(next_at),
             reconcile_count=0,
         )
+
+    async def reserved_refunds(self, payment_id: str, *, tx: Connection | None = None) -> int:
+        """Minor units of the payment's refunds still ``pending`` (requested, not yet settled):
+        not in ``refunded`` yet, but not refundable a second time either."""
+        total = await (tx or self._db).fetchval(
+            "SELECT COALESCE(SUM(amount_value), 0) FROM payment_refunds "
+            "WHERE payment_id = $1 AND status = $2",
+            payment_id,
+            RefundStatus.PENDING.value,
+        )
+        return int(total)
 
     async def get_attempt(self, attempt_id: str, *, tx: Connection | None = None) -> AttemptRecord:
         row = await (tx or self._db).fetchone(SELECT_ATTEMPTS + " WHERE id = $1", attempt_id)

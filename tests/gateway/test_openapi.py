@@ -267,6 +267,12 @@ async def test_payment_lifecycle_responses_match_the_document(
         await asyncio.sleep(0.2)
         pay = await post(f"/v1/payments/{pid}/sync", expect=200)
     assert pay["status"] == "partially_captured", pay
+    # Until the capture's outcome is known, no other money-moving operation starts; a sync
+    # that gets the provider's answer settles it.
+    problem = await post(f"/v1/payments/{pid}/refunds", {"amount": {"value": 100, "currency": "EUR"}}, expect=409)  # fmt: skip
+    assert problem["code"] == "operation_in_progress"
+    pay = await post(f"/v1/payments/{pid}/sync", expect=200)
+    assert pay["attempts"][-2]["outcome"] == "succeeded", pay["attempts"]
     pay = await post(f"/v1/payments/{pid}/refunds", {"amount": {"value": 100, "currency": "EUR"}}, expect=201)  # fmt: skip
     assert pay["refunds"][0]["status"] == "succeeded"
     problem = await post(f"/v1/payments/{pid}/refunds", {"amount": {"value": 10**7, "currency": "EUR"}}, expect=409)  # fmt: skip

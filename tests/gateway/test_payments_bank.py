@@ -287,6 +287,29 @@ async def test_open_banking_consent_approved_then_submitted_and_settled(env: Env
     assert len(env.ob.payments) == 1
 
 
+async def test_concurrent_completes_with_different_keys_submit_once(env: Env) -> None:
+    """The customer's browser and the merchant's server both report the return from the bank,
+    each with its own idempotency key: one authorization and one submit reach the provider; the
+    others answer 409 while it runs (or the payment as it is afterwards), never a second submit."""
+    pay = await _consent(env)
+    params = await _at_bank(pay["next_action"]["url"], "approve")
+    path = f"/v1/payments/{pay['id']}/complete"
+    results = await asyncio.gather(
+        *(env.post(path, {"parameters": params}, key=f"back-{i}") for i in range(5))
+    )
+    done = [body for status, body, _ in results if status == 200]
+    refused = [body for status, body, _ in results if status != 200]
+    assert done and done[0]["status"] == "pending", results
+    assert {b["code"] for b in refused} <= {"operation_in_progress", "invalid_state_transition"}
+    assert len(env.faults.submit_keys) == 1 and len(env.ob.payments) == 1
+    after = await env.get(pay["id"])
+    assert [op for op, _, _ in _ops(after)] == [
+        "create_consent",
+        "complete_authorization",
+        "submit",
+    ]
+
+
 async def test_open_banking_create_replayed_with_its_key_makes_one_consent(env: Env) -> None:
     status, first, _ = await env.post("/v1/payments", _ob_payment(), key="ob-1")
     assert status == 201 and first["status"] == "requires_action", first

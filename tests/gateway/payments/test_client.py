@@ -286,18 +286,28 @@ def test_each_logical_call_gets_its_own_key(respx_mock: respx.MockRouter) -> Non
     assert keys[0] != keys[1] and keys[2] == "mine"
 
 
+@pytest.mark.parametrize("code", ["idempotency_key_in_use", "operation_in_progress"])
 @respx.mock(base_url=BASE, assert_all_called=False)
-def test_in_use_conflict_waits_retry_after(respx_mock: respx.MockRouter) -> None:
+def test_nothing_done_conflict_waits_retry_after(respx_mock: respx.MockRouter, code: str) -> None:
     route = respx_mock.post("/v1/payments/pay_1/void").mock(
-        side_effect=[
-            _problem(409, "idempotency_key_in_use", "2"),
-            httpx.Response(200, json=PAYMENT),
-        ]
+        side_effect=[_problem(409, code, "2"), httpx.Response(200, json=PAYMENT)]
     )
     sleeps: list[float] = []
     with _sync_client(sleeps) as client:
         client.void("pay_1")
     assert sleeps == [2.0] and len(set(_keys(route))) == 1
+
+
+@respx.mock(base_url=BASE, assert_all_called=False)
+def test_state_conflict_is_raised_at_once(respx_mock: respx.MockRouter) -> None:
+    route = respx_mock.post("/v1/payments/pay_1/void").mock(
+        return_value=_problem(409, "invalid_state_transition", "1")
+    )
+    sleeps: list[float] = []
+    with _sync_client(sleeps) as client, pytest.raises(TesseraAPIError) as raised:
+        client.void("pay_1")
+    assert raised.value.code == "invalid_state_transition"
+    assert sleeps == [] and route.call_count == 1
 
 
 @respx.mock(base_url=BASE, assert_all_called=False)

@@ -11,8 +11,10 @@ from datetime import timedelta
 import pytest
 
 from gateway.payments import (
+    AttemptRecord,
     ConcurrentUpdateError,
     ExponentialBackoff,
+    OperationInProgressError,
     Outbox,
     PaymentMethodSummary,
     PaymentRecord,
@@ -345,6 +347,70 @@ async def test_expected_sequence_number_is_used_or_the_next_free_one(
         "mer_a", payment.id, 2, "capture"
     )
     assert await payment_store.attempts(payment.id) == [first, second]
+
+
+# -- one money-moving operation at a time (migration 2) -------------------------------------
+
+
+async def test_one_open_money_moving_operation_per_payment(
+    database_url: str, payment_store: PaymentStore
+) -> None:
+    """Two processes start a capture and a refund on one payment at once: exactly one attempt
+    is made, the other gets OperationInProgressError; syncs are never held up; once the first
+    settles, the next operation starts."""
+    payment = await _authorized(payment_store)
+    other_db = await open_database(database_url)
+    try:
+        other = PaymentStore(other_db)
+        results = await asyncio.gather(
+            payment_store.start_attempt(payment, "sandbox", "capture"),
+            other.start_attempt(payment, "sandbox", "refund"),
+            payment_store.start_attempt(payment, "sandbox", "void"),
+            return_exceptions=True,
+        )
+    finally:
+        await other_db.close()
+    [started] = [r for r in results if isinstance(r, AttemptRecord)]
+    refused = [r for r in results if isinstance(r, OperationInProgressError)]
+    assert len(refused) == 2, results
+    assert all(started.operation in str(e) for e in refused)
+    await payment_store.start_attempt(payment, "sandbox", "sync")  # reading is never locked
+
+    # An unknown outcome keeps the payment locked (nothing may be sent on a guess) ...
+    await payment_store.finish_attempt(started, PaymentResult.unknown())
+    with pytest.raises(OperationInProgressError):
+        await payment_store.start_attempt(payment, "sandbox", "capture")
+    # ... until reconciliation settles it; a refused (not sent) attempt never locks.
+    await payment_store.finish_attempt(
+        started, PaymentResult(outcome=Outcome.SUCCEEDED, status=S.CAPTURED)
+    )
+    nxt = await payment_store.start_attempt(payment, "sandbox", "capture")
+    await payment_store.finish_attempt(nxt, PaymentResult.not_sent(), error_code="connector_busy")
+    await payment_store.start_attempt(payment, "sandbox", "void")
+    ops = [a.operation for a in await payment_store.attempts(payment.id)]
+    assert ops == [started.operation, "sync", "capture", "void"]
+
+
+async def test_a_payment_is_submitted_once(payment_store: PaymentStore) -> None:
+    payment = await _authorized(payment_store)
+    first = await payment_store.start_attempt(payment, "bank", "submit")
+    await payment_store.finish_attempt(
+        first, PaymentResult(outcome=Outcome.SUCCEEDED, status=S.PENDING)
+    )  # pending: no longer "open" for other operations, but submitted
+    with pytest.raises(OperationInProgressError, match="submitted already"):
+        await payment_store.start_attempt(payment, "bank", "submit")
+
+
+async def test_reserved_refunds_count_pending_ones_only(payment_store: PaymentStore) -> None:
+    payment = await _authorized(payment_store)
+    assert await payment_store.reserved_refunds(payment.id) == 0
+    pending = await payment_store.add_refund(payment, Money.of(300, EUR))
+    settled = await payment_store.add_refund(payment, Money.of(200, EUR))
+    failed = await payment_store.add_refund(payment, Money.of(100, EUR))
+    await payment_store.update_refund(settled.id, status=RefundStatus.SUCCEEDED)
+    await payment_store.update_refund(failed.id, status=RefundStatus.FAILED)
+    assert pending.status is RefundStatus.PENDING
+    assert await payment_store.reserved_refunds(payment.id) == 300
 
 
 async def test_refused_attempt_is_settled_not_sent_and_never_reconciled(
