@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from gateway.config import Settings
 from gateway.connector_pool import ConnectorPool, VaultRevealer
 from gateway.merchants import ApiKeyCache, AuthFailureLimiter, Merchant, MerchantStore
-from gateway.observability import GatewayMetrics, method_label
+from gateway.observability import GatewayMetrics, method_label, multiprocess_metrics
 from gateway.payment_service import PaymentService
 from gateway.payments import IdempotencyStore, NotificationDispatcher, Outbox, PaymentStore
 from gateway.problems import HttpProblem, problem_response, status_for, validation_problem
@@ -212,6 +212,8 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             ),
             asyncio.create_task(_housekeeping(idempotency, outbox, payment_store, stop)),
         ]
+        if multiprocess_metrics():
+            background.append(asyncio.create_task(_publish_gauges(pool, stop)))
         try:
             yield
         finally:
@@ -254,6 +256,16 @@ async def _housekeeping(
             log.exception("housekeeping_crashed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=3600)
+
+
+async def _publish_gauges(pool: ConnectorPool, stop: asyncio.Event) -> None:
+    """Every second, write each connector's breaker and bulkhead gauges (multiprocess metrics:
+    a scrape on any worker reads what every worker last wrote, at most a second old)."""
+    while not stop.is_set():
+        for connector_id in pool.ids():
+            pool.runtime(connector_id).publish_gauges()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
 
 
 def _route_name(request: web.Request) -> str:

@@ -28,7 +28,8 @@ from typing import Any
 import structlog
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from normalization.redaction import redact_card_text
 
@@ -37,8 +38,10 @@ __all__ = [
     "RedactingAccessLogger",
     "configure_logging",
     "method_label",
+    "multiprocess_metrics",
     "redact_card_data",
     "redact_text",
+    "render_metrics",
 ]
 
 #: Keys naming a secret, once lower-cased and their separators dropped (``X-Vault-Token``,
@@ -248,3 +251,20 @@ class GatewayMetrics:
             if len(self._token_children) < _MAX_CACHED_CHILDREN:
                 self._token_children[token_format] = counter
         counter.inc(created)
+
+
+def multiprocess_metrics() -> bool:
+    """True when prometheus-client runs in multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` was
+    set when it was imported: ``tessera serve`` with ``workers > 1``): metric values live in
+    files every worker writes, and a scrape merges them."""
+    return values.ValueClass is not values.MutexValue
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    """The Prometheus exposition for ``/metrics``: ``registry`` (this process), or in
+    multiprocess mode every worker's values merged (counters and histograms summed)."""
+    if not multiprocess_metrics():
+        return bytes(generate_latest(registry))
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    return bytes(generate_latest(merged))

@@ -24,11 +24,13 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
@@ -391,7 +393,7 @@ def _unwind_before_cleanup(app: web.Application, timeout: float) -> None:
 
 
 def _worker(settings_json: str, log_level: str) -> None:
-    from gateway.observability import configure_logging
+    from gateway.observability import configure_logging, multiprocess_metrics
 
     configure_logging(log_level)
     try:
@@ -399,6 +401,30 @@ def _worker(settings_json: str, log_level: str) -> None:
     except StartupError as exc:
         _say(f"worker {os.getpid()}: {exc}")
         sys.exit(1)
+    finally:
+        if multiprocess_metrics():  # its live gauges leave the sums
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def _shared_metrics_dir() -> Iterator[None]:
+    """Workers share their metrics through files (prometheus-client's multiprocess mode), so
+    that ``/metrics`` on any worker reports the whole gateway. The directory is the operator's
+    ``PROMETHEUS_MULTIPROC_DIR`` if set (they wipe it between runs, as prometheus-client
+    requires), else a fresh one removed when the gateway stops. Set before the workers spawn:
+    prometheus-client chooses its mode at import."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="tessera-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def serve(settings: Settings, *, log_level: str = "INFO", checks: bool = True) -> int:
@@ -443,7 +469,8 @@ def serve(settings: Settings, *, log_level: str = "INFO", checks: bool = True) -
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _supervise(children, stop_children, lambda: stopping)
+        with _shared_metrics_dir():
+            return _supervise(children, stop_children, lambda: stopping)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

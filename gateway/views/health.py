@@ -7,10 +7,11 @@ import asyncio
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.app import METRICS, RESOURCES
 from gateway.http import json_response
+from gateway.observability import render_metrics
 from normalization.errors import TesseraError, VaultPermissionDeniedError
 from vault.client import VaultClient
 
@@ -85,7 +86,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = render_metrics(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

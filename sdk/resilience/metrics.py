@@ -4,6 +4,10 @@ One ``ConnectorMetrics`` per ``CollectorRegistry``, shared by every connector ru
 process (the connector is a label). Tests pass their own registry; ``ConnectorMetrics.default()``
 registers once on prometheus-client's global registry, which the gateway's ``/metrics`` serves.
 
+The three gauges read the breaker and bulkhead when scraped (``set_function``). In prometheus
+multiprocess mode (several gateway workers) a scrape reads files, not functions: the runtime's
+``publish_gauges()`` writes their current values, which the gateway calls every second.
+
 | metric | labels |
 | --- | --- |
 | ``tessera_connector_calls_total`` | connector, operation, outcome (succeeded, declined, not_sent, unknown, rejected) |
@@ -66,6 +70,9 @@ class ConnectorMetrics:
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ["connector"],
             registry=registry,
+            # Several gateway workers (prometheus multiprocess mode): each has its own breaker;
+            # the worst one is reported.
+            multiprocess_mode="max",
         )
         self.breaker_transitions = Counter(
             "tessera_connector_breaker_transitions",
@@ -78,12 +85,14 @@ class ConnectorMetrics:
             "Calls holding a bulkhead slot.",
             ["connector"],
             registry=registry,
+            multiprocess_mode="livesum",  # summed over the live workers
         )
         self.bulkhead_queued = Gauge(
             "tessera_connector_bulkhead_queued",
             "Calls waiting for a bulkhead slot.",
             ["connector"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.unmapped_codes = Counter(
             "tessera_connector_unmapped_provider_codes",

@@ -188,6 +188,17 @@ class ConnectorRuntime:
             lambda: float(bulkhead.queued)
         )
 
+    def publish_gauges(self) -> None:
+        """Write the breaker and bulkhead gauges' current values (for prometheus multiprocess
+        mode, where a scrape reads what processes wrote rather than calling ``set_function``)."""
+        connector_id = self.manifest.id
+        metrics = self.metrics
+        metrics.breaker_state.labels(connector_id).set(
+            BREAKER_STATE_VALUES.get(self.breaker.state, -1.0)
+        )
+        metrics.bulkhead_in_flight.labels(connector_id).set(float(self.bulkhead.in_flight))
+        metrics.bulkhead_queued.labels(connector_id).set(float(self.bulkhead.queued))
+
     def _destination(self) -> tuple[str, HostPolicy]:
         manifest, settings = self.manifest, self.settings
         hosts = set(manifest.allowed_hosts(Environment.SANDBOX))
