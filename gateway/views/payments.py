@@ -265,7 +265,11 @@ async def complete_payment(request: web.Request) -> web.Response:
         payment = await resources.payments.complete(
             merchant, payment_id, params, correlation_id=request[REQUEST_ID]
         )
-        return _json_result(200, await _view(request, payment))
+        view = await _view(request, payment)
+        # As for capture, void and refund: 202 while the call's outcome is unknown.
+        attempts = view["attempts"]
+        unknown = bool(attempts) and attempts[-1]["outcome"] == Outcome.UNKNOWN.value
+        return _json_result(202 if unknown else 200, view)
 
     return await _idempotent(request, handler)
 

@@ -245,7 +245,12 @@ async def _consent(env: Env) -> Any:
 
 
 async def _back_from_bank(
-    env: Env, decision: str, *, fault: str | None = None, key: str | None = None
+    env: Env,
+    decision: str,
+    *,
+    fault: str | None = None,
+    key: str | None = None,
+    expect: int = 200,
 ) -> tuple[Any, dict[str, str]]:
     """A consent, the customer's ``decision`` at the bank, then ``complete`` with the callback
     parameters (``fault``, a ``Faults`` flag, set just before): the payment and those
@@ -257,7 +262,7 @@ async def _back_from_bank(
     status, pay, _ = await env.post(
         f"/v1/payments/{pay['id']}/complete", {"parameters": params}, key=key
     )
-    assert status == 200, pay
+    assert status == expect, pay
     return pay, params
 
 
@@ -340,7 +345,8 @@ async def test_open_banking_return_url_is_required(env: Env) -> None:
 
 
 async def test_lost_submit_answer_is_reconciled_without_a_second_submit(env: Env) -> None:
-    pay, params = await _back_from_bank(env, "approve", fault="lose_submit_answer")
+    # 202: the submit's outcome is unknown (as for capture, void and refund).
+    pay, params = await _back_from_bank(env, "approve", fault="lose_submit_answer", expect=202)
     assert pay["status"] == "unknown"
     assert _ops(pay)[-1] == ("submit", "unknown", "unknown")
     [payment] = env.ob.payments.values()  # the provider did make it
@@ -361,7 +367,7 @@ async def test_lost_submit_answer_is_reconciled_without_a_second_submit(env: Env
 async def test_submit_that_never_arrived_is_replayed_by_reconciliation_with_its_key(
     env: Env,
 ) -> None:
-    pay, _ = await _back_from_bank(env, "approve", fault="reset_before_submit")
+    pay, _ = await _back_from_bank(env, "approve", fault="reset_before_submit", expect=202)
     assert pay["status"] == "unknown" and env.ob.payments == {}
 
     # The consent is authorized and carries no payment: the submit is sent again, same key.
@@ -377,7 +383,7 @@ async def test_submit_that_never_arrived_is_replayed_by_reconciliation_with_its_
 
 
 async def test_lost_authorization_answer_is_reconciled_into_one_submit(env: Env) -> None:
-    pay, _ = await _back_from_bank(env, "approve", fault="lose_authorization_answer")
+    pay, _ = await _back_from_bank(env, "approve", fault="lose_authorization_answer", expect=202)
     assert pay["status"] == "requires_action"
     assert _ops(pay)[-1] == ("complete_authorization", "unknown", "unknown")
     assert env.faults.submit_keys == []
