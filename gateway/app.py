@@ -262,8 +262,11 @@ async def _publish_gauges(pool: ConnectorPool, stop: asyncio.Event) -> None:
     """Every second, write each connector's breaker and bulkhead gauges (multiprocess metrics:
     a scrape on any worker reads what every worker last wrote, at most a second old)."""
     while not stop.is_set():
-        for connector_id in pool.ids():
-            pool.runtime(connector_id).publish_gauges()
+        try:
+            for connector_id in pool.ids():
+                pool.runtime(connector_id).publish_gauges()
+        except Exception:  # a full disk, say: log it and keep publishing
+            log.exception("metrics_publish_failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
 

@@ -28,6 +28,7 @@ when the consent is authorized and carries no payment.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -93,6 +94,9 @@ log = structlog.get_logger("tessera.payments")
 #: The operations that start a payment (its first attempts, failover included), by value.
 _CREATE_OPERATIONS = {op.value: op for ops in CREATE_OPERATIONS.values() for op in ops}
 _OPEN_BANKING = PaymentMethodType.OPEN_BANKING.value
+#: The open-banking steps after the consent: a sync finding it authorized and unpaid settles
+#: them (``_reconcile_consent``); for any other attempt it only says that nothing was paid.
+_CONSENT_STEPS = frozenset({Operation.COMPLETE_AUTHORIZATION.value, Operation.SUBMIT.value})
 #: A bank debit's description, at most (``DebitRequest``).
 _DEBIT_DESCRIPTION_MAX = 140
 
@@ -582,19 +586,10 @@ class PaymentService:
     async def _finish_refund(
         self, refund_id: str, result: PaymentResult, *, tx: Connection | None = None
     ) -> RefundRecord:
-        if result.outcome is Outcome.SUCCEEDED:
-            status = (
-                RefundStatus.PENDING
-                if result.status is PaymentStatus.PENDING
-                else RefundStatus.SUCCEEDED
-            )
-        elif result.outcome is Outcome.UNKNOWN:
-            status = RefundStatus.PENDING
-        else:
-            status = RefundStatus.FAILED
         return await self._store.update_refund(
-            refund_id, status=status, provider_reference=result.provider_reference, tx=tx
-        )
+            refund_id, status=_refund_status(result), provider_reference=result.provider_reference,
+            tx=tx,
+        )  # fmt: skip
 
     async def sync(
         self, merchant: Merchant, payment_id: str, *, correlation_id: str | None = None
@@ -626,9 +621,12 @@ class PaymentService:
         for attempt in await self._store.attempts(payment.id):
             if attempt.outcome is not Outcome.UNKNOWN or attempt.operation in _CREATE_OPERATIONS:
                 continue
-            await self._store.finish_attempt(attempt, result)
-            if attempt.refund_id is not None:
-                await self._settle_refund(payment, attempt.refund_id, attempt.amount, result)
+            async with self._db.transaction() as tx:
+                await self._store.finish_attempt(attempt, result, tx=tx)
+                if attempt.refund_id is not None:
+                    await self._settle_refund(
+                        payment, attempt.refund_id, attempt.amount, result, tx
+                    )
             settled = True
         if not settled:
             return payment
@@ -662,9 +660,10 @@ class PaymentService:
             callback_parameters=dict(params), idempotency_key=attempt.provider_idempotency_key,
         )  # fmt: skip
         result = await self._send(merchant.id, attempt, operation, request, correlation_id)
-        await self._store.finish_attempt(attempt, result)
-        if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
-            payment = await self._observe(payment, result)
+        async with self._db.transaction() as tx:
+            await self._store.finish_attempt(attempt, result, tx=tx)
+            if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
+                payment = await self._observe(payment, result, tx=tx)
         return payment
 
     async def _complete_consent(
@@ -810,10 +809,9 @@ class PaymentService:
             result = await self._invoke(
                 payment.merchant_id, attempt.connector, Operation.SYNC, sync, correlation_id
             )
-            if _unsubmitted(payment, result):
+            if _unsubmitted(payment, result) and attempt.operation in _CONSENT_STEPS:
                 return await self._reconcile_consent(attempt, payment, result, correlation_id)
-            if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
-                await self._store.finish_attempt(attempt, result)
+            answered = result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED)
         elif attempt.operation == "authorize" and manifest.idempotency is not None and token:
             new = NewPayment(amount=payment.amount, payment_method=CardMethod(token=token))
             request = self._authorize_request(
@@ -825,7 +823,7 @@ class PaymentService:
                 payment.merchant_id, attempt.connector, Operation.AUTHORIZE, request,
                 correlation_id,
             )  # fmt: skip
-            await self._store.finish_attempt(attempt, result)
+            answered = True  # the replay's own answer, whatever it is
         else:
             # Neither a sync nor a replay can settle it: only a person with the provider's
             # dashboard can (the payment's money-moving operations wait until then).
@@ -841,14 +839,22 @@ class PaymentService:
         if result.outcome in (Outcome.UNKNOWN, Outcome.NOT_SENT) or (
             result.status is PaymentStatus.PENDING
         ):
+            if answered:
+                await self._store.finish_attempt(attempt, result)
             await self._store.schedule_reconcile(attempt.id)
             return False
-        if attempt.operation in _CREATE_OPERATIONS:
-            await self._settle(payment, result, connector=attempt.connector)
-        elif attempt.refund_id is not None:
-            await self._settle_refund(payment, attempt.refund_id, attempt.amount, result)
-        else:
-            await self._observe(payment, result)
+        # The attempt (the payment's operation lock, for a follow-up) is settled in the same
+        # transaction that moves the payment: no other operation can start on the old state.
+        async with self._db.transaction() as tx:
+            await self._store.finish_attempt(attempt, result, tx=tx)
+            if attempt.operation in _CREATE_OPERATIONS:
+                await self._settle(payment, result, connector=attempt.connector, tx=tx)
+            elif attempt.refund_id is not None:
+                await self._settle_refund(payment, attempt.refund_id, attempt.amount, result, tx)
+            elif _unsubmitted(payment, result):
+                pass  # e.g. a void of an authorized consent: it did not happen; nothing moves
+            else:
+                await self._observe(payment, result, tx=tx)
         return True
 
     async def _settle_refund(
@@ -857,24 +863,34 @@ class PaymentService:
         refund_id: str,
         amount: Money | None,
         result: PaymentResult,
+        tx: Connection,
     ) -> None:
-        """A refund whose answer was ``unknown`` or ``pending`` is final now. Succeeded: its
-        amount joins the payment's ``refunded`` together with the refund's own status (a sync
-        reports the payment's status, which for a partial refund says nothing of the amount);
-        when the payment moved meanwhile so that it no longer fits, the reported status is
-        observed instead, as for any other follow-up."""
-        async with self._db.transaction() as tx:
-            await self._finish_refund(refund_id, result, tx=tx)
-            if result.outcome is Outcome.SUCCEEDED and amount is not None:
-                current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
-                try:
-                    transition(current.state, Refund(amount))
-                except IllegalTransitionError:
-                    pass
-                else:
-                    await self._settle(current, result, event=Refund(amount), tx=tx)
-                    return
-        await self._observe(payment, result)
+        """A refund whose answer was ``unknown`` or ``pending`` has a final answer, from a sync
+        (which reports the *payment*) or a replay. It happened when the provider's refunded
+        total covers it on top of what Tessera has counted: then its amount joins ``refunded``
+        (with the refund's own status, in ``tx``); a total that does not cover it means it did
+        not happen (``failed``). Without a total, the refund takes the answer's status as
+        before and ``refunded`` is left alone. Only one of concurrent settlers moves the refund
+        out of ``pending``, and only that one counts it."""
+        current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
+        happened = False
+        if result.outcome is Outcome.SUCCEEDED and amount and result.amount_refunded:
+            happened = result.amount_refunded.value >= current.refunded + amount.value
+            status = RefundStatus.SUCCEEDED if happened else RefundStatus.FAILED
+        else:
+            status = _refund_status(result)
+        settled = await self._store.settle_pending_refund(
+            refund_id, status=status, provider_reference=result.provider_reference, tx=tx
+        )
+        if settled is not None and happened and amount is not None:
+            try:
+                transition(current.state, Refund(amount))
+            except IllegalTransitionError:
+                pass  # the payment moved meanwhile (observed refunded): observe below
+            else:
+                await self._settle(current, result, event=Refund(amount), tx=tx)
+                return
+        await self._observe(current, result, tx=tx)
 
     async def apply_webhook_event(self, connector_id: str, event: WebhookEvent) -> bool:
         """Converge the payment an event is about on the state it reports; True if it did."""
@@ -888,13 +904,19 @@ class PaymentService:
             return False
         if _unsubmitted(payment, event.result):
             return False  # the consent is authorized: ``complete`` submits it
-        for attempt in await self._store.attempts(payment.id):
-            settles = event.result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED)
-            ours = attempt.provider_reference in (None, event.provider_reference)
-            if settles and ours and attempt.needs_reconciliation:
-                await self._store.finish_attempt(attempt, event.result)
+        settles = event.result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED)
         before = payment.status
-        updated = await self._observe(payment, event.result)
+        # The payment moves and its answered-but-open attempts settle in one transaction (the
+        # operation lock is released only with the new state). A call still in flight is left
+        # to its own answer, and a refund to the reconciler (an event reports the payment, not
+        # which refund it was).
+        async with self._db.transaction() as tx:
+            updated = await self._observe(payment, event.result, tx=tx)
+            for attempt in await self._store.attempts(payment.id, tx=tx):
+                ours = attempt.provider_reference in (None, event.provider_reference)
+                answered = attempt.outcome is not None and attempt.needs_reconciliation
+                if settles and ours and answered and attempt.refund_id is None:
+                    await self._store.finish_attempt(attempt, event.result, tx=tx)
         return updated.status != before
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -1021,10 +1043,15 @@ class PaymentService:
         await self._notify(tx, payment, updated)
         return updated
 
-    async def _observe(self, payment: PaymentRecord, result: PaymentResult) -> PaymentRecord:
-        """Converge on a status a provider reported (sync, webhook); ignore impossible ones."""
+    async def _observe(
+        self, payment: PaymentRecord, result: PaymentResult, *, tx: Connection | None = None
+    ) -> PaymentRecord:
+        """Converge on a status a provider reported (sync, webhook); ignore impossible ones.
+        In ``tx`` when given (an impossible status writes nothing, so ``tx`` stays usable)."""
         try:
-            async with self._db.transaction() as tx:
+            async with contextlib.AsyncExitStack() as stack:
+                if tx is None:
+                    tx = await stack.enter_async_context(self._db.transaction())
                 updated = await self._store.apply(
                     payment,
                     result.status,
@@ -1061,6 +1088,16 @@ class PaymentService:
                 "reference": after.reference,
             },
         )
+
+
+def _refund_status(result: PaymentResult) -> RefundStatus:
+    if result.outcome is Outcome.SUCCEEDED:
+        if result.status is PaymentStatus.PENDING:
+            return RefundStatus.PENDING
+        return RefundStatus.SUCCEEDED
+    if result.outcome is Outcome.UNKNOWN:
+        return RefundStatus.PENDING
+    return RefundStatus.FAILED
 
 
 def _refundable(payment: PaymentRecord, reserved: int) -> int:

@@ -38,6 +38,7 @@ __all__ = [
     "SELECT_PAYMENTS",
     "SELECT_PAYMENT_BY_ATTEMPT",
     "SELECT_REFUNDS",
+    "SETTLE_PENDING_REFUND",
     "UPDATE_REFUND",
     "attempt_from_row",
     "enum_value",
@@ -187,6 +188,8 @@ UPDATE_REFUND = (
     "provider_reference = CASE WHEN $2 THEN provider_reference ELSE $3 END, updated_at = $4 "
     f"WHERE id = $5 RETURNING {REFUND_COLUMNS}"
 )
+# The same, only from ``pending`` ($6): one of concurrent settlers gets the row.
+SETTLE_PENDING_REFUND = UPDATE_REFUND.replace("WHERE id = $5", "WHERE id = $5 AND status = $6")
 INSERT_REFUND = (
     f"INSERT INTO payment_refunds ({REFUND_COLUMNS}) "  # noqa: S608
     "VALUES ($1, $2, $3, $4, $5, NULL, $6, $6)"

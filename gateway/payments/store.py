@@ -65,6 +65,7 @@ from gateway.payments.schema import (
     SELECT_PAYMENT_BY_ATTEMPT,
     SELECT_PAYMENTS,
     SELECT_REFUNDS,
+    SETTLE_PENDING_REFUND,
     UPDATE_REFUND,
     attempt_from_row,
     enum_value,
@@ -88,7 +89,7 @@ from normalization import (
     PaymentStatus,
     transition,
 )
-from vault.database import Connection, PostgresDatabase, SqliteDatabase, migrate
+from vault.database import Connection, PostgresDatabase, Row, SqliteDatabase, migrate
 
 __all__ = ["PaymentStore"]
 
@@ -501,8 +502,10 @@ class PaymentStore:
             f"{settled.outcome} / {settled.status}."
         )
 
-    async def attempts(self, payment_id: str) -> list[AttemptRecord]:
-        rows = await self._db.fetchall(
+    async def attempts(
+        self, payment_id: str, *, tx: Connection | None = None
+    ) -> list[AttemptRecord]:
+        rows = await (tx or self._db).fetchall(
             SELECT_ATTEMPTS + " WHERE payment_id = $1 ORDER BY seq",
             payment_id,
         )
@@ -619,19 +622,47 @@ class PaymentStore:
         provider_reference: str | Unchanged | None = KEEP,
         tx: Connection | None = None,
     ) -> RefundRecord:
+        row = await self._write_refund(UPDATE_REFUND, refund_id, status, provider_reference, tx)
+        if row is None:
+            raise NotFoundError("No such refund.")
+        return refund_from_row(row)
+
+    async def settle_pending_refund(
+        self,
+        refund_id: str,
+        *,
+        status: RefundStatus,
+        provider_reference: str | None = None,
+        tx: Connection | None = None,
+    ) -> RefundRecord | None:
+        """Move a ``pending`` refund to ``status``; None if it was not pending (any more): of
+        concurrent settlers (a sync, the reconciler), exactly one gets the record."""
+        reference: str | Unchanged = KEEP if provider_reference is None else provider_reference
+        row = await self._write_refund(
+            SETTLE_PENDING_REFUND, refund_id, status, reference, tx, RefundStatus.PENDING.value
+        )
+        return None if row is None else refund_from_row(row)
+
+    async def _write_refund(
+        self,
+        statement: str,
+        refund_id: str,
+        status: RefundStatus,
+        provider_reference: str | Unchanged | None,
+        tx: Connection | None,
+        *extra: object,
+    ) -> Row | None:
         reference = None if provider_reference is KEEP else provider_reference
         async with self._tx(tx) as conn:
-            row = await conn.fetchone(
-                UPDATE_REFUND,
+            return await conn.fetchone(
+                statement,
                 status.value,
                 provider_reference is KEEP,
                 reference,
                 self._now(),
                 refund_id,
+                *extra,
             )
-        if row is None:
-            raise NotFoundError("No such refund.")
-        return refund_from_row(row)
 
     async def refunds(self, payment_id: str) -> list[RefundRecord]:
         rows = await self._db.fetchall(

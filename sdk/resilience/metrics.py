@@ -71,8 +71,8 @@ class ConnectorMetrics:
             ["connector"],
             registry=registry,
             # Several gateway workers (prometheus multiprocess mode): each has its own breaker;
-            # the worst one is reported.
-            multiprocess_mode="max",
+            # the worst live one is reported (a stopped worker's value leaves with it).
+            multiprocess_mode="livemax",
         )
         self.breaker_transitions = Counter(
             "tessera_connector_breaker_transitions",

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 
 from gateway.reconciliation import reconcile_once
-from normalization import Money
+from normalization import Money, Outcome, PaymentResult, PaymentStatus
+from sdk.webhooks import WebhookEvent
 
 from .conftest import Gateway, MakeGateway, sandbox_connector
 
@@ -143,3 +144,81 @@ async def test_refunds_still_pending_are_not_refundable_twice(gw: Gateway, sandb
     assert status == 201, refunded
     assert [r.amount.value for r in await store.refunds(pay["id"])] == [700, 300]
     assert await _sandbox_calls(sandbox, "/refunds") == 1
+
+
+async def test_a_webhook_does_not_settle_a_call_still_in_flight(gw: Gateway, sandbox: Any) -> None:
+    """A (late) event about the authorization arrives while a capture is in flight: the capture
+    keeps the lock (its answer is on its way), so a void is still refused."""
+    pay = await _paid(gw, capture=False)
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, pay["id"])
+    capture = await store.start_attempt(record, "sandbox", "capture")
+    event = WebhookEvent(
+        event_id="evt_late",
+        event_type="authorization.succeeded",
+        provider_reference=record.provider_reference,
+        result=PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.AUTHORIZED),
+    )
+    await gw.resources.payments.apply_webhook_event("sandbox", event)
+    assert (await store.get_attempt(capture.id)).outcome is None
+    status, problem, _ = await _post(gw, f"/v1/payments/{pay['id']}/void")
+    assert status == 409 and problem["code"] == "operation_in_progress", problem
+    assert await _sandbox_calls(sandbox, "/voids") == 0
+
+
+@pytest.fixture
+async def slow_gw(make_gateway: MakeGateway, sandbox: Any, database_url: str | None) -> Gateway:
+    # The sandbox acts on amount 99408 and never answers: unknown after this deadline.
+    return await make_gateway(
+        database_url=database_url,
+        connectors={"sandbox": sandbox_connector(sandbox, deadline_seconds=0.5, retry_attempts=1)},
+    )
+
+
+async def _captured(gw: Gateway, value: int) -> Any:
+    resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
+    token = (await resp.json())["id"]
+    status, pay, _ = await _post(
+        gw,
+        "/v1/payments",
+        {
+            "amount": {"value": value, "currency": "EUR"},
+            "payment_method": {"type": "card", "token": token},
+            "capture": True,
+        },
+    )
+    assert status == 201 and pay["status"] == "captured", pay
+    return pay
+
+
+async def test_an_unknown_refund_settled_by_concurrent_syncs_counts_once(slow_gw: Gateway) -> None:
+    gw = slow_gw
+    pay = await _captured(gw, 200_000)
+    refunds = f"/v1/payments/{pay['id']}/refunds"
+    status, pay, _ = await _post(gw, refunds, {"amount": {"value": 99408, "currency": "EUR"}})
+    assert status == 202 and pay["attempts"][-1]["outcome"] == "unknown", pay
+    results = await asyncio.gather(*(_post(gw, f"/v1/payments/{pay['id']}/sync") for _ in range(4)))
+    assert {status for status, _, _ in results} == {200}, results
+    resp = await gw.client.get(f"/v1/payments/{pay['id']}", headers=gw.auth)
+    after = await resp.json()
+    assert after["refunded"]["value"] == 99408 and after["status"] == "partially_refunded", after
+    assert [r["status"] for r in after["refunds"]] == ["succeeded"]
+
+
+async def test_a_refund_the_provider_never_made_is_not_counted(gw: Gateway) -> None:
+    """A refund attempt left unknown that never reached the provider: the sync's refunded total
+    does not cover it, so it failed; nothing is counted and the amount is refundable again."""
+    pay = await _paid(gw, capture=True)
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, pay["id"])
+    refund = await store.add_refund(record, Money.of(300, "EUR"))
+    attempt = await store.start_attempt(
+        record, "sandbox", "refund", amount=Money.of(300, "EUR"), refund_id=refund.id
+    )
+    await store.finish_attempt(attempt, PaymentResult.unknown())
+    status, synced, _ = await _post(gw, f"/v1/payments/{pay['id']}/sync")
+    assert status == 200, synced
+    assert synced["refunded"]["value"] == 0 and synced["status"] == "captured", synced
+    assert [r["status"] for r in synced["refunds"]] == ["failed"]
+    status, refunded, _ = await _post(gw, f"/v1/payments/{pay['id']}/refunds")
+    assert status == 201 and refunded["refunded"]["value"] == 1000, refunded
