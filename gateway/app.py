@@ -28,7 +28,13 @@ from gateway.connector_pool import ConnectorPool, VaultRevealer
 from gateway.merchants import ApiKeyCache, AuthFailureLimiter, Merchant, MerchantStore
 from gateway.observability import GatewayMetrics, method_label, multiprocess_metrics
 from gateway.payment_service import PaymentService
-from gateway.payments import IdempotencyStore, NotificationDispatcher, Outbox, PaymentStore
+from gateway.payments import (
+    IdempotencyStore,
+    NotificationDispatcher,
+    Outbox,
+    PaymentStore,
+    ReconcilePolicy,
+)
 from gateway.problems import HttpProblem, problem_response, status_for, validation_problem
 from gateway.reconciliation import run_reconciler
 from gateway.routing import Router
@@ -152,7 +158,11 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
         tokens = TokenizationService(token_store, batcher, cvv=cvv, audit=audit, client=vault)
         # Grouped inserts still in flight finish before the batcher, Vault and database close.
         stack.push_async_callback(tokens.close)
-        payment_store = PaymentStore(db)
+        # An open attempt is presumed abandoned (reconciled) only once no call of this process
+        # can still be running: the grace outlasts the longest connector deadline.
+        longest = max((c.deadline_seconds for c in settings.connectors.values()), default=0.0)
+        grace = max(ReconcilePolicy().in_flight_grace, timedelta(seconds=longest + 30))
+        payment_store = PaymentStore(db, reconcile_policy=ReconcilePolicy(in_flight_grace=grace))
         await payment_store.migrate()
         ps = settings.payments
         idempotency = IdempotencyStore(

@@ -130,6 +130,10 @@ class PaymentStore:
         self._policy = reconcile_policy or ReconcilePolicy()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
 
+    @property
+    def reconcile_policy(self) -> ReconcilePolicy:
+        return self._policy
+
     async def migrate(self) -> None:
         await migrate(self._db, _COMPONENT, MIGRATIONS)
 

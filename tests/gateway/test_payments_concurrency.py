@@ -222,3 +222,16 @@ async def test_a_refund_the_provider_never_made_is_not_counted(gw: Gateway) -> N
     assert [r["status"] for r in synced["refunds"]] == ["failed"]
     status, refunded, _ = await _post(gw, f"/v1/payments/{pay['id']}/refunds")
     assert status == 201 and refunded["refunded"]["value"] == 1000, refunded
+
+
+async def test_in_flight_grace_outlasts_the_longest_connector_deadline(
+    make_gateway: MakeGateway, sandbox: Any
+) -> None:
+    """The reconciler must not take a call that may still be running for abandoned (and
+    release the payment's lock under it): the grace follows the longest deadline."""
+    short = await make_gateway(connectors={"sandbox": sandbox_connector(sandbox)})
+    assert short.resources.payment_store.reconcile_policy.in_flight_grace.total_seconds() == 60
+    slow = await make_gateway(
+        connectors={"sandbox": sandbox_connector(sandbox, deadline_seconds=120)}
+    )
+    assert slow.resources.payment_store.reconcile_policy.in_flight_grace.total_seconds() == 150
