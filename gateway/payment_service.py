@@ -28,7 +28,6 @@ when the consent is authorized and carries no payment.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -83,7 +82,7 @@ from normalization.methods import (
 from sdk import CompleteAuthorizationRequest, Deadline, Operation, SubmitRequest
 from sdk.webhooks import WebhookEvent
 from vault.audit import AuditLog
-from vault.database import Connection, PostgresDatabase, SqliteDatabase
+from vault.database import Connection, PostgresDatabase, SqliteDatabase, in_transaction
 from vault.token_store import TokenRecord
 from vault.tokenization import TokenizationService
 
@@ -326,26 +325,18 @@ class PaymentService:
         key: str,
     ) -> DebitRequest | ConsentRequest:
         """A debit's or a consent's request; the provider reference and key as for a card."""
+        common: dict[str, Any] = {
+            "amount": payment.amount,
+            "reference": payment.id,
+            "idempotency_key": key,
+            "metadata": dict(payment.metadata),
+        }
         if operation is Operation.DEBIT:
             assert isinstance(method, BankAccountMethod)
-            return DebitRequest(
-                amount=payment.amount,
-                source=method,
-                description=new.description,
-                reference=payment.id,
-                idempotency_key=key,
-                metadata=dict(payment.metadata),
-            )
+            return DebitRequest(source=method, description=new.description, **common)
         assert operation is Operation.CREATE_CONSENT
         assert isinstance(method, OpenBankingMethod) and payment.return_url is not None
-        return ConsentRequest(
-            amount=payment.amount,
-            payer=method,
-            return_url=payment.return_url,
-            reference=payment.id,
-            idempotency_key=key,
-            metadata=dict(payment.metadata),
-        )
+        return ConsentRequest(payer=method, return_url=payment.return_url, **common)
 
     async def _next_attempt(
         self,
@@ -1027,10 +1018,8 @@ class PaymentService:
                 decline=result.decline,
             )
         step = event if event is not None else result.status
-        if tx is not None:
-            return await self._apply(tx, payment, step, changes)
-        async with self._db.transaction() as own:
-            return await self._apply(own, payment, step, changes)
+        async with in_transaction(self._db, tx) as conn:
+            return await self._apply(conn, payment, step, changes)
 
     async def _apply(
         self,
@@ -1049,9 +1038,7 @@ class PaymentService:
         """Converge on a status a provider reported (sync, webhook); ignore impossible ones.
         In ``tx`` when given (an impossible status writes nothing, so ``tx`` stays usable)."""
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                if tx is None:
-                    tx = await stack.enter_async_context(self._db.transaction())
+            async with in_transaction(self._db, tx) as conn:
                 updated = await self._store.apply(
                     payment,
                     result.status,
@@ -1059,9 +1046,9 @@ class PaymentService:
                     next_action=result.next_action,
                     decline=result.decline or payment.decline,
                     provider_reference=result.provider_reference or payment.provider_reference,
-                    tx=tx,
+                    tx=conn,
                 )
-                await self._notify(tx, payment, updated)
+                await self._notify(conn, payment, updated)
         except IllegalTransitionError:
             log.warning(
                 "provider_status_ignored",

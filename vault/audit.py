@@ -45,6 +45,7 @@ from vault.database import (
     PostgresDatabase,
     Row,
     SqliteDatabase,
+    in_transaction,
     migrate,
 )
 
@@ -266,10 +267,8 @@ class AuditLog:
         for value in fields.values():
             if value is not None and contains_card_number(value):
                 raise InvalidRequestError("Audit entries must not contain card numbers.")
-        if tx is None:
-            async with self._db.transaction() as own:
-                return await self._append(own, fields)
-        return await self._append(tx, fields)
+        async with in_transaction(self._db, tx) as conn:
+            return await self._append(conn, fields)
 
     async def _append(self, tx: Connection, fields: dict[str, Any]) -> AuditEntry:
         # PostgreSQL: the row lock queues concurrent appenders (other processes included).

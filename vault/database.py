@@ -48,6 +48,7 @@ __all__ = [
     "PostgresDatabase",
     "Row",
     "SqliteDatabase",
+    "in_transaction",
     "migrate",
     "open_database",
 ]
@@ -85,6 +86,17 @@ class Database(Connection, Protocol):
     async def ping(self) -> None:
         """Raise if the database does not answer."""
         ...
+
+
+@asynccontextmanager
+async def in_transaction(db: Database, tx: Connection | None) -> AsyncIterator[Connection]:
+    """``tx``, the caller's transaction, when given; else a transaction of ``db``'s own. For
+    methods that take an optional ``tx`` so that their writes commit with the caller's."""
+    if tx is not None:
+        yield tx
+    else:
+        async with db.transaction() as own:
+            yield own
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,8 @@ everything (the store does), never the ``Database`` itself.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -89,7 +89,14 @@ from normalization import (
     PaymentStatus,
     transition,
 )
-from vault.database import Connection, PostgresDatabase, Row, SqliteDatabase, migrate
+from vault.database import (
+    Connection,
+    PostgresDatabase,
+    Row,
+    SqliteDatabase,
+    in_transaction,
+    migrate,
+)
 
 __all__ = ["PaymentStore"]
 
@@ -137,13 +144,8 @@ class PaymentStore:
     async def migrate(self) -> None:
         await migrate(self._db, _COMPONENT, MIGRATIONS)
 
-    @asynccontextmanager
-    async def _tx(self, tx: Connection | None) -> AsyncIterator[Connection]:
-        if tx is not None:
-            yield tx
-        else:
-            async with self._db.transaction() as own:
-                yield own
+    def _tx(self, tx: Connection | None) -> AbstractAsyncContextManager[Connection]:
+        return in_transaction(self._db, tx)
 
     def _now(self) -> int:
         return to_micros(self._clock.now())

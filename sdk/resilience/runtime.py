@@ -178,26 +178,26 @@ class ConnectorRuntime:
         )
         self.bulkhead = Bulkhead(connector_id, self.settings.bulkhead)
         breaker, bulkhead = self.breaker, self.bulkhead
-        self.metrics.breaker_state.labels(connector_id).set_function(
-            lambda: BREAKER_STATE_VALUES.get(breaker.state, -1.0)
+        # Read when scraped; ``publish_gauges`` writes the same values for multiprocess mode.
+        self._gauges: tuple[tuple[Any, Callable[[], float]], ...] = (
+            (
+                self.metrics.breaker_state.labels(connector_id),
+                lambda: BREAKER_STATE_VALUES.get(breaker.state, -1.0),
+            ),
+            (
+                self.metrics.bulkhead_in_flight.labels(connector_id),
+                lambda: float(bulkhead.in_flight),
+            ),
+            (self.metrics.bulkhead_queued.labels(connector_id), lambda: float(bulkhead.queued)),
         )
-        self.metrics.bulkhead_in_flight.labels(connector_id).set_function(
-            lambda: float(bulkhead.in_flight)
-        )
-        self.metrics.bulkhead_queued.labels(connector_id).set_function(
-            lambda: float(bulkhead.queued)
-        )
+        for gauge, read in self._gauges:
+            gauge.set_function(read)
 
     def publish_gauges(self) -> None:
         """Write the breaker and bulkhead gauges' current values (for prometheus multiprocess
         mode, where a scrape reads what processes wrote rather than calling ``set_function``)."""
-        connector_id = self.manifest.id
-        metrics = self.metrics
-        metrics.breaker_state.labels(connector_id).set(
-            BREAKER_STATE_VALUES.get(self.breaker.state, -1.0)
-        )
-        metrics.bulkhead_in_flight.labels(connector_id).set(float(self.bulkhead.in_flight))
-        metrics.bulkhead_queued.labels(connector_id).set(float(self.bulkhead.queued))
+        for gauge, read in self._gauges:
+            gauge.set(read())
 
     def _destination(self) -> tuple[str, HostPolicy]:
         manifest, settings = self.manifest, self.settings
