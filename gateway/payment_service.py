@@ -489,10 +489,9 @@ class PaymentService:
             payment.state.capturable or payment.amount.value, payment.amount.currency
         )
         transition(payment.state, Capture(amount))  # 409/422 before any write
-        async with self._db.transaction() as tx:
-            payment, attempt = await self._begin(
-                payment, Operation.CAPTURE, Capture(amount), amount=amount, tx=tx
-            )
+        payment, attempt = await self._begin(
+            payment, Operation.CAPTURE, Capture(amount), amount=amount
+        )
         request = CaptureRequest(
             payment_id=payment.id, provider_reference=payment.provider_reference, amount=amount,
             final=False, idempotency_key=attempt.provider_idempotency_key,
@@ -510,8 +509,7 @@ class PaymentService:
     ) -> OperationOutcome:
         payment = await self._store.get_payment(merchant.id, payment_id)
         transition(payment.state, Void())
-        async with self._db.transaction() as tx:
-            payment, attempt = await self._begin(payment, Operation.VOID, Void(), tx=tx)
+        payment, attempt = await self._begin(payment, Operation.VOID, Void())
         request = VoidRequest(
             payment_id=payment.id, provider_reference=payment.provider_reference,
             idempotency_key=attempt.provider_idempotency_key, reference=payment.reference,
@@ -643,19 +641,35 @@ class PaymentService:
             return await self._complete_consent(merchant, payment, params, correlation_id)
         if not manifest.supports(Operation.COMPLETE_AUTHORIZATION):
             return await self.sync(merchant, payment_id, correlation_id=correlation_id)
-        operation = Operation.COMPLETE_AUTHORIZATION
-        async with self._db.transaction() as tx:
-            payment, attempt = await self._begin(payment, operation, tx=tx)
-        request = CompleteAuthorizationRequest(
-            payment_id=payment.id, provider_reference=payment.provider_reference,
-            callback_parameters=dict(params), idempotency_key=attempt.provider_idempotency_key,
-        )  # fmt: skip
-        result = await self._send(merchant.id, attempt, operation, request, correlation_id)
+        payment, attempt, result = await self._complete_authorization(
+            merchant, payment, params, correlation_id
+        )
         async with self._db.transaction() as tx:
             await self._store.finish_attempt(attempt, result, tx=tx)
             if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
                 payment = await self._observe(payment, result, tx=tx)
         return payment
+
+    async def _complete_authorization(
+        self,
+        merchant: Merchant,
+        payment: PaymentRecord,
+        params: Mapping[str, str],
+        correlation_id: str | None,
+        *,
+        reference: str | None = None,
+    ) -> tuple[PaymentRecord, AttemptRecord, PaymentResult]:
+        """Start ``complete_authorization`` (under the payment's operation lock) and send it with
+        the redirect's callback parameters; the payment, the attempt and the answer."""
+        operation = Operation.COMPLETE_AUTHORIZATION
+        payment, attempt = await self._begin(payment, operation)
+        request = CompleteAuthorizationRequest(
+            payment_id=payment.id, provider_reference=payment.provider_reference,
+            callback_parameters=dict(params), idempotency_key=attempt.provider_idempotency_key,
+            reference=reference,
+        )  # fmt: skip
+        result = await self._send(merchant.id, attempt, operation, request, correlation_id)
+        return payment, attempt, result
 
     async def _complete_consent(
         self,
@@ -686,20 +700,13 @@ class PaymentService:
         )
         if authorized:
             try:
-                async with self._db.transaction() as tx:
-                    payment, submit = await self._begin(payment, Operation.SUBMIT, tx=tx)
+                payment, submit = await self._begin(payment, Operation.SUBMIT)
             except OperationInProgressError:  # a concurrent ``complete`` submitted it
                 return await self._store.get_payment(merchant.id, payment.id)
         else:
-            operation = Operation.COMPLETE_AUTHORIZATION
-            async with self._db.transaction() as tx:
-                payment, attempt = await self._begin(payment, operation, tx=tx)
-            request = CompleteAuthorizationRequest(
-                payment_id=payment.id, provider_reference=payment.provider_reference,
-                callback_parameters=dict(params), idempotency_key=attempt.provider_idempotency_key,
-                reference=payment.id,
-            )  # fmt: skip
-            result = await self._send(merchant.id, attempt, operation, request, correlation_id)
+            payment, attempt, result = await self._complete_authorization(
+                merchant, payment, params, correlation_id, reference=payment.id
+            )
             # The authorization and the submit attempt commit together: a crash after this
             # leaves an open submit attempt, which reconciliation finishes.
             async with self._db.transaction() as tx:
@@ -935,9 +942,10 @@ class PaymentService:
         *,
         amount: Money | None = None,
         refund_id: str | None = None,
-        tx: Connection,
+        tx: Connection | None = None,
     ) -> tuple[PaymentRecord, AttemptRecord]:
-        """Start a money-moving follow-up in ``tx``; the payment as it is now, and the attempt.
+        """Start a money-moving follow-up (in ``tx`` if given, else committed on return); the
+        payment as it is now, and the attempt.
 
         The attempt's insert is the operation's lock (``OperationInProgressError`` while another
         one on the payment is open: ``PaymentStore``). Holding it, the payment is read again: if
@@ -945,16 +953,19 @@ class PaymentService:
         with no event, its status must be the same), so a decision made on a stale read never
         reaches the provider; raising here rolls the attempt back.
         """
-        attempt = await self._start_follow_up(
-            payment, operation, amount=amount, refund_id=refund_id, tx=tx
-        )
-        current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
-        if current.version != payment.version:
-            if event is not None:
-                transition(current.state, event)
-            elif current.status is not payment.status:
-                status = current.status.value if current.status else "new"
-                raise IllegalTransitionError(f"The payment changed meanwhile; it is {status} now.")
+        async with in_transaction(self._db, tx) as conn:
+            attempt = await self._start_follow_up(
+                payment, operation, amount=amount, refund_id=refund_id, tx=conn
+            )
+            current = await self._store.get_payment(payment.merchant_id, payment.id, tx=conn)
+            if current.version != payment.version:
+                if event is not None:
+                    transition(current.state, event)
+                elif current.status is not payment.status:
+                    status = current.status.value if current.status else "new"
+                    raise IllegalTransitionError(
+                        f"The payment changed meanwhile; it is {status} now."
+                    )
         return current, attempt
 
     async def _invoke(
