@@ -100,6 +100,27 @@ def _reconcile(args: argparse.Namespace) -> int:
     return reconcile(load_settings(args.config))
 
 
+def _attempts_list(args: argparse.Namespace) -> int:
+    from gateway.commands.admin import attempts_list
+    from gateway.config import load_settings
+
+    return attempts_list(load_settings(args.config), limit=args.limit)
+
+
+def _attempts_settle(args: argparse.Namespace) -> int:
+    from gateway.commands.admin import attempts_settle
+    from gateway.config import load_settings
+
+    return attempts_settle(
+        load_settings(args.config),
+        args.attempt_id,
+        happened=args.happened,
+        reason=args.reason,
+        status=args.status,
+        provider_reference=args.provider_reference,
+    )
+
+
 def _conformance_run(args: argparse.Namespace) -> int:
     from conformance import cli as conformance_cli
 
@@ -189,6 +210,36 @@ def build_parser() -> argparse.ArgumentParser:
     rec = commands.add_parser("reconcile", help="Settle unknown/pending attempts once.")
     _config_arg(rec, required=True)
     rec.set_defaults(handler=_reconcile)
+
+    attempts = commands.add_parser("attempts", help="Open connector calls: list, settle.")
+    t_cmds = attempts.add_subparsers(dest="attempts_command", metavar="ACTION", required=True)
+    open_list = t_cmds.add_parser("list", help="Open attempts and how each will be settled.")
+    open_list.add_argument("--limit", type=int, default=100, help="At most this many (100).")
+    _config_arg(open_list, required=True)
+    open_list.set_defaults(handler=_attempts_list)
+    settle = t_cmds.add_parser(
+        "settle", help="Settle an open attempt from what the provider shows (audited)."
+    )
+    settle.add_argument("attempt_id", help="att_... (from tessera attempts list).")
+    verdict = settle.add_mutually_exclusive_group(required=True)
+    verdict.add_argument(
+        "--happened", dest="happened", action="store_true", default=None,
+        help="The provider did it (the capture, refund, void, authorization exists there).",
+    )  # fmt: skip
+    verdict.add_argument(
+        "--not-happened", dest="happened", action="store_false",
+        help="The provider has no trace of it.",
+    )  # fmt: skip
+    settle.add_argument(
+        "--status", choices=("authorized", "captured"),
+        help="For an authorization, complete or submit that happened: what the provider shows.",
+    )  # fmt: skip
+    settle.add_argument("--provider-reference", help="The provider's id for it, if known.")
+    settle.add_argument(
+        "--reason", required=True, help="Why (ticket, what the dashboard shows): audited."
+    )
+    _config_arg(settle, required=True)
+    settle.set_defaults(handler=_attempts_settle)
 
     connector = commands.add_parser("connector", help="Connector development.")
     c_cmds = connector.add_subparsers(dest="connector_command", metavar="ACTION", required=True)

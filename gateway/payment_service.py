@@ -47,6 +47,7 @@ from gateway.payments import (
     RefundRecord,
     RefundStatus,
 )
+from gateway.payments.records import contains_pan
 from gateway.routing import CREATE_OPERATIONS, RouteQuery, Router
 from gateway.tracing import span
 from normalization import (
@@ -597,9 +598,11 @@ class PaymentService:
         if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED) and not _unsubmitted(
             payment, result
         ):
-            payment = await self._observe(payment, result)
+            # Follow-ups first: they count their amounts by the provider's totals, which the
+            # reported status alone (applied next, a no-op when they already reached it) cannot.
             if result.status is not PaymentStatus.PENDING:
                 payment = await self._settle_unknown(payment, result)
+            payment = await self._observe(payment, result)
         return payment
 
     async def _settle_unknown(self, payment: PaymentRecord, result: PaymentResult) -> PaymentRecord:
@@ -612,10 +615,7 @@ class PaymentService:
                 continue
             async with self._db.transaction() as tx:
                 await self._store.finish_attempt(attempt, result, tx=tx)
-                if attempt.refund_id is not None:
-                    await self._settle_refund(
-                        payment, attempt.refund_id, attempt.amount, result, tx
-                    )
+                await self._settle_follow_up(payment, attempt, result, tx)
             settled = True
         if not settled:
             return payment
@@ -796,9 +796,8 @@ class PaymentService:
             "SELECT merchant_id FROM payments WHERE id = $1", attempt.payment_id
         )
         payment = await self._store.get_payment(str(merchant_id), attempt.payment_id)
-        manifest = self._pool.manifest(attempt.connector)
-        token = payment.payment_method.token
-        if manifest.supports(Operation.SYNC):
+        route = self.settled_by(attempt, payment)
+        if route == "sync":
             sync = SyncRequest(
                 payment_id=payment.id,
                 provider_reference=attempt.provider_reference or payment.provider_reference,
@@ -810,7 +809,7 @@ class PaymentService:
             if _unsubmitted(payment, result) and attempt.operation in _CONSENT_STEPS:
                 return await self._reconcile_consent(attempt, payment, result, correlation_id)
             answered = result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED)
-        elif attempt.operation == "authorize" and manifest.idempotency is not None and token:
+        elif route == "replay" and (token := payment.payment_method.token):
             new = NewPayment(amount=payment.amount, payment_method=CardMethod(token=token))
             request = self._authorize_request(
                 payment, new, new.payment_method, attempt.provider_idempotency_key
@@ -831,6 +830,7 @@ class PaymentService:
                 payment_id=attempt.payment_id,
                 connector=attempt.connector,
                 operation=attempt.operation,
+                settle_with="tessera attempts settle",
             )
             await self._store.schedule_reconcile(attempt.id)
             return False
@@ -847,13 +847,131 @@ class PaymentService:
             await self._store.finish_attempt(attempt, result, tx=tx)
             if attempt.operation in _CREATE_OPERATIONS:
                 await self._settle(payment, result, connector=attempt.connector, tx=tx)
-            elif attempt.refund_id is not None:
-                await self._settle_refund(payment, attempt.refund_id, attempt.amount, result, tx)
             elif _unsubmitted(payment, result):
                 pass  # e.g. a void of an authorized consent: it did not happen; nothing moves
             else:
-                await self._observe(payment, result, tx=tx)
+                await self._settle_follow_up(payment, attempt, result, tx)
         return True
+
+    async def _settle_follow_up(
+        self, payment: PaymentRecord, attempt: AttemptRecord, result: PaymentResult, tx: Connection
+    ) -> None:
+        """Move the payment for a follow-up (in ``tx``, where its attempt was just finished) on
+        a final answer that reports the *payment* (sync, replay, webhook): a refund or capture
+        counts by the provider's totals; anything else converges on the reported status."""
+        if attempt.refund_id is not None:
+            await self._settle_refund(payment, attempt.refund_id, attempt.amount, result, tx)
+        elif attempt.operation == Operation.CAPTURE.value:
+            await self._settle_capture(payment, attempt.amount, result, tx)
+        else:
+            await self._observe(payment, result, tx=tx)
+
+    async def _settle_capture(
+        self, payment: PaymentRecord, amount: Money | None, result: PaymentResult, tx: Connection
+    ) -> None:
+        """A capture whose answer was ``unknown`` has a final answer. It happened when the
+        provider's captured total covers it on top of what Tessera has counted: then its amount
+        joins ``captured`` (also when a webhook already moved the payment to ``captured``
+        without the amount). Otherwise, or without a total, the payment converges on the
+        reported status (a whole capture is still seen as ``captured``; a partial one is not
+        guessed from a status alone)."""
+        current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
+        total = result.amount_captured
+        if result.outcome is Outcome.SUCCEEDED and amount is not None and total is not None:
+            event = Capture(amount, confirmed=True)
+            if total.value >= current.captured + amount.value:
+                try:
+                    transition(current.state, event)
+                except IllegalTransitionError:
+                    pass  # it does not fit the payment as it is: only the status is observed
+                else:
+                    current = await self._settle(current, result, event=event, tx=tx)
+        await self._observe(current, result, tx=tx)
+
+    def settled_by(self, attempt: AttemptRecord, payment: PaymentRecord) -> str:
+        """How the reconciler settles an open attempt: ``sync`` (the connector reports the
+        payment), ``replay`` (an authorization sent again with its own provider idempotency
+        key) or ``operator`` (neither: ``tessera attempts settle``)."""
+        manifest = self._pool.manifest(attempt.connector)
+        if manifest.supports(Operation.SYNC):
+            return "sync"
+        if (
+            attempt.operation == Operation.AUTHORIZE.value
+            and manifest.idempotency is not None
+            and payment.payment_method.token
+        ):
+            return "replay"
+        return "operator"
+
+    async def settle_by_operator(
+        self,
+        attempt_id: str,
+        *,
+        happened: bool,
+        reason: str,
+        actor: str,
+        status: PaymentStatus | None = None,
+        provider_reference: str | None = None,
+    ) -> tuple[PaymentRecord, AttemptRecord]:
+        """Settle an open attempt from what a person saw at the provider (its dashboard, a
+        support answer), for attempts no sync or replay can settle.
+
+        ``happened``: the provider did what the attempt asked. A capture, refund or void then
+        counts exactly as if a sync had confirmed it; an authorization, ``complete`` or submit
+        needs the ``status`` the provider shows (``authorized`` or ``captured``). Not happened:
+        the attempt is closed as ``not_sent`` (error code ``settled_by_operator``), a refund
+        fails, an authorization's payment fails; the payment's lock is released. The attempt,
+        the payment and an audit entry (who, why) commit together; an attempt already settled
+        (by the reconciler meanwhile, say) is refused and nothing changes.
+        """
+        if provider_reference is not None and contains_pan(provider_reference):
+            raise InvalidRequestError("The provider reference looks like a card number.")
+        async with self._db.transaction() as tx:
+            attempt = await self._store.get_attempt(attempt_id, tx=tx)
+            if not attempt.needs_reconciliation:
+                raise IllegalTransitionError(
+                    f"The attempt is already settled ({attempt.outcome} / {attempt.status})."
+                )
+            merchant_id = str(
+                await tx.fetchval(
+                    "SELECT merchant_id FROM payments WHERE id = $1", attempt.payment_id
+                )
+            )
+            payment = await self._store.get_payment(merchant_id, attempt.payment_id, tx=tx)
+            result = _operator_result(payment, attempt, happened, status, provider_reference)
+            error_code = None if happened else "settled_by_operator"
+            attempt = await self._store.finish_attempt(
+                attempt, result, error_code=error_code, tx=tx
+            )
+            if attempt.operation in _CREATE_OPERATIONS:
+                payment = await self._settle(payment, result, connector=attempt.connector, tx=tx)
+            elif happened:
+                await self._settle_follow_up(payment, attempt, result, tx)
+            elif attempt.refund_id is not None:
+                await self._store.settle_pending_refund(
+                    attempt.refund_id, status=RefundStatus.FAILED, tx=tx
+                )
+            amount = f" {attempt.amount.value} {attempt.amount.currency}" if attempt.amount else ""
+            verdict = f"happened ({result.status.value})" if happened else "did not happen"
+            await self._audit.append(
+                actor=actor,
+                action="attempt.settle",
+                tenant=merchant_id,
+                target=attempt.id,
+                purpose=reason,
+                detail=f"{payment.id} {attempt.operation}{amount}: {verdict}",
+                tx=tx,
+            )
+            payment = await self._store.get_payment(merchant_id, attempt.payment_id, tx=tx)
+        log.warning(
+            "attempt_settled_by_operator",
+            attempt_id=attempt.id,
+            payment_id=payment.id,
+            operation=attempt.operation,
+            happened=happened,
+            actor=actor,
+        )
+        return payment, attempt
 
     async def _settle_refund(
         self,
@@ -902,19 +1020,28 @@ class PaymentService:
             return False
         if _unsubmitted(payment, event.result):
             return False  # the consent is authorized: ``complete`` submits it
-        settles = event.result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED)
+        result = event.result
+        settles = result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED)
         before = payment.status
         # The payment moves and its answered-but-open attempts settle in one transaction (the
         # operation lock is released only with the new state). A call still in flight is left
-        # to its own answer, and a refund to the reconciler (an event reports the payment, not
-        # which refund it was).
+        # to its own answer; a refund, and a capture the event gives no captured total for, to
+        # the reconciler (an event reports the payment, not which refund or how much).
         async with self._db.transaction() as tx:
-            updated = await self._observe(payment, event.result, tx=tx)
             for attempt in await self._store.attempts(payment.id, tx=tx):
                 ours = attempt.provider_reference in (None, event.provider_reference)
                 answered = attempt.outcome is not None and attempt.needs_reconciliation
-                if settles and ours and answered and attempt.refund_id is None:
-                    await self._store.finish_attempt(attempt, event.result, tx=tx)
+                if not (settles and ours and answered) or attempt.refund_id is not None:
+                    continue
+                if attempt.operation == Operation.CAPTURE.value:
+                    if result.amount_captured is None:
+                        continue
+                    await self._store.finish_attempt(attempt, result, tx=tx)
+                    await self._settle_capture(payment, attempt.amount, result, tx)
+                else:
+                    await self._store.finish_attempt(attempt, result, tx=tx)
+            current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
+            updated = await self._observe(current, result, tx=tx)
         return updated.status != before
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -1086,6 +1213,65 @@ class PaymentService:
                 "reference": after.reference,
             },
         )
+
+
+_OPERATOR_STATUSES = frozenset({PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED})
+
+
+def _operator_result(
+    payment: PaymentRecord,
+    attempt: AttemptRecord,
+    happened: bool,
+    status: PaymentStatus | None,
+    provider_reference: str | None,
+) -> PaymentResult:
+    """The answer an operator's verdict stands for, shaped like a sync's: a capture or refund
+    carries the provider's new total, so it is counted the way a confirmed one is. Raises
+    ``InvalidRequestError`` for a verdict that does not fit the attempt, and the state
+    machine's errors for one the payment cannot take."""
+    reference = provider_reference or attempt.provider_reference or payment.provider_reference
+    operation = attempt.operation
+    moves = operation in (Operation.CAPTURE.value, Operation.REFUND.value, Operation.VOID.value)
+    if status is not None and (moves or not happened):
+        raise InvalidRequestError(
+            "A status is given only for an authorization, complete or submit that happened."
+        )
+    if not happened:
+        if operation == Operation.SUBMIT.value:
+            # A consent is submitted once (payments migration 2): closing this attempt would
+            # leave the customer's authorized consent unpaid with no way to submit it again.
+            raise InvalidRequestError(
+                "A submit that did not happen cannot be closed here: settle it once the bank "
+                "shows the payment, or revoke the consent at the bank and settle it then."
+            )
+        return PaymentResult.not_sent()
+    if operation == Operation.SYNC.value:
+        raise InvalidRequestError("A sync moves no money: settle it as not happened.")
+    if operation == Operation.VOID.value:
+        return PaymentResult(
+            outcome=Outcome.SUCCEEDED, status=PaymentStatus.VOIDED, provider_reference=reference
+        )
+    if moves:
+        amount = attempt.amount
+        if amount is None:
+            raise InvalidRequestError(f"The {operation} attempt records no amount to count.")
+        if operation == Operation.CAPTURE.value:
+            after = transition(payment.state, Capture(amount, confirmed=True))
+            return PaymentResult(
+                outcome=Outcome.SUCCEEDED, status=after.status or PaymentStatus.CAPTURED,
+                provider_reference=reference,
+                amount_captured=Money.of(after.captured, amount.currency),
+            )  # fmt: skip
+        after = transition(payment.state, Refund(amount))
+        return PaymentResult(
+            outcome=Outcome.SUCCEEDED, status=after.status or PaymentStatus.REFUNDED,
+            provider_reference=reference, amount_refunded=Money.of(after.refunded, amount.currency),
+        )  # fmt: skip
+    if status not in _OPERATOR_STATUSES:
+        raise InvalidRequestError(
+            f"Say what the provider shows for this {operation}: status authorized or captured."
+        )
+    return PaymentResult(outcome=Outcome.SUCCEEDED, status=status, provider_reference=reference)
 
 
 def _refund_status(result: PaymentResult) -> RefundStatus:

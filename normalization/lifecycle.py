@@ -11,7 +11,9 @@ confirms them. ``Observe`` is a status reported by the provider (first answer, s
 Any whole-payment move a command can make, ``Observe`` can make too, because a command whose
 outcome was ``unknown`` is settled by a later sync or webhook that only reports the status:
 an authorized payment observed ``captured`` or ``voided``, a captured one observed
-``refunded``. Partial statuses carry amounts and are only reached through commands.
+``refunded``. Partial statuses carry amounts and are only reached through commands; a partial
+capture or refund whose answer was lost is applied as its command once the provider's totals show
+it happened (``Capture(confirmed=True)``, ``Refund``), never guessed from a status alone.
 """
 
 from __future__ import annotations
@@ -97,8 +99,14 @@ class Observe:
 
 @dataclass(frozen=True, slots=True)
 class Capture:
+    """A capture the provider made. ``confirmed`` marks one whose answer was lost and that a
+    sync or replay later showed happened: it also applies to a payment already observed
+    ``captured`` (a webhook reported the status before the amount was known) as long as the
+    amount fits what was authorized."""
+
     amount: Money
     final: bool = False
+    confirmed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,16 +142,18 @@ def transition(state: PaymentState, event: PaymentEvent) -> PaymentState:
     match event:
         case Observe(status=status):
             return _observe(state, status)
-        case Capture(amount=amount, final=final):
+        case Capture(amount=amount, final=final, confirmed=confirmed):
             value = _check_currency(state, amount)
-            if state.status not in _CAPTURABLE:
+            lagging = confirmed and state.status is S.CAPTURED
+            if state.status not in _CAPTURABLE and not lagging:
                 raise _illegal(state, "capture")
-            if value > state.capturable:
+            capturable = state.amount.value - state.captured if lagging else state.capturable
+            if value > capturable:
                 raise CaptureExceedsAuthorizedError(
-                    f"Only {state.capturable} minor units remain capturable; asked {value}."
+                    f"Only {capturable} minor units remain capturable; asked {value}."
                 )
             captured = state.captured + value
-            full = captured == state.amount.value or final
+            full = captured == state.amount.value or final or lagging
             return replace(
                 state,
                 captured=captured,

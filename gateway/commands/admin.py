@@ -1,4 +1,5 @@
-"""Operator commands: ``vault provision``, ``merchants create``, ``keys rotate``, ``audit verify``.
+"""Operator commands: ``vault provision``, ``merchants create``, ``keys rotate``, ``audit verify``,
+``reconcile``, ``attempts list`` and ``attempts settle``.
 
 They read the same configuration as ``tessera serve`` (``--config FILE`` and ``TESSERA_*``
 variables) and need ``vault.admin_token`` (or ``TESSERA_VAULT_ADMIN_TOKEN``) for Vault admin work.
@@ -14,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.config import Settings
 from gateway.merchants import MerchantStore, WebhookUrlError
+from normalization import NotSupportedError, PaymentStatus
 from normalization.errors import VaultNotFoundError, VaultPermissionDeniedError
 from vault.audit import AuditLog
 from vault.client import VaultClient
@@ -27,7 +30,12 @@ from vault.provisioning import ensure_tenant_keys, provision
 from vault.rotation import rotate_tenant_keys
 from vault.token_store import TokenStore
 
+if TYPE_CHECKING:
+    from gateway.app import Resources
+
 __all__ = [
+    "attempts_list",
+    "attempts_settle",
     "audit_verify",
     "merchants_create",
     "merchants_webhook_set",
@@ -173,26 +181,119 @@ def audit_verify(settings: Settings) -> int:
     return asyncio.run(_with_db(settings, work))
 
 
-def reconcile(settings: Settings) -> int:
-    """One reconciliation pass over every due attempt (``tessera reconcile``)."""
+async def _with_gateway(settings: Settings, work: Callable[[Resources], Awaitable[T]]) -> T:
+    """Run ``work`` with the gateway's own resources (database, Vault, connectors), opened
+    and closed as ``tessera serve`` does; it needs the gateway's Vault credentials."""
     from aiohttp import web
 
     from gateway.app import RESOURCES, create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        return await work(app[RESOURCES])
+    finally:
+        await runner.cleanup()
+
+
+def reconcile(settings: Settings) -> int:
+    """One reconciliation pass over every due attempt (``tessera reconcile``)."""
     from gateway.reconciliation import reconcile_once
 
-    async def work() -> int:
-        app = create_app(settings)
-        runner = web.AppRunner(app)
-        await runner.setup()  # opens the resources (database, Vault, connectors)
-        try:
-            resources = app[RESOURCES]
-            total = await reconcile_once(resources.payment_store, resources.payments, limit=500)
-            print(f"reconciliation: {total!r}")
-            return 1 if total.failed else 0
-        finally:
-            await runner.cleanup()
+    async def work(resources: Resources) -> int:
+        total = await reconcile_once(resources.payment_store, resources.payments, limit=500)
+        print(f"reconciliation: {total!r}")
+        return 1 if total.failed else 0
 
-    return asyncio.run(work())
+    return asyncio.run(_with_gateway(settings, work))
+
+
+def attempts_list(settings: Settings, *, limit: int) -> int:
+    """Print every open attempt, oldest first, with how it will be settled (``tessera attempts
+    list``): ``sync`` and ``replay`` are the reconciler's; ``operator`` waits for
+    ``tessera attempts settle``."""
+
+    async def work(resources: Resources) -> int:
+        attempts = await resources.payment_store.open_attempts(limit=limit)
+        if not attempts:
+            print("No open attempts.")
+            return 0
+        now = datetime.now(UTC)
+        print(
+            f"{'attempt':<28} {'payment':<28} {'operation':<22} {'amount':>14} "
+            f"{'outcome':<9} {'age':>8}  settled by"
+        )
+        for attempt in attempts:
+            merchant_id = await resources.db.fetchval(
+                "SELECT merchant_id FROM payments WHERE id = $1", attempt.payment_id
+            )
+            payment = await resources.payment_store.get_payment(
+                str(merchant_id), attempt.payment_id
+            )
+            try:
+                route = resources.payments.settled_by(attempt, payment)
+            except NotSupportedError:
+                route = "operator (connector not configured)"
+            amount = attempt.amount
+            shown = f"{amount.value} {amount.currency}" if amount else "-"
+            outcome = attempt.outcome.value if attempt.outcome else "in flight"
+            if attempt.status is PaymentStatus.PENDING:
+                outcome = "pending"
+            age = _age(now - attempt.started_at)
+            print(
+                f"{attempt.id:<28} {attempt.payment_id:<28} "
+                f"{attempt.connector + ' ' + attempt.operation:<22} {shown:>14} "
+                f"{outcome:<9} {age:>8}  {route}"
+            )
+        if len(attempts) == limit:
+            print(f"(the oldest {limit}; --limit shows more)", file=sys.stderr)
+        return 0
+
+    return asyncio.run(_with_gateway(settings, work))
+
+
+def _age(elapsed: timedelta) -> str:
+    seconds = int(elapsed.total_seconds())
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def attempts_settle(
+    settings: Settings,
+    attempt_id: str,
+    *,
+    happened: bool,
+    reason: str,
+    status: str | None,
+    provider_reference: str | None,
+) -> int:
+    """Settle one open attempt from what the provider shows (``tessera attempts settle``);
+    written to the audit log with the reason. Refusals (already settled, a verdict that does
+    not fit the attempt or the payment) exit 1 with the reason and change nothing."""
+
+    async def work(resources: Resources) -> int:
+        payment, attempt = await resources.payments.settle_by_operator(
+            attempt_id,
+            happened=happened,
+            reason=reason,
+            actor="cli:attempts-settle",
+            status=PaymentStatus(status) if status else None,
+            provider_reference=provider_reference,
+        )
+        outcome = attempt.outcome.value if attempt.outcome else "-"
+        print(f"attempt {attempt.id}: {attempt.operation} settled as {outcome}")
+        shown = payment.status.value if payment.status else "new"
+        print(
+            f"payment {payment.id}: {shown}, captured {payment.captured}, "
+            f"refunded {payment.refunded} ({payment.amount.currency} minor units)"
+        )
+        return 0
+
+    return asyncio.run(_with_gateway(settings, work))
 
 
 def merchants_webhook_set(settings: Settings, merchant_id: str, url: str) -> int:

@@ -530,6 +530,16 @@ class PaymentStore:
         )
         return [attempt_from_row(row) for row in rows]
 
+    async def open_attempts(self, limit: int = 100) -> list[AttemptRecord]:
+        """Every attempt still open (in flight, ``unknown`` or ``pending``), oldest first: what
+        ``tessera attempts list`` shows."""
+        rows = await self._db.fetchall(
+            SELECT_ATTEMPTS + " WHERE next_reconcile_at IS NOT NULL ORDER BY started_at, id "
+            "LIMIT $1",
+            limit,
+        )
+        return [attempt_from_row(row) for row in rows]
+
     async def claim_for_reconciliation(
         self,
         now: datetime | None = None,

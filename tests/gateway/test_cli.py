@@ -103,6 +103,7 @@ def test_version_and_help() -> None:
         "keys",
         "audit",
         "reconcile",
+        "attempts",
         "connector",
     ):
         assert command in out.stdout

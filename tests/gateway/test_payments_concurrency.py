@@ -45,14 +45,14 @@ async def _post(
     return resp.status, json.loads(text) if text else None, resp.headers
 
 
-async def _paid(gw: Gateway, *, capture: bool) -> Any:
+async def _paid(gw: Gateway, *, capture: bool, value: int = 1000) -> Any:
     resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
     token = (await resp.json())["id"]
     status, pay, _ = await _post(
         gw,
         "/v1/payments",
         {
-            "amount": {"value": 1000, "currency": "EUR"},
+            "amount": {"value": value, "currency": "EUR"},
             "payment_method": {"type": "card", "token": token},
             "capture": capture,
         },
@@ -122,7 +122,9 @@ async def test_operation_with_unknown_outcome_blocks_the_next_until_reconciled(
     assert "capture" in problem["detail"] and headers["Retry-After"] == "1"
     assert await _sandbox_calls(sandbox, "/voids") == 0
 
-    await gw.resources.db.execute("UPDATE payment_attempts SET next_reconcile_at = 0")
+    await gw.resources.db.execute(
+        "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE next_reconcile_at IS NOT NULL"
+    )
     await reconcile_once(store, gw.resources.payments)
     # The same key runs now: the refusal was not stored as the key's answer.
     status, voided, _ = await _post(gw, f"/v1/payments/{pay['id']}/void", key="void-1")
@@ -146,6 +148,17 @@ async def test_refunds_still_pending_are_not_refundable_twice(gw: Gateway, sandb
     assert await _sandbox_calls(sandbox, "/refunds") == 1
 
 
+async def _webhook(gw: Gateway, record: Any, event_type: str, status: PaymentStatus) -> None:
+    """The sandbox provider's event reporting ``status`` (no amounts), as the gateway applies it."""
+    event = WebhookEvent(
+        event_id=f"evt_{event_type}",
+        event_type=event_type,
+        provider_reference=record.provider_reference,
+        result=PaymentResult(outcome=Outcome.SUCCEEDED, status=status),
+    )
+    await gw.resources.payments.apply_webhook_event("sandbox", event)
+
+
 async def test_a_webhook_does_not_settle_a_call_still_in_flight(gw: Gateway, sandbox: Any) -> None:
     """A (late) event about the authorization arrives while a capture is in flight: the capture
     keeps the lock (its answer is on its way), so a void is still refused."""
@@ -153,13 +166,7 @@ async def test_a_webhook_does_not_settle_a_call_still_in_flight(gw: Gateway, san
     store = gw.resources.payment_store
     record = await store.get_payment(gw.merchant.id, pay["id"])
     capture = await store.start_attempt(record, "sandbox", "capture")
-    event = WebhookEvent(
-        event_id="evt_late",
-        event_type="authorization.succeeded",
-        provider_reference=record.provider_reference,
-        result=PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.AUTHORIZED),
-    )
-    await gw.resources.payments.apply_webhook_event("sandbox", event)
+    await _webhook(gw, record, "authorization.succeeded", PaymentStatus.AUTHORIZED)
     assert (await store.get_attempt(capture.id)).outcome is None
     status, problem, _ = await _post(gw, f"/v1/payments/{pay['id']}/void")
     assert status == 409 and problem["code"] == "operation_in_progress", problem
@@ -175,25 +182,9 @@ async def slow_gw(make_gateway: MakeGateway, sandbox: Any, database_url: str | N
     )
 
 
-async def _captured(gw: Gateway, value: int) -> Any:
-    resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
-    token = (await resp.json())["id"]
-    status, pay, _ = await _post(
-        gw,
-        "/v1/payments",
-        {
-            "amount": {"value": value, "currency": "EUR"},
-            "payment_method": {"type": "card", "token": token},
-            "capture": True,
-        },
-    )
-    assert status == 201 and pay["status"] == "captured", pay
-    return pay
-
-
 async def test_an_unknown_refund_settled_by_concurrent_syncs_counts_once(slow_gw: Gateway) -> None:
     gw = slow_gw
-    pay = await _captured(gw, 200_000)
+    pay = await _paid(gw, capture=True, value=200_000)
     refunds = f"/v1/payments/{pay['id']}/refunds"
     status, pay, _ = await _post(gw, refunds, {"amount": {"value": 99408, "currency": "EUR"}})
     assert status == 202 and pay["attempts"][-1]["outcome"] == "unknown", pay
@@ -235,3 +226,86 @@ async def test_in_flight_grace_outlasts_the_longest_connector_deadline(
         connectors={"sandbox": sandbox_connector(sandbox, deadline_seconds=120)}
     )
     assert slow.resources.payment_store.reconcile_policy.in_flight_grace.total_seconds() == 150
+
+
+async def _get(gw: Gateway, payment_id: str) -> Any:
+    resp = await gw.client.get(f"/v1/payments/{payment_id}", headers=gw.auth)
+    return await resp.json()
+
+
+async def _due_now(gw: Gateway) -> None:
+    await gw.resources.db.execute(
+        "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE next_reconcile_at IS NOT NULL"
+    )
+
+
+@pytest.mark.parametrize("settle", ["sync", "reconcile"])
+async def test_an_unknown_partial_capture_counts_once_it_is_settled(
+    slow_gw: Gateway, settle: str
+) -> None:
+    """The provider made a partial capture whose answer was lost. Whether the merchant's sync
+    or the reconciler settles it, its amount is captured (not just the attempt marked
+    succeeded while the payment stays ``authorized`` with nothing captured), and only the rest
+    is capturable."""
+    gw = slow_gw
+    pay = await _paid(gw, capture=False, value=200_000)
+    capture = f"/v1/payments/{pay['id']}/capture"
+    status, body, _ = await _post(gw, capture, {"amount": {"value": 99408, "currency": "EUR"}})
+    assert status == 202 and body["attempts"][-1]["outcome"] == "unknown", body
+    if settle == "sync":
+        status, body, _ = await _post(gw, f"/v1/payments/{pay['id']}/sync")
+        assert status == 200, body
+    else:
+        await _due_now(gw)
+        await reconcile_once(gw.resources.payment_store, gw.resources.payments)
+    after = await _get(gw, pay["id"])
+    assert after["status"] == "partially_captured", after
+    assert after["captured"]["value"] == 99408, after
+    assert after["attempts"][-1 if settle == "reconcile" else -2]["outcome"] == "succeeded"
+    status, body, _ = await _post(gw, capture)  # the rest, 100,592
+    assert status == 200 and body["status"] == "captured", body
+    assert body["captured"]["value"] == 200_000
+
+
+async def test_an_unknown_full_refund_settled_by_sync_is_a_refund_that_happened(
+    slow_gw: Gateway,
+) -> None:
+    """The refund of the rest is lost; the sync reports ``refunded``: the refund record says
+    succeeded (not failed because the payment's status was applied before the refund was
+    counted)."""
+    gw = slow_gw
+    pay = await _paid(gw, capture=True, value=199_408)
+    refunds = f"/v1/payments/{pay['id']}/refunds"
+    status, body, _ = await _post(gw, refunds, {"amount": {"value": 100_000, "currency": "EUR"}})
+    assert status == 201 and body["status"] == "partially_refunded", body
+    status, body, _ = await _post(gw, refunds)  # the rest, 99,408: done, never answered
+    assert status == 202 and body["attempts"][-1]["outcome"] == "unknown", body
+    status, synced, _ = await _post(gw, f"/v1/payments/{pay['id']}/sync")
+    assert status == 200, synced
+    assert synced["status"] == "refunded" and synced["refunded"]["value"] == 199_408, synced
+    assert [r["status"] for r in synced["refunds"]] == ["succeeded", "succeeded"], synced
+
+
+async def test_a_capture_webhook_before_reconciliation_keeps_the_captured_amount(
+    slow_gw: Gateway,
+) -> None:
+    """300 of 1,000 captured, then the remaining capture's answer is lost; the provider's
+    ``captured`` webhook arrives first (the payment is captured, Tessera knows of 300), then
+    the reconciler settles the capture: the payment has captured everything, and all of it is
+    refundable."""
+    gw = slow_gw
+    pay = await _paid(gw, capture=False, value=199_408)
+    capture = f"/v1/payments/{pay['id']}/capture"
+    status, body, _ = await _post(gw, capture, {"amount": {"value": 100_000, "currency": "EUR"}})
+    assert status == 200 and body["status"] == "partially_captured", body
+    status, body, _ = await _post(gw, capture)  # 99,408: the provider captures, never answers
+    assert status == 202 and body["attempts"][-1]["outcome"] == "unknown", body
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, pay["id"])
+    await _webhook(gw, record, "authorization.captured", PaymentStatus.CAPTURED)
+    await _due_now(gw)
+    await reconcile_once(store, gw.resources.payments)
+    after = await _get(gw, pay["id"])
+    assert after["status"] == "captured" and after["captured"]["value"] == 199_408, after
+    status, body, _ = await _post(gw, f"/v1/payments/{pay['id']}/refunds")
+    assert status == 201 and body["refunded"]["value"] == 199_408, body

@@ -293,6 +293,26 @@ def test_observed_capture_after_a_partial_capture_keeps_the_known_figure() -> No
     assert (state.status, state.captured, state.capturable) == (S.CAPTURED, 400, 0)
 
 
+def test_a_confirmed_capture_adds_what_an_earlier_observed_capture_could_not_know() -> None:
+    # 400 captured; the 600 capture's answer is lost; a webhook reports "captured" (Tessera
+    # keeps 400); the sync's totals then show the 600 happened.
+    state = transition(transition(authorized(), Capture(eur(400))), Observe(S.CAPTURED))
+    with pytest.raises(IllegalTransitionError):
+        transition(state, Capture(eur(600)))  # a merchant's capture: the payment is captured
+    with pytest.raises(CaptureExceedsAuthorizedError):
+        transition(state, Capture(eur(601), confirmed=True))
+    settled = transition(state, Capture(eur(600), confirmed=True))
+    assert (settled.status, settled.captured, settled.refundable) == (S.CAPTURED, 1000, 1000)
+
+
+def test_a_confirmed_partial_capture_is_a_partial_capture() -> None:
+    state = transition(authorized(), Capture(eur(400), confirmed=True))
+    assert (state.status, state.captured, state.capturable) == (S.PARTIALLY_CAPTURED, 400, 600)
+    for status in (S.VOIDED, S.REFUNDED, S.PARTIALLY_REFUNDED):
+        with pytest.raises(IllegalTransitionError):
+            transition(replace(state, status=status), Capture(eur(1), confirmed=True))
+
+
 def test_an_authorization_that_expires_or_is_reversed_is_observed_voided() -> None:
     assert transition(authorized(), Observe(S.VOIDED)).status is S.VOIDED
     unknown = transition(PaymentState.new(AMOUNT), Observe(S.UNKNOWN))
@@ -354,7 +374,7 @@ def test_capturable_and_refundable_are_zero_outside_their_statuses() -> None:
 
 events = st.one_of(
     st.builds(Observe, st.sampled_from(list(PaymentStatus))),
-    st.builds(Capture, st.integers(0, 1200).map(eur), st.booleans()),
+    st.builds(Capture, st.integers(0, 1200).map(eur), st.booleans(), st.booleans()),
     st.just(Void()),
     st.builds(Refund, st.integers(0, 1200).map(eur)),
 )
@@ -375,8 +395,8 @@ def test_random_histories_keep_the_invariants(history: list[PaymentEvent]) -> No
             case Observe(status=status):
                 assert following.status == status
                 assert status == state.status or status in OBSERVABLE[state.status]
-            case Capture():
-                assert state.status in CAPTURE_FROM
+            case Capture(confirmed=confirmed):
+                assert state.status in CAPTURE_FROM or (confirmed and state.status is S.CAPTURED)
                 assert following.status in (S.PARTIALLY_CAPTURED, S.CAPTURED)
             case Void():
                 assert state.status in VOID_FROM
