@@ -110,6 +110,10 @@ RESOURCES = web.AppKey("resources", Resources)
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+#: False for the operator commands that borrow the gateway's resources (``tessera reconcile``,
+#: ``tessera attempts``): no reconciler, notification dispatcher, sweeper or housekeeping runs
+#: beside them, so a listing calls no provider and a verdict races nothing of its own.
+BACKGROUND = web.AppKey("background", bool)
 MERCHANT = web.RequestKey("merchant", Merchant)
 REQUEST_ID = web.RequestKey("request_id", str)
 
@@ -210,6 +214,9 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             outbox, merchants, allow_private_targets=ps.allow_private_webhook_targets
         )
         stack.push_async_callback(dispatcher.close)
+        if not app[BACKGROUND]:
+            yield
+            return
         background = [
             asyncio.create_task(_sweep_forever(tokens, ts.sweep_interval_seconds)),
             asyncio.create_task(
@@ -502,8 +509,12 @@ def _refuse(request: web.Request, resources: Resources) -> NoReturn:
     )
 
 
-def create_app(settings: Settings, *, metrics: GatewayMetrics | None = None) -> web.Application:
-    """The gateway application; resources open when it starts and close when it stops."""
+def create_app(
+    settings: Settings, *, metrics: GatewayMetrics | None = None, background: bool = True
+) -> web.Application:
+    """The gateway application; resources open when it starts and close when it stops.
+    ``background=False``: without the reconciler, dispatcher, sweeper and housekeeping tasks
+    (operator commands that only borrow the resources)."""
     from gateway.views import health, openapi, payments, tokens, webhooks
 
     server = settings.server
@@ -519,6 +530,7 @@ def create_app(settings: Settings, *, metrics: GatewayMetrics | None = None) -> 
     app[SETTINGS] = settings
     app[METRICS] = metrics or GatewayMetrics()
     app[IN_FLIGHT] = InFlight()
+    app[BACKGROUND] = background
     app.cleanup_ctx.append(_resources_ctx)
     health.setup(app)
     openapi.setup(app)

@@ -62,6 +62,7 @@ from normalization import (
     IllegalTransitionError,
     InvalidRequestError,
     Money,
+    Observe,
     Outcome,
     PaymentResult,
     PaymentStatus,
@@ -871,21 +872,13 @@ class PaymentService:
     ) -> None:
         """A capture whose answer was ``unknown`` has a final answer. It happened when the
         provider's captured total covers it on top of what Tessera has counted: then its amount
-        joins ``captured`` (also when a webhook already moved the payment to ``captured``
-        without the amount). Otherwise, or without a total, the payment converges on the
-        reported status (a whole capture is still seen as ``captured``; a partial one is not
-        guessed from a status alone)."""
+        joins ``captured``. Otherwise, or without a total, the payment converges on the reported
+        status (a whole capture is still seen as ``captured``; a partial one is not guessed from
+        a status alone)."""
         current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
-        total = result.amount_captured
-        if result.outcome is Outcome.SUCCEEDED and amount is not None and total is not None:
-            event = Capture(amount, confirmed=True)
-            if total.value >= current.captured + amount.value:
-                try:
-                    transition(current.state, event)
-                except IllegalTransitionError:
-                    pass  # it does not fit the payment as it is: only the status is observed
-                else:
-                    current = await self._settle(current, result, event=event, tx=tx)
+        event = _confirmed_capture(current, amount, result)
+        if event is not None:
+            current = await self._settle(current, result, event=event, tx=tx)
         await self._observe(current, result, tx=tx)
 
     def settled_by(self, attempt: AttemptRecord, payment: PaymentRecord) -> str:
@@ -932,6 +925,18 @@ class PaymentService:
                 raise IllegalTransitionError(
                     f"The attempt is already settled ({attempt.outcome} / {attempt.status})."
                 )
+            if attempt.in_flight:
+                # Its call may still be running (and answer after the verdict): wait as long
+                # as the reconciler does before presuming it abandoned.
+                grace = self._store.reconcile_policy.in_flight_grace
+                since = self._store.now() - attempt.started_at
+                if since < grace:
+                    raise OperationInProgressError(
+                        f"The {attempt.operation} call may still be running (started "
+                        f"{int(since.total_seconds())} s ago); settle it after "
+                        f"{int(grace.total_seconds())} s.",
+                        retry_after=max(1, int((grace - since).total_seconds()) + 1),
+                    )
             merchant_id = str(
                 await tx.fetchval(
                     "SELECT merchant_id FROM payments WHERE id = $1", attempt.payment_id
@@ -1025,22 +1030,37 @@ class PaymentService:
         before = payment.status
         # The payment moves and its answered-but-open attempts settle in one transaction (the
         # operation lock is released only with the new state). A call still in flight is left
-        # to its own answer; a refund, and a capture the event gives no captured total for, to
-        # the reconciler (an event reports the payment, not which refund or how much).
+        # to its own answer. An event reports the payment, not which refund or how much: a
+        # capture settles here only when the event's captured total shows it happened; other
+        # open captures and refunds are left to their answer or the reconciler's fresh sync,
+        # and while any is open a status that carries amounts (``captured``, ``refunded``) is
+        # not applied from the event either (it would count amounts nobody can attribute).
         async with self._db.transaction() as tx:
+            deferred = False
             for attempt in await self._store.attempts(payment.id, tx=tx):
-                ours = attempt.provider_reference in (None, event.provider_reference)
-                answered = attempt.outcome is not None and attempt.needs_reconciliation
-                if not (settles and ours and answered) or attempt.refund_id is not None:
+                if not attempt.needs_reconciliation:
                     continue
-                if attempt.operation == Operation.CAPTURE.value:
-                    if result.amount_captured is None:
-                        continue
-                    await self._store.finish_attempt(attempt, result, tx=tx)
-                    await self._settle_capture(payment, attempt.amount, result, tx)
-                else:
+                ours = attempt.provider_reference in (None, event.provider_reference)
+                answered = settles and ours and attempt.outcome is not None
+                if attempt.refund_id is not None or attempt.operation == Operation.CAPTURE.value:
+                    current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
+                    confirmed = _confirmed_capture(current, attempt.amount, result)
+                    if answered and attempt.refund_id is None and confirmed is not None:
+                        await self._store.finish_attempt(attempt, result, tx=tx)
+                        await self._settle_capture(current, attempt.amount, result, tx)
+                    else:
+                        deferred = True
+                elif answered:
                     await self._store.finish_attempt(attempt, result, tx=tx)
             current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
+            if deferred and result.status in _AMOUNT_STATUSES:
+                log.info(
+                    "webhook_status_deferred",
+                    payment_id=payment.id,
+                    reported=result.status.value,
+                    reason="a capture or refund is open",
+                )
+                return False
             updated = await self._observe(current, result, tx=tx)
         return updated.status != before
 
@@ -1216,6 +1236,33 @@ class PaymentService:
 
 
 _OPERATOR_STATUSES = frozenset({PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED})
+#: Statuses that stand for amounts (what was captured or refunded).
+_AMOUNT_STATUSES = frozenset(
+    {
+        PaymentStatus.PARTIALLY_CAPTURED,
+        PaymentStatus.CAPTURED,
+        PaymentStatus.PARTIALLY_REFUNDED,
+        PaymentStatus.REFUNDED,
+    }
+)
+
+
+def _confirmed_capture(
+    payment: PaymentRecord, amount: Money | None, result: PaymentResult
+) -> Capture | None:
+    """The capture of ``amount`` as the provider's captured total confirms it (the total covers
+    it on top of what Tessera has counted, and the payment can take it); None otherwise."""
+    total = result.amount_captured
+    if result.outcome is not Outcome.SUCCEEDED or amount is None or total is None:
+        return None
+    if total.value < payment.captured + amount.value:
+        return None
+    event = Capture(amount, confirmed=True)
+    try:
+        transition(payment.state, event)
+    except IllegalTransitionError:
+        return None
+    return event
 
 
 def _operator_result(
@@ -1231,6 +1278,7 @@ def _operator_result(
     machine's errors for one the payment cannot take."""
     reference = provider_reference or attempt.provider_reference or payment.provider_reference
     operation = attempt.operation
+    consent = payment.payment_method.type == _OPEN_BANKING
     moves = operation in (Operation.CAPTURE.value, Operation.REFUND.value, Operation.VOID.value)
     if status is not None and (moves or not happened):
         raise InvalidRequestError(
@@ -1247,7 +1295,14 @@ def _operator_result(
         return PaymentResult.not_sent()
     if operation == Operation.SYNC.value:
         raise InvalidRequestError("A sync moves no money: settle it as not happened.")
+    if operation == Operation.COMPLETE_AUTHORIZATION.value and consent:
+        # An authorized consent still has to be submitted, which ``complete`` does.
+        raise InvalidRequestError(
+            "An open-banking authorization is settled --not-happened: the next `complete` "
+            "asks the bank again and submits the consent once it is authorized."
+        )
     if operation == Operation.VOID.value:
+        transition(payment.state, Void())  # the payment must still be voidable
         return PaymentResult(
             outcome=Outcome.SUCCEEDED, status=PaymentStatus.VOIDED, provider_reference=reference
         )
@@ -1271,6 +1326,12 @@ def _operator_result(
         raise InvalidRequestError(
             f"Say what the provider shows for this {operation}: status authorized or captured."
         )
+    if reference is None:
+        raise InvalidRequestError(
+            "Give the provider's id for it (--provider-reference): later captures, voids and "
+            "refunds are sent with it."
+        )
+    transition(payment.state, Observe(status))  # the payment must be able to take it
     return PaymentResult(outcome=Outcome.SUCCEEDED, status=status, provider_reference=reference)
 
 

@@ -183,12 +183,13 @@ def audit_verify(settings: Settings) -> int:
 
 async def _with_gateway(settings: Settings, work: Callable[[Resources], Awaitable[T]]) -> T:
     """Run ``work`` with the gateway's own resources (database, Vault, connectors), opened
-    and closed as ``tessera serve`` does; it needs the gateway's Vault credentials."""
+    and closed as ``tessera serve`` does, but with none of its background tasks; it needs the
+    gateway's Vault credentials."""
     from aiohttp import web
 
     from gateway.app import RESOURCES, create_app
 
-    app = create_app(settings)
+    app = create_app(settings, background=False)
     runner = web.AppRunner(app)
     await runner.setup()
     try:

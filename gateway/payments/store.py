@@ -141,6 +141,10 @@ class PaymentStore:
     def reconcile_policy(self) -> ReconcilePolicy:
         return self._policy
 
+    def now(self) -> datetime:
+        """The store's clock (what its timestamps are written with)."""
+        return self._clock.now()
+
     async def migrate(self) -> None:
         await migrate(self._db, _COMPONENT, MIGRATIONS)
 

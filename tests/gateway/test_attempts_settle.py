@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from gateway.payments import OperationInProgressError, PaymentMethodSummary
 from gateway.reconciliation import reconcile_once
 from normalization import (
     IllegalTransitionError,
@@ -187,6 +188,7 @@ async def test_verdicts_that_do_not_fit_are_refused_and_change_nothing(gw: Gatew
     store, service = gw.resources.payment_store, gw.resources.payments
     record = await store.get_payment(gw.merchant.id, pay["id"])
     capture = await store.start_attempt(record, "nosync", "capture", amount=Money.of(600, "EUR"))
+    await store.finish_attempt(capture, PaymentResult.unknown())
     refusals: list[tuple[dict[str, Any], type[Exception], str]] = [
         ({"happened": True, "status": PaymentStatus.CAPTURED}, InvalidRequestError, "status"),
         (
@@ -204,7 +206,7 @@ async def test_verdicts_that_do_not_fit_are_refused_and_change_nothing(gw: Gatew
         args: dict[str, Any] = {"reason": "r", "actor": "ops", **verdict}
         with pytest.raises(error, match=says):
             await service.settle_by_operator(capture.id, **args)
-    assert (await store.get_attempt(capture.id)).outcome is None  # rolled back every time
+    assert (await store.get_attempt(capture.id)).outcome is Outcome.UNKNOWN  # rolled back
     assert (await store.get_payment(gw.merchant.id, pay["id"])).captured == 0
     assert not [e for e in await gw.resources.audit.entries() if e.action == "attempt.settle"]
 
@@ -213,8 +215,13 @@ async def test_verdicts_that_do_not_fit_are_refused_and_change_nothing(gw: Gatew
         gw.merchant.id, Money.of(500, "EUR"), payment_method=record.payment_method
     )
     authorize = await store.start_attempt(other, "nosync", "authorize")
+    await store.finish_attempt(authorize, PaymentResult.unknown())
     with pytest.raises(InvalidRequestError, match="authorized or captured"):
         await service.settle_by_operator(authorize.id, happened=True, reason="r", actor="ops")
+    with pytest.raises(InvalidRequestError, match="provider-reference"):
+        await service.settle_by_operator(
+            authorize.id, happened=True, status=PaymentStatus.AUTHORIZED, reason="r", actor="ops"
+        )
     payment, _ = await service.settle_by_operator(
         authorize.id, happened=True, status=PaymentStatus.AUTHORIZED,
         provider_reference="auth_from_dashboard", reason="r", actor="ops",
@@ -222,6 +229,62 @@ async def test_verdicts_that_do_not_fit_are_refused_and_change_nothing(gw: Gatew
     assert payment.status is PaymentStatus.AUTHORIZED
     assert payment.provider_reference == "auth_from_dashboard"
     assert payment.connector == "nosync"
+
+
+async def test_a_call_that_may_still_be_running_is_not_settled(gw: Gateway) -> None:
+    """Started and never answered, within the in-flight grace: its answer may still come, so a
+    verdict now could contradict it (the reconciler waits as long)."""
+    pay = await _pay(gw, 1000, capture=False)
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, pay["id"])
+    capture = await store.start_attempt(record, "nosync", "capture", amount=Money.of(600, "EUR"))
+    with pytest.raises(OperationInProgressError, match="may still be running") as info:
+        await gw.resources.payments.settle_by_operator(
+            capture.id, happened=False, reason="r", actor="ops"
+        )
+    assert info.value.retry_after is not None and 1 < info.value.retry_after <= 61
+    assert (await store.get_attempt(capture.id)).outcome is None
+
+
+async def test_a_void_the_payment_can_no_longer_take_is_refused(gw: Gateway) -> None:
+    """The void's answer was lost; meanwhile the payment was captured (the dashboard, a
+    webhook): "the void happened" does not fit, so nothing changes."""
+    pay = await _pay(gw, 1000, capture=False)
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, pay["id"])
+    void = await store.start_attempt(record, "nosync", "void")
+    await store.finish_attempt(void, PaymentResult.unknown())
+    await store.apply(record, PaymentStatus.CAPTURED)
+    with pytest.raises(IllegalTransitionError, match="void"):
+        await gw.resources.payments.settle_by_operator(
+            void.id, happened=True, reason="r", actor="ops"
+        )
+    assert (await store.get_attempt(void.id)).outcome is Outcome.UNKNOWN
+    assert (await store.get_payment(gw.merchant.id, pay["id"])).status is PaymentStatus.CAPTURED
+
+
+async def test_an_open_banking_authorization_is_left_to_complete(gw: Gateway) -> None:
+    """An authorized consent still has to be submitted: "it happened" is refused (the payment
+    would be stranded ``authorized`` with no submit); "it did not" lets the next ``complete``
+    ask the bank again."""
+    store = gw.resources.payment_store
+    consent = PaymentMethodSummary(type="open_banking", country="GB", scheme="faster_payments")
+    payment = await store.create_payment(
+        gw.merchant.id, Money.of(500, "GBP"), payment_method=consent, connector="nosync"
+    )
+    payment = await store.apply(payment, PaymentStatus.UNKNOWN, provider_reference="cons_1")
+    attempt = await store.start_attempt(payment, "nosync", "complete_authorization")
+    await store.finish_attempt(attempt, PaymentResult.unknown())
+    service = gw.resources.payments
+    with pytest.raises(InvalidRequestError, match="complete"):
+        await service.settle_by_operator(
+            attempt.id, happened=True, status=PaymentStatus.AUTHORIZED,
+            provider_reference="cons_1", reason="r", actor="ops",
+        )  # fmt: skip
+    _, settled = await service.settle_by_operator(
+        attempt.id, happened=False, reason="r", actor="ops"
+    )
+    assert settled.outcome is Outcome.NOT_SENT
 
 
 # -- the commands, as an operator runs them ---------------------------------------------------
@@ -250,9 +313,13 @@ async def test_attempts_list_and_settle_commands(
     pay = await _pay(gw, 1000, capture=False)
     store = gw.resources.payment_store
     record = await store.get_payment(gw.merchant.id, pay["id"])
-    # A capture whose process died mid-call: in flight, due for reconciliation only after the
-    # grace, so neither this gateway's reconciler nor the command's touches it meanwhile.
+    # A capture whose answer was lost (it never reached the provider). This gateway's
+    # reconciler made its first pass at start-up; the commands run none of their own.
     capture = await store.start_attempt(record, "sandbox", "capture", amount=Money.of(600, "EUR"))
+    await store.finish_attempt(capture, PaymentResult.unknown())
+    await gw.resources.db.execute(
+        "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE next_reconcile_at IS NOT NULL"
+    )
     config = tmp_path / "gateway.toml"
     config.write_text(
         f'[database]\nurl = "sqlite:///{db}"\n\n[vault]\naddr = "{gw.settings.vault.addr}"\n\n'
@@ -266,7 +333,9 @@ async def test_attempts_list_and_settle_commands(
     assert out.returncode == 0, out.stderr
     [row] = [line for line in out.stdout.splitlines() if line.startswith(capture.id)]
     assert pay["id"] in row and "sandbox capture" in row and "600 EUR" in row
-    assert "in flight" in row and row.endswith("sync")
+    assert "unknown" in row and row.endswith("sync")
+    # Listing called no provider and settled nothing (no reconciler runs beside the command).
+    assert (await store.get_attempt(capture.id)).reconcile_count == 0
 
     out = _tessera(
         "attempts", "settle", capture.id, "--happened", "--status", "captured",

@@ -148,13 +148,16 @@ async def test_refunds_still_pending_are_not_refundable_twice(gw: Gateway, sandb
     assert await _sandbox_calls(sandbox, "/refunds") == 1
 
 
-async def _webhook(gw: Gateway, record: Any, event_type: str, status: PaymentStatus) -> None:
-    """The sandbox provider's event reporting ``status`` (no amounts), as the gateway applies it."""
+async def _webhook(
+    gw: Gateway, record: Any, event_type: str, status: PaymentStatus, **totals: Money
+) -> None:
+    """The sandbox provider's event reporting ``status`` (and ``totals``, if given), as the
+    gateway applies it."""
     event = WebhookEvent(
         event_id=f"evt_{event_type}",
         event_type=event_type,
         provider_reference=record.provider_reference,
-        result=PaymentResult(outcome=Outcome.SUCCEEDED, status=status),
+        result=PaymentResult(outcome=Outcome.SUCCEEDED, status=status, **totals),
     )
     await gw.resources.payments.apply_webhook_event("sandbox", event)
 
@@ -289,10 +292,10 @@ async def test_an_unknown_full_refund_settled_by_sync_is_a_refund_that_happened(
 async def test_a_capture_webhook_before_reconciliation_keeps_the_captured_amount(
     slow_gw: Gateway,
 ) -> None:
-    """300 of 1,000 captured, then the remaining capture's answer is lost; the provider's
-    ``captured`` webhook arrives first (the payment is captured, Tessera knows of 300), then
-    the reconciler settles the capture: the payment has captured everything, and all of it is
-    refundable."""
+    """100,000 captured, then the remaining capture's answer is lost; the provider's
+    ``captured`` webhook (no amounts) arrives first. Applying it would leave 100,000 counted of
+    a captured payment; it waits for the reconciler's sync, which counts the capture: the
+    payment has captured everything, and all of it is refundable."""
     gw = slow_gw
     pay = await _paid(gw, capture=False, value=199_408)
     capture = f"/v1/payments/{pay['id']}/capture"
@@ -303,9 +306,71 @@ async def test_a_capture_webhook_before_reconciliation_keeps_the_captured_amount
     store = gw.resources.payment_store
     record = await store.get_payment(gw.merchant.id, pay["id"])
     await _webhook(gw, record, "authorization.captured", PaymentStatus.CAPTURED)
+    assert (await _get(gw, pay["id"]))["status"] == "partially_captured"  # deferred
     await _due_now(gw)
     await reconcile_once(store, gw.resources.payments)
     after = await _get(gw, pay["id"])
     assert after["status"] == "captured" and after["captured"]["value"] == 199_408, after
     status, body, _ = await _post(gw, f"/v1/payments/{pay['id']}/refunds")
     assert status == 201 and body["refunded"]["value"] == 199_408, body
+
+
+async def test_a_stale_webhook_total_does_not_close_a_lost_capture(slow_gw: Gateway) -> None:
+    """The authorization's own (late) event, ``authorized`` with nothing captured, arrives after
+    a capture whose answer was lost: its total is a snapshot, not proof that the capture did not
+    happen. The capture stays open (and locked) until the reconciler's sync counts it."""
+    gw = slow_gw
+    pay = await _paid(gw, capture=False, value=200_000)
+    capture = f"/v1/payments/{pay['id']}/capture"
+    status, body, _ = await _post(gw, capture, {"amount": {"value": 99408, "currency": "EUR"}})
+    assert status == 202, body
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, pay["id"])
+    await _webhook(
+        gw, record, "authorization.succeeded", PaymentStatus.AUTHORIZED,
+        amount_captured=Money.of(0, "EUR"),
+    )  # fmt: skip
+    assert (await store.get_attempt(body["attempts"][-1]["id"])).outcome is Outcome.UNKNOWN
+    status, problem, _ = await _post(gw, capture)
+    assert status == 409 and problem["code"] == "operation_in_progress", problem
+    await _due_now(gw)
+    await reconcile_once(store, gw.resources.payments)
+    after = await _get(gw, pay["id"])
+    assert after["status"] == "partially_captured" and after["captured"]["value"] == 99408, after
+
+
+async def test_a_webhook_total_that_covers_a_lost_capture_settles_it(slow_gw: Gateway) -> None:
+    gw = slow_gw
+    pay = await _paid(gw, capture=False, value=200_000)
+    capture = f"/v1/payments/{pay['id']}/capture"
+    status, body, _ = await _post(gw, capture, {"amount": {"value": 99408, "currency": "EUR"}})
+    assert status == 202, body
+    record = await gw.resources.payment_store.get_payment(gw.merchant.id, pay["id"])
+    await _webhook(
+        gw, record, "authorization.captured", PaymentStatus.PARTIALLY_CAPTURED,
+        amount_captured=Money.of(99408, "EUR"),
+    )  # fmt: skip
+    after = await _get(gw, pay["id"])
+    assert after["status"] == "partially_captured" and after["captured"]["value"] == 99408, after
+    assert after["attempts"][-1]["outcome"] == "succeeded"
+
+
+async def test_a_refunded_webhook_during_a_lost_refund_counts_it_once(slow_gw: Gateway) -> None:
+    """The refund of the rest is lost and the provider's ``refunded`` event arrives before the
+    reconciler: the event waits (a refund is open), the sync counts the refund, which is
+    recorded ``succeeded``."""
+    gw = slow_gw
+    pay = await _paid(gw, capture=True, value=199_408)
+    refunds = f"/v1/payments/{pay['id']}/refunds"
+    status, body, _ = await _post(gw, refunds, {"amount": {"value": 100_000, "currency": "EUR"}})
+    assert status == 201, body
+    status, body, _ = await _post(gw, refunds)
+    assert status == 202, body
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, pay["id"])
+    await _webhook(gw, record, "authorization.refunded", PaymentStatus.REFUNDED)
+    await _due_now(gw)
+    await reconcile_once(store, gw.resources.payments)
+    after = await _get(gw, pay["id"])
+    assert after["status"] == "refunded" and after["refunded"]["value"] == 199_408, after
+    assert [r["status"] for r in after["refunds"]] == ["succeeded", "succeeded"], after
