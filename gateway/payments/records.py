@@ -48,6 +48,7 @@ __all__ = [
     "KEEP",
     "AttemptRecord",
     "ConcurrentUpdateError",
+    "MigrationConflictError",
     "OperationInProgressError",
     "PaymentMethodSummary",
     "PaymentRecord",
@@ -119,6 +120,14 @@ class ConcurrentUpdateError(TesseraError):
 
     def __init__(self, detail: str | None = None, *, retry_after: float | None = 1.0) -> None:
         super().__init__(detail, retry_after=retry_after)
+
+
+class MigrationConflictError(TesseraError):
+    """The database holds rows a migration's constraints forbid; an operator must settle them
+    first (the message names them)."""
+
+    code = "migration_conflict"
+    default_detail = "The database holds rows a migration cannot accept."
 
 
 class OperationInProgressError(ConcurrentUpdateError):

@@ -43,6 +43,7 @@ from gateway.payments.records import (
     KEEP,
     AttemptRecord,
     ConcurrentUpdateError,
+    MigrationConflictError,
     OperationInProgressError,
     PaymentMethodSummary,
     PaymentRecord,
@@ -101,6 +102,15 @@ from vault.database import (
 __all__ = ["PaymentStore"]
 
 _COMPONENT = "gateway.payments"
+_LOCKING = ", ".join(f"'{op}'" for op in sorted(LOCKING_OPERATIONS))
+#: Payments holding what migration 2's unique indexes forbid (at most 20 shown).
+_LOCK_CONFLICTS = (
+    "SELECT payment_id, 'open operations' AS what FROM payment_attempts "  # noqa: S608
+    f"WHERE operation IN ({_LOCKING}) AND (outcome IS NULL OR outcome = 'unknown') "
+    "GROUP BY payment_id HAVING COUNT(*) > 1 "
+    "UNION ALL SELECT payment_id, 'submits' AS what FROM payment_attempts "
+    "WHERE operation = 'submit' GROUP BY payment_id HAVING COUNT(*) > 1 LIMIT 20"
+)
 _MAX_SEQ_RACES = 10
 
 
@@ -146,7 +156,25 @@ class PaymentStore:
         return self._clock.now()
 
     async def migrate(self) -> None:
-        await migrate(self._db, _COMPONENT, MIGRATIONS)
+        """Apply the payment schema's migrations. ``MigrationConflictError`` when migration 2
+        meets what its unique indexes forbid (two open money-moving attempts or two submits of
+        one payment, which earlier builds could record), naming the payments."""
+        try:
+            await migrate(self._db, _COMPONENT, MIGRATIONS)
+        except Exception as exc:
+            try:
+                conflicts = await self._db.fetchall(_LOCK_CONFLICTS)
+            except Exception:  # noqa: BLE001 - the migration's own error is the one to show
+                raise exc from None
+            if not conflicts:
+                raise
+            shown = ", ".join(f"{row['payment_id']} ({row['what']})" for row in conflicts)
+            raise MigrationConflictError(
+                "payments migration 2 (one money-moving operation at a time per payment) cannot "
+                "be applied: these payments hold what it forbids, recorded by an earlier build: "
+                f"{shown}. Settle them with the provider and record the outcome as "
+                "docs/operating.md, 'Upgrading: payments migration 2', says; then start again."
+            ) from exc
 
     def _tx(self, tx: Connection | None) -> AbstractAsyncContextManager[Connection]:
         return in_transaction(self._db, tx)

@@ -14,6 +14,7 @@ from gateway.payments import (
     AttemptRecord,
     ConcurrentUpdateError,
     ExponentialBackoff,
+    MigrationConflictError,
     OperationInProgressError,
     Outbox,
     PaymentMethodSummary,
@@ -399,6 +400,51 @@ async def test_a_payment_is_submitted_once(payment_store: PaymentStore) -> None:
     )  # pending: no longer "open" for other operations, but submitted
     with pytest.raises(OperationInProgressError, match="submitted already"):
         await payment_store.start_attempt(payment, "bank", "submit")
+
+
+async def test_migration_2_names_the_payments_an_earlier_build_left_it(
+    db: Database, clock: FakeClock
+) -> None:
+    """A database from before migration 2 with two open captures on one payment and two
+    submits of another: the upgrade stops with the payments named (not a bare unique-constraint
+    error) and applies nothing; once the rows are settled as docs/operating.md says, it runs."""
+    from gateway.payments.schema import MIGRATIONS
+    from vault.database import migrate
+
+    await migrate(db, "gateway.payments", MIGRATIONS[:1])
+    old = PaymentStore(db, clock=clock)  # the old build wrote through the same statements
+    doubled = await _authorized(old)
+    first = await old.start_attempt(doubled, "sandbox", "capture")
+    await old.start_attempt(doubled, "sandbox", "capture")
+    submitted = await _authorized(old)
+    await old.start_attempt(submitted, "bank", "submit")
+    second_submit = await old.start_attempt(submitted, "bank", "submit")
+
+    with pytest.raises(MigrationConflictError) as info:
+        await PaymentStore(db, clock=clock).migrate()
+    message = str(info.value)
+    assert f"{doubled.id} (open operations)" in message
+    assert f"{submitted.id} (submits)" in message
+    assert "Upgrading: payments migration 2" in message
+    applied = await db.fetchval(
+        "SELECT COUNT(*) FROM schema_migrations WHERE component = 'gateway.payments'"
+    )
+    assert applied == 1
+
+    # The operator's settlement (docs/operating.md): one capture never happened; the second
+    # submit is set aside under another operation name (the row is kept).
+    await db.execute(
+        "UPDATE payment_attempts SET outcome = 'not_sent', status = 'failed', "
+        "error_code = 'settled_by_operator', next_reconcile_at = NULL WHERE id = $1",
+        first.id,
+    )
+    await db.execute(
+        "UPDATE payment_attempts SET operation = 'submit_duplicate' WHERE id = $1",
+        second_submit.id,
+    )
+    await PaymentStore(db, clock=clock).migrate()
+    with pytest.raises(OperationInProgressError):
+        await old.start_attempt(doubled, "sandbox", "void")  # the other capture is still open
 
 
 async def test_reserved_refunds_count_pending_ones_only(payment_store: PaymentStore) -> None:
