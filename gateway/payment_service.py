@@ -842,6 +842,11 @@ class PaymentService:
                 await self._store.finish_attempt(attempt, result)
             await self._store.schedule_reconcile(attempt.id)
             return False
+        if _acknowledged_pending(attempt) and not _refund_covered(payment, attempt, result):
+            # The provider accepted this refund as pending; a refunded total that does not
+            # include it yet says it is still pending, not that it failed.
+            await self._store.schedule_reconcile(attempt.id)
+            return False
         # The attempt (the payment's operation lock, for a follow-up) is settled in the same
         # transaction that moves the payment: no other operation can start on the old state.
         async with self._db.transaction() as tx:
@@ -1032,35 +1037,23 @@ class PaymentService:
         # operation lock is released only with the new state). A call still in flight is left
         # to its own answer. An event reports the payment, not which refund or how much: a
         # capture settles here only when the event's captured total shows it happened; other
-        # open captures and refunds are left to their answer or the reconciler's fresh sync,
-        # and while any is open a status that carries amounts (``captured``, ``refunded``) is
-        # not applied from the event either (it would count amounts nobody can attribute).
+        # open captures and refunds are left to their answer or the reconciler (and while one
+        # is open, ``_observe`` does not apply a status that carries amounts).
         async with self._db.transaction() as tx:
-            deferred = False
             for attempt in await self._store.attempts(payment.id, tx=tx):
                 if not attempt.needs_reconciliation:
                     continue
                 ours = attempt.provider_reference in (None, event.provider_reference)
                 answered = settles and ours and attempt.outcome is not None
-                if attempt.refund_id is not None or attempt.operation == Operation.CAPTURE.value:
+                if _moves_amount(attempt):
                     current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
                     confirmed = _confirmed_capture(current, attempt.amount, result)
                     if answered and attempt.refund_id is None and confirmed is not None:
                         await self._store.finish_attempt(attempt, result, tx=tx)
                         await self._settle_capture(current, attempt.amount, result, tx)
-                    else:
-                        deferred = True
                 elif answered:
                     await self._store.finish_attempt(attempt, result, tx=tx)
             current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
-            if deferred and result.status in _AMOUNT_STATUSES:
-                log.info(
-                    "webhook_status_deferred",
-                    payment_id=payment.id,
-                    reported=result.status.value,
-                    reason="a capture or refund is open",
-                )
-                return False
             updated = await self._observe(current, result, tx=tx)
         return updated.status != before
 
@@ -1194,9 +1187,25 @@ class PaymentService:
         self, payment: PaymentRecord, result: PaymentResult, *, tx: Connection | None = None
     ) -> PaymentRecord:
         """Converge on a status a provider reported (sync, webhook); ignore impossible ones.
-        In ``tx`` when given (an impossible status writes nothing, so ``tx`` stays usable)."""
+        In ``tx`` when given (an impossible status writes nothing, so ``tx`` stays usable).
+
+        A status that stands for amounts (``captured``, ``refunded``, the partial ones) waits
+        while a capture or refund of the payment is open (in flight, ``unknown``, ``pending``):
+        applied now it would count an amount no one can attribute, and the open call's own
+        answer, or its reconciliation by the provider's totals, would then find it counted and
+        fail (a 409 for a capture that happened, a refund recorded ``failed``)."""
         try:
             async with in_transaction(self._db, tx) as conn:
+                if result.status in _AMOUNT_STATUSES and result.status is not payment.status:
+                    attempts = await self._store.attempts(payment.id, tx=conn)
+                    if any(_moves_amount(a) and a.needs_reconciliation for a in attempts):
+                        log.info(
+                            "provider_status_deferred",
+                            payment_id=payment.id,
+                            reported=result.status.value,
+                            reason="a capture or refund is open",
+                        )
+                        return payment
                 updated = await self._store.apply(
                     payment,
                     result.status,
@@ -1245,6 +1254,29 @@ _AMOUNT_STATUSES = frozenset(
         PaymentStatus.REFUNDED,
     }
 )
+
+
+def _acknowledged_pending(attempt: AttemptRecord) -> bool:
+    """A refund the provider accepted and reported ``pending`` (not a lost answer)."""
+    return (
+        attempt.refund_id is not None
+        and attempt.outcome is Outcome.SUCCEEDED
+        and attempt.status is PaymentStatus.PENDING
+    )
+
+
+def _refund_covered(payment: PaymentRecord, attempt: AttemptRecord, result: PaymentResult) -> bool:
+    """The answer's refunded total includes this refund on top of what is counted (True also
+    without a total or an amount: then the answer's status decides, as before)."""
+    total = result.amount_refunded
+    if total is None or attempt.amount is None:
+        return True
+    return total.value >= payment.refunded + attempt.amount.value
+
+
+def _moves_amount(attempt: AttemptRecord) -> bool:
+    """A capture or a refund: an attempt whose success changes ``captured`` or ``refunded``."""
+    return attempt.refund_id is not None or attempt.operation == Operation.CAPTURE.value
 
 
 def _confirmed_capture(
@@ -1325,6 +1357,11 @@ def _operator_result(
     if status not in _OPERATOR_STATUSES:
         raise InvalidRequestError(
             f"Say what the provider shows for this {operation}: status authorized or captured."
+        )
+    if consent and status is not PaymentStatus.CAPTURED:
+        # ``authorized`` is the consent's state before its submit, not a payment's.
+        raise InvalidRequestError(
+            "A submitted consent is settled as captured, once the bank shows the payment."
         )
     if reference is None:
         raise InvalidRequestError(

@@ -286,6 +286,20 @@ async def test_an_open_banking_authorization_is_left_to_complete(gw: Gateway) ->
     )
     assert settled.outcome is Outcome.NOT_SENT
 
+    # Its submit (the consent authorized meanwhile): "authorized" is the consent's state before
+    # a submit, so only "captured" (the bank shows the payment) settles it.
+    payment = await store.get_payment(gw.merchant.id, payment.id)
+    submit = await store.start_attempt(payment, "nosync", "submit")
+    await store.finish_attempt(submit, PaymentResult.unknown())
+    with pytest.raises(InvalidRequestError, match="captured"):
+        await service.settle_by_operator(
+            submit.id, happened=True, status=PaymentStatus.AUTHORIZED, reason="r", actor="ops"
+        )
+    paid, _ = await service.settle_by_operator(
+        submit.id, happened=True, status=PaymentStatus.CAPTURED, reason="r", actor="ops"
+    )
+    assert paid.status is PaymentStatus.CAPTURED and paid.captured == 500
+
 
 # -- the commands, as an operator runs them ---------------------------------------------------
 

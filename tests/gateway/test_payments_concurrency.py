@@ -19,6 +19,7 @@ import pytest
 
 from gateway.reconciliation import reconcile_once
 from normalization import Money, Outcome, PaymentResult, PaymentStatus
+from sdk import Operation
 from sdk.webhooks import WebhookEvent
 
 from .conftest import Gateway, MakeGateway, sandbox_connector
@@ -374,3 +375,82 @@ async def test_a_refunded_webhook_during_a_lost_refund_counts_it_once(slow_gw: G
     after = await _get(gw, pay["id"])
     assert after["status"] == "refunded" and after["refunded"]["value"] == 199_408, after
     assert [r["status"] for r in after["refunds"]] == ["succeeded", "succeeded"], after
+
+
+async def test_a_sync_while_a_refund_is_in_flight_leaves_the_amount_to_its_answer(
+    slow_gw: Gateway,
+) -> None:
+    """The provider has refunded; the refund call's answer is still on its way when the
+    merchant syncs. The sync's ``refunded`` waits: the refund's own answer counts it (201, not
+    a 409 for a refund that happened) and the refund is ``succeeded``."""
+    gw = slow_gw
+    service = gw.resources.payments
+    pay = await _paid(gw, capture=True)
+    invoke = service._invoke
+    provider_done, release = asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any) -> PaymentResult:
+        result = await invoke(*args)
+        if args[2] is Operation.REFUND:
+            provider_done.set()
+            await release.wait()
+        return result
+
+    service._invoke = held
+    refund = asyncio.create_task(_post(gw, f"/v1/payments/{pay['id']}/refunds"))
+    await provider_done.wait()
+    status, synced, _ = await _post(gw, f"/v1/payments/{pay['id']}/sync")
+    assert status == 200 and synced["status"] == "captured", synced  # deferred
+    release.set()
+    status, body, _ = await refund
+    assert status == 201 and body["status"] == "refunded", body
+    assert body["refunded"]["value"] == 1000
+    assert [r["status"] for r in body["refunds"]] == ["succeeded"], body
+
+
+async def test_a_lost_sync_reconciled_before_a_lost_refund_does_not_count_it(
+    slow_gw: Gateway,
+) -> None:
+    """A merchant sync's answer was lost, then the refund of the rest too. The reconciler takes
+    the sync first: its ``refunded`` waits for the refund, whose settlement counts it."""
+    gw = slow_gw
+    store, service = gw.resources.payment_store, gw.resources.payments
+    pay = await _paid(gw, capture=True, value=199_408)
+    refunds = f"/v1/payments/{pay['id']}/refunds"
+    status, body, _ = await _post(gw, refunds, {"amount": {"value": 100_000, "currency": "EUR"}})
+    assert status == 201, body
+    record = await store.get_payment(gw.merchant.id, pay["id"])
+    sync = await store.start_attempt(record, "sandbox", "sync")
+    await store.finish_attempt(sync, PaymentResult.unknown())
+    status, body, _ = await _post(gw, refunds)  # 99,408: refunded, never answered
+    assert status == 202, body
+    # Both due, the sync first.
+    due = "UPDATE payment_attempts SET next_reconcile_at = $1 WHERE id = $2"
+    await gw.resources.db.execute(due, 0, sync.id)
+    await gw.resources.db.execute(due, 1, body["attempts"][-1]["id"])
+    await reconcile_once(store, service)
+    after = await _get(gw, pay["id"])
+    assert after["status"] == "refunded" and after["refunded"]["value"] == 199_408, after
+    assert [r["status"] for r in after["refunds"]] == ["succeeded", "succeeded"], after
+
+
+async def test_a_refund_the_provider_reported_pending_stays_pending_until_counted(
+    gw: Gateway,
+) -> None:
+    """The provider accepted the refund as pending; a sync whose refunded total does not
+    include it yet says it is still pending (not that it failed: its amount stays reserved)."""
+    pay = await _paid(gw, capture=True)
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, pay["id"])
+    refund = await store.add_refund(record, Money.of(300, "EUR"))
+    attempt = await store.start_attempt(
+        record, "sandbox", "refund", amount=Money.of(300, "EUR"), refund_id=refund.id
+    )
+    await store.finish_attempt(
+        attempt, PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.PENDING)
+    )
+    await _due_now(gw)
+    report = await reconcile_once(store, gw.resources.payments)
+    assert (report.claimed, report.settled) == (1, 0)
+    assert [r.status.value for r in await store.refunds(pay["id"])] == ["pending"]
+    assert await store.reserved_refunds(pay["id"]) == 300
