@@ -503,7 +503,7 @@ class PaymentService:
         async with self._db.transaction() as tx:
             attempt = await self._store.finish_attempt(attempt, result, tx=tx)
             if result.outcome is Outcome.SUCCEEDED:
-                payment = await self._settle(payment, result, event=Capture(amount), tx=tx)
+                payment = await self._count(payment, result, Capture(amount), tx)
         return OperationOutcome(payment, attempt, result)
 
     async def void(
@@ -571,7 +571,7 @@ class PaymentService:
             attempt = await self._store.finish_attempt(attempt, result, tx=tx)
             refund = await self._finish_refund(refund.id, result, tx=tx)
             if result.outcome is Outcome.SUCCEEDED and result.status is not PaymentStatus.PENDING:
-                payment = await self._settle(payment, result, event=Refund(amount), tx=tx)
+                payment = await self._count(payment, result, Refund(amount), tx)
         return OperationOutcome(payment, attempt, result, refund)
 
     async def _finish_refund(
@@ -825,14 +825,7 @@ class PaymentService:
         else:
             # Neither a sync nor a replay can settle it: only a person with the provider's
             # dashboard can (the payment's money-moving operations wait until then).
-            log.warning(
-                "attempt_needs_operator",
-                attempt_id=attempt.id,
-                payment_id=attempt.payment_id,
-                connector=attempt.connector,
-                operation=attempt.operation,
-                settle_with="tessera attempts settle",
-            )
+            _ask_operator(attempt, "neither sync nor replay can settle it")
             await self._store.schedule_reconcile(attempt.id)
             return False
         if result.outcome in (Outcome.UNKNOWN, Outcome.NOT_SENT) or (
@@ -845,6 +838,8 @@ class PaymentService:
         if _acknowledged_pending(attempt) and not _refund_covered(payment, attempt, result):
             # The provider accepted this refund as pending; a refunded total that does not
             # include it yet says it is still pending, not that it failed.
+            if attempt.reconcile_count >= _PENDING_TRIES_BEFORE_OPERATOR:
+                _ask_operator(attempt, "pending refund not in the provider's refunded total")
             await self._store.schedule_reconcile(attempt.id)
             return False
         # The attempt (the payment's operation lock, for a follow-up) is settled in the same
@@ -882,9 +877,10 @@ class PaymentService:
         a status alone)."""
         current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
         event = _confirmed_capture(current, amount, result)
-        if event is not None:
-            current = await self._settle(current, result, event=event, tx=tx)
-        await self._observe(current, result, tx=tx)
+        if event is None:
+            await self._observe(current, result, tx=tx)
+        else:
+            await self._count(current, result, event, tx)
 
     def settled_by(self, attempt: AttemptRecord, payment: PaymentRecord) -> str:
         """How the reconciler settles an open attempt: ``sync`` (the connector reports the
@@ -1014,7 +1010,7 @@ class PaymentService:
             except IllegalTransitionError:
                 pass  # the payment moved meanwhile (observed refunded): observe below
             else:
-                await self._settle(current, result, event=Refund(amount), tx=tx)
+                await self._count(current, result, Refund(amount), tx)
                 return
         await self._observe(current, result, tx=tx)
 
@@ -1172,6 +1168,16 @@ class PaymentService:
         async with in_transaction(self._db, tx) as conn:
             return await self._apply(conn, payment, step, changes)
 
+    async def _count(
+        self, payment: PaymentRecord, result: PaymentResult, event: Capture | Refund, tx: Connection
+    ) -> PaymentRecord:
+        """Count a capture or refund that happened, then converge on the status the answer
+        reported with it: a status held back while this call was open (``_observe``), or one
+        that says more than the amount does (a partial capture the provider closed), is applied
+        now rather than never."""
+        updated = await self._settle(payment, result, event=event, tx=tx)
+        return await self._observe(updated, result, tx=tx)
+
     async def _apply(
         self,
         tx: Connection,
@@ -1245,6 +1251,10 @@ class PaymentService:
 
 
 _OPERATOR_STATUSES = frozenset({PaymentStatus.AUTHORIZED, PaymentStatus.CAPTURED})
+#: Reconciliations of a refund the provider accepted as pending, its refunded total never
+#: including it, before each further one also asks for an operator (roughly 20 hours with the
+#: default backoff: 5 s doubling to an hourly cap).
+_PENDING_TRIES_BEFORE_OPERATOR = 30
 #: Statuses that stand for amounts (what was captured or refunded).
 _AMOUNT_STATUSES = frozenset(
     {
@@ -1254,6 +1264,18 @@ _AMOUNT_STATUSES = frozenset(
         PaymentStatus.REFUNDED,
     }
 )
+
+
+def _ask_operator(attempt: AttemptRecord, reason: str) -> None:
+    log.warning(
+        "attempt_needs_operator",
+        attempt_id=attempt.id,
+        payment_id=attempt.payment_id,
+        connector=attempt.connector,
+        operation=attempt.operation,
+        reason=reason,
+        settle_with="tessera attempts settle",
+    )
 
 
 def _acknowledged_pending(attempt: AttemptRecord) -> bool:

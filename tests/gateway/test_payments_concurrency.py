@@ -375,6 +375,28 @@ async def test_a_refunded_webhook_during_a_lost_refund_counts_it_once(slow_gw: G
     await _both_refunds_counted(gw, pay["id"])
 
 
+def _hold_refund_answer(
+    monkeypatch: pytest.MonkeyPatch, gw: Gateway, status: PaymentStatus | None = None
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Refund calls reach the provider, then their answer waits for ``release``
+    (``provider_done`` is set once the provider has acted); ``status`` replaces the answer's."""
+    service = gw.resources.payments
+    invoke = service._invoke
+    provider_done, release = asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any) -> PaymentResult:
+        result: PaymentResult = await invoke(*args)
+        if args[2] is Operation.REFUND:
+            provider_done.set()
+            await release.wait()
+            if status is not None:
+                result = result.model_copy(update={"status": status})
+        return result
+
+    monkeypatch.setattr(service, "_invoke", held)
+    return provider_done, release
+
+
 async def _both_refunds_counted(gw: Gateway, payment_id: str) -> None:
     """199,408 captured, refunded as 100,000 and (the lost one) 99,408: both counted once."""
     after = await _get(gw, payment_id)
@@ -383,25 +405,14 @@ async def _both_refunds_counted(gw: Gateway, payment_id: str) -> None:
 
 
 async def test_a_sync_while_a_refund_is_in_flight_leaves_the_amount_to_its_answer(
-    slow_gw: Gateway,
+    slow_gw: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The provider has refunded; the refund call's answer is still on its way when the
     merchant syncs. The sync's ``refunded`` waits: the refund's own answer counts it (201, not
     a 409 for a refund that happened) and the refund is ``succeeded``."""
     gw = slow_gw
-    service = gw.resources.payments
     pay = await _paid(gw, capture=True)
-    invoke = service._invoke
-    provider_done, release = asyncio.Event(), asyncio.Event()
-
-    async def held(*args: Any) -> PaymentResult:
-        result = await invoke(*args)
-        if args[2] is Operation.REFUND:
-            provider_done.set()
-            await release.wait()
-        return result
-
-    service._invoke = held
+    provider_done, release = _hold_refund_answer(monkeypatch, gw)
     refund = asyncio.create_task(_post(gw, f"/v1/payments/{pay['id']}/refunds"))
     await provider_done.wait()
     status, synced, _ = await _post(gw, f"/v1/payments/{pay['id']}/sync")
@@ -457,3 +468,94 @@ async def test_a_refund_the_provider_reported_pending_stays_pending_until_counte
     assert (report.claimed, report.settled) == (1, 0)
     assert [r.status.value for r in await store.refunds(pay["id"])] == ["pending"]
     assert await store.reserved_refunds(pay["id"]) == 300
+
+
+def _provider_reports(
+    monkeypatch: pytest.MonkeyPatch, gw: Gateway, status: PaymentStatus, **totals: int
+) -> None:
+    """From now on the connector's ``sync`` answers ``status`` (with these totals, if any):
+    what a provider whose refund settled while no one asked would say."""
+    service = gw.resources.payments
+    invoke = service._invoke
+
+    async def answer(*args: Any) -> PaymentResult:
+        if args[2] is not Operation.SYNC:
+            return await invoke(*args)
+        amounts = {k: Money.of(v, "EUR") for k, v in totals.items()}
+        return PaymentResult(outcome=Outcome.SUCCEEDED, status=status, **amounts)
+
+    monkeypatch.setattr(service, "_invoke", answer)
+
+
+async def _pending_refund(gw: Gateway, payment_id: str, value: int) -> Any:
+    """A refund the provider accepted as ``pending``."""
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, payment_id)
+    refund = await store.add_refund(record, Money.of(value, "EUR"))
+    attempt = await store.start_attempt(
+        record, "sandbox", "refund", amount=Money.of(value, "EUR"), refund_id=refund.id
+    )
+    await store.finish_attempt(
+        attempt, PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.PENDING)
+    )
+    return record
+
+
+@pytest.mark.parametrize("via", ["sync", "webhook"])
+async def test_a_held_back_status_is_applied_once_the_pending_refund_counts(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    """300 pending; the other 700 refunded in the provider's dashboard, so the provider says
+    ``refunded`` 1,000. The merchant's sync (or a webhook) holds that back while the refund is
+    open; the reconciler counts the 300 and then applies ``refunded``: not left
+    ``partially_refunded`` 300 for good."""
+    pay = await _paid(gw, capture=True)
+    record = await _pending_refund(gw, pay["id"], 300)
+    _provider_reports(
+        monkeypatch, gw, PaymentStatus.REFUNDED, amount_captured=1000, amount_refunded=1000
+    )
+    if via == "sync":
+        status, synced, _ = await _post(gw, f"/v1/payments/{pay['id']}/sync")
+        assert status == 200 and synced["status"] == "captured", synced  # held back
+    else:
+        await _webhook(
+            gw, record, "refund.succeeded", PaymentStatus.REFUNDED,
+            amount_refunded=Money.of(1000, "EUR"),
+        )  # fmt: skip
+    await _due_now(gw)
+    await reconcile_once(gw.resources.payment_store, gw.resources.payments)
+    after = await _get(gw, pay["id"])
+    assert after["status"] == "refunded" and after["refunded"]["value"] == 1000, after
+    assert [r["status"] for r in after["refunds"]] == ["succeeded"], after
+
+
+async def test_a_refund_answered_while_another_settles_leaves_the_reported_status(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No totals from this provider. 400 pending, 600 in flight; the reconciler settles the 400
+    while the 600 is open (its ``refunded`` held back), then the 600's own answer counts it and
+    applies what it reports: ``refunded`` 1,000."""
+    pay = await _paid(gw, capture=True)
+    await _pending_refund(gw, pay["id"], 400)
+    _provider_reports(monkeypatch, gw, PaymentStatus.REFUNDED)
+    service = gw.resources.payments
+    # The provider knows of both refunds (the simulator only of this one).
+    provider_done, release = _hold_refund_answer(monkeypatch, gw, PaymentStatus.REFUNDED)
+    refund = asyncio.create_task(
+        _post(
+            gw, f"/v1/payments/{pay['id']}/refunds", {"amount": {"value": 600, "currency": "EUR"}}
+        )
+    )
+    await provider_done.wait()
+    store = gw.resources.payment_store
+    [pending] = [a for a in await store.attempts(pay["id"]) if a.status is PaymentStatus.PENDING]
+    await gw.resources.db.execute(
+        "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE id = $1", pending.id
+    )
+    await reconcile_once(store, service)
+    release.set()
+    status, body, _ = await refund
+    assert status == 201, body
+    after = await _get(gw, pay["id"])
+    assert after["status"] == "refunded", after
+    assert [r["status"] for r in after["refunds"]] == ["succeeded", "succeeded"], after
