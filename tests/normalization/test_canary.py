@@ -69,7 +69,9 @@ class Canary:
 
     def leaks_in(self, text: str) -> list[str]:
         found = [form for form in (self.pan, self.spaced, self.dashed) if form in text]
-        if re.search(rf"(?<![0-9]){self.cvv}(?![0-9])", text):
+        # Delimited like a value (cvc=5123, "5123"): inside a hex request id or digest, four
+        # digits are chance, not a CVV.
+        if re.search(rf"(?<![0-9A-Za-z]){self.cvv}(?![0-9A-Za-z])", text):
             found.append("cvv")
         return found
 
@@ -111,6 +113,8 @@ def test_the_canary_is_a_valid_card_and_unique_per_run() -> None:
     assert validate_cvc(CANARY.cvv) == CANARY.cvv
     assert CANARY.leaks_in(f"x{CANARY.pan}x") == [CANARY.pan]
     assert CANARY.leaks_in(f"cvc={CANARY.cvv}") == ["cvv"]
+    assert CANARY.leaks_in(f'{{"cvc": "{CANARY.cvv}"}}') == ["cvv"]
+    assert CANARY.leaks_in(f"request_id=3fa{CANARY.cvv}e1") == []  # hex by chance
     assert Canary.generate() != CANARY
 
 

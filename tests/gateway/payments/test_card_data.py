@@ -188,7 +188,9 @@ def _leaks(dump: dict[str, list[str]], pan: str, cvc: str, body: bytes) -> list[
         hashlib.sha256(pan.encode()).hexdigest(),
         hashlib.sha256(body).hexdigest(),
     }
-    cvc_alone = re.compile(rf"(?<![0-9]){cvc}(?![0-9])")
+    # Delimited like a stored value ("1234", =1234, : 1234): four digits inside a hex digest,
+    # a UUID or a random id are chance, not a CVV.
+    cvc_alone = re.compile(rf"(?<![0-9A-Za-z]){cvc}(?![0-9A-Za-z])")
     found = []
     for table, values in dump.items():
         for value in values:
