@@ -835,6 +835,13 @@ class PaymentService:
                 await self._store.finish_attempt(attempt, result)
             await self._store.schedule_reconcile(attempt.id)
             return False
+        if attempt.refund_id is not None and _in_flight_movement(
+            await self._store.attempts(attempt.payment_id), attempt
+        ):
+            # The provider's refunded total may hold that call's money: settle this refund by
+            # it only once that call has its own answer (it never waits on this one).
+            await self._store.schedule_reconcile(attempt.id)
+            return False
         if _acknowledged_pending(attempt) and not _refund_covered(payment, attempt, result):
             # The provider accepted this refund as pending; a refunded total that does not
             # include it yet says it is still pending, not that it failed.
@@ -1171,12 +1178,15 @@ class PaymentService:
     async def _count(
         self, payment: PaymentRecord, result: PaymentResult, event: Capture | Refund, tx: Connection
     ) -> PaymentRecord:
-        """Count a capture or refund that happened, then converge on the status the answer
-        reported with it: a status held back while this call was open (``_observe``), or one
-        that says more than the amount does (a partial capture the provider closed), is applied
-        now rather than never."""
+        """Count a capture or refund that happened, then converge on the whole-payment status
+        the answer reported with it (``captured``, ``refunded``) when the answer's own totals
+        confirm it: a status held back while this call was open (``_observe``) is applied now
+        rather than never. Without totals, or with totals that say less, the status is not
+        applied (observing ``refunded`` would count everything captured as refunded)."""
         updated = await self._settle(payment, result, event=event, tx=tx)
-        return await self._observe(updated, result, tx=tx)
+        if _totals_confirm(updated, result):
+            return await self._observe(updated, result, tx=tx)
+        return updated
 
     async def _apply(
         self,
@@ -1294,6 +1304,27 @@ def _refund_covered(payment: PaymentRecord, attempt: AttemptRecord, result: Paym
     if total is None or attempt.amount is None:
         return True
     return total.value >= payment.refunded + attempt.amount.value
+
+
+def _totals_confirm(payment: PaymentRecord, result: PaymentResult) -> bool:
+    """The answer reports ``captured`` or ``refunded`` with a total that covers what the status
+    stands for (everything counted captured, everything captured refunded)."""
+    if result.status is PaymentStatus.CAPTURED:
+        total = result.amount_captured
+        return total is not None and total.value >= payment.captured
+    if result.status is PaymentStatus.REFUNDED:
+        total = result.amount_refunded
+        return total is not None and total.value >= payment.captured
+    return False
+
+
+def _in_flight_movement(attempts: list[AttemptRecord], attempt: AttemptRecord) -> bool:
+    """Another capture or refund of the payment is in flight or ``unknown``: money it moved may
+    already be in the provider's totals without being Tessera's to count yet."""
+    return any(
+        a.id != attempt.id and _moves_amount(a) and a.outcome in (None, Outcome.UNKNOWN)
+        for a in attempts
+    )
 
 
 def _moves_amount(attempt: AttemptRecord) -> bool:

@@ -532,9 +532,9 @@ async def test_a_held_back_status_is_applied_once_the_pending_refund_counts(
 async def test_a_refund_answered_while_another_settles_leaves_the_reported_status(
     gw: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No totals from this provider. 400 pending, 600 in flight; the reconciler settles the 400
-    while the 600 is open (its ``refunded`` held back), then the 600's own answer counts it and
-    applies what it reports: ``refunded`` 1,000."""
+    """No totals from this provider. 400 pending, 600 in flight: the reconciler leaves the 400
+    alone while the 600 is in flight (the provider's answer may hold its money), the 600's own
+    answer counts it, and the 400's next reconciliation settles it: ``refunded`` 1,000."""
     pay = await _paid(gw, capture=True)
     await _pending_refund(gw, pay["id"], 400)
     _provider_reports(monkeypatch, gw, PaymentStatus.REFUNDED)
@@ -552,10 +552,74 @@ async def test_a_refund_answered_while_another_settles_leaves_the_reported_statu
     await gw.resources.db.execute(
         "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE id = $1", pending.id
     )
+    report = await reconcile_once(store, service)
+    assert (report.claimed, report.settled) == (1, 0)  # waits for the call in flight
+    release.set()
+    status, body, _ = await refund
+    assert status == 201 and body["refunded"]["value"] == 600, body
+    await _due_now(gw)
     await reconcile_once(store, service)
+    after = await _get(gw, pay["id"])
+    assert after["status"] == "refunded" and after["refunded"]["value"] == 1000, after
+    assert [r["status"] for r in after["refunds"]] == ["succeeded", "succeeded"], after
+
+
+async def test_a_pending_refund_is_not_credited_with_a_refund_in_flight(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """400 pending (not made yet), 600 made at the provider with its answer on its way: the
+    provider's refunded total (600) covers the 400 too, but it is the 600's money. The 400
+    waits; the 600 counts; the 400 stays pending. Refunded: 600, as at the provider."""
+    pay = await _paid(gw, capture=True)
+    await _pending_refund(gw, pay["id"], 400)
+    _provider_reports(
+        monkeypatch, gw, PaymentStatus.PARTIALLY_REFUNDED, amount_captured=1000,
+        amount_refunded=600,
+    )  # fmt: skip
+    provider_done, release = _hold_refund_answer(monkeypatch, gw)
+    refund = asyncio.create_task(
+        _post(
+            gw, f"/v1/payments/{pay['id']}/refunds", {"amount": {"value": 600, "currency": "EUR"}}
+        )
+    )
+    await provider_done.wait()
+    store, service = gw.resources.payment_store, gw.resources.payments
+    [pending] = [a for a in await store.attempts(pay["id"]) if a.status is PaymentStatus.PENDING]
+    await gw.resources.db.execute(
+        "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE id = $1", pending.id
+    )
+    report = await reconcile_once(store, service)
+    assert (report.claimed, report.settled) == (1, 0)  # waits for the call in flight
     release.set()
     status, body, _ = await refund
     assert status == 201, body
+    await _due_now(gw)
+    await reconcile_once(store, service)
     after = await _get(gw, pay["id"])
-    assert after["status"] == "refunded", after
-    assert [r["status"] for r in after["refunds"]] == ["succeeded", "succeeded"], after
+    assert after["refunded"]["value"] == 600 and after["status"] == "partially_refunded", after
+    assert sorted(r["status"] for r in after["refunds"]) == ["pending", "succeeded"], after
+
+
+async def test_a_partial_refund_answered_refunded_counts_only_its_amount(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider answers ``refunded`` to a partial refund, its own total saying 300: the
+    payment is ``partially_refunded`` 300 (not everything captured), and the rest is
+    refundable."""
+    pay = await _paid(gw, capture=True)
+    service = gw.resources.payments
+    invoke = service._invoke
+
+    async def answer(*args: Any) -> PaymentResult:
+        result: PaymentResult = await invoke(*args)
+        if args[2] is Operation.REFUND:
+            return result.model_copy(update={"status": PaymentStatus.REFUNDED})
+        return result
+
+    monkeypatch.setattr(service, "_invoke", answer)
+    refunds = f"/v1/payments/{pay['id']}/refunds"
+    status, body, _ = await _post(gw, refunds, {"amount": {"value": 300, "currency": "EUR"}})
+    assert status == 201, body
+    assert body["status"] == "partially_refunded" and body["refunded"]["value"] == 300, body
+    status, body, _ = await _post(gw, refunds)
+    assert status == 201 and body["refunded"]["value"] == 1000, body
