@@ -793,10 +793,7 @@ class PaymentService:
         provider idempotency key (the provider answers with what it did the first time). True
         when the attempt is final now; otherwise it is scheduled again with backoff.
         """
-        merchant_id = await self._db.fetchval(
-            "SELECT merchant_id FROM payments WHERE id = $1", attempt.payment_id
-        )
-        payment = await self._store.get_payment(str(merchant_id), attempt.payment_id)
+        payment = await self._store.payment_of(attempt)
         route = self.settled_by(attempt, payment)
         if route == "sync":
             sync = SyncRequest(
@@ -945,12 +942,8 @@ class PaymentService:
                         f"{int(grace.total_seconds())} s.",
                         retry_after=max(1, int((grace - since).total_seconds()) + 1),
                     )
-            merchant_id = str(
-                await tx.fetchval(
-                    "SELECT merchant_id FROM payments WHERE id = $1", attempt.payment_id
-                )
-            )
-            payment = await self._store.get_payment(merchant_id, attempt.payment_id, tx=tx)
+            payment = await self._store.payment_of(attempt, tx=tx)
+            merchant_id = payment.merchant_id
             result = _operator_result(payment, attempt, happened, status, provider_reference)
             error_code = None if happened else "settled_by_operator"
             attempt = await self._store.finish_attempt(
@@ -1053,7 +1046,7 @@ class PaymentService:
                     confirmed = _confirmed_capture(current, attempt.amount, result)
                     if answered and attempt.refund_id is None and confirmed is not None:
                         await self._store.finish_attempt(attempt, result, tx=tx)
-                        await self._settle_capture(current, attempt.amount, result, tx)
+                        await self._count(current, result, confirmed, tx)
                 elif answered:
                     await self._store.finish_attempt(attempt, result, tx=tx)
             current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)

@@ -226,12 +226,7 @@ def attempts_list(settings: Settings, *, limit: int) -> int:
             f"{'outcome':<9} {'age':>8}  settled by"
         )
         for attempt in attempts:
-            merchant_id = await resources.db.fetchval(
-                "SELECT merchant_id FROM payments WHERE id = $1", attempt.payment_id
-            )
-            payment = await resources.payment_store.get_payment(
-                str(merchant_id), attempt.payment_id
-            )
+            payment = await resources.payment_store.payment_of(attempt)
             try:
                 route = resources.payments.settled_by(attempt, payment)
             except NotSupportedError:

@@ -250,6 +250,17 @@ class PaymentStore:
             raise PaymentNotFoundError()
         return payment_from_row(row)
 
+    async def payment_of(
+        self, attempt: AttemptRecord, *, tx: Connection | None = None
+    ) -> PaymentRecord:
+        """The payment ``attempt`` belongs to, whoever's it is (reconciler, operator)."""
+        row = await (tx or self._db).fetchone(
+            SELECT_PAYMENTS + " WHERE id = $1", attempt.payment_id
+        )
+        if row is None:
+            raise PaymentNotFoundError()
+        return payment_from_row(row)
+
     async def find_by_reference(self, merchant_id: str, reference: str) -> list[PaymentRecord]:
         """The merchant's payments carrying ``reference``, newest first."""
         rows = await self._db.fetchall(

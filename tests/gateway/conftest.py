@@ -137,6 +137,24 @@ def sandbox_connector(server: Any, **overrides: Any) -> dict[str, Any]:
     }
 
 
+async def refund_with_answer(
+    gw: Gateway, payment_id: str, value: int, answer: Any, *, connector: str = "sandbox"
+) -> Any:
+    """A refund of ``value`` requested on the payment, its attempt recorded with ``answer``
+    (``PaymentResult.unknown()``: lost; succeeded + pending: accepted as pending), as if it
+    had been sent; the attempt."""
+    from normalization import Money
+
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, payment_id)
+    amount = Money.of(value, record.amount.currency)
+    refund = await store.add_refund(record, amount)
+    attempt = await store.start_attempt(
+        record, connector, "refund", amount=amount, refund_id=refund.id
+    )
+    return await store.finish_attempt(attempt, answer)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
     """Both stores, for the tests that ask: None (the gateway's own SQLite file), then a scratch

@@ -32,7 +32,7 @@ from normalization import (
 )
 from sdk import Operation
 
-from .conftest import Gateway, MakeGateway, sandbox_connector
+from .conftest import Gateway, MakeGateway, refund_with_answer, sandbox_connector
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"}
 HANGS = 99408  # the sandbox acts on this amount and never answers
@@ -150,14 +150,10 @@ async def test_a_lost_capture_waits_for_an_operator_then_counts(gw: Gateway) -> 
 
 async def test_a_refund_that_did_not_happen_fails_and_frees_its_amount(gw: Gateway) -> None:
     pay = await _pay(gw, 1000, capture=True)
-    store = gw.resources.payment_store
-    record = await store.get_payment(gw.merchant.id, pay["id"])
     # Requested, answer lost; it never reached the provider.
-    lost = await store.add_refund(record, Money.of(300, "EUR"))
-    attempt = await store.start_attempt(
-        record, "nosync", "refund", amount=Money.of(300, "EUR"), refund_id=lost.id
+    attempt = await refund_with_answer(
+        gw, pay["id"], 300, PaymentResult.unknown(), connector="nosync"
     )
-    await store.finish_attempt(attempt, PaymentResult.unknown())
     refunds = f"/v1/payments/{pay['id']}/refunds"
     status, problem = await _post(gw, refunds)
     assert status == 409 and problem["code"] == "operation_in_progress", problem

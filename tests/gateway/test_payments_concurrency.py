@@ -22,7 +22,7 @@ from normalization import Money, Outcome, PaymentResult, PaymentStatus
 from sdk import Operation
 from sdk.webhooks import WebhookEvent
 
-from .conftest import Gateway, MakeGateway, sandbox_connector
+from .conftest import Gateway, MakeGateway, refund_with_answer, sandbox_connector
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"}
 CONFLICTS = {"operation_in_progress", "invalid_state_transition", "amount_exceeds_capturable"}
@@ -204,13 +204,7 @@ async def test_a_refund_the_provider_never_made_is_not_counted(gw: Gateway) -> N
     """A refund attempt left unknown that never reached the provider: the sync's refunded total
     does not cover it, so it failed; nothing is counted and the amount is refundable again."""
     pay = await _paid(gw, capture=True)
-    store = gw.resources.payment_store
-    record = await store.get_payment(gw.merchant.id, pay["id"])
-    refund = await store.add_refund(record, Money.of(300, "EUR"))
-    attempt = await store.start_attempt(
-        record, "sandbox", "refund", amount=Money.of(300, "EUR"), refund_id=refund.id
-    )
-    await store.finish_attempt(attempt, PaymentResult.unknown())
+    await refund_with_answer(gw, pay["id"], 300, PaymentResult.unknown())
     status, synced, _ = await _post(gw, f"/v1/payments/{pay['id']}/sync")
     assert status == 200, synced
     assert synced["refunded"]["value"] == 0 and synced["status"] == "captured", synced
@@ -488,17 +482,38 @@ def _provider_reports(
 
 
 async def _pending_refund(gw: Gateway, payment_id: str, value: int) -> Any:
-    """A refund the provider accepted as ``pending``."""
+    """A refund the provider accepted as ``pending``; the payment."""
+    accepted = PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.PENDING)
+    await refund_with_answer(gw, payment_id, value, accepted)
+    return await gw.resources.payment_store.get_payment(gw.merchant.id, payment_id)
+
+
+async def _refund_600_while_the_400_waits(
+    gw: Gateway,
+    monkeypatch: pytest.MonkeyPatch,
+    payment_id: str,
+    status: PaymentStatus | None = None,
+) -> tuple[int, Any]:
+    """On the payment with a pending refund of 400: refund 600, and while its call is in
+    flight (made at the provider, its answer, with ``status`` if given, held back) reconcile
+    the 400, which is left alone (rescheduled). Then the 600's answer, and every due attempt
+    reconciled; the 600's HTTP status and body."""
+    provider_done, release = _hold_refund_answer(monkeypatch, gw, status)
+    six_hundred = {"amount": {"value": 600, "currency": "EUR"}}
+    refund = asyncio.create_task(_post(gw, f"/v1/payments/{payment_id}/refunds", six_hundred))
+    await provider_done.wait()
     store = gw.resources.payment_store
-    record = await store.get_payment(gw.merchant.id, payment_id)
-    refund = await store.add_refund(record, Money.of(value, "EUR"))
-    attempt = await store.start_attempt(
-        record, "sandbox", "refund", amount=Money.of(value, "EUR"), refund_id=refund.id
+    [pending] = [a for a in await store.attempts(payment_id) if a.status is PaymentStatus.PENDING]
+    await gw.resources.db.execute(
+        "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE id = $1", pending.id
     )
-    await store.finish_attempt(
-        attempt, PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.PENDING)
-    )
-    return record
+    report = await reconcile_once(store, gw.resources.payments)
+    assert (report.claimed, report.settled) == (1, 0)  # waits for the call in flight
+    release.set()
+    code, body, _ = await refund
+    await _due_now(gw)
+    await reconcile_once(store, gw.resources.payments)
+    return code, body
 
 
 @pytest.mark.parametrize("via", ["sync", "webhook"])
@@ -538,27 +553,11 @@ async def test_a_refund_answered_while_another_settles_leaves_the_reported_statu
     pay = await _paid(gw, capture=True)
     await _pending_refund(gw, pay["id"], 400)
     _provider_reports(monkeypatch, gw, PaymentStatus.REFUNDED)
-    service = gw.resources.payments
     # The provider knows of both refunds (the simulator only of this one).
-    provider_done, release = _hold_refund_answer(monkeypatch, gw, PaymentStatus.REFUNDED)
-    refund = asyncio.create_task(
-        _post(
-            gw, f"/v1/payments/{pay['id']}/refunds", {"amount": {"value": 600, "currency": "EUR"}}
-        )
+    status, body = await _refund_600_while_the_400_waits(
+        gw, monkeypatch, pay["id"], PaymentStatus.REFUNDED
     )
-    await provider_done.wait()
-    store = gw.resources.payment_store
-    [pending] = [a for a in await store.attempts(pay["id"]) if a.status is PaymentStatus.PENDING]
-    await gw.resources.db.execute(
-        "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE id = $1", pending.id
-    )
-    report = await reconcile_once(store, service)
-    assert (report.claimed, report.settled) == (1, 0)  # waits for the call in flight
-    release.set()
-    status, body, _ = await refund
     assert status == 201 and body["refunded"]["value"] == 600, body
-    await _due_now(gw)
-    await reconcile_once(store, service)
     after = await _get(gw, pay["id"])
     assert after["status"] == "refunded" and after["refunded"]["value"] == 1000, after
     assert [r["status"] for r in after["refunds"]] == ["succeeded", "succeeded"], after
@@ -576,25 +575,8 @@ async def test_a_pending_refund_is_not_credited_with_a_refund_in_flight(
         monkeypatch, gw, PaymentStatus.PARTIALLY_REFUNDED, amount_captured=1000,
         amount_refunded=600,
     )  # fmt: skip
-    provider_done, release = _hold_refund_answer(monkeypatch, gw)
-    refund = asyncio.create_task(
-        _post(
-            gw, f"/v1/payments/{pay['id']}/refunds", {"amount": {"value": 600, "currency": "EUR"}}
-        )
-    )
-    await provider_done.wait()
-    store, service = gw.resources.payment_store, gw.resources.payments
-    [pending] = [a for a in await store.attempts(pay["id"]) if a.status is PaymentStatus.PENDING]
-    await gw.resources.db.execute(
-        "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE id = $1", pending.id
-    )
-    report = await reconcile_once(store, service)
-    assert (report.claimed, report.settled) == (1, 0)  # waits for the call in flight
-    release.set()
-    status, body, _ = await refund
+    status, body = await _refund_600_while_the_400_waits(gw, monkeypatch, pay["id"])
     assert status == 201, body
-    await _due_now(gw)
-    await reconcile_once(store, service)
     after = await _get(gw, pay["id"])
     assert after["refunded"]["value"] == 600 and after["status"] == "partially_refunded", after
     assert sorted(r["status"] for r in after["refunds"]) == ["pending", "succeeded"], after
