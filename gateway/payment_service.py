@@ -416,10 +416,13 @@ class PaymentService:
                     result, error_code, rejection = PaymentResult.not_sent(), exc.code, exc
                 failover = result.outcome is Outcome.NOT_SENT and bool(queue)
                 async with self._db.transaction() as tx:
-                    attempts[-1] = await self._store.finish_attempt(
-                        attempt, result, error_code=error_code, tx=tx
+                    attempts[-1], own = await self._record_answer(
+                        attempt, result, tx, error_code=error_code
                     )
-                    if failover:
+                    if not own:
+                        failover, rejection = False, None
+                        payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
+                    elif failover:
                         log.info(
                             "failover",
                             payment_id=payment.id,
@@ -429,7 +432,7 @@ class PaymentService:
                         refusal = await self._next_attempt(tx, payment, queue, attempts)
                         failover = refusal is None
                         rejection = refusal or rejection
-                    if not failover:
+                    elif not failover:
                         payment = await self._settle(
                             payment, result, connector=attempts[-1].connector, tx=tx
                         )
@@ -501,8 +504,10 @@ class PaymentService:
         )  # fmt: skip
         result = await self._send(merchant.id, attempt, Operation.CAPTURE, request, correlation_id)
         async with self._db.transaction() as tx:
-            attempt = await self._store.finish_attempt(attempt, result, tx=tx)
-            if result.outcome is Outcome.SUCCEEDED:
+            attempt, own = await self._record_answer(attempt, result, tx)
+            if not own:
+                payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
+            elif result.outcome is Outcome.SUCCEEDED:
                 payment = await self._count(payment, result, Capture(amount), tx)
         return OperationOutcome(payment, attempt, result)
 
@@ -518,8 +523,10 @@ class PaymentService:
         )  # fmt: skip
         result = await self._send(merchant.id, attempt, Operation.VOID, request, correlation_id)
         async with self._db.transaction() as tx:
-            attempt = await self._store.finish_attempt(attempt, result, tx=tx)
-            if result.outcome is Outcome.SUCCEEDED:
+            attempt, own = await self._record_answer(attempt, result, tx)
+            if not own:
+                payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
+            elif result.outcome is Outcome.SUCCEEDED:
                 payment = await self._settle(payment, result, event=Void(), tx=tx)
         return OperationOutcome(payment, attempt, result)
 
@@ -568,10 +575,17 @@ class PaymentService:
             await self._store.update_refund(refund.id, status=RefundStatus.FAILED)
             raise
         async with self._db.transaction() as tx:
-            attempt = await self._store.finish_attempt(attempt, result, tx=tx)
-            refund = await self._finish_refund(refund.id, result, tx=tx)
-            if result.outcome is Outcome.SUCCEEDED and result.status is not PaymentStatus.PENDING:
-                payment = await self._count(payment, result, Refund(amount), tx)
+            attempt, own = await self._record_answer(attempt, result, tx)
+            if not own:
+                payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
+                refund = await self._store.get_refund(refund.id, tx=tx)
+            else:
+                refund = await self._finish_refund(refund.id, result, tx=tx)
+                if (
+                    result.outcome is Outcome.SUCCEEDED
+                    and result.status is not PaymentStatus.PENDING
+                ):
+                    payment = await self._count(payment, result, Refund(amount), tx)
         return OperationOutcome(payment, attempt, result, refund)
 
     async def _finish_refund(
@@ -646,8 +660,10 @@ class PaymentService:
             merchant, payment, params, correlation_id
         )
         async with self._db.transaction() as tx:
-            await self._store.finish_attempt(attempt, result, tx=tx)
-            if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
+            _, own = await self._record_answer(attempt, result, tx)
+            if not own:
+                payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
+            elif result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
                 payment = await self._observe(payment, result, tx=tx)
         return payment
 
@@ -740,7 +756,9 @@ class PaymentService:
         if result.outcome is Outcome.NOT_SENT:
             return payment  # still open: the reconciler sends it
         async with self._db.transaction() as tx:
-            await self._store.finish_attempt(submit, result, tx=tx)
+            _, own = await self._record_answer(submit, result, tx)
+            if not own:
+                return await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
             return await self._settle(payment, result, tx=tx)
 
     async def _reconcile_consent(
@@ -946,9 +964,13 @@ class PaymentService:
             merchant_id = payment.merchant_id
             result = _operator_result(payment, attempt, happened, status, provider_reference)
             error_code = None if happened else "settled_by_operator"
-            attempt = await self._store.finish_attempt(
+            attempt, own = await self._store.settle_attempt(
                 attempt, result, error_code=error_code, tx=tx
             )
+            if not own:  # the reconciler settled it meanwhile, with this very answer
+                raise IllegalTransitionError(
+                    f"The attempt is already settled ({attempt.outcome} / {attempt.status})."
+                )
             if attempt.operation in _CREATE_OPERATIONS:
                 payment = await self._settle(payment, result, connector=attempt.connector, tx=tx)
             elif happened:
@@ -1127,6 +1149,40 @@ class PaymentService:
             if current is not None:
                 current.set_attribute("outcome", result.outcome.value)
         return result
+
+    async def _record_answer(
+        self,
+        attempt: AttemptRecord,
+        result: PaymentResult,
+        tx: Connection,
+        *,
+        error_code: str | None = None,
+    ) -> tuple[AttemptRecord, bool]:
+        """Record the answer our own call got; the attempt, and True if this answer settled it.
+
+        False: the attempt was settled while the call ran (the reconciler presumed it abandoned
+        after the in-flight grace, or an operator settled it). What settled it moved the payment
+        already, so the caller moves nothing more: counting this answer's capture or refund as
+        well would count it twice. An answer that disagrees with the recorded one is logged for
+        an operator; the recorded one stands.
+        """
+        try:
+            settled, own = await self._store.settle_attempt(
+                attempt, result, error_code=error_code, tx=tx
+            )
+        except IllegalTransitionError:
+            settled, own = await self._store.get_attempt(attempt.id, tx=tx), False
+        if not own:
+            agrees = (settled.outcome, settled.status) == (result.outcome, result.status)
+            (log.warning if agrees else log.error)(
+                "attempt_answered_after_settlement" if agrees else "attempt_answer_conflict",
+                attempt_id=attempt.id,
+                payment_id=attempt.payment_id,
+                operation=attempt.operation,
+                recorded=f"{settled.outcome} / {settled.status}",
+                answered=f"{result.outcome.value} / {result.status.value}",
+            )
+        return settled, own
 
     async def _send(
         self,

@@ -507,7 +507,21 @@ class PaymentStore:
         error_code: str | None = None,
         tx: Connection | None = None,
     ) -> AttemptRecord:
-        """Record the answer of a connector call (or of the sync that settled it).
+        """``settle_attempt`` for callers that act on the answer whoever recorded it."""
+        settled, _ = await self.settle_attempt(attempt, result, error_code=error_code, tx=tx)
+        return settled
+
+    async def settle_attempt(
+        self,
+        attempt: str | AttemptRecord,
+        result: PaymentResult,
+        *,
+        error_code: str | None = None,
+        tx: Connection | None = None,
+    ) -> tuple[AttemptRecord, bool]:
+        """Record the answer of a connector call (or of the sync that settled it); the attempt,
+        and whether this call recorded it (False: it was already settled with this answer, by
+        the reconciler, a sync or a webhook, which counted whatever it moved).
 
         ``attempt``: its id, or the record (saves a read when the answer needs no
         reconciliation; its ``reconcile_count`` sets the backoff when it does). An ``unknown``
@@ -542,10 +556,10 @@ class PaymentStore:
                 PaymentStatus.PENDING.value,
             )
             if row is not None:
-                return attempt_from_row(row)
+                return attempt_from_row(row), True
             settled = await self.get_attempt(attempt_id, tx=conn)
         if (settled.outcome, settled.status) == (result.outcome, result.status):
-            return settled
+            return settled, False
         raise IllegalTransitionError(
             f"The {settled.operation} attempt is already settled as "
             f"{settled.outcome} / {settled.status}."
@@ -722,6 +736,12 @@ class PaymentStore:
                 refund_id,
                 *extra,
             )
+
+    async def get_refund(self, refund_id: str, *, tx: Connection | None = None) -> RefundRecord:
+        row = await (tx or self._db).fetchone(SELECT_REFUNDS + " WHERE id = $1", refund_id)
+        if row is None:
+            raise NotFoundError("No such refund.")
+        return refund_from_row(row)
 
     async def refunds(self, payment_id: str) -> list[RefundRecord]:
         rows = await self._db.fetchall(

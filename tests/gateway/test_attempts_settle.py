@@ -227,6 +227,32 @@ async def test_verdicts_that_do_not_fit_are_refused_and_change_nothing(gw: Gatew
     assert payment.connector == "nosync"
 
 
+async def test_a_verdict_racing_the_reconciler_writes_nothing(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconciler settles the attempt with the same answer between the verdict's checks
+    and its write (possible on PostgreSQL): the verdict is refused, and neither the amount nor
+    an audit entry is written a second time."""
+    pay = await _pay(gw, 1000, capture=True)
+    attempt = await refund_with_answer(
+        gw, pay["id"], 300, PaymentResult.unknown(), connector="nosync"
+    )
+    store = gw.resources.payment_store
+    settle = store.settle_attempt
+
+    async def raced(*args: Any, **kwargs: Any) -> Any:
+        await settle(*args, **kwargs)  # the reconciler, a moment earlier
+        return await settle(*args, **kwargs)
+
+    monkeypatch.setattr(store, "settle_attempt", raced)
+    with pytest.raises(IllegalTransitionError, match="already settled"):
+        await gw.resources.payments.settle_by_operator(
+            attempt.id, happened=False, reason="no trace at the provider", actor="ops"
+        )
+    assert not [e for e in await gw.resources.audit.entries() if e.action == "attempt.settle"]
+    assert (await store.get_payment(gw.merchant.id, pay["id"])).refunded == 0
+
+
 async def test_a_call_that_may_still_be_running_is_not_settled(gw: Gateway) -> None:
     """Started and never answered, within the in-flight grace: its answer may still come, so a
     verdict now could contradict it (the reconciler waits as long)."""

@@ -370,17 +370,22 @@ async def test_a_refunded_webhook_during_a_lost_refund_counts_it_once(slow_gw: G
 
 
 def _hold_refund_answer(
-    monkeypatch: pytest.MonkeyPatch, gw: Gateway, status: PaymentStatus | None = None
+    monkeypatch: pytest.MonkeyPatch,
+    gw: Gateway,
+    status: PaymentStatus | None = None,
+    *,
+    operation: Operation = Operation.REFUND,
 ) -> tuple[asyncio.Event, asyncio.Event]:
-    """Refund calls reach the provider, then their answer waits for ``release``
-    (``provider_done`` is set once the provider has acted); ``status`` replaces the answer's."""
+    """Refund (or ``operation``) calls reach the provider, then their answer waits for
+    ``release`` (``provider_done`` is set once the provider has acted); ``status`` replaces the
+    answer's."""
     service = gw.resources.payments
     invoke = service._invoke
     provider_done, release = asyncio.Event(), asyncio.Event()
 
     async def held(*args: Any) -> PaymentResult:
         result: PaymentResult = await invoke(*args)
-        if args[2] is Operation.REFUND:
+        if args[2] is operation:
             provider_done.set()
             await release.wait()
             if status is not None:
@@ -605,3 +610,41 @@ async def test_a_partial_refund_answered_refunded_counts_only_its_amount(
     assert body["status"] == "partially_refunded" and body["refunded"]["value"] == 300, body
     status, body, _ = await _post(gw, refunds)
     assert status == 201 and body["refunded"]["value"] == 1000, body
+
+
+@pytest.mark.parametrize("operation", [Operation.CAPTURE, Operation.REFUND])
+async def test_an_answer_after_the_reconciler_settled_the_call_is_not_counted_again(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, operation: Operation
+) -> None:
+    """The process stalls past the in-flight grace with a partial capture (or refund) made at
+    the provider and its answer not yet read; the reconciler settles the call by the
+    provider's totals. When the answer is finally read, the amount is already counted: the
+    merchant gets the payment as it is, with the amount counted once (not twice, not a 409)."""
+    pay = await _paid(gw, capture=operation is Operation.REFUND)
+    provider_done, release = _hold_refund_answer(monkeypatch, gw, operation=operation)
+    path = f"/v1/payments/{pay['id']}/" + (
+        "capture" if operation is Operation.CAPTURE else "refunds"
+    )
+    call = asyncio.create_task(_post(gw, path, {"amount": {"value": 400, "currency": "EUR"}}))
+    await provider_done.wait()
+    await _due_now(gw)  # the in-flight grace has passed
+    report = await reconcile_once(gw.resources.payment_store, gw.resources.payments)
+    assert (report.claimed, report.settled) == (1, 1), report
+    settled = await _get(gw, pay["id"])
+    field = "captured" if operation is Operation.CAPTURE else "refunded"
+    assert settled[field]["value"] == 400, settled
+    release.set()
+    status, body, _ = await call
+    assert status in (200, 201), body
+    assert body[field]["value"] == 400, body
+    after = await _get(gw, pay["id"])
+    assert after[field]["value"] == 400, after
+    attempts = [a for a in after["attempts"] if a["operation"] == operation.value]
+    assert [a["outcome"] for a in attempts] == ["succeeded"], after
+    if operation is Operation.REFUND:
+        assert [(r["status"], r["amount"]["value"]) for r in after["refunds"]] == [
+            ("succeeded", 400)
+        ], after
+    else:
+        status, rest, _ = await _post(gw, f"/v1/payments/{pay['id']}/capture")
+        assert status == 200 and rest["captured"]["value"] == 1000, rest
