@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel
 
 from gateway.problems import HttpProblem
@@ -58,6 +59,12 @@ async def read_raw_body(request: web.Request, *, read_timeout: float, max_size: 
         raise HttpProblem(408, "request_timeout", "The request body arrived too slowly.") from None
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(max_size) from None
+    except RequestPayloadError:
+        # A body aiohttp could not read: a Content-Encoding that does not decode, a broken
+        # chunked framing. The client's fault (400), not the gateway's (a 500 before).
+        raise HttpProblem(
+            400, "http_error", "The request body could not be read (framing or Content-Encoding)."
+        ) from None
     if len(body) > max_size:
         raise _too_large(max_size)
     return body

@@ -107,7 +107,16 @@ def parse_tokenize_request(data: Any) -> tuple[CardData, TokenFormatName, int | 
 class BatchTokenizeRequest(DomainModel):
     """Items are validated one by one so one bad card fails only its own slot."""
 
-    cards: Annotated[list[Any], Field(min_length=1)]
+    cards: Annotated[
+        list[Any],
+        Field(
+            min_length=1,
+            description="Cards, each as in `POST /v1/tokens`; at most the gateway's "
+            "`max_cards_per_request` (default 1,000; more is 413 `batch_too_large`).",
+            # Published as cards (they are parsed one by one, so one bad card fails alone).
+            json_schema_extra={"items": {"$ref": "#/components/schemas/CardData"}},
+        ),
+    ]
     format: TokenFormatName = "opaque"
     ttl_seconds: TtlSeconds | None = None
 

@@ -369,16 +369,18 @@ class TokenStore:
         return len(rows)
 
     async def refresh_card(self, record: TokenRecord) -> None:
-        """Overwrite a token's encrypted payload and expiry (a dedup hit on a renewed card)."""
+        """Overwrite a token's encrypted payload, card expiry and token expiry (a dedup hit
+        that brings a renewed card, a holder name or a longer lifetime)."""
         await self._db.execute(
             "UPDATE vault_tokens SET ciphertext = $3, key_version = $4, exp_month = $5,"
-            " exp_year = $6 WHERE tenant = $1 AND id = $2",
+            " exp_year = $6, expires_at = $7 WHERE tenant = $1 AND id = $2",
             record.tenant,
             record.id,
             record.ciphertext,
             record.key_version,
             record.exp_month,
             record.exp_year,
+            None if record.expires_at is None else _to_micros(record.expires_at),
         )
 
     # -- reads ----------------------------------------------------------------------------------

@@ -257,7 +257,9 @@ class TokenizationService:
         now = self._clock.now()
         record = self._record(tenant, card, pan, fingerprint, ciphertext, now, token_format,
                               ttl_seconds, dedup)  # fmt: skip
-        (outcome,) = await self._persist(tenant, (record,), (pan,), now)
+        (outcome,) = await self._persist(
+            tenant, (record,), (pan,), (card.holder_name is not None,), now
+        )
         if isinstance(outcome, TesseraError):
             raise outcome
         stored, created = outcome
@@ -273,12 +275,14 @@ class TokenizationService:
         token_format: TokenFormat = "opaque",  # noqa: S107 - a format name, not a secret
         ttl_seconds: int | None = None,
         dedup: bool = False,
-    ) -> list[TokenRecord | TesseraError]:
-        """Tokenize a batch: one result per card, in order, a ``TesseraError`` for a failed item.
+    ) -> list[tuple[TokenRecord, bool] | TesseraError]:
+        """Tokenize a batch: one result per card, in order, ``(record, created)`` as
+        ``tokenize`` returns it, or a ``TesseraError`` for a failed item.
 
         Cards are validated ``CardData`` already (the gateway reports invalid items itself). An
         item fails alone when Vault refuses that item; a Vault outage raises for the whole batch,
-        and then nothing is stored. With dedup, an already-known card yields its existing token.
+        and then nothing is stored. With dedup, an already-known card yields its existing token
+        (``created`` False), as does a second copy of a card within the batch.
         """
         _check_options(token_format, ttl_seconds)
         if not cards:
@@ -292,7 +296,7 @@ class TokenizationService:
             self._encrypt_many(pan_key, payloads),
         )
         now = self._clock.now()
-        results: list[TokenRecord | TesseraError] = []
+        results: list[tuple[TokenRecord, bool] | TesseraError] = []
         records: list[TokenRecord] = []
         record_pans: list[str] = []
         positions: list[int] = []
@@ -309,14 +313,17 @@ class TokenizationService:
                                         token_format, ttl_seconds, dedup))  # fmt: skip
             record_pans.append(pan)
             positions.append(index)
-            results.append(records[-1])  # placeholder, replaced below
-        outcomes = await self._persist(tenant, records, record_pans, now)
+            results.append((records[-1], True))  # placeholder, replaced below
+        named = [cards[index].holder_name is not None for index in positions]
+        outcomes = await self._persist(tenant, records, record_pans, named, now)
+        # Copies of one card in the batch (dedup) all show the token as it ended up.
+        latest = {o[0].id: o[0] for o in outcomes if not isinstance(o, TesseraError)}
         for index, outcome in zip(positions, outcomes, strict=True):
             if isinstance(outcome, TesseraError):
                 results[index] = outcome
                 continue
-            stored = outcome[0]
-            results[index] = stored
+            stored = latest[outcome[0].id]
+            results[index] = (stored, outcome[1])
             cvc = cards[index].cvc
             if cvc is not None:
                 self._cvv.put(tenant, stored.id, cvc)
@@ -350,8 +357,11 @@ class TokenizationService:
         The audit entry is written first: if it cannot be (say the actor text holds a card
         number), nothing is deleted, so no deletion ever goes unrecorded.
         """
-        if not is_token_id(token_id) or await self._store.get(tenant, token_id) is None:
+        if not is_token_id(token_id):
             raise TokenNotFoundError()
+        record = await self._store.get(tenant, token_id)
+        if record is None or record.is_expired(self._clock.now()):
+            raise TokenNotFoundError()  # expired is gone, as for ``get``; the sweeper deletes it
         await self._audit.append(
             actor=actor, action=AuditAction.TOKEN_DELETE, tenant=tenant, target=token_id
         )
@@ -463,9 +473,16 @@ class TokenizationService:
         )
 
     async def _persist(
-        self, tenant: str, records: Sequence[TokenRecord], pans: Sequence[str], now: datetime
+        self,
+        tenant: str,
+        records: Sequence[TokenRecord],
+        pans: Sequence[str],
+        named: Sequence[bool],
+        now: datetime,
     ) -> list[tuple[TokenRecord, bool] | TesseraError]:
         """Insert ``records``, resolving conflicts: dedup hits, expired holders, id collisions.
+        ``named``: whether each record's card came with a holder name (a dedup hit keeps the
+        stored name otherwise).
 
         The first insert shares a statement with concurrent requests (group commit); the rare
         retries go alone, ``_INSERT_ATTEMPTS`` inserts in all.
@@ -505,7 +522,10 @@ class TokenizationService:
                     expired_keys.append(holder.dedup_key or "")
                     pending.append(i)
                 else:
-                    outcomes[i] = (await self._refresh_if_renewed(holder, record), False)
+                    refreshed = await self._refresh(holder, record, named[i])
+                    if record.dedup_key:  # a later copy of the card in this batch sees it
+                        holders[record.dedup_key] = refreshed
+                    outcomes[i] = (refreshed, False)
             if expired_keys:
                 await self._store.delete_expired_dedup(tenant, expired_keys, now)
             if not pending or attempts == _INSERT_ATTEMPTS:
@@ -515,18 +535,37 @@ class TokenizationService:
             inserted = await self._store.insert_many([current[i] for i in pending])
         return [TokenAllocationError() if outcome is None else outcome for outcome in outcomes]
 
-    async def _refresh_if_renewed(self, holder: TokenRecord, fresh: TokenRecord) -> TokenRecord:
-        """A dedup hit with a different expiry is a re-issued card: take the new expiry."""
-        if (holder.exp_month, holder.exp_year) == (fresh.exp_month, fresh.exp_year):
-            return holder
-        renewed = dataclasses.replace(
-            holder,
-            ciphertext=fresh.ciphertext,
-            key_version=fresh.key_version,
-            exp_month=fresh.exp_month,
-            exp_year=fresh.exp_year,
-        )
-        await self._store.refresh_card(renewed)
+    async def _refresh(self, holder: TokenRecord, fresh: TokenRecord, named: bool) -> TokenRecord:
+        """A dedup hit: the stored token, with what the request says that is not older.
+
+        - A later expiry is a re-issued card: the token takes it. An earlier one is an old copy
+          of the card (a saved form, an old file): nothing of it is taken, so it never
+          downgrades a renewed card.
+        - A holder name (it is in the encrypted payload), with an expiry no older than the
+          stored one, replaces the stored payload; without one the stored payload, and the
+          name in it, stays.
+        - The token lives as long as the longer of the two asks: a token asked for without
+          ``ttl_seconds`` loses its expiry, a shorter TTL never shortens it, and a token held
+          without expiry keeps none (the card is already held for good).
+        """
+        renewed = holder
+        fresh_expiry, held_expiry = (fresh.exp_year, fresh.exp_month), (
+            holder.exp_year, holder.exp_month,
+        )  # fmt: skip
+        if fresh_expiry > held_expiry:
+            renewed = dataclasses.replace(
+                renewed, exp_month=fresh.exp_month, exp_year=fresh.exp_year
+            )
+        if named and fresh_expiry >= held_expiry:
+            renewed = dataclasses.replace(
+                renewed, ciphertext=fresh.ciphertext, key_version=fresh.key_version
+            )
+        if holder.expires_at is not None and (
+            fresh.expires_at is None or fresh.expires_at > holder.expires_at
+        ):
+            renewed = dataclasses.replace(renewed, expires_at=fresh.expires_at)
+        if renewed is not holder:
+            await self._store.refresh_card(renewed)
         return renewed
 
     @staticmethod

@@ -89,8 +89,8 @@ async def create_tokens_batch(request: web.Request) -> web.Response:
             if isinstance(outcome, TesseraError):
                 results[index] = {"error": {"code": outcome.code, "detail": outcome.detail}}
             else:
-                results[index] = token_view(outcome)
-                created += 1
+                results[index] = token_view(outcome[0])
+                created += outcome[1]  # a dedup hit returns a token made earlier
         resources.metrics.count_tokens(body.format, created)
     return json_response({"results": results})
 

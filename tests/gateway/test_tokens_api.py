@@ -77,6 +77,15 @@ async def test_dedup_merchant_gets_existing_token_with_200(make_gateway: Any) ->
     assert second["id"] == first["id"]
 
 
+async def test_dedup_hits_in_a_batch_are_not_counted_as_new_tokens(make_gateway: Any) -> None:
+    gw = await make_gateway(dedup=True)
+    await _post(gw, "/v1/tokens", {"card": CARD})
+    status, _, body = await _post(gw, "/v1/tokens/batch", {"cards": [CARD] * 5})
+    assert status == 200 and len({r["id"] for r in body["results"]}) == 1, body
+    text = await (await gw.client.get("/metrics")).text()
+    assert 'tessera_tokens_created_total{format="opaque"} 1.0' in text
+
+
 async def test_fingerprints_are_keyed_per_merchant(gateway: Gateway) -> None:
     _, other_key = await gateway.add_merchant()
     _, _, mine = await _post(gateway, "/v1/tokens", {"card": CARD})
@@ -197,6 +206,18 @@ async def test_malformed_bodies(gateway: Gateway, raw: bytes, status: int, code:
     )
     assert resp.status == status
     assert (await resp.json())["code"] == code
+
+
+@pytest.mark.parametrize("path", ["/v1/tokens", "/v1/tokens/batch", "/v1/payments"])
+async def test_a_body_that_does_not_decode_is_400(gateway: Gateway, path: str) -> None:
+    """A ``Content-Encoding`` the body does not match: the client's error, not a 500."""
+    resp = await gateway.client.post(
+        path,
+        data=b"not gzip at all",
+        headers={**gateway.auth, "Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["code"] == "http_error"
 
 
 async def test_wrong_content_type_is_415(gateway: Gateway) -> None:

@@ -19,7 +19,7 @@ from vault.tokenization import TokenizationService
 async def _tokenize(service: TokenizationService, tenant: str, count: int) -> list[TokenRecord]:
     cards = [card() for _ in range(count)]
     results = await service.tokenize_many(tenant, cards, dedup=True)
-    records = [r for r in results if not isinstance(r, TesseraError)]
+    records = [r[0] for r in results if not isinstance(r, TesseraError)]
     assert len(records) == count
     return records
 
@@ -33,7 +33,7 @@ async def test_rotation_rewraps_everything_and_retires_the_old_version(
 ) -> None:
     cards = [card() for _ in range(450)]
     results = await service.tokenize_many(tenant, cards, dedup=True)
-    records = [r for r in results if not isinstance(r, TesseraError)]
+    records = [r[0] for r in results if not isinstance(r, TesseraError)]
     old_ciphertext = records[0].ciphertext
 
     report = await rotate_tenant_keys(

@@ -118,6 +118,68 @@ async def test_dedup_hit_takes_a_renewed_expiry(service: TokenizationService, te
     assert revealed.holder_name == "New Name" and revealed.exp_year == year + 4
 
 
+async def test_a_dedup_hit_never_takes_an_older_card(
+    service: TokenizationService, tenant: str
+) -> None:
+    """An old copy of a renewed card (a saved form, an old file) changes nothing; a holder name
+    replaces the stored one only with an expiry no older; no name keeps the stored one."""
+    pan = random_pan()
+    year = datetime.now(UTC).year
+
+    async def stored() -> tuple[int, str | None]:
+        revealed = await service.reveal(tenant, first.id, purpose="test", actor="test")
+        return revealed.exp_year, revealed.holder_name
+
+    first, _ = await service.tokenize(
+        tenant, card(pan, exp_year=year + 1, holder_name="A"), dedup=True
+    )
+    renewed, _ = await service.tokenize(tenant, card(pan, exp_year=year + 4), dedup=True)
+    assert renewed.id == first.id and renewed.exp_year == year + 4
+    assert await stored() == (year + 4, "A")  # renewed; the name kept
+    old, created = await service.tokenize(
+        tenant, card(pan, exp_year=year + 1, holder_name="Old"), dedup=True
+    )
+    assert not created and old.id == first.id and old.exp_year == year + 4
+    assert await stored() == (year + 4, "A")  # the old copy took nothing
+    await service.tokenize(tenant, card(pan, exp_year=year + 4, holder_name="B"), dedup=True)
+    assert await stored() == (year + 4, "B")
+
+
+async def test_a_dedup_hit_never_shortens_a_token(
+    service: TokenizationService, tenant: str, clock: FakeClock
+) -> None:
+    """The token lives as long as the longest ask: a request without TTL makes it permanent,
+    a longer TTL extends it, a shorter one or a TTL on a permanent token changes nothing."""
+    pan = random_pan()
+    first, _ = await service.tokenize(tenant, card(pan), ttl_seconds=60, dedup=True)
+    longer, created = await service.tokenize(tenant, card(pan), ttl_seconds=600, dedup=True)
+    assert not created and longer.id == first.id and longer.expires_at is not None
+    assert (longer.expires_at - first.created_at).total_seconds() == 600
+    shorter, _ = await service.tokenize(tenant, card(pan), ttl_seconds=60, dedup=True)
+    assert shorter.expires_at == longer.expires_at
+    forever, _ = await service.tokenize(tenant, card(pan), dedup=True)
+    assert forever.id == first.id and forever.expires_at is None
+    again, _ = await service.tokenize(tenant, card(pan), ttl_seconds=60, dedup=True)
+    assert again.expires_at is None
+    clock.advance(3600)
+    assert (await service.get(tenant, first.id)).expires_at is None  # stored, not only returned
+
+
+async def test_copies_of_a_card_in_one_batch_show_the_token_as_it_ended(
+    service: TokenizationService, tenant: str
+) -> None:
+    pan = random_pan()
+    year = datetime.now(UTC).year
+    results = await service.tokenize_many(
+        tenant, [card(pan, exp_year=year + y) for y in (1, 4, 2)], dedup=True
+    )
+    assert [r[1] for r in results if not isinstance(r, TesseraError)] == [True, False, False]
+    records = [r[0] for r in results if not isinstance(r, TesseraError)]
+    assert {r.id for r in records} == {records[0].id}
+    assert [r.exp_year for r in records] == [year + 4] * 3
+    assert (await service.get(tenant, records[0].id)).exp_year == year + 4
+
+
 async def test_delete_is_audited_and_forgets(
     service: TokenizationService, tenant: str, audit: AuditLog, cvv: CvvHolder
 ) -> None:
@@ -150,6 +212,8 @@ async def test_expiry_and_sweeper(
     clock.advance(2)
     with pytest.raises(TokenNotFoundError):
         await service.get(tenant, short.id)
+    with pytest.raises(TokenNotFoundError):  # gone for DELETE too, before the sweeper runs
+        await service.delete(tenant, short.id, actor="merchant:acme")
     assert await service.find(tenant, short.fingerprint) == []
     with pytest.raises(TokenNotFoundError):
         await service.reveal(tenant, short.id, purpose="egress", actor="svc")
@@ -311,8 +375,9 @@ async def test_batch_with_invalid_items_and_duplicates(
     assert len(results) == 3
     first, duplicate, mastercard = results
     assert not isinstance(first, TesseraError) and not isinstance(duplicate, TesseraError)
-    assert duplicate.id == first.id  # dedup inside one batch
-    assert not isinstance(mastercard, TesseraError) and mastercard.brand == "mastercard"
+    assert duplicate[0].id == first[0].id  # dedup inside one batch
+    assert (first[1], duplicate[1]) == (True, False)
+    assert not isinstance(mastercard, TesseraError) and mastercard[0].brand == "mastercard"
     assert await service.tokenize_many(tenant, []) == []
 
 
@@ -320,7 +385,7 @@ async def test_batch_of_a_thousand(service: TokenizationService, tenant: str) ->
     cards = [card(cvc="999") for _ in range(1000)]
     results = await service.tokenize_many(tenant, cards, token_format="numeric", ttl_seconds=600)
     assert all(not isinstance(r, TesseraError) for r in results)
-    ids = [r.id for r in results if not isinstance(r, TesseraError)]
+    ids = [r[0].id for r in results if not isinstance(r, TesseraError)]
     assert len(set(ids)) == 1000
     for pan_card, token_id in zip(cards[:20], ids[:20], strict=True):
         revealed = await service.reveal(
@@ -590,7 +655,9 @@ async def test_canary_leaves_no_trace(
         tenant, card(canary.pan, cvc=canary.cvc, holder_name="Canary"), dedup=True
     )
     numeric, _ = await service.tokenize(tenant, card(canary.pan), token_format="numeric")
-    (batch_record,) = await service.tokenize_many(tenant, [card(canary.pan, cvc=canary.cvc)])
+    (batch,) = await service.tokenize_many(tenant, [card(canary.pan, cvc=canary.cvc)])
+    assert not isinstance(batch, TesseraError)
+    batch_record = batch[0]
     revealed = await service.reveal(
         tenant, record.id, purpose="egress:canary", actor="svc:test", consume_cvc=True
     )
