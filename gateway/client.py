@@ -37,6 +37,7 @@ import asyncio
 import functools
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Mapping
@@ -127,6 +128,12 @@ class Attempt(_View):
     operation: str | None = None
     outcome: str | None = None
     status: str | None = None
+    #: Why the call did not complete: a decline code, or the refusal's code for ``not_sent``.
+    error_code: str | None = None
+    provider_reference: str | None = None
+    amount: Amount | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class Refund(_View):
@@ -249,9 +256,16 @@ class _Call(Generic[T]):
         return headers
 
 
+#: What the gateway accepts as an ``Idempotency-Key`` (else 400 ``invalid_idempotency_key``).
+_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
 def _post(
     path: str, payload: Mapping[str, object], parse: Callable[[Any], T], key: str | None
 ) -> _Call[T]:
+    if key is not None and (_KEY.fullmatch(key) is None or not key.strip()):
+        # Checked here: a non-ASCII key cannot even be put in a header (UnicodeEncodeError).
+        raise ValueError("idempotency_key must be 1 to 255 printable ASCII characters.")
     # One key per logical call, made here once: every retry of this _Call sends it again.
     return _Call("POST", path, parse, orjson.dumps(payload), key or str(uuid.uuid4()))
 

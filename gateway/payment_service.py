@@ -601,7 +601,17 @@ class PaymentService:
     ) -> PaymentRecord:
         """Ask the provider for the payment's state and converge on it."""
         payment = await self._store.get_payment(merchant.id, payment_id)
-        if payment.connector is None or payment.provider_reference is None:
+        if payment.connector is None:
+            return payment
+        if payment.provider_reference is None:
+            # No provider id yet: the authorization's answer was lost (``unknown``). Settle it
+            # now as the reconciler would (a sync by the payment id it was sent with, or a
+            # replay with its own provider key) instead of leaving the merchant to wait.
+            attempts = await self._store.attempts(payment.id)
+            lost = [a for a in attempts if a.operation in _CREATE_OPERATIONS]
+            if lost and lost[-1].outcome is Outcome.UNKNOWN:
+                await self.reconcile(lost[-1], correlation_id=correlation_id)
+                return await self._store.get_payment(merchant.id, payment_id)
             return payment
         attempt = await self._start_follow_up(payment, Operation.SYNC)
         request = SyncRequest(
@@ -644,8 +654,16 @@ class PaymentService:
         *,
         correlation_id: str | None = None,
     ) -> PaymentRecord:
-        """The customer is back from a redirect (3-D Secure, bank): finish the authorization."""
+        """The customer is back from a redirect (3-D Secure, bank): finish the authorization.
+
+        A payment that went through the redirect and has moved on already (a webhook, a sync
+        or the reconciler got there first) is returned as it is: the customer's return is
+        not an error."""
         payment = await self._store.get_payment(merchant.id, payment_id)
+        if payment.status is not PaymentStatus.REQUIRES_ACTION and payment.connector is not None:
+            attempts = await self._store.attempts(payment.id)
+            if any(a.status is PaymentStatus.REQUIRES_ACTION for a in attempts):
+                return payment
         if payment.status is not PaymentStatus.REQUIRES_ACTION or payment.connector is None:
             raise IllegalTransitionError(
                 f"Only a payment that requires action can be completed; this one is "
@@ -1193,12 +1211,24 @@ class PaymentService:
         correlation_id: str | None,
     ) -> PaymentResult:
         """Invoke for ``attempt``. Errors the runtime raises mean nothing was sent: the attempt
-        is recorded ``not_sent`` with the error's code, and the error propagates (a 503/504)."""
+        is recorded ``not_sent`` with the error's code, and the error propagates (a 503/504).
+        So does a ``not_sent`` answer (the connection was refused, the provider throttled until
+        the retries ran out): ``ConnectorUnavailableError``, 503 with ``Retry-After``, rather
+        than the unchanged payment with a 200 that reads as if the operation had happened."""
         try:
-            return await self._invoke(tenant, attempt.connector, operation, request, correlation_id)
+            result = await self._invoke(
+                tenant, attempt.connector, operation, request, correlation_id
+            )
+            if result.outcome is Outcome.NOT_SENT:
+                raise ConnectorUnavailableError(
+                    f"The provider did not take the {operation.value} (nothing was done); "
+                    f"retry it.",
+                    retry_after=1,
+                )
         except TesseraError as exc:
             await self._store.finish_attempt(attempt, PaymentResult.not_sent(), error_code=exc.code)
             raise
+        return result
 
     async def _settle(
         self,

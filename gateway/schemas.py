@@ -18,8 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from gateway.payments.records import RefundStatus, contains_pan
 from normalization.methods import CardData, PaymentMethod, PaymentMethodType
-from normalization.money import Money
-from normalization.requests import Metadata
+from normalization.requests import Metadata, PositiveMoney
 from normalization.results import Decline, NextAction, Outcome, PaymentStatus
 from normalization.validation import DomainModel
 
@@ -111,10 +110,12 @@ class BatchTokenizeRequest(DomainModel):
         list[Any],
         Field(
             min_length=1,
-            description="Cards, each as in `POST /v1/tokens`; at most the gateway's "
-            "`max_cards_per_request` (default 1,000; more is 413 `batch_too_large`).",
-            # Published as cards (they are parsed one by one, so one bad card fails alone).
-            json_schema_extra={"items": {"$ref": "#/components/schemas/CardData"}},
+            # Items stay unconstrained in the schema: any item is accepted, and one that is not
+            # a valid card fails alone (its slot in ``results`` holds the error), not the batch.
+            description="Cards, each a `CardData` as in `POST /v1/tokens`; an item that is not "
+            "a valid card gets an error in its slot of `results`, the others are tokenized. At "
+            "most the gateway's `max_cards_per_request` (default 1,000; more is 413 "
+            "`batch_too_large`).",
         ),
     ]
     format: TokenFormatName = "opaque"
@@ -176,10 +177,14 @@ _NoControlCharacters = AfterValidator(_refuse_control_characters)
 _NoNul = AfterValidator(_refuse_nul)
 
 
+_POSITIVE = "At least one minor unit (`value` >= 1): 422 `invalid_amount` otherwise."
+
+
 class CreatePaymentRequest(DomainModel):
     """``POST /v1/payments``."""
 
-    amount: Money
+    #: Positive here, before anything is written (a zero amount left a payment behind).
+    amount: Annotated[PositiveMoney, Field(description=_POSITIVE)]
     payment_method: PaymentMethod
     #: Strict: ``"false"`` or ``0`` must not be read as a decision about capturing money.
     capture: StrictBool = False
@@ -216,7 +221,7 @@ class CreatePaymentRequest(DomainModel):
 class AmountRequest(DomainModel):
     """Capture and refund bodies: an optional amount; omitted means the whole remaining one."""
 
-    amount: Money | None = None
+    amount: Annotated[PositiveMoney, Field(description=_POSITIVE)] | None = None
 
 
 class CompleteRequest(DomainModel):

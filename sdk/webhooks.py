@@ -109,7 +109,10 @@ class TimestampedHmacScheme:
                 timestamp = item
             elif key == self.scheme:
                 signatures.append(item)
-        if timestamp is None or not (timestamp.isascii() and timestamp.isdigit()):
+        # Unix seconds: up to 12 digits (int() of thousands of digits is slow, then refused).
+        if timestamp is None or not (
+            timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12
+        ):
             raise WebhookVerificationError("The webhook signature has no valid timestamp.")
         if not signatures:
             raise WebhookVerificationError(f"The webhook has no {self.scheme} signature.")

@@ -279,7 +279,10 @@ def _card_problem(card: WireCard, today: datetime) -> str | None:
     return None
 
 
-_MESSAGES = {card.code: card.description for card in MAGIC_CARDS if card.code}
+# A decline's message: the card that declines with it (not a pending card that settles so).
+_MESSAGES = {
+    card.code: card.description for card in MAGIC_CARDS if card.code and card.behaviour == "decline"
+}
 _MESSAGES.update(
     authentication_failed="3-D Secure authentication failed.",
     invalid_card_number="The card number is not valid.",

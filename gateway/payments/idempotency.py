@@ -28,9 +28,11 @@ that another process may take over once the lease lapses. The handler then gets 
 idempotency keys) instead of charging again. Leases compare the processes' wall clocks: keep
 them synchronized (NTP); skew must stay well below ``claim_lease_seconds``.
 
-Handlers return business errors (a 402 decline, a 409 illegal capture, a 422) as storable
-results, so that a retry sees the same answer; they raise, or return ``storable=False``, only
-for transient failures after which running again is right.
+Handlers return business answers (a 402 decline, a 409 the payment's state refuses) as
+storable results, so that a retry sees the same answer; they raise, or return
+``storable=False``, for what running again may change: a request that failed validation (422,
+before anything ran), a conflict with a concurrent operation (409 ``operation_in_progress``),
+a transient failure (5xx).
 """
 
 from __future__ import annotations

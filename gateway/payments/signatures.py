@@ -70,7 +70,10 @@ def verify_signature(
             timestamp = value
         elif name == _SCHEME:
             signatures.append(value)
-    if timestamp is None or not (timestamp.isascii() and timestamp.isdigit()):
+    # Unix seconds: up to 12 digits (int() of thousands of digits is slow, then refused).
+    if timestamp is None or not (
+        timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12
+    ):
         raise InvalidSignatureError("The signature has no valid timestamp.")
     if not signatures:
         raise InvalidSignatureError(f"The signature has no {_SCHEME} entry.")

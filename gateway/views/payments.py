@@ -11,7 +11,7 @@ Follow-up responses: 200 with the payment when the provider did it; 202 when the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -27,7 +27,7 @@ from gateway.payments import (
     PaymentRecord,
     RefundRecord,
 )
-from gateway.problems import PROBLEM_CONTENT_TYPE, HttpProblem
+from gateway.problems import PROBLEM_CONTENT_TYPE, HttpProblem, problem_response
 from gateway.schemas import (
     CONTROL_CHARACTERS,
     AmountRequest,
@@ -35,7 +35,7 @@ from gateway.schemas import (
     CreatePaymentRequest,
 )
 from normalization import Money, Outcome
-from normalization.errors import PaymentNotFoundError
+from normalization.errors import IllegalTransitionError, PaymentNotFoundError
 
 __all__ = ["payment_view", "setup"]
 
@@ -118,13 +118,24 @@ async def _idempotent(request: web.Request, handler: Handler) -> web.Response:
         request, read_timeout=server.read_timeout, max_size=server.client_max_size, optional=True
     )
     key = request.headers.get("Idempotency-Key")
+
+    async def guarded(claim: IdempotencyClaim) -> HandlerResult:
+        try:
+            return await handler(claim, body)
+        except IllegalTransitionError as exc:
+            # What the payment's state refuses (a refund of an uncaptured payment, more than
+            # is capturable) is the request's answer, stored as Stripe stores an answer once
+            # the request has begun: a retry with the key gets this 409 again rather than
+            # running on whatever the payment has become since. Validation errors (422, before
+            # anything ran), conflicts with a concurrent operation (409
+            # ``operation_in_progress``) and outages (5xx) are not stored: a retry runs.
+            problem = problem_response(409, exc.code, exc.detail, request_id=request[REQUEST_ID])
+            return HandlerResult(
+                409, cast(bytes, problem.body), {"Content-Type": PROBLEM_CONTENT_TYPE}
+            )
+
     response = await resources.idempotency.run(
-        merchant.id,
-        key,
-        request.method,
-        request.path,
-        body,
-        lambda claim: handler(claim, body),
+        merchant.id, key, request.method, request.path, body, guarded
     )
     headers = dict(response.headers)
     if response.replayed:

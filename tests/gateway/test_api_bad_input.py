@@ -218,6 +218,17 @@ async def test_a_chunked_webhook_over_the_limit_is_413(gw: Gateway) -> None:
     await _problem(resp, 413, "payload_too_large")
 
 
+async def test_a_webhook_with_a_huge_timestamp_is_400(gw: Gateway) -> None:
+    """Anyone may post to the webhook route: a signature whose timestamp has thousands of
+    digits is refused like any bad signature (``int()`` raised ValueError: a 500)."""
+    resp = await gw.client.post(
+        "/v1/webhooks/sandbox",
+        data=b"{}",
+        headers={"Content-Type": "application/json", "Sandbox-Signature": f"t={'1' * 5000},v1=ab"},
+    )
+    await _problem(resp, 400, "webhook_verification_failed")
+
+
 def test_the_document_lists_what_the_webhook_route_answers() -> None:
     doc = build_openapi()
     responses = doc["paths"]["/v1/webhooks/{connector}"]["post"]["responses"]

@@ -147,9 +147,9 @@ def test_refinements_are_what_the_models_enforce() -> None:
         with pytest.raises(ValidationError):
             TokenizeRequest.model_validate(bad)
     maximum = REFINEMENTS[("Money", "value")]["maximum"]
-    for value in (0, maximum):
+    for value in (1, maximum):  # a request's amount is positive (its field says so)
         AmountRequest.model_validate({"amount": {"value": value, "currency": "EUR"}})
-    for bad_money in ({"value": -1}, {"value": maximum + 1}, {"currency": "eur"}):
+    for bad_money in ({"value": 0}, {"value": -1}, {"value": maximum + 1}, {"currency": "eur"}):
         with pytest.raises(ValidationError):
             AmountRequest.model_validate({"amount": {"value": 1, "currency": "EUR", **bad_money}})
 

@@ -182,6 +182,12 @@ async def test_declines_are_values_with_normalized_codes(
     assert pay["decline"]["code"] == code and pay["decline"]["provider_code"]
     assert pay["attempts"][0]["outcome"] == "declined"
     assert number not in json.dumps(pay)
+    # The merchant client reads every attempt field the gateway sends (error_code was dropped).
+    from gateway.client import Payment
+
+    [attempt] = Payment.model_validate(pay).attempts
+    assert attempt.error_code == code and attempt.amount is not None
+    assert attempt.started_at is not None and attempt.finished_at is not None
 
 
 async def test_3ds_redirect_then_complete(gw: Gateway, sandbox: Any) -> None:
@@ -382,3 +388,120 @@ async def test_unknown_payment_is_404(gw: Gateway) -> None:
     resp = await gw.client.get("/v1/payments/pay_doesnotexist", headers=gw.auth)
     assert resp.status == 404
     assert (await resp.json())["code"] == "payment_not_found"
+
+
+@pytest.mark.parametrize("operation", ["capture", "refunds"])
+async def test_a_follow_up_the_provider_did_not_take_is_503_and_changes_nothing(
+    make_gateway: MakeGateway, sandbox: Any, operation: str
+) -> None:
+    """The provider throttles (429) until the retries run out: nothing was done, so the
+    merchant gets 503 ``connector_unavailable`` with ``Retry-After``, not the unchanged payment
+    with a 200 that reads as a capture; the answer is not stored under the key, so a retry
+    runs again."""
+    gw = await make_gateway(connectors={"sandbox": sandbox_connector(sandbox, retry_attempts=1)})
+    token = await _tokenize(gw)
+    status, pay = await _post(
+        gw, "/v1/payments", _payment(token, 300_000, capture=operation == "refunds")
+    )
+    assert status == 201, pay
+    path = f"/v1/payments/{pay['id']}/{operation}"
+    headers = {**gw.auth, "Idempotency-Key": f"throttled-{operation}"}
+    for _ in range(2):
+        resp = await gw.client.post(
+            path, json={"amount": {"value": 99429, "currency": "EUR"}}, headers=headers
+        )
+        problem = await resp.json()
+        assert resp.status == 503 and problem["code"] == "connector_unavailable", problem
+        assert float(resp.headers["Retry-After"]) >= 1
+        assert resp.headers.get("Idempotent-Replayed") != "true"
+    after = await (await gw.client.get(f"/v1/payments/{pay['id']}", headers=gw.auth)).json()
+    assert (after["status"], after["captured"]["value"], after["refunded"]["value"]) == (
+        pay["status"],
+        pay["captured"]["value"],
+        0,
+    ), after
+    sent = [a for a in after["attempts"] if a["operation"] != "authorize"]
+    assert [(a["outcome"], a["error_code"]) for a in sent] == [
+        ("not_sent", "connector_unavailable")
+    ] * 2, after
+    if operation == "refunds":
+        assert [r["status"] for r in after["refunds"]] == ["failed", "failed"], after
+
+
+async def test_a_zero_amount_is_refused_before_anything_is_written(gw: Gateway) -> None:
+    """422 ``invalid_amount`` with nothing left behind (it left a ``pending`` payment, which
+    the same key then resumed into a 201)."""
+    token = await _tokenize(gw)
+    body = _payment(token, 0, reference="zero-amount")
+    for _ in range(2):
+        status, problem = await _post(gw, "/v1/payments", body, key="zero-amount")
+        assert status == 422 and problem["code"] == "invalid_amount", problem
+    resp = await gw.client.get("/v1/payments?reference=zero-amount", headers=gw.auth)
+    assert (await resp.json())["data"] == []
+    status, pay = await _post(gw, "/v1/payments", _payment(token))
+    for path in ("capture", "refunds"):
+        status, problem = await _post(
+            gw, f"/v1/payments/{pay['id']}/{path}", {"amount": {"value": 0, "currency": "EUR"}}
+        )
+        assert status == 422 and problem["code"] == "invalid_amount", problem
+
+
+async def test_a_refused_operation_is_replayed_for_its_key(gw: Gateway) -> None:
+    """A refund the payment's state refuses (409) is that request's answer: retried with the
+    same key after the payment changed, it is replayed, not run (Stripe's semantics)."""
+    token = await _tokenize(gw)
+    status, pay = await _post(gw, "/v1/payments", _payment(token))
+    refunds, body = (
+        f"/v1/payments/{pay['id']}/refunds",
+        {"amount": {"value": 100, "currency": "EUR"}},
+    )
+    status, first = await _post(gw, refunds, body, key="refund-early")
+    assert status == 409 and first["code"] == "invalid_state_transition", first
+    status, captured = await _post(gw, f"/v1/payments/{pay['id']}/capture")
+    assert status == 200 and captured["status"] == "captured", captured
+    resp = await gw.client.post(
+        refunds, json=body, headers={**gw.auth, "Idempotency-Key": "refund-early"}
+    )
+    assert resp.status == 409 and resp.headers.get("Idempotent-Replayed") == "true"
+    assert await resp.json() == first
+    status, after = await _post(gw, refunds, body, key="refund-later")  # a new request runs
+    assert status == 201 and after["refunded"]["value"] == 100, after
+
+
+async def test_complete_after_the_payment_moved_on_returns_it(gw: Gateway) -> None:
+    """The provider's webhook (here: a sync) settled the 3-D Secure payment before the
+    customer came back: ``complete`` returns the payment, not a 409."""
+    import aiohttp
+
+    token = await _tokenize(gw, "4000000000003220")
+    status, pay = await _post(
+        gw, "/v1/payments", _payment(token, return_url="https://shop.example/back")
+    )
+    async with aiohttp.ClientSession() as session:
+        await session.post(
+            pay["next_action"]["url"], data={"outcome": "authenticated"}, allow_redirects=False
+        )
+    status, synced = await _post(gw, f"/v1/payments/{pay['id']}/sync")
+    assert status == 200 and synced["status"] == "authorized", synced
+    status, completed = await _post(gw, f"/v1/payments/{pay['id']}/complete", {"parameters": {}})
+    assert status == 200 and completed["status"] == "authorized", completed
+    assert [a["operation"] for a in completed["attempts"]] == ["authorize", "sync"], completed
+    # A payment that never asked for a redirect still cannot be completed.
+    status, plain = await _post(gw, "/v1/payments", _payment(await _tokenize(gw)))
+    status, problem = await _post(gw, f"/v1/payments/{plain['id']}/complete", {"parameters": {}})
+    assert status == 409 and problem["code"] == "invalid_state_transition", problem
+
+
+async def test_sync_settles_an_authorization_whose_answer_was_lost(
+    make_gateway: MakeGateway, sandbox: Any
+) -> None:
+    """No provider reference came back (reset after sending): the merchant's sync asks the
+    provider by payment id at once, as the reconciler would later, and charges nothing."""
+    gw = await make_gateway(connectors={"sandbox": sandbox_connector(sandbox, retry_attempts=1)})
+    token = await _tokenize(gw)
+    status, pay = await _post(gw, "/v1/payments", _payment(token, 99105))
+    assert status == 201 and pay["status"] == "unknown" and pay["provider_reference"] is None
+    status, synced = await _post(gw, f"/v1/payments/{pay['id']}/sync")
+    assert status == 200 and synced["status"] == "authorized", synced
+    assert synced["attempts"][0]["outcome"] == "succeeded", synced
+    assert len((await sandbox_client_get(sandbox, "/__sandbox/charges"))["charges"]) == 1

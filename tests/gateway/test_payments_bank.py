@@ -351,11 +351,11 @@ async def test_lost_submit_answer_is_reconciled_without_a_second_submit(env: Env
     assert _ops(pay)[-1] == ("submit", "unknown", "unknown")
     [payment] = env.ob.payments.values()  # the provider did make it
 
-    # A retry of complete (a new key) is refused: the payment no longer requires action.
-    status, problem, _ = await env.post(
-        f"/v1/payments/{pay['id']}/complete", {"parameters": params}
-    )
-    assert status == 409 and problem["code"] == "invalid_state_transition", problem
+    # A retry of complete (a new key) submits nothing: the payment, which no longer requires
+    # action, is returned as it is.
+    status, again, _ = await env.post(f"/v1/payments/{pay['id']}/complete", {"parameters": params})
+    assert status == 202 and again["status"] == "unknown", again  # still unknown
+    assert len(env.faults.submit_keys) == 1
 
     env.ob.complete(payment.id)
     pay = await env.reconcile(pay["id"], "captured")

@@ -435,3 +435,15 @@ def test_payment_view_accepts_both_shapes_of_totals() -> None:
 def test_a_payment_needs_exactly_one_method() -> None:
     with TesseraClient(BASE, API_KEY) as client, pytest.raises(ValueError, match="exactly one"):
         client.create_payment(1, "EUR")
+
+
+@pytest.mark.parametrize("key", ["", " ", "clé-ünïcode", "x" * 256, "tab\there"])
+@respx.mock(base_url=BASE, assert_all_called=False)
+def test_an_idempotency_key_the_gateway_would_refuse_is_a_value_error(
+    respx_mock: respx.MockRouter, key: str
+) -> None:
+    """Refused before anything is sent (a non-ASCII key raised UnicodeEncodeError)."""
+    route = respx_mock.post("/v1/payments/pay_1/void")
+    with _sync_client([]) as client, pytest.raises(ValueError, match="printable ASCII"):
+        client.void("pay_1", idempotency_key=key)
+    assert route.call_count == 0
