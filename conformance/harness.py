@@ -240,6 +240,11 @@ class ScenarioContext:
         tapped = self.exchanges[window.tapped :]
         facts: dict[str, Any] = result.model_dump(mode="json") if result is not None else {}
         facts["raised"] = error.code if error is not None else "none"
+        if error is not None:
+            # Its sentence too ("The card has no holder name", "failed before sending
+            # (ValueError)"): the code alone sends the author looking in the wrong place.
+            # Tessera errors never carry card data; the report is leak-scanned anyway.
+            facts["raised_detail"] = error.detail
         facts["requests_sent"] = len(tapped)
         if self.env.proxy is not None:
             facts["provider_requests"] = self.env.proxy.forwarded(window.proxied)
@@ -322,7 +327,8 @@ class ScenarioContext:
             message = "; ".join(f"{o.label}: expected {o.expected}, got {o.actual}" for o in failed)
             raised = facts.get("raised")
             if raised not in (None, "none") and not any(o.path == "raised" for o in failed):
-                message += f" (the call raised {raised})"
+                detail = facts.get("raised_detail")
+                message += f" (the call raised {raised}" + (f": {detail})" if detail else ")")
             raise ExpectationFailed(message)
 
     # -- request builders -----------------------------------------------------------------------

@@ -210,14 +210,18 @@ class EgressTransport(httpx.AsyncBaseTransport):
         body = await request.aread()
         if MARKER_PATTERN.search(str(url).encode()):
             raise ConnectorConfigurationError("Card placeholders are not allowed in URLs.")
+        if scope is not None:
+            scope.placeholders.check_whole(str(url).encode())
 
         headers = request.headers.raw
         resolved: dict[bytes, ResolvedValue] = {}
         if scope is not None:
             slots = scope.placeholders.slots_in(body)
+            scope.placeholders.check_whole(body)
             for _, value in headers:
                 if MARKER_PREFIX in value:
                     slots |= scope.placeholders.slots_in(value)
+                scope.placeholders.check_whole(value)
             if slots:
                 resolved = await scope.placeholders.resolve(
                     slots, scope.revealer, scope.tenant, scope.purpose

@@ -172,6 +172,23 @@ class PlaceholderTable:
             found.add(slot)
         return found
 
+    def check_whole(self, data: bytes) -> None:
+        """Refuse ``data`` holding a piece of this call's markers that is not a whole marker: a
+        placeholder was sliced or transformed (``card.exp_year[2:]``), and would otherwise go
+        to the provider as garbage. Checked by the marker's unguessable nonce (its halves, in
+        either case), so provider or merchant text cannot trip it; a slice short enough to keep
+        neither half (``card.number[:6]``) is not seen."""
+        nonce = self._nonce.encode()
+        halves = (nonce[:8], nonce[8:], nonce[:8].upper(), nonce[8:].upper())
+        if not any(half in data for half in halves):
+            return
+        rest = MARKER_PATTERN.sub(b"", data)
+        if any(half in rest for half in halves):
+            raise ConnectorConfigurationError(
+                "A card placeholder was sliced or transformed; it goes out whole or not at "
+                "all (ask for the field you need: exp_year_short, not exp_year[2:])."
+            )
+
     async def resolve(
         self, slots: set[int], revealer: TokenRevealer | None, tenant: str, purpose: str
     ) -> dict[bytes, ResolvedValue]:

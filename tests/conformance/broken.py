@@ -7,6 +7,7 @@ must catch it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from connectors.sandbox import MANIFEST, SandboxConnector
@@ -49,6 +50,31 @@ class PanInLogConnector(SandboxConnector):
         method = request.payment_method
         if isinstance(method, CardMethod) and method.card is not None:
             ctx.logger.info("authorizing_card", number=method.card.number.reveal())
+        return await super().authorize(request, ctx)
+
+
+class PanInStdlibLogConnector(SandboxConnector):
+    """Logs the card number through the standard library's ``logging`` at INFO (below the root
+    logger's default level, WARNING)."""
+
+    manifest = broken_manifest("broken_stdlog")
+
+    async def authorize(self, request: AuthorizeRequest, ctx: CallContext) -> PaymentResult:
+        method = request.payment_method
+        if isinstance(method, CardMethod) and method.card is not None:
+            logging.getLogger("tessera_broken").info("card %s", method.card.number.reveal())
+        return await super().authorize(request, ctx)
+
+
+class PanPrintedConnector(SandboxConnector):
+    """Prints the card number (debugging output left in)."""
+
+    manifest = broken_manifest("broken_print")
+
+    async def authorize(self, request: AuthorizeRequest, ctx: CallContext) -> PaymentResult:
+        method = request.payment_method
+        if isinstance(method, CardMethod) and method.card is not None:
+            print("authorizing", method.card.number.reveal())  # noqa: T201 - the defect
         return await super().authorize(request, ctx)
 
 

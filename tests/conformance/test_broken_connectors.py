@@ -18,6 +18,8 @@ from tests.conformance.broken import (
     FloatAmountConnector,
     NoVoidConnector,
     PanInLogConnector,
+    PanInStdlibLogConnector,
+    PanPrintedConnector,
     RetriesAfterResetConnector,
     WrongStatusConnector,
 )
@@ -69,14 +71,26 @@ async def test_broken_connector_fails_the_scenario_meant_for_it(
     assert by_id(control)[scenario].verdict is Verdict.PASSED, by_id(control)[scenario].reason
 
 
+@pytest.mark.parametrize(
+    ("connector", "origin"),
+    [
+        (PanInLogConnector, "structlog info"),
+        (PanInStdlibLogConnector, "logger 'tessera_broken' at INFO"),
+        (PanPrintedConnector, "sys.stdout"),
+    ],
+    ids=["structlog", "stdlib-logging-at-info", "print"],
+)
 async def test_a_pan_in_a_log_line_fails_the_inline_card_scenario(
-    register: Register, tmp_path: Path
+    register: Register, tmp_path: Path, connector: type, origin: str
 ) -> None:
-    register(PanInLogConnector, create_app)
+    """Whichever way it is written out: the SDK's logger, the standard library's ``logging``
+    below the root's default WARNING (missed before), or ``print``."""
+    register(connector, create_app)
+    connector_id = connector.manifest.id  # type: ignore[attr-defined]
     run = ConformanceRun(
         RunConfig(
-            connector="broken_log",
-            overrides=(sandbox_profile_as("broken_log", tmp_path),),
+            connector=connector_id,
+            overrides=(sandbox_profile_as(connector_id, tmp_path),),
             select=("card.leak.inline_card", "card.authorize.approved"),
         )
     )
@@ -85,9 +99,10 @@ async def test_a_pan_in_a_log_line_fails_the_inline_card_scenario(
     leaked = results["card.leak.inline_card"]
     assert leaked.verdict is Verdict.FAILED
     assert "leak: canary PAN" in leaked.reason and "in log" in leaked.reason
+    assert origin in leaked.reason, leaked.reason
     # Token-based card data never reaches the connector, so the other scenario stays clean.
     assert results["card.authorize.approved"].verdict is Verdict.PASSED
-    assert [leak.source for leak in report.leaks] == ["log"]
+    assert {leak.source for leak in report.leaks} == {"log"}  # also echoed on stdout: twice
     rendered = render_reports(report, run.env.scanner, ["json", "html", "junit"])
     for text in rendered.values():
         assert run.env.canary.pan not in text

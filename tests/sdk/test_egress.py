@@ -11,6 +11,7 @@ import gzip
 import ipaddress
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
@@ -198,6 +199,34 @@ async def test_placeholder_from_another_call_is_refused(
     with pytest.raises(Exception, match="another call"):
         await second.send("POST", "/p", json={"number": stale.number})
     assert provider.requests == []
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [lambda v: v[2:], lambda v: v[:-1], lambda v: v.upper(), lambda v: "20" + v[4:]],
+    ids=["slice-front", "slice-end", "upper", "prefixed"],
+)
+@pytest.mark.parametrize("where", ["body", "header", "url"])
+async def test_a_sliced_or_transformed_placeholder_is_refused_before_sending(
+    provider: LoopbackProvider, client, revealer, canary, mangle, where: str
+) -> None:
+    """``card.exp_year[2:]`` went out as garbage (``r_<nonce>_3_``) and the provider said
+    what it said; now the call fails before sending, saying why."""
+    ctx = context(client, provider.url, revealer)
+    card = ctx.card(CardMethod(token=canary[0]))
+    mangled = mangle(str(card.exp_year))
+    kwargs: dict[str, Any] = {
+        "body": {"json": {"number": card.number, "year": mangled}},
+        "header": {"json": {"number": card.number}, "headers": {"X-Year": mangled}},
+        "url": {"params": {"year": mangled}},
+    }[where]
+    with pytest.raises(Exception, match="sliced or transformed") as caught:
+        await ctx.send("POST", "/p", **kwargs)
+    assert canary[1] not in str(caught.value)
+    assert provider.requests == []
+    # Whole placeholders go out as before.
+    await ctx.send("POST", "/p", json={"n": card.number, "year": card.exp_year_short})
+    assert json.loads(provider.requests[0].body)["n"] == canary[1]
 
 
 async def test_missing_cvc_is_an_error_before_anything_is_sent(
