@@ -36,6 +36,24 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _admin_logging(args: argparse.Namespace) -> None:
+    """The gateway's JSON logs on stderr, through its card-data redaction, at ``--log-level``
+    (the commands' output stays alone on stdout)."""
+    from gateway.observability import configure_logging
+
+    configure_logging(args.log_level)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _dev(args: argparse.Namespace) -> int:
     from gateway.devmode import run_dev
     from gateway.observability import configure_logging
@@ -59,6 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _vault_provision(args: argparse.Namespace) -> int:
+    _admin_logging(args)
     from gateway.commands.admin import vault_provision
     from gateway.config import load_settings
 
@@ -66,6 +85,7 @@ def _vault_provision(args: argparse.Namespace) -> int:
 
 
 def _merchants_create(args: argparse.Namespace) -> int:
+    _admin_logging(args)
     from gateway.commands.admin import merchants_create
     from gateway.config import load_settings
 
@@ -73,6 +93,7 @@ def _merchants_create(args: argparse.Namespace) -> int:
 
 
 def _merchants_webhook(args: argparse.Namespace) -> int:
+    _admin_logging(args)
     from gateway.commands.admin import merchants_webhook_set
     from gateway.config import load_settings
 
@@ -80,6 +101,7 @@ def _merchants_webhook(args: argparse.Namespace) -> int:
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
+    _admin_logging(args)
     from gateway.commands.admin import rotate_keys
     from gateway.config import load_settings
 
@@ -87,13 +109,15 @@ def _keys_rotate(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    _admin_logging(args)
     from gateway.commands.admin import audit_verify
     from gateway.config import load_settings
 
-    return audit_verify(load_settings(args.config))
+    return audit_verify(load_settings(args.config), anchor=args.anchor)
 
 
 def _reconcile(args: argparse.Namespace) -> int:
+    _admin_logging(args)
     from gateway.commands.admin import reconcile
     from gateway.config import load_settings
 
@@ -101,6 +125,7 @@ def _reconcile(args: argparse.Namespace) -> int:
 
 
 def _attempts_list(args: argparse.Namespace) -> int:
+    _admin_logging(args)
     from gateway.commands.admin import attempts_list
     from gateway.config import load_settings
 
@@ -108,6 +133,7 @@ def _attempts_list(args: argparse.Namespace) -> int:
 
 
 def _attempts_settle(args: argparse.Namespace) -> int:
+    _admin_logging(args)
     from gateway.commands.admin import attempts_settle
     from gateway.config import load_settings
 
@@ -170,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="Run the gateway against an existing Vault and DB.")
     _config_arg(serve, required=True)
-    serve.add_argument("--workers", type=int, help="Worker processes (SO_REUSEPORT).")
+    serve.add_argument(
+        "--workers", type=_positive_int, help="Worker processes (SO_REUSEPORT), at least 1."
+    )
     serve.set_defaults(handler=_serve)
 
     vault = commands.add_parser("vault", help="OpenBao/Vault administration.")
@@ -205,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     a_cmds = audit.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     verify = a_cmds.add_parser("verify", help="Verify the hash chain; exit 1 if broken.")
     _config_arg(verify)
+    verify.add_argument(
+        "--anchor",
+        metavar="SEQ:HASH",
+        help="A head printed by an earlier verify and kept outside the database: the chain "
+        "must still hold that entry unchanged (catches entries cut off the end).",
+    )
     verify.set_defaults(handler=_audit_verify)
 
     rec = commands.add_parser("reconcile", help="Settle unknown/pending attempts once.")

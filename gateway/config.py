@@ -43,7 +43,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 __all__ = [
     "AuthSettings",
@@ -179,9 +187,20 @@ class PaymentSettings(BaseModel):
     idempotency_lease_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
     #: HMAC key for idempotency request fingerprints; every process must share it. When unset,
     #: the first gateway generates one and keeps it in the database (see docs/operating.md).
+    #: At least 16 bytes (say ``openssl rand -hex 32``).
     idempotency_key: SecretStr | None = None
     reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     outbox_interval_seconds: Annotated[float, Field(gt=0)] = 2.0
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked with the rest of the configuration (exit 2, naming the setting) rather than
+        # when each worker opens its resources.
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("must be at least 16 bytes (e.g. openssl rand -hex 32)")
+        return value
+
     #: Development and tests only: merchant webhook URLs may be http:// and point at loopback or
     #: private addresses (never link-local or cloud-metadata ones). Never in production.
     allow_private_webhook_targets: bool = False
@@ -198,6 +217,25 @@ class Settings(BaseModel):
     connectors: dict[str, ConnectorSettings] = {}
     routing: RoutingSettings = RoutingSettings()
     payments: PaymentSettings = PaymentSettings()
+
+    @field_validator("routing")
+    @classmethod
+    def _routes_to_configured_connectors(
+        cls, value: RoutingSettings, info: ValidationInfo
+    ) -> RoutingSettings:
+        # A connector named in the routing without a [connectors.<id>] section was skipped
+        # silently: a typo showed only as payments going elsewhere, or nowhere.
+        configured = info.data.get("connectors")
+        if configured is None:
+            return value  # the connectors themselves are invalid: reported on their own
+        named = [*value.default, *(c for rule in value.rules for c in rule.connectors)]
+        unknown = sorted({c for c in named if c not in configured})
+        if unknown:
+            raise ValueError(
+                f"names connector(s) {', '.join(map(repr, unknown))} that have no "
+                f"[connectors.<id>] section (configured: {', '.join(sorted(configured)) or 'none'})"
+            )
+        return value
 
 
 _ENV_OVERRIDES: dict[str, tuple[str, str]] = {

@@ -71,6 +71,7 @@ from normalization import (
     RefundRequest,
     SyncRequest,
     TesseraError,
+    VaultError,
     Void,
     VoidRequest,
     transition,
@@ -438,9 +439,11 @@ class PaymentService:
                         )
                 if not failover:
                     break
-        if isinstance(rejection, ConnectorBusyError | ConnectorUnavailableError):
-            # Every connector refused before sending (bulkhead full, breaker open): a fast 503
-            # the merchant may retry, rather than a payment that merely failed.
+        if isinstance(rejection, ConnectorBusyError | ConnectorUnavailableError | VaultError):
+            # Every connector refused before sending (bulkhead full, breaker open), or the card
+            # could not be revealed (Vault unreachable, sealed): a fast 503 the merchant may
+            # retry with the same key, rather than a payment that merely failed. The payment
+            # stays failed (nothing reached a provider); the retry makes a new one.
             raise rejection
         return payment
 

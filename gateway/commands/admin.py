@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.merchants import MerchantStore, WebhookUrlError
 from normalization import NotSupportedError, PaymentStatus
 from normalization.errors import VaultNotFoundError, VaultPermissionDeniedError
-from vault.audit import AuditLog
+from vault.audit import AuditAnchor, AuditLog
 from vault.client import VaultClient
 from vault.database import PostgresDatabase, SqliteDatabase, open_database
 from vault.provisioning import ensure_tenant_keys, provision
@@ -49,9 +49,9 @@ T = TypeVar("T")
 
 def _admin_token(settings: Settings) -> str:
     token = settings.vault.admin_token or settings.vault.token
-    if token is None:
-        raise SystemExit(
-            "tessera: this command needs a Vault admin token: set vault.admin_token in the "
+    if token is None:  # a configuration error: exit 2, like the others
+        raise ConfigError(
+            "this command needs a Vault admin token: set vault.admin_token in the "
             "config file or TESSERA_VAULT_ADMIN_TOKEN."
         )
     return token.get_secret_value()
@@ -164,13 +164,29 @@ def rotate_keys(settings: Settings, tenant: str | None) -> int:
     return asyncio.run(_with_db(settings, work))
 
 
-def audit_verify(settings: Settings) -> int:
+def audit_verify(settings: Settings, *, anchor: str | None = None) -> int:
+    """Walk the chain; ``anchor`` (``SEQ:HASH``, a head an earlier run printed) must still be
+    in it. Prints the head to keep outside the database for the next run: without an anchor,
+    someone with DDL rights who cuts entries off the end and moves the head back goes unseen."""
+    exported: AuditAnchor | None = None
+    if anchor is not None:
+        seq, sep, digest = anchor.partition(":")
+        if not (sep and seq.isdigit() and digest):
+            raise ConfigError(f"--anchor must be SEQ:HASH as verify prints it, not {anchor!r}.")
+        exported = AuditAnchor(int(seq), digest)
+
     async def work(db: SqliteDatabase | PostgresDatabase) -> int:
         audit = AuditLog(db)
         await audit.migrate()
-        result = await audit.verify()
+        result = await audit.verify(anchor=exported)
         if result.ok:
-            print(f"audit log intact: {result.entries_checked} entries checked.")
+            head = await audit.head()
+            print(
+                f"audit log intact: {result.entries_checked} entries checked"
+                + (f", anchor {exported.seq} found unchanged" if exported else "")
+                + f". Head: {head.seq}:{head.hash} (keep it outside the database; pass it as "
+                "--anchor next time)."
+            )
             return 0
         print(
             f"audit log BROKEN at entry {result.first_bad_seq}: {result.reason} "

@@ -37,6 +37,23 @@ def test_a_wrong_type_says_what_was_expected_and_what_came(tmp_path: Path) -> No
     assert "[[routing.rules]] #1 connectors:" in message
 
 
+def test_routing_to_a_connector_without_a_section_is_named(tmp_path: Path) -> None:
+    """It was skipped silently: a typo showed only as payments going elsewhere, or nowhere."""
+    message = _load(
+        tmp_path,
+        '[connectors.sandbox]\ntest_mode = true\n[routing]\ndefault = ["sandbox", "adyen"]\n'
+        '[[routing.rules]]\nconnectors = ["sandbx"]\n',
+    )
+    assert "[routing]: names connector(s) 'adyen', 'sandbx' that have no" in message
+    assert "(configured: sandbox)" in message
+
+
+def test_a_short_idempotency_key_is_named(tmp_path: Path) -> None:
+    message = _load(tmp_path, '[payments]\nidempotency_key = "0123456789abcde"\n')
+    assert "[payments] idempotency_key: must be at least 16 bytes" in message
+    assert "0123456789abcde" not in message
+
+
 def test_secret_values_are_never_repeated(tmp_path: Path) -> None:
     message = _load(
         tmp_path,

@@ -65,3 +65,36 @@ async def test_sealed_vault_gives_503_and_not_ready(make_gateway: Any, own_bao: 
         own_bao.unseal()
     resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
     assert resp.status == 201
+
+
+async def test_a_payment_while_the_vault_is_sealed_is_503_and_the_key_retries(
+    make_gateway: Any, own_bao: DevServer, sandbox: Any
+) -> None:
+    """The card cannot be revealed: 503 with ``Retry-After``, not a ``failed`` payment stored
+    under the key (which the retry after the unseal then replayed)."""
+    from .conftest import sandbox_connector
+
+    gw = await make_gateway(
+        vault_addr=own_bao.addr,
+        root_token=own_bao.root_token,
+        connectors={"sandbox": sandbox_connector(sandbox)},
+    )
+    resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
+    token = (await resp.json())["id"]
+    body = {
+        "amount": {"value": 1000, "currency": "EUR"},
+        "payment_method": {"type": "card", "token": token},
+    }
+    headers = {**gw.auth, "Idempotency-Key": "while-sealed"}
+    own_bao.seal()
+    try:
+        resp = await gw.client.post("/v1/payments", json=body, headers=headers)
+        problem = await resp.json()
+        assert resp.status == 503 and problem["code"] == "vault_sealed", problem
+        assert int(resp.headers["Retry-After"]) >= 1
+    finally:
+        own_bao.unseal()
+    resp = await gw.client.post("/v1/payments", json=body, headers=headers)
+    pay = await resp.json()
+    assert resp.status == 201 and pay["status"] == "authorized", pay
+    assert resp.headers.get("Idempotent-Replayed") != "true"
