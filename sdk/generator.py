@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from importlib import resources
+from importlib.metadata import entry_points
 from pathlib import Path
 from string import Template
 
@@ -94,6 +95,12 @@ def generate_connector(name: str, category: str, path: Path) -> Path:
         "category": kind.value,
         "host": slug.replace("_", "-"),
     }
+    # An installed connector with this id would make both fail to load ("already registered").
+    if slug in {ep.name for ep in entry_points(group="tessera.connectors")}:
+        raise ConnectorConfigurationError(
+            f"A connector {slug!r} is already installed (tessera connector list): pick another "
+            "name."
+        )
     project = Path(path) / f"tessera-connector-{values['slug_dash']}"
     if project.exists():
         raise ConnectorConfigurationError(f"{project} already exists; not overwriting it.")

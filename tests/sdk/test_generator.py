@@ -178,3 +178,7 @@ def test_names_and_categories_are_checked(tmp_path: Path) -> None:
     generate_connector("acme", "card-acquirer", tmp_path)
     with pytest.raises(ConnectorConfigurationError, match="already exists"):
         generate_connector("acme", "bank-rail", tmp_path)
+    # The id of an installed connector: both would fail to load ("already registered").
+    with pytest.raises(ConnectorConfigurationError, match="'sandbox' is already installed"):
+        generate_connector("Sandbox", "card-acquirer", tmp_path)
+    assert not (tmp_path / "tessera-connector-sandbox").exists()
