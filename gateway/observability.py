@@ -171,6 +171,9 @@ class RedactingAccessLogger(AbstractAccessLogger):
             status=response.status,
             duration_ms=round(time * 1000, 3),
             remote=request.remote,
+            # The id the gateway answered with (its middleware sets the header), so an access
+            # line joins the request's other lines; absent when aiohttp refused the request.
+            request_id=response.headers.get("X-Request-Id"),
         )
 
 

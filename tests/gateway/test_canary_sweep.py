@@ -508,6 +508,7 @@ async def test_access_log_keeps_card_data_out(
                 assert resp.status == 401
             async with session.get(f"{url}/v1/tokens/{canary.pan}") as resp:
                 assert resp.status == 401
+                request_id = resp.headers["X-Request-Id"]
     finally:
         await runner.cleanup()
     out, err = capfd.readouterr()
@@ -517,6 +518,8 @@ async def test_access_log_keeps_card_data_out(
     )
     assert logged.count("http_access") >= 2  # the requests were logged (paths masked)
     assert find_leaks(logged, canary) == []
+    # An access line joins the request's other lines by its id.
+    assert any(request_id in line for line in logged.splitlines() if "http_access" in line)
 
 
 async def test_request_id_header_is_not_echoed_with_card_data(
