@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -57,58 +58,121 @@ class _Handler(logging.Handler):
 
 
 class _AtLeast(logging.Filter):
-    """Keeps a handler that was on the root at what it printed before the root was lowered."""
+    """Keeps a handler that was on the root printing what it printed before the root was
+    lowered: a record passes if its logger's effective level *then* let it through (a logger
+    with a level of its own, ``acme`` at DEBUG, still does; one that inherited the root's old
+    WARNING does not)."""
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, root_level: int) -> None:
         super().__init__()
-        self.level = level
+        self.root_level = root_level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger.level == logging.NOTSET and logger.parent:
+            logger = logger.parent
+        own = logger.level if logger is not None and logger.parent is not None else 0
+        return record.levelno >= (own or self.root_level)
 
 
 class _Tee:
-    """A text stream that writes through to ``stream`` and keeps each line for the scan."""
+    """A text stream that writes through to ``stream`` and keeps each line for every active
+    capture's scan."""
 
-    def __init__(self, stream: Any, capture: LogCapture, source: str) -> None:
+    def __init__(self, stream: Any, source: str) -> None:
         self._stream = stream
-        self._capture = capture
         self._source = source
         self._partial = ""
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
         written: int = self._stream.write(text)
-        *complete, self._partial = (self._partial + text).split("\n")
+        with self._lock:
+            *complete, self._partial = (self._partial + text).split("\n")
         for line in complete:
             self._keep(line)
         return written
 
     def flush_partial(self) -> None:
-        if self._partial:
-            self._keep(self._partial)
-            self._partial = ""
+        with self._lock:
+            partial, self._partial = self._partial, ""
+        self._keep(partial)
 
     def _keep(self, line: str) -> None:
-        if line:
-            self._capture.lines.append(
-                CapturedLine(self._capture.current, self._source, line, f"sys.{self._source}")
+        if not line:
+            return
+        for capture in list(_ACTIVE):
+            capture.lines.append(
+                CapturedLine(capture.current, self._source, line, f"sys.{self._source}")
             )
 
     def __getattr__(self, name: str) -> Any:  # flush, fileno, isatty, encoding, buffer, ...
         return getattr(self._stream, name)
 
 
+#: Captures started and not stopped, in start order. The taps every capture shares (the root
+#: logger's level and the filters on its handlers, the stream tees) are installed when the
+#: first starts and removed when the last stops, whatever the order they stop in.
+_ACTIVE: list[LogCapture] = []
+_SHARED: dict[str, Any] = {}
+
+
+def _install_shared() -> None:
+    root = logging.getLogger()
+    _SHARED["root_level"] = root.level
+    previous = root.getEffectiveLevel()
+    filters = []
+    for handler in root.handlers:
+        at_least = _AtLeast(previous)
+        handler.addFilter(at_least)
+        filters.append((handler, at_least))
+    _SHARED["filters"] = filters
+    root.setLevel(logging.DEBUG)
+    _SHARED["tees"] = []
+    _wrap_streams()
+
+
+def _wrap_streams() -> None:
+    """Tee ``sys.stdout``/``sys.stderr`` unless they are tees already (pytest's capture puts
+    its own streams back at each test item: the next scenario wraps them again)."""
+    for name in ("stdout", "stderr"):
+        current = getattr(sys, name)
+        if not isinstance(current, _Tee):
+            tee = _Tee(current, name)
+            _SHARED["tees"].append((name, tee))
+            setattr(sys, name, tee)
+
+
+def _remove_shared() -> None:
+    for name, tee in reversed(_SHARED.pop("tees", [])):
+        tee.flush_partial()
+        if getattr(sys, name) is tee:  # else replaced meanwhile (pytest's capture): leave it
+            setattr(sys, name, tee._stream)
+    root = logging.getLogger()
+    root.setLevel(_SHARED.pop("root_level", logging.WARNING))
+    for handler, at_least in _SHARED.pop("filters", []):
+        handler.removeFilter(at_least)
+
+
 @dataclass
 class LogCapture:
     """Collects log lines while entered; see the module docstring."""
 
-    current: str = "-"
     lines: list[CapturedLine] = field(default_factory=list)
+    _current: str = "-"
     _handler: _Handler | None = None
     _previous_processors: list[Any] | None = None
-    _root_level: int | None = None
-    _filters: list[tuple[logging.Handler, _AtLeast]] = field(default_factory=list)
-    _tees: list[_Tee] = field(default_factory=list)
+
+    @property
+    def current(self) -> str:
+        """The scenario running now: its lines are kept under its id."""
+        return self._current
+
+    @current.setter
+    def current(self, scenario: str) -> None:
+        self._current = scenario
+        if self in _ACTIVE:
+            _wrap_streams()
 
     def _tap(self, logger: object, method: str, event: MutableMapping[str, Any]) -> Any:
         origin = f"structlog {method}"
@@ -123,44 +187,30 @@ class LogCapture:
     def start(self) -> None:
         if self._handler is not None:
             return
-        root = logging.getLogger()
-        self._root_level = root.level
-        previous = root.getEffectiveLevel()
-        for handler in root.handlers:
-            at_least = _AtLeast(previous)
-            handler.addFilter(at_least)
-            self._filters.append((handler, at_least))
+        if not _ACTIVE:
+            _install_shared()
+        _ACTIVE.append(self)
         self._handler = _Handler(self)
-        root.addHandler(self._handler)
-        root.setLevel(logging.DEBUG)
+        logging.getLogger().addHandler(self._handler)
         processors = list(structlog.get_config()["processors"])
         self._previous_processors = processors
         structlog.configure(processors=[self._tap, *processors])
-        self._tees = [_Tee(sys.stdout, self, "stdout"), _Tee(sys.stderr, self, "stderr")]
-        sys.stdout, sys.stderr = self._tees
 
     def stop(self) -> None:
         if self._handler is None:
             return
-        for tee, name in zip(self._tees, ("stdout", "stderr"), strict=True):
-            tee.flush_partial()
-            if getattr(sys, name) is tee:  # someone may have replaced it meanwhile
-                setattr(sys, name, tee._stream)
-        self._tees = []
-        root = logging.getLogger()
-        root.removeHandler(self._handler)
+        logging.getLogger().removeHandler(self._handler)
         self._handler = None
-        if self._root_level is not None:
-            root.setLevel(self._root_level)
-            self._root_level = None
-        for handler, at_least in self._filters:
-            handler.removeFilter(at_least)
-        self._filters = []
+        _ACTIVE.remove(self)
+        if not _ACTIVE:
+            _remove_shared()
         if self._previous_processors is not None:
             current = list(structlog.get_config()["processors"])
             # Only undo our own change: someone may have reconfigured structlog meanwhile.
             if current and current[0] == self._tap:
                 structlog.configure(processors=self._previous_processors)
+            else:  # stopped out of order: take our tap out wherever it is
+                structlog.configure(processors=[p for p in current if p != self._tap])
             self._previous_processors = None
 
     def __enter__(self) -> Self:

@@ -186,7 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tessera: vault-backed tokenization gateway and connector SDK.",
     )
     parser.add_argument("--version", action="version", version=f"tessera {_version()}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (INFO).")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="DEBUG, INFO, WARNING or ERROR, any case (INFO).",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     dev = commands.add_parser("dev", help="Run OpenBao (dev) + the gateway on SQLite, locally.")

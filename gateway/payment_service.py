@@ -47,7 +47,7 @@ from gateway.payments import (
     RefundRecord,
     RefundStatus,
 )
-from gateway.payments.records import contains_pan
+from gateway.payments.records import ConcurrentUpdateError, contains_pan
 from gateway.routing import CREATE_OPERATIONS, RouteQuery, Router
 from gateway.tracing import span
 from normalization import (
@@ -59,6 +59,7 @@ from normalization import (
     ConnectorUnavailableError,
     ConsentRequest,
     DebitRequest,
+    DeclineCode,
     IllegalTransitionError,
     InvalidRequestError,
     Money,
@@ -71,7 +72,8 @@ from normalization import (
     RefundRequest,
     SyncRequest,
     TesseraError,
-    VaultError,
+    VaultSealedError,
+    VaultUnavailableError,
     Void,
     VoidRequest,
     transition,
@@ -146,6 +148,16 @@ class OperationOutcome:
     attempt: AttemptRecord
     result: PaymentResult
     refund: RefundRecord | None = None
+
+
+#: Refusals before anything reached a provider that a retry may get past: a breaker open, a
+#: full bulkhead, a Vault that is down or sealed (not one that refuses the reveal for good).
+_RETRYABLE_REFUSALS = (
+    ConnectorBusyError,
+    ConnectorUnavailableError,
+    VaultUnavailableError,
+    VaultSealedError,
+)
 
 
 class PaymentService:
@@ -420,10 +432,11 @@ class PaymentService:
                     attempts[-1], own = await self._record_answer(
                         attempt, result, tx, error_code=error_code
                     )
-                    if not own:
+                    if not own:  # settled meanwhile (reconciler, operator): as recorded
                         failover, rejection = False, None
                         payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
-                    elif failover:
+                        break
+                    if failover:
                         log.info(
                             "failover",
                             payment_id=payment.id,
@@ -433,13 +446,13 @@ class PaymentService:
                         refusal = await self._next_attempt(tx, payment, queue, attempts)
                         failover = refusal is None
                         rejection = refusal or rejection
-                    elif not failover:
+                    if not failover:  # also when every remaining candidate refused
                         payment = await self._settle(
                             payment, result, connector=attempts[-1].connector, tx=tx
                         )
                 if not failover:
                     break
-        if isinstance(rejection, ConnectorBusyError | ConnectorUnavailableError | VaultError):
+        if isinstance(rejection, _RETRYABLE_REFUSALS):
             # Every connector refused before sending (bulkhead full, breaker open), or the card
             # could not be revealed (Vault unreachable, sealed): a fast 503 the merchant may
             # retry with the same key, rather than a payment that merely failed. The payment
@@ -510,9 +523,10 @@ class PaymentService:
             attempt, own = await self._record_answer(attempt, result, tx)
             if not own:
                 payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
+                result = _as_recorded(attempt, result)
             elif result.outcome is Outcome.SUCCEEDED:
                 payment = await self._count(payment, result, Capture(amount), tx)
-        return OperationOutcome(payment, attempt, result)
+        return _answered(OperationOutcome(payment, attempt, result))
 
     async def void(
         self, merchant: Merchant, payment_id: str, *, correlation_id: str | None = None
@@ -529,9 +543,10 @@ class PaymentService:
             attempt, own = await self._record_answer(attempt, result, tx)
             if not own:
                 payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
+                result = _as_recorded(attempt, result)
             elif result.outcome is Outcome.SUCCEEDED:
                 payment = await self._settle(payment, result, event=Void(), tx=tx)
-        return OperationOutcome(payment, attempt, result)
+        return _answered(OperationOutcome(payment, attempt, result))
 
     async def refund(
         self,
@@ -575,6 +590,8 @@ class PaymentService:
                 merchant.id, attempt, Operation.REFUND, request, correlation_id
             )
         except TesseraError:
+            # Nothing was sent (and nothing else settled the attempt: ``_send`` returns the
+            # recorded answer then): the refund failed.
             await self._store.update_refund(refund.id, status=RefundStatus.FAILED)
             raise
         async with self._db.transaction() as tx:
@@ -582,6 +599,7 @@ class PaymentService:
             if not own:
                 payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
                 refund = await self._store.get_refund(refund.id, tx=tx)
+                result = _as_recorded(attempt, result)
             else:
                 refund = await self._finish_refund(refund.id, result, tx=tx)
                 if (
@@ -589,7 +607,7 @@ class PaymentService:
                     and result.status is not PaymentStatus.PENDING
                 ):
                     payment = await self._count(payment, result, Refund(amount), tx)
-        return OperationOutcome(payment, attempt, result, refund)
+        return _answered(OperationOutcome(payment, attempt, result, refund))
 
     async def _finish_refund(
         self, refund_id: str, result: PaymentResult, *, tx: Connection | None = None
@@ -1141,9 +1159,11 @@ class PaymentService:
                 if event is not None:
                     transition(current.state, event)
                 elif current.status is not payment.status:
+                    # A race, not the request's answer (not stored under its key): the retry
+                    # decides on the payment as it is then (``complete`` returns it).
                     status = current.status.value if current.status else "new"
-                    raise IllegalTransitionError(
-                        f"The payment changed meanwhile; it is {status} now."
+                    raise ConcurrentUpdateError(
+                        f"The payment changed meanwhile; it is {status} now. Retry."
                     )
         return current, attempt
 
@@ -1194,7 +1214,11 @@ class PaymentService:
         except IllegalTransitionError:
             settled, own = await self._store.get_attempt(attempt.id, tx=tx), False
         if not own:
-            agrees = (settled.outcome, settled.status) == (result.outcome, result.status)
+            # An ``unknown`` of ours contradicts nothing: the recorded answer knows more.
+            agrees = result.outcome is Outcome.UNKNOWN or (settled.outcome, settled.status) == (
+                result.outcome,
+                result.status,
+            )
             (log.warning if agrees else log.error)(
                 "attempt_answered_after_settlement" if agrees else "attempt_answer_conflict",
                 attempt_id=attempt.id,
@@ -1229,7 +1253,15 @@ class PaymentService:
                     retry_after=1,
                 )
         except TesseraError as exc:
-            await self._store.finish_attempt(attempt, PaymentResult.not_sent(), error_code=exc.code)
+            try:
+                await self._store.finish_attempt(
+                    attempt, PaymentResult.not_sent(), error_code=exc.code
+                )
+            except IllegalTransitionError:
+                # Settled meanwhile (the reconciler presumed the call abandoned): that answer
+                # stands; the caller records it as a late answer and moves nothing.
+                recorded = await self._store.get_attempt(attempt.id)
+                return _as_recorded(recorded, PaymentResult.not_sent())
             raise
         return result
 
@@ -1541,3 +1573,38 @@ def _unsubmitted(payment: PaymentRecord, result: PaymentResult) -> bool:
     return payment.payment_method.type == _OPEN_BANKING and _authorized(
         result.outcome, result.status
     )
+
+
+def _as_recorded(attempt: AttemptRecord, own: PaymentResult) -> PaymentResult:
+    """The answer to give for ``attempt``, settled by someone else before ``own`` (our late
+    answer) was recorded: the recorded one, which moved the payment."""
+    if (attempt.outcome, attempt.status) == (own.outcome, own.status):
+        return own
+    if attempt.outcome is Outcome.UNKNOWN or attempt.outcome is None:
+        return PaymentResult.unknown(attempt.provider_reference)
+    if attempt.outcome is Outcome.NOT_SENT:
+        return PaymentResult.not_sent()
+    if attempt.outcome is Outcome.DECLINED:
+        try:
+            code = DeclineCode(attempt.error_code or "")
+        except ValueError:
+            code = DeclineCode.DO_NOT_HONOR
+        return PaymentResult.declined(code, provider_reference=attempt.provider_reference)
+    return PaymentResult(
+        outcome=Outcome.SUCCEEDED,
+        status=attempt.status or PaymentStatus.UNKNOWN,
+        provider_reference=attempt.provider_reference,
+    )
+
+
+def _answered(outcome: OperationOutcome) -> OperationOutcome:
+    """A capture, void or refund recorded ``not_sent`` (an operator's "did not happen" that
+    settled it while our call ran) did not happen: 503 as for a call the provider did not
+    take, not the unchanged payment with a 200."""
+    if outcome.result.outcome is Outcome.NOT_SENT:
+        raise ConnectorUnavailableError(
+            f"The provider did not take the {outcome.attempt.operation} (nothing was done); "
+            "retry it.",
+            retry_after=1,
+        )
+    return outcome

@@ -177,6 +177,12 @@ def _brand(bin6: str) -> str:
     return card_brand(bin6).value
 
 
+def _same_card(stored: TokenRecord, card: CardData) -> bool:
+    """Whether the token holds ``card``'s expiry: a dedup hit with an older copy of a renewed
+    card keeps the renewed one, so that copy's CVC (of the old card) must not be held for it."""
+    return (stored.exp_year, stored.exp_month) == (card.exp_year, card.exp_month)
+
+
 def _payload(pan: str, holder_name: str | None) -> bytes:
     return (pan if holder_name is None else f"{pan}\n{holder_name}").encode()
 
@@ -263,7 +269,7 @@ class TokenizationService:
         if isinstance(outcome, TesseraError):
             raise outcome
         stored, created = outcome
-        if card.cvc is not None:
+        if card.cvc is not None and _same_card(stored, card):
             self._cvv.put(tenant, stored.id, card.cvc)
         return stored, created
 
@@ -325,7 +331,7 @@ class TokenizationService:
             stored = latest[outcome[0].id]
             results[index] = (stored, outcome[1])
             cvc = cards[index].cvc
-            if cvc is not None:
+            if cvc is not None and _same_card(stored, cards[index]):
                 self._cvv.put(tenant, stored.id, cvc)
         return results
 

@@ -171,7 +171,7 @@ def audit_verify(settings: Settings, *, anchor: str | None = None) -> int:
     exported: AuditAnchor | None = None
     if anchor is not None:
         seq, sep, digest = anchor.partition(":")
-        if not (sep and seq.isdigit() and digest):
+        if not (sep and seq.isascii() and seq.isdigit() and digest):
             raise ConfigError(f"--anchor must be SEQ:HASH as verify prints it, not {anchor!r}.")
         exported = AuditAnchor(int(seq), digest)
 

@@ -231,3 +231,53 @@ def test_stripe_form_requests_are_validated_by_json_path() -> None:
     ]
     unknown = TappedExchange("POST", httpx.URL("http://127.0.0.1:9/v1/nowhere"), headers, b"")
     assert [v.json_path for v in validator.validate(unknown, "http://127.0.0.1:9")] == ["path"]
+
+
+def test_log_capture_leaves_nothing_changed_whatever_the_order_of_stops() -> None:
+    """Two captures (the pytest plugin runs one per connector) stopped in start order: the
+    root logger's level, its handlers' filters and ``sys.stdout``/``sys.stderr`` are as they
+    were; a handler already on the root keeps printing what it printed (a logger with a level
+    of its own included); a stream someone put back (pytest, between items) is wrapped again
+    at the next scenario."""
+    import io
+    import logging
+    import sys
+
+    from conformance.logcapture import LogCapture
+
+    root = logging.getLogger()
+    before = (root.level, sys.stdout, sys.stderr, [list(h.filters) for h in root.handlers])
+    printed = io.StringIO()
+    existing = logging.StreamHandler(printed)
+    root.addHandler(existing)
+    chatty = logging.getLogger("tessera_test_chatty")
+    chatty.setLevel(logging.DEBUG)
+    try:
+        first, second = LogCapture(), LogCapture()
+        first.start()
+        second.start()
+        first.current = second.current = "card.x"
+        logging.getLogger("tessera_test_quiet").info("quiet info")
+        chatty.debug("chatty debug")
+        replaced = io.StringIO()
+        sys.stdout = replaced  # as pytest does between items
+        second.current = "card.y"
+        print("printed line")  # noqa: T201 - what a connector might do
+        first.stop()
+        second.stop()
+        assert "quiet info" not in printed.getvalue()  # the root's WARNING held for it
+        assert "chatty debug" in printed.getvalue()  # its own DEBUG level still did
+        for capture in (first, second):
+            texts = [line.text for line in capture.lines]
+            assert any("quiet info" in t for t in texts) and any("chatty debug" in t for t in texts)
+        assert [(line.scenario, line.text) for line in second.lines if line.source == "stdout"] == [
+            ("card.y", "printed line")
+        ]
+        assert replaced.getvalue() == "printed line\n"
+        assert sys.stdout is replaced  # put back as it was found at the wrap
+        sys.stdout = before[1]
+    finally:
+        root.removeHandler(existing)
+        chatty.setLevel(logging.NOTSET)
+        sys.stdout = before[1]
+    assert (root.level, sys.stdout, sys.stderr, [list(h.filters) for h in root.handlers]) == before

@@ -648,3 +648,45 @@ async def test_an_answer_after_the_reconciler_settled_the_call_is_not_counted_ag
     else:
         status, rest, _ = await _post(gw, f"/v1/payments/{pay['id']}/capture")
         assert status == 200 and rest["captured"]["value"] == 1000, rest
+
+
+@pytest.mark.parametrize("late", ["unknown", "not_sent"])
+async def test_a_late_answer_that_knows_less_gets_the_settled_answer(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, late: str
+) -> None:
+    """The reconciler settled the refund by the provider's totals while our call stalled; the
+    call then ends ``unknown`` (a timeout) or raises before-sending (a refusal). The merchant
+    gets the refund as recorded (201, ``succeeded``), not a stored 202 or 409, and the refund
+    record is not overwritten ``failed`` while its amount is counted."""
+    from normalization import ConnectorUnavailableError
+
+    pay = await _paid(gw, capture=True)
+    service = gw.resources.payments
+    invoke = service._invoke
+    provider_done, release = asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any) -> PaymentResult:
+        result: PaymentResult = await invoke(*args)
+        if args[2] is Operation.REFUND:
+            provider_done.set()
+            await release.wait()
+            if late == "unknown":
+                return PaymentResult.unknown()
+            raise ConnectorUnavailableError("refused")
+        return result
+
+    monkeypatch.setattr(service, "_invoke", held)
+    path = f"/v1/payments/{pay['id']}/refunds"
+    call = asyncio.create_task(
+        _post(gw, path, {"amount": {"value": 400, "currency": "EUR"}}, key=f"late-{late}")
+    )
+    await provider_done.wait()
+    await _due_now(gw)
+    report = await reconcile_once(gw.resources.payment_store, service)
+    assert (report.claimed, report.settled) == (1, 1), report
+    release.set()
+    status, body, _ = await call
+    assert status == 201 and body["refunded"]["value"] == 400, body
+    assert [(r["status"], r["amount"]["value"]) for r in body["refunds"]] == [("succeeded", 400)]
+    after = await _get(gw, pay["id"])
+    assert after["refunded"]["value"] == 400 and after["refunds"] == body["refunds"], after

@@ -272,3 +272,35 @@ async def test_all_candidates_open_is_one_503_and_one_open_candidate_is_skipped(
     assert status == 503 and problem["code"] == "connector_unavailable", problem
     assert float(headers["Retry-After"]) > 0
     assert await _rows(gw, "payments") == payments
+
+
+@pytest.mark.usefixtures("backup_connector")
+async def test_failover_onto_an_open_breaker_fails_the_payment_and_the_key_retries(
+    make_gateway: MakeGateway, observed_sandbox: Any, database_url: str | None
+) -> None:
+    """The first connector refuses the connection (its breaker still closed), the backup's
+    breaker is open: 503, and the payment is settled ``failed``, not left ``pending`` for good
+    (whose retry with the key was then a stored 201 ``pending``); the retry runs anew."""
+    gw = await make_gateway(
+        database_url=database_url,
+        connectors={
+            "sandbox": sandbox_connector(observed_sandbox, base_url=_dead_url(), retry_attempts=1),
+            "backup": sandbox_connector(observed_sandbox),
+        },
+        routing={"default": ["sandbox", "backup"]},
+    )
+    token = await _tokenize(gw)
+    gw.resources.pool.runtime("backup").breaker.pybreaker.open()
+    status, problem, _ = await _pay(gw, token, key="dead-then-open")
+    assert status == 503 and problem["code"] == "connector_unavailable", problem
+    resp = await gw.client.get("/v1/payments?reference=order-7", headers=gw.auth)
+    [first] = (await resp.json())["data"]
+    assert first["status"] == "failed", first
+    assert [(a["connector"], a["outcome"]) for a in first["attempts"]] == [
+        ("sandbox", "not_sent"),
+        ("backup", "not_sent"),
+    ], first
+    gw.resources.pool.runtime("backup").breaker.pybreaker.close()
+    status, pay, headers = await _pay(gw, token, key="dead-then-open")
+    assert status == 201 and pay["status"] == "authorized" and pay["id"] != first["id"], pay
+    assert headers.get("Idempotent-Replayed") != "true"

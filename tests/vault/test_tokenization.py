@@ -141,6 +141,13 @@ async def test_a_dedup_hit_never_takes_an_older_card(
     )
     assert not created and old.id == first.id and old.exp_year == year + 4
     assert await stored() == (year + 4, "A")  # the old copy took nothing
+    # ... not even its CVC: the renewed card must not go out with the old card's code.
+    await service.tokenize(tenant, card(pan, exp_year=year + 4, cvc="444"), dedup=True)
+    await service.tokenize(tenant, card(pan, exp_year=year + 1, cvc="111"), dedup=True)
+    revealed = await service.reveal(
+        tenant, first.id, purpose="test", actor="test", consume_cvc=True
+    )
+    assert revealed.cvc is not None and revealed.cvc.reveal() == "444"
     await service.tokenize(tenant, card(pan, exp_year=year + 4, holder_name="B"), dedup=True)
     assert await stored() == (year + 4, "B")
 
