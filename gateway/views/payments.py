@@ -168,6 +168,10 @@ async def _outcome_result(
     return _json_result(success_status, view)
 
 
+#: Calls on a payment after its authorization: not what a ``complete`` answers for.
+_FOLLOW_UPS = frozenset({"capture", "void", "refund", "sync"})
+
+
 def _merchant(request: web.Request) -> Merchant:
     return request[MERCHANT]
 
@@ -277,8 +281,9 @@ async def complete_payment(request: web.Request) -> web.Response:
             merchant, payment_id, params, correlation_id=request[REQUEST_ID]
         )
         view = await _view(request, payment)
-        # As for capture, void and refund: 202 while the call's outcome is unknown.
-        attempts = view["attempts"]
+        # As for capture, void and refund: 202 while the call's outcome is unknown (the
+        # authorization's calls only: a payment that moved on may have, say, a refund open).
+        attempts = [a for a in view["attempts"] if a["operation"] not in _FOLLOW_UPS]
         unknown = bool(attempts) and attempts[-1]["outcome"] == Outcome.UNKNOWN.value
         return _json_result(202 if unknown else 200, view)
 

@@ -486,6 +486,15 @@ async def test_complete_after_the_payment_moved_on_returns_it(gw: Gateway) -> No
     status, completed = await _post(gw, f"/v1/payments/{pay['id']}/complete", {"parameters": {}})
     assert status == 200 and completed["status"] == "authorized", completed
     assert [a["operation"] for a in completed["attempts"]] == ["authorize", "sync"], completed
+    # A refund whose answer was lost is not the authorization's: still 200, not 202.
+    from normalization import PaymentResult
+
+    from .conftest import refund_with_answer
+
+    status, _ = await _post(gw, f"/v1/payments/{pay['id']}/capture")
+    await refund_with_answer(gw, pay["id"], 100, PaymentResult.unknown())
+    status, again = await _post(gw, f"/v1/payments/{pay['id']}/complete", {"parameters": {}})
+    assert status == 200 and again["status"] == "captured", again
     # A payment that never asked for a redirect still cannot be completed.
     status, plain = await _post(gw, "/v1/payments", _payment(await _tokenize(gw)))
     status, problem = await _post(gw, f"/v1/payments/{plain['id']}/complete", {"parameters": {}})
