@@ -429,7 +429,7 @@ class PaymentService:
                     result, error_code, rejection = PaymentResult.not_sent(), exc.code, exc
                 failover = result.outcome is Outcome.NOT_SENT and bool(queue)
                 async with self._db.transaction() as tx:
-                    attempts[-1], own = await self._record_answer(
+                    attempts[-1], result, own = await self._record_answer(
                         attempt, result, tx, error_code=error_code
                     )
                     if not own:  # settled meanwhile (reconciler, operator): as recorded
@@ -520,10 +520,9 @@ class PaymentService:
         )  # fmt: skip
         result = await self._send(merchant.id, attempt, Operation.CAPTURE, request, correlation_id)
         async with self._db.transaction() as tx:
-            attempt, own = await self._record_answer(attempt, result, tx)
+            attempt, result, own = await self._record_answer(attempt, result, tx)
             if not own:
                 payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
-                result = _as_recorded(attempt, result)
             elif result.outcome is Outcome.SUCCEEDED:
                 payment = await self._count(payment, result, Capture(amount), tx)
         return _answered(OperationOutcome(payment, attempt, result))
@@ -540,10 +539,9 @@ class PaymentService:
         )  # fmt: skip
         result = await self._send(merchant.id, attempt, Operation.VOID, request, correlation_id)
         async with self._db.transaction() as tx:
-            attempt, own = await self._record_answer(attempt, result, tx)
+            attempt, result, own = await self._record_answer(attempt, result, tx)
             if not own:
                 payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
-                result = _as_recorded(attempt, result)
             elif result.outcome is Outcome.SUCCEEDED:
                 payment = await self._settle(payment, result, event=Void(), tx=tx)
         return _answered(OperationOutcome(payment, attempt, result))
@@ -595,11 +593,10 @@ class PaymentService:
             await self._store.update_refund(refund.id, status=RefundStatus.FAILED)
             raise
         async with self._db.transaction() as tx:
-            attempt, own = await self._record_answer(attempt, result, tx)
+            attempt, result, own = await self._record_answer(attempt, result, tx)
             if not own:
                 payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
                 refund = await self._store.get_refund(refund.id, tx=tx)
-                result = _as_recorded(attempt, result)
             else:
                 refund = await self._finish_refund(refund.id, result, tx=tx)
                 if (
@@ -699,7 +696,7 @@ class PaymentService:
             merchant, payment, params, correlation_id
         )
         async with self._db.transaction() as tx:
-            _, own = await self._record_answer(attempt, result, tx)
+            _, result, own = await self._record_answer(attempt, result, tx)
             if not own:
                 payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
             elif result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
@@ -795,7 +792,7 @@ class PaymentService:
         if result.outcome is Outcome.NOT_SENT:
             return payment  # still open: the reconciler sends it
         async with self._db.transaction() as tx:
-            _, own = await self._record_answer(submit, result, tx)
+            _, _, own = await self._record_answer(submit, result, tx)
             if not own:
                 return await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
             return await self._settle(payment, result, tx=tx)
@@ -1058,7 +1055,7 @@ class PaymentService:
         current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
         happened = False
         if result.outcome is Outcome.SUCCEEDED and amount and result.amount_refunded:
-            happened = result.amount_refunded.value >= current.refunded + amount.value
+            happened = _covers(result.amount_refunded, current.refunded, amount)
             status = RefundStatus.SUCCEEDED if happened else RefundStatus.FAILED
         else:
             status = _refund_status(result)
@@ -1198,14 +1195,15 @@ class PaymentService:
         tx: Connection,
         *,
         error_code: str | None = None,
-    ) -> tuple[AttemptRecord, bool]:
-        """Record the answer our own call got; the attempt, and True if this answer settled it.
+    ) -> tuple[AttemptRecord, PaymentResult, bool]:
+        """Record the answer our own call got; the attempt, the answer to give, and True if
+        this answer settled it.
 
         False: the attempt was settled while the call ran (the reconciler presumed it abandoned
         after the in-flight grace, or an operator settled it). What settled it moved the payment
-        already, so the caller moves nothing more: counting this answer's capture or refund as
-        well would count it twice. An answer that disagrees with the recorded one is logged for
-        an operator; the recorded one stands.
+        already, so the caller moves nothing more (counting this answer's capture or refund as
+        well would count it twice), and the answer to give is the recorded one. An answer that
+        disagrees with it is logged for an operator.
         """
         try:
             settled, own = await self._store.settle_attempt(
@@ -1227,7 +1225,8 @@ class PaymentService:
                 recorded=f"{settled.outcome} / {settled.status}",
                 answered=f"{result.outcome.value} / {result.status.value}",
             )
-        return settled, own
+            result = _as_recorded(settled, result)
+        return settled, result, own
 
     async def _send(
         self,
@@ -1247,11 +1246,7 @@ class PaymentService:
                 tenant, attempt.connector, operation, request, correlation_id
             )
             if result.outcome is Outcome.NOT_SENT:
-                raise ConnectorUnavailableError(
-                    f"The provider did not take the {operation.value} (nothing was done); "
-                    f"retry it.",
-                    retry_after=1,
-                )
+                raise _not_taken(operation.value)
         except TesseraError as exc:
             try:
                 await self._store.finish_attempt(
@@ -1417,7 +1412,12 @@ def _refund_covered(payment: PaymentRecord, attempt: AttemptRecord, result: Paym
     total = result.amount_refunded
     if total is None or attempt.amount is None:
         return True
-    return total.value >= payment.refunded + attempt.amount.value
+    return _covers(total, payment.refunded, attempt.amount)
+
+
+def _covers(total: Money, counted: int, amount: Money) -> bool:
+    """A provider's total (captured, refunded) holds ``amount`` on top of what is counted."""
+    return total.value >= counted + amount.value
 
 
 def _totals_confirm(payment: PaymentRecord, result: PaymentResult) -> bool:
@@ -1454,7 +1454,7 @@ def _confirmed_capture(
     total = result.amount_captured
     if result.outcome is not Outcome.SUCCEEDED or amount is None or total is None:
         return None
-    if total.value < payment.captured + amount.value:
+    if not _covers(total, payment.captured, amount):
         return None
     event = Capture(amount, confirmed=True)
     try:
@@ -1602,9 +1602,11 @@ def _answered(outcome: OperationOutcome) -> OperationOutcome:
     settled it while our call ran) did not happen: 503 as for a call the provider did not
     take, not the unchanged payment with a 200."""
     if outcome.result.outcome is Outcome.NOT_SENT:
-        raise ConnectorUnavailableError(
-            f"The provider did not take the {outcome.attempt.operation} (nothing was done); "
-            "retry it.",
-            retry_after=1,
-        )
+        raise _not_taken(outcome.attempt.operation)
     return outcome
+
+
+def _not_taken(operation: str) -> ConnectorUnavailableError:
+    return ConnectorUnavailableError(
+        f"The provider did not take the {operation} (nothing was done); retry it.", retry_after=1
+    )

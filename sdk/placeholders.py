@@ -135,11 +135,14 @@ def _field_values(card: RevealedCard | CardData, field: CardField) -> ResolvedVa
 class PlaceholderTable:
     """The placeholders handed out during one call, and their resolution at send time."""
 
-    __slots__ = ("_nonce", "_slots")
+    __slots__ = ("_halves", "_nonce", "_slots")
 
     def __init__(self) -> None:
         self._nonce = secrets.token_hex(8)
         self._slots: list[tuple[CardSource, CardField]] = []
+        nonce = self._nonce.encode()
+        #: What ``check_whole`` looks for: the nonce's halves, in either case.
+        self._halves = (nonce[:8], nonce[8:], nonce[:8].upper(), nonce[8:].upper())
 
     def __repr__(self) -> str:
         return f"PlaceholderTable(slots={len(self._slots)})"
@@ -178,12 +181,10 @@ class PlaceholderTable:
         to the provider as garbage. Checked by the marker's unguessable nonce (its halves, in
         either case), so provider or merchant text cannot trip it; a slice short enough to keep
         neither half (``card.number[:6]``) is not seen."""
-        nonce = self._nonce.encode()
-        halves = (nonce[:8], nonce[8:], nonce[:8].upper(), nonce[8:].upper())
-        if not any(half in data for half in halves):
+        if not any(half in data for half in self._halves):
             return
         rest = MARKER_PATTERN.sub(b"", data)
-        if any(half in rest for half in halves):
+        if any(half in rest for half in self._halves):
             raise ConnectorConfigurationError(
                 "A card placeholder was sliced or transformed; it goes out whole or not at "
                 "all (ask for the field you need: exp_year_short, not exp_year[2:])."

@@ -32,6 +32,7 @@ from vault.token_store import TokenStore
 
 if TYPE_CHECKING:
     from gateway.app import Resources
+    from gateway.payments import PaymentRecord
 
 __all__ = [
     "attempts_list",
@@ -241,8 +242,12 @@ def attempts_list(settings: Settings, *, limit: int) -> int:
             f"{'attempt':<28} {'payment':<28} {'operation':<22} {'amount':>14} "
             f"{'outcome':<9} {'age':>8}  settled by"
         )
+        payments: dict[str, PaymentRecord] = {}  # a payment's open attempts share one read
         for attempt in attempts:
-            payment = await resources.payment_store.payment_of(attempt)
+            payment = payments.get(attempt.payment_id)
+            if payment is None:
+                payment = await resources.payment_store.payment_of(attempt)
+                payments[attempt.payment_id] = payment
             try:
                 route = resources.payments.settled_by(attempt, payment)
             except NotSupportedError:

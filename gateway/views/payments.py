@@ -36,6 +36,7 @@ from gateway.schemas import (
 )
 from normalization import Money, Outcome
 from normalization.errors import IllegalTransitionError, PaymentNotFoundError
+from sdk import Operation
 
 __all__ = ["payment_view", "setup"]
 
@@ -169,7 +170,9 @@ async def _outcome_result(
 
 
 #: Calls on a payment after its authorization: not what a ``complete`` answers for.
-_FOLLOW_UPS = frozenset({"capture", "void", "refund", "sync"})
+_FOLLOW_UPS = frozenset(
+    op.value for op in (Operation.CAPTURE, Operation.VOID, Operation.REFUND, Operation.SYNC)
+)
 
 
 def _merchant(request: web.Request) -> Merchant:
