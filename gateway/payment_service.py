@@ -565,8 +565,9 @@ class PaymentService:
         async with self._db.transaction() as tx:
             refund = await self._store.add_refund(payment, amount, tx=tx)
             payment, attempt = await self._begin(
-                payment, Operation.REFUND, amount=amount, refund_id=refund.id, tx=tx
-            )
+                payment, Operation.REFUND, Refund(amount), amount=amount, refund_id=refund.id,
+                tx=tx,
+            )  # fmt: skip
             # Under the operation's lock: refunds still pending elsewhere (this one aside).
             reserved = await self._store.reserved_refunds(payment.id, tx=tx) - amount.value
             _check_refund(payment, amount, reserved)
@@ -688,13 +689,20 @@ class PaymentService:
                 f"{payment.status.value if payment.status else 'new'}."
             )
         manifest = self._pool.manifest(payment.connector)
-        if payment.payment_method.type == _OPEN_BANKING and manifest.supports(Operation.SUBMIT):
-            return await self._complete_consent(merchant, payment, params, correlation_id)
-        if not manifest.supports(Operation.COMPLETE_AUTHORIZATION):
-            return await self.sync(merchant, payment_id, correlation_id=correlation_id)
-        payment, attempt, result = await self._complete_authorization(
-            merchant, payment, params, correlation_id
-        )
+        try:
+            if payment.payment_method.type == _OPEN_BANKING and manifest.supports(Operation.SUBMIT):
+                return await self._complete_consent(merchant, payment, params, correlation_id)
+            if not manifest.supports(Operation.COMPLETE_AUTHORIZATION):
+                return await self.sync(merchant, payment_id, correlation_id=correlation_id)
+            payment, attempt, result = await self._complete_authorization(
+                merchant, payment, params, correlation_id
+            )
+        except OperationInProgressError:
+            raise  # another ``complete`` is running: 409, retried after Retry-After
+        except ConcurrentUpdateError:
+            # Another ``complete``, a webhook or a sync moved it on while this one started:
+            # the customer's return is answered with the payment as it is now.
+            return await self._store.get_payment(merchant.id, payment_id)
         async with self._db.transaction() as tx:
             _, result, own = await self._record_answer(attempt, result, tx)
             if not own:
