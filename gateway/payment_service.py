@@ -1367,12 +1367,18 @@ class PaymentService:
             after.merchant_id,
             f"payment.{after.status.value}",
             {
+                # The payment's fields as GET /v1/payments/{id} gives them (amounts as
+                # {value, currency}: they used to be bare integers here).
                 "id": after.id,
                 "status": after.status.value,
                 "amount": after.amount.model_dump(),
-                "captured": after.captured,
-                "refunded": after.refunded,
+                "captured": {"value": after.captured, "currency": after.amount.currency},
+                "refunded": {"value": after.refunded, "currency": after.amount.currency},
+                "connector": after.connector,
                 "reference": after.reference,
+                "metadata": after.metadata,
+                "provider_reference": after.provider_reference,
+                "decline": after.decline.model_dump() if after.decline else None,
             },
         )
 

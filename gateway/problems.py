@@ -27,6 +27,7 @@ from normalization.errors import (
     VaultError,
     VaultNotFoundError,
 )
+from normalization.methods import PaymentMethodType
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -143,11 +144,28 @@ _OBJECT_TYPES = frozenset({"model_type", "model_attributes_type", "dict_type"})
 _OBJECT_EXPECTED = "Input should be a JSON object."
 
 
+#: Fields holding a union chosen by a ``type`` tag, and the tags: pydantic puts the chosen tag in
+#: an error's location (``payment_method.card.card.number``), which names no field the client
+#: sent; it is left out (``payment_method.card.number``).
+_TAGGED_UNIONS: dict[str, frozenset[str]] = {
+    "payment_method": frozenset(t.value for t in PaymentMethodType)
+}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    parts = [
+        str(part)
+        for i, part in enumerate(loc)
+        if not (i and part in _TAGGED_UNIONS.get(str(loc[i - 1]), ()))
+    ]
+    return ".".join(parts)
+
+
 def validation_problem(exc: ValidationError) -> tuple[str, str, list[dict[str, str]]]:
     """(code, detail, errors) for a pydantic error, without echoing any input value."""
     errors: list[dict[str, str]] = []
     for err in exc.errors(include_url=False, include_input=False, include_context=False):
-        loc = ".".join(str(part) for part in err["loc"])
+        loc = _field_path(err["loc"])
         kind = str(err["type"])
         # pydantic names the internal model ("... instance of CreatePaymentRequest"): say what
         # the client has to send instead.

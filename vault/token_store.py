@@ -295,6 +295,11 @@ class CiphertextUpdate:
     new: str = field(repr=False)
 
 
+#: The request's card expiry ($6 year, $5 month) against the stored one, in ``refresh_card``.
+_NEWER_CARD = "(exp_year < $6 OR (exp_year = $6 AND exp_month < $5))"
+_OLDER_CARD = "(exp_year > $6 OR (exp_year = $6 AND exp_month > $5))"
+
+
 class TokenStore:
     """Token records on either backend of ``vault.database``. Every query is scoped by tenant."""
 
@@ -368,20 +373,36 @@ class TokenStore:
         )
         return len(rows)
 
-    async def refresh_card(self, record: TokenRecord) -> None:
-        """Overwrite a token's encrypted payload, card expiry and token expiry (a dedup hit
-        that brings a renewed card, a holder name or a longer lifetime)."""
-        await self._db.execute(
-            "UPDATE vault_tokens SET ciphertext = $3, key_version = $4, exp_month = $5,"
-            " exp_year = $6, expires_at = $7 WHERE tenant = $1 AND id = $2",
-            record.tenant,
-            record.id,
-            record.ciphertext,
-            record.key_version,
-            record.exp_month,
-            record.exp_year,
-            None if record.expires_at is None else _to_micros(record.expires_at),
+    async def refresh_card(self, fresh: TokenRecord, *, payload: bool) -> TokenRecord | None:
+        """Merge a dedup hit's card into the stored token ``fresh.id``, in one statement.
+
+        Only what is not older than what is stored is taken (``TokenizationService._refresh``
+        has the rules): a later card expiry; ``fresh``'s encrypted payload when ``payload`` and
+        its expiry is not older than the stored one; a longer token lifetime (``None``: for
+        good). The comparisons run against the row as it is when the update runs, so two
+        concurrent hits for one card cannot undo each other. Returns the token as stored after
+        the update (``None`` if it is gone).
+        """
+        row = await self._db.fetchone(
+            "UPDATE vault_tokens SET"
+            " ciphertext = CASE WHEN $8 AND NOT " + _OLDER_CARD + " THEN $3 ELSE ciphertext END,"
+            " key_version = CASE WHEN $8 AND NOT " + _OLDER_CARD + " THEN $4 ELSE key_version END,"
+            " exp_month = CASE WHEN " + _NEWER_CARD + " THEN $5 ELSE exp_month END,"
+            " exp_year = CASE WHEN " + _NEWER_CARD + " THEN $6 ELSE exp_year END,"
+            " expires_at = CASE WHEN expires_at IS NOT NULL"
+            " AND (CAST($7 AS BIGINT) IS NULL OR CAST($7 AS BIGINT) > expires_at)"
+            " THEN CAST($7 AS BIGINT) ELSE expires_at END"
+            " WHERE tenant = $1 AND id = $2 RETURNING *",
+            fresh.tenant,
+            fresh.id,
+            fresh.ciphertext,
+            fresh.key_version,
+            fresh.exp_month,
+            fresh.exp_year,
+            None if fresh.expires_at is None else _to_micros(fresh.expires_at),
+            payload,
         )
+        return None if row is None else _record(row)
 
     # -- reads ----------------------------------------------------------------------------------
 

@@ -570,9 +570,22 @@ class TokenizationService:
             fresh.expires_at is None or fresh.expires_at > holder.expires_at
         ):
             renewed = dataclasses.replace(renewed, expires_at=fresh.expires_at)
-        if renewed is not holder:
-            await self._store.refresh_card(renewed)
-        return renewed
+        if renewed is holder:
+            return holder
+        # The store applies the same rules against the row as it stands, so a concurrent hit
+        # for this card that renewed it further is not undone; its answer is what is stored.
+        stored = await self._store.refresh_card(
+            dataclasses.replace(
+                holder,
+                ciphertext=fresh.ciphertext,
+                key_version=fresh.key_version,
+                exp_month=fresh.exp_month,
+                exp_year=fresh.exp_year,
+                expires_at=fresh.expires_at,
+            ),
+            payload=named,
+        )
+        return renewed if stored is None else stored
 
     @staticmethod
     def _redraw_duplicate_ids(

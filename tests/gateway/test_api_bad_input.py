@@ -282,3 +282,32 @@ def test_the_client_reports_a_declined_follow_up_with_its_payment_and_fields() -
         assert caught.value.errors == [
             {"field": "capture", "code": "bool_type", "detail": "Input should be ..."}
         ]
+
+
+@pytest.mark.parametrize(
+    ("method", "fields"),
+    [
+        (
+            {
+                "type": "card",
+                "card": {"number": "4242424242424241", "exp_month": 12, "exp_year": 2031},
+            },
+            ["payment_method.card.number"],
+        ),
+        ({"type": "card"}, ["payment_method"]),
+        (
+            {"type": "bank_account", "holder_name": "A B", "iban": "DE00", "country": "DE"},
+            ["payment_method.iban"],
+        ),
+    ],
+)
+async def test_error_fields_name_what_the_client_sent_not_the_union_tag(
+    gw: Gateway, method: dict[str, Any], fields: list[str]
+) -> None:
+    # pydantic's location holds the chosen tag (payment_method.card.card.number), a path the
+    # client never sent.
+    body = {"amount": {"value": 100, "currency": "EUR"}, "payment_method": method}
+    resp = await gw.client.post("/v1/payments", json=body, headers=gw.auth)
+    assert resp.status == 422, await resp.text()
+    problem = await resp.json()
+    assert [e["field"] for e in problem["errors"]] == fields, problem

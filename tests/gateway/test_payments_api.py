@@ -514,3 +514,29 @@ async def test_sync_settles_an_authorization_whose_answer_was_lost(
     assert status == 200 and synced["status"] == "authorized", synced
     assert synced["attempts"][0]["outcome"] == "succeeded", synced
     assert len((await sandbox_client_get(sandbox, "/__sandbox/charges"))["charges"]) == 1
+
+
+async def test_notifications_carry_the_payment_as_the_api_shows_it(gw: Gateway) -> None:
+    # captured/refunded were bare integers in notifications, {value, currency} in the API.
+    token = await _tokenize(gw)
+    status, pay = await _post(gw, "/v1/payments", _payment(token, 1000, capture=True))
+    assert status == 201 and pay["status"] == "captured", pay
+    status, _ = await _post(
+        gw, f"/v1/payments/{pay['id']}/refunds", {"amount": {"value": 300, "currency": "EUR"}}
+    )
+    assert status == 201
+    resp = await gw.client.get(f"/v1/payments/{pay['id']}", headers=gw.auth)
+    view = await resp.json()
+    rows = await gw.resources.db.fetchall(
+        "SELECT event_type, body FROM merchant_notifications WHERE merchant_id = $1 "
+        "ORDER BY created_at",
+        gw.merchant.id,
+    )
+    bodies = {row["event_type"]: json.loads(row["body"])["data"] for row in rows}
+    assert set(bodies) == {"payment.captured", "payment.partially_refunded"}
+    refunded = bodies["payment.partially_refunded"]
+    for name in ("id", "status", "amount", "captured", "refunded", "connector", "reference"):
+        assert refunded[name] == view[name], name
+    assert refunded["refunded"] == {"value": 300, "currency": "EUR"}
+    assert bodies["payment.captured"]["captured"] == {"value": 1000, "currency": "EUR"}
+    assert bodies["payment.captured"]["refunded"] == {"value": 0, "currency": "EUR"}

@@ -140,7 +140,10 @@ async def test_rewrap_iteration_and_update(store: TokenStore) -> None:
     # One row changed since it was read: its update must not apply.
     stale = updates[0]
     await store.refresh_card(
-        dataclasses.replace(old[[r.id for r in old].index(stale.id)], ciphertext="vault:v1:changed")
+        dataclasses.replace(
+            old[[r.id for r in old].index(stale.id)], ciphertext="vault:v1:changed"
+        ),
+        payload=True,
     )
     assert await store.update_ciphertexts("acme", updates) == 6
     assert await store.count_below_version("acme", 2) == 1
@@ -230,3 +233,44 @@ async def test_a_failed_statement_fails_each_waiter(store: TokenStore) -> None:
     )
     assert all(isinstance(o, Exception) for o in outcomes)
     await inserts.close()
+
+
+async def test_refresh_card_takes_only_what_is_newer_than_the_row_as_it_stands(
+    store: TokenStore,
+) -> None:
+    # Two dedup hits for one card read the same row; the one that writes second carries an
+    # older expiry and a shorter lifetime. Compared with the row as it stands when the update
+    # runs, it cannot undo the first (it used to overwrite every column).
+    held = dataclasses.replace(
+        record(), exp_year=2030, exp_month=6, expires_at=NOW + timedelta(hours=1)
+    )
+    await store.insert_many([held])
+    renewed = dataclasses.replace(
+        held, ciphertext="vault:v1:renewed", exp_year=2033, exp_month=1,
+        expires_at=NOW + timedelta(hours=5),
+    )  # fmt: skip
+    stale = dataclasses.replace(
+        held, ciphertext="vault:v1:stale", exp_year=2031, exp_month=3,
+        expires_at=NOW + timedelta(hours=2),
+    )  # fmt: skip
+    first = await store.refresh_card(renewed, payload=True)
+    second = await store.refresh_card(stale, payload=True)
+    assert first is not None and second is not None
+    stored = await store.get("acme", held.id)
+    assert stored == second
+    assert stored is not None
+    assert (stored.exp_year, stored.exp_month) == (2033, 1)
+    assert stored.ciphertext == "vault:v1:renewed"
+    assert stored.expires_at == NOW + timedelta(hours=5)
+
+    # Same expiry: the payload (a holder name) is taken only when asked for.
+    named = dataclasses.replace(renewed, ciphertext="vault:v1:named")
+    assert (await store.refresh_card(named, payload=False)).ciphertext == "vault:v1:renewed"  # type: ignore[union-attr]
+    assert (await store.refresh_card(named, payload=True)).ciphertext == "vault:v1:named"  # type: ignore[union-attr]
+    # A permanent ask makes it permanent; nothing makes a permanent token expire again.
+    forever = await store.refresh_card(dataclasses.replace(renewed, expires_at=None), payload=False)
+    assert forever is not None and forever.expires_at is None
+    again = await store.refresh_card(renewed, payload=False)
+    assert again is not None and again.expires_at is None
+    gone = dataclasses.replace(renewed, id=new_opaque_token())
+    assert await store.refresh_card(gone, payload=True) is None
