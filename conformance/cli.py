@@ -9,10 +9,11 @@
 ``add_arguments(parser)`` adds them to any ``argparse`` parser; ``run(args)`` runs and returns
 the exit code: 0 every scenario passed and every declared capability is covered, 1 anything
 failed (a scenario, coverage, a leak), 2 the run could not start (usage, setup: an unknown
-connector, a bad sandbox profile, an option the mode would ignore, a replay without cassettes,
-``--select`` matching nothing, missing live credentials, a report path that cannot be written)
-or its reports could not be written, 3 the live sandbox failed its preflight (skipped: sandbox
-unhealthy). Progress goes to stdout as each scenario finishes; the summary names every problem.
+connector, a bad sandbox profile, an option the mode would ignore, ``--record`` without
+``--cassettes DIR``, a replay without cassettes, ``--select`` matching nothing, missing live
+credentials, a report path that cannot be written) or its reports could not be written, 3 the
+live sandbox failed its preflight (skipped: sandbox unhealthy). Progress goes to stdout as each
+scenario finishes; the summary names every problem.
 """
 
 from __future__ import annotations
@@ -76,9 +77,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="sandbox profile file (JSON/TOML) layered over the built-in one; repeatable",
     )
-    parser.add_argument("--cassettes", type=Path, default=None, metavar="DIR", help="cassette dir")
     parser.add_argument(
-        "--record", action="store_true", help="record cassettes of passing simulator scenarios"
+        "--cassettes",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cassettes to replay (default: the kit's own), or where --record writes them",
+    )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="record cassettes of passing simulator scenarios into --cassettes DIR (required)",
     )
     parser.add_argument(
         "--vault-path", default=None, metavar="MOUNT/PATH", help="live credentials in Vault KV v2"

@@ -38,7 +38,7 @@ from conformance.sandboxes import SandboxProfile, SandboxProfileError, load_sand
 from conformance.simulators import RunningSimulator, find_simulator, start_simulator
 from conformance.webhook_faults import WebhookReceiver
 from normalization import TesseraError
-from sdk import Category, Connector, Credentials, Environment, Manifest, Operation, load_connectors
+from sdk import Category, Connector, Credentials, Environment, Manifest, Operation, load_registry
 from sdk.http import HttpSettings, network_transport
 from sdk.testing import FakeTokenRevealer, canary_cvc, canary_pan
 
@@ -86,16 +86,12 @@ class RunEnvironment:
     def __init__(self, config: RunConfig, *, known_scenarios: frozenset[str] | None = None) -> None:
         self.config = config
         self.mode = Mode(config.mode)
+        # Each plugin loads in isolation: only this connector's own plugin being broken (or
+        # missing) stops the run, with the reason.
         try:
-            classes = load_connectors()
+            self.connector_class: type[Connector] = load_registry().get(config.connector)
         except TesseraError as exc:
             raise SetupError(str(exc)) from None
-        if config.connector not in classes:
-            installed = ", ".join(sorted(classes)) or "none"
-            raise SetupError(
-                f"No connector {config.connector!r} is installed (installed: {installed})."
-            )
-        self.connector_class: type[Connector] = classes[config.connector]
         self.manifest: Manifest = self.connector_class.manifest
         try:
             self.profile = Category(config.profile) if config.profile else self.manifest.category
@@ -138,7 +134,8 @@ class RunEnvironment:
 
     @property
     def cassette_dir(self) -> Path:
-        """Where cassettes are read (replay) or written (``--record``)."""
+        """Where cassettes are read (replay; default: the kit's own) or written (``--record``,
+        which always names its directory: the kit's own is never written by default)."""
         return self.config.cassettes or BUILTIN_CASSETTES / self.manifest.id
 
     def _check_options(self) -> None:
@@ -147,6 +144,13 @@ class RunEnvironment:
         config, mode = self.config, self.mode
         if config.record and mode is not Mode.SIMULATOR:
             raise SetupError("--record records a simulator run: use it with --mode simulator.")
+        if config.record and config.cassettes is None:
+            # The default directory is the kit's own, inside the installed package: recording
+            # there would overwrite the shipped cassettes (or fail, read-only), never what QA meant.
+            raise SetupError(
+                "--record needs --cassettes DIR: name the directory to write the cassettes to "
+                "(then replay them with --mode replay --cassettes DIR)."
+            )
         if mode is not Mode.LIVE:
             for option, value in (
                 ("--base-url", config.base_url),

@@ -10,16 +10,22 @@ maps it.
 
 Cards become tokens in the run's fake vault (``FakeTokenRevealer``) unless a scenario asks for
 inline card data; every PAN handed out is registered with the leak scanner.
+
+``INPUT_KEYS`` is the vocabulary: every input a scenario asks for, and the keys each takes. A
+sandbox profile mapping anything else (a typo such as ``card.declined.insuficient_funds``, or
+``nubmer`` for ``number``) does not load (``input_problems`` says what is wrong): the value would
+otherwise be ignored, and the scenario silently run with a default card or skipped.
 """
 
 from __future__ import annotations
 
+import difflib
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conformance.leaks import LeakScanner
-from conformance.sandboxes import SandboxProfile
 from normalization import (
     AccountIdentifier,
     BankAccountMethod,
@@ -29,11 +35,24 @@ from normalization import (
     CardSecurityCode,
     Money,
     OpenBankingMethod,
+    redact_card_text,
 )
 from sdk import Manifest
 from sdk.testing import FakeTokenRevealer
 
-__all__ = ["TENANT", "Canary", "Inputs", "MissingInputError"]
+if TYPE_CHECKING:
+    # Only a type here: ``conformance.sandboxes`` checks profiles against ``INPUT_KEYS``.
+    from conformance.sandboxes import SandboxProfile
+
+__all__ = [
+    "DECLINE_CODES",
+    "INPUT_KEYS",
+    "TENANT",
+    "Canary",
+    "Inputs",
+    "MissingInputError",
+    "input_problems",
+]
 
 TENANT = "conformance"
 RETURN_URL = "https://merchant.example/return"
@@ -49,6 +68,73 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         }
     },
 }
+
+#: The decline codes the card profile's ``card.authorize.declined`` scenario asks inputs for.
+DECLINE_CODES = ("insufficient_funds", "do_not_honor", "expired_card", "incorrect_cvc")
+
+#: What the customer's browser sends to a redirect page (3-D Secure challenge, bank consent).
+_RECIPE_KEYS = frozenset({"method", "query", "form"})
+#: A card, and what to pay with it.
+_CARD_KEYS = frozenset(
+    {"number", "cvc", "exp_month", "exp_year", "holder_name", "amount", "currency"}
+)
+#: A bank account: exactly the fields of ``BankAccountMethod`` (anything else fails it).
+_BANK_KEYS = frozenset(BankAccountMethod.model_fields) - {"type"}
+#: An open-banking payer, and what it pays.
+_PAYER_KEYS = frozenset({"creditor", "debtor", "return_url", "amount", "currency"})
+
+#: Every input a scenario asks for, and the keys a sandbox profile may give it.
+INPUT_KEYS: Mapping[str, frozenset[str]] = {
+    "card.approved": _CARD_KEYS,
+    "card.canary": _CARD_KEYS,
+    **{f"card.declined.{code}": _CARD_KEYS for code in DECLINE_CODES},
+    "card.requires_3ds": _CARD_KEYS | {"challenge"},
+    "currency.roundtrip": frozenset({"amounts"}),
+    "bank.account.valid": _BANK_KEYS,
+    "bank.account.invalid": _BANK_KEYS,
+    "bank.account.returned": _BANK_KEYS,
+    "open_banking.payer": _PAYER_KEYS,
+    "consent.approve": _RECIPE_KEYS,
+    "consent.reject": _RECIPE_KEYS,
+    "consent.expired": _PAYER_KEYS,
+}
+#: Keys whose value is itself a customer recipe.
+_NESTED_KEYS: Mapping[str, frozenset[str]] = {"challenge": _RECIPE_KEYS}
+
+
+def _did_you_mean(name: str, choices: frozenset[str] | Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def input_problems(inputs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What is wrong with a sandbox profile's ``inputs``: each input no scenario asks for, and
+    each key its input does not take, naming it and what is allowed. Empty when all is well.
+    Card numbers are masked (a PAN pasted where a key belongs must not reach an error)."""
+    problems: list[str] = []
+    for name, values in inputs.items():
+        allowed = INPUT_KEYS.get(name)
+        if allowed is None:
+            problems.append(
+                f"unknown input {name!r}{_did_you_mean(name, INPUT_KEYS)}; the inputs scenarios "
+                f"ask for are: {', '.join(sorted(INPUT_KEYS))}"
+            )
+            continue
+        for key, value in values.items():
+            if key not in allowed:
+                problems.append(
+                    f"input {name!r} has unknown key {key!r}{_did_you_mean(key, allowed)}; "
+                    f"it takes: {', '.join(sorted(allowed))}"
+                )
+            elif key in _NESTED_KEYS and isinstance(value, Mapping):
+                nested = _NESTED_KEYS[key]
+                problems.extend(
+                    f"input {name!r} has unknown key '{key}.{inner}'"
+                    f"{_did_you_mean(inner, nested)}; {key} takes: {', '.join(sorted(nested))}"
+                    for inner in value
+                    if inner not in nested
+                )
+    return [redact_card_text(problem) for problem in problems]
 
 
 class MissingInputError(LookupError):

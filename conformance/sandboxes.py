@@ -37,7 +37,9 @@ files winning)::
     }
 
 ``simulator`` holds keyword options for the simulator factory (those it accepts).
-``inputs`` map the abstract inputs scenarios ask for to magic values. ``scenarios`` patch a
+``inputs`` map the abstract inputs scenarios ask for to magic values; an input no scenario asks
+for, or a key its input does not take, stops the profile from loading, naming the key and what
+is allowed (``conformance.inputs.INPUT_KEYS``). ``scenarios`` patch a
 scenario's expectation with an RFC 7386 merge patch (keyed by scenario id, or by an instance id
 such as ``card.currency.roundtrip[JPY]``). Removing an assertion (``null``) needs a reason under
 ``reasons`` (dotted ``step.path``), or the profile does not load; TOML, which has no ``null``,
@@ -64,6 +66,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from conformance.expectations import merge_patch, null_paths
+from conformance.inputs import input_problems
 from conformance.polling import PollPolicy
 from conformance.results import RemovedAssertion
 
@@ -206,6 +209,9 @@ def _parse(path: Path, known_scenarios: frozenset[str] | None) -> _File:
             f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
         )
         raise SandboxProfileError(f"{path}: {problems}") from None
+    unknown_inputs = input_problems(parsed.inputs)
+    if unknown_inputs:
+        raise SandboxProfileError(f"{path}: {'; '.join(unknown_inputs)}")
     for scenario_id, override in parsed.scenarios.items():
         base_id = scenario_id.split("[", 1)[0]
         if known_scenarios is not None and base_id not in known_scenarios:

@@ -184,6 +184,15 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             metrics=ConnectorMetrics(app[METRICS].registry),
         )
         stack.push_async_callback(pool.close, drain_seconds=settings.server.shutdown_timeout)
+        # Connectors configured with credentials_from = "vault": read before the first request.
+        # The operator commands (no background tasks) still run without them: listing or
+        # settling attempts calls no provider, and a reconcile's calls fail on their own.
+        try:
+            await pool.load_all_credentials(vault)
+        except TesseraError as exc:
+            if app[BACKGROUND]:
+                raise
+            log.warning("connector_credentials_unavailable", code=exc.code, reason=str(exc))
         router = Router(settings.routing, {c: pool.manifest(c) for c in pool.ids()})
         payments = PaymentService(db, payment_store, tokens, pool, router, outbox, audit)
         app[RESOURCES] = Resources(
@@ -229,6 +238,8 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
             ),
             asyncio.create_task(_housekeeping(idempotency, outbox, payment_store, stop)),
         ]
+        if pool.vault_sourced():
+            background.append(asyncio.create_task(pool.refresh_credentials_forever(vault, stop)))
         if multiprocess_metrics():
             background.append(asyncio.create_task(_publish_gauges(pool, stop)))
         try:

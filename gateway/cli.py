@@ -8,6 +8,9 @@ imported lazily so ``tessera --help`` stays fast::
     tessera vault provision --config FILE        transit, KV, policies, AppRole (idempotent)
     tessera merchants create NAME --config FILE  a merchant, its Vault keys and an API key
     tessera merchants webhook ID URL --config F  where signed payment notifications go
+    tessera merchants list [--json] --config F   merchants, live key counts, webhook URLs
+    tessera merchants keys create|list|revoke ID an API key: new (printed once), ids, revoke
+    tessera merchants delete ID --yes --config F an unused merchant and its keys (audited)
     tessera keys rotate [--tenant T] --config F  rotate transit keys and rewrap ciphertext
     tessera audit verify --config FILE           check the audit log's hash chain
     tessera reconcile --config FILE              settle unknown/pending attempts once
@@ -69,6 +72,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     settings = load_settings(args.config)
+    # A configured connector not installed, or whose plugin is broken: exit 2 here, before the
+    # start-up checks and the workers (each would fail on it); unrelated broken plugins are only
+    # logged, by each process that builds its connectors.
+    from gateway.connector_pool import installed_connectors
+
+    installed_connectors(settings.connectors, warn=False)
     if args.workers is not None:
         settings = settings.model_copy(
             update={"server": settings.server.model_copy(update={"workers": args.workers})}
@@ -81,7 +90,8 @@ def _vault_provision(args: argparse.Namespace) -> int:
     from gateway.commands.admin import vault_provision
     from gateway.config import load_settings
 
-    return vault_provision(load_settings(args.config))
+    admin_file = Path(args.admin_secret_id_file) if args.admin_secret_id_file else None
+    return vault_provision(load_settings(args.config), admin_secret_id_file=admin_file)
 
 
 def _merchants_create(args: argparse.Namespace) -> int:
@@ -98,6 +108,50 @@ def _merchants_webhook(args: argparse.Namespace) -> int:
     from gateway.config import load_settings
 
     return merchants_webhook_set(load_settings(args.config), args.merchant_id, args.url)
+
+
+def _merchants_list(args: argparse.Namespace) -> int:
+    _admin_logging(args)
+    from gateway.commands.admin import merchants_list
+    from gateway.config import load_settings
+
+    return merchants_list(load_settings(args.config), as_json=args.json)
+
+
+def _merchants_delete(args: argparse.Namespace) -> int:
+    _admin_logging(args)
+    from gateway.commands.admin import merchants_delete
+    from gateway.config import load_settings
+
+    return merchants_delete(
+        load_settings(args.config), args.merchant_id, confirmed=args.yes, reason=args.reason
+    )
+
+
+def _merchants_keys_create(args: argparse.Namespace) -> int:
+    _admin_logging(args)
+    from gateway.commands.admin import merchants_keys_create
+    from gateway.config import load_settings
+
+    return merchants_keys_create(load_settings(args.config), args.merchant_id, reason=args.reason)
+
+
+def _merchants_keys_list(args: argparse.Namespace) -> int:
+    _admin_logging(args)
+    from gateway.commands.admin import merchants_keys_list
+    from gateway.config import load_settings
+
+    return merchants_keys_list(load_settings(args.config), args.merchant_id, as_json=args.json)
+
+
+def _merchants_keys_revoke(args: argparse.Namespace) -> int:
+    _admin_logging(args)
+    from gateway.commands.admin import merchants_keys_revoke
+    from gateway.config import load_settings
+
+    return merchants_keys_revoke(
+        load_settings(args.config), args.merchant_id, args.key, every=args.all, reason=args.reason
+    )
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
@@ -165,10 +219,47 @@ def _connector_new(args: argparse.Namespace) -> int:
 
 
 def _connector_list(args: argparse.Namespace) -> int:
-    from sdk.registry import format_manifest_table, load_connectors
+    """The usable connectors on stdout; broken plugins, with why, on stderr and exit 1 (so CI
+    and install scripts notice; the table is printed all the same)."""
+    from sdk.registry import (
+        describe_manifest,
+        format_broken_plugins,
+        format_manifest_table,
+        load_registry,
+    )
 
-    print(format_manifest_table(cls.manifest for cls in load_connectors().values()))
-    return 0
+    registry = load_registry()
+    if args.verbose and registry.manifests():
+        print("\n\n".join(describe_manifest(m) for m in registry.manifests()))
+    else:
+        print(format_manifest_table(registry.manifests()))
+    broken = registry.broken()
+    if not broken:
+        return 0
+    print(
+        "tessera: broken connector plugins, not loaded (fix or uninstall them):\n"
+        + format_broken_plugins(broken),
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _connector_credentials_set(args: argparse.Namespace) -> int:
+    _admin_logging(args)
+    from gateway.commands.credentials import credentials_set
+    from gateway.config import load_settings
+
+    return credentials_set(
+        load_settings(args.config), args.connector_id, args.from_file, merge=args.merge
+    )
+
+
+def _connector_credentials_show(args: argparse.Namespace) -> int:
+    _admin_logging(args)
+    from gateway.commands.credentials import credentials_show
+    from gateway.config import load_settings
+
+    return credentials_show(load_settings(args.config), args.connector_id)
 
 
 def _config_arg(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -211,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     vault_cmds = vault.add_subparsers(dest="vault_command", metavar="ACTION", required=True)
     prov = vault_cmds.add_parser("provision", help="Enable engines, write policies and roles.")
     _config_arg(prov)
+    prov.add_argument(
+        "--admin-secret-id-file",
+        metavar="FILE",
+        help="Also issue a secret id for the tessera-admin AppRole and write it to FILE, created "
+        "with mode 0600 (never overwritten). Without it none is issued; it is never printed.",
+    )
     prov.set_defaults(handler=_vault_provision)
 
     merchants = commands.add_parser("merchants", help="Merchant administration.")
@@ -227,6 +324,45 @@ def build_parser() -> argparse.ArgumentParser:
     webhook.add_argument("url", help="https:// URL receiving signed notifications.")
     _config_arg(webhook)
     webhook.set_defaults(handler=_merchants_webhook)
+    m_list = m_cmds.add_parser("list", help="Merchants: id, name, created, live keys, webhook.")
+    m_list.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
+    _config_arg(m_list)
+    m_list.set_defaults(handler=_merchants_list)
+    m_delete = m_cmds.add_parser(
+        "delete", help="Delete a merchant no token or payment names, with its keys (audited)."
+    )
+    m_delete.add_argument("merchant_id", metavar="MERCHANT")
+    m_delete.add_argument(
+        "--yes", action="store_true", help="Delete it (without: say what would go, exit 2)."
+    )
+    m_delete.add_argument("--reason", help="Why (ticket): goes to the audit log.")
+    _config_arg(m_delete)
+    m_delete.set_defaults(handler=_merchants_delete)
+    m_keys = m_cmds.add_parser("keys", help="A merchant's API keys: create, list, revoke.")
+    mk_cmds = m_keys.add_subparsers(dest="merchants_keys_command", metavar="ACTION", required=True)
+    mk_create = mk_cmds.add_parser("create", help="A new API key; printed once (audited).")
+    mk_create.add_argument("merchant_id", metavar="MERCHANT")
+    mk_create.add_argument("--reason", help="Why (ticket): goes to the audit log.")
+    _config_arg(mk_create)
+    mk_create.set_defaults(handler=_merchants_keys_create)
+    mk_list = mk_cmds.add_parser("list", help="Key ids, prefixes, created and revoked times.")
+    mk_list.add_argument("merchant_id", metavar="MERCHANT")
+    mk_list.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
+    _config_arg(mk_list)
+    mk_list.set_defaults(handler=_merchants_keys_list)
+    mk_revoke = mk_cmds.add_parser(
+        "revoke", help="Revoke a key by id or prefix, or --all (audited)."
+    )
+    mk_revoke.add_argument("merchant_id", metavar="MERCHANT")
+    which = mk_revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "key", nargs="?", metavar="KEY_ID_OR_PREFIX",
+        help="key_... or the key's first 8 characters (tsk_ + 4), as keys list shows them.",
+    )  # fmt: skip
+    which.add_argument("--all", action="store_true", help="Every live key of the merchant.")
+    mk_revoke.add_argument("--reason", help="Why (ticket, leak): goes to the audit log.")
+    _config_arg(mk_revoke)
+    mk_revoke.set_defaults(handler=_merchants_keys_revoke)
 
     keys = commands.add_parser("keys", help="Encryption key management.")
     k_cmds = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -290,8 +426,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     new.add_argument("--path", default=".", help="Parent directory (default: here).")
     new.set_defaults(handler=_connector_new)
-    listing = c_cmds.add_parser("list", help="Installed connectors and their manifests.")
+    listing = c_cmds.add_parser(
+        "list",
+        help="Installed connectors and their manifests; broken plugins on stderr (exit 1).",
+    )
+    listing.add_argument(
+        "--verbose", "-v", action="store_true", help="Every manifest field, credentials included."
+    )
     listing.set_defaults(handler=_connector_list)
+    creds = c_cmds.add_parser(
+        "credentials", help="A connector's credentials in Vault KV (credentials_from = vault)."
+    )
+    cr_cmds = creds.add_subparsers(dest="credentials_command", metavar="ACTION", required=True)
+    cr_set = cr_cmds.add_parser("set", help="Write them from a JSON/TOML file or stdin.")
+    cr_set.add_argument("connector_id", metavar="CONNECTOR")
+    cr_set.add_argument(
+        "--from-file",
+        required=True,
+        metavar="PATH",
+        help='JSON object or TOML table of names to values ({"api_key": "..."}); - for stdin.',
+    )
+    cr_set.add_argument(
+        "--merge", action="store_true", help="Keep the names this file does not set."
+    )
+    _config_arg(cr_set)
+    cr_set.set_defaults(handler=_connector_credentials_set)
+    cr_show = cr_cmds.add_parser("show", help="Which credentials Vault holds (names only).")
+    cr_show.add_argument("connector_id", metavar="CONNECTOR")
+    _config_arg(cr_show)
+    cr_show.set_defaults(handler=_connector_credentials_show)
 
     from conformance import cli as conformance_cli  # light: the runner loads inside run()
 

@@ -51,6 +51,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 __all__ = [
@@ -144,14 +145,50 @@ class ConnectorSettings(BaseModel):
     base_url: str | None = None
     #: Allows http and loopback destinations: simulators and tests only.
     test_mode: bool = False
+    #: Where the connector's credentials come from: this section's ``credentials`` table
+    #: (``"config"``), or Vault KV v2 at ``tessera/connectors/<id>`` (``"vault"``), read at
+    #: start-up and again every ``credentials_refresh_seconds`` (rotation without a restart).
+    credentials_from: Literal["config", "vault"] = "config"
     credentials: dict[str, SecretStr] = {}
-    webhook_secret: SecretStr | None = None
+    credentials_refresh_seconds: Annotated[float, Field(ge=1, le=86_400)] = 60.0
     deadline_seconds: Annotated[float, Field(gt=0, le=120)] = 10.0
     breaker_fail_max: Annotated[int, Field(ge=1)] = 5
     breaker_reset_seconds: Annotated[float, Field(gt=0)] = 30.0
     max_concurrent: Annotated[int, Field(ge=1)] = 64
     max_queued: Annotated[int, Field(ge=0)] = 128
     retry_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+
+    @model_validator(mode="before")
+    @classmethod
+    def _section_webhook_secret(cls, data: Any) -> Any:
+        # A section-level ``webhook_secret`` used to be accepted and then never used (webhooks
+        # are verified with ``credentials.webhook_secret``), so every webhook failed
+        # verification. It is now moved where it is used.
+        if not isinstance(data, dict) or data.get("webhook_secret") is None:
+            return data
+        data = dict(data)
+        secret = data.pop("webhook_secret")
+        credentials = data.get("credentials")
+        if credentials is None:
+            credentials = {}
+        if not isinstance(credentials, dict):
+            return data  # the credentials table itself is reported invalid
+        if "webhook_secret" in credentials or data.get("credentials_from") == "vault":
+            raise ValueError(
+                "webhook_secret is a credential: set it once, in credentials.webhook_secret "
+                '(or in Vault with credentials_from = "vault")'
+            )
+        data["credentials"] = {**credentials, "webhook_secret": secret}
+        return data
+
+    @model_validator(mode="after")
+    def _one_credentials_source(self) -> ConnectorSettings:
+        if self.credentials_from == "vault" and self.credentials:
+            raise ValueError(
+                'credentials_from = "vault" reads every credential from Vault KV '
+                "(tessera/connectors/<id>); remove the credentials table from the file"
+            )
+        return self
 
 
 class RouteRule(BaseModel):

@@ -1,11 +1,12 @@
 """The connectors this gateway forwards to: one ``ConnectorRuntime`` each, built at start-up.
 
 Connectors are found through the SDK registry (the ``tessera.connectors`` entry points), never
-imported by name. Each ``[connectors.<id>]`` section of the configuration turns into runtime
-settings (base URL, environment, breaker, bulkhead, retries) and credentials. Card data reaches a
-connector only through ``VaultRevealer``, the vault's tokenization service seen through the SDK's
-``TokenRevealer`` protocol: every reveal is audited with its purpose, and the CVV held for a
-token is consumed by the first authorization.
+imported by name; a broken plugin stops the gateway only when the configuration names it, and is
+otherwise logged (``installed_connectors``). Each ``[connectors.<id>]`` section of the
+configuration turns into runtime settings (base URL, environment, breaker, bulkhead, retries) and
+credentials. Card data reaches a connector only through ``VaultRevealer``, the vault's
+tokenization service seen through the SDK's ``TokenRevealer`` protocol: every reveal is audited
+with its purpose, and the CVV held for a token is consumed by the first authorization.
 
 One payment's authorization may try several connectors (failover after ``not_sent``). Inside
 ``reveal_scope()`` each token is revealed (decrypted, audited, its CVV consumed) at most once and
@@ -16,16 +17,28 @@ scope; the CVV is still consumed by the vault, so no *later* payment can use it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import asyncio
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from gateway.config import ConnectorSettings
-from normalization.errors import ConnectorUnavailableError, NotSupportedError
+import structlog
+
+from gateway.config import ConfigError, ConnectorSettings
+from normalization.errors import (
+    ConnectorConfigurationError,
+    ConnectorUnavailableError,
+    NotSupportedError,
+    TesseraError,
+    VaultNotFoundError,
+    VaultPermissionDeniedError,
+)
 from sdk import (
     BreakerSettings,
     BulkheadSettings,
+    Connector,
     ConnectorMetrics,
     ConnectorRuntime,
     Credentials,
@@ -33,14 +46,59 @@ from sdk import (
     RetrySettings,
     RevealedCard,
     RuntimeSettings,
-    load_connectors,
+    load_registry,
 )
 from sdk.manifest import Environment
 from sdk.resilience.breaker import STATE_OPEN
+from vault.client import VaultClient
 from vault.token_store import TokenRecord
 from vault.tokenization import TokenizationService
 
-__all__ = ["ConnectorPool", "VaultRevealer", "reveal_scope"]
+__all__ = [
+    "ConnectorPool",
+    "VaultRevealer",
+    "credentials_path",
+    "installed_connectors",
+    "read_credentials",
+    "reveal_scope",
+]
+
+_LOG = structlog.get_logger("tessera.gateway.connectors")
+
+
+def credentials_path(connector_id: str) -> str:
+    """Where a connector's credentials live in Vault KV v2 (under the KV mount, ``secret/``)."""
+    return f"tessera/connectors/{connector_id}"
+
+
+async def read_credentials(
+    vault: VaultClient, connector_id: str, manifest: Manifest
+) -> Credentials:
+    """``connector_id``'s credentials from Vault KV, checked against its manifest.
+
+    Raises ``ConnectorConfigurationError`` when Vault has none for the connector, refuses the
+    gateway's token for that path, or they miss a required credential; the vault error family
+    when Vault cannot be asked (unreachable, sealed).
+    """
+    path = credentials_path(connector_id)
+    try:
+        values = await vault.kv_read(path)
+    except VaultNotFoundError:
+        raise ConnectorConfigurationError(
+            f"Connector {connector_id!r} takes its credentials from Vault, which has none at "
+            f"KV {path} (tessera connector credentials set {connector_id} writes them)."
+        ) from None
+    except VaultPermissionDeniedError:
+        raise ConnectorConfigurationError(
+            f"Vault refused to read connector {connector_id!r}'s credentials at KV {path}: the "
+            "gateway's role needs the tessera-reveal policy (tessera vault provision writes it)."
+        ) from None
+    credentials = Credentials(values)
+    try:
+        credentials.check_against(manifest)
+    except ConnectorConfigurationError as exc:
+        raise ConnectorConfigurationError(f"{exc} (read from Vault KV at {path})") from None
+    return credentials
 
 
 @dataclass(slots=True)
@@ -113,6 +171,41 @@ class VaultRevealer:
         )
 
 
+def installed_connectors(
+    configured: Iterable[str], *, warn: bool = True
+) -> dict[str, type[Connector]]:
+    """The class of each ``configured`` connector, from the SDK registry (every plugin loaded in
+    isolation: a broken one fails only what needs it).
+
+    Raises ``ConfigError`` (exit 2), one line per ``[connectors.<id>]`` section, when a configured
+    connector is not installed or its plugin is broken, saying why. With ``warn``, logs one
+    ``connector_plugin_broken`` warning per broken plugin the configuration does not use, which
+    the gateway starts without.
+    """
+    registry = load_registry()
+    wanted = list(dict.fromkeys(configured))
+    classes: dict[str, type[Connector]] = {}
+    problems: list[str] = []
+    for connector_id in wanted:
+        try:
+            classes[connector_id] = registry.get(connector_id)
+        except ConnectorConfigurationError as exc:
+            problems.append(f"[connectors.{connector_id}]: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    if warn:
+        log = structlog.get_logger("tessera.gateway.connectors")
+        for broken in registry.broken():
+            if broken.connector_id not in wanted:
+                log.warning(
+                    "connector_plugin_broken",
+                    connector=broken.connector_id,
+                    plugin=broken.plugin,
+                    reason=broken.reason,
+                )
+    return classes
+
+
 def runtime_settings(config: ConnectorSettings) -> RuntimeSettings:
     return RuntimeSettings(
         environment=Environment(config.environment),
@@ -145,15 +238,10 @@ class ConnectorPool:
         revealer: VaultRevealer,
         metrics: ConnectorMetrics,
     ) -> ConnectorPool:
-        installed = load_connectors()
+        installed = installed_connectors(configs)  # ConfigError: configured but broken/missing
         runtimes: dict[str, ConnectorRuntime] = {}
         for connector_id, config in configs.items():
-            cls_ = installed.get(connector_id)
-            if cls_ is None:
-                raise NotSupportedError(
-                    f"Connector {connector_id!r} is configured but not installed "
-                    f"(installed: {', '.join(sorted(installed)) or 'none'})."
-                )
+            cls_ = installed[connector_id]
             credentials = Credentials(config.credentials)
             runtimes[connector_id] = ConnectorRuntime(
                 cls_(),
@@ -163,6 +251,61 @@ class ConnectorPool:
                 metrics=metrics,
             )
         return cls(runtimes, configs)
+
+    def vault_sourced(self) -> list[str]:
+        """The connectors whose credentials come from Vault KV (``credentials_from = "vault"``)."""
+        return [c for c, config in self._configs.items() if config.credentials_from == "vault"]
+
+    async def load_credentials(self, vault: VaultClient, connector_id: str) -> int:
+        """Read ``connector_id``'s credentials from Vault KV and use them from the next call on.
+
+        Calls already running keep the credentials they started with. Raises what
+        ``read_credentials`` raises, changing nothing. Returns how many credentials were read.
+        """
+        runtime = self.runtime(connector_id)
+        credentials = await read_credentials(vault, connector_id, runtime.manifest)
+        runtime.credentials = credentials
+        return len(credentials)
+
+    async def load_all_credentials(self, vault: VaultClient) -> None:
+        """At start-up: every Vault-sourced connector's credentials, or the error that stops it
+        (``tessera serve`` checks the same before it starts, in ``gateway.server.preflight``)."""
+        for connector_id in self.vault_sourced():
+            await self.load_credentials(vault, connector_id)
+
+    async def refresh_credentials_forever(self, vault: VaultClient, stop: asyncio.Event) -> None:
+        """Re-read Vault-sourced credentials, each at its ``credentials_refresh_seconds``.
+
+        A failed read keeps the credentials in use (a rotation half-written, Vault briefly
+        down) and logs ``connector_credentials_refresh_failed`` with the reason's code.
+        """
+        due = {c: self._configs[c].credentials_refresh_seconds for c in self.vault_sourced()}
+        if not due:
+            return
+        loop = asyncio.get_running_loop()
+        next_at = {c: loop.time() + seconds for c, seconds in due.items()}
+        while not stop.is_set():
+            wait = max(0.0, min(next_at.values()) - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            if stop.is_set():
+                return
+            now = loop.time()
+            for connector_id, at in next_at.items():
+                if at > now:
+                    continue
+                next_at[connector_id] = now + due[connector_id]
+                try:
+                    await self.load_credentials(vault, connector_id)
+                except TesseraError as exc:
+                    _LOG.warning(
+                        "connector_credentials_refresh_failed",
+                        connector=connector_id,
+                        code=exc.code,
+                        reason=str(exc),
+                    )
+                except Exception:  # noqa: BLE001 - a bug must not end rotation for good
+                    _LOG.exception("connector_credentials_refresh_crashed", connector=connector_id)
 
     def __contains__(self, connector_id: object) -> bool:
         return connector_id in self._runtimes

@@ -6,6 +6,12 @@ request. A key is shown once, when it is created. Lookups on the request path hi
 in-process cache (``key_cache_seconds``, default 5 s) so authentication costs a dict lookup;
 revocation therefore takes effect on every process within that time.
 
+Each key has an id (``key_`` + 16 characters, migration 3) and keeps its first eight characters
+(``tsk_`` + 4) as a ``prefix``: operators list, and revoke, keys by either (``tessera merchants
+keys``) without ever seeing a key or its hash again. Keys made before migration 3 got an id from
+the migration. A key added by a gateway process still running an older build during a rolling
+upgrade has no id (the column stays nullable for that reason): revoke it by its prefix.
+
 A merchant may register a webhook endpoint (migration 2): the URL Tessera posts payment
 notifications to and the ``whsec_`` secret that signs them. Unlike an API key, the signing
 secret is stored as is, because signing needs it (Stripe does the same).
@@ -33,6 +39,7 @@ tests only: it admits loopback and private addresses, never link-local or metada
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 import secrets
@@ -49,25 +56,37 @@ from sdk.hostpolicy import (
     literal_refusal,
     resolve_checked,
 )
-from vault.database import Migration, PostgresDatabase, SqliteDatabase, migrate
+from vault.database import (
+    Connection,
+    Migration,
+    PostgresDatabase,
+    SqliteDatabase,
+    in_transaction,
+    migrate,
+)
 
 __all__ = [
     "WEBHOOK_RESOLVE_TIMEOUT",
+    "AmbiguousKeyError",
+    "ApiKey",
     "ApiKeyCache",
     "AuthFailureLimiter",
     "Merchant",
     "MerchantStore",
+    "MerchantSummary",
     "WebhookEndpoint",
     "WebhookUrlError",
     "check_webhook_delivery_url",
     "check_webhook_url",
     "hash_api_key",
     "new_api_key",
+    "new_key_id",
     "new_merchant_id",
 ]
 
 _BASE62 = string.ascii_letters + string.digits
 _API_KEY_RE = re.compile(r"tsk_[A-Za-z0-9]{40}", re.ASCII)
+_DIGIT_RUN_RE = re.compile(r"[0-9]{12}", re.ASCII)
 
 _MIGRATIONS = [
     Migration(
@@ -96,6 +115,31 @@ _MIGRATIONS = [
         ALTER TABLE merchants ADD COLUMN webhook_secret TEXT
         """,
     ),
+    # Key ids for operators (list, revoke). Nullable: a gateway still running an older build
+    # during a rolling upgrade inserts keys without one. Existing keys get a random id here,
+    # 16 of the letters a-p (64 bits): hex digits mapped to letters, because the audit log
+    # refuses any text holding a run of digits that could be a card number (SQLite has no
+    # translate(): ten nested replace() calls).
+    Migration(
+        3,
+        """
+        ALTER TABLE api_keys ADD COLUMN id TEXT;
+        UPDATE api_keys SET id = 'key_' ||
+            replace(replace(replace(replace(replace(replace(replace(replace(replace(replace(
+                lower(hex(randomblob(8))),
+            '0', 'g'), '1', 'h'), '2', 'i'), '3', 'j'), '4', 'k'),
+            '5', 'l'), '6', 'm'), '7', 'n'), '8', 'o'), '9', 'p')
+            WHERE id IS NULL;
+        CREATE UNIQUE INDEX api_keys_id ON api_keys (id)
+        """,
+        """
+        ALTER TABLE api_keys ADD COLUMN id TEXT;
+        UPDATE api_keys SET id = 'key_' || translate(
+            substr(md5(random()::text || key_hash), 1, 16), '0123456789', 'ghijklmnop')
+            WHERE id IS NULL;
+        CREATE UNIQUE INDEX api_keys_id ON api_keys (id)
+        """,
+    ),
 ]
 _MAX_WEBHOOK_URL_LENGTH = 2048
 
@@ -104,6 +148,16 @@ def new_merchant_id() -> str:
     """``mer_`` + 16 lowercase characters: also a valid Vault tenant id (``[a-z0-9_]``)."""
     alphabet = string.ascii_lowercase + string.digits
     return "mer_" + "".join(secrets.choice(alphabet) for _ in range(16))
+
+
+def new_key_id() -> str:
+    """``key_`` + 16 lowercase letters and digits: names an API key without revealing any of
+    it. Never with a run of 12 digits, which the audit log would refuse as a card number."""
+    alphabet = string.ascii_lowercase + string.digits
+    while True:
+        key_id = "key_" + "".join(secrets.choice(alphabet) for _ in range(16))
+        if _DIGIT_RUN_RE.search(key_id) is None:
+            return key_id
 
 
 def new_api_key() -> str:
@@ -248,6 +302,52 @@ class Merchant:
     created_at: str
 
 
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """What may be shown of an API key: never the key, never its hash.
+
+    ``id`` is None only for a key inserted by an older build during a rolling upgrade
+    (see the module docstring); ``prefix`` is the key's first eight characters (``tsk_`` + 4).
+    """
+
+    id: str | None
+    merchant_id: str
+    prefix: str
+    created_at: str
+    revoked_at: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantSummary:
+    """One line of ``tessera merchants list``: no key, hash or signing secret in it."""
+
+    merchant: Merchant
+    active_keys: int
+    webhook_url: str | None
+
+
+class AmbiguousKeyError(LookupError):
+    """A key prefix that names several of the merchant's keys; ``candidates`` are their ids."""
+
+    def __init__(self, candidates: list[ApiKey]) -> None:
+        super().__init__("that prefix names several keys; give the key id")
+        self.candidates = candidates
+
+
+_KEY_PREFIX_LENGTH = 8
+_SELECT_KEY = "SELECT key_hash, id, merchant_id, prefix, created_at, revoked_at FROM api_keys "
+#: One of a merchant's keys by id, prefix or hash (``MerchantStore.revoke``).
+_KEYS_BY = {
+    "id": _SELECT_KEY + "WHERE merchant_id = $1 AND id = $2 ORDER BY created_at, id",
+    "prefix": _SELECT_KEY + "WHERE merchant_id = $1 AND prefix = $2 ORDER BY created_at, id",
+    "key_hash": _SELECT_KEY + "WHERE merchant_id = $1 AND key_hash = $2 ORDER BY created_at, id",
+}
+
+
 class MerchantStore:
     """Merchants and hashed API keys, on either database backend."""
 
@@ -277,16 +377,110 @@ class MerchantStore:
         return merchant, key
 
     async def add_key(self, merchant_id: str) -> str:
-        key = new_api_key()
-        await self._db.execute(
-            "INSERT INTO api_keys (key_hash, merchant_id, prefix, created_at) "
-            "VALUES ($1, $2, $3, $4)",
-            hash_api_key(key),
-            merchant_id,
-            key[:8],
-            datetime.now(UTC).isoformat(),
-        )
+        """A new live key for ``merchant_id``; the key is returned once, never stored."""
+        _, key = await self.create_key(merchant_id)
         return key
+
+    async def create_key(
+        self, merchant_id: str, *, tx: Connection | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new live key for the merchant: what may be shown of it, and the key (once).
+
+        ``tx``: insert in the caller's transaction (so an audit entry commits with it).
+        Raises ``LookupError`` for an unknown merchant."""
+        key = new_api_key()
+        record = ApiKey(
+            id=new_key_id(),
+            merchant_id=merchant_id,
+            prefix=key[:_KEY_PREFIX_LENGTH],
+            created_at=datetime.now(UTC).isoformat(),
+            revoked_at=None,
+        )
+        async with in_transaction(self._db, tx) as conn:
+            if await conn.fetchval("SELECT 1 FROM merchants WHERE id = $1", merchant_id) is None:
+                raise LookupError("No such merchant.")
+            await conn.execute(
+                "INSERT INTO api_keys (key_hash, id, merchant_id, prefix, created_at) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                hash_api_key(key),
+                record.id,
+                merchant_id,
+                record.prefix,
+                record.created_at,
+            )
+        return record, key
+
+    async def keys(self, merchant_id: str, *, tx: Connection | None = None) -> list[ApiKey]:
+        """The merchant's keys, live and revoked, oldest first (empty for an unknown merchant)."""
+        rows = await (tx or self._db).fetchall(
+            "SELECT id, merchant_id, prefix, created_at, revoked_at FROM api_keys "
+            "WHERE merchant_id = $1 ORDER BY created_at, id",
+            merchant_id,
+        )
+        return [_api_key(row) for row in rows]
+
+    async def revoke(
+        self, merchant_id: str, which: str, *, tx: Connection | None = None
+    ) -> tuple[ApiKey, bool]:
+        """Revoke one of the merchant's keys, named by its id (``key_...``), its prefix (the
+        first eight characters, ``tsk_`` + 4) or the whole key (matched by its hash).
+
+        Returns the key as it now is and whether this call revoked it (False: it already was).
+        Raises ``LookupError`` when nothing of the merchant's matches, ``AmbiguousKeyError``
+        (a ``LookupError`` too) when a prefix matches several keys."""
+        if looks_like_api_key(which):
+            column, value = "key_hash", hash_api_key(which)
+        elif which.startswith("tsk_"):
+            if len(which) != _KEY_PREFIX_LENGTH:
+                raise LookupError("a key prefix is the first 8 characters of the key (tsk_ + 4)")
+            column, value = "prefix", which
+        else:
+            column, value = "id", which
+        async with in_transaction(self._db, tx) as conn:
+            if await conn.fetchval("SELECT 1 FROM merchants WHERE id = $1", merchant_id) is None:
+                raise LookupError("No such merchant.")
+            rows = await conn.fetchall(
+                _KEYS_BY[column],
+                merchant_id,
+                value,
+            )
+            if not rows:
+                raise LookupError("no key of this merchant has that id, prefix or value")
+            if len(rows) > 1:
+                raise AmbiguousKeyError([_api_key(row) for row in rows])
+            row = rows[0]
+            if row["revoked_at"] is not None:
+                return _api_key(row), False
+            # Only a still-live key: of two concurrent revocations, one revokes it.
+            revoked_at = await conn.fetchval(
+                "UPDATE api_keys SET revoked_at = $1 WHERE key_hash = $2 AND revoked_at IS NULL "
+                "RETURNING revoked_at",
+                datetime.now(UTC).isoformat(),
+                row["key_hash"],
+            )
+            if revoked_at is None:
+                current = await conn.fetchone(
+                    "SELECT id, merchant_id, prefix, created_at, revoked_at FROM api_keys "
+                    "WHERE key_hash = $1",
+                    row["key_hash"],
+                )
+                assert current is not None
+                return _api_key(current), False
+            return _api_key({**row, "revoked_at": revoked_at}), True
+
+    async def revoke_all(self, merchant_id: str, *, tx: Connection | None = None) -> list[ApiKey]:
+        """Revoke every live key of the merchant; the keys this call revoked. Raises
+        ``LookupError`` for an unknown merchant."""
+        async with in_transaction(self._db, tx) as conn:
+            if await conn.fetchval("SELECT 1 FROM merchants WHERE id = $1", merchant_id) is None:
+                raise LookupError("No such merchant.")
+            rows = await conn.fetchall(
+                "UPDATE api_keys SET revoked_at = $1 WHERE merchant_id = $2 AND revoked_at IS NULL "
+                "RETURNING id, merchant_id, prefix, created_at, revoked_at",
+                datetime.now(UTC).isoformat(),
+                merchant_id,
+            )
+        return sorted((_api_key(row) for row in rows), key=lambda k: (k.created_at, k.id or ""))
 
     async def revoke_key(self, key: str) -> bool:
         row = await self._db.fetchone(
@@ -302,24 +496,26 @@ class MerchantStore:
         )
         return True
 
-    async def delete(self, merchant_id: str) -> bool:
+    async def delete(self, merchant_id: str, *, tx: Connection | None = None) -> bool:
         """Remove the merchant and its API keys (revoked ones too), in one transaction; False
         if there was no such merchant.
 
         For undoing a creation that could not be completed (``tessera merchants create`` when
-        Vault refuses to make its keys). Tokens, payments and audit entries name a merchant
-        without a foreign key and are not touched: do not delete a merchant that has any.
+        Vault refuses to make its keys) and for ``tessera merchants delete``. Tokens, payments
+        and audit entries name a merchant without a foreign key and are not touched: do not
+        delete a merchant that has any (the command refuses to). ``tx``: in the caller's
+        transaction (where that check runs).
         """
-        async with self._db.transaction() as tx:
-            row = await tx.fetchone("SELECT id FROM merchants WHERE id = $1", merchant_id)
+        async with in_transaction(self._db, tx) as conn:
+            row = await conn.fetchone("SELECT id FROM merchants WHERE id = $1", merchant_id)
             if row is None:
                 return False
-            await tx.execute("DELETE FROM api_keys WHERE merchant_id = $1", merchant_id)
-            await tx.execute("DELETE FROM merchants WHERE id = $1", merchant_id)
+            await conn.execute("DELETE FROM api_keys WHERE merchant_id = $1", merchant_id)
+            await conn.execute("DELETE FROM merchants WHERE id = $1", merchant_id)
         return True
 
-    async def get(self, merchant_id: str) -> Merchant | None:
-        row = await self._db.fetchone(
+    async def get(self, merchant_id: str, *, tx: Connection | None = None) -> Merchant | None:
+        row = await (tx or self._db).fetchone(
             "SELECT id, name, token_dedup, created_at FROM merchants WHERE id = $1", merchant_id
         )
         return None if row is None else _merchant(row)
@@ -329,6 +525,23 @@ class MerchantStore:
             "SELECT id, name, token_dedup, created_at FROM merchants ORDER BY created_at"
         )
         return [_merchant(row) for row in rows]
+
+    async def summaries(self) -> builtins.list[MerchantSummary]:
+        """Every merchant, oldest first, with its number of live keys and its webhook URL."""
+        rows = await self._db.fetchall(
+            "SELECT m.id, m.name, m.token_dedup, m.created_at, m.webhook_url, "
+            "(SELECT COUNT(*) FROM api_keys k WHERE k.merchant_id = m.id "
+            "AND k.revoked_at IS NULL) AS active_keys "
+            "FROM merchants m ORDER BY m.created_at, m.id"
+        )
+        return [
+            MerchantSummary(
+                merchant=_merchant(row),
+                active_keys=int(row["active_keys"]),
+                webhook_url=row["webhook_url"] or None,
+            )
+            for row in rows
+        ]
 
     async def set_webhook_endpoint(
         self,
@@ -394,6 +607,18 @@ class MerchantStore:
             hash_api_key(key),
         )
         return None if row is None else _merchant(row)
+
+
+def _api_key(row: object) -> ApiKey:
+    assert isinstance(row, dict)
+    revoked_at = row["revoked_at"]
+    return ApiKey(
+        id=row["id"],
+        merchant_id=row["merchant_id"],
+        prefix=row["prefix"],
+        created_at=str(row["created_at"]),
+        revoked_at=None if revoked_at is None else str(revoked_at),
+    )
 
 
 def _merchant(row: object) -> Merchant:

@@ -233,6 +233,7 @@ async def preflight(settings: Settings) -> None:
     """
     await _check_database(settings.database.url)
     await _check_vault(settings)
+    await _check_connector_credentials(settings)
 
 
 async def _check_database(url: str) -> None:
@@ -301,6 +302,39 @@ async def _check_vault(settings: Settings) -> None:
         await client.close()
 
 
+async def _check_connector_credentials(settings: Settings) -> None:
+    """Every configured connector's credentials are there: in the file, or in Vault KV for
+    ``credentials_from = "vault"`` (read with the gateway's own Vault credentials, as it will)."""
+    from gateway.app import _vault_client
+    from gateway.connector_pool import read_credentials
+    from sdk import Credentials, load_connectors
+
+    if not settings.connectors:
+        return
+    installed = load_connectors()
+    client = _vault_client(settings)
+    try:
+        for connector_id, config in settings.connectors.items():
+            cls = installed.get(connector_id)
+            if cls is None:
+                continue  # reported when the gateway builds its connectors
+            try:
+                if config.credentials_from == "vault":
+                    async with asyncio.timeout(_CHECK_TIMEOUT):
+                        await read_credentials(client, connector_id, cls.manifest)
+                else:
+                    Credentials(config.credentials).check_against(cls.manifest)
+            except TimeoutError:
+                raise StartupError(
+                    f"Vault did not answer within {_CHECK_TIMEOUT:.0f} s when reading connector "
+                    f"{connector_id!r}'s credentials."
+                ) from None
+            except TesseraError as exc:
+                raise StartupError(f"[connectors.{connector_id}]: {exc}") from None
+    finally:
+        await client.close()
+
+
 def _redacted_url(url: str) -> str:
     """``url`` without its password (database URLs may carry one)."""
     try:
@@ -335,11 +369,14 @@ async def run_gateway(
     """Serve until SIGINT/SIGTERM (in this process), then drain and close."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     app = create_app(settings)
     _unwind_before_cleanup(app, settings.server.shutdown_timeout)
+    # Signal handlers only once serving: a worker that cannot start and is stopped by the parent
+    # at that moment then dies by the signal, rather than printing "Exception ignored when
+    # trying to write to the signal wakeup fd" from a loop that is closing.
     runner, url = await start_site(app, settings, reuse_port=reuse_port)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     tune_gc()
     log.info("gateway_started", url=url)
     try:

@@ -57,10 +57,13 @@ from sdk.outcomes import (
 from sdk.placeholders import CardField, CardPlaceholder, CardPlaceholders, MissingCardDataError
 from sdk.registry import (
     ENTRY_POINT_GROUP,
+    BrokenPlugin,
     ConnectorRegistry,
     describe_manifest,
+    format_broken_plugins,
     format_manifest_table,
     load_connectors,
+    load_registry,
     register_connector,
     unregister_connector,
 )
@@ -89,6 +92,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "BaseUrls",
     "BreakerSettings",
+    "BrokenPlugin",
     "BulkheadSettings",
     "CallContext",
     "CardField",
@@ -141,9 +145,11 @@ __all__ = [
     "bracketed_form",
     "build_http_client",
     "describe_manifest",
+    "format_broken_plugins",
     "format_manifest_table",
     "implemented_operations",
     "load_connectors",
+    "load_registry",
     "register_connector",
     "unregister_connector",
     "validate_connector_class",

@@ -1,8 +1,9 @@
 """Connector credentials as the SDK holds them: named secrets that never show in a ``repr``.
 
-The gateway reads them from Vault KV (so they rotate without a restart) and passes them with
-each call; connectors read them with ``ctx.credentials.reveal("api_key")``; the transcript
-recorder scrubs every value it holds.
+The gateway takes them from its configuration file, or from Vault KV v2 at
+``tessera/connectors/<id>`` (``credentials_from = "vault"``: re-read periodically, so they rotate
+without a restart), and passes them with each call; connectors read them with
+``ctx.credentials.reveal("api_key")``; the transcript recorder scrubs every value it holds.
 """
 
 from __future__ import annotations

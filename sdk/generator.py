@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from importlib.metadata import entry_points
 from pathlib import Path
 from string import Template
 
 from normalization import ConnectorConfigurationError
 from sdk.manifest import Category
+from sdk.registry import load_registry
 
 __all__ = ["GENERATED_FILES", "generate_connector", "slugify"]
 
@@ -95,11 +95,19 @@ def generate_connector(name: str, category: str, path: Path) -> Path:
         "category": kind.value,
         "host": slug.replace("_", "-"),
     }
-    # An installed connector with this id would make both fail to load ("already registered").
-    if slug in {ep.name for ep in entry_points(group="tessera.connectors")}:
+    # An installed connector with this id, usable or broken, would make the id refused (two
+    # plugins claiming one id: neither is used).
+    registry = load_registry()
+    if slug in registry:
         raise ConnectorConfigurationError(
             f"A connector {slug!r} is already installed (tessera connector list): pick another "
             "name."
+        )
+    refused = registry.broken(slug)
+    if refused:
+        raise ConnectorConfigurationError(
+            f"A connector {slug!r} is already installed, from a broken plugin that claims the id "
+            f"({'; '.join(map(str, refused))}): pick another name."
         )
     project = Path(path) / f"tessera-connector-{values['slug_dash']}"
     if project.exists():

@@ -6,34 +6,49 @@ group, the entry-point name being the connector's slug::
     [project.entry-points."tessera.connectors"]
     acme = "tessera_acme.connector:AcmeConnector"
 
-``load_connectors()`` loads every entry point and validates each class (``sdk.connector.
-validate_connector_class``): an import error, an invalid manifest, a declared operation without
-its verb or a verb without its declaration, an entry-point name that is not the manifest id, or
-two plugins with one id all raise ``ConnectorConfigurationError`` naming the plugin.
+``load_registry()`` loads every entry point **on its own** and validates each class
+(``sdk.connector.validate_connector_class``). A broken plugin never stops the others from
+loading: an import error (or any exception, ``SystemExit`` included, while importing it), an
+invalid manifest, a declared operation without its verb or a verb without its declaration, or an
+entry-point name that is not the manifest id is recorded as a ``BrokenPlugin`` (the plugin as
+``name = module:attr``, the id it claims, a one-line reason) in ``ConnectorRegistry.broken()``.
+An id claimed by two plugins is refused whole: neither class is used (no silent pick), and each
+is recorded broken with a reason naming the other. ``registry.get(id)`` returns the class, or
+raises ``ConnectorConfigurationError`` saying whether the id is not installed or why its plugin
+is broken; what needs that connector fails, and only that. ``load_connectors()`` is
+``load_registry().classes()``: the usable connectors by id, as before, without raising.
 
 Tests register classes without packaging them: ``register_connector(cls)`` (also a decorator)
-adds to what ``load_connectors()`` returns, ``unregister_connector(id)`` removes it.
-``format_manifest_table`` and ``describe_manifest`` render what ``tessera connector list`` prints.
+adds to what ``load_registry()`` and ``load_connectors()`` return, ``unregister_connector(id)``
+removes it. Registering an invalid class, or a second class under a registered id, raises at
+once (``ConnectorRegistry.register`` is strict: the mistake is at the call site).
+``format_manifest_table``, ``describe_manifest`` and ``format_broken_plugins`` render what
+``tessera connector list`` prints.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from pydantic import ValidationError
 
 from normalization import ConnectorConfigurationError
+from normalization.redaction import redact_card_text
 from sdk.connector import Connector, validate_connector_class
 from sdk.manifest import Manifest
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "BrokenPlugin",
     "ConnectorRegistry",
     "describe_manifest",
+    "format_broken_plugins",
     "format_manifest_table",
     "load_connectors",
+    "load_registry",
     "register_connector",
     "unregister_connector",
 ]
@@ -41,6 +56,9 @@ __all__ = [
 ENTRY_POINT_GROUP = "tessera.connectors"
 
 C = TypeVar("C", bound=type[Connector])
+
+#: A reason longer than this is cut (an exception's text is the plugin's, of any length).
+_REASON_LIMIT = 1000
 
 
 def _validation_summary(exc: ValidationError) -> str:
@@ -50,12 +68,54 @@ def _validation_summary(exc: ValidationError) -> str:
     )
 
 
+def _spec(entry_point: EntryPoint) -> str:
+    return f"{entry_point.name} = {entry_point.value}"
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line, card-number-shaped digits masked, at most ``_REASON_LIMIT`` long."""
+    line = redact_card_text(" ".join(text.split())).rstrip(".")
+    return line if len(line) <= _REASON_LIMIT else line[: _REASON_LIMIT - 3] + "..."
+
+
+def _reason(exc: BaseException, plugin: str) -> str:
+    """Why ``plugin`` was refused, without the ``Connector plugin '...'`` prefix the SDK's
+    errors start with (``BrokenPlugin`` names the plugin itself)."""
+    if not isinstance(exc, ConnectorConfigurationError):
+        return _one_line(f"failed to load: {type(exc).__name__}: {exc}")
+    text = str(exc)
+    for prefix in (f"Connector plugin {plugin!r}: ", f"Connector plugin {plugin!r} "):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    return _one_line(text)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenPlugin:
+    """A connector plugin the registry refused: ``plugin`` (``name = module:attr``), the
+    ``connector_id`` it claims (its entry-point name) and the ``reason``, one line."""
+
+    plugin: str
+    connector_id: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.plugin}: {self.reason}"
+
+
+#: (plugin, its class), the class None when the plugin is broken.
+Claim: TypeAlias = tuple[str, type[Connector] | None]
+
+
 class ConnectorRegistry:
-    """Validated connector classes by id, remembering which plugin brought each."""
+    """Validated connector classes by id, remembering which plugin brought each, and the
+    plugins that were refused (``broken()``)."""
 
     def __init__(self) -> None:
         self._classes: dict[str, type[Connector]] = {}
         self._plugins: dict[str, str] = {}
+        self._broken: list[BrokenPlugin] = []
 
     def __contains__(self, connector_id: object) -> bool:
         return connector_id in self._classes
@@ -67,7 +127,11 @@ class ConnectorRegistry:
         return len(self._classes)
 
     def register(self, cls: type[Connector], *, plugin: str | None = None) -> type[Connector]:
-        """Validate and add ``cls``; ``plugin`` names it in errors (default: its import path)."""
+        """Validate and add ``cls``; ``plugin`` names it in errors (default: its import path).
+
+        Strict: an invalid class, or an id already registered (or claimed by a broken plugin),
+        raises ``ConnectorConfigurationError``.
+        """
         plugin = plugin or f"{cls.__module__}:{cls.__qualname__}"
         validate_connector_class(cls, plugin=plugin)
         connector_id = cls.manifest.id
@@ -76,6 +140,12 @@ class ConnectorRegistry:
             raise ConnectorConfigurationError(
                 f"Connector plugin {plugin!r}: id {connector_id!r} is already registered by "
                 f"{self._plugins[connector_id]!r}."
+            )
+        refused = self.broken(connector_id)
+        if refused:
+            raise ConnectorConfigurationError(
+                f"Connector plugin {plugin!r}: id {connector_id!r} is already claimed by "
+                f"{', '.join(repr(b.plugin) for b in refused)} (broken)."
             )
         self._classes[connector_id] = cls
         self._plugins[connector_id] = plugin
@@ -86,12 +156,26 @@ class ConnectorRegistry:
         self._plugins.pop(connector_id, None)
 
     def get(self, connector_id: str) -> type[Connector]:
-        try:
-            return self._classes[connector_id]
-        except KeyError:
+        """The class for ``connector_id``; ``ConnectorConfigurationError`` saying why not:
+        its plugin is broken (with the reason), or no plugin provides it."""
+        cls = self._classes.get(connector_id)
+        if cls is not None:
+            return cls
+        refused = self.broken(connector_id)
+        if len(refused) == 1:
             raise ConnectorConfigurationError(
-                f"No connector {connector_id!r} is installed."
-            ) from None
+                f"Connector {connector_id!r} cannot be used: its plugin {refused[0].plugin!r} "
+                f"is broken: {refused[0].reason}."
+            )
+        if refused:
+            details = "; ".join(f"{b.plugin!r}: {b.reason}" for b in refused)
+            raise ConnectorConfigurationError(
+                f"Connector {connector_id!r} cannot be used: {len(refused)} plugins claim it "
+                f"and none is used ({details})."
+            )
+        raise ConnectorConfigurationError(
+            f"No connector {connector_id!r} is installed (installed: {', '.join(self) or 'none'})."
+        )
 
     def plugin(self, connector_id: str) -> str:
         return self._plugins[connector_id]
@@ -102,15 +186,25 @@ class ConnectorRegistry:
     def manifests(self) -> list[Manifest]:
         return [cls.manifest for _, cls in sorted(self._classes.items())]
 
-    def load_entry_point(self, entry_point: EntryPoint) -> type[Connector]:
-        plugin = f"{entry_point.name} = {entry_point.value}"
+    def broken(self, connector_id: str | None = None) -> tuple[BrokenPlugin, ...]:
+        """The refused plugins (those claiming ``connector_id``, if given), by id then plugin."""
+        return tuple(
+            sorted(
+                (b for b in self._broken if connector_id is None or b.connector_id == connector_id),
+                key=lambda b: (b.connector_id, b.plugin),
+            )
+        )
+
+    def _checked(self, entry_point: EntryPoint) -> type[Connector]:
+        """Import and validate one entry point; ``ConnectorConfigurationError`` naming it."""
+        plugin = _spec(entry_point)
         try:
             loaded = entry_point.load()
         except ValidationError as exc:
             raise ConnectorConfigurationError(
                 f"Connector plugin {plugin!r}: invalid manifest: {_validation_summary(exc)}."
             ) from exc
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() on import, too
             raise ConnectorConfigurationError(
                 f"Connector plugin {plugin!r} failed to load: {type(exc).__name__}: {exc}"
             ) from exc
@@ -120,14 +214,61 @@ class ConnectorRegistry:
                 f"Connector plugin {plugin!r}: the entry-point name must be the manifest id "
                 f"{cls.manifest.id!r}."
             )
-        return self.register(cls, plugin=plugin)
+        return cls
+
+    def load_entry_point(self, entry_point: EntryPoint) -> type[Connector]:
+        """Load and register one entry point, strictly: any problem raises (``register``)."""
+        return self.register(self._checked(entry_point), plugin=_spec(entry_point))
 
     def load_entry_points(self, selected: Iterable[EntryPoint] | None = None) -> None:
-        """Load ``selected`` entry points (default: the installed ``tessera.connectors`` ones)."""
+        """Load ``selected`` entry points (default: the installed ``tessera.connectors`` ones),
+        each in isolation: a plugin that fails is recorded in ``broken()``, never raised, and an
+        id claimed by more than one plugin (here or already in the registry) is refused whole."""
         if selected is None:
             selected = entry_points(group=ENTRY_POINT_GROUP)
-        for entry_point in sorted(selected, key=lambda ep: ep.name):
-            self.load_entry_point(entry_point)
+        claims: dict[str, list[Claim]] = {}
+        for connector_id, cls in self._classes.items():
+            claims.setdefault(connector_id, []).append((self._plugins[connector_id], cls))
+        for refused in self._broken:
+            claims.setdefault(refused.connector_id, []).append((refused.plugin, None))
+        for entry_point in sorted(selected, key=lambda ep: (ep.name, ep.value)):
+            plugin = _spec(entry_point)
+            try:
+                claim: Claim = (plugin, self._checked(entry_point))
+            except Exception as exc:  # noqa: BLE001 - isolation: whatever one plugin raises
+                self._broken.append(BrokenPlugin(plugin, entry_point.name, _reason(exc, plugin)))
+                claim = (plugin, None)
+            claims.setdefault(entry_point.name, []).append(claim)
+        for connector_id, claimed in claims.items():
+            self._settle(connector_id, claimed)
+
+    def _settle(self, connector_id: str, claimed: list[Claim]) -> None:
+        """Register the one class that claims ``connector_id``, or refuse the id when several
+        plugins do (a class claimed twice, by the same object, counts once)."""
+        distinct: list[Claim] = []
+        for plugin, cls in claimed:
+            if cls is None or all(cls is not other for _, other in distinct):
+                distinct.append((plugin, cls))
+        if len(distinct) == 1:
+            plugin, cls = distinct[0]
+            if cls is not None:
+                self._classes[connector_id] = cls
+                self._plugins[connector_id] = plugin
+            return
+        self.unregister(connector_id)
+        neither = "neither" if len(distinct) == 2 else "none"
+        for plugin, cls in distinct:
+            if cls is None:
+                continue  # recorded with its own reason already
+            others = ", ".join(repr(p) for p, _ in distinct if p != plugin)
+            self._broken.append(
+                BrokenPlugin(
+                    plugin,
+                    connector_id,
+                    f"id {connector_id!r} is also claimed by {others}, so {neither} is used "
+                    "(uninstall all but one)",
+                )
+            )
 
 
 _REGISTERED = ConnectorRegistry()
@@ -143,15 +284,27 @@ def unregister_connector(connector_id: str) -> None:
     _REGISTERED.unregister(connector_id)
 
 
+def load_registry(selected: Iterable[EntryPoint] | None = None) -> ConnectorRegistry:
+    """Every installed connector plus the programmatically registered ones, each plugin loaded
+    and validated in isolation: the usable ones by id, the refused ones in ``broken()``."""
+    registry = ConnectorRegistry()
+    for connector_id in _REGISTERED:
+        registry.register(_REGISTERED.get(connector_id), plugin=_REGISTERED.plugin(connector_id))
+    registry.load_entry_points(selected)
+    return registry
+
+
 def load_connectors(
     selected: Iterable[EntryPoint] | None = None,
 ) -> dict[str, type[Connector]]:
-    """Every installed connector plus the programmatically registered ones, by id, validated."""
-    registry = ConnectorRegistry()
-    registry.load_entry_points(selected)
-    for connector_id in _REGISTERED:
-        registry.register(_REGISTERED.get(connector_id), plugin=_REGISTERED.plugin(connector_id))
-    return registry.classes()
+    """The usable connectors by id (``load_registry().classes()``): broken plugins are left
+    out, never raised; ask ``load_registry()`` for them."""
+    return load_registry(selected).classes()
+
+
+def format_broken_plugins(broken: Iterable[BrokenPlugin]) -> str:
+    """The refused plugins, one per line, for ``tessera connector list`` (on stderr)."""
+    return "\n".join(f"  {b.plugin}: {b.reason}" for b in broken)
 
 
 def _join(values: Iterable[str], limit: int = 6) -> str:

@@ -104,14 +104,17 @@ def cvv_key_name(tenant: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ProvisionResult:
-    """What ``provision()`` made: mounts, the two AppRoles' role ids and fresh secret ids."""
+    """What ``provision()`` made: mounts, the two AppRoles' role ids and fresh secret ids.
+
+    ``admin_secret_id`` is None when ``provision(..., admin_secret_id=False)`` was asked not to
+    issue one."""
 
     transit_mount: str
     kv_mount: str
     gateway_role_id: str
     gateway_secret_id: str = field(repr=False)
     admin_role_id: str
-    admin_secret_id: str = field(repr=False)
+    admin_secret_id: str | None = field(repr=False)
 
     def gateway_credentials(self) -> AppRoleCredentials:
         """AppRole credentials for the gateway (tokenize + reveal)."""
@@ -119,6 +122,8 @@ class ProvisionResult:
 
     def admin_credentials(self) -> AppRoleCredentials:
         """AppRole credentials for admin tasks (key rotation, rewrap, KV writes)."""
+        if self.admin_secret_id is None:
+            raise ValueError("provision() was asked not to issue an admin secret id.")
         return AppRoleCredentials(self.admin_role_id, self.admin_secret_id)
 
 
@@ -179,11 +184,15 @@ def provision(
     gateway_ttl: str = "1h",
     gateway_max_ttl: str = "24h",
     admin_ttl: str = "15m",
+    admin_secret_id: bool = True,
 ) -> ProvisionResult:
     """Create (or bring up to date) mounts, policies and AppRoles; returns fresh secret ids.
 
     Idempotent: existing mounts are kept, policies and roles are rewritten to the same content.
     Every run issues new secret ids (old ones stay valid until their TTL, if any).
+    ``admin_secret_id=False`` issues none for ``tessera-admin`` (its ``admin_secret_id`` is
+    None): a caller that will not hand it to anyone must not leave a live admin credential
+    behind (``tessera vault provision`` issues one only when asked for a file to put it in).
     """
     with _hvac_client(addr, token) as client:
         _ensure_transit(client, transit_mount)
@@ -209,7 +218,7 @@ def provision(
             gateway_role_id=_role_id(client, GATEWAY_ROLE),
             gateway_secret_id=_secret_id(client, GATEWAY_ROLE),
             admin_role_id=_role_id(client, ADMIN_ROLE),
-            admin_secret_id=_secret_id(client, ADMIN_ROLE),
+            admin_secret_id=_secret_id(client, ADMIN_ROLE) if admin_secret_id else None,
         )
 
 

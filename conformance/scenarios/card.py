@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.harness import ScenarioContext
+from conformance.inputs import DECLINE_CODES
 from conformance.scenarios.flows import complete_request, nasty_amounts
 from conformance.scenarios.model import Requirement, scenario
 from normalization import AuthorizeRequest, BankAccountMethod, Money, VerifyRequest
@@ -20,7 +21,6 @@ from sdk import Category, Manifest, Operation
 
 CARD = Category.CARD_ACQUIRER
 AUTH = Operation.AUTHORIZE
-DECLINE_CODES = ("insufficient_funds", "do_not_honor", "expired_card", "incorrect_cvc")
 
 APPROVED: dict[str, Any] = {
     "status": "authorized",

@@ -5,8 +5,8 @@ idempotent consent creation.
 Inputs: ``open_banking.payer`` (default: a UK sort-code account as creditor), ``consent.approve``
 and ``consent.reject`` (customer recipes: ``method``, ``query`` or ``form`` to send to the bank's
 redirect page, which must send the customer back to the return URL with its callback
-parameters), ``consent.expired`` (a payer or amount whose consent the bank lets expire, with an
-optional recipe).
+parameters), ``consent.expired`` (a payer whose consent the bank lets expire; the scenario
+sends no customer to the bank, so it takes no recipe).
 """
 
 from __future__ import annotations

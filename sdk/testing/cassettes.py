@@ -13,9 +13,12 @@ Replay in a test by giving the runtime the cassette's transport; the runtime's e
         connector, revealer=FakeTokenRevealer(), transport=cassette.transport()
     )
 
-Requests are matched by method and URL (without the query), in recorded order per route; a
-request with no recorded answer fails the test with ``CassetteMismatchError``. Saving scrubs the
-text once more and refuses to write anything that still looks like a PAN.
+Requests are matched by method and URL path, in recorded order per route. The origin (scheme,
+host, port) and the query are not compared: a cassette recorded against a simulator on a random
+loopback port replays with the connector pointed at any base URL (another port, another host,
+``http://replay.invalid``), as long as it sends the same paths. A request with no recorded
+answer fails the test with ``CassetteMismatchError``. Saving scrubs the text once more and
+refuses to write anything that still looks like a PAN.
 """
 
 from __future__ import annotations
@@ -103,20 +106,25 @@ class Cassette:
         return cls([Interaction(**item) for item in data["interactions"]])
 
     def router(self) -> respx.Router:
-        """A respx router answering each (method, URL) with its recorded responses in order."""
+        """A respx router answering each (method, path) with its recorded responses in order.
+
+        Routes match on the method and the URL path only, never on the origin the recording
+        happened to reach (see the module docstring)."""
         router = respx.Router(assert_all_called=False, assert_all_mocked=True)
         by_route: dict[tuple[str, str], list[httpx.Response]] = {}
         for interaction in self.interactions:
-            url = str(httpx.URL(interaction.url).copy_with(query=None))
-            by_route.setdefault((interaction.method, url), []).append(
+            route = (interaction.method.upper(), _path(httpx.URL(interaction.url)))
+            by_route.setdefault(route, []).append(
                 httpx.Response(
                     interaction.status_code,
                     headers=interaction.response_headers,
                     content=interaction.response_body.encode("utf-8"),
                 )
             )
-        for (method, url), responses in by_route.items():
-            router.route(method=method, url=url).mock(side_effect=_in_order(method, url, responses))
+        for (method, path), responses in by_route.items():
+            router.route(method=method, path=path).mock(
+                side_effect=_in_order(method, path, responses)
+            )
         return router
 
     def transport(self) -> httpx.MockTransport:
@@ -128,18 +136,23 @@ class Cassette:
                 return await router.async_handler(request)
             except (respx.models.AllMockedAssertionError, StopIteration) as exc:
                 raise CassetteMismatchError(
-                    f"No recorded answer for {request.method} {request.url.copy_with(query=None)}."
+                    f"No recorded answer for {request.method} {_path(request.url)}."
                 ) from exc
 
         return httpx.MockTransport(handle)
 
 
-def _in_order(method: str, url: str, responses: list[httpx.Response]) -> Any:
+def _path(url: httpx.URL) -> str:
+    """What a request is matched on besides its method: the path, without origin and query."""
+    return url.path or "/"
+
+
+def _in_order(method: str, path: str, responses: list[httpx.Response]) -> Any:
     remaining = list(responses)
 
     def answer(request: httpx.Request) -> httpx.Response:
         if not remaining:
-            raise CassetteMismatchError(f"The cassette has no more answers for {method} {url}.")
+            raise CassetteMismatchError(f"The cassette has no more answers for {method} {path}.")
         return remaining.pop(0)
 
     return answer

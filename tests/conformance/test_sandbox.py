@@ -158,7 +158,8 @@ async def test_an_unhealthy_live_sandbox_skips_the_run(monkeypatch: pytest.Monke
 
 async def test_the_shipped_sandbox_cassettes_replay_green() -> None:
     """``conformance/cassettes/sandbox`` (re-record with ``python -m conformance run --connector
-    sandbox --record`` when the sandbox's wire format changes)."""
+    sandbox --record --cassettes conformance/cassettes/sandbox`` when the sandbox's wire format
+    changes)."""
     report = await run_kit("sandbox", mode=Mode.REPLAY)
     assert report.status is RunStatus.PASSED, report.problems()
     assert report.counts()["passed"] >= 30

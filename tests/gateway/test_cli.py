@@ -81,6 +81,13 @@ def test_connector_list_shows_the_sandbox() -> None:
     assert "sandbox" in out.stdout
 
 
+def test_connector_list_verbose_names_the_credentials() -> None:
+    out = _tessera("connector", "list", "--verbose")
+    assert out.returncode == 0, out.stderr
+    assert "sandbox: Tessera Sandbox (card-acquirer)" in out.stdout
+    assert "credentials:      api_key,webhook_secret" in out.stdout
+
+
 def test_connector_new_says_what_to_run_next(tmp_path: Path) -> None:
     result = _tessera(
         "connector", "new", "Acme Pay", "--category", "bank-rail", "--path", str(tmp_path)

@@ -1,8 +1,9 @@
-"""The registry: entry-point discovery, load-time validation with errors naming the plugin,
+"""The registry: entry-point discovery, load-time validation with reasons naming the plugin,
 programmatic registration, and the listing ``tessera connector list`` prints."""
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -17,6 +18,7 @@ from sdk import (
     format_manifest_table,
     implemented_operations,
     load_connectors,
+    load_registry,
     register_connector,
     unregister_connector,
     validate_connector_class,
@@ -47,9 +49,18 @@ def test_entry_points_load_and_validate() -> None:
         (ep("acme", "tests.sdk.demo_connector:DemoConnector"), "must be the manifest id"),
     ],
 )
-def test_bad_plugins_raise_errors_naming_the_plugin(entry_point: EntryPoint, message: str) -> None:
+def test_bad_plugins_are_refused_with_a_reason_naming_the_plugin(
+    entry_point: EntryPoint, message: str
+) -> None:
+    # Loading the installed set records a bad plugin (tests/sdk/test_registry_isolation.py) ...
+    registry = load_registry([entry_point])
+    assert load_connectors([entry_point]) == {} and len(registry) == 0
+    [broken] = registry.broken()
+    assert broken.plugin == f"{entry_point.name} = {entry_point.value}"
+    assert re.search(message, broken.reason), broken.reason
+    # ... loading that one plugin on purpose raises, naming it.
     with pytest.raises(ConnectorConfigurationError, match=message) as caught:
-        load_connectors([entry_point])
+        ConnectorRegistry().load_entry_point(entry_point)
     assert entry_point.name in str(caught.value)
 
 
