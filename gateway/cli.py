@@ -26,6 +26,10 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 __all__ = ["build_parser", "main"]
 
@@ -39,12 +43,15 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _admin_logging(args: argparse.Namespace) -> None:
-    """The gateway's JSON logs on stderr, through its card-data redaction, at ``--log-level``
-    (the commands' output stays alone on stdout)."""
+def _admin_settings(args: argparse.Namespace) -> Settings:
+    """For an admin command: the gateway's JSON logs on stderr, through its card-data
+    redaction, at ``--log-level`` (the command's output stays alone on stdout), and the
+    configuration from ``--config`` and ``TESSERA_*``."""
+    from gateway.config import load_settings
     from gateway.observability import configure_logging
 
     configure_logging(args.log_level)
+    return load_settings(args.config)
 
 
 def _positive_int(text: str) -> int:
@@ -86,113 +93,88 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _vault_provision(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import vault_provision
-    from gateway.config import load_settings
 
+    settings = _admin_settings(args)
     admin_file = Path(args.admin_secret_id_file) if args.admin_secret_id_file else None
-    return vault_provision(load_settings(args.config), admin_secret_id_file=admin_file)
+    return vault_provision(settings, admin_secret_id_file=admin_file)
 
 
 def _merchants_create(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import merchants_create
-    from gateway.config import load_settings
 
-    return merchants_create(load_settings(args.config), args.name, dedup=args.dedup)
+    return merchants_create(_admin_settings(args), args.name, dedup=args.dedup)
 
 
 def _merchants_webhook(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import merchants_webhook_set
-    from gateway.config import load_settings
 
-    return merchants_webhook_set(load_settings(args.config), args.merchant_id, args.url)
+    return merchants_webhook_set(_admin_settings(args), args.merchant_id, args.url)
 
 
 def _merchants_list(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import merchants_list
-    from gateway.config import load_settings
 
-    return merchants_list(load_settings(args.config), as_json=args.json)
+    return merchants_list(_admin_settings(args), as_json=args.json)
 
 
 def _merchants_delete(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import merchants_delete
-    from gateway.config import load_settings
 
     return merchants_delete(
-        load_settings(args.config), args.merchant_id, confirmed=args.yes, reason=args.reason
+        _admin_settings(args), args.merchant_id, confirmed=args.yes, reason=args.reason
     )
 
 
 def _merchants_keys_create(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import merchants_keys_create
-    from gateway.config import load_settings
 
-    return merchants_keys_create(load_settings(args.config), args.merchant_id, reason=args.reason)
+    return merchants_keys_create(_admin_settings(args), args.merchant_id, reason=args.reason)
 
 
 def _merchants_keys_list(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import merchants_keys_list
-    from gateway.config import load_settings
 
-    return merchants_keys_list(load_settings(args.config), args.merchant_id, as_json=args.json)
+    return merchants_keys_list(_admin_settings(args), args.merchant_id, as_json=args.json)
 
 
 def _merchants_keys_revoke(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import merchants_keys_revoke
-    from gateway.config import load_settings
 
     return merchants_keys_revoke(
-        load_settings(args.config), args.merchant_id, args.key, every=args.all, reason=args.reason
+        _admin_settings(args), args.merchant_id, args.key, every=args.all, reason=args.reason
     )
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import rotate_keys
-    from gateway.config import load_settings
 
-    return rotate_keys(load_settings(args.config), args.tenant)
+    return rotate_keys(_admin_settings(args), args.tenant)
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import audit_verify
-    from gateway.config import load_settings
 
-    return audit_verify(load_settings(args.config), anchor=args.anchor)
+    return audit_verify(_admin_settings(args), anchor=args.anchor)
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import reconcile
-    from gateway.config import load_settings
 
-    return reconcile(load_settings(args.config))
+    return reconcile(_admin_settings(args))
 
 
 def _attempts_list(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import attempts_list
-    from gateway.config import load_settings
 
-    return attempts_list(load_settings(args.config), limit=args.limit)
+    return attempts_list(_admin_settings(args), limit=args.limit)
 
 
 def _attempts_settle(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.admin import attempts_settle
-    from gateway.config import load_settings
 
     return attempts_settle(
-        load_settings(args.config),
+        _admin_settings(args),
         args.attempt_id,
         happened=args.happened,
         reason=args.reason,
@@ -245,21 +227,17 @@ def _connector_list(args: argparse.Namespace) -> int:
 
 
 def _connector_credentials_set(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.credentials import credentials_set
-    from gateway.config import load_settings
 
     return credentials_set(
-        load_settings(args.config), args.connector_id, args.from_file, merge=args.merge
+        _admin_settings(args), args.connector_id, args.from_file, merge=args.merge
     )
 
 
 def _connector_credentials_show(args: argparse.Namespace) -> int:
-    _admin_logging(args)
     from gateway.commands.credentials import credentials_show
-    from gateway.config import load_settings
 
-    return credentials_show(load_settings(args.config), args.connector_id)
+    return credentials_show(_admin_settings(args), args.connector_id)
 
 
 def _config_arg(parser: argparse.ArgumentParser, *, required: bool = False) -> None:

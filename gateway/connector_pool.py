@@ -194,10 +194,9 @@ def installed_connectors(
     if problems:
         raise ConfigError("\n".join(problems))
     if warn:
-        log = structlog.get_logger("tessera.gateway.connectors")
         for broken in registry.broken():
             if broken.connector_id not in wanted:
-                log.warning(
+                _LOG.warning(
                     "connector_plugin_broken",
                     connector=broken.connector_id,
                     plugin=broken.plugin,
@@ -256,16 +255,14 @@ class ConnectorPool:
         """The connectors whose credentials come from Vault KV (``credentials_from = "vault"``)."""
         return [c for c, config in self._configs.items() if config.credentials_from == "vault"]
 
-    async def load_credentials(self, vault: VaultClient, connector_id: str) -> int:
+    async def load_credentials(self, vault: VaultClient, connector_id: str) -> None:
         """Read ``connector_id``'s credentials from Vault KV and use them from the next call on.
 
         Calls already running keep the credentials they started with. Raises what
-        ``read_credentials`` raises, changing nothing. Returns how many credentials were read.
+        ``read_credentials`` raises, changing nothing.
         """
         runtime = self.runtime(connector_id)
-        credentials = await read_credentials(vault, connector_id, runtime.manifest)
-        runtime.credentials = credentials
-        return len(credentials)
+        runtime.credentials = await read_credentials(vault, connector_id, runtime.manifest)
 
     async def load_all_credentials(self, vault: VaultClient) -> None:
         """At start-up: every Vault-sourced connector's credentials, or the error that stops it

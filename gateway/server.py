@@ -306,24 +306,27 @@ async def _check_connector_credentials(settings: Settings) -> None:
     """Every configured connector's credentials are there: in the file, or in Vault KV for
     ``credentials_from = "vault"`` (read with the gateway's own Vault credentials, as it will)."""
     from gateway.app import _vault_client
-    from gateway.connector_pool import read_credentials
-    from sdk import Credentials, load_connectors
+    from gateway.connector_pool import installed_connectors, read_credentials
+    from sdk import Credentials
 
-    if not settings.connectors:
+    classes = installed_connectors(settings.connectors, warn=False)  # ConfigError: exit 2
+    from_vault = []
+    for connector_id, config in settings.connectors.items():
+        if config.credentials_from == "vault":
+            from_vault.append(connector_id)
+            continue
+        try:
+            Credentials(config.credentials).check_against(classes[connector_id].manifest)
+        except TesseraError as exc:
+            raise StartupError(f"[connectors.{connector_id}]: {exc}") from None
+    if not from_vault:
         return
-    installed = load_connectors()
     client = _vault_client(settings)
     try:
-        for connector_id, config in settings.connectors.items():
-            cls = installed.get(connector_id)
-            if cls is None:
-                continue  # reported when the gateway builds its connectors
+        for connector_id in from_vault:
             try:
-                if config.credentials_from == "vault":
-                    async with asyncio.timeout(_CHECK_TIMEOUT):
-                        await read_credentials(client, connector_id, cls.manifest)
-                else:
-                    Credentials(config.credentials).check_against(cls.manifest)
+                async with asyncio.timeout(_CHECK_TIMEOUT):
+                    await read_credentials(client, connector_id, classes[connector_id].manifest)
             except TimeoutError:
                 raise StartupError(
                     f"Vault did not answer within {_CHECK_TIMEOUT:.0f} s when reading connector "

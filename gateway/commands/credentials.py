@@ -28,7 +28,7 @@ from gateway.commands.admin import _admin_token, _with_db
 from gateway.config import ConfigError, Settings
 from gateway.connector_pool import credentials_path
 from normalization.errors import ConnectorConfigurationError, VaultNotFoundError
-from sdk import Credentials, Manifest, load_connectors
+from sdk import Credentials, Manifest, load_registry
 from vault.audit import AuditLog
 from vault.client import VaultClient
 from vault.database import PostgresDatabase, SqliteDatabase
@@ -37,14 +37,16 @@ __all__ = ["credentials_set", "credentials_show", "parse_credentials"]
 
 
 def _manifest(connector_id: str) -> Manifest:
-    installed = load_connectors()
-    cls = installed.get(connector_id)
-    if cls is None:
+    registry = load_registry()
+    if connector_id not in registry and not registry.broken(connector_id):
         raise ConfigError(
             f"no connector {connector_id!r} is installed "
-            f"(installed: {', '.join(sorted(installed)) or 'none'}; tessera connector list)."
+            f"(installed: {', '.join(registry) or 'none'}; tessera connector list)."
         )
-    return cls.manifest
+    try:
+        return registry.get(connector_id).manifest
+    except ConnectorConfigurationError as exc:  # its plugin is broken: say why
+        raise ConfigError(str(exc)) from None
 
 
 def parse_credentials(text: str, source: str) -> dict[str, str]:
