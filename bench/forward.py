@@ -244,7 +244,9 @@ class Gateway:
         return headers
 
 
-def _write_config(path: Path, spec: GatewaySpec, *, port: int, db_url: str, bao: DevServer) -> None:
+def _write_config(
+    path: Path, spec: GatewaySpec, *, port: int, db_url: str, bao: DevServer, encryption: str
+) -> None:
     route = ", ".join(f'"{c}"' for c in spec.route)
     path.write_text(
         f"""
@@ -259,6 +261,9 @@ url = "{db_url}"
 [vault]
 addr = "{bao.addr}"
 token = "{bao.root_token}"
+
+[tokenization]
+encryption = "{encryption}"
 
 [routing]
 default = [{route}]
@@ -650,7 +655,7 @@ async def _start_all(
         ensure_tenant_keys(bao.addr, bao.root_token, merchant_id)
         port = free_port()
         config = workdir / f"gw{number}.toml"
-        _write_config(config, spec, port=port, db_url=db_url, bao=bao)
+        _write_config(config, spec, port=port, db_url=db_url, bao=bao, encryption=args.encryption)
         if spec.backup:
             cmd = [sys.executable, __file__, "--gateway", str(config)]
             cmd += ["--log-level", args.log_level]
@@ -869,6 +874,12 @@ def main() -> None:
         "another worker than its token's goes without the CVC (vault/cvv.py)",
     )
     parser.add_argument("--log-level", default="INFO", help="gateways' log level (INFO)")
+    parser.add_argument(
+        "--encryption",
+        choices=("envelope", "transit"),
+        default="envelope",
+        help="[tokenization] encryption of every gateway (default: envelope, the default)",
+    )
     parser.add_argument("--gateway", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gateway:
@@ -885,7 +896,7 @@ def main() -> None:
         f"{args.low_rate:g}/s for {args.low_seconds:g} s (+ {args.warmup:g} s warm-up each), "
         f"closed loop {args.capacity_concurrency} in flight for {args.capacity_seconds:g} s; "
         f"{args.rounds} round(s); gateways: SQLite, 1 worker ('gateway': {args.workers}), "
-        f"log level {args.log_level}, "
+        f"log level {args.log_level}, encryption {args.encryption}, "
         "an Idempotency-Key on every payment; the sandbox simulator, OpenBao, 5 gateways and "
         "this generator share the 2 cores with other people's work\n"
     )

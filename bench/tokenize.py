@@ -88,7 +88,14 @@ async def _merchant(db_url: str) -> tuple[str, str]:
 
 
 def _config(
-    path: Path, *, port: int, db_url: str, bao: DevServer, batching: bool, workers: int
+    path: Path,
+    *,
+    port: int,
+    db_url: str,
+    bao: DevServer,
+    batching: bool,
+    workers: int,
+    encryption: str,
 ) -> Path:
     path.write_text(
         f"""
@@ -106,6 +113,7 @@ token = "{bao.root_token}"
 
 [tokenization]
 batching = {"true" if batching else "false"}
+encryption = "{encryption}"
 """
     )
     return path
@@ -162,6 +170,7 @@ def _run_gateway(
     workers: int,
     duration: float,
     connections: int,
+    encryption: str,
     batch_cards: int = 0,
 ) -> Phase:
     port = free_port()
@@ -172,6 +181,7 @@ def _run_gateway(
         bao=bao,
         batching=batching,
         workers=workers,
+        encryption=encryption,
     )
     proc = _start(
         [
@@ -264,11 +274,18 @@ def main() -> None:
         help="keep tokens in a scratch database on this PostgreSQL server instead of SQLite\n"
         "(created, then dropped; e.g. postgresql://postgres@127.0.0.1:5432/postgres)",
     )
+    parser.add_argument(
+        "--encryption",
+        choices=("envelope", "transit"),
+        default="envelope",
+        help="[tokenization] encryption of the measured gateway (default: envelope, the default)",
+    )
     args = parser.parse_args()
     print(f"tessera tokenize benchmark: {machine_facts()}")
     print(
         f"settings: workers={args.workers} connections={args.connections} (batch endpoint: 4) "
-        f"duration={args.duration:g}s rounds={args.rounds}, wrk on loopback, "
+        f"duration={args.duration:g}s rounds={args.rounds} encryption={args.encryption}, "
+        "wrk on loopback, "
         f"{'PostgreSQL (same machine)' if args.postgres else 'SQLite'} store, "
         "gateway log level WARNING\n"
         "the 2 cores are shared with OpenBao, wrk and other people's work: 'machine busy' is "
@@ -292,7 +309,13 @@ def main() -> None:
             db_url = stack.enter_context(scratch_postgres(args.postgres))
         merchant_id, key = asyncio.run(_merchant(db_url))
         ensure_tenant_keys(bao.addr, bao.root_token, merchant_id)
-        gw = {"workdir": workdir, "bao": bao, "db_url": db_url, "key": key}
+        gw = {
+            "workdir": workdir,
+            "bao": bao,
+            "db_url": db_url,
+            "key": key,
+            "encryption": args.encryption,
+        }
         runs = {
             "batched": lambda: _run_gateway(
                 **gw, batching=True, connections=args.connections, **common

@@ -47,6 +47,7 @@ from vault.batcher import TransitBatcher
 from vault.client import AppRoleCredentials, VaultClient
 from vault.cvv import CvvHolder
 from vault.database import PostgresDatabase, SqliteDatabase, open_database
+from vault.envelope import EnvelopeCipher
 from vault.token_store import TokenStore
 from vault.tokenization import TokenizationService
 
@@ -159,7 +160,16 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
         # Closed before the Vault session (callbacks run in reverse): queued calls finish first.
         stack.push_async_callback(batcher.close)
         cvv = CvvHolder(ttl_seconds=ts.cvv_ttl_seconds)
-        tokens = TokenizationService(token_store, batcher, cvv=cvv, audit=audit, client=vault)
+        envelope = EnvelopeCipher(
+            vault if ts.encryption == "envelope" else None,
+            batcher,
+            key_seconds=ts.data_key_seconds,
+            unwrapped_seconds=ts.unwrapped_key_seconds,
+        )
+        stack.callback(envelope.forget)
+        tokens = TokenizationService(
+            token_store, batcher, cvv=cvv, audit=audit, client=vault, envelope=envelope
+        )
         # Grouped inserts still in flight finish before the batcher, Vault and database close.
         stack.push_async_callback(tokens.close)
         # An open attempt is presumed abandoned (reconciled) only once no call of this process

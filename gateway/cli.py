@@ -11,7 +11,8 @@ imported lazily so ``tessera --help`` stays fast::
     tessera merchants list [--json] --config F   merchants, live key counts, webhook URLs
     tessera merchants keys create|list|revoke ID an API key: new (printed once), ids, revoke
     tessera merchants delete ID --yes --config F an unused merchant and its keys (audited)
-    tessera keys rotate [--tenant T] --config F  rotate transit keys and rewrap ciphertext
+    tessera keys rotate [--tenant T] [--settle-seconds S] --config F
+                                              rotate transit keys and rewrap ciphertext
     tessera audit verify --config FILE           check the audit log's hash chain
     tessera reconcile --config FILE              settle unknown/pending attempts once
     tessera connector new NAME --category C      scaffold a connector package
@@ -61,6 +62,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _settle_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 3600 seconds, not {value:g}")
     return value
 
 
@@ -149,7 +160,7 @@ def _merchants_keys_revoke(args: argparse.Namespace) -> int:
 def _keys_rotate(args: argparse.Namespace) -> int:
     from gateway.commands.admin import rotate_keys
 
-    return rotate_keys(_admin_settings(args), args.tenant)
+    return rotate_keys(_admin_settings(args), args.tenant, settle_seconds=args.settle_seconds)
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
@@ -346,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     k_cmds = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     rotate = k_cmds.add_parser("rotate", help="Rotate transit keys and rewrap stored tokens.")
     rotate.add_argument("--tenant", help="One merchant id (default: every merchant).")
+    rotate.add_argument(
+        "--settle-seconds",
+        type=_settle_seconds,
+        help="Wait before the last sweep; at least every gateway's data_key_seconds (default: "
+        "this file's data_key_seconds + vault timeout + 1).",
+    )
     _config_arg(rotate)
     rotate.set_defaults(handler=_keys_rotate)
 

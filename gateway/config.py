@@ -123,6 +123,15 @@ class TokenizationSettings(BaseModel):
 
     batching: bool = True
     batch_max_items: Annotated[int, Field(ge=1, le=5000)] = 250
+    #: How new cards are encrypted: ``"envelope"`` seals them in process under a data key that
+    #: transit wraps, renewed every ``data_key_seconds`` (one Vault call per card batch, the
+    #: HMAC); ``"transit"`` sends every card to transit encrypt. Both kinds of stored
+    #: ciphertext are revealed whatever is set here. See docs/operating.md, "Encryption".
+    encryption: Literal["envelope", "transit"] = "envelope"
+    data_key_seconds: Annotated[float, Field(ge=1, le=3600)] = 10.0
+    #: How long egress keeps an unwrapped data key, so reveals of cards sealed under one key
+    #: do not each call Vault (0: unwrap on every reveal).
+    unwrapped_key_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
     max_cards_per_request: Annotated[int, Field(ge=1, le=10_000)] = 1000
     cvv_ttl_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
     sweep_interval_seconds: Annotated[float, Field(gt=0)] = 60.0

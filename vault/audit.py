@@ -183,6 +183,8 @@ class AuditVerification:
     entries_checked: int
     first_bad_seq: int | None = None
     reason: str | None = None
+    head: AuditAnchor | None = None
+    """When ``ok``: the head the chain was checked against (the anchor to export)."""
 
 
 def _entry_hash(fields: dict[str, Any], prev_hash: str) -> str:
@@ -372,4 +374,4 @@ class AuditLog:
             return AuditVerification(
                 False, checked, anchor.seq, "the exported anchor's entry is missing"
             )
-        return AuditVerification(True, checked)
+        return AuditVerification(True, checked, head=head)

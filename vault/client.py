@@ -304,7 +304,10 @@ class VaultClient:
         plaintext = _unb64(str(data.get("plaintext", "")), "datakey")
         if isinstance(plaintext, VaultError):
             raise plaintext
-        return plaintext, str(data["ciphertext"])
+        wrapped = data.get("ciphertext")
+        if not isinstance(wrapped, str) or not wrapped.startswith("vault:v"):
+            raise VaultError("The vault answered datakey without a wrapped key.")
+        return plaintext, wrapped
 
     # -- transit, key management ------------------------------------------------------------
 

@@ -9,7 +9,8 @@ What it sets up:
 - transit at ``transit/`` and KV v2 at ``secret/`` (a KV v1 mount there is upgraded);
 - policies that separate the three ways of touching card data:
 
-  ``tessera-tokenize``  transit encrypt + hmac on ``tessera-*`` keys (no decrypt, no key creation)
+  ``tessera-tokenize``  transit encrypt, datakey (plaintext) and hmac on ``tessera-*`` keys
+                        (no decrypt, no key creation)
   ``tessera-reveal``    transit decrypt on ``tessera-pan-*`` / ``tessera-cvv-*`` keys; KV read of
                         connector credentials under ``secret/data/tessera/connectors/*``
   ``tessera-admin``     key create / read / rotate / config / rewrap, KV write under
@@ -143,9 +144,11 @@ def policy_documents(transit_mount: str = "transit", kv_mount: str = "secret") -
     """The HCL of Tessera's three policies, by name (exposed so tests and docs can show them)."""
     t, kv = transit_mount.strip("/"), kv_mount.strip("/")
     tokenize = f"""
-# Tokenize: encrypt PANs and compute keyed fingerprints. Only "update": encrypting under a key
-# that does not exist must fail instead of creating it (that needs "create").
+# Tokenize: encrypt PANs (transit encrypt, or data keys for envelope encryption: the plaintext
+# key seals cards in the gateway) and compute keyed fingerprints. Only "update": encrypting
+# under a key that does not exist must fail instead of creating it (that needs "create").
 path "{t}/encrypt/tessera-*" {{ capabilities = ["update"] }}
+path "{t}/datakey/plaintext/tessera-pan-*" {{ capabilities = ["update"] }}
 path "{t}/hmac/tessera-*" {{ capabilities = ["update"] }}
 """
     reveal = f"""

@@ -5,14 +5,20 @@
 1. rotate ``tessera-pan-<tenant>``: new encryptions use the new version at once;
 2. rewrap every stored ciphertext under an older version, ``batch_size`` rows per transit
    ``rewrap`` call and per ``UPDATE`` (Vault re-encrypts without ever returning the plaintext);
-   a row is only overwritten if it still holds the ciphertext that was rewrapped;
+   a row is only overwritten if it still holds the ciphertext that was rewrapped. For an
+   envelope ciphertext (``vault.envelope``) the wrapped data key is what transit rewraps, once
+   per distinct key in a batch; the payload sealed under the data key is left as it is;
 3. wait ``settle_seconds`` and sweep once more: a tokenization that encrypted under the old
-   version just before step 1 may insert its row after the first sweep passed it;
+   version just before step 1 may insert its row after the first sweep passed it. With
+   envelope encryption a gateway keeps sealing under a data key wrapped by the old version for
+   up to its ``data_key_seconds``, so ``tessera keys rotate`` settles for that long plus the
+   Vault timeout and a second (``--settle-seconds``);
 4. only when no row is left under an older version, raise the key's
    ``min_decryption_version`` to the latest, so the old versions can no longer decrypt
    anything (a stolen old ciphertext or a backup is then useless). If any row could not be
    rewrapped, the minimum stays where it was and the report says how many are left: raising it
-   would make those tokens unrevealable.
+   would make those tokens unrevealable. The count is taken again after raising it, and a row
+   under an old version that arrived meanwhile puts the minimum back.
 
 The action is audited (actor, tenant, versions, counts).
 
@@ -36,6 +42,7 @@ from dataclasses import dataclass
 from normalization import VaultError
 from vault.audit import AuditAction, AuditLog
 from vault.client import VaultClient
+from vault.envelope import is_envelope, join_envelope, split_envelope
 from vault.provisioning import fingerprint_key_name, pan_key_name
 from vault.token_store import CiphertextUpdate, TokenStore
 
@@ -96,7 +103,13 @@ async def rotate_tenant_keys(
     remaining = await store.count_below_version(tenant, latest)
     if remaining == 0 and min_decryption < latest:
         await client.transit_configure_key(pan_key, min_decryption_version=latest)
-        min_decryption = latest
+        # A row sealed under an old version that arrives only now (a gateway whose data keys
+        # outlived the settle pause) would be unrevealable: put the minimum back and report it.
+        remaining = await store.count_below_version(tenant, latest)
+        if remaining:
+            await client.transit_configure_key(pan_key, min_decryption_version=min_decryption)
+        else:
+            min_decryption = latest
     report = RotationReport(
         tenant=tenant,
         pan_key=pan_key,
@@ -155,11 +168,34 @@ async def _rewrap_below(
     """One pass over the tenant's rows under versions older than ``latest``; rows rewrapped."""
     rewrapped = 0
     async for batch in store.iter_for_rewrap(tenant, batch_size, below_version=latest):
-        results = await client.transit_rewrap(pan_key, [item.ciphertext for item in batch])
-        updates = [
-            CiphertextUpdate(item.id, item.ciphertext, result)
-            for item, result in zip(batch, results, strict=True)
-            if not isinstance(result, VaultError)
-        ]
+        # What transit rewraps: a transit ciphertext itself, or an envelope's wrapped data key,
+        # once per distinct key (the cards sealed under one data key share it).
+        parts = [_parts(item.ciphertext) for item in batch]
+        distinct = list(dict.fromkeys(p[0] for p in parts if p is not None))
+        results = dict(zip(distinct, await client.transit_rewrap(pan_key, distinct), strict=True))
+        updates = []
+        for item, part in zip(batch, parts, strict=True):
+            if part is None:
+                continue  # malformed: not rewrapped, so counted in ``remaining``
+            wrapped, body = part
+            new = results[wrapped]
+            if isinstance(new, VaultError):
+                continue
+            updates.append(
+                CiphertextUpdate(
+                    item.id, item.ciphertext, new if body is None else join_envelope(new, body)
+                )
+            )
         rewrapped += await store.update_ciphertexts(tenant, updates)
     return rewrapped
+
+
+def _parts(ciphertext: str) -> tuple[str, str | None] | None:
+    """What transit rewraps in a stored ciphertext, and the envelope body to keep (None for a
+    transit ciphertext); None for a malformed envelope (that row alone fails)."""
+    if not is_envelope(ciphertext):
+        return ciphertext, None
+    try:
+        return split_envelope(ciphertext)
+    except ValueError:
+        return None

@@ -35,7 +35,14 @@ from typing import Any, TypedDict
 
 import orjson
 
-from vault.database import Migration, PostgresDatabase, Row, SqliteDatabase, migrate
+from vault.database import (
+    Connection,
+    Migration,
+    PostgresDatabase,
+    Row,
+    SqliteDatabase,
+    migrate,
+)
 from vault.tokens import TokenFormat
 
 __all__ = [
@@ -146,7 +153,10 @@ _FINGERPRINT_VERSION_RE = re.compile(r"fp_v([0-9]+)_")
 
 
 def key_version_of(ciphertext: str) -> int:
-    """The transit key version in a ``vault:vN:...`` ciphertext (or ``fp_vN_...`` fingerprint)."""
+    """The transit key version in a ``vault:vN:...`` ciphertext, an envelope ``env:vault:vN:...``
+    one (the version its data key is wrapped under) or an ``fp_vN_...`` fingerprint."""
+    if ciphertext.startswith("env:"):
+        ciphertext = ciphertext[4:]
     if ciphertext.startswith("vault:v"):
         # The usual shape, read without a regular expression (once per card of a batch).
         end = ciphertext.find(":", 7)
@@ -441,9 +451,12 @@ class TokenStore:
         rows = await self._db.fetchall("SELECT DISTINCT tenant FROM vault_tokens ORDER BY tenant")
         return [row["tenant"] for row in rows]
 
-    async def count(self, tenant: str) -> int:
+    async def count(self, tenant: str, *, tx: Connection | None = None) -> int:
+        """How many tokens ``tenant`` has (expired ones not yet swept included)."""
         return int(
-            await self._db.fetchval("SELECT count(*) FROM vault_tokens WHERE tenant = $1", tenant)
+            await (tx or self._db).fetchval(
+                "SELECT count(*) FROM vault_tokens WHERE tenant = $1", tenant
+            )
         )
 
     # -- key rotation ---------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Tokenize, for one card (``tokenize``) or a batch (``tokenize_many``)::
 
     validated CardData
       -> in one round, concurrently:  transit HMAC of the PAN   (tessera-fp-<tenant>)
-                                      transit encrypt of the card (tessera-pan-<tenant>)
+                                      transit encrypt of the card (tessera-pan-<tenant>), or,
+                                      with envelope encryption, AES-GCM in process under a
+                                      data key transit wrapped (``vault.envelope``)
       -> token id (opaque or numeric) + record (ciphertext, keyed fingerprint, masked metadata)
       -> one INSERT ... ON CONFLICT DO NOTHING for the whole batch, shared with concurrent
          requests (``vault.insert_batcher``: group commit, as the transit batcher does)
@@ -71,6 +73,7 @@ from normalization import (
 from vault.audit import AuditAction, AuditLog
 from vault.clock import Clock, SystemClock
 from vault.cvv import CvvHolder
+from vault.envelope import EnvelopeCipher, is_envelope
 from vault.insert_batcher import InsertBatcher
 from vault.provisioning import fingerprint_key_name, pan_key_name
 from vault.token_store import TokenRecord, TokenStore, key_version_of
@@ -223,10 +226,15 @@ class TokenizationService:
         clock: Clock | None = None,
         client: TransitBatchClient | None = None,
         chunk_size: int = 250,
+        envelope: EnvelopeCipher | None = None,
     ) -> None:
         """``client``, if given, serves ``tokenize_many`` with direct batch calls of
         ``chunk_size`` items, all in flight at once; otherwise batches go through the batcher's
-        lanes (shared with concurrent requests, at most its ``max_in_flight`` calls at once)."""
+        lanes (shared with concurrent requests, at most its ``max_in_flight`` calls at once).
+
+        ``envelope``: seal new cards under data keys (``vault.envelope``) instead of transit
+        encrypt, when the cipher can (it has a data-key source). Either way, envelope
+        ciphertexts already stored are opened (then through the batcher's decrypt)."""
         self._store = store
         self._batcher = batcher
         self._cvv = cvv
@@ -237,6 +245,7 @@ class TokenizationService:
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive.")
         self._chunk_size = chunk_size
+        self._envelope = envelope or EnvelopeCipher(None, batcher)
 
     # -- tokenize -------------------------------------------------------------------------------
 
@@ -299,7 +308,7 @@ class TokenizationService:
         fingerprint_key, pan_key = _key_names(tenant)
         fingerprints, ciphertexts = await asyncio.gather(
             self._hmac_many(fingerprint_key, pan_bytes),
-            self._encrypt_many(pan_key, payloads),
+            self._seal_many(pan_key, payloads),
         )
         now = self._clock.now()
         results: list[tuple[TokenRecord, bool] | TesseraError] = []
@@ -380,8 +389,10 @@ class TokenizationService:
         await self._inserts.close()
 
     async def sweep_expired(self) -> int:
-        """Delete every expired token and drop expired CVVs; return how many tokens went."""
+        """Delete every expired token, drop expired CVVs and data keys past their lifetime;
+        return how many tokens went."""
         self._cvv.sweep()
+        self._envelope.purge()
         return await self._store.delete_expired(self._clock.now())
 
     # -- reveal (egress only) -------------------------------------------------------------------
@@ -420,7 +431,11 @@ class TokenizationService:
             target=token_id,
             purpose=purpose,
         )
-        plaintext = await self._batcher.decrypt(_key_names(tenant)[1], record.ciphertext)
+        pan_key = _key_names(tenant)[1]
+        if is_envelope(record.ciphertext):
+            plaintext = await self._envelope.open(pan_key, record.ciphertext)
+        else:
+            plaintext = await self._batcher.decrypt(pan_key, record.ciphertext)
         pan, holder_name = _parse_payload(plaintext)
         cvc = self._cvv.take(tenant, token_id) if consume_cvc else None
         return RevealedCard(
@@ -434,19 +449,43 @@ class TokenizationService:
     # -- internals ------------------------------------------------------------------------------
 
     async def _hmac_and_encrypt(self, tenant: str, pan: bytes, payload: bytes) -> tuple[str, str]:
-        """The card's transit HMAC and ciphertext, from one round of (batched) Vault calls."""
+        """The card's transit HMAC and ciphertext, from one round of (batched) Vault calls: the
+        HMAC only when sealing under a data key (``vault.envelope``), HMAC and encrypt otherwise.
+        """
         fingerprint_key, pan_key = _key_names(tenant)
-        # Two futures (straight from the lanes when batching is on), awaited in turn: the same
-        # concurrency as gathering ``hmac`` and ``encrypt``, without a task for each. The second
-        # call cannot raise once the first has not (``TransitItemBatcher``): nothing to undo.
+        # Futures straight from the lanes (batching on or off), awaited in turn: the same
+        # concurrency as gathering ``hmac`` and ``encrypt``, without a task for each. A second
+        # call cannot raise once the first has not (``TransitItemBatcher``).
         hmac_future = self._batcher.hmac_soon(fingerprint_key, pan)
-        encrypt_future = self._batcher.encrypt_soon(pan_key, payload)
+        try:
+            # Under a fresh data key without a coroutine, as nearly always; else fetch one.
+            ciphertext = self._envelope.seal_now(pan_key, payload)
+            if ciphertext is None and (sealed := await self._seal(pan_key, (payload,))):
+                ciphertext = sealed[0]
+            if ciphertext is None:
+                encrypt_future = self._batcher.encrypt_soon(pan_key, payload)
+        except BaseException:
+            _drop(hmac_future)
+            raise
+        if ciphertext is not None:
+            return await hmac_future, ciphertext
         try:
             fingerprint = await hmac_future
         except BaseException:
             _drop(encrypt_future)
             raise
         return fingerprint, await encrypt_future
+
+    async def _seal(self, pan_key: str, payloads: Sequence[bytes]) -> list[str] | None:
+        """``payloads`` sealed under the process's data key (fetched first, once for concurrent
+        callers, if none is fresh), or None: transit is to encrypt them (envelope off, or the
+        Vault policy refuses data keys, which the cipher logs)."""
+        if not self._envelope.may_seal(pan_key):
+            return None
+        try:
+            return await self._envelope.seal(pan_key, payloads)
+        except VaultPermissionDeniedError:
+            return None
 
     def _record(
         self,
@@ -604,6 +643,10 @@ class TokenizationService:
         if self._client is None:
             return _raise_outage(await self._batcher.hmac_many(key, inputs))
         return await self._chunked(self._client.transit_hmac, key, inputs)
+
+    async def _seal_many(self, key: str, inputs: Sequence[bytes]) -> list[str | VaultError]:
+        sealed = await self._seal(key, inputs)
+        return list(sealed) if sealed is not None else await self._encrypt_many(key, inputs)
 
     async def _encrypt_many(self, key: str, inputs: Sequence[bytes]) -> list[str | VaultError]:
         if self._client is None:

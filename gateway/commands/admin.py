@@ -26,8 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from gateway.config import ConfigError, Settings
 from gateway.merchants import AmbiguousKeyError, ApiKey, MerchantStore, WebhookUrlError
-from normalization import NotSupportedError, PaymentStatus
-from normalization.errors import VaultNotFoundError, VaultPermissionDeniedError
+from normalization import NotSupportedError, PaymentStatus, TesseraError
 from vault.audit import AuditAnchor, AuditLog
 from vault.client import VaultClient
 from vault.database import PostgresDatabase, SqliteDatabase, open_database
@@ -62,6 +61,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Tenants rotated at once by ``keys rotate``: each mostly waits (Vault, the settle pause).
+_ROTATE_CONCURRENCY = 8
 
 
 def _admin_token(settings: Settings) -> str:
@@ -182,7 +184,9 @@ def merchants_create(settings: Settings, name: str, *, dedup: bool) -> int:
     return 0
 
 
-def rotate_keys(settings: Settings, tenant: str | None) -> int:
+def rotate_keys(
+    settings: Settings, tenant: str | None, *, settle_seconds: float | None = None
+) -> int:
     token = _admin_token(settings)
 
     async def work(db: SqliteDatabase | PostgresDatabase) -> int:
@@ -199,30 +203,55 @@ def rotate_keys(settings: Settings, tenant: str | None) -> int:
         if not tenants:
             print("No merchants: nothing to rotate.")
             return 0
+        # Gateways sealing with envelope encryption keep a data key wrapped under the old
+        # version for up to their data_key_seconds and insert its cards once the fingerprint
+        # call returns: the last sweep waits that long (vault.rotation), whatever this file's
+        # own encryption setting, since it may not be the gateways' file.
+        settle = settle_seconds
+        if settle is None:
+            settle = settings.tokenization.data_key_seconds + settings.vault.timeout + 1.0
+        print(f"Rotating {len(tenants)} merchant(s), {_ROTATE_CONCURRENCY} at a time; each waits "
+              f"{settle:g} s for gateways to retire data keys of the old version.")  # fmt: skip
+        gate = asyncio.Semaphore(_ROTATE_CONCURRENCY)
         incomplete = 0
-        async with VaultClient(settings.vault.addr, token=token) as client:
-            for tenant_id in tenants:
+
+        async def rotate(client: VaultClient, tenant_id: str) -> None:
+            nonlocal incomplete
+            async with gate:
                 try:
                     report = await rotate_tenant_keys(
-                        client, store, tenant_id, audit=audit, actor="cli:keys-rotate"
-                    )
-                except (VaultNotFoundError, VaultPermissionDeniedError) as exc:
-                    # This tenant only (a missing key, a policy gap): the others still rotate.
+                        client, store, tenant_id, audit=audit, actor="cli:keys-rotate",
+                        settle_seconds=settle,
+                    )  # fmt: skip
+                except TesseraError as exc:
+                    # This merchant only (Vault down or refusing, a missing key, the database):
+                    # the others carry on, and the run exits 1.
                     incomplete += 1
                     print(f"tessera: {tenant_id}: not rotated: {exc}", file=sys.stderr)
-                    continue
+                    return
+            print(
+                f"{tenant_id}: {report.pan_key} v{report.previous_version} -> "
+                f"v{report.new_version}; rewrapped {report.rewrapped}, remaining "
+                f"{report.remaining}; min_decryption_version {report.min_decryption_version}",
+                flush=True,
+            )
+            if not report.complete:
+                incomplete += 1
                 print(
-                    f"{tenant_id}: {report.pan_key} v{report.previous_version} -> "
-                    f"v{report.new_version}; rewrapped {report.rewrapped}, remaining "
-                    f"{report.remaining}; min_decryption_version {report.min_decryption_version}"
+                    f"tessera: {tenant_id}: {report.remaining} ciphertexts are still under an "
+                    "old key version, so old versions still decrypt; run the rotation again.",
+                    file=sys.stderr,
                 )
-                if not report.complete:
-                    incomplete += 1
-                    print(
-                        f"tessera: {tenant_id}: {report.remaining} ciphertexts could not be "
-                        "rewrapped, so old key versions still decrypt; run the rotation again.",
-                        file=sys.stderr,
-                    )
+
+        async with VaultClient(settings.vault.addr, token=token) as client:
+            # Every merchant's rotation runs to its end before the client and database close;
+            # an unexpected error is raised only then.
+            outcomes = await asyncio.gather(
+                *(rotate(client, t) for t in tenants), return_exceptions=True
+            )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return 1 if incomplete else 0
 
     return asyncio.run(_with_db(settings, work))
@@ -243,8 +272,7 @@ def audit_verify(settings: Settings, *, anchor: str | None = None) -> int:
         audit = AuditLog(db)
         await audit.migrate()
         result = await audit.verify(anchor=exported)
-        if result.ok:
-            head = await audit.head()
+        if result.ok and (head := result.head) is not None:
             print(
                 f"audit log intact: {result.entries_checked} entries checked"
                 + (f", anchor {exported.seq} found unchanged" if exported else "")
@@ -670,18 +698,15 @@ def merchants_delete(
         await store.migrate()
         audit = AuditLog(db)
         await audit.migrate()
-        await TokenStore(db).migrate()
+        token_store = TokenStore(db)
+        await token_store.migrate()
         await PaymentStore(db).migrate()
         async with db.transaction() as tx:
             merchant = await store.get(merchant_id, tx=tx)
             if merchant is None:
                 print(f"tessera: no merchant {merchant_id!r}.", file=sys.stderr)
                 return 1
-            tokens = int(
-                await tx.fetchval(
-                    "SELECT COUNT(*) FROM vault_tokens WHERE tenant = $1", merchant_id
-                )
-            )
+            tokens = await token_store.count(merchant_id, tx=tx)
             payments = int(
                 await tx.fetchval(
                     "SELECT COUNT(*) FROM payments WHERE merchant_id = $1", merchant_id

@@ -52,10 +52,14 @@ def test_operator_commands_end_to_end(config: Path, provisioned_vault: Any) -> N
     assert merchant and key
 
     out = _tessera(
-        "keys", "rotate", "--tenant", merchant.group(1), "--config", str(config), env=admin
-    )
+        "keys", "rotate", "--tenant", merchant.group(1), "--settle-seconds", "0.5",
+        "--config", str(config), env=admin,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert merchant.group(1) in out.stdout
+    assert "each waits 0.5 s" in out.stdout
+    assert f"{merchant.group(1)}: tessera-pan-{merchant.group(1)} v1 -> v2" in out.stdout
+    out = _tessera("keys", "rotate", "--settle-seconds", "-1", "--config", str(config), env=admin)
+    assert out.returncode == 2 and "from 0 to 3600 seconds" in out.stderr
 
     out = _tessera("audit", "verify", "--config", str(config))
     assert out.returncode == 0, out.stderr + out.stdout
