@@ -231,7 +231,8 @@ async def _concurrently(ctx: ScenarioContext, count: int) -> list[tuple[Any, Any
 )
 async def breaker(ctx: ScenarioContext) -> None:
     runtime = ctx.use_runtime(
-        breaker=BreakerSettings(fail_max=3, reset_timeout=0.3),
+        # 1 s: the open call must come before the breaker half-opens, even on a loaded machine.
+        breaker=BreakerSettings(fail_max=3, reset_timeout=1.0),
         retry=RetrySettings(max_attempts=1),
     )
     for index in range(3):
@@ -273,17 +274,17 @@ async def breaker(ctx: ScenarioContext) -> None:
         "burst": {
             "rejected": {"@gte": 3},
             "admitted_succeeded": True,
-            # A caller that waited for a slot would take the fault's 400 ms; 250 ms leaves room
+            # A caller that waited for a slot would take the fault's 1,000 ms; 500 ms leaves room
             # for a loaded 2-core CI machine (122 ms was seen) and still tells the two apart.
-            "slowest_rejection_ms": {"@lte": 250},
+            "slowest_rejection_ms": {"@lte": 500},
             "provider_requests": {"@lte": 3},
         }
     },
-    baseline="2 in flight + 1 queued; the other callers get connector_busy within 250 ms",
+    baseline="2 in flight + 1 queued; the other callers get connector_busy within 500 ms",
 )
 async def bulkhead(ctx: ScenarioContext) -> None:
     ctx.use_runtime(bulkhead=BulkheadSettings(max_concurrent=2, max_queued=1))
-    ctx.proxy.inject(Fault.latency(0.4, method="POST", times=None))
+    ctx.proxy.inject(Fault.latency(1.0, method="POST", times=None))
     mark = len(ctx.proxy.requests)
     try:
         outcomes = await _concurrently(ctx, 6)

@@ -192,8 +192,8 @@ async def test_polling_waits_with_a_deadline_not_a_fixed_sleep() -> None:
     assert await poll(fetch, until=lambda n: n >= 3, policy=PollPolicy(within=2.0)) == 3
     started = time.monotonic()
     with pytest.raises(PollTimeoutError) as caught:
-        await poll(fetch, until=lambda n: False, policy=PollPolicy(within=0.2, maximum=0.05))
-    assert time.monotonic() - started < 0.5
+        await poll(fetch, until=lambda n: False, policy=PollPolicy(within=0.5, maximum=0.05))
+    assert time.monotonic() - started < 2.0  # gave up near its deadline, not a fixed long wait
     assert caught.value.last == len(calls) and caught.value.attempts >= 3
     await asyncio.sleep(0)
 

@@ -74,7 +74,7 @@ async def gw(
 ) -> Gateway:
     return await make_gateway(
         database_url=database_url,
-        connectors={"nosync": sandbox_connector(sandbox, deadline_seconds=0.5, retry_attempts=1)},
+        connectors={"nosync": sandbox_connector(sandbox, deadline_seconds=1.0, retry_attempts=1)},
         routing={"default": ["nosync"]},
         payments={"reconcile_interval_seconds": 3600},
     )

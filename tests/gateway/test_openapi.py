@@ -80,7 +80,7 @@ class ResponseChecker:
 async def gw(make_gateway: MakeGateway, sandbox: Any) -> Gateway:
     # A short deadline so that the sandbox's "no reply" amount gives an unknown outcome fast.
     return await make_gateway(
-        connectors={"sandbox": sandbox_connector(sandbox, deadline_seconds=0.5, retry_attempts=1)}
+        connectors={"sandbox": sandbox_connector(sandbox, deadline_seconds=1.0, retry_attempts=1)}
     )
 
 

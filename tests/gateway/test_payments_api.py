@@ -270,7 +270,9 @@ async def test_provider_slower_than_deadline_is_unknown_and_not_retried(
     elapsed = time.monotonic() - started
     assert status == 201, pay
     assert pay["status"] == "unknown" and pay["attempts"][0]["outcome"] == "unknown"
-    assert elapsed < 0.5 * 1.1 + 0.4  # the deadline plus the gateway's own bookkeeping
+    # The deadline plus the gateway's own bookkeeping, with room for a loaded CI machine; the
+    # sandbox would hold its reply for 600 s.
+    assert elapsed < 2.5
     requests = (await sandbox_client_get(sandbox, "/__sandbox/requests"))["requests"]
     assert sum(1 for r in requests if r["path"] == "/v1/authorizations") == 1
 

@@ -182,7 +182,7 @@ async def slow_gw(make_gateway: MakeGateway, sandbox: Any, database_url: str | N
     # The sandbox acts on amount 99408 and never answers: unknown after this deadline.
     return await make_gateway(
         database_url=database_url,
-        connectors={"sandbox": sandbox_connector(sandbox, deadline_seconds=0.5, retry_attempts=1)},
+        connectors={"sandbox": sandbox_connector(sandbox, deadline_seconds=1.0, retry_attempts=1)},
     )
 
 

@@ -20,7 +20,7 @@ from tests.conftest import ProvisionedVault
 from .conftest import MakeGateway
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031}
-_INTERVAL = 0.5
+_INTERVAL = 2.0  # long enough that the revoke below lands inside it on a loaded machine
 
 
 @pytest.fixture

@@ -130,7 +130,9 @@ async def test_provider_slower_than_deadline_answers_unknown_on_time(
         released.set()
         await server.close()
     assert result.outcome is Outcome.UNKNOWN
-    assert elapsed < budget * 1.1 + 0.05
+    # The deadline ends the call (not an error before it), within 10 % plus what a loaded CI
+    # machine adds to cancelling and cleaning up; a late deadline would be off by whole budgets.
+    assert budget * 0.9 <= elapsed < budget * 1.1 + 0.25
     assert server.connections == 1
 
 
@@ -156,7 +158,8 @@ async def test_trickled_reply_is_cut_off_by_the_deadline(
     finally:
         await server.close()
     assert result.outcome is Outcome.UNKNOWN
-    assert elapsed < 0.6 * 1.1 + 0.05
+    # The trickle would last 100 s; the deadline (plus slack for a loaded machine) cuts it.
+    assert 0.6 * 0.9 <= elapsed < 0.6 * 1.1 + 0.25
 
 
 async def test_5xx_retried_for_retry_safe_operation_honouring_retry_after(
@@ -202,7 +205,8 @@ async def test_retry_after_beyond_the_deadline_stops_retrying(
     result = await runtime.invoke(
         "capture", capture_request(), deadline=Deadline.after(2), tenant=TENANT
     )
-    assert time.perf_counter() - started < 0.5
+    # Gave up at once: waiting would have cost the 2 s deadline (or the 30 s Retry-After).
+    assert time.perf_counter() - started < 1.5
     assert len(provider.requests) == 1
     assert result.outcome is Outcome.UNKNOWN and result.raw_status == "http_503"
 

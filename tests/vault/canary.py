@@ -39,9 +39,13 @@ class Canary:
 
 
 def new_canary(prefix: str = "4000") -> Canary:
-    """A fresh 16-digit Luhn-valid PAN under ``prefix`` and a 4-digit CVV (rare in text)."""
+    """A fresh 16-digit Luhn-valid PAN under ``prefix`` and a 4-digit CVV (rare in text).
+
+    The CVV is drawn from 3000-9999: every log line and stored row carries this era's years
+    (``2026-11-21``, expiry ``2031``), and a canary equal to one of them is found everywhere
+    without anything having leaked (seen once on CI)."""
     body = prefix + "".join(secrets.choice("0123456789") for _ in range(15 - len(prefix)))
-    cvc = str(1000 + secrets.randbelow(9000))
+    cvc = str(3000 + secrets.randbelow(7000))
     return Canary(pan=luhn_complete(body), cvc=cvc)
 
 

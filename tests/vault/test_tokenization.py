@@ -407,7 +407,9 @@ async def test_batch_throughput(
     store: TokenStore, vault_client: VaultClient, audit: AuditLog, tenant: str
 ) -> None:
     """Not a benchmark (bench/ has those): prints cards/s of both batch paths, and checks the
-    direct path is not absurdly slow. OpenBao runs on the same 2 cores."""
+    direct path is not absurdly slow next to the batcher's, measured in the same run (an
+    absolute floor failed whenever the shared 2-core machine was busy). OpenBao runs on the
+    same 2 cores."""
     batches = [[card() for _ in range(1000)] for _ in range(4)]
     figures: dict[str, float] = {}
     for name, direct in (("batcher", False), ("direct", True)):
@@ -421,7 +423,7 @@ async def test_batch_throughput(
         figures[name] = 3000 / (time.perf_counter() - started)
         await batcher.close()
     print(f"\ntokenize_many, 3 x 1,000 cards in parallel (SQLite): {figures}")  # noqa: T201
-    assert figures["direct"] > 3_000
+    assert figures["direct"] > figures["batcher"] * 0.5
 
 
 async def test_fifty_concurrent_identical_tokenizations_make_one_token(

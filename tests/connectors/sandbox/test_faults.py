@@ -42,7 +42,9 @@ async def test_slower_than_the_deadline_is_unknown_on_time_and_not_retried(
     result = await invoke(runtime, "authorize", authorize_request(card(), HANG), budget=budget)
     elapsed = time.perf_counter() - started
     assert result.outcome is Outcome.UNKNOWN and result.status is PaymentStatus.UNKNOWN
-    assert elapsed < budget * 1.1 + 0.05
+    # On time: the sandbox would hold the reply far longer; the slack is for a loaded machine
+    # (the sandbox shares this event loop).
+    assert budget * 0.9 <= elapsed < budget * 1.1 + 0.25
     [charge] = await sandbox.charges()
     assert charge["key_seen"] == 1  # one attempt, no blind retry
     # The sandbox did act: reconciliation finds the authorization.
@@ -148,14 +150,14 @@ async def test_idempotent_replay_charges_once(
 async def test_idempotency_key_expires_after_its_retention(
     make_runtime: RuntimeFactory, card: CardFactory
 ) -> None:
-    short = await start_sandbox(idempotency_retention_seconds=0.2)
+    short = await start_sandbox(idempotency_retention_seconds=1.0)
     try:
         runtime = make_runtime(short.url)
         token = card()
         first = await invoke(runtime, "authorize", authorize_request(token, key="brief"))
         inside = await invoke(runtime, "authorize", authorize_request(token, key="brief"))
         assert inside.provider_reference == first.provider_reference
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(1.1)
         after = await invoke(runtime, "authorize", authorize_request(token, key="brief"))
         assert after.provider_reference != first.provider_reference
         assert len(await short.charges()) == 2

@@ -8,6 +8,7 @@ import asyncio
 import re
 import socket
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -154,14 +155,17 @@ async def test_runs_standalone() -> None:
     )
     try:
         async with httpx.AsyncClient() as client:
-            for _ in range(100):
+            # A cold interpreter importing aiohttp and pydantic can take seconds on a loaded
+            # machine: wait up to 30 s, and stop at once if the process died.
+            give_up = time.monotonic() + 30.0
+            while True:
                 try:
                     answer = await client.get(f"http://127.0.0.1:{port}/__sandbox/health")
                     break
                 except httpx.TransportError:
+                    if process.returncode is not None or time.monotonic() > give_up:
+                        pytest.fail("the standalone sandbox did not start")
                     await asyncio.sleep(0.05)
-            else:
-                pytest.fail("the standalone sandbox did not start")
         assert answer.json() == {"status": "ok"}
     finally:
         process.terminate()
