@@ -630,8 +630,8 @@ class PaymentService:
             lost = [a for a in attempts if a.operation in _CREATE_OPERATIONS]
             if lost and lost[-1].outcome is Outcome.UNKNOWN:
                 await self.reconcile(lost[-1], correlation_id=correlation_id)
-                return await self._store.get_payment(merchant.id, payment_id)
-            return payment
+            # Read again: the reconciler or a webhook may have settled it since the read above.
+            return await self._store.get_payment(merchant.id, payment_id)
         attempt = await self._start_follow_up(payment, Operation.SYNC)
         request = SyncRequest(
             payment_id=payment.id, provider_reference=payment.provider_reference,
@@ -658,8 +658,9 @@ class PaymentService:
             if attempt.outcome is not Outcome.UNKNOWN or attempt.operation in _CREATE_OPERATIONS:
                 continue
             async with self._db.transaction() as tx:
-                await self._store.finish_attempt(attempt, result, tx=tx)
-                await self._settle_follow_up(payment, attempt, result, tx)
+                _, recorded = await self._store.settle_attempt(attempt, result, tx=tx)
+                if recorded:  # else settled meanwhile, by a settler that moved the payment
+                    await self._settle_follow_up(payment, attempt, result, tx)
             settled = True
         if not settled:
             return payment
@@ -911,7 +912,11 @@ class PaymentService:
         # The attempt (the payment's operation lock, for a follow-up) is settled in the same
         # transaction that moves the payment: no other operation can start on the old state.
         async with self._db.transaction() as tx:
-            await self._store.finish_attempt(attempt, result, tx=tx)
+            _, recorded = await self._store.settle_attempt(attempt, result, tx=tx)
+            if not recorded:
+                # Settled meanwhile with this answer (a webhook, a merchant's sync, another
+                # reconciler past its lease), in the transaction that moved the payment.
+                return True
             if attempt.operation in _CREATE_OPERATIONS:
                 await self._settle(payment, result, connector=attempt.connector, tx=tx)
             elif _unsubmitted(payment, result):
@@ -1312,8 +1317,8 @@ class PaymentService:
         step: Capture | Void | Refund | PaymentStatus,
         changes: dict[str, Any],
     ) -> PaymentRecord:
-        updated = await self._store.apply(payment, step, retries=3, tx=tx, **changes)
-        await self._notify(tx, payment, updated)
+        before, updated = await self._store.apply_seen(payment, step, retries=3, tx=tx, **changes)
+        await self._notify(tx, before, updated)
         return updated
 
     async def _observe(
@@ -1339,7 +1344,7 @@ class PaymentService:
                             reason="a capture or refund is open",
                         )
                         return payment
-                updated = await self._store.apply(
+                before, updated = await self._store.apply_seen(
                     payment,
                     result.status,
                     retries=3,
@@ -1348,7 +1353,9 @@ class PaymentService:
                     provider_reference=result.provider_reference or payment.provider_reference,
                     tx=conn,
                 )
-                await self._notify(conn, payment, updated)
+                # Against the record the status was applied to: a snapshot older than a
+                # concurrent settler's write would announce that change a second time.
+                await self._notify(conn, before, updated)
         except IllegalTransitionError:
             log.warning(
                 "provider_status_ignored",

@@ -308,6 +308,36 @@ class PaymentStore:
         ``retries`` re-reads and re-applications, raises ``ConcurrentUpdateError``. An event that
         changes nothing (a duplicate ``Observe``) with no field changes writes nothing.
         """
+        _, updated = await self.apply_seen(
+            payment,
+            event,
+            connector=connector,
+            provider_reference=provider_reference,
+            next_action=next_action,
+            decline=decline,
+            metadata=metadata,
+            retries=retries,
+            tx=tx,
+        )
+        return updated
+
+    async def apply_seen(
+        self,
+        payment: PaymentRecord,
+        event: PaymentEvent | PaymentStatus,
+        *,
+        connector: str | Unchanged | None = KEEP,
+        provider_reference: str | Unchanged | None = KEEP,
+        next_action: NextAction | Unchanged | None = KEEP,
+        decline: Decline | Unchanged | None = KEEP,
+        metadata: Mapping[str, str] | Unchanged = KEEP,
+        retries: int = 0,
+        tx: Connection | None = None,
+    ) -> tuple[PaymentRecord, PaymentRecord]:
+        """``apply``, also returning the stored record the event was applied to: after a re-read
+        that is not ``payment`` (a caller's snapshot), and what changed (a notification, say)
+        is the difference between the two records returned, not between ``payment`` and the
+        result. Equal records: nothing was written."""
         step = Observe(event) if isinstance(event, PaymentStatus) else event
         if metadata is not KEEP:
             _refuse_card_numbers(None, dict(metadata))
@@ -331,7 +361,7 @@ class PaymentStore:
                     metadata=current.metadata if metadata is KEEP else dict(metadata),
                 )
                 if updated == current:
-                    return current
+                    return current, current
                 now = self._now()
                 version = await conn.fetchval(
                     "UPDATE payments SET status = $1, captured = $2, refunded = $3, "
@@ -352,7 +382,9 @@ class PaymentStore:
                     current.version,
                 )
                 if version is not None:
-                    return replace(updated, updated_at=from_micros(now), version=int(version))
+                    return current, replace(
+                        updated, updated_at=from_micros(now), version=int(version)
+                    )
                 if remaining:
                     current = await self.get_payment(current.merchant_id, current.id, tx=conn)
         raise ConcurrentUpdateError()

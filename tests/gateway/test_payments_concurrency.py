@@ -690,3 +690,49 @@ async def test_a_late_answer_that_knows_less_gets_the_settled_answer(
     assert [(r["status"], r["amount"]["value"]) for r in body["refunds"]] == [("succeeded", 400)]
     after = await _get(gw, pay["id"])
     assert after["refunded"]["value"] == 400 and after["refunds"] == body["refunds"], after
+
+
+async def test_racing_settlers_of_a_lost_authorization_settle_and_notify_once(
+    make_gateway: MakeGateway, sandbox: Any, database_url: str | None
+) -> None:
+    """Two reconcilers (one past the other's lease) and the merchant's sync settle the same
+    lost authorization at once: one of them records the answer and moves the payment; the
+    others find it settled and move nothing. Each used to apply the answer to the payment as
+    it had read it, and announce ``payment.authorized`` again."""
+    gw = await make_gateway(
+        database_url=database_url,
+        connectors={"sandbox": sandbox_connector(sandbox, retry_attempts=1)},
+    )
+    resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
+    token = (await resp.json())["id"]
+    status, pay, _ = await _post(
+        gw,
+        "/v1/payments",
+        {
+            "amount": {"value": 99105, "currency": "EUR"},
+            "payment_method": {"type": "card", "token": token},
+        },
+    )  # 99105: the sandbox authorizes, then resets the connection before answering
+    assert status == 201 and pay["status"] == "unknown", pay
+    [attempt] = await gw.resources.payment_store.attempts(pay["id"])
+    settled = await asyncio.gather(
+        gw.resources.payments.reconcile(attempt),
+        gw.resources.payments.reconcile(attempt),
+        _post(gw, f"/v1/payments/{pay['id']}/sync"),
+    )
+    assert settled[:2] == [True, True]
+    status, synced, _ = settled[2]
+    assert status == 200 and synced["status"] == "authorized", synced
+    resp = await gw.client.get(f"/v1/payments/{pay['id']}", headers=gw.auth)
+    after = await resp.json()
+    assert after["status"] == "authorized" and after["attempts"][0]["outcome"] == "succeeded"
+    rows = await gw.resources.db.fetchall(
+        "SELECT event_type FROM merchant_notifications WHERE merchant_id = $1",
+        gw.merchant.id,
+    )
+    assert sorted(row["event_type"] for row in rows) == ["payment.authorized", "payment.unknown"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(sandbox.make_url("/__sandbox/charges")) as reply,
+    ):
+        assert len((await reply.json())["charges"]) == 1

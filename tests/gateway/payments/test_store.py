@@ -221,6 +221,20 @@ async def test_stale_write_is_a_retryable_conflict(payment_store: PaymentStore) 
     assert converged == stored
 
 
+async def test_apply_seen_names_the_record_it_applied_to(payment_store: PaymentStore) -> None:
+    """What changed is judged against the stored record, not the caller's stale snapshot (a
+    notification built from the snapshot announced a concurrent settler's change again)."""
+    created = await _payment(payment_store)
+    authorized = await payment_store.apply(created, S.AUTHORIZED)  # another settler wins
+    before, after = await payment_store.apply_seen(created, S.AUTHORIZED, retries=1)
+    assert before == after == authorized  # nothing written, nothing to announce
+    before, after = await payment_store.apply_seen(created, S.CAPTURED, retries=1)
+    assert before == authorized and after.status is S.CAPTURED
+    assert after.version == authorized.version + 1
+    before, after = await payment_store.apply_seen(after, Observe(S.CAPTURED))
+    assert before == after  # a duplicate observation
+
+
 async def test_racing_writers_exactly_one_wins(payment_store: PaymentStore) -> None:
     payment = await _authorized(payment_store)
     results = await asyncio.gather(
