@@ -772,9 +772,17 @@ class PaymentService:
             # The authorization and the submit attempt commit together: a crash after this
             # leaves an open submit attempt, which reconciliation finishes.
             async with self._db.transaction() as tx:
-                await self._store.finish_attempt(attempt, result, tx=tx)
-                if _authorized(result.outcome, result.status):
+                _, result, own = await self._record_answer(attempt, result, tx)
+                if own and _authorized(result.outcome, result.status):
                     submit = await self._start_follow_up(payment, Operation.SUBMIT, tx=tx)
+            if not own:
+                # Settled while the call ran (the reconciler presumed it abandoned, or an
+                # operator): whatever settled it moved the payment, and submitted the consent
+                # if it was authorized; resume from there (submits only if nothing did).
+                payment = await self._store.get_payment(merchant.id, payment.id)
+                if not _authorized(result.outcome, result.status):
+                    return payment
+                return await self._complete_consent(merchant, payment, params, correlation_id)
             if submit is None:
                 if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
                     payment = await self._observe(payment, result)

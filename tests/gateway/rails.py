@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -92,6 +93,9 @@ class Faults:
     lose_submit_answer: bool = False
     reset_before_submit: bool = False
     lose_authorization_answer: bool = False
+    #: Awaited once the consent is authorized, before the answer goes back (then cleared): what
+    #: happens while that answer is on its way.
+    before_authorization_answer: Callable[[], Awaitable[None]] | None = None
     submit_keys: list[str] = field(default_factory=list)
 
     def install(self, app: web.Application) -> web.Application:
@@ -113,6 +117,9 @@ class Faults:
             self.lose_submit_answer = False
             _reset(request)
         authorization = request.method == "POST" and request.path.endswith("/authorize")
+        if authorization and self.before_authorization_answer is not None:
+            hook, self.before_authorization_answer = self.before_authorization_answer, None
+            await hook()
         if authorization and self.lose_authorization_answer:
             self.lose_authorization_answer = False
             _reset(request)

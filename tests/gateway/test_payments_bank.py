@@ -397,3 +397,31 @@ async def test_lost_authorization_answer_is_reconciled_into_one_submit(env: Env)
     ]
     pay = await env.reconcile(pay["id"], "pending", seconds=0)
     assert len(env.faults.submit_keys) == 1 and len(env.ob.payments) == 1
+
+
+async def test_complete_answered_after_the_reconciler_settled_it_returns_the_payment(
+    env: Env,
+) -> None:
+    """The bank authorizes the consent, but the answer to ``complete`` comes back only after
+    the reconciler (presuming the call abandoned) synced the consent and submitted it: the
+    customer's return gets the payment as it is, not a 409, and nothing is submitted twice."""
+    pay = await _consent(env)
+    params = await _at_bank(pay["next_action"]["url"], "approve")
+    resources = env.gw.resources
+
+    async def reconciler_first() -> None:
+        await resources.db.execute(
+            "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE next_reconcile_at IS NOT NULL"
+        )
+        await reconcile_once(resources.payment_store, resources.payments)
+
+    env.faults.before_authorization_answer = reconciler_first
+    status, done, _ = await env.post(f"/v1/payments/{pay['id']}/complete", {"parameters": params})
+    assert status == 200, done
+    assert done["status"] == "pending", done
+    assert _ops(done) == [
+        ("create_consent", "succeeded", "requires_action"),
+        ("complete_authorization", "succeeded", "authorized"),
+        ("submit", "succeeded", "pending"),
+    ]
+    assert len(env.faults.submit_keys) == 1 and len(env.ob.payments) == 1
