@@ -5,12 +5,13 @@ PostgreSQL (a schema of its own), the session's OpenBao. Amount 99408 makes the 
 reply back; the gateway (a long connector deadline) is still waiting when it is SIGKILLed, so the
 provider has charged and the gateway's database has only the attempt it wrote before sending.
 
-A new gateway process on the same database gets the merchant's retry (same ``Idempotency-Key``,
-same body). While the dead process's claim lease runs, the retry is told 409 (the key looks in
-use; it cannot tell a slow process from a dead one). Once the lease lapses the retry takes the
-claim over, finds the payment the dead run created and its open attempt, reconciles it by sync
-(reference = payment id) and answers with the authorized payment. The provider must have seen
-the authorization exactly once: no second charge and no re-send.
+A second gateway process on the same database (started beforehand, as in a deployment of several
+processes, so that its start-up does not eat into the lease) gets the merchant's retry (same
+``Idempotency-Key``, same body). While the dead process's claim lease runs, the retry is told 409
+(the key looks in use; it cannot tell a slow process from a dead one). Once the lease lapses the
+retry takes the claim over, finds the payment the dead run created and its open attempt,
+reconciles it by sync (reference = payment id) and answers with the authorized payment. The
+provider must have seen the authorization exactly once: no second charge and no re-send.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ from .procs import (
 #: the configuration lets a deployment (and this test) choose it.
 _LEASE_FIELD = "idempotency_lease_seconds"
 _LEASE_CONFIGURABLE = _LEASE_FIELD in PaymentSettings.model_fields
-# Long enough that a second gateway process starts on a loaded 2-core machine before it lapses.
+# The dead process renewed it every third of it, so it lapses 4-6 s after the kill. The first
+# retry goes out a moment after the kill (the second gateway is already running, and the checks
+# in between are a few queries): that leaves seconds of slack for a loaded 2-core machine.
 _LEASE_SECONDS = 6.0 if _LEASE_CONFIGURABLE else 30.0
 _HANG = 99408  # the sandbox authorizes, then withholds the reply
 
@@ -98,6 +101,9 @@ async def test_kill_9_after_provider_success_then_retry_charges_once(
             )
 
         first = await procs.gateway(config(), name="gateway-1")
+        # Ready before the kill: the retries must start while the dead run's lease still holds,
+        # and a process start (imports, migrations, /readyz) can take seconds on a loaded machine.
+        second = await procs.gateway(config(), name="gateway-2")
         api = Api(http, first, api_key)
         body = payment_body(await api.tokenize(), _HANG, reference="order-crash")
         key = "order-crash-attempt-1"
@@ -130,7 +136,6 @@ async def test_kill_9_after_provider_success_then_retry_charges_once(
         assert attempts[0]["provider_idempotency_key"] == charge["idempotency_key"]
         payment_id = payments[0]["id"]
 
-        second = await procs.gateway(config(), name="gateway-2")
         api = api.on(second)
         # The merchant retries (same key, same body) until the dead run's lease has lapsed.
         refused = 0

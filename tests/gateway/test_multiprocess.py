@@ -8,9 +8,9 @@ PostgreSQL schema of their own), the session's OpenBao. Neither gateway is given
 first one generates in the database, or a retry on the other process would be taken for a
 different request.
 
-The sandbox is slowed down (amount 99408 with a 1 s hang: the authorization is done, its reply
-comes a second later), so the requests with one key really overlap: every one of them is sent
-while the first is still at the provider.
+The sandbox is slowed down (amount 99408 with a 3 s hang: the authorization is done, its reply
+comes three seconds later), so the requests with one key really overlap: every one of them is
+sent while the first is still at the provider, even when a loaded machine is slow to send them.
 
 Bulkhead isolation (RELIABILITY 17) at the gateway: one process with two connectors (``backup``
 is a copy of the sandbox connector registered under another id by ``tests.gateway.procs``), A
@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -40,7 +40,10 @@ from .procs import (
     sandbox_section,
 )
 
-_SLOW = 99408  # with hang_seconds=1: authorized, answered one second later
+T = TypeVar("T")
+
+_SLOW = 99408  # with hang_seconds=3: authorized, answered three seconds later
+_SLOW_HANG = 3.0
 _KEYS = 4
 _PER_KEY = 20
 
@@ -56,14 +59,15 @@ async def test_two_processes_on_one_postgres_charge_once_per_key(
         aiohttp.ClientSession() as http,
     ):
         _, api_key = await create_merchant(db_url, vault.addr, vault.root_token)
-        sandbox = await procs.sandbox(hang_seconds=1.0)
+        sandbox = await procs.sandbox(hang_seconds=_SLOW_HANG)
 
         def config() -> str:
             return gateway_config(
                 database_url=db_url,
                 vault_addr=vault.addr,
                 vault_token=vault.root_token,
-                connectors={"sandbox": sandbox_section(sandbox, deadline_seconds=5.0)},
+                # Well past the hang: every first request is answered, authorized.
+                connectors={"sandbox": sandbox_section(sandbox, deadline_seconds=10.0)},
                 idempotency_key=None,
             )
 
@@ -134,6 +138,14 @@ async def test_two_processes_on_one_postgres_charge_once_per_key(
 _HANG = 99408  # connector A: authorized, then no reply for the rest of the test
 _BURST = 200
 _A_SLOTS = 4
+_A_DEADLINE = 60.0
+# What a fault costs is A's deadline: a request that waits for one of A's slots (or that shares
+# anything with A's stuck calls) waits 60 s. The bounds below are half of that, so a saturated
+# 2-core machine (about 2 ms of gateway CPU per refusal, 196 of them) stays far inside them.
+_REFUSED_WITHIN = _A_DEADLINE / 2
+_B_SAMPLES = 60
+_B_ROUNDS = 3  # B's latency with A hung: measured again (up to this) if a round misses the bound
+_B_REQUEST_LIMIT = 10.0  # a B payment takes milliseconds; stuck behind A it would take 60 s
 
 
 def _rss_mb(pid: int) -> float:
@@ -164,7 +176,7 @@ async def _bulkhead_setup(
         connectors={
             "sandbox": sandbox_section(
                 sandbox_a,
-                deadline_seconds=60.0,
+                deadline_seconds=_A_DEADLINE,
                 retry_attempts=1,
                 max_concurrent=_A_SLOTS,
                 max_queued=0,
@@ -185,16 +197,54 @@ async def _b_latencies(api: Api, token: str, count: int, tag: str) -> list[float
     latencies = []
     for n in range(count):
         started = time.perf_counter()
-        reply = await api.post("/v1/payments", _on("backup", token, 1000, f"b-{tag}-{n}"))
+        try:
+            async with asyncio.timeout(_B_REQUEST_LIMIT):
+                reply = await api.post("/v1/payments", _on("backup", token, 1000, f"b-{tag}-{n}"))
+        except TimeoutError:
+            raise AssertionError(
+                f"B payment b-{tag}-{n} unanswered after {_B_REQUEST_LIMIT} s (stuck behind A?)"
+            ) from None
         latencies.append(time.perf_counter() - started)
         assert reply.status == 201 and reply.body["status"] == "authorized", reply
     return latencies
+
+
+def _b_kept_its_latency(before: list[float], during: list[float]) -> bool:
+    """Medians, with room for a shared CI machine: p99 of 60 loopback samples is too noisy to
+    hold to 10% here (the latency benchmark measures that)."""
+    return (
+        _percentile(during, 50) <= 1.5 * _percentile(before, 50) + 0.005
+        and _percentile(during, 90) <= 2.0 * _percentile(before, 90) + 0.010
+    )
+
+
+def _latency_summary(samples: list[float]) -> str:
+    return (
+        " ".join(f"p{pct}={_percentile(samples, pct) * 1e3:.1f}ms" for pct in (50, 90, 99))
+        + f" max={max(samples) * 1e3:.1f}ms"
+    )
 
 
 async def _timed(api: Api, body: dict[str, Any], key: str) -> tuple[Reply, float]:
     started = time.monotonic()
     reply = await api.post("/v1/payments", body, key=key)
     return reply, time.monotonic() - started
+
+
+async def _until_done(
+    tasks: list[asyncio.Task[T]], count: int, within: float
+) -> tuple[set[asyncio.Task[T]], set[asyncio.Task[T]]]:
+    """(done, pending) once ``count`` of ``tasks`` are done, or once ``within`` s have passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    done: set[asyncio.Task[T]] = set()
+    pending = set(tasks)
+    while len(done) < count and pending and (remaining := deadline - loop.time()) > 0:
+        finished, pending = await asyncio.wait(
+            pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+        )
+        done |= finished
+    return done, pending
 
 
 @pytest.mark.slow
@@ -204,26 +254,31 @@ async def test_hanging_connector_is_contained_by_its_bulkhead(
     """200 concurrent payments on a hanging connector A: A's bulkhead holds 4, the other 196 are
     refused before anything is sent, long before A's deadline, and connector B's payments keep
     their latency while A's slots stay stuck. (The burst itself competes with B for the
-    gateway's CPU and database; what is compared here is B with A hung against B before.)"""
+    gateway's CPU and database; what is compared here is B with A hung against B before. A
+    stays hung, so only that second measurement can be repeated: up to three rounds.)"""
     async with (
         Processes(tmp_path) as procs,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
     ):
         api, token, sandbox_a = await _bulkhead_setup(procs, http, tmp_path, provisioned_vault)
         await _b_latencies(api, token, 20, "warm-up")
-        before = await _b_latencies(api, token, 60, "before")
+        before = await _b_latencies(api, token, _B_SAMPLES, "before")
         rss_before = _rss_mb(api.gateway.pid)
 
         burst = [
             asyncio.create_task(_timed(api, _on("sandbox", token, _HANG, f"a-{n}"), f"a-{n}"))
             for n in range(_BURST)
         ]
-        done, stuck = await asyncio.wait(burst, timeout=10)
+        done, stuck = await _until_done(burst, _BURST - _A_SLOTS, within=_REFUSED_WITHIN + 10)
         try:
-            assert len(stuck) == _A_SLOTS and len(done) == _BURST - _A_SLOTS
+            assert len(stuck) == _A_SLOTS and len(done) == _BURST - _A_SLOTS, (
+                len(done),
+                len(stuck),
+            )
             refused = [task.result() for task in done]
             for reply, elapsed in refused:
-                assert elapsed < 5.0, elapsed  # A's deadline is 60 s
+                # Seconds at most on a loaded machine; waiting for a slot would take A's 60 s.
+                assert elapsed < _REFUSED_WITHIN, elapsed
                 attempts = reply.body["attempts"] if reply.status == 201 else []
                 if reply.status == 201:
                     # What the gateway answers today (see the 503 test below).
@@ -237,22 +292,26 @@ async def test_hanging_connector_is_contained_by_its_bulkhead(
             requests = (await sandbox_admin(http, sandbox_a, "requests"))["requests"]
             assert sum(r["path"] == "/v1/authorizations" for r in requests) == _A_SLOTS
 
-            during = await _b_latencies(api, token, 60, "during")
+            # Warmed up like "before": what follows the burst in the gateway is not what A's
+            # stuck slots cost B (those stay stuck through every round below).
+            await _b_latencies(api, token, 20, "warm-up-during")
+            rounds = [await _b_latencies(api, token, _B_SAMPLES, "during-0")]
             rss_after = _rss_mb(api.gateway.pid)
+            # A slowdown that A's stuck calls cause is there in every round; a burst of load
+            # from elsewhere on the machine is not.
+            while not _b_kept_its_latency(before, rounds[-1]) and len(rounds) < _B_ROUNDS:
+                rounds.append(await _b_latencies(api, token, _B_SAMPLES, f"during-{len(rounds)}"))
+            # A's four slots stayed stuck while B was measured.
+            assert not [task for task in stuck if task.done()]
         finally:
             for task in stuck:
                 task.cancel()
             await asyncio.gather(*stuck, return_exceptions=True)
 
-        summary = (
-            f"B before p50={_percentile(before, 50) * 1e3:.1f}ms "
-            f"p99={_percentile(before, 99) * 1e3:.1f}ms; with A hung "
-            f"p50={_percentile(during, 50) * 1e3:.1f}ms p99={_percentile(during, 99) * 1e3:.1f}ms"
+        summary = f"B before: {_latency_summary(before)}; with A hung: " + "; ".join(
+            f"round {n}: {_latency_summary(during)}" for n, during in enumerate(rounds)
         )
-        # Medians, with room for a shared CI machine: p99 of 60 loopback samples is too noisy
-        # to hold to 10% here (the latency benchmark measures that).
-        assert _percentile(during, 50) <= 1.5 * _percentile(before, 50) + 0.005, summary
-        assert _percentile(during, 90) <= 2.0 * _percentile(before, 90) + 0.010, summary
+        assert _b_kept_its_latency(before, rounds[-1]), summary
         assert rss_after - rss_before < 32, (rss_before, rss_after)
 
 

@@ -337,14 +337,33 @@ async def test_stored_record_holds_neither_body_nor_card_data(
 
 
 async def test_a_live_holder_keeps_its_claim_past_the_lease(db: Database) -> None:
-    # Real time here: the lease is renewed every third of it while the handler runs.
-    guard = IdempotencyStore(db, fingerprint_key=FINGERPRINT_KEY, claim_lease_seconds=0.3)
+    # Real time here: the lease (1 s) is renewed every third of it while the handler runs, so
+    # only a renewal more than 0.67 s late (a stalled event loop or database) lets it lapse.
+    lease = 1.0
+    guard = IdempotencyStore(db, fingerprint_key=FINGERPRINT_KEY, claim_lease_seconds=lease)
     await guard.migrate()
-    handler = CountingHandler(delay=0.8)
-    first = asyncio.create_task(_run(guard, handler))
-    await asyncio.sleep(0.6)  # two leases later
-    with pytest.raises(HttpProblem) as caught:
-        await _run(guard, handler)
-    assert caught.value.code == "idempotency_key_in_use"
-    await first
-    assert handler.calls == 1 and (await _run(guard, handler)).replayed
+    started, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def holds_until_released(claim: IdempotencyClaim) -> HandlerResult:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()  # runs for as long as the test needs, however slow the machine
+        return HandlerResult(201, b'{"id":"pay_1"}')
+
+    first = asyncio.create_task(_run(guard, holds_until_released))
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.sleep(2.2 * lease)  # more than two leases after the claim: renewed or lost
+        # A handler that answers at once: if the claim had lapsed, this would take it over.
+        other = CountingHandler()
+        with pytest.raises(HttpProblem) as caught:
+            await _run(guard, other)
+        assert caught.value.code == "idempotency_key_in_use"
+        assert other.calls == 0
+    finally:
+        release.set()
+    assert (await first).body == b'{"id":"pay_1"}'
+    replay = await _run(guard, CountingHandler())
+    assert calls == 1 and replay.replayed and replay.body == b'{"id":"pay_1"}'
