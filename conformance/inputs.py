@@ -33,6 +33,7 @@ from normalization import (
     CardMethod,
     CardNumber,
     CardSecurityCode,
+    DeclineCode,
     Money,
     OpenBankingMethod,
     redact_card_text,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DECLINE_CODES",
     "INPUT_KEYS",
+    "OPTIONAL_DECLINE_CODES",
     "TENANT",
     "Canary",
     "Inputs",
@@ -69,8 +71,27 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: The decline codes the card profile's ``card.authorize.declined`` scenario asks inputs for.
+#: The decline codes the card profile's ``card.authorize.declined`` scenario always asks inputs
+#: for (CONFORMANCE.md's baseline).
 DECLINE_CODES = ("insufficient_funds", "do_not_honor", "expired_card", "incorrect_cvc")
+#: Every other normalized code a card issuer or acquirer can decline with:
+#: ``card.authorize.declined[<code>]`` also runs for each one the sandbox profile gives a
+#: ``card.declined.<code>`` input (a magic card) for. (The bank and open-banking codes, and
+#: ``invalid_request``, are not card declines.)
+OPTIONAL_DECLINE_CODES = tuple(
+    code.value
+    for code in DeclineCode
+    if code.value not in DECLINE_CODES
+    and code
+    not in {
+        DeclineCode.INVALID_ACCOUNT,
+        DeclineCode.ACCOUNT_CLOSED,
+        DeclineCode.CONSENT_REJECTED,
+        DeclineCode.CONSENT_EXPIRED,
+        DeclineCode.PAYMENT_RETURNED,
+        DeclineCode.INVALID_REQUEST,
+    }
+)
 
 #: What the customer's browser sends to a redirect page (3-D Secure challenge, bank consent).
 _RECIPE_KEYS = frozenset({"method", "query", "form"})
@@ -87,7 +108,7 @@ _PAYER_KEYS = frozenset({"creditor", "debtor", "return_url", "amount", "currency
 INPUT_KEYS: Mapping[str, frozenset[str]] = {
     "card.approved": _CARD_KEYS,
     "card.canary": _CARD_KEYS,
-    **{f"card.declined.{code}": _CARD_KEYS for code in DECLINE_CODES},
+    **{f"card.declined.{code}": _CARD_KEYS for code in DECLINE_CODES + OPTIONAL_DECLINE_CODES},
     "card.requires_3ds": _CARD_KEYS | {"challenge"},
     "currency.roundtrip": frozenset({"amounts"}),
     "bank.account.valid": _BANK_KEYS,

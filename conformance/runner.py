@@ -86,7 +86,9 @@ class ConformanceRun:
 
     def _plan(self) -> list[Planned]:
         manifest, mode = self.env.manifest, self.env.mode
-        instances = expand(profile_scenarios(self.env.profile), manifest)
+        instances = expand(
+            profile_scenarios(self.env.profile), manifest, self.env.sandbox.inputs.keys()
+        )
         if self.config.select:
             instances = [
                 i

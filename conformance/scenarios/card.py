@@ -2,7 +2,9 @@
 
 Inputs (sandbox profile ``inputs``): ``card.approved`` and ``card.canary`` (default: the run's
 canary card; the leak probe always sends ``card.canary`` inline),
-``card.declined.<code>`` for insufficient_funds, do_not_honor, expired_card and incorrect_cvc,
+``card.declined.<code>`` for insufficient_funds, do_not_honor, expired_card and incorrect_cvc
+(and for any other card decline code the profile names a magic card for: ``OPTIONAL_DECLINE_CODES``,
+each an extra ``card.authorize.declined[<code>]``),
 ``card.requires_3ds`` (with a ``challenge`` recipe: how the customer completes the page),
 ``currency.roundtrip`` (``amounts`` to authorize in each currency, default: amounts floats get
 wrong).
@@ -13,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.harness import ScenarioContext
-from conformance.inputs import DECLINE_CODES
+from conformance.inputs import DECLINE_CODES, OPTIONAL_DECLINE_CODES
 from conformance.scenarios.flows import complete_request, nasty_amounts
 from conformance.scenarios.model import Requirement, scenario
 from normalization import AuthorizeRequest, BankAccountMethod, Money, VerifyRequest
@@ -76,6 +78,10 @@ async def purchase(ctx: ScenarioContext) -> None:
     covers=("operation:authorize",),
     inputs=("card.declined.{param}",),
     params=lambda manifest: DECLINE_CODES,
+    # Any other card decline code the profile names a magic card for.
+    profile_params=lambda provided: [
+        code for code in OPTIONAL_DECLINE_CODES if f"card.declined.{code}" in provided
+    ],
     expect={
         "authorize": {
             "status": "declined",

@@ -19,12 +19,14 @@ expectation (``conformance.expectations``). Modules of this package register the
         await ctx.call("void", Operation.VOID, ctx.void_request(authorized))
 
 A scenario with ``params`` is a template expanded per manifest (one instance per declared
-currency, per decline code, ...); ``{param}`` in its covers and inputs is replaced.
+currency, per decline code, ...); ``{param}`` in its covers and inputs is replaced. Its
+``profile_params`` add the instances a sandbox profile opts into by giving their inputs (a
+decline code beyond the baseline four, for which the profile names a magic card).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,8 @@ __all__ = [
 
 ScenarioFn = Callable[["ScenarioContext"], Awaitable[None]]
 ParamsFn = Callable[[Manifest], Iterable[str]]
+#: Given the names of the inputs the sandbox profile gives, the further params to run.
+ProfileParamsFn = Callable[[Collection[str]], Iterable[str]]
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Scenario:
     inputs: tuple[str, ...] = ()
     expect: Mapping[str, Any] = field(default_factory=dict)
     params: ParamsFn | None = None
+    profile_params: ProfileParamsFn | None = None
     #: A one-line description of the baseline expectation, for reports and docs.
     baseline: str = ""
 
@@ -137,6 +142,7 @@ def scenario(
     inputs: Iterable[str] = (),
     expect: Mapping[str, Any] | None = None,
     params: ParamsFn | None = None,
+    profile_params: ProfileParamsFn | None = None,
     baseline: str = "",
 ) -> Callable[[ScenarioFn], ScenarioFn]:
     """Register the decorated function as a scenario (in one or several profiles)."""
@@ -157,6 +163,7 @@ def scenario(
                     inputs=tuple(inputs),
                     expect=dict(expect or {}),
                     params=params,
+                    profile_params=profile_params,
                     baseline=baseline or (fn.__doc__ or "").strip().split("\n")[0],
                 )
             )
@@ -165,12 +172,18 @@ def scenario(
     return register
 
 
-def expand(scenarios: Iterable[Scenario], manifest: Manifest) -> list[ScenarioInstance]:
-    """Every instance of ``scenarios`` for ``manifest`` (templates expanded)."""
+def expand(
+    scenarios: Iterable[Scenario], manifest: Manifest, provided: Collection[str] = ()
+) -> list[ScenarioInstance]:
+    """Every instance of ``scenarios`` for ``manifest`` (templates expanded), with those the
+    sandbox profile opts into by giving the inputs named in ``provided``."""
     instances: list[ScenarioInstance] = []
     for item in scenarios:
         if item.params is None:
             instances.append(ScenarioInstance(item))
-        else:
-            instances.extend(ScenarioInstance(item, param) for param in item.params(manifest))
+            continue
+        params = list(item.params(manifest))
+        if item.profile_params is not None:
+            params += [p for p in item.profile_params(provided) if p not in params]
+        instances.extend(ScenarioInstance(item, param) for param in params)
     return instances

@@ -19,12 +19,12 @@ import pytest
 from conformance import environment
 from conformance.cli import main
 from conformance.environment import Mode, RunConfig, SetupError
-from conformance.inputs import INPUT_KEYS, input_problems
+from conformance.inputs import DECLINE_CODES, INPUT_KEYS, OPTIONAL_DECLINE_CODES, input_problems
 from conformance.runner import ConformanceRun
 from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
 from conformance.scenarios import CATALOGUE, expand
 from gateway.cli import main as tessera
-from sdk import load_connectors
+from sdk import Category, load_connectors
 from tests.conformance.conftest import write_profile
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "sdk" / "templates"
@@ -163,6 +163,34 @@ def test_every_input_a_scenario_declares_is_in_the_vocabulary() -> None:
         for name in instance.inputs
     }
     assert declared and declared <= set(INPUT_KEYS)
+
+
+def test_a_profile_opts_into_further_decline_codes_by_naming_their_cards() -> None:
+    """The baseline four decline codes always run (skipped without their inputs); any other
+    card decline code runs when the sandbox profile names a card for it, once."""
+    manifest = load_connectors()["sandbox"].manifest
+    card = CATALOGUE[Category.CARD_ACQUIRER]
+
+    def declined(provided: set[str]) -> list[str]:
+        return [
+            instance.id
+            for instance in expand(card, manifest, provided)
+            if instance.scenario.id == "card.authorize.declined"
+        ]
+
+    baseline = [f"card.authorize.declined[{code}]" for code in DECLINE_CODES]
+    assert declined(set()) == baseline
+    provided = {
+        "card.declined.insufficient_funds",
+        "card.declined.fraud_suspected",
+        "card.approved",
+    }
+    assert declined(provided) == [*baseline, "card.authorize.declined[fraud_suspected]"]
+    assert "lost_or_stolen" in OPTIONAL_DECLINE_CODES
+    assert input_problems({"card.declined.lost_or_stolen": {"number": "4000000000009987"}}) == []
+    # Bank and open-banking codes are no card declines: a typo-like name is refused.
+    [problem] = input_problems({"card.declined.consent_rejected": {"number": "4000000000009987"}})
+    assert problem.startswith("unknown input 'card.declined.consent_rejected'")
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES_DIR.glob("*.sandbox.json.tmpl")))
