@@ -1583,12 +1583,18 @@ def _refundable(payment: PaymentRecord, reserved: int) -> int:
     return max(0, payment.state.refundable - reserved)
 
 
+#: Retry-After for a refund refused only because of refunds still pending: their outcome, not
+#: the request, decides whether it fits, so the refusal is not the idempotency key's answer.
+_PENDING_REFUNDS_RETRY_AFTER = 60.0
+
+
 def _check_refund(payment: PaymentRecord, amount: Money, reserved: int) -> None:
     transition(payment.state, Refund(amount))  # status, currency, amount against captured
     if reserved and amount.value > _refundable(payment, reserved):
         raise RefundExceedsCapturedError(
             f"Only {_refundable(payment, reserved)} minor units remain refundable "
-            f"({reserved} more are in refunds still pending); asked {amount.value}."
+            f"({reserved} more are in refunds still pending); asked {amount.value}.",
+            retry_after=_PENDING_REFUNDS_RETRY_AFTER,
         )
 
 

@@ -129,7 +129,11 @@ async def _idempotent(request: web.Request, handler: Handler) -> web.Response:
             # the request has begun: a retry with the key gets this 409 again rather than
             # running on whatever the payment has become since. Validation errors (422, before
             # anything ran), conflicts with a concurrent operation (409
-            # ``operation_in_progress``) and outages (5xx) are not stored: a retry runs.
+            # ``operation_in_progress``), refusals that wait on something still open (a refund
+            # that fits once pending refunds fail: ``Retry-After``) and outages (5xx) are not
+            # stored: a retry runs.
+            if exc.retry_after is not None:
+                raise
             problem = problem_response(409, exc.code, exc.detail, request_id=request[REQUEST_ID])
             return HandlerResult(
                 409, cast(bytes, problem.body), {"Content-Type": PROBLEM_CONTENT_TYPE}

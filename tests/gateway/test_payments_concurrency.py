@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.payments.records import RefundStatus
 from gateway.reconciliation import reconcile_once
 from normalization import Money, Outcome, PaymentResult, PaymentStatus
 from sdk import Operation
@@ -147,6 +148,36 @@ async def test_refunds_still_pending_are_not_refundable_twice(gw: Gateway, sandb
     assert status == 201, refunded
     assert [r.amount.value for r in await store.refunds(pay["id"])] == [700, 300]
     assert await _sandbox_calls(sandbox, "/refunds") == 1
+
+
+async def test_a_refusal_for_refunds_still_pending_is_not_the_keys_answer(
+    gw: Gateway, sandbox: Any
+) -> None:
+    """Refused only because a pending refund may still succeed: 409 with Retry-After, not stored
+    under the key. Once the pending refund failed, the same key runs and refunds."""
+    pay = await _paid(gw, capture=True)
+    store = gw.resources.payment_store
+    record = await store.get_payment(gw.merchant.id, pay["id"])
+    pending = await store.add_refund(record, Money.of(700, "EUR"))
+    path = f"/v1/payments/{pay['id']}/refunds"
+    body = {"amount": {"value": 500, "currency": "EUR"}}
+    status, problem, headers = await _post(gw, path, body, key="refund-500")
+    assert status == 409 and problem["code"] == "amount_exceeds_refundable", problem
+    assert int(headers["Retry-After"]) > 0
+    assert await store.settle_pending_refund(pending.id, status=RefundStatus.FAILED)
+    status, refunded, headers = await _post(gw, path, body, key="refund-500")
+    assert status == 201 and refunded["refunded"]["value"] == 500, refunded
+    assert "Idempotent-Replayed" not in headers
+    # A refusal by the payment's own state (more than was captured) is still the key's answer.
+    status, problem, headers = await _post(
+        gw, path, {"amount": {"value": 600, "currency": "EUR"}}, key="k2"
+    )
+    assert status == 409 and problem["code"] == "amount_exceeds_refundable", problem
+    assert "Retry-After" not in headers
+    status, again, headers = await _post(
+        gw, path, {"amount": {"value": 600, "currency": "EUR"}}, key="k2"
+    )
+    assert (status, again) == (409, problem) and headers["Idempotent-Replayed"] == "true"
 
 
 async def _webhook(
