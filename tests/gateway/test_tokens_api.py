@@ -106,6 +106,16 @@ async def test_delete_forgets_the_token(gateway: Gateway) -> None:
     assert (await resp.json())["code"] == "token_not_found"
 
 
+@pytest.mark.parametrize("token_id", ["tok_" + "a" * 97, "tok_" + "a" * 400, "nope"])
+async def test_any_unknown_token_id_is_token_not_found(gateway: Gateway, token_id: str) -> None:
+    """However long or malformed: the token API's own 404 (a 101-character id fell through to
+    the router's generic ``not_found``)."""
+    for method in (gateway.client.get, gateway.client.delete):
+        resp = await method(f"/v1/tokens/{token_id}", headers=gateway.auth)
+        assert resp.status == 404
+        assert (await resp.json())["code"] == "token_not_found"
+
+
 async def test_merchant_cannot_see_or_delete_another_merchants_token(gateway: Gateway) -> None:
     _, other_key = await gateway.add_merchant()
     _, _, body = await _post(gateway, "/v1/tokens", {"card": CARD})
