@@ -40,6 +40,8 @@ from gateway.config import (
 from gateway.merchants import MerchantStore
 from gateway.server import run_gateway
 from gateway.simulators import load_simulator
+from normalization import TesseraError
+from sdk import load_registry
 from vault.database import open_database
 from vault.devserver import DevServer, free_port
 from vault.provisioning import ensure_tenant_keys, provision
@@ -61,7 +63,29 @@ async def _create_dev_merchant(db_url: str, vault_addr: str, root_token: str) ->
     return merchant.id, key
 
 
+def _sandbox_problem() -> str | None:
+    """Why the built-in ``sandbox`` connector or its simulator cannot be loaded, or None. Asked
+    before anything starts: a broken install (a plugin claiming ``sandbox`` too, an import that
+    fails) is a clear exit 2 rather than a start-up crash after OpenBao is up."""
+    try:
+        load_registry().get("sandbox")
+        load_simulator("sandbox")
+    except TesseraError as exc:
+        return exc.detail
+    except Exception as exc:  # noqa: BLE001 - an entry point's own import error, reported
+        return f"its simulator failed to load: {type(exc).__name__}: {exc}"
+    return None
+
+
 def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
+    problem = _sandbox_problem()
+    if problem is not None:
+        print(
+            f"tessera dev: error: it runs the built-in sandbox connector, which cannot be used: "
+            f"{problem.rstrip('.')}. Reinstall Tessera, or remove the plugin named.",
+            file=sys.stderr,
+        )
+        return 2
     data_dir.mkdir(parents=True, exist_ok=True)
     dev_file = data_dir / DEV_FILE
     dev_file.unlink(missing_ok=True)

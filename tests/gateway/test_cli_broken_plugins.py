@@ -175,3 +175,24 @@ def test_the_connector_pool_refuses_a_configured_connector_it_cannot_use(
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
     assert logs == []  # refused before anything is logged
+
+
+def test_dev_with_a_second_sandbox_plugin_says_why_before_starting_anything(tmp_path: Path) -> None:
+    """A plugin that claims ``sandbox`` too leaves ``tessera dev`` without its connector: exit 2
+    naming both plugins, before OpenBao or the gateway start (was a start-up crash, exit 1)."""
+    root = tmp_path / "site"
+    dist = root / "tessera_fake_sandbox-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tessera-fake-sandbox\nVersion: 1.0\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nsandbox = tests.sdk.demo_connector:DemoConnector\n"
+    )
+    data_dir = tmp_path / "dev"
+    out = _tessera("dev", "--data-dir", str(data_dir), "--port", str(free_port()), env=_env(root))
+    assert out.returncode == 2, out.stderr
+    assert "tessera dev: error:" in out.stderr and "'sandbox'" in out.stderr, out.stderr
+    assert "tests.sdk.demo_connector:DemoConnector" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "Starting OpenBao" not in out.stderr
+    assert not data_dir.exists()
