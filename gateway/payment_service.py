@@ -865,6 +865,12 @@ class PaymentService:
         when the attempt is final now; otherwise it is scheduled again with backoff.
         """
         payment = await self._store.payment_of(attempt)
+        if attempt.refund_id is not None and _in_flight_movement(
+            await self._store.attempts(attempt.payment_id), attempt
+        ):
+            # Whatever the provider says now cannot settle this refund (see below): no call.
+            await self._store.schedule_reconcile(attempt.id)
+            return False
         route = self.settled_by(attempt, payment)
         if route == "sync":
             sync = SyncRequest(
@@ -906,8 +912,9 @@ class PaymentService:
         if attempt.refund_id is not None and _in_flight_movement(
             await self._store.attempts(attempt.payment_id), attempt
         ):
-            # The provider's refunded total may hold that call's money: settle this refund by
-            # it only once that call has its own answer (it never waits on this one).
+            # (Checked again: one may have started while the sync ran.) The provider's refunded
+            # total may hold that call's money: settle this refund by it only once that call
+            # has its own answer (it never waits on this one).
             await self._store.schedule_reconcile(attempt.id)
             return False
         if _acknowledged_pending(attempt) and not _refund_covered(payment, attempt, result):

@@ -543,8 +543,18 @@ async def _refund_600_while_the_400_waits(
     await gw.resources.db.execute(
         "UPDATE payment_attempts SET next_reconcile_at = 0 WHERE id = $1", pending.id
     )
-    report = await reconcile_once(store, gw.resources.payments)
+    service = gw.resources.payments
+    invoke, asked = service._invoke, []
+
+    async def counted(*args: Any) -> PaymentResult:
+        asked.append(args[2])
+        return await invoke(*args)
+
+    monkeypatch.setattr(service, "_invoke", counted)
+    report = await reconcile_once(store, service)
     assert (report.claimed, report.settled) == (1, 0)  # waits for the call in flight
+    assert asked == []  # without asking the provider: no answer could settle it now
+    monkeypatch.setattr(service, "_invoke", invoke)
     release.set()
     code, body, _ = await refund
     await _due_now(gw)
