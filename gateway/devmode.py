@@ -69,20 +69,26 @@ def _sandbox_problem() -> str | None:
     fails) is a clear exit 2 rather than a start-up crash after OpenBao is up."""
     try:
         load_registry().get("sandbox")
+    except TesseraError as exc:
+        return exc.detail
+    try:
         load_simulator("sandbox")
     except TesseraError as exc:
         return exc.detail
     except Exception as exc:  # noqa: BLE001 - an entry point's own import error, reported
-        return f"its simulator failed to load: {type(exc).__name__}: {exc}"
+        return f"Its simulator failed to load: {type(exc).__name__}: {exc}"
     return None
 
 
 def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
     problem = _sandbox_problem()
     if problem is not None:
+        remedy = "Reinstall Tessera" + (
+            ", or remove the plugin named" if "plugin" in problem else ""
+        )
         print(
-            f"tessera dev: error: it runs the built-in sandbox connector, which cannot be used: "
-            f"{problem.rstrip('.')}. Reinstall Tessera, or remove the plugin named.",
+            f"tessera dev: error: it needs the built-in sandbox connector. {problem.rstrip('.')}. "
+            f"{remedy}.",
             file=sys.stderr,
         )
         return 2

@@ -556,9 +556,12 @@ class PaymentService:
     ) -> OperationOutcome:
         payment = await self._store.get_payment(merchant.id, payment_id)
         reserved = await self._store.reserved_refunds(payment.id)
-        amount = amount or Money.of(
-            _refundable(payment, reserved) or payment.amount.value, payment.amount.currency
-        )
+        if amount is None:
+            left = _refundable(payment, reserved)
+            if not left and reserved and payment.state.refundable:
+                raise _refunds_pending(0, reserved, payment.state.refundable)
+            # Nothing refundable at all: the whole amount, for the state's own refusal.
+            amount = Money.of(left or payment.amount.value, payment.amount.currency)
         _check_refund(payment, amount, reserved)
         # The refund, the attempt that requests it and its audit entry (RELIABILITY 33: every
         # refund is in the audit log) commit together, before the call.
@@ -744,15 +747,17 @@ class PaymentService:
         callback, then, once the consent is authorized, ``submit``.
 
         Resumes where an earlier call stopped: a submit already started is reconciled (synced,
-        replayed with its own key only if the consent carries no payment), never sent anew; a
-        consent already authorized is submitted without asking the bank again.
+        replayed with its own key only if the consent carries no payment), never sent anew, and
+        left alone while its call may still be running (started less than the in-flight grace
+        ago: its answer is on its way); a consent already authorized is submitted without asking
+        the bank again.
         """
         if payment.provider_reference is None:
             raise IllegalTransitionError("The payment has no consent to complete yet.")
         attempts = await self._store.attempts(payment.id)
         submit = next((a for a in reversed(attempts) if a.operation == "submit"), None)
         if submit is not None:
-            if submit.needs_reconciliation:
+            if submit.needs_reconciliation and not self._may_be_running(submit):
                 await self.reconcile(submit, correlation_id=correlation_id)
             return await self._store.get_payment(merchant.id, payment.id)
         authorized = any(
@@ -775,6 +780,10 @@ class PaymentService:
                 _, result, own = await self._record_answer(attempt, result, tx)
                 if own and _authorized(result.outcome, result.status):
                     submit = await self._start_follow_up(payment, Operation.SUBMIT, tx=tx)
+                elif own and result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
+                    # With the answer, as every settler does: one that finds it recorded
+                    # moves nothing.
+                    payment = await self._observe(payment, result, tx=tx)
             if not own:
                 # Settled while the call ran (the reconciler presumed it abandoned, or an
                 # operator): whatever settled it moved the payment, and submitted the consent
@@ -784,10 +793,15 @@ class PaymentService:
                     return payment
                 return await self._complete_consent(merchant, payment, params, correlation_id)
             if submit is None:
-                if result.outcome in (Outcome.SUCCEEDED, Outcome.DECLINED):
-                    payment = await self._observe(payment, result)
                 return payment
         return await self._submit(payment, submit, correlation_id)
+
+    def _may_be_running(self, attempt: AttemptRecord) -> bool:
+        """Started and unanswered for less than the in-flight grace: its call may still be
+        running (another ``complete``, the reconciler), and its answer is on its way. Syncing
+        it now could send it a second time alongside."""
+        grace = self._store.reconcile_policy.in_flight_grace
+        return attempt.in_flight and self._store.now() - attempt.started_at < grace
 
     async def _submit(
         self, payment: PaymentRecord, submit: AttemptRecord, correlation_id: str | None
@@ -1598,11 +1612,17 @@ _PENDING_REFUNDS_RETRY_AFTER = 60.0
 def _check_refund(payment: PaymentRecord, amount: Money, reserved: int) -> None:
     transition(payment.state, Refund(amount))  # status, currency, amount against captured
     if reserved and amount.value > _refundable(payment, reserved):
-        raise RefundExceedsCapturedError(
-            f"Only {_refundable(payment, reserved)} minor units remain refundable "
-            f"({reserved} more are in refunds still pending); asked {amount.value}.",
-            retry_after=_PENDING_REFUNDS_RETRY_AFTER,
-        )
+        raise _refunds_pending(_refundable(payment, reserved), reserved, amount.value)
+
+
+def _refunds_pending(left: int, reserved: int, asked: int) -> RefundExceedsCapturedError:
+    """The refusal of a refund that fits only if refunds still pending fail (``Retry-After``:
+    not the idempotency key's answer)."""
+    return RefundExceedsCapturedError(
+        f"Only {left} minor units remain refundable ({reserved} more are in refunds still "
+        f"pending); asked {asked}.",
+        retry_after=_PENDING_REFUNDS_RETRY_AFTER,
+    )
 
 
 def _authorized(outcome: Outcome | None, status: PaymentStatus | None) -> bool:

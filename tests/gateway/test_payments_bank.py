@@ -21,6 +21,7 @@ import pytest
 from yarl import URL
 
 from gateway.reconciliation import reconcile_once
+from normalization import Outcome, PaymentResult, PaymentStatus
 
 from .conftest import Gateway, MakeGateway, sandbox_connector
 from .rails import BANK_RAIL, OPEN_BANKING, Faults, Rail, connector_settings, render_rails
@@ -425,3 +426,23 @@ async def test_complete_answered_after_the_reconciler_settled_it_returns_the_pay
         ("submit", "succeeded", "pending"),
     ]
     assert len(env.faults.submit_keys) == 1 and len(env.ob.payments) == 1
+
+
+async def test_complete_leaves_a_submit_whose_call_may_still_run_to_its_answer(env: Env) -> None:
+    """A submit started moments ago (another ``complete``'s call, still running) is not synced
+    and sent again alongside by a second ``complete``: its answer is on its way; after the
+    in-flight grace the reconciler (or a later ``complete``) resumes it."""
+    pay, params = await _back_from_bank(
+        env, "approve", fault="lose_authorization_answer", expect=202
+    )
+    store = env.gw.resources.payment_store
+    record = await store.get_payment(env.gw.merchant.id, pay["id"])
+    [authorization] = [
+        a for a in await store.attempts(pay["id"]) if a.operation == "complete_authorization"
+    ]
+    authorized = PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.AUTHORIZED)
+    await store.finish_attempt(authorization, authorized)
+    await store.start_attempt(record, OPEN_BANKING, "submit")  # its call is running elsewhere
+    status, same, _ = await env.post(f"/v1/payments/{pay['id']}/complete", {"parameters": params})
+    assert status == 200 and same["status"] == "requires_action", same
+    assert env.faults.submit_keys == [] and env.ob.payments == {}

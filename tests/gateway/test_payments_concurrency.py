@@ -168,11 +168,20 @@ async def test_a_refusal_for_refunds_still_pending_is_not_the_keys_answer(
     status, refunded, headers = await _post(gw, path, body, key="refund-500")
     assert status == 201 and refunded["refunded"]["value"] == 500, refunded
     assert "Idempotent-Replayed" not in headers
-    # A refusal by the payment's own state (more than was captured) is still the key's answer.
+    # "Refund the rest" while pending refunds hold all of it: the same, not stored.
+    pending = await store.add_refund(record, Money.of(500, "EUR"))
+    status, problem, headers = await _post(gw, path, key="refund-rest")
+    assert status == 409 and problem["code"] == "amount_exceeds_refundable", problem
+    assert "500 more are in refunds still pending" in problem["detail"]
+    assert int(headers["Retry-After"]) > 0
+    assert await store.settle_pending_refund(pending.id, status=RefundStatus.FAILED)
+    status, refunded, _ = await _post(gw, path, key="refund-rest")
+    assert status == 201 and refunded["refunded"]["value"] == 1000, refunded
+    # A refusal by the payment's own state (refunded in full) is still the key's answer.
     status, problem, headers = await _post(
         gw, path, {"amount": {"value": 600, "currency": "EUR"}}, key="k2"
     )
-    assert status == 409 and problem["code"] == "amount_exceeds_refundable", problem
+    assert status == 409 and problem["code"] == "invalid_state_transition", problem
     assert "Retry-After" not in headers
     status, again, headers = await _post(
         gw, path, {"amount": {"value": 600, "currency": "EUR"}}, key="k2"
