@@ -147,6 +147,8 @@ def scenario(
 ) -> Callable[[ScenarioFn], ScenarioFn]:
     """Register the decorated function as a scenario (in one or several profiles)."""
     profiles = [profile] if isinstance(profile, Category) else list(profile)
+    if profile_params is not None and params is None:
+        raise ValueError(f"scenario {scenario_id!r}: profile_params extend params; give both")
 
     def register(fn: ScenarioFn) -> ScenarioFn:
         for category in profiles:
