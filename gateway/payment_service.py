@@ -869,6 +869,18 @@ class PaymentService:
 
     # -- reconciliation -------------------------------------------------------------------------
 
+    async def _waits_on_another_movement(self, attempt: AttemptRecord) -> bool:
+        """A refund while another capture or refund of the payment is in flight or ``unknown``:
+        the provider's refunded total may hold that call's money, so this refund is settled by
+        it only once that call has its own answer (it never waits on this one). Rescheduled
+        when so."""
+        if attempt.refund_id is None or not _in_flight_movement(
+            await self._store.attempts(attempt.payment_id), attempt
+        ):
+            return False
+        await self._store.schedule_reconcile(attempt.id)
+        return True
+
     async def reconcile(self, attempt: AttemptRecord, *, correlation_id: str | None = None) -> bool:
         """Try to settle one open attempt (``unknown``, ``pending`` or never answered).
 
@@ -878,13 +890,9 @@ class PaymentService:
         provider idempotency key (the provider answers with what it did the first time). True
         when the attempt is final now; otherwise it is scheduled again with backoff.
         """
+        if await self._waits_on_another_movement(attempt):
+            return False  # whatever the provider says now cannot settle it: no call
         payment = await self._store.payment_of(attempt)
-        if attempt.refund_id is not None and _in_flight_movement(
-            await self._store.attempts(attempt.payment_id), attempt
-        ):
-            # Whatever the provider says now cannot settle this refund (see below): no call.
-            await self._store.schedule_reconcile(attempt.id)
-            return False
         route = self.settled_by(attempt, payment)
         if route == "sync":
             sync = SyncRequest(
@@ -923,14 +931,8 @@ class PaymentService:
                 await self._store.finish_attempt(attempt, result)
             await self._store.schedule_reconcile(attempt.id)
             return False
-        if attempt.refund_id is not None and _in_flight_movement(
-            await self._store.attempts(attempt.payment_id), attempt
-        ):
-            # (Checked again: one may have started while the sync ran.) The provider's refunded
-            # total may hold that call's money: settle this refund by it only once that call
-            # has its own answer (it never waits on this one).
-            await self._store.schedule_reconcile(attempt.id)
-            return False
+        if await self._waits_on_another_movement(attempt):
+            return False  # again: one may have started while the sync ran
         if _acknowledged_pending(attempt) and not _refund_covered(payment, attempt, result):
             # The provider accepted this refund as pending; a refunded total that does not
             # include it yet says it is still pending, not that it failed.
@@ -1026,18 +1028,17 @@ class PaymentService:
                 raise IllegalTransitionError(
                     f"The attempt is already settled ({attempt.outcome} / {attempt.status})."
                 )
-            if attempt.in_flight:
+            if self._may_be_running(attempt):
                 # Its call may still be running (and answer after the verdict): wait as long
                 # as the reconciler does before presuming it abandoned.
                 grace = self._store.reconcile_policy.in_flight_grace
                 since = self._store.now() - attempt.started_at
-                if since < grace:
-                    raise OperationInProgressError(
-                        f"The {attempt.operation} call may still be running (started "
-                        f"{int(since.total_seconds())} s ago); settle it after "
-                        f"{int(grace.total_seconds())} s.",
-                        retry_after=max(1, int((grace - since).total_seconds()) + 1),
-                    )
+                raise OperationInProgressError(
+                    f"The {attempt.operation} call may still be running (started "
+                    f"{int(since.total_seconds())} s ago); settle it after "
+                    f"{int(grace.total_seconds())} s.",
+                    retry_after=max(1, int((grace - since).total_seconds()) + 1),
+                )
             payment = await self._store.payment_of(attempt, tx=tx)
             merchant_id = payment.merchant_id
             result = _operator_result(payment, attempt, happened, status, provider_reference)

@@ -147,6 +147,16 @@ def _create_private_file(path: Path) -> int:
         ) from None
 
 
+async def _merchants_and_audit(
+    db: SqliteDatabase | PostgresDatabase,
+) -> tuple[MerchantStore, AuditLog]:
+    """The merchant store and the audit log, migrated: what most admin commands write to."""
+    store, audit = MerchantStore(db), AuditLog(db)
+    await store.migrate()
+    await audit.migrate()
+    return store, audit
+
+
 def merchants_create(settings: Settings, name: str, *, dedup: bool) -> int:
     """Create the merchant row and API key, then its Vault keys; undone if Vault fails.
 
@@ -158,10 +168,7 @@ def merchants_create(settings: Settings, name: str, *, dedup: bool) -> int:
     token = _admin_token(settings)
 
     async def work(db: SqliteDatabase | PostgresDatabase) -> tuple[str, str]:
-        store = MerchantStore(db)
-        await store.migrate()
-        audit = AuditLog(db)
-        await audit.migrate()
+        store, audit = await _merchants_and_audit(db)
         merchant, key = await store.create(name, token_dedup=dedup)
         try:
             await asyncio.to_thread(ensure_tenant_keys, settings.vault.addr, token, merchant.id)
@@ -190,12 +197,9 @@ def rotate_keys(
     token = _admin_token(settings)
 
     async def work(db: SqliteDatabase | PostgresDatabase) -> int:
+        merchants, audit = await _merchants_and_audit(db)
         store = TokenStore(db)
         await store.migrate()
-        audit = AuditLog(db)
-        await audit.migrate()
-        merchants = MerchantStore(db)
-        await merchants.migrate()
         if tenant is not None and await merchants.get(tenant) is None:
             print(f"tessera: no merchant {tenant!r}.", file=sys.stderr)
             return 1
@@ -415,10 +419,7 @@ def merchants_webhook_set(settings: Settings, merchant_id: str, url: str) -> int
     allow_private = settings.payments.allow_private_webhook_targets
 
     async def work(db: SqliteDatabase | PostgresDatabase) -> int:
-        store = MerchantStore(db)
-        await store.migrate()
-        audit = AuditLog(db)
-        await audit.migrate()
+        store, audit = await _merchants_and_audit(db)
         try:
             endpoint = await store.set_webhook_endpoint(
                 merchant_id, url, allow_http=allow_private, allow_private=allow_private
@@ -563,10 +564,7 @@ def merchants_keys_create(settings: Settings, merchant_id: str, *, reason: str |
     (``merchant.key_create``) in the same transaction. Exit 1 for an unknown merchant."""
 
     async def work(db: SqliteDatabase | PostgresDatabase) -> tuple[ApiKey, str] | None:
-        store = MerchantStore(db)
-        await store.migrate()
-        audit = AuditLog(db)
-        await audit.migrate()
+        store, audit = await _merchants_and_audit(db)
         try:
             async with db.transaction() as tx:
                 record, key = await store.create_key(merchant_id, tx=tx)
@@ -618,10 +616,7 @@ def merchants_keys_revoke(
         raise ConfigError("give a key id or prefix, or --all (not both).")
 
     async def work(db: SqliteDatabase | PostgresDatabase) -> int:
-        store = MerchantStore(db)
-        await store.migrate()
-        audit = AuditLog(db)
-        await audit.migrate()
+        store, audit = await _merchants_and_audit(db)
         if await store.get(merchant_id) is None:
             print(f"tessera: no merchant {merchant_id!r}.", file=sys.stderr)
             return 1
@@ -694,10 +689,7 @@ def merchants_delete(
     async def work(db: SqliteDatabase | PostgresDatabase) -> int:
         from gateway.payments.store import PaymentStore
 
-        store = MerchantStore(db)
-        await store.migrate()
-        audit = AuditLog(db)
-        await audit.migrate()
+        store, audit = await _merchants_and_audit(db)
         token_store = TokenStore(db)
         await token_store.migrate()
         await PaymentStore(db).migrate()

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from gateway.payments.backoff import ReconcilePolicy
 from gateway.payments.instants import Clock, SystemClock, from_micros, to_micros
@@ -290,35 +291,10 @@ class PaymentStore:
         return None if row is None else payment_from_row(row)
 
     async def apply(
-        self,
-        payment: PaymentRecord,
-        event: PaymentEvent | PaymentStatus,
-        *,
-        connector: str | Unchanged | None = KEEP,
-        provider_reference: str | Unchanged | None = KEEP,
-        next_action: NextAction | Unchanged | None = KEEP,
-        decline: Decline | Unchanged | None = KEEP,
-        metadata: Mapping[str, str] | Unchanged = KEEP,
-        retries: int = 0,
-        tx: Connection | None = None,
+        self, payment: PaymentRecord, event: PaymentEvent | PaymentStatus, **changes: Any
     ) -> PaymentRecord:
-        """Run ``event`` (a status means ``Observe(status)``) through the state machine and save.
-
-        Writes only if ``payment.version`` is still the stored version; otherwise, after
-        ``retries`` re-reads and re-applications, raises ``ConcurrentUpdateError``. An event that
-        changes nothing (a duplicate ``Observe``) with no field changes writes nothing.
-        """
-        _, updated = await self.apply_seen(
-            payment,
-            event,
-            connector=connector,
-            provider_reference=provider_reference,
-            next_action=next_action,
-            decline=decline,
-            metadata=metadata,
-            retries=retries,
-            tx=tx,
-        )
+        """``apply_seen``'s result alone (what changed does not matter to the caller)."""
+        _, updated = await self.apply_seen(payment, event, **changes)
         return updated
 
     async def apply_seen(
@@ -334,10 +310,15 @@ class PaymentStore:
         retries: int = 0,
         tx: Connection | None = None,
     ) -> tuple[PaymentRecord, PaymentRecord]:
-        """``apply``, also returning the stored record the event was applied to: after a re-read
-        that is not ``payment`` (a caller's snapshot), and what changed (a notification, say)
-        is the difference between the two records returned, not between ``payment`` and the
-        result. Equal records: nothing was written."""
+        """Run ``event`` (a status means ``Observe(status)``) through the state machine and save;
+        the stored record it was applied to, and the result.
+
+        Writes only if ``payment.version`` is still the stored version; otherwise, after
+        ``retries`` re-reads and re-applications, raises ``ConcurrentUpdateError``. An event that
+        changes nothing (a duplicate ``Observe``) with no field changes writes nothing (the two
+        records returned are equal). After a re-read the first record is not ``payment`` (a
+        caller's snapshot): what changed (a notification, say) is the difference between the
+        two records returned, not between ``payment`` and the result."""
         step = Observe(event) if isinstance(event, PaymentStatus) else event
         if metadata is not KEEP:
             _refuse_card_numbers(None, dict(metadata))

@@ -37,19 +37,26 @@ MISNAMED = (
 )
 
 
+def _installed(root: Path, name: str, *plugins: str) -> Path:
+    """``root`` holding an installed distribution ``name`` whose connector entry points are
+    ``plugins`` (``id = module:attr``)."""
+    dist = root / f"{name.replace('-', '_')}-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\n" + "".join(f"{p}\n" for p in plugins)
+    )
+    return root
+
+
 @pytest.fixture
 def plugins_path(tmp_path: Path) -> Path:
     """A directory holding an installed distribution with two broken connector plugins."""
-    root = tmp_path / "site"
-    dist = root / "tessera_fake_plugins-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: tessera-fake-plugins\nVersion: 1.0\n"
-    )
-    (dist / "entry_points.txt").write_text(
-        f"[{ENTRY_POINT_GROUP}]\n"
-        "acme = tessera_fake_acme:AcmeConnector\n"
-        "misnamed = tests.sdk.demo_connector:DemoConnector\n"
+    root = _installed(
+        tmp_path / "site",
+        "tessera-fake-plugins",
+        "acme = tessera_fake_acme:AcmeConnector",
+        "misnamed = tests.sdk.demo_connector:DemoConnector",
     )
     (root / "tessera_fake_acme.py").write_text(f"import {MISSING_DEPENDENCY}\n")
     return root
@@ -180,14 +187,10 @@ def test_the_connector_pool_refuses_a_configured_connector_it_cannot_use(
 def test_dev_with_a_second_sandbox_plugin_says_why_before_starting_anything(tmp_path: Path) -> None:
     """A plugin that claims ``sandbox`` too leaves ``tessera dev`` without its connector: exit 2
     naming both plugins, before OpenBao or the gateway start (was a start-up crash, exit 1)."""
-    root = tmp_path / "site"
-    dist = root / "tessera_fake_sandbox-1.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: tessera-fake-sandbox\nVersion: 1.0\n"
-    )
-    (dist / "entry_points.txt").write_text(
-        f"[{ENTRY_POINT_GROUP}]\nsandbox = tests.sdk.demo_connector:DemoConnector\n"
+    root = _installed(
+        tmp_path / "site",
+        "tessera-fake-sandbox",
+        "sandbox = tests.sdk.demo_connector:DemoConnector",
     )
     data_dir = tmp_path / "dev"
     out = _tessera("dev", "--data-dir", str(data_dir), "--port", str(free_port()), env=_env(root))
