@@ -7,7 +7,10 @@
    body, reveals the card through the call's ``TokenRevealer`` and writes the real values into a
    copy of the request, each encoded for where it sits (JSON string escaping, form
    url-encoding including Stripe-style ``card[number]`` keys, XML escaping, raw in headers).
-   Placeholders in the URL are refused: a PAN never goes into a query string;
+   An ``optional()`` placeholder whose field the card lacks takes what carries it out of the
+   request (the JSON member or item, form pair, XML element or attribute, header); an
+   ``as_number()`` one becomes a JSON number. Placeholders in the URL are refused: a PAN never
+   goes into a query string;
 3. watches the network transport's trace events (httpcore's, or ``sdk.aiohttp_transport``'s),
    to know whether the request started being written: that is the line between ``not_sent``
    and ``unknown`` (``sdk.outcomes``);
@@ -24,6 +27,7 @@ detokenized copy shares with the requests ``CallContext.send`` builds.
 from __future__ import annotations
 
 import json
+import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,6 +46,7 @@ from sdk.placeholders import (
     MARKER_PATTERN,
     MARKER_PREFIX,
     CardField,
+    MissingCardDataError,
     PlaceholderTable,
     ResolvedValue,
 )
@@ -163,11 +168,86 @@ def _encode(value: str, kind: str, is_digits: bool) -> bytes:
 
 
 def _substitute(data: bytes, resolved: Mapping[bytes, ResolvedValue], kind: str) -> bytes:
+    if kind == "json":
+        for marker, value in resolved.items():
+            if value.number and marker in data:
+                # The quoted marker, a whole JSON value, becomes the number ("03" -> 3).
+                data = data.replace(b'"' + marker + b'"', str(int(value.raw)).encode("ascii"))
+                if marker in data:
+                    raise ConnectorConfigurationError(
+                        "A card placeholder sent as a number must be a whole JSON value."
+                    )
+
     def replace(match: Any) -> bytes:
         value = resolved[match.group(0)]
         return _encode(value.raw, kind, value.field in DIGIT_FIELDS)
 
     return MARKER_PATTERN.sub(replace, data)
+
+
+# -- leaving out optional fields the card does not hold -------------------------------------------
+
+_XML_NAME = rb"[A-Za-z_][\w.:-]*"
+
+
+def _omit(body: bytes, omitted: frozenset[bytes], kind: str) -> bytes:
+    """``body`` without what carries each marker in ``omitted`` (see the module docstring);
+    ``MissingCardDataError`` when such a marker sits where nothing can be left out whole."""
+    present = [marker for marker in omitted if marker in body]
+    if not present:
+        return body
+    if kind == "json":
+        body = _omit_json(body, omitted)
+    elif kind == "form":
+        body = b"&".join(
+            pair for pair in body.split(b"&") if pair.partition(b"=")[2] not in omitted
+        )
+    elif kind == "xml":
+        for marker in present:
+            quoted = re.escape(marker)
+            element = rb"<(" + _XML_NAME + rb")(?:\s[^<>]*)?>\s*" + quoted + rb"\s*</\1\s*>"
+            attribute = rb"\s+" + _XML_NAME + rb"\s*=\s*([\"'])" + quoted + rb"\1"
+            body = re.sub(attribute, b"", re.sub(element, b"", body))
+    if any(marker in body for marker in present):
+        raise MissingCardDataError(
+            "The card does not hold an optional field this request carries inside a larger"
+            " value, where it cannot be left out."
+        )
+    return body
+
+
+def _omit_json(body: bytes, omitted: frozenset[bytes]) -> bytes:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise ConnectorConfigurationError("A JSON request body does not parse.") from None
+
+    def kept(value: Any) -> bool:
+        return not (isinstance(value, str) and value.encode() in omitted)
+
+    def prune(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: prune(value) for key, value in node.items() if kept(value)}
+        if isinstance(node, list):
+            return [prune(value) for value in node if kept(value)]
+        return node
+
+    # httpx's and pydantic's compact form, so an unchanged body keeps its bytes.
+    return json.dumps(
+        prune(document), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    ).encode("utf-8")
+
+
+def _omit_headers(
+    headers: list[tuple[bytes, bytes]], omitted: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    kept = [(name, value) for name, value in headers if value.strip() not in omitted]
+    if any(marker in value for _, value in kept for marker in omitted):
+        raise MissingCardDataError(
+            "The card does not hold an optional field this request carries inside a header"
+            " value, where it cannot be left out."
+        )
+    return kept
 
 
 def _mask(data: bytes, resolved: Mapping[bytes, ResolvedValue]) -> bytes:
@@ -215,6 +295,8 @@ class EgressTransport(httpx.AsyncBaseTransport):
 
         headers = request.headers.raw
         resolved: dict[bytes, ResolvedValue] = {}
+        omitted: frozenset[bytes] = frozenset()
+        kind = ""
         if scope is not None:
             slots = scope.placeholders.slots_in(body)
             scope.placeholders.check_whole(body)
@@ -223,9 +305,14 @@ class EgressTransport(httpx.AsyncBaseTransport):
                     slots |= scope.placeholders.slots_in(value)
                 scope.placeholders.check_whole(value)
             if slots:
-                resolved = await scope.placeholders.resolve(
+                resolution = await scope.placeholders.resolve(
                     slots, scope.revealer, scope.tenant, scope.purpose
                 )
+                resolved, omitted = resolution.values, resolution.omitted
+                if omitted:
+                    kind = _body_kind(request.headers.get("content-type", ""))
+                    body = _omit(body, omitted, kind)
+                    headers = _omit_headers(headers, omitted)
         elif MARKER_PATTERN.search(body) or any(MARKER_PATTERN.search(v) for _, v in headers):
             raise ConnectorConfigurationError("Card placeholders need a call context.")
 
@@ -233,11 +320,11 @@ class EgressTransport(httpx.AsyncBaseTransport):
         if scope is not None:
             scope.trackers.append(tracker)
         trace = _tracing(tracker, extensions.get("trace"))
-        if resolved:
+        if resolved or omitted:
             # A new request for the wire; ``request`` (placeholders only) is what the reply
             # points back to, so no connector code ever holds the detokenized one. Its body is
             # whole, so it is framed by its length alone (a streamed one came chunked).
-            kind = _body_kind(request.headers.get("content-type", ""))
+            kind = kind or _body_kind(request.headers.get("content-type", ""))
             content = _substitute(body, resolved, kind) if body else b""
             wire_headers = [
                 (name, _substitute(value, resolved, "header") if MARKER_PREFIX in value else value)
@@ -294,6 +381,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
                     scope,
                     request,
                     body,
+                    headers,
                     resolved,
                     status,
                     response_headers,
@@ -350,6 +438,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
         scope: EgressScope,
         request: httpx.Request,
         body: bytes,
+        request_headers: list[tuple[bytes, bytes]],
         resolved: Mapping[bytes, ResolvedValue],
         status: int | None,
         response_headers: list[tuple[bytes, bytes]],
@@ -389,7 +478,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
                 operation=scope.operation,
                 method=request.method,
                 url=scrubber.scrub_text(str(request.url)),
-                request_headers=header_pairs(list(request.headers.raw)),
+                request_headers=header_pairs(list(request_headers)),
                 request_body=clip_body(text(body)),
                 status_code=status,
                 response_headers=header_pairs(response_headers),

@@ -14,6 +14,22 @@ values, encoded for where each marker sits. The nonce is per call, so text a mer
 cannot forge a marker. Placeholders are opaque: slicing or transforming one yields garbage, not
 card data (ask for the field you need: ``exp_year_short`` rather than ``exp_year[2:]``).
 
+Two variants cover what a provider's schema may ask for::
+
+    body = {"card": {"number": card.number,
+                     "cvc": card.cvc.optional(),               # left out when there is none
+                     "expiry_month": card.exp_month.as_number(),   # 3, not "03"
+                     "expiry_year": card.exp_year.as_number()}}     # 2030
+
+- ``optional()``: when the card does not hold the field (a token whose CVC has expired or was
+  used, a card without a holder name), the egress transport leaves out what carries it (the JSON
+  member or array item, the form pair, the XML element or attribute, the header) instead of
+  failing the request with ``MissingCardDataError``. Without ``optional()`` a missing field fails
+  the request before anything is sent, which is right for a field the provider requires.
+- ``as_number()`` (expiry fields only): in a JSON body the placeholder must be a whole value,
+  and the quoted marker becomes a JSON number. A PAN or CVC never does: a CVC's leading zeros
+  would be lost, and a 16-digit PAN is past the integers JSON parsers keep exactly.
+
 This module holds the markers and the per-call table that resolves them; the transport that
 substitutes them lives in ``sdk.egress``.
 """
@@ -22,7 +38,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from normalization import CardData, CardMethod, ConnectorConfigurationError, InvalidRequestError
@@ -36,6 +52,7 @@ __all__ = [
     "CardPlaceholders",
     "MissingCardDataError",
     "PlaceholderTable",
+    "Resolution",
     "ResolvedValue",
 ]
 
@@ -53,6 +70,9 @@ class CardField(StrEnum):
     EXP_YEAR_SHORT = "exp_year_short"  # two digits: "30"
     HOLDER_NAME = "holder_name"
 
+
+#: Fields ``as_number()`` accepts: a number keeps their meaning (see the module docstring).
+NUMBER_FIELDS = frozenset({CardField.EXP_MONTH, CardField.EXP_YEAR, CardField.EXP_YEAR_SHORT})
 
 #: Fields whose values are digits only, safe in any encoding.
 DIGIT_FIELDS = frozenset(
@@ -77,14 +97,56 @@ class CardPlaceholder(str):
     """A stand-in for one card field; its text is a marker, its ``repr`` says what it is."""
 
     field: CardField
+    is_optional: bool
+    is_number: bool
+    _table: PlaceholderTable | None
+    _source: CardSource | None
 
-    def __new__(cls, marker: str, field: CardField) -> CardPlaceholder:
+    def __new__(
+        cls,
+        marker: str,
+        field: CardField,
+        *,
+        optional: bool = False,
+        number: bool = False,
+        table: PlaceholderTable | None = None,
+        source: CardSource | None = None,
+    ) -> CardPlaceholder:
         obj = super().__new__(cls, marker)
         obj.field = field
+        obj.is_optional = optional
+        obj.is_number = number
+        obj._table = table
+        obj._source = source
         return obj
 
     def __repr__(self) -> str:
-        return f"<card {self.field.value} placeholder>"
+        flags = "".join(
+            (" optional" if self.is_optional else "", " number" if self.is_number else "")
+        )
+        return f"<card {self.field.value}{flags} placeholder>"
+
+    def optional(self) -> CardPlaceholder:
+        """This field where the card holds it; otherwise what carries it is left out of the
+        request (see the module docstring)."""
+        return self._variant(optional=True, number=self.is_number)
+
+    def as_number(self) -> CardPlaceholder:
+        """This field as a JSON number (expiry fields only; see the module docstring)."""
+        if self.field not in NUMBER_FIELDS:
+            raise ConnectorConfigurationError(
+                f"The card {self.field.value} cannot be sent as a number (only the expiry"
+                " fields can: a security code's leading zeros and a long card number's digits"
+                " would be lost)."
+            )
+        return self._variant(optional=self.is_optional, number=True)
+
+    def _variant(self, *, optional: bool, number: bool) -> CardPlaceholder:
+        if self._table is None or self._source is None:
+            raise ConnectorConfigurationError(
+                "Only placeholders from ctx.card(...) have optional and number variants."
+            )
+        return self._table._add(self._source, self.field, optional=optional, number=number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +163,22 @@ class CardPlaceholders:
 
 @dataclass(frozen=True, slots=True)
 class ResolvedValue:
-    """A revealed field: the raw value (bytes on the wire only) and what transcripts show."""
+    """A revealed field: the raw value (bytes on the wire only) and what transcripts show;
+    ``number``: written as a JSON number in a JSON body."""
 
     field: CardField
     raw: str
     masked: str
+    number: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What the markers of one request resolve to: ``values`` by marker, and ``omitted``, the
+    markers of ``optional()`` placeholders whose field the card does not hold."""
+
+    values: dict[bytes, ResolvedValue]
+    omitted: frozenset[bytes]
 
 
 CardSource = str | CardData
@@ -139,7 +212,8 @@ class PlaceholderTable:
 
     def __init__(self) -> None:
         self._nonce = secrets.token_hex(8)
-        self._slots: list[tuple[CardSource, CardField]] = []
+        #: (card, field, optional, number) per slot; the slot is the marker's number.
+        self._slots: list[tuple[CardSource, CardField, bool, bool]] = []
         nonce = self._nonce.encode()
         #: What ``check_whole`` looks for: the nonce's halves, in either case.
         self._halves = (nonce[:8], nonce[8:], nonce[:8].upper(), nonce[8:].upper())
@@ -158,10 +232,19 @@ class PlaceholderTable:
             raise InvalidRequestError("The card payment method has neither token nor card.")
         return CardPlaceholders(*(self._add(source, field) for field in CardField))
 
-    def _add(self, source: CardSource, field: CardField) -> CardPlaceholder:
+    def _add(
+        self, source: CardSource, field: CardField, *, optional: bool = False, number: bool = False
+    ) -> CardPlaceholder:
         slot = len(self._slots)
-        self._slots.append((source, field))
-        return CardPlaceholder(f"{MARKER_PREFIX.decode()}{self._nonce}_{slot}_", field)
+        self._slots.append((source, field, optional, number))
+        return CardPlaceholder(
+            f"{MARKER_PREFIX.decode()}{self._nonce}_{slot}_",
+            field,
+            optional=optional,
+            number=number,
+            table=self,
+            source=source,
+        )
 
     def slots_in(self, data: bytes) -> set[int]:
         """The slots whose markers occur in ``data``; a marker of another call is an error."""
@@ -192,12 +275,15 @@ class PlaceholderTable:
 
     async def resolve(
         self, slots: set[int], revealer: TokenRevealer | None, tenant: str, purpose: str
-    ) -> dict[bytes, ResolvedValue]:
-        """Reveal what ``slots`` need (each token once) and map each marker to its value."""
+    ) -> Resolution:
+        """Reveal what ``slots`` need (each token once) and map each marker to its value; an
+        ``optional()`` marker whose field the card lacks goes to ``omitted`` instead."""
         revealed: dict[str, RevealedCard] = {}
         resolved: dict[bytes, ResolvedValue] = {}
+        omitted: set[bytes] = set()
         for slot in sorted(slots):
-            source, field = self._slots[slot]
+            source, field, optional, number = self._slots[slot]
+            marker = f"tsr_{self._nonce}_{slot}_".encode()
             card: RevealedCard | CardData
             if isinstance(source, str):
                 if source not in revealed:
@@ -211,8 +297,11 @@ class PlaceholderTable:
                 card = source
             value = _field_values(card, field)
             if value is None:
+                if optional:
+                    omitted.add(marker)
+                    continue
                 raise MissingCardDataError(
                     f"The card has no {field.value.replace('_', ' ')} (needed by this request)."
                 )
-            resolved[f"tsr_{self._nonce}_{slot}_".encode()] = value
-        return resolved
+            resolved[marker] = replace(value, number=True) if number else value
+        return Resolution(resolved, frozenset(omitted))

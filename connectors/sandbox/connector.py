@@ -25,7 +25,6 @@ Imports ``sdk`` and ``normalization`` only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from urllib.parse import quote
 
 import httpx
@@ -51,7 +50,6 @@ from connectors.sandbox.transformers import (
 from normalization import (
     AuthorizeRequest,
     CaptureRequest,
-    CardMethod,
     ConnectorConfigurationError,
     InvalidRequestError,
     PaymentMethodType,
@@ -71,7 +69,6 @@ from sdk import (
     Credentials,
     IdempotencySupport,
     Manifest,
-    MissingCardDataError,
     MultiSupport,
     Operation,
     WebhookEvent,
@@ -140,21 +137,17 @@ class SandboxConnector(Connector):
         if self._blind_retry(ctx):
             return PaymentResult.not_sent()
 
-        def body(with_cvc: bool) -> BaseModel:
-            return build_authorization(
-                amount=request.amount,
-                capture=request.capture,
-                card=ctx.card(method),
-                manifest=MANIFEST,
-                with_cvc=with_cvc,
-                with_holder=method.card is not None and method.card.holder_name is not None,
-                reference=request.reference,
-                description=request.description,
-                return_url=request.return_url,
-                metadata=dict(request.metadata),
-            )
-
-        response = await self._send_card(ctx, "/v1/authorizations", body, method)
+        body = build_authorization(
+            amount=request.amount,
+            capture=request.capture,
+            card=ctx.card(method),
+            manifest=MANIFEST,
+            reference=request.reference,
+            description=request.description,
+            return_url=request.return_url,
+            metadata=dict(request.metadata),
+        )
+        response = await self._send(ctx, "POST", "/v1/authorizations", body)
         return parse_authorization_reply(response, MANIFEST, ctx.decline)
 
     async def capture(self, request: CaptureRequest, ctx: CallContext) -> PaymentResult:
@@ -202,12 +195,8 @@ class SandboxConnector(Connector):
         """Zero-amount check of a card."""
         method = card_method_of(request.payment_method)
 
-        def body(with_cvc: bool) -> BaseModel:
-            return build_verification(
-                request.currency, ctx.card(method), manifest=MANIFEST, with_cvc=with_cvc
-            )
-
-        response = await self._send_card(ctx, "/v1/verifications", body, method)
+        body = build_verification(request.currency, ctx.card(method), manifest=MANIFEST)
+        response = await self._send(ctx, "POST", "/v1/verifications", body)
         return parse_verification_reply(response, MANIFEST, ctx.decline)
 
     async def complete_authorization(
@@ -266,26 +255,6 @@ class SandboxConnector(Connector):
         if not provider_reference:
             raise InvalidRequestError("This sandbox operation needs the provider reference.")
         return f"/v1/authorizations/{quote(provider_reference, safe='')}"
-
-    async def _send_card(
-        self,
-        ctx: CallContext,
-        path: str,
-        body: Callable[[bool], BaseModel],
-        method: CardMethod,
-    ) -> httpx.Response:
-        """POST a body holding card placeholders, with the CVC when there is one.
-
-        A token's CVC is gone after its TTL and the SDK has no optional placeholder, so for a
-        token the CVC is offered; when the vault no longer holds it, the egress transport
-        refuses before writing anything and the request goes again without it.
-        """
-        if method.card is not None:
-            return await self._send(ctx, "POST", path, body(method.card.cvc is not None))
-        try:
-            return await self._send(ctx, "POST", path, body(True))
-        except MissingCardDataError:
-            return await self._send(ctx, "POST", path, body(False))
 
     async def _send(
         self,

@@ -392,12 +392,14 @@ def _minor(amount: Money, manifest: Manifest) -> int:
 
 
 def _wire_card(card: CardPlaceholders, *, with_holder: bool) -> WireCard:
+    """The card as sent. The CVC is optional: a token whose CVC has expired or was used (a
+    card-on-file payment), or an inline card without one, goes without it (``sdk.placeholders``)."""
     return WireCard(
         number=card.number,
         exp_month=card.exp_month,
         exp_year=card.exp_year,
-        cvc=card.cvc,
-        holder_name=card.holder_name if with_holder else None,
+        cvc=card.cvc.optional(),
+        holder_name=card.holder_name.optional() if with_holder else None,
     )
 
 
@@ -407,21 +409,16 @@ def build_authorization(
     capture: bool,
     card: CardPlaceholders,
     manifest: Manifest,
-    with_cvc: bool,
-    with_holder: bool,
     reference: str | None,
     description: str | None,
     return_url: str | None,
     metadata: dict[str, str],
 ) -> AuthorizationCreate:
-    wire_card = _wire_card(card, with_holder=with_holder)
-    if not with_cvc:
-        wire_card = wire_card.model_copy(update={"cvc": None})
     return AuthorizationCreate(
         amount=_minor(amount, manifest),
         currency=amount.currency,
         capture=capture,
-        card=wire_card,
+        card=_wire_card(card, with_holder=True),
         reference=reference,
         description=description,
         return_url=return_url,
@@ -438,13 +435,10 @@ def build_refund(amount: Money, *, reason: str | None, manifest: Manifest) -> Re
 
 
 def build_verification(
-    currency: str, card: CardPlaceholders, *, manifest: Manifest, with_cvc: bool
+    currency: str, card: CardPlaceholders, *, manifest: Manifest
 ) -> VerificationCreate:
     check_currency(manifest, currency)
-    wire_card = _wire_card(card, with_holder=False)
-    if not with_cvc:
-        wire_card = wire_card.model_copy(update={"cvc": None})
-    return VerificationCreate(currency=currency, card=wire_card)
+    return VerificationCreate(currency=currency, card=_wire_card(card, with_holder=False))
 
 
 # -- parsers --------------------------------------------------------------------------------------

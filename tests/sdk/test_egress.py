@@ -19,9 +19,17 @@ import pytest
 import structlog
 from aiohttp import web
 
-from normalization import CardData, CardMethod, CardNumber, CardSecurityCode, Outcome
+from normalization import (
+    CardData,
+    CardMethod,
+    CardNumber,
+    CardSecurityCode,
+    ConnectorConfigurationError,
+    Outcome,
+)
 from sdk import (
     CallContext,
+    CardPlaceholders,
     ConnectorRuntime,
     Credentials,
     Deadline,
@@ -239,6 +247,120 @@ async def test_missing_cvc_is_an_error_before_anything_is_sent(
         await ctx.send("POST", "/p", json={"number": card.number, "cvc": card.cvc})
     assert provider.requests == []
     assert not ctx.may_have_reached_provider
+
+
+async def test_optional_and_number_placeholders_in_a_json_body(
+    provider: LoopbackProvider, client, revealer, canary, transcript
+) -> None:
+    token, pan, cvc = canary
+    no_cvc = revealer.add(TENANT, pan, exp_month=3, exp_year=2031)
+
+    def body(card: Any) -> dict[str, Any]:
+        return {
+            "card": {
+                "number": card.number,
+                "cvc": card.cvc.optional(),
+                "name": card.holder_name.optional(),
+                "expiry": {"month": card.exp_month.as_number(), "year": card.exp_year.as_number()},
+            },
+            "checks": ["avs", card.cvc.optional()],
+            "note": "kept",
+        }
+
+    for source in (token, no_cvc):
+        ctx = context(client, provider.url, revealer, transcript)
+        await ctx.send("POST", "/p", json=body(ctx.card(CardMethod(token=source))))
+    with_cvc, without = (json.loads(r.body) for r in provider.requests)
+    assert with_cvc["card"] == {"number": pan, "cvc": cvc, "expiry": {"month": 3, "year": 2031}}
+    assert with_cvc["checks"] == ["avs", cvc]
+    assert without["card"] == {"number": pan, "expiry": {"month": 3, "year": 2031}}
+    assert without["checks"] == ["avs"] and without["note"] == "kept"
+    assert all(int(r.headers["Content-Length"]) == len(r.body) for r in provider.requests)
+    # The transcript shows the request as it went: no member where the CVC was left out.
+    recorded = json.loads(transcript.exchanges[1].request_body)
+    assert "cvc" not in recorded["card"] and recorded["checks"] == ["avs"]
+    assert pan not in transcript.text() and cvc not in transcript.exchanges[0].request_body
+
+
+def without_cvc(
+    http: httpx.AsyncClient, provider: LoopbackProvider, revealer: FakeTokenRevealer, pan: str
+) -> tuple[CallContext, CardPlaceholders]:
+    """A call context and the placeholders of a token whose vault entry holds no CVC."""
+    ctx = context(http, provider.url, revealer)
+    return ctx, ctx.card(CardMethod(token=revealer.add(TENANT, pan)))
+
+
+async def test_optional_placeholders_in_form_xml_and_headers(
+    provider: LoopbackProvider, client, revealer, canary
+) -> None:
+    _, pan, _ = canary
+    ctx, card = without_cvc(client, provider, revealer, pan)
+    await ctx.send(
+        "POST",
+        "/form",
+        data=bracketed_form(
+            {"card": {"number": card.number, "cvc": card.cvc.optional()}, "kept": "yes"}
+        ),
+    )
+    xml = (
+        f'<payment><card cvv="{card.cvc.optional()}" pan="{card.number}"/>'
+        f'<cvv type="x">{card.cvc.optional()}</cvv><name>{card.holder_name.optional()}</name>'
+        "<kept>1</kept></payment>"
+    )
+    await ctx.send(
+        "POST",
+        "/xml",
+        content=xml,
+        headers={"Content-Type": "application/xml", "X-Cvc": card.cvc.optional(), "X-K": "v"},
+    )
+    form, received = provider.requests
+    assert parse_qs(form.body.decode()) == {"card[number]": [pan], "kept": ["yes"]}
+    assert received.body.decode() == f'<payment><card pan="{pan}"/><kept>1</kept></payment>'
+    assert "X-Cvc" not in received.headers and received.headers["X-K"] == "v"
+    assert int(received.headers["Content-Length"]) == len(received.body)
+
+
+async def test_an_inline_card_without_the_optional_fields(
+    provider: LoopbackProvider, client, canary
+) -> None:
+    _, pan, _ = canary
+    ctx = context(client, provider.url, None)
+    card = ctx.card(CardMethod(card=CardData(number=CardNumber(pan), exp_month=3, exp_year=2031)))
+    await ctx.send("POST", "/p", json={"number": card.number, "cvc": card.cvc.optional(), "n": [1]})
+    assert json.loads(provider.requests[0].body) == {"number": pan, "n": [1]}
+
+
+async def test_what_cannot_be_left_out_or_be_a_number_fails_before_sending(
+    provider: LoopbackProvider, client, revealer, canary
+) -> None:
+    _, pan, _ = canary
+    ctx, card = without_cvc(client, provider, revealer, pan)
+    # Part of a larger value: it cannot be left out whole.
+    with pytest.raises(MissingCardDataError):
+        await ctx.send("POST", "/p", json={"check": f"cvc={card.cvc.optional()}"})
+    with pytest.raises(MissingCardDataError):
+        await ctx.send(
+            "POST", "/p", json={"n": card.number}, headers={"X": f"c {card.cvc.optional()}"}
+        )
+    with pytest.raises(MissingCardDataError):
+        await ctx.send(
+            "POST",
+            "/p",
+            content=f"cvc={card.cvc.optional()}".encode(),
+            headers={"Content-Type": "text/plain"},
+        )
+    # A number inside a larger JSON string, or a field that must stay text.
+    with pytest.raises(ConnectorConfigurationError, match="whole JSON value"):
+        await ctx.send("POST", "/p", json={"exp": f"{card.exp_month.as_number()}/30"})
+    for field in (card.cvc, card.number, card.holder_name):
+        with pytest.raises(ConnectorConfigurationError, match="cannot be sent as a number"):
+            field.as_number()
+    assert provider.requests == []
+    assert not ctx.may_have_reached_provider
+    # Variants combine, and say what they are; a plain string has none.
+    both = card.exp_month.as_number().optional()
+    assert both.is_number and both.is_optional and "optional number" in repr(both)
+    assert str(both) != str(card.exp_month)
 
 
 async def test_failure_after_reveal_leaks_nothing_into_exceptions_or_logs(

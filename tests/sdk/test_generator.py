@@ -34,7 +34,7 @@ def check(result: subprocess.CompletedProcess[str]) -> None:
 @pytest.mark.parametrize(
     ("name", "category", "slug", "tests"),
     [
-        ("acme", "card-acquirer", "acme", 9),
+        ("acme", "card-acquirer", "acme", 10),
         ("Moov-Like Rail", "bank-rail", "moov_like_rail", 9),
         ("open_bank_x", "open-banking", "open_bank_x", 7),
     ],
