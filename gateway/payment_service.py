@@ -28,7 +28,7 @@ when the consent is authorized and carries no payment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -660,6 +660,10 @@ class PaymentService:
         for attempt in await self._store.attempts(payment.id):
             if attempt.outcome is not Outcome.UNKNOWN or attempt.operation in _CREATE_OPERATIONS:
                 continue
+            if attempt.refund_id is not None and (
+                await self._refund_verdict(payment, attempt, result) is None
+            ):
+                continue  # the total cannot tell it from other open refunds: the reconciler's
             async with self._db.transaction() as tx:
                 _, recorded = await self._store.settle_attempt(attempt, result, tx=tx)
                 if recorded:  # else settled meanwhile, by a settler that moved the payment
@@ -933,13 +937,16 @@ class PaymentService:
             return False
         if await self._waits_on_another_movement(attempt):
             return False  # again: one may have started while the sync ran
-        if _acknowledged_pending(attempt) and not _refund_covered(payment, attempt, result):
-            # The provider accepted this refund as pending; a refunded total that does not
-            # include it yet says it is still pending, not that it failed.
-            if attempt.reconcile_count >= _PENDING_TRIES_BEFORE_OPERATOR:
-                _ask_operator(attempt, "pending refund not in the provider's refunded total")
-            await self._store.schedule_reconcile(attempt.id)
-            return False
+        if attempt.refund_id is not None:
+            verdict = await self._refund_verdict(payment, attempt, result)
+            # Accepted as pending and not in the provider's refunded total yet: still pending,
+            # not failed. Any refund the total cannot tell from the payment's other open ones
+            # (300 + 200 or 500?) waits for an answer that can.
+            if verdict is None or (verdict is False and _acknowledged_pending(attempt)):
+                if attempt.reconcile_count >= _PENDING_TRIES_BEFORE_OPERATOR:
+                    _ask_operator(attempt, "refund not told apart in the provider's refunded total")
+                await self._store.schedule_reconcile(attempt.id)
+                return False
         # The attempt (the payment's operation lock, for a follow-up) is settled in the same
         # transaction that moves the payment: no other operation can start on the old state.
         async with self._db.transaction() as tx:
@@ -956,14 +963,30 @@ class PaymentService:
                 await self._settle_follow_up(payment, attempt, result, tx)
         return True
 
+    async def _refund_verdict(
+        self, payment: PaymentRecord, attempt: AttemptRecord, result: PaymentResult
+    ) -> bool | None:
+        """``_refund_in_total`` for a refund attempt, on the payment's current amounts and
+        attempts (read now, outside any transaction: ``_settle_refund`` weighs them again)."""
+        current = await self._store.get_payment(payment.merchant_id, payment.id)
+        attempts = await self._store.attempts(payment.id)
+        return _refund_in_total(attempt, attempts, current.refunded, result)
+
     async def _settle_follow_up(
-        self, payment: PaymentRecord, attempt: AttemptRecord, result: PaymentResult, tx: Connection
+        self,
+        payment: PaymentRecord,
+        attempt: AttemptRecord,
+        result: PaymentResult,
+        tx: Connection,
+        *,
+        decided: bool = False,
     ) -> None:
         """Move the payment for a follow-up (in ``tx``, where its attempt was just finished) on
         a final answer that reports the *payment* (sync, replay, webhook): a refund or capture
-        counts by the provider's totals; anything else converges on the reported status."""
+        counts by the provider's totals; anything else converges on the reported status.
+        ``decided``: an operator saw this refund happen (the totals do not pick which one)."""
         if attempt.refund_id is not None:
-            await self._settle_refund(payment, attempt.refund_id, attempt.amount, result, tx)
+            await self._settle_refund(payment, attempt, result, tx, decided=decided)
         elif attempt.operation == Operation.CAPTURE.value:
             await self._settle_capture(payment, attempt.amount, result, tx)
         else:
@@ -1053,7 +1076,7 @@ class PaymentService:
             if attempt.operation in _CREATE_OPERATIONS:
                 payment = await self._settle(payment, result, connector=attempt.connector, tx=tx)
             elif happened:
-                await self._settle_follow_up(payment, attempt, result, tx)
+                await self._settle_follow_up(payment, attempt, result, tx, decided=True)
             elif attempt.refund_id is not None:
                 await self._store.settle_pending_refund(
                     attempt.refund_id, status=RefundStatus.FAILED, tx=tx
@@ -1083,27 +1106,40 @@ class PaymentService:
     async def _settle_refund(
         self,
         payment: PaymentRecord,
-        refund_id: str,
-        amount: Money | None,
+        attempt: AttemptRecord,
         result: PaymentResult,
         tx: Connection,
+        *,
+        decided: bool = False,
     ) -> None:
         """A refund whose answer was ``unknown`` or ``pending`` has a final answer, from a sync
         (which reports the *payment*) or a replay. It happened when the provider's refunded
-        total covers it on top of what Tessera has counted: then its amount joins ``refunded``
-        (with the refund's own status, in ``tx``); a total that does not cover it means it did
-        not happen (``failed``). Without a total, the refund takes the answer's status as
-        before and ``refunded`` is left alone. Only one of concurrent settlers moves the refund
-        out of ``pending``, and only that one counts it."""
+        total holds it on top of what Tessera has counted (``_refund_in_total``, which weighs
+        the payment's other open refunds): then its amount joins ``refunded`` (with the
+        refund's own status, in ``tx``); otherwise it did not happen (``failed``). Without a
+        total, the refund takes the answer's status as before and ``refunded`` is left alone.
+        Only one of concurrent settlers moves the refund out of ``pending``, and only that one
+        counts it. ``decided``: an operator's verdict, taken as it is."""
+        assert attempt.refund_id is not None
+        amount = attempt.amount
         current = await self._store.get_payment(payment.merchant_id, payment.id, tx=tx)
         happened = False
         if result.outcome is Outcome.SUCCEEDED and amount and result.amount_refunded:
-            happened = _covers(result.amount_refunded, current.refunded, amount)
+            if decided:
+                happened = True
+            else:
+                others = await self._store.attempts(payment.id, tx=tx)
+                verdict = _refund_in_total(attempt, others, current.refunded, result)
+                if verdict is None:
+                    # Only if another refund moved since the caller asked: the covering rule,
+                    # as when this refund is the payment's only open one.
+                    verdict = _covers(result.amount_refunded, current.refunded, amount)
+                happened = verdict
             status = RefundStatus.SUCCEEDED if happened else RefundStatus.FAILED
         else:
             status = _refund_status(result)
         settled = await self._store.settle_pending_refund(
-            refund_id, status=status, provider_reference=result.provider_reference, tx=tx
+            attempt.refund_id, status=status, provider_reference=result.provider_reference, tx=tx
         )
         if settled is not None and happened and amount is not None:
             try:
@@ -1457,13 +1493,59 @@ def _acknowledged_pending(attempt: AttemptRecord) -> bool:
     )
 
 
-def _refund_covered(payment: PaymentRecord, attempt: AttemptRecord, result: PaymentResult) -> bool:
-    """The answer's refunded total includes this refund on top of what is counted (True also
-    without a total or an amount: then the answer's status decides, as before)."""
+#: Open refunds weighed together against a provider's refunded total; more, and each refund is
+#: judged alone (2**n subsets are tried).
+_MAX_REFUNDS_WEIGHED = 12
+
+
+def _refund_in_total(
+    attempt: AttemptRecord, attempts: Sequence[AttemptRecord], counted: int, result: PaymentResult
+) -> bool | None:
+    """Whether the provider's refunded total in ``result`` holds refund ``attempt`` on top of
+    the ``counted`` refunded amount; None when the total cannot tell.
+
+    A total reports the payment, not which refund: with refunds of 300 and 500 open and 500
+    more refunded at the provider, the 500 went through, not the 300 (which "the total covers
+    it" would credit with the 500's money). So the total is matched against every combination
+    of the payment's open refunds (``attempts``: acknowledged ``pending``, ``unknown`` or in
+    flight, this one included):
+
+    - no combination adds up to it (a refund made outside Tessera, a provider that reports
+      partial settlement): covered or not, as for a single refund;
+    - this refund is in every combination that adds up: True; in none: False;
+    - the combinations differ only in which of several refunds of the same amount they hold:
+      the oldest of those are credited first (the money is the same, and no later answer
+      would tell them apart);
+    - otherwise (300 + 200, or 500?): None, and a later answer decides.
+
+    True also without a total or an amount: then the answer's status decides, as before.
+    """
     total = result.amount_refunded
     if total is None or attempt.amount is None:
         return True
-    return _covers(total, payment.refunded, attempt.amount)
+    delta = total.value - counted
+    own = attempt.amount.value
+    pool = [attempt] + [
+        a
+        for a in attempts
+        if a.refund_id is not None
+        and a.refund_id != attempt.refund_id
+        and (a.outcome in (None, Outcome.UNKNOWN) or _acknowledged_pending(a))
+    ]
+    if len(pool) == 1 or len(pool) > _MAX_REFUNDS_WEIGHED or any(a.amount is None for a in pool):
+        return delta >= own
+    pool.sort(key=lambda a: (a.started_at, a.seq))
+    amounts = [a.amount.value for a in pool if a.amount is not None]
+    combinations = {
+        tuple(sorted(amounts[i] for i in range(len(pool)) if mask >> i & 1))
+        for mask in range(1 << len(pool))
+        if sum(amounts[i] for i in range(len(pool)) if mask >> i & 1) == delta
+    }
+    if not combinations:
+        return delta >= own
+    rank = [a.id for a in pool if a.amount is not None and a.amount.value == own].index(attempt.id)
+    credited = {rank < combination.count(own) for combination in combinations}
+    return credited.pop() if len(credited) == 1 else None
 
 
 def _covers(total: Money, counted: int, amount: Money) -> bool:

@@ -117,7 +117,7 @@ class _ProblemRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             # Part of a response already went out: the connection cannot carry another one.
             raise ConnectionError("a response was already sent; cannot send the error")
-        request_id = str(uuid.uuid4())
+        request_id = uuid.uuid4().hex  # the shape of every other request id
         response = problem_response(
             status, code, detail, request_id=request_id, headers={"X-Request-Id": request_id}
         )

@@ -786,3 +786,137 @@ async def test_racing_settlers_of_a_lost_authorization_settle_and_notify_once(
         session.get(sandbox.make_url("/__sandbox/charges")) as reply,
     ):
         assert len((await reply.json())["charges"]) == 1
+
+
+async def _refunds_by_amount(gw: Gateway, payment_id: str) -> tuple[Any, dict[int, str]]:
+    after = await _get(gw, payment_id)
+    return after, {r["amount"]["value"]: r["status"] for r in after["refunds"]}
+
+
+@pytest.mark.parametrize("first", [300, 500])
+async def test_pending_refunds_are_matched_to_the_providers_total_by_amount(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch, first: int
+) -> None:
+    """300 and 500 accepted as pending; the provider's refunded total says 500: the 500 went
+    through and the 300 has not yet, whichever the reconciler takes first (the 300 taken first
+    used to be credited with the 500's money, and the 500 then left pending)."""
+    pay = await _paid(gw, capture=True)
+    attempts = {
+        value: await refund_with_answer(
+            gw,
+            pay["id"],
+            value,
+            PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.PENDING),
+        )
+        for value in (300, 500)
+    }
+    _provider_reports(
+        monkeypatch, gw, PaymentStatus.PARTIALLY_REFUNDED, amount_captured=1000,
+        amount_refunded=500,
+    )  # fmt: skip
+    due = "UPDATE payment_attempts SET next_reconcile_at = $1 WHERE id = $2"
+    for rank, value in enumerate(sorted(attempts, key=lambda v: v != first)):
+        await gw.resources.db.execute(due, rank, attempts[value].id)
+    await reconcile_once(gw.resources.payment_store, gw.resources.payments)
+    after, statuses = await _refunds_by_amount(gw, pay["id"])
+    assert statuses == {300: "pending", 500: "succeeded"}, after
+    assert after["refunded"]["value"] == 500 and after["status"] == "partially_refunded", after
+
+
+async def test_pending_refunds_the_total_cannot_tell_apart_wait_for_one_that_can(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300, 200 and 500 pending, the provider's total 500: the 300 and 200, or the 500? None is
+    counted on a guess. Once the total says 1,000, all three went through."""
+    pay = await _paid(gw, capture=True)
+    pending = PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.PENDING)
+    for value in (300, 200, 500):
+        await refund_with_answer(gw, pay["id"], value, pending)
+    store, service = gw.resources.payment_store, gw.resources.payments
+    _provider_reports(
+        monkeypatch, gw, PaymentStatus.PARTIALLY_REFUNDED, amount_captured=1000,
+        amount_refunded=500,
+    )  # fmt: skip
+    await _due_now(gw)
+    report = await reconcile_once(store, service)
+    assert (report.claimed, report.settled) == (3, 0)
+    after, statuses = await _refunds_by_amount(gw, pay["id"])
+    assert set(statuses.values()) == {"pending"} and after["refunded"]["value"] == 0, after
+    _provider_reports(
+        monkeypatch, gw, PaymentStatus.REFUNDED, amount_captured=1000, amount_refunded=1000
+    )
+    await _due_now(gw)
+    await reconcile_once(store, service)
+    after, statuses = await _refunds_by_amount(gw, pay["id"])
+    assert set(statuses.values()) == {"succeeded"}, after
+    assert after["refunded"]["value"] == 1000 and after["status"] == "refunded", after
+
+
+async def test_equal_pending_refunds_are_credited_oldest_first(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pending refunds of 400 and a total of 400: which one went through makes no
+    difference to the money, and waiting would never tell; the older is credited."""
+    pay = await _paid(gw, capture=True)
+    pending = PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.PENDING)
+    older = await refund_with_answer(gw, pay["id"], 400, pending)
+    newer = await refund_with_answer(gw, pay["id"], 400, pending)
+    _provider_reports(
+        monkeypatch, gw, PaymentStatus.PARTIALLY_REFUNDED, amount_captured=1000,
+        amount_refunded=400,
+    )  # fmt: skip
+    due = "UPDATE payment_attempts SET next_reconcile_at = $1 WHERE id = $2"
+    await gw.resources.db.execute(due, 0, newer.id)  # the newer one is reconciled first
+    await gw.resources.db.execute(due, 1, older.id)
+    await reconcile_once(gw.resources.payment_store, gw.resources.payments)
+    refunds = {r.id: r.status for r in await gw.resources.payment_store.refunds(pay["id"])}
+    assert refunds == {
+        older.refund_id: RefundStatus.SUCCEEDED,
+        newer.refund_id: RefundStatus.PENDING,
+    }
+
+
+async def test_a_merchants_sync_does_not_credit_a_lost_refund_with_a_pending_ones_money(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """500 accepted as pending, then a refund of 300 whose answer was lost; the provider's
+    total says 500, which only the 500 explains. The merchant's sync settles the 300 as failed
+    (it used to be credited with the 500's money); the 500 stays for the reconciler."""
+    pay = await _paid(gw, capture=True)
+    pending = PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.PENDING)
+    await refund_with_answer(gw, pay["id"], 500, pending)
+    await refund_with_answer(gw, pay["id"], 300, PaymentResult.unknown())
+    _provider_reports(
+        monkeypatch, gw, PaymentStatus.PARTIALLY_REFUNDED, amount_captured=1000,
+        amount_refunded=500,
+    )  # fmt: skip
+    status, body, _ = await _post(gw, f"/v1/payments/{pay['id']}/sync")
+    assert status == 200, body
+    after, statuses = await _refunds_by_amount(gw, pay["id"])
+    assert statuses == {300: "failed", 500: "pending"}, after
+    assert after["refunded"]["value"] == 0, after
+    await _due_now(gw)
+    await reconcile_once(gw.resources.payment_store, gw.resources.payments)
+    after, statuses = await _refunds_by_amount(gw, pay["id"])
+    assert statuses == {300: "failed", 500: "succeeded"}, after
+    assert after["refunded"]["value"] == 500, after
+
+
+async def test_an_operator_settling_one_of_equal_refunds_settles_that_one(
+    gw: Gateway,
+) -> None:
+    """Two pending refunds of 400; the operator saw the newer one go through: that one is
+    credited (the oldest-first rule is for totals, not for a person's verdict)."""
+    pay = await _paid(gw, capture=True)
+    pending = PaymentResult(outcome=Outcome.SUCCEEDED, status=PaymentStatus.PENDING)
+    older = await refund_with_answer(gw, pay["id"], 400, pending)
+    newer = await refund_with_answer(gw, pay["id"], 400, pending)
+    payment, _ = await gw.resources.payments.settle_by_operator(
+        newer.id, happened=True, reason="seen in the dashboard", actor="ops"
+    )
+    assert payment.refunded == 400
+    refunds = {r.id: r.status for r in await gw.resources.payment_store.refunds(pay["id"])}
+    assert refunds == {
+        older.refund_id: RefundStatus.PENDING,
+        newer.refund_id: RefundStatus.SUCCEEDED,
+    }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
 import time
@@ -93,6 +94,7 @@ def assert_fixed_problem(reply: RawReply, pan: str, what: str) -> None:
     assert body["detail"] == "The request is not valid HTTP/1.1 and was not processed."
     # raw_request read until the server closed the connection: aiohttp's answer did too.
     assert body["request_id"] == reply.headers["x-request-id"]
+    assert re.fullmatch("[0-9a-f]{32}", body["request_id"]), body  # as every request id is
 
 
 def assert_not_logged(proc: Proc, pan: str) -> str:
