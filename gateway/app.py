@@ -437,7 +437,7 @@ async def _handle(
             request[MERCHANT] = merchant
         return await handler(request)
     except HttpProblem as exc:
-        return problem_response(
+        problem = problem_response(
             exc.status,
             exc.code,
             exc.detail,
@@ -446,6 +446,9 @@ async def _handle(
             request_id=request_id,
             **exc.extra,
         )
+        if exc.close:
+            problem.force_close()
+        return problem
     except ValidationError as exc:
         code, detail, errors = validation_problem(exc)
         return problem_response(422, code, detail, request_id=request_id, errors=errors)

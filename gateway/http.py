@@ -61,9 +61,13 @@ async def read_raw_body(request: web.Request, *, read_timeout: float, max_size: 
         raise _too_large(max_size) from None
     except RequestPayloadError:
         # A body aiohttp could not read: a Content-Encoding that does not decode, a broken
-        # chunked framing. The client's fault (400), not the gateway's (a 500 before).
+        # chunked framing. The client's fault (400), not the gateway's (a 500 before). The
+        # connection closes: draining the rest would fail the same way, logged as an error.
         raise HttpProblem(
-            400, "http_error", "The request body could not be read (framing or Content-Encoding)."
+            400,
+            "http_error",
+            "The request body could not be read (framing or Content-Encoding).",
+            close=True,
         ) from None
     if len(body) > max_size:
         raise _too_large(max_size)

@@ -31,6 +31,7 @@ from gateway.schemas import (
     CompleteRequest,
     CreatePaymentRequest,
     DeclinedProblem,
+    EmptyRequest,
     Health,
     PaymentList,
     PaymentView,
@@ -55,6 +56,7 @@ _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     CreatePaymentRequest,
     AmountRequest,
     CompleteRequest,
+    EmptyRequest,
 )
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     TokenView,
@@ -308,10 +310,11 @@ _PATH_PARAMS = {
 }
 
 
-_IGNORED_BODY = (
-    "A body is optional and its content is ignored; one that is sent must still be "
-    "application/json (415) within the size and time limits (413, 408), and it is part of "
-    "what an Idempotency-Key is compared with."
+_NO_FIELDS = (
+    "Send no body, or an empty JSON object. A body that is sent must be application/json "
+    "(415) within the size and time limits (413, 408), and it is part of what an "
+    "Idempotency-Key is compared with; any field in it is refused (422), so that, say, an "
+    "`amount` is never silently ignored."
 )
 
 
@@ -454,8 +457,8 @@ def _operations() -> list[_Op]:
             "void",
             "voidPayment",
             "Void (cancel) an authorization.",
-            body=None,
-            description=_IGNORED_BODY,
+            body="EmptyRequest",
+            description=_NO_FIELDS,
         ),
         _payment_followup(
             "refunds",
@@ -469,8 +472,8 @@ def _operations() -> list[_Op]:
             "sync",
             "syncPayment",
             "Ask the provider for the payment's state and apply it.",
-            body=None,
-            description=_IGNORED_BODY,
+            body="EmptyRequest",
+            description=_NO_FIELDS,
         ),
         _payment_followup(
             "complete",

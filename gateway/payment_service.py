@@ -425,6 +425,11 @@ class PaymentService:
                         merchant.id, attempt.connector, operation, request, correlation_id
                     )
                     rejection = None
+                    if result.outcome is Outcome.NOT_SENT:
+                        # Refused without an error (throttled until the retries ran out): as
+                        # for a refusal, the next candidate, or a 503 the key may retry.
+                        rejection = _not_taken(operation.value)
+                        error_code = rejection.code
                 except TesseraError as exc:  # raised by the runtime only when nothing was sent
                     result, error_code, rejection = PaymentResult.not_sent(), exc.code, exc
                 failover = result.outcome is Outcome.NOT_SENT and bool(queue)

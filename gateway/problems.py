@@ -42,6 +42,7 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
+    402: "Payment Required",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
@@ -70,6 +71,7 @@ class HttpProblem(Exception):
         retry_after: float | None = None,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -78,6 +80,8 @@ class HttpProblem(Exception):
         self.retry_after = retry_after
         self.headers = headers or {}
         self.extra = extra or {}
+        #: Close the connection after the answer (what is left of the request cannot be read).
+        self.close = close
 
 
 #: The payment store's conflicts (``gateway.payments.records``; named by code, since this module

@@ -94,7 +94,9 @@ class Router:
         if q.connector is not None:
             ordered = [q.connector]
             if q.connector not in self._manifests:
-                raise NotSupportedError(f"Connector {q.connector!r} is not available.")
+                # Not echoed: the field is the merchant's free text (a card number put there
+                # by mistake must not come back in the error, or go to its log line).
+                raise NotSupportedError("The connector named in the request is not available.")
         else:
             ordered = next(
                 (rule.connectors for rule in self._settings.rules if _matches(rule, q)),

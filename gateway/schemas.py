@@ -224,6 +224,11 @@ class AmountRequest(DomainModel):
     amount: Annotated[PositiveMoney, Field(description=_POSITIVE)] | None = None
 
 
+class EmptyRequest(DomainModel):
+    """Void and sync bodies: nothing to send. A body with fields is refused rather than
+    ignored, so ``{"amount": ...}`` to void never passes for a partial reversal."""
+
+
 class CompleteRequest(DomainModel):
     """``POST /v1/payments/{id}/complete``: what the bank or 3-D Secure page returned."""
 

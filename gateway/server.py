@@ -31,12 +31,13 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from pydantic import SecretStr
 
 from gateway.app import IN_FLIGHT, create_app
@@ -123,6 +124,16 @@ class _ProblemRequestHandler(RequestHandler):
         )
         response.force_close()
         return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp drains a request's unread body after the answer; a body that does not decode
+        (a ``Content-Encoding`` it does not match) fails there, outside any handler, and aiohttp
+        logged it as an unhandled error with a traceback: an alert any client could raise. It
+        is the client's fault, answered already: logged by class only, at info level."""
+        if isinstance(kw.get("exc_info"), RequestPayloadError):
+            log.info("http_request_body_unreadable", error=type(kw["exc_info"]).__name__)
+            return
+        super().log_exception(*args, **kw)
 
 
 class _ProblemServer(web.Server):

@@ -33,6 +33,7 @@ from gateway.schemas import (
     AmountRequest,
     CompleteRequest,
     CreatePaymentRequest,
+    EmptyRequest,
 )
 from normalization import Money, Outcome
 from normalization.errors import IllegalTransitionError, PaymentNotFoundError
@@ -158,16 +159,15 @@ async def _outcome_result(
     view = await _view(request, outcome.payment)
     if outcome.result.outcome is Outcome.DECLINED:
         decline = outcome.result.decline
-        problem = {
-            "type": "https://tessera.dev/problems/operation_declined",
-            "title": "Payment Required",
-            "status": 402,
-            "code": "operation_declined",
-            "detail": f"The provider declined the {outcome.attempt.operation}.",
-            "decline": decline.model_dump() if decline else None,
-            "payment": view,
-        }
-        return HandlerResult(402, orjson.dumps(problem), {"Content-Type": PROBLEM_CONTENT_TYPE})
+        problem = problem_response(
+            402,
+            "operation_declined",
+            f"The provider declined the {outcome.attempt.operation}.",
+            request_id=request[REQUEST_ID],
+            decline=decline.model_dump() if decline else None,
+            payment=view,
+        )
+        return HandlerResult(402, cast(bytes, problem.body), {"Content-Type": PROBLEM_CONTENT_TYPE})
     if outcome.result.outcome is Outcome.UNKNOWN:
         return _json_result(202, view)
     return _json_result(success_status, view)
@@ -226,6 +226,12 @@ def _amount(body: bytes) -> Money | None:
     return parse_model(AmountRequest, body).amount if body.strip() else None
 
 
+def _no_fields(body: bytes) -> None:
+    """Void and sync take no fields: a body may be absent or ``{}``, nothing else."""
+    if body.strip():
+        parse_model(EmptyRequest, body)
+
+
 async def capture_payment(request: web.Request) -> web.Response:
     resources, merchant = request.app[RESOURCES], _merchant(request)
     payment_id = _payment_id(request)
@@ -244,6 +250,7 @@ async def void_payment(request: web.Request) -> web.Response:
     payment_id = _payment_id(request)
 
     async def handler(claim: IdempotencyClaim, body: bytes) -> HandlerResult:
+        _no_fields(body)
         outcome = await resources.payments.void(
             merchant, payment_id, correlation_id=request[REQUEST_ID]
         )
@@ -270,6 +277,7 @@ async def sync_payment(request: web.Request) -> web.Response:
     payment_id = _payment_id(request)
 
     async def handler(claim: IdempotencyClaim, body: bytes) -> HandlerResult:
+        _no_fields(body)
         payment = await resources.payments.sync(
             merchant, payment_id, correlation_id=request[REQUEST_ID]
         )

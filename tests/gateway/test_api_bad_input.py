@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 
@@ -95,6 +96,51 @@ async def test_control_characters_in_stored_text_are_422_and_nothing_is_written(
         "/v1/payments", json=_payment(token), headers={**gw.auth, "Idempotency-Key": "ctl-1"}
     )
     assert resp.status == 201, await resp.text()
+
+
+@pytest.mark.parametrize("action", ["void", "sync"])
+async def test_void_and_sync_refuse_a_body_with_fields_and_take_none_or_an_empty_one(
+    gw: Gateway, action: str
+) -> None:
+    """``{"amount": ...}`` to void is not silently taken for a whole void (nor garbage for no
+    body): 422 / 400 and the payment unchanged. No body, or ``{}``, is the operation."""
+    resp = await gw.client.post("/v1/payments", json=_payment(await _token(gw)), headers=gw.auth)
+    pay = await resp.json()
+    path = f"/v1/payments/{pay['id']}/{action}"
+    amount = {"amount": {"value": 100, "currency": "EUR"}}
+    problem = await _problem(
+        await gw.client.post(path, json=amount, headers=gw.auth), 422, "invalid_request"
+    )
+    assert [e["field"] for e in problem["errors"]] == ["amount"], problem
+    garbage = await gw.client.post(
+        path, data=b"garbage", headers={**gw.auth, "Content-Type": "application/json"}
+    )
+    await _problem(garbage, 400, "malformed_json")
+    after = await (await gw.client.get(f"/v1/payments/{pay['id']}", headers=gw.auth)).json()
+    assert after["status"] == "authorized", after
+    for body in ({},) if action == "void" else ({}, None):  # a second void would be a 409
+        resp = await gw.client.post(path, json=body, headers=gw.auth)
+        assert resp.status == 200, await resp.text()
+    expected = "voided" if action == "void" else "authorized"
+    assert (await resp.json())["status"] == expected
+
+
+async def test_a_declined_follow_up_carries_its_request_id(
+    make_gateway: MakeGateway, sandbox: Any
+) -> None:
+    gw = await make_gateway(connectors={"sandbox": sandbox_connector(sandbox)})
+    resp = await gw.client.post("/v1/payments", json=_payment(await _token(gw)), headers=gw.auth)
+    pay = await resp.json()
+    # The provider forgets the authorization: the capture is declined.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(sandbox.make_url("/__sandbox/reset")) as reset,
+    ):
+        assert reset.status == 200
+    resp = await gw.client.post(f"/v1/payments/{pay['id']}/capture", headers=gw.auth)
+    problem = await _problem(resp, 402, "operation_declined")
+    assert problem["request_id"] == resp.headers["X-Request-Id"], problem
+    assert problem["payment"]["id"] == pay["id"] and problem["decline"] is not None, problem
 
 
 async def test_newlines_stay_allowed_in_free_text(gw: Gateway) -> None:

@@ -357,6 +357,17 @@ async def test_failover_only_when_nothing_was_sent(make_gateway: MakeGateway, sa
         unregister_connector("backup")
 
 
+async def test_an_unknown_connector_is_refused_without_echoing_it(
+    gw: Gateway, sandbox: Any
+) -> None:
+    """Whatever the merchant put in ``connector`` (here a card number) is not echoed back."""
+    token = await _tokenize(gw)
+    pan = "4242424242424242"
+    status, problem = await _post(gw, "/v1/payments", _payment(token, connector=f"x{pan}"))
+    assert status == 422 and problem["code"] == "not_supported", problem
+    assert pan not in json.dumps(problem) and "not available" in problem["detail"], problem
+
+
 async def test_unsupported_currency_is_refused_before_any_call(gw: Gateway, sandbox: Any) -> None:
     token = await _tokenize(gw)
     status, problem = await _post(gw, "/v1/payments", _payment(token, 100, "XOF"))
@@ -428,6 +439,32 @@ async def test_a_follow_up_the_provider_did_not_take_is_503_and_changes_nothing(
     ] * 2, after
     if operation == "refunds":
         assert [r["status"] for r in after["refunds"]] == ["failed", "failed"], after
+
+
+async def test_a_payment_the_provider_did_not_take_is_503_and_the_key_retries(
+    make_gateway: MakeGateway, sandbox: Any
+) -> None:
+    """The provider throttles (429) the authorization until the retries run out: nothing was
+    done, so 503 ``connector_unavailable`` with ``Retry-After`` and nothing stored under the
+    key (it was a stored 201 ``failed`` with no reason, which every retry replayed)."""
+    gw = await make_gateway(connectors={"sandbox": sandbox_connector(sandbox, retry_attempts=1)})
+    token = await _tokenize(gw)
+    headers = {**gw.auth, "Idempotency-Key": "throttled-create"}
+    body = _payment(token, 99429, reference="throttled")
+    for _ in range(2):
+        resp = await gw.client.post("/v1/payments", json=body, headers=headers)
+        problem = await resp.json()
+        assert resp.status == 503 and problem["code"] == "connector_unavailable", problem
+        assert float(resp.headers["Retry-After"]) >= 1
+        assert resp.headers.get("Idempotent-Replayed") != "true"
+    listed = await gw.client.get("/v1/payments?reference=throttled", headers=gw.auth)
+    runs = (await listed.json())["data"]
+    assert [p["status"] for p in runs] == ["failed", "failed"], runs
+    assert all(
+        [(a["outcome"], a["error_code"]) for a in p["attempts"]]
+        == [("not_sent", "connector_unavailable")]
+        for p in runs
+    ), runs
 
 
 async def test_a_zero_amount_is_refused_before_anything_is_written(gw: Gateway) -> None:

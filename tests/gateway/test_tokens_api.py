@@ -220,7 +220,9 @@ async def test_malformed_bodies(gateway: Gateway, raw: bytes, status: int, code:
 
 @pytest.mark.parametrize("path", ["/v1/tokens", "/v1/tokens/batch", "/v1/payments"])
 async def test_a_body_that_does_not_decode_is_400(gateway: Gateway, path: str) -> None:
-    """A ``Content-Encoding`` the body does not match: the client's error, not a 500."""
+    """A ``Content-Encoding`` the body does not match: the client's error, not a 500; the
+    connection closes with the answer (the rest of the body cannot be read either). What
+    aiohttp logs when it drains such a body: ``test_server_http_errors``."""
     resp = await gateway.client.post(
         path,
         data=b"not gzip at all",
@@ -228,6 +230,7 @@ async def test_a_body_that_does_not_decode_is_400(gateway: Gateway, path: str) -
     )
     assert resp.status == 400, await resp.text()
     assert (await resp.json())["code"] == "http_error"
+    assert resp.headers.get("Connection", "").lower() == "close"
 
 
 async def test_wrong_content_type_is_415(gateway: Gateway) -> None:
