@@ -14,9 +14,10 @@ import contextvars
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any, NoReturn
 
 import structlog
@@ -506,13 +507,47 @@ def _vault_detail(exc: VaultError) -> str:
     return "The token vault is unavailable; nothing was stored. Retry later."
 
 
-def _client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
+def client_address(request: web.Request, trusted: Sequence[IPv4Network | IPv6Network]) -> str:
+    """Who failed authentication, for the limiter: the peer, or, when the peer is one of the
+    ``trusted`` proxies, the right-most ``X-Forwarded-For`` address that is not (each proxy
+    appends the address it received from; entries left of an untrusted one are the client's
+    own claims and prove nothing)."""
+    peer = request.remote or "unknown"
+    if not trusted or not _within(peer, trusted):
+        return peer
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
+    for hop in reversed(forwarded.split(",")):
+        hop = hop.strip()
+        if not hop:
+            continue
+        if not _within(hop, trusted):
+            return hop if _is_address(hop) else peer
+    return peer
+
+
+def _within(address: str, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _client_address(request: web.Request, resources: Resources) -> str:
+    return client_address(request, resources.settings.auth.trusted_proxies)
 
 
 def _bearer_key(request: web.Request, resources: Resources) -> str:
     """The offered API key (``""`` when there is none); 429 while the client is blocked."""
-    wait = resources.auth_limiter.blocked_for(_client_address(request))
+    wait = resources.auth_limiter.blocked_for(_client_address(request, resources))
     if wait > 0:
         raise HttpProblem(
             429, "too_many_auth_failures", "Too many failed authentications.", retry_after=wait
@@ -523,7 +558,7 @@ def _bearer_key(request: web.Request, resources: Resources) -> str:
 
 def _refuse(request: web.Request, resources: Resources) -> NoReturn:
     """Count a failed authentication and answer 401."""
-    resources.auth_limiter.record_failure(_client_address(request))
+    resources.auth_limiter.record_failure(_client_address(request, resources))
     resources.metrics.auth_failures.inc()
     raise HttpProblem(
         401,

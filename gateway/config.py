@@ -40,6 +40,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -143,6 +144,20 @@ class AuthSettings(BaseModel):
     failure_limit: Annotated[int, Field(ge=1)] = 20
     failure_window_seconds: Annotated[float, Field(gt=0)] = 60.0
     key_cache_seconds: Annotated[float, Field(ge=0)] = 5.0
+    #: Addresses or networks of the load balancers in front of the gateway. A request from one
+    #: of them is counted against the client its ``X-Forwarded-For`` names (the right-most
+    #: address not itself trusted); from anyone else the header is ignored (it is forgeable).
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value
+        try:
+            return tuple(ip_network(str(v), strict=False) for v in value)
+        except ValueError as exc:
+            raise ValueError(f"not an address or network: {exc}") from None
 
 
 class ConnectorSettings(BaseModel):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from gateway.config import AuthSettings
 from normalization.cards import luhn_valid
 
 from .conftest import Gateway
@@ -295,6 +298,45 @@ async def test_repeated_auth_failures_are_rate_limited(make_gateway: Any) -> Non
     assert statuses[3:] == [429, 429]
     resp = await gw.client.get("/v1/tokens/tok_x", headers=gw.auth)
     assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+
+
+async def test_behind_a_trusted_proxy_failures_count_against_the_forwarded_client(
+    make_gateway: Any,
+) -> None:
+    """Behind a load balancer every request comes from its address: one client's failures must
+    not lock every merchant out. From a trusted proxy the forwarded client is counted; the
+    header is ignored from anyone else, so a client cannot dodge the limit by forging it."""
+    gw = await make_gateway(
+        auth={"failure_limit": 2, "failure_window_seconds": 60, "trusted_proxies": ["127.0.0.1"]}
+    )
+
+    async def status(key: str, forwarded: str) -> int:
+        headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": forwarded}
+        return (await gw.client.get("/v1/tokens/tok_x", headers=headers)).status
+
+    key = gw.auth["Authorization"].removeprefix("Bearer ")
+    # The client names itself 10.9.9.9; the proxy appends the address it saw.
+    attacker = "10.9.9.9, 203.0.113.7"
+    assert [await status("nope", attacker) for _ in range(3)] == [401, 401, 429]
+    assert await status(key, attacker) == 429  # that client is blocked, whatever it forges
+    assert await status(key, "203.0.113.8") == 404  # another client is not
+    assert await status(key, "203.0.113.7, 127.0.0.1") == 429  # trusted hops are skipped
+
+    untrusted = await make_gateway(auth={"failure_limit": 2, "failure_window_seconds": 60})
+    bad = {"Authorization": "Bearer nope"}
+    for n in range(3):
+        headers = {**bad, "X-Forwarded-For": f"198.51.100.{n}"}
+        resp = await untrusted.client.get("/v1/tokens/tok_x", headers=headers)
+    assert resp.status == 429  # no trusted proxy: the peer is the client
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    assert AuthSettings(trusted_proxies=["10.0.0.0/8", "::1"]).trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1"),
+    )
+    with pytest.raises(ValidationError, match="not an address or network"):
+        AuthSettings(trusted_proxies=["lb.internal"])
 
 
 async def test_health_ready_and_metrics(gateway: Gateway) -> None:
