@@ -115,7 +115,7 @@ class RunEnvironment:
         self.scanner = LeakScanner()
         self.scanner.add("canary PAN", self.canary.pan, "pan")
         self.scanner.add("canary CVC", self.canary.cvc, "cvc")
-        self.logs = LogCapture()
+        self.logs = LogCapture(redact=self.scanner.redact)
         self.inputs = Inputs(self.sandbox, self.manifest, self.revealer, self.canary, self.scanner)
         self.credentials = Credentials()
         self.contract: ContractValidator | None = None

@@ -15,6 +15,12 @@
 Each line is kept with the id of the scenario that was running (``current``), so a leak is
 reported where it happened. The lines are only held in memory, for the scanner: they are never
 written out, since they may contain exactly what the scanner is looking for.
+
+What goes *on* to the console is redacted with each capture's ``redact`` (the run's
+``LeakScanner.redact``): the text a tee writes through, the event structlog's next processors
+render, and a log record's message as the root's handlers (pytest's report among them) format
+it. A connector that prints or logs the canary card fails the leak scan, and its output shows
+``[CANARY]`` where the number was, as the reports do.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -55,6 +61,32 @@ class _Handler(logging.Handler):
             text += f" {record.exc_info[1]!r}"
         origin = f"logger {record.name!r} at {record.levelname}"
         self._capture.lines.append(CapturedLine(self._capture.current, "logging", text, origin))
+        # Handlers that format the record later (pytest's report) see the redacted message.
+        _redact_record(record)
+
+
+def _redact(text: str) -> str:
+    """``text`` through every active capture's ``redact``."""
+    for capture in _ACTIVE:
+        if capture.redact is not None:
+            text = capture.redact(text)
+    return text
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    if not any(capture.redact is not None for capture in _ACTIVE):
+        return
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a malformed record: leave it as it is
+        return
+    redacted = _redact(message)
+    if redacted != message:
+        record.msg, record.args = redacted, None
+    if record.exc_info and record.exc_info[1] is not None:
+        exception = repr(record.exc_info[1])
+        if _redact(exception) != exception:  # the traceback's text would quote it
+            record.exc_info, record.exc_text = None, _redact(exception)
 
 
 class _AtLeast(logging.Filter):
@@ -72,7 +104,10 @@ class _AtLeast(logging.Filter):
         while logger is not None and logger.level == logging.NOTSET and logger.parent:
             logger = logger.parent
         own = logger.level if logger is not None and logger.parent is not None else 0
-        return record.levelno >= (own or self.root_level)
+        passes = record.levelno >= (own or self.root_level)
+        if passes:
+            _redact_record(record)  # this handler may print it before the capture's sees it
+        return passes
 
 
 class _Tee:
@@ -86,12 +121,12 @@ class _Tee:
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        written: int = self._stream.write(text)
+        self._stream.write(_redact(text))
         with self._lock:
             *complete, self._partial = (self._partial + text).split("\n")
         for line in complete:
             self._keep(line)
-        return written
+        return len(text)
 
     def flush_partial(self) -> None:
         with self._lock:
@@ -159,6 +194,8 @@ class LogCapture:
     """Collects log lines while entered; see the module docstring."""
 
     lines: list[CapturedLine] = field(default_factory=list)
+    #: What the console gets instead of what was written or logged (see the module docstring).
+    redact: Callable[[str], str] | None = None
     _current: str = "-"
     _handler: _Handler | None = None
     _previous_processors: list[Any] | None = None
@@ -179,10 +216,15 @@ class LogCapture:
         name = event.get("logger") or getattr(logger, "name", None)
         if isinstance(name, str):
             origin += f" on logger {name!r}"
-        self.lines.append(
-            CapturedLine(self.current, "structlog", f"{method} {dict(event)!r}", origin)
-        )
-        return event
+        text = f"{method} {dict(event)!r}"
+        self.lines.append(CapturedLine(self.current, "structlog", text, origin))
+        if self.redact is None or self.redact(text) == text:
+            return event
+        # The renderer prints what the next processors get: the values, redacted.
+        return {
+            key: self.redact(value) if isinstance(value, str) else self.redact(repr(value))
+            for key, value in event.items()
+        }
 
     def start(self) -> None:
         if self._handler is not None:

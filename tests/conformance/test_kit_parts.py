@@ -281,3 +281,56 @@ def test_log_capture_leaves_nothing_changed_whatever_the_order_of_stops() -> Non
         chatty.setLevel(logging.NOTSET)
         sys.stdout = before[1]
     assert (root.level, sys.stdout, sys.stderr, [list(h.filters) for h in root.handlers]) == before
+
+
+def test_what_reaches_the_console_is_redacted_what_is_scanned_is_not() -> None:
+    """A connector that prints or logs the canary card: the leak scan sees the number (and fails
+    the run), while the console, a root handler's output, pytest's log report and structlog's
+    renderer show ``[CANARY]``."""
+    import io
+    import logging
+    import sys
+
+    import structlog
+
+    from conformance.leaks import LeakScanner
+    from conformance.logcapture import LogCapture
+    from sdk.testing import canary_pan
+
+    pan = canary_pan()
+    scanner = LeakScanner()
+    scanner.add("canary PAN", pan, "pan")
+    root = logging.getLogger()
+    printed, console = io.StringIO(), io.StringIO()
+    existing = logging.StreamHandler(printed)
+    existing.setLevel(logging.DEBUG)
+    root.addHandler(existing)
+    loud = logging.getLogger("tessera_test_loud")
+    loud.setLevel(logging.DEBUG)
+    rendered: list[str] = []
+    old_stdout, old_config = sys.stdout, structlog.get_config()
+    structlog.configure(
+        processors=[lambda _, __, event: rendered.append(repr(event)) or event,
+                    structlog.processors.KeyValueRenderer()],
+        logger_factory=structlog.PrintLoggerFactory(console),
+    )  # fmt: skip
+    capture = LogCapture(redact=scanner.redact)
+    try:
+        sys.stdout = console
+        capture.start()
+        print("reply", pan)  # noqa: T201 - the defect under test
+        loud.info("card %s", pan)
+        spaced = " ".join(pan)
+        structlog.get_logger().info("body", card=spaced)
+        capture.stop()
+    finally:
+        sys.stdout = old_stdout
+        root.removeHandler(existing)
+        loud.setLevel(logging.NOTSET)
+        structlog.configure(**old_config)
+    scanned = "\n".join(text for _, text in capture.items())
+    assert pan in scanned and spaced in scanned  # the scan sees what was written
+    assert {s.label for s, _ in scanner.find(scanned)} == {"canary PAN"}
+    shown = console.getvalue() + printed.getvalue() + "".join(rendered)
+    assert pan not in shown and spaced not in shown, shown
+    assert shown.count("[CANARY]") >= 3, shown
