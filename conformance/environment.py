@@ -160,6 +160,12 @@ class RunEnvironment:
                     raise SetupError(
                         f"{option} is for --mode live; this {mode.value} run would ignore it."
                     )
+        if config.faults and mode is not Mode.SIMULATOR:
+            raise SetupError(
+                f"--faults injects faults through the kit's proxy in front of its simulator: use"
+                f" it with --mode simulator (this {mode.value} run would skip every fault"
+                " scenario)."
+            )
         if mode is Mode.SIMULATOR and config.cassettes is not None and not config.record:
             raise SetupError(
                 "--cassettes without --record does nothing in simulator mode: add --record to "

@@ -4,6 +4,8 @@ The resilience runtime builds a context for every attempt and passes it to the c
 A connector uses it to:
 
 - get card placeholders: ``card = ctx.card(request.payment_method)`` (``sdk.placeholders``);
+- write and read amounts in the provider's minor units: ``ctx.provider_minor(amount)``,
+  ``ctx.provider_money(value, currency)`` (the manifest's ``currency_exponents``);
 - read credentials: ``ctx.credentials.reveal("api_key")``;
 - send: ``response = await ctx.send("POST", "/v1/payments", json=body)``. The URL is resolved
   against the manifest's base URL for the environment, the provider idempotency header is added
@@ -29,7 +31,7 @@ import httpx
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from normalization import CardMethod, PaymentResult
+from normalization import CardMethod, Money, PaymentResult
 from sdk.credentials import Credentials
 from sdk.deadline import Deadline
 from sdk.egress import SCOPE_EXTENSION, EgressScope, content_length_header
@@ -215,6 +217,22 @@ class CallContext:
     def card(self, method: CardMethod) -> CardPlaceholders:
         """Placeholders for the card of ``method``; see ``sdk.placeholders``."""
         return self._scope.placeholders.card(method)
+
+    # -- amounts ---------------------------------------------------------------------------------
+
+    def provider_minor(self, amount: Money) -> int:
+        """``amount`` as the provider's minor-unit integer: under the manifest's
+        ``currency_exponents`` where it declares one for the currency (HUF as 2 decimals, say),
+        else ISO 4217's. Raises ``InvalidAmountError`` for an amount the provider's form cannot
+        carry exactly."""
+        return amount.to_provider_minor(self.manifest.exponent_for(amount.currency))
+
+    def provider_money(self, value: int, currency: str) -> Money:
+        """A minor-unit integer from the provider's reply, read as ``provider_minor`` wrote it."""
+        exponent = self.manifest.exponent_for(currency)
+        if exponent is None:
+            return Money.of(value, currency)
+        return Money.from_provider_minor(value, currency, exponent)
 
     # -- HTTP -----------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         (["--mode", "replay", "--vault-path", "secret/x"], "--vault-path is for --mode live"),
         (["--cassettes", "{tmp}"], "--cassettes without --record does nothing"),
         (["--mode", "replay", "--record"], "--record records a simulator run"),
+        (["--mode", "live", "--faults"], "--faults injects faults"),
         (["--select", "card.authorise*"], "--select card.authorise*: no scenario"),
         (["--junit", "{tmp}"], "--junit {tmp}: is a directory"),
         (["--json", "{tmp}/r.json", "--html", "{tmp}/r.json"], "both write"),

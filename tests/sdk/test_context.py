@@ -10,9 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
-from sdk import HostPolicy, build_http_client
+from normalization import InvalidAmountError, Money
+from sdk import CallContext, Credentials, Deadline, HostPolicy, build_http_client
 from sdk.context import _direct_request
 from sdk.egress import content_length_header
+from tests.sdk.demo_connector import MANIFEST as DEMO_MANIFEST
 
 URL = httpx.URL("https://api.demo-acquirer.example:8443/v1/payments/pay_1?expand=x")
 TIMEOUT = httpx.Timeout(4.2, connect=1.5)
@@ -93,3 +95,26 @@ def test_content_length_is_what_httpx_frames(method: str, body: bytes) -> None:
     expected = [pair for pair in built.headers.raw if pair[0].lower() == b"content-length"]
     header = content_length_header(method, body)
     assert ([] if header is None else [header]) == expected
+
+
+def test_amounts_go_out_and_come_back_in_the_providers_minor_units() -> None:
+    """``currency_exponents`` in the manifest: HUF as whole forints (ISO 4217: 2 decimals), as
+    some providers treat it; EUR without an override."""
+    manifest = DEMO_MANIFEST.model_copy(
+        update={"currencies": frozenset({"EUR", "HUF"}), "currency_exponents": {"HUF": 0}}
+    )
+    ctx = CallContext(
+        manifest=manifest,
+        operation="authorize",
+        tenant="t",
+        deadline=Deadline.after(5),
+        http=httpx.AsyncClient(),
+        base_url="https://sandbox.demo-acquirer.example",
+        credentials=Credentials({"api_key": "k"}),
+    )
+    assert ctx.provider_minor(Money.of(100300, "HUF")) == 1003
+    assert ctx.provider_money(1003, "HUF") == Money.of(100300, "HUF")
+    assert ctx.provider_minor(Money.of(1050, "EUR")) == 1050  # no override: ISO 4217
+    assert ctx.provider_money(1050, "EUR") == Money.of(1050, "EUR")
+    with pytest.raises(InvalidAmountError):
+        ctx.provider_minor(Money.of(100350, "HUF"))  # 1003.50: not an amount it can carry
