@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, NoReturn
 
 import structlog
@@ -507,42 +507,36 @@ def _vault_detail(exc: VaultError) -> str:
     return "The token vault is unavailable; nothing was stored. Retry later."
 
 
-def client_address(request: web.Request, trusted: Sequence[IPv4Network | IPv6Network]) -> str:
+def _client_address(request: web.Request, resources: Resources) -> str:
     """Who failed authentication, for the limiter: the peer, or, when the peer is one of the
-    ``trusted`` proxies, the right-most ``X-Forwarded-For`` address that is not (each proxy
-    appends the address it received from; entries left of an untrusted one are the client's
-    own claims and prove nothing)."""
+    ``[auth] trusted_proxies``, the right-most ``X-Forwarded-For`` address that is not (each
+    proxy appends the address it received from; entries left of an untrusted one are the
+    client's own claims and prove nothing). A hop that is not an address: the peer."""
     peer = request.remote or "unknown"
-    if not trusted or not _within(peer, trusted):
+    trusted = resources.settings.auth.trusted_proxies
+    if not trusted or not _trusted(_ip(peer), trusted):
         return peer
     forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
     for hop in reversed(forwarded.split(",")):
-        hop = hop.strip()
-        if not hop:
+        if not (hop := hop.strip()):
             continue
-        if not _within(hop, trusted):
-            return hop if _is_address(hop) else peer
+        ip = _ip(hop)
+        if not _trusted(ip, trusted):
+            return hop if ip is not None else peer
     return peer
 
 
-def _within(address: str, networks: Sequence[IPv4Network | IPv6Network]) -> bool:
+def _ip(text: str) -> IPv4Address | IPv6Address | None:
     try:
-        ip = ip_address(address)
+        return ip_address(text)
     except ValueError:
-        return False
-    return any(ip in network for network in networks)
+        return None
 
 
-def _is_address(text: str) -> bool:
-    try:
-        ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _client_address(request: web.Request, resources: Resources) -> str:
-    return client_address(request, resources.settings.auth.trusted_proxies)
+def _trusted(
+    ip: IPv4Address | IPv6Address | None, networks: Sequence[IPv4Network | IPv6Network]
+) -> bool:
+    return ip is not None and any(ip in network for network in networks)
 
 
 def _bearer_key(request: web.Request, resources: Resources) -> str:

@@ -1540,15 +1540,15 @@ def _refund_in_total(
     if len(pool) == 1 or len(pool) > _MAX_REFUNDS_WEIGHED or any(a.amount is None for a in pool):
         return delta >= own
     pool.sort(key=lambda a: (a.started_at, a.seq))
-    amounts = [a.amount.value for a in pool if a.amount is not None]
-    combinations = {
-        tuple(sorted(amounts[i] for i in range(len(pool)) if mask >> i & 1))
-        for mask in range(1 << len(pool))
-        if sum(amounts[i] for i in range(len(pool)) if mask >> i & 1) == delta
-    }
+    amounts = [a.amount.value if a.amount is not None else 0 for a in pool]  # none is None
+    combinations: set[tuple[int, ...]] = set()
+    for mask in range(1 << len(pool)):
+        chosen = [value for i, value in enumerate(amounts) if mask >> i & 1]
+        if sum(chosen) == delta:
+            combinations.add(tuple(sorted(chosen)))
     if not combinations:
         return delta >= own
-    rank = [a.id for a in pool if a.amount is not None and a.amount.value == own].index(attempt.id)
+    rank = [a.id for a, value in zip(pool, amounts, strict=True) if value == own].index(attempt.id)
     credited = {rank < combination.count(own) for combination in combinations}
     return credited.pop() if len(credited) == 1 else None
 
