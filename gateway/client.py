@@ -442,12 +442,14 @@ def _follow_up(
     amount_minor: int | None,
     currency: str | None,
     idempotency_key: str | None,
+    **fields: object,
 ) -> Program[Payment]:
     payload: dict[str, object] = {}
     if amount_minor is not None:
         if currency is None:
             currency = (yield from _get_payment(payment_id)).amount.currency
         payload["amount"] = {"value": amount_minor, "currency": currency}
+    payload.update(fields)
     path = _payment_path(payment_id, action)
     answer = yield _post(path, payload, _payment_or_none, idempotency_key)
     if answer is None:
@@ -462,13 +464,20 @@ def _capture(
     amount_minor: int | None = None,
     *,
     currency: str | None = None,
+    final: bool = False,
     idempotency_key: str | None = None,
 ) -> Program[Payment]:
-    """Capture ``amount_minor`` (default: all that remains capturable).
+    """Capture ``amount_minor`` (default: all that remains capturable). ``final``: the last
+    capture; the rest of the authorization is released (the payment is ``captured``).
 
     With an amount but no ``currency``, the payment is read first (one GET) for its currency.
     """
-    return (yield from _follow_up(payment_id, "capture", amount_minor, currency, idempotency_key))
+    extra: dict[str, object] = {"final": True} if final else {}
+    return (
+        yield from _follow_up(
+            payment_id, "capture", amount_minor, currency, idempotency_key, **extra
+        )
+    )
 
 
 def _void(payment_id: str, *, idempotency_key: str | None = None) -> Program[Payment]:

@@ -23,11 +23,13 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 import gateway.payments
 import sdk
 import vault.tokenization
+from gateway.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from gateway.problems import PROBLEM_CONTENT_TYPE, status_for
 from gateway.schemas import (
     AmountRequest,
     BatchTokenizeRequest,
     BatchTokenizeResponse,
+    CaptureBody,
     CompleteRequest,
     CreatePaymentRequest,
     DeclinedProblem,
@@ -55,6 +57,7 @@ _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     BatchTokenizeRequest,
     CreatePaymentRequest,
     AmountRequest,
+    CaptureBody,
     CompleteRequest,
     EmptyRequest,
 )
@@ -77,6 +80,8 @@ _GATEWAY_CODES: dict[int, tuple[str, ...]] = {
         "malformed_json",
         "fingerprint_required",
         "reference_required",
+        "invalid_limit",
+        "invalid_cursor",
         "invalid_idempotency_key",
         "webhook_verification_failed",
         "http_error",
@@ -277,6 +282,25 @@ class _Op:
     extra_responses: dict[str, Any] = field(default_factory=dict)
 
 
+#: ``limit`` and ``cursor``: the list endpoints' pages (``gateway.pagination``).
+_PAGE_QUERY: tuple[dict[str, Any], ...] = (
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": f"Items per page (default {DEFAULT_LIMIT}).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "required": False,
+        "description": "The `next_cursor` of the previous page: the page after it.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    },
+)
+
+
 def _query(name: str, description: str, max_length: int) -> dict[str, Any]:
     return {
         "name": name,
@@ -365,11 +389,11 @@ def _operations() -> list[_Op]:
             "get",
             "/v1/tokens",
             "searchTokens",
-            "Find tokens by keyed card fingerprint.",
+            "Find tokens by keyed card fingerprint, oldest first, a page at a time.",
             "tokens",
             {200: ("TokenList", "Matching tokens.")},
             errors=(*_AUTHENTICATED, 400),
-            query=(_query("fingerprint", "A token's keyed fingerprint.", 200),),
+            query=(_query("fingerprint", "A token's keyed fingerprint.", 200), *_PAGE_QUERY),
         ),
         _Op(
             "post",
@@ -431,11 +455,14 @@ def _operations() -> list[_Op]:
             "get",
             "/v1/payments",
             "listPayments",
-            "The merchant's payments with a reference.",
+            "The merchant's payments with a reference, newest first, a page at a time.",
             "payments",
             {200: ("PaymentList", "Matching payments.")},
             errors=(*_AUTHENTICATED, 400),
-            query=(_query("reference", "The merchant's reference of the payment.", 128),),
+            query=(
+                _query("reference", "The merchant's reference of the payment.", 128),
+                *_PAGE_QUERY,
+            ),
         ),
         _Op(
             "get",
@@ -450,8 +477,14 @@ def _operations() -> list[_Op]:
             "capture",
             "capturePayment",
             "Capture an authorized payment, in whole or in part.",
-            body="AmountRequest",
-            description="Without `amount`, the whole remaining authorized amount is captured.",
+            body="CaptureBody",
+            description=(
+                "Without `amount`, the whole remaining authorized amount is captured. With "
+                "`final: true`, the rest of the authorization is released after this capture "
+                "(the payment is `captured`). A connector that takes one capture per payment "
+                "always releases the rest; one that cannot capture part of an authorization "
+                "refuses a partial amount (422 `partial_capture_not_supported`)."
+            ),
         ),
         _payment_followup(
             "void",
@@ -466,7 +499,12 @@ def _operations() -> list[_Op]:
             "Refund a captured payment, in whole or in part.",
             body="AmountRequest",
             status=201,
-            description="Without `amount`, the whole remaining captured amount is refunded.",
+            description=(
+                "Without `amount`, the whole remaining captured amount is refunded. A connector "
+                "that refunds whole amounts only, or once per payment, refuses a partial or a "
+                "second refund (422 `partial_refund_not_supported`, "
+                "`multiple_refunds_not_supported`)."
+            ),
         ),
         _payment_followup(
             "sync",

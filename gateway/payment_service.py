@@ -63,8 +63,11 @@ from normalization import (
     IllegalTransitionError,
     InvalidRequestError,
     Money,
+    MultipleRefundsNotSupportedError,
     Observe,
     Outcome,
+    PartialCaptureNotSupportedError,
+    PartialRefundNotSupportedError,
     PaymentResult,
     PaymentStatus,
     Refund,
@@ -84,7 +87,14 @@ from normalization.methods import (
     PaymentMethod,
     PaymentMethodType,
 )
-from sdk import CompleteAuthorizationRequest, Deadline, Operation, SubmitRequest
+from sdk import (
+    CompleteAuthorizationRequest,
+    Deadline,
+    Manifest,
+    MultiSupport,
+    Operation,
+    SubmitRequest,
+)
 from sdk.webhooks import WebhookEvent
 from vault.audit import AuditLog
 from vault.database import Connection, PostgresDatabase, SqliteDatabase, in_transaction
@@ -507,20 +517,24 @@ class PaymentService:
         payment_id: str,
         amount: Money | None,
         *,
+        final: bool = False,
         correlation_id: str | None = None,
     ) -> OperationOutcome:
+        """Capture ``amount`` (omitted: what is left). ``final`` releases the rest of the
+        authorization after it; a connector that takes one capture per payment always does."""
         payment = await self._store.get_payment(merchant.id, payment_id)
         # Omitted: the rest. Nothing left: the full amount, so the state check says why (409).
         amount = amount or Money.of(
             payment.state.capturable or payment.amount.value, payment.amount.currency
         )
-        transition(payment.state, Capture(amount))  # 409/422 before any write
-        payment, attempt = await self._begin(
-            payment, Operation.CAPTURE, Capture(amount), amount=amount
-        )
+        transition(payment.state, Capture(amount, final=final))  # 409/422 before any write
+        if payment.connector is not None:
+            final = _capture_terms(self._pool.manifest(payment.connector), payment, amount, final)
+        event = Capture(amount, final=final)
+        payment, attempt = await self._begin(payment, Operation.CAPTURE, event, amount=amount)
         request = CaptureRequest(
             payment_id=payment.id, provider_reference=payment.provider_reference, amount=amount,
-            final=False, idempotency_key=attempt.provider_idempotency_key,
+            final=final, idempotency_key=attempt.provider_idempotency_key,
             reference=payment.reference,
         )  # fmt: skip
         result = await self._send(merchant.id, attempt, Operation.CAPTURE, request, correlation_id)
@@ -529,7 +543,7 @@ class PaymentService:
             if not own:
                 payment = await self._store.get_payment(merchant.id, payment.id, tx=tx)
             elif result.outcome is Outcome.SUCCEEDED:
-                payment = await self._count(payment, result, Capture(amount), tx)
+                payment = await self._count(payment, result, event, tx)
         return _answered(OperationOutcome(payment, attempt, result))
 
     async def void(
@@ -568,6 +582,8 @@ class PaymentService:
             # Nothing refundable at all: the whole amount, for the state's own refusal.
             amount = Money.of(left or payment.amount.value, payment.amount.currency)
         _check_refund(payment, amount, reserved)
+        terms = self._pool.manifest(payment.connector).refund if payment.connector else None
+        _check_refund_terms(terms, payment, amount, reserved)
         # The refund, the attempt that requests it and its audit entry (RELIABILITY 33: every
         # refund is in the audit log) commit together, before the call.
         async with self._db.transaction() as tx:
@@ -579,6 +595,7 @@ class PaymentService:
             # Under the operation's lock: refunds still pending elsewhere (this one aside).
             reserved = await self._store.reserved_refunds(payment.id, tx=tx) - amount.value
             _check_refund(payment, amount, reserved)
+            _check_refund_terms(terms, payment, amount, reserved)
             await self._audit.append(
                 actor=f"merchant:{merchant.id}",
                 action="payment.refund",
@@ -1701,6 +1718,38 @@ def _check_refund(payment: PaymentRecord, amount: Money, reserved: int) -> None:
     transition(payment.state, Refund(amount))  # status, currency, amount against captured
     if reserved and amount.value > _refundable(payment, reserved):
         raise _refunds_pending(_refundable(payment, reserved), reserved, amount.value)
+
+
+def _capture_terms(manifest: Manifest, payment: PaymentRecord, amount: Money, final: bool) -> bool:
+    """Whether the capture is final, under what the payment's connector declares (its manifest's
+    ``capture``): one that takes one capture per payment releases the rest with the first, so
+    Tessera must count it as final too (else the payment waits, ``partially_captured``, for a
+    second capture the provider refuses). One that cannot capture part of an authorization is
+    refused a partial amount before anything is sent."""
+    if amount.value < payment.state.capturable and not manifest.capture.partial:
+        raise PartialCaptureNotSupportedError(
+            f"Connector {manifest.id!r} captures the whole authorization only: "
+            f"{payment.state.capturable} minor units (omit the amount)."
+        )
+    return final or not manifest.capture.multiple
+
+
+def _check_refund_terms(
+    terms: MultiSupport | None, payment: PaymentRecord, amount: Money, reserved: int
+) -> None:
+    """Refuse, before anything is sent, a refund the payment's connector does not take (its
+    manifest's ``refund``): a partial one, or a second one (``reserved``: refunds still open)."""
+    if terms is None:
+        return
+    if not terms.partial and amount.value != payment.captured - payment.refunded - reserved:
+        raise PartialRefundNotSupportedError(
+            "The payment's connector refunds the whole captured amount only: "
+            f"{payment.captured} minor units (omit the amount)."
+        )
+    if not terms.multiple and (payment.refunded or reserved):
+        raise MultipleRefundsNotSupportedError(
+            "The payment's connector takes one refund per payment, and it has one already."
+        )
 
 
 def _refunds_pending(left: int, reserved: int, asked: int) -> RefundExceedsCapturedError:

@@ -165,6 +165,10 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)
 
 
+#: How many invalid fields a validation problem's ``detail`` names (``errors`` has them all).
+_NAMED_FIELDS = 5
+
+
 def validation_problem(exc: ValidationError) -> tuple[str, str, list[dict[str, str]]]:
     """(code, detail, errors) for a pydantic error, without echoing any input value."""
     errors: list[dict[str, str]] = []
@@ -181,9 +185,15 @@ def validation_problem(exc: ValidationError) -> tuple[str, str, list[dict[str, s
     code = codes.pop() if len(codes) == 1 else "invalid_request"
     if code not in _tessera_codes():
         code = "invalid_request"
-    detail = errors[0]["detail"] if len(errors) == 1 else f"{len(errors)} fields are invalid."
-    if len(errors) == 1 and errors[0]["field"]:
-        detail = f"{errors[0]['field']}: {detail}"
+    if len(errors) == 1:
+        detail = errors[0]["detail"]
+        if errors[0]["field"]:
+            detail = f"{errors[0]['field']}: {detail}"
+    else:
+        # Field names only (never values), so a client that reads only ``detail`` knows where.
+        fields = list(dict.fromkeys(e["field"] or "(body)" for e in errors))
+        named = ", ".join(fields[:_NAMED_FIELDS]) + (", ..." if len(fields) > _NAMED_FIELDS else "")
+        detail = f"{len(errors)} fields are invalid: {named}."
     return code, detail, errors
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "BatchItemError",
     "BatchTokenizeRequest",
     "BatchTokenizeResponse",
+    "CaptureBody",
     "CardMetadata",
     "CompleteRequest",
     "CreatePaymentRequest",
@@ -147,6 +148,8 @@ class TokenView(_View):
 
 class TokenList(_View):
     data: list[TokenView]
+    has_more: bool = Field(description="More tokens follow: ask for `next_cursor`.")
+    next_cursor: str | None = Field(description="`cursor` for the next page; null on the last.")
 
 
 ConnectorId = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -224,6 +227,19 @@ class AmountRequest(DomainModel):
     amount: Annotated[PositiveMoney, Field(description=_POSITIVE)] | None = None
 
 
+class CaptureBody(AmountRequest):
+    """``POST /v1/payments/{id}/capture``: the amount, and whether this is the last capture."""
+
+    final: StrictBool = Field(
+        default=False,
+        description=(
+            "The last capture: what is left of the authorization is released, and the "
+            "payment is `captured` whatever it captured in all. Always so on a connector "
+            "that takes one capture per payment."
+        ),
+    )
+
+
 class EmptyRequest(DomainModel):
     """Void and sync bodies: nothing to send. A body with fields is refused rather than
     ignored, so ``{"amount": ...}`` to void never passes for a partial reversal."""
@@ -245,9 +261,19 @@ class CompleteRequest(DomainModel):
 Timestamp = Annotated[str, Field(description="ISO 8601 date and time, UTC offset included.")]
 
 
+class FieldError(_View):
+    field: str
+    code: str
+    detail: str
+
+
 class BatchErrorDetail(_View):
     code: str
     detail: str
+    errors: list[FieldError] | None = Field(
+        default=None,
+        description="For a card that failed validation: each invalid field, never its value.",
+    )
 
 
 class BatchItemError(_View):
@@ -327,12 +353,8 @@ class PaymentView(_View):
 
 class PaymentList(_View):
     data: list[PaymentView]
-
-
-class FieldError(_View):
-    field: str
-    code: str
-    detail: str
+    has_more: bool = Field(description="More payments follow: ask for `next_cursor`.")
+    next_cursor: str | None = Field(description="`cursor` for the next page; null on the last.")
 
 
 class Problem(BaseModel):

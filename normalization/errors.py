@@ -18,6 +18,9 @@ middleware, as ``application/problem+json`` whose ``code`` is the class's stable
     │   ├── TokenNotFoundError            token_not_found
     │   └── PaymentNotFoundError          payment_not_found
     ├── NotSupportedError                 not_supported
+    │   ├── PartialCaptureNotSupportedError   partial_capture_not_supported
+    │   ├── PartialRefundNotSupportedError    partial_refund_not_supported
+    │   └── MultipleRefundsNotSupportedError  multiple_refunds_not_supported
     ├── IllegalTransitionError            invalid_state_transition
     │   ├── CaptureExceedsAuthorizedError amount_exceeds_capturable
     │   └── RefundExceedsCapturedError    amount_exceeds_refundable
@@ -58,8 +61,11 @@ __all__ = [
     "InvalidExpiryError",
     "InvalidRequestError",
     "InvalidSecurityCodeError",
+    "MultipleRefundsNotSupportedError",
     "NotFoundError",
     "NotSupportedError",
+    "PartialCaptureNotSupportedError",
+    "PartialRefundNotSupportedError",
     "PaymentNotFoundError",
     "ProviderError",
     "RefundExceedsCapturedError",
@@ -156,6 +162,21 @@ class PaymentNotFoundError(NotFoundError):
 class NotSupportedError(TesseraError):
     code = "not_supported"
     default_detail = "The operation, payment method or currency is not supported."
+
+
+class PartialCaptureNotSupportedError(NotSupportedError):
+    code = "partial_capture_not_supported"
+    default_detail = "The payment's connector captures the whole authorization only."
+
+
+class PartialRefundNotSupportedError(NotSupportedError):
+    code = "partial_refund_not_supported"
+    default_detail = "The payment's connector refunds the whole captured amount only."
+
+
+class MultipleRefundsNotSupportedError(NotSupportedError):
+    code = "multiple_refunds_not_supported"
+    default_detail = "The payment's connector takes one refund per payment."
 
 
 class IllegalTransitionError(TesseraError):

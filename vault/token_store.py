@@ -423,14 +423,32 @@ class TokenStore:
         )
         return None if row is None else _record(row)
 
-    async def find_by_fingerprint(self, tenant: str, fingerprint: str) -> list[TokenRecord]:
-        """Every token of ``tenant`` for the card with ``fingerprint``, oldest first."""
-        rows = await self._db.fetchall(
-            "SELECT * FROM vault_tokens WHERE tenant = $1 AND fingerprint = $2"
-            " ORDER BY created_at, id",
-            tenant,
-            fingerprint,
-        )
+    async def find_by_fingerprint(
+        self,
+        tenant: str,
+        fingerprint: str,
+        *,
+        live_at: datetime | None = None,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[TokenRecord]:
+        """The tokens of ``tenant`` for the card with ``fingerprint``, oldest first: those not
+        expired at ``live_at`` (given), after the position ``after`` (created at, id), at most
+        ``limit``."""
+        sql = "SELECT * FROM vault_tokens WHERE tenant = $1 AND fingerprint = $2"
+        args: list[object] = [tenant, fingerprint]
+        if live_at is not None:
+            args.append(_to_micros(live_at))
+            sql += f" AND (expires_at IS NULL OR expires_at > ${len(args)})"
+        if after is not None:
+            args += [_to_micros(after[0]), after[1]]
+            n = len(args)
+            sql += f" AND (created_at > ${n - 1} OR (created_at = ${n - 1} AND id > ${n}))"
+        sql += " ORDER BY created_at, id"
+        if limit is not None:
+            args.append(limit)
+            sql += f" LIMIT ${len(args)}"
+        rows = await self._db.fetchall(sql, *args)
         return [_record(row) for row in rows]
 
     async def find_by_dedup_keys(

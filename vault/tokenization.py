@@ -360,11 +360,20 @@ class TokenizationService:
             raise TokenNotFoundError()
         return record
 
-    async def find(self, tenant: str, fingerprint: str) -> list[TokenRecord]:
-        """The tenant's live tokens for the card with ``fingerprint``, oldest first."""
-        now = self._clock.now()
-        records = await self._store.find_by_fingerprint(tenant, fingerprint)
-        return [record for record in records if not record.is_expired(now)]
+    async def find(
+        self,
+        tenant: str,
+        fingerprint: str,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[TokenRecord]:
+        """The tenant's live tokens for the card with ``fingerprint``, oldest first: after the
+        position ``after`` (created at, id: the last token of a previous page), at most
+        ``limit``."""
+        return await self._store.find_by_fingerprint(
+            tenant, fingerprint, live_at=self._clock.now(), after=after, limit=limit
+        )
 
     async def delete(self, tenant: str, token_id: str, *, actor: str) -> None:
         """Forget a token (and any CVV held for it); audited. ``TokenNotFoundError`` if none.

@@ -262,14 +262,26 @@ class PaymentStore:
             raise PaymentNotFoundError()
         return payment_from_row(row)
 
-    async def find_by_reference(self, merchant_id: str, reference: str) -> list[PaymentRecord]:
-        """The merchant's payments carrying ``reference``, newest first."""
-        rows = await self._db.fetchall(
-            SELECT_PAYMENTS + " WHERE merchant_id = $1 AND reference = $2 "
-            "ORDER BY created_at DESC, id",
-            merchant_id,
-            reference,
-        )
+    async def find_by_reference(
+        self,
+        merchant_id: str,
+        reference: str,
+        *,
+        after: tuple[datetime, str] | None = None,
+        limit: int | None = None,
+    ) -> list[PaymentRecord]:
+        """The merchant's payments carrying ``reference``, newest first: after the position
+        ``after`` (created at, id: the last payment of a previous page), at most ``limit``."""
+        sql = SELECT_PAYMENTS + " WHERE merchant_id = $1 AND reference = $2"
+        args: list[object] = [merchant_id, reference]
+        if after is not None:
+            args += [to_micros(after[0]), after[1]]
+            sql += " AND (created_at < $3 OR (created_at = $3 AND id > $4))"
+        sql += " ORDER BY created_at DESC, id"
+        if limit is not None:
+            args.append(limit)
+            sql += f" LIMIT ${len(args)}"
+        rows = await self._db.fetchall(sql, *args)
         return [payment_from_row(row) for row in rows]
 
     async def find_by_provider_reference(

@@ -11,6 +11,7 @@ Follow-up responses: 200 with the payment when the provider did it; 202 when the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, cast
 
 import orjson
@@ -19,6 +20,7 @@ from aiohttp import web
 from gateway.app import MERCHANT, REQUEST_ID, RESOURCES
 from gateway.http import json_response, parse_model, read_body
 from gateway.merchants import Merchant
+from gateway.pagination import page_body, page_request
 from gateway.payment_service import NewPayment, OperationOutcome
 from gateway.payments import (
     AttemptRecord,
@@ -31,6 +33,7 @@ from gateway.problems import PROBLEM_CONTENT_TYPE, HttpProblem, problem_response
 from gateway.schemas import (
     CONTROL_CHARACTERS,
     AmountRequest,
+    CaptureBody,
     CompleteRequest,
     CreatePaymentRequest,
     EmptyRequest,
@@ -237,8 +240,9 @@ async def capture_payment(request: web.Request) -> web.Response:
     payment_id = _payment_id(request)
 
     async def handler(claim: IdempotencyClaim, body: bytes) -> HandlerResult:
+        data = parse_model(CaptureBody, body) if body.strip() else CaptureBody()
         outcome = await resources.payments.capture(
-            merchant, payment_id, _amount(body), correlation_id=request[REQUEST_ID]
+            merchant, payment_id, data.amount, final=data.final, correlation_id=request[REQUEST_ID]
         )
         return await _outcome_result(request, outcome)
 
@@ -320,9 +324,17 @@ async def list_payments(request: web.Request) -> web.Response:
             "reference_required",
             "List payments with ?reference=<reference> (1-128 characters, no NUL).",
         )
+    page = page_request(request.query)
     store = request.app[RESOURCES].payment_store
-    payments = await store.find_by_reference(_merchant(request).id, reference)
-    return json_response({"data": [await _view(request, p) for p in payments]})
+    payments = await store.find_by_reference(
+        _merchant(request).id, reference, after=page.after, limit=page.limit + 1
+    )
+    views = {p.id: await _view(request, p) for p in payments[: page.limit]}
+    return json_response(page_body(payments, page, lambda p: views[p.id], _position))
+
+
+def _position(payment: PaymentRecord) -> tuple[datetime, str]:
+    return payment.created_at, payment.id
 
 
 def setup(app: web.Application) -> None:

@@ -6,6 +6,7 @@ detokenization, in the bytes sent to an allowlisted provider.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from gateway.app import MERCHANT, RESOURCES, Resources
 from gateway.http import json_response, parse_json, parse_model, read_body
 from gateway.merchants import Merchant
+from gateway.pagination import page_body, page_request
 from gateway.problems import HttpProblem, validation_problem
 from gateway.schemas import BatchTokenizeRequest, parse_tokenize_request, validate_card
 from normalization.errors import TesseraError
@@ -75,8 +77,8 @@ async def create_tokens_batch(request: web.Request) -> web.Response:
             valid.append(validate_card(item))
             positions.append(index)
         except ValidationError as exc:
-            code, detail, _ = validation_problem(exc)
-            results[index] = {"error": {"code": code, "detail": detail}}
+            code, detail, errors = validation_problem(exc)
+            results[index] = {"error": {"code": code, "detail": detail, "errors": errors}}
     if valid:
         outcomes = await resources.tokens.tokenize_many(
             merchant.id,
@@ -113,8 +115,15 @@ async def search_tokens(request: web.Request) -> web.Response:
             f"Search tokens with ?fingerprint=<fingerprint> (1-{_FINGERPRINT_MAX} characters, "
             "no NUL).",
         )
-    records = await request.app[RESOURCES].tokens.find(merchant.id, fingerprint)
-    return json_response({"data": [token_view(r) for r in records]})
+    page = page_request(request.query)
+    records = await request.app[RESOURCES].tokens.find(
+        merchant.id, fingerprint, after=page.after, limit=page.limit + 1
+    )
+    return json_response(page_body(records, page, token_view, _position))
+
+
+def _position(record: TokenRecord) -> tuple[datetime, str]:
+    return record.created_at, record.id
 
 
 async def delete_token(request: web.Request) -> web.Response:

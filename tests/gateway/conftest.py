@@ -6,6 +6,7 @@ merchant and its API key; ``make_gateway`` builds more (PostgreSQL, other settin
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -122,6 +123,45 @@ async def sandbox(aiohttp_server: Any) -> Any:
         webhook_secret=SANDBOX_WEBHOOK_SECRET,
         settle_delay=0.2,
         hang_seconds=5,
+    )
+    return await aiohttp_server(app)
+
+
+class Observed:
+    """What a sandbox simulator received: the body of every API POST, by path."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, method: str, path: str, body: bytes) -> None:
+        self.bodies.append((path, json.loads(body) if body else {}))
+
+    def authorizations(self) -> list[dict[str, Any]]:
+        return [body for path, body in self.bodies if path == "/v1/authorizations"]
+
+    def captures(self) -> list[dict[str, Any]]:
+        return [body for path, body in self.bodies if path.endswith("/captures")]
+
+    def refunds(self) -> list[dict[str, Any]]:
+        return [body for path, body in self.bodies if path.endswith("/refunds")]
+
+
+@pytest.fixture
+def observed() -> Observed:
+    return Observed()
+
+
+@pytest.fixture
+async def observed_sandbox(aiohttp_server: Any, observed: Observed) -> Any:
+    """The sandbox simulator, as ``sandbox``, telling ``observed`` what it receives."""
+    from gateway.simulators import load_simulator
+
+    app = load_simulator("sandbox")(
+        api_key=SANDBOX_API_KEY,
+        webhook_secret=SANDBOX_WEBHOOK_SECRET,
+        settle_delay=0.2,
+        hang_seconds=5,
+        request_observer=observed,
     )
     return await aiohttp_server(app)
 

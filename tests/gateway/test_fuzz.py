@@ -164,8 +164,21 @@ def token_id(live: LiveGateway) -> str:
     return str(resp.json()["id"])
 
 
+def _without_cursors(document: dict[str, Any]) -> dict[str, Any]:
+    """The document without the list endpoints' ``cursor``: a valid one is only ever a previous
+    page's ``next_cursor``, which no schema can generate (any other is 400 ``invalid_cursor``,
+    as ``test_list_pagination`` checks). ``limit`` is fuzzed as documented."""
+    for item in document["paths"].values():
+        for operation in item.values():
+            if isinstance(operation, dict) and "parameters" in operation:
+                operation["parameters"] = [
+                    p for p in operation["parameters"] if p.get("name") != "cursor"
+                ]
+    return document
+
+
 def _schema(live: LiveGateway) -> Any:
-    schema = schemathesis.openapi.from_dict(build_openapi())
+    schema = schemathesis.openapi.from_dict(_without_cursors(build_openapi()))
     schema.config.update(base_url=live.url, headers=live.auth, request_timeout=10)
     schema.config.generation.update(
         modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE], database="none"

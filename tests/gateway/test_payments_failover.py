@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,42 +22,11 @@ from .conftest import (
     SANDBOX_WEBHOOK_SECRET,
     Gateway,
     MakeGateway,
+    Observed,
     sandbox_connector,
 )
 
 CARD = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123"}
-
-
-class Observed:
-    """What the simulator received: the body of every API POST, by path."""
-
-    def __init__(self) -> None:
-        self.bodies: list[tuple[str, dict[str, Any]]] = []
-
-    def __call__(self, method: str, path: str, body: bytes) -> None:
-        self.bodies.append((path, json.loads(body) if body else {}))
-
-    def authorizations(self) -> list[dict[str, Any]]:
-        return [body for path, body in self.bodies if path == "/v1/authorizations"]
-
-
-@pytest.fixture
-def observed() -> Observed:
-    return Observed()
-
-
-@pytest.fixture
-async def observed_sandbox(aiohttp_server: Any, observed: Observed) -> Any:
-    from gateway.simulators import load_simulator
-
-    app = load_simulator("sandbox")(
-        api_key=SANDBOX_API_KEY,
-        webhook_secret=SANDBOX_WEBHOOK_SECRET,
-        settle_delay=0.2,
-        hang_seconds=5,
-        request_observer=observed,
-    )
-    return await aiohttp_server(app)
 
 
 @pytest.fixture

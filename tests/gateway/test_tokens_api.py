@@ -160,6 +160,29 @@ async def test_batch_returns_results_in_order_with_per_item_errors(gateway: Gate
     assert "4242424242424241" not in json.dumps(body)
 
 
+async def test_a_batch_item_with_several_invalid_fields_names_them(gateway: Gateway) -> None:
+    bad = {"number": "4242424242424241", "exp_month": 13, "exp_year": 2031, "cvc": "12x"}
+    status, _, body = await _post(gateway, "/v1/tokens/batch", {"cards": [CARD, bad]})
+    assert status == 200, body
+    error = body["results"][1]["error"]
+    assert error["code"] == "invalid_request"
+    fields = [e["field"] for e in error["errors"]]
+    assert sorted(fields) == ["cvc", "exp_month", "number"], error
+    assert all(e["code"] and e["detail"] for e in error["errors"])
+    assert error["detail"].startswith("3 fields are invalid: ")
+    assert all(name in error["detail"] for name in fields)
+    assert "4242424242424241" not in json.dumps(body) and "12x" not in json.dumps(body)
+
+
+async def test_a_problem_with_several_invalid_fields_names_them_in_detail(
+    gateway: Gateway,
+) -> None:
+    bad = {"number": "4242424242424241", "exp_month": 13, "exp_year": 2031}
+    status, _, body = await _post(gateway, "/v1/tokens", {"card": bad})
+    assert status == 422, body
+    assert body["detail"] == "2 fields are invalid: card.number, card.exp_month.", body
+
+
 async def test_batch_over_the_limit_is_rejected(make_gateway: Any) -> None:
     gw = await make_gateway(tokenization={"max_cards_per_request": 3})
     status, _, body = await _post(gw, "/v1/tokens/batch", {"cards": [CARD] * 4})

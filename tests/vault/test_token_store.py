@@ -274,3 +274,39 @@ async def test_refresh_card_takes_only_what_is_newer_than_the_row_as_it_stands(
     assert again is not None and again.expires_at is None
     gone = dataclasses.replace(renewed, id=new_opaque_token())
     assert await store.refresh_card(gone, payload=True) is None
+
+
+async def test_fingerprint_pages_follow_created_at_then_id_and_skip_expired(
+    store: TokenStore,
+) -> None:
+    fingerprint = "fp_v1_paged"
+    # Three tokens share one instant (the id breaks the tie); one expired, one expires later.
+    same = [record(fingerprint=fingerprint) for _ in range(3)]
+    later = dataclasses.replace(
+        record(fingerprint=fingerprint),
+        created_at=NOW + timedelta(microseconds=1),
+        expires_at=NOW + timedelta(hours=1),
+    )
+    expired = dataclasses.replace(
+        record(fingerprint=fingerprint), expires_at=NOW - timedelta(seconds=1)
+    )
+    await store.insert_many([later, *same, expired, record()])
+    everything = await store.find_by_fingerprint("acme", fingerprint)
+    assert len(everything) == 5  # without live_at, expired tokens too (the sweeper's view)
+    live = await store.find_by_fingerprint("acme", fingerprint, live_at=NOW)
+    # Ties in the database's own id order (its collation), the later token last.
+    order = [r.id for r in live]
+    assert set(order[:3]) == {r.id for r in same} and order[3:] == [later.id]
+
+    seen: list[str] = []
+    after: tuple[datetime, str] | None = None
+    while True:
+        page = await store.find_by_fingerprint(
+            "acme", fingerprint, live_at=NOW, after=after, limit=2
+        )
+        if not page:
+            break
+        assert len(page) <= 2
+        seen += [r.id for r in page]
+        after = (page[-1].created_at, page[-1].id)
+    assert seen == order
