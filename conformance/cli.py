@@ -9,11 +9,13 @@
 ``add_arguments(parser)`` adds them to any ``argparse`` parser; ``run(args)`` runs and returns
 the exit code: 0 every scenario passed and every declared capability is covered, 1 anything
 failed (a scenario, coverage, a leak), 2 the run could not start (usage, setup: an unknown
-connector, a bad sandbox profile, an option the mode would ignore, ``--record`` without
+connector, a bad sandbox profile, an option the mode would ignore, a ``--profile`` other than the
+manifest's category without ``--select``, ``--record`` without
 ``--cassettes DIR``, a replay without cassettes, ``--select`` matching nothing, missing live
 credentials, a report path that cannot be written) or its reports could not be written, 3 the
 live sandbox failed its preflight (skipped: sandbox unhealthy). Progress goes to stdout as each
-scenario finishes; the summary names every problem.
+scenario finishes; the summary names every problem. ``--verbose`` adds the log lines, structlog's
+and the standard library's, redacted.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
+from conformance.logcapture import ConsoleHandler
 from conformance.reports import check_report_paths, write_reports
 from conformance.results import RunReport, ScenarioResult, Verdict
 from sdk import Category
@@ -154,11 +157,28 @@ def _summary(report: RunReport, out: TextIO, written: dict[str, Path]) -> None:
         out.write(f"coverage: {report.coverage_skip}\n")
     elif report.coverage.declared:
         out.write(f"coverage: {covered}/{len(report.coverage.declared)} declared capabilities\n")
+    if report.leak_scan_skip is not None and report.skip_reason is None and not report.leaks:
+        out.write(f"leak scan: {report.leak_scan_skip}\n")
     for problem in report.problems():
         out.write(f"  - {problem}\n")
     for name, path in written.items():
         out.write(f"{name} report: {path}\n")
     out.flush()
+
+
+@contextlib.contextmanager
+def _stdlib_logs_shown(out: TextIO, redact: Callable[[str], str]) -> Iterator[None]:
+    """``--verbose``: print the standard library's log records (a connector's
+    ``logging.getLogger(__name__).info(...)``) with structlog's lines, redacted like them.
+    Without a handler of ours, the root logger has none: only WARNING and above reached the
+    console, through logging's last resort, and on stderr."""
+    handler = ConsoleHandler(out, redact)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 @contextlib.contextmanager
@@ -194,7 +214,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_report_paths(paths)
         conformance = ConformanceRun(_config(args), progress=_progress(out, args.quiet))
-        with _silent_structlog(bool(getattr(args, "verbose", False))):
+        verbose = bool(getattr(args, "verbose", False))
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_silent_structlog(verbose))
+            if verbose:
+                stack.enter_context(_stdlib_logs_shown(out, conformance.env.scanner.redact))
             report = asyncio.run(conformance.run_all())
     except SetupError as exc:
         err.write(f"conformance: error: {exc}\n")

@@ -21,6 +21,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -42,7 +44,7 @@ from sdk import Category, Connector, Credentials, Environment, Manifest, Operati
 from sdk.http import HttpSettings, network_transport
 from sdk.testing import FakeTokenRevealer, canary_cvc, canary_pan
 
-__all__ = ["Mode", "RunConfig", "RunEnvironment", "SetupError"]
+__all__ = ["RECORD_COMMAND", "Mode", "RunConfig", "RunEnvironment", "SetupError", "record_command"]
 
 
 class Mode(StrEnum):
@@ -68,6 +70,37 @@ class RunConfig:
     record: bool = False
     vault_path: str | None = None
     select: tuple[str, ...] = ()
+    #: How the options are spelled where the user typed them: ``--`` for the CLI (``--mode``),
+    #: ``--tessera-`` for the pytest plugin (``--tessera-mode``). Every message that names an
+    #: option names it this way, so the user can find what to change in what they typed.
+    option_prefix: str = "--"
+
+    def option(self, name: str) -> str:
+        """The option ``name`` (``mode``, ``base-url``) as the user spells it: ``--mode`` on
+        the command line, ``--tessera-mode`` in pytest."""
+        return self.option_prefix + name
+
+
+#: Recording is the CLI's (the pytest plugin does not record): hints to record name its command.
+RECORD_COMMAND = "tessera conformance run"
+
+
+def record_command(connector: str, directory: Path, select: str | None = None) -> str:
+    """The command line that records ``connector``'s cassettes into ``directory`` (only the
+    scenario ``select`` when given), quoted for a POSIX shell."""
+    words = [
+        *RECORD_COMMAND.split(),
+        "--connector",
+        connector,
+        "--mode",
+        "simulator",
+        "--record",
+        "--cassettes",
+        str(directory),
+    ]
+    if select is not None:
+        words += ["--select", select]
+    return shlex.join(words)
 
 
 def _is_local(url: str) -> bool:
@@ -83,7 +116,13 @@ def _is_local(url: str) -> bool:
 class RunEnvironment:
     """See the module docstring. ``await start()`` before use, ``await close()`` after."""
 
-    def __init__(self, config: RunConfig, *, known_scenarios: frozenset[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        known_scenarios: frozenset[str] | None = None,
+        known_assertions: Mapping[str, frozenset[str]] | None = None,
+    ) -> None:
         self.config = config
         self.mode = Mode(config.mode)
         # Each plugin loads in isolation: only this connector's own plugin being broken (or
@@ -98,8 +137,10 @@ class RunEnvironment:
         except ValueError:
             choices = ", ".join(c.value for c in Category)
             raise SetupError(
-                f"Unknown profile {config.profile!r} (choose from {choices})."
+                f"{config.option('profile')} {config.profile}: unknown profile (choose from "
+                f"{choices})."
             ) from None
+        self._check_profile()
         self._check_options()
         try:
             self.sandbox: SandboxProfile = load_sandbox_profile(
@@ -107,6 +148,8 @@ class RunEnvironment:
                 self.mode.value,
                 config.overrides,
                 known_scenarios=known_scenarios,
+                known_assertions=known_assertions,
+                option_prefix=config.option_prefix,
             )
         except SandboxProfileError as exc:
             raise SetupError(str(exc)) from None
@@ -138,46 +181,84 @@ class RunEnvironment:
         which always names its directory: the kit's own is never written by default)."""
         return self.config.cassettes or BUILTIN_CASSETTES / self.manifest.id
 
+    def _check_profile(self) -> None:
+        """Refuse a profile other than the manifest's category, the profile the connector is
+        held to: none of its scenarios would apply (skipped, "not applicable") and every declared
+        capability would fail coverage, burying the one mistake under a page of failures.
+
+        Trying a few scenarios of another profile on a connector that also declares their
+        operations (a card acquirer that pays out) is legitimate, and stays possible with
+        ``--select``: a partial run, whose coverage is not judged."""
+        config, category = self.config, self.manifest.category
+        if self.profile is category or config.select:
+            return
+        option = config.option("profile")
+        raise SetupError(
+            f"{option} {self.profile.value} does not match connector {self.manifest.id!r}, "
+            f"whose manifest's category is {category.value}: its scenarios would not apply and "
+            f"every declared capability would go uncovered. Leave {option} out (it defaults to "
+            f"the manifest's category). To try some {self.profile.value} scenarios on it "
+            f"anyway, name them: {RECORD_COMMAND} --connector {self.manifest.id} --profile "
+            f"{self.profile.value} --select PATTERN (coverage is not judged then)."
+        )
+
     def _check_options(self) -> None:
         """Refuse option combinations the run would silently ignore, and a replay with nothing
         to replay: each would otherwise end in a run that proves something else than asked."""
-        config, mode = self.config, self.mode
+        config, mode, option = self.config, self.mode, self.config.option
         if config.record and mode is not Mode.SIMULATOR:
-            raise SetupError("--record records a simulator run: use it with --mode simulator.")
+            raise SetupError(
+                f"{option('record')} records a simulator run: use it with {option('mode')} "
+                "simulator."
+            )
         if config.record and config.cassettes is None:
             # The default directory is the kit's own, inside the installed package: recording
             # there would overwrite the shipped cassettes (or fail, read-only), never what QA meant.
             raise SetupError(
-                "--record needs --cassettes DIR: name the directory to write the cassettes to "
-                "(then replay them with --mode replay --cassettes DIR)."
+                f"{option('record')} needs {option('cassettes')} DIR: name the directory to "
+                f"write the cassettes to (then replay them with {option('mode')} replay "
+                f"{option('cassettes')} DIR)."
             )
         if mode is not Mode.LIVE:
-            for option, value in (
-                ("--base-url", config.base_url),
-                ("--vault-path", config.vault_path),
-            ):
+            for name, value in (("base-url", config.base_url), ("vault-path", config.vault_path)):
                 if value:
                     raise SetupError(
-                        f"{option} is for --mode live; this {mode.value} run would ignore it."
+                        f"{option(name)} is for {option('mode')} live; this {mode.value} run "
+                        "would ignore it."
                     )
         if config.faults and mode is not Mode.SIMULATOR:
             raise SetupError(
-                f"--faults injects faults through the kit's proxy in front of its simulator: use"
-                f" it with --mode simulator (this {mode.value} run would skip every fault"
-                " scenario)."
+                f"{option('faults')} injects faults through the kit's proxy in front of its "
+                f"simulator: use it with {option('mode')} simulator (this {mode.value} run would "
+                "skip every fault scenario)."
             )
         if mode is Mode.SIMULATOR and config.cassettes is not None and not config.record:
             raise SetupError(
-                "--cassettes without --record does nothing in simulator mode: add --record to "
-                "write cassettes, or use --mode replay to replay them."
+                f"{option('cassettes')} without {option('record')} does nothing in simulator "
+                f"mode: add {option('record')} to write cassettes, or use {option('mode')} replay "
+                "to replay them."
             )
         if mode is Mode.REPLAY:
             directory = self.cassette_dir
-            record = f"record them with --mode simulator --record --cassettes {directory}"
             if not directory.is_dir():
-                raise SetupError(f"No cassette directory {directory} ({record}).")
+                raise SetupError(f"No cassette directory {directory} ({self._record_hint()}).")
             if not any(directory.glob("*.json")):
-                raise SetupError(f"No cassettes in {directory} ({record}).")
+                raise SetupError(f"No cassettes in {directory} ({self._record_hint()}).")
+
+    def _record_hint(self) -> str:
+        """How to record the cassettes a replay did not find. With ``--cassettes DIR``, into
+        that directory; without it the replay read the kit's own directory, which only holds the
+        cassettes shipped with the kit: a connector's are recorded into a directory of the
+        user's (recording into the installed kit is refused), then replayed from there."""
+        connector, option = self.manifest.id, self.config.option
+        if self.config.cassettes is not None:
+            return f"record them with: {record_command(connector, self.config.cassettes)}"
+        return (
+            f"without {option('cassettes')}, the kit's own cassette directory is read. Record "
+            f"{connector}'s cassettes into a directory of yours: "
+            f"{record_command(connector, Path('DIR'))}, then replay them with "
+            f"{option('mode')} replay {option('cassettes')} DIR"
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -211,7 +292,8 @@ class RunEnvironment:
         if factory is None:
             raise SetupError(
                 f"Connector {self.manifest.id!r} has no simulator (entry point group "
-                "'tessera.simulators'); use --mode live --base-url URL, or --mode replay."
+                f"'tessera.simulators'); use {self.config.option('mode')} live "
+                f"{self.config.option('base-url')} URL, or {self.config.option('mode')} replay."
             )
         if Operation.WEBHOOKS in self.manifest.operations:
             self.receiver = await WebhookReceiver().start()
@@ -244,7 +326,7 @@ class RunEnvironment:
         if self.mode is Mode.LIVE:
             if not self.config.vault_path:
                 return self.credentials  # read from the environment, and checked, by __init__
-            values.update(await _vault_kv(self.config.vault_path))
+            values.update(await _vault_kv(self.config.vault_path, self.config.option("vault-path")))
             return self._live_credentials(values)
         for field in self.manifest.credentials:
             if field.required and not values.get(field.name):
@@ -268,7 +350,9 @@ class RunEnvironment:
                 for f in manifest.credentials
                 if f.required
             )
-            raise SetupError(f"{exc} Set {variables} or use --vault-path.") from None
+            raise SetupError(
+                f"{exc} Set {variables} or use {self.config.option('vault-path')}."
+            ) from None
         return credentials
 
     # -- per scenario ---------------------------------------------------------------------------
@@ -300,11 +384,12 @@ class RunEnvironment:
         return None
 
 
-async def _vault_kv(path: str) -> dict[str, str]:
-    """Credentials from a Vault/OpenBao KV v2 secret (``mount/path``)."""
+async def _vault_kv(path: str, option: str = "--vault-path") -> dict[str, str]:
+    """Credentials from a Vault/OpenBao KV v2 secret (``mount/path``); ``option`` is how the
+    user spelled ``--vault-path``, for the error."""
     address, token = os.environ.get("VAULT_ADDR"), os.environ.get("VAULT_TOKEN")
     if not address or not token:
-        raise SetupError("--vault-path needs VAULT_ADDR and VAULT_TOKEN in the environment.")
+        raise SetupError(f"{option} needs VAULT_ADDR and VAULT_TOKEN in the environment.")
     mount, _, rest = path.strip("/").partition("/")
     url = f"{address.rstrip('/')}/v1/{mount}/data/{rest}"
     try:

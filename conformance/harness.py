@@ -17,14 +17,22 @@ transcript. Scenarios:
 - ``ctx.proxy`` and ``ctx.use_runtime(...)`` for fault scenarios.
 
 A failed expectation raises ``ExpectationFailed`` (the scenario stops: later steps depend on
-it); ``ctx.skip(reason)`` ends it as skipped.
+it); ``ctx.skip(reason)`` ends it as skipped. Its message explains the facts a bare ``true`` or
+``unknown`` would hide: the exception the connector raised (the runtime turns one raised after
+the request went out into outcome ``unknown`` and keeps nothing else; the context watches the
+connector's verbs and keeps it, ``crashes``), and which idempotency key went out when it was not
+the request's.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
 import time
-from collections.abc import Callable, Iterable
+import traceback
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
@@ -58,25 +66,49 @@ from normalization import (
 from sdk import (
     BreakerSettings,
     BulkheadSettings,
+    Connector,
     ConnectorMetrics,
     ConnectorRuntime,
     Deadline,
     Manifest,
     Operation,
+    ProviderServerError,
+    ProviderThrottledError,
+    RetryableProviderError,
     RetrySettings,
     RuntimeSettings,
     TranscriptRecorder,
+    TransportFault,
     WebhookRequest,
 )
+from sdk.operations import VERB_NAMES
+from sdk.scrubbing import Scrubber
 from sdk.testing.cassettes import Interaction
 
 if TYPE_CHECKING:
     from conformance.scenarios.model import ScenarioInstance
 
-__all__ = ["ExpectationFailed", "Observation", "ScenarioContext", "ScenarioSkipped"]
+__all__ = [
+    "ConnectorCrash",
+    "ExpectationFailed",
+    "Observation",
+    "ScenarioContext",
+    "ScenarioSkipped",
+]
 
 _KIT_RETRY = RetrySettings(max_attempts=3, initial_backoff=0.01, max_backoff=0.1)
 _NOT_REFUSALS = (ConnectorUnavailableError, ConnectorBusyError, ConnectorTimeoutError)
+#: What a verb raises to report a provider or transport failure: the runtime maps these to
+#: outcomes on purpose (not_sent, unknown, a retry), so they are not a connector's crash.
+_MAPPED_FAILURES = (
+    TransportFault,
+    ProviderServerError,
+    ProviderThrottledError,
+    RetryableProviderError,
+)
+#: How much of an exception's message a failure reason quotes (the traceback has all of it).
+_MAX_SUMMARY = 300
+_SCRUBBER = Scrubber()
 
 
 class ScenarioSkipped(Exception):
@@ -85,6 +117,18 @@ class ScenarioSkipped(Exception):
 
 class ExpectationFailed(AssertionError):
     """A step's expectation did not hold; the message lists the failed assertions."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorCrash:
+    """An exception one of the connector's verbs raised, as written (never shown as is: the
+    runner scans it for canaries and shows it through ``ScenarioContext.safe_text``)."""
+
+    operation: str
+    exception: BaseException
+    #: ``KeyError: 'id'``: the type and message, as the last line of a traceback says it.
+    summary: str
+    traceback: str
 
 
 @dataclass
@@ -109,6 +153,7 @@ class _Window:
     tapped: int
     proxied: int
     started: float
+    crashed: int = 0
 
 
 @dataclass
@@ -126,6 +171,8 @@ class ScenarioContext:
     customer: list[Interaction] = field(default_factory=list)
     deliveries: list[WebhookRequest] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    #: Exceptions the connector's verbs raised, in order (see ``ConnectorCrash``).
+    crashes: list[ConnectorCrash] = field(default_factory=list)
     _runtimes: list[ConnectorRuntime] = field(default_factory=list)
     _runtime: ConnectorRuntime | None = None
     _webhook_mark: int = 0
@@ -179,7 +226,7 @@ class ScenarioContext:
         """A fresh runtime (new breaker, bulkhead, pool) with these settings, used from now on."""
         tap = TrafficTap(self.env.network_transport(self.recording), self.exchanges)
         runtime = ConnectorRuntime(
-            self.env.connector_class(),
+            self._watched(self.env.connector_class()),
             settings=RuntimeSettings(
                 base_url=self.env.base_url,
                 test_mode=self.env.test_mode,
@@ -205,11 +252,51 @@ class ScenarioContext:
         for runtime in self._runtimes:
             await runtime.aclose()
 
+    # -- watching the connector -----------------------------------------------------------------
+
+    def _watched(self, connector: Connector) -> Connector:
+        """``connector`` with each declared async verb wrapped to keep what it raises (and
+        raise it on unchanged: the runtime handles it exactly as in the gateway)."""
+        for operation in self.env.manifest.operations:
+            for name in VERB_NAMES[operation]:
+                verb = getattr(connector, name, None)
+                if verb is not None and inspect.iscoroutinefunction(verb):
+                    setattr(connector, name, self._keeping_crashes(operation, verb))
+        return connector
+
+    def _keeping_crashes(
+        self, operation: Operation, verb: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(verb)
+        async def watched(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await verb(*args, **kwargs)
+            except _MAPPED_FAILURES:
+                raise
+            except Exception as exc:
+                self._keep_crash(operation, exc)
+                raise
+
+        return watched
+
+    def _keep_crash(self, operation: Operation, exc: Exception) -> None:
+        if any(crash.exception is exc for crash in self.crashes):
+            return  # a verb calling another: kept once, where it was raised
+        summary = traceback.format_exception_only(exc)[-1].strip()
+        text = "".join(traceback.format_exception(exc))
+        self.crashes.append(ConnectorCrash(operation.value, exc, summary, text))
+        self.texts.append(text)  # scanned for canaries as written, like every exception text
+
+    def safe_text(self, text: str) -> str:
+        """``text`` fit to show: the run's canaries redacted (``[CANARY]``, as everywhere), then
+        anything else shaped like card data or a secret scrubbed as transcripts are."""
+        return _SCRUBBER.scrub_text(self.env.scanner.redact(text))
+
     # -- calling --------------------------------------------------------------------------------
 
     def window(self) -> _Window:
         proxied = len(self.env.proxy.requests) if self.env.proxy is not None else 0
-        return _Window(len(self.exchanges), proxied, time.perf_counter())
+        return _Window(len(self.exchanges), proxied, time.perf_counter(), len(self.crashes))
 
     async def invoke(
         self, operation: Operation, request: Any, *, deadline: float | None = None, step: str = ""
@@ -251,11 +338,23 @@ class ScenarioContext:
         else:
             facts["provider_requests"] = len(tapped)
         facts["elapsed_ms"] = round((time.perf_counter() - window.started) * 1000, 1)
+        crashed = [
+            crash
+            for crash in self.crashes[window.crashed :]
+            if crash.exception is not error  # a Tessera error the call raised: ``raised`` says it
+        ]
+        if crashed:
+            facts["connector_exception"] = self.safe_text(_shorten(crashed[0].summary))
+            facts["connector_exception_operation"] = crashed[0].operation
         keys = [self._idempotency_key(exchange) for exchange in tapped]
         facts["idempotency_keys_distinct"] = len({k for k in keys if k})
         expected_key = getattr(request, "idempotency_key", None)
         # Every attempt carried the request's key (or, for a call without one, none did).
         facts["idempotency_key_sent"] = bool(keys) and all(k == expected_key for k in keys)
+        if not facts["idempotency_key_sent"]:
+            facts["idempotency_key_detail"] = self.safe_text(
+                self._idempotency_problem(keys, expected_key)
+            )
         facts["request_json_floats"] = [
             path
             for exchange in tapped
@@ -266,6 +365,36 @@ class ScenarioContext:
         )
         facts["refused_cleanly"] = refused
         return facts
+
+    def _idempotency_problem(self, keys: list[str | None], expected: str | None) -> str:
+        """Why ``idempotency_key_sent`` is false, in words: a bare ``false`` reads as "no key
+        was sent", when the usual mistake is a connector sending a key of its own (a fresh UUID
+        per attempt), which makes the provider treat a retry as a new payment."""
+        idempotency = self.env.manifest.idempotency
+        where = "the idempotency key"
+        fix = "send the request's idempotency_key (ctx.idempotency_key)"
+        if idempotency is not None and idempotency.header:
+            where = f"the {idempotency.header} header"
+            fix = (
+                f"do not set {idempotency.header} yourself: ctx.send adds it with the request's "
+                "idempotency_key (ctx.idempotency_key)"
+            )
+        elif idempotency is not None and idempotency.body_field:
+            where = f"the body field {idempotency.body_field}"
+            fix = f"put ctx.idempotency_key (the request's idempotency_key) in {where}"
+        if not keys:
+            return "no request reached the provider, so no key was sent"
+        if expected is None:
+            return f"the request had no idempotency key, but {where} carried one"
+        missing = sum(1 for key in keys if not key)
+        if missing:
+            return f"{missing} of {len(keys)} request(s) carried no key in {where}: {fix}"
+        own = sorted({key for key in keys if key != expected}, key=str)
+        return (
+            f"the connector sent its own key in {where} ({', '.join(repr(k) for k in own)}), "
+            f"not the request's ({expected!r}), so a retry would not be recognised by the "
+            f"provider: {fix}"
+        )
 
     def _idempotency_key(self, exchange: TappedExchange) -> str | None:
         """The provider idempotency key an exchange carried (header or body field)."""
@@ -320,7 +449,10 @@ class ScenarioContext:
         if not isinstance(expected, dict) or not expected:
             return  # no baseline here, or a profile removed it all (the report says why)
         dumped = request.model_dump(mode="json") if hasattr(request, "model_dump") else {}
-        outcomes = check_block(block, expected, facts, request=dumped, steps=self.steps)
+        outcomes = [
+            _explained(outcome, facts)
+            for outcome in check_block(block, expected, facts, request=dumped, steps=self.steps)
+        ]
         self.assertions.extend(outcomes)
         failed = [o for o in outcomes if not o.passed]
         if failed:
@@ -329,6 +461,14 @@ class ScenarioContext:
             if raised not in (None, "none") and not any(o.path == "raised" for o in failed):
                 detail = facts.get("raised_detail")
                 message += f" (the call raised {raised}" + (f": {detail})" if detail else ")")
+            crash = facts.get("connector_exception")
+            if crash is not None and not any(o.path == "connector_exception" for o in failed):
+                message += f" (the connector's {facts.get('connector_exception_operation')} "
+                message += f"raised {crash}"
+                if facts.get("outcome") == "unknown":
+                    # What the author sees is "unknown"; say where it came from.
+                    message += "; the runtime reports an exception after sending as unknown"
+                message += ")"
             raise ExpectationFailed(message)
 
     # -- request builders -----------------------------------------------------------------------
@@ -491,3 +631,20 @@ class ScenarioContext:
     def record_texts(self, texts: Iterable[str]) -> None:
         """Texts the leak scan must cover (exception messages, results a scenario made)."""
         self.texts.extend(texts)
+
+
+#: Facts whose bare value hides what went wrong, and the fact that says it in words.
+_EXPLANATIONS = {"idempotency_key_sent": "idempotency_key_detail"}
+
+
+def _explained(outcome: AssertionOutcome, facts: dict[str, Any]) -> AssertionOutcome:
+    """A failed assertion whose ``actual`` also says why, where the bare value would mislead
+    (``false`` for a key that was sent, but was not the request's). The reports show it too."""
+    detail = facts.get(_EXPLANATIONS.get(outcome.path, ""))
+    if not detail or outcome.passed:
+        return outcome
+    return dataclasses.replace(outcome, actual=f"{outcome.actual} ({detail})")
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _MAX_SUMMARY else text[: _MAX_SUMMARY - 3] + "..."

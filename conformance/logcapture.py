@@ -21,6 +21,10 @@ What goes *on* to the console is redacted with each capture's ``redact`` (the ru
 render, and a log record's message as the root's handlers (pytest's report among them) format
 it. A connector that prints or logs the canary card fails the leak scan, and its output shows
 ``[CANARY]`` where the number was, as the reports do.
+
+``ConsoleHandler`` prints standard-library records on a console (the CLI's ``--verbose``, next to
+structlog's lines), redacted the same way. It is meant to see every record the lowered root lets
+through, so it is not given the filter that keeps the other handlers at their old level.
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ import threading
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TextIO
 
 import structlog
 
-__all__ = ["CapturedLine", "LogCapture"]
+__all__ = ["CapturedLine", "ConsoleHandler", "LogCapture"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,46 @@ def _redact_record(record: logging.LogRecord) -> None:
         exception = repr(record.exc_info[1])
         if _redact(exception) != exception:  # the traceback's text would quote it
             record.exc_info, record.exc_text = None, _redact(exception)
+
+
+class ConsoleHandler(logging.Handler):
+    """Writes each standard-library log record to ``stream`` as one line (a traceback after
+    it), through ``redact``, in the layout of structlog's console lines::
+
+        2026-01-31 12:00:00 [info     ] tessera_acme: authorizing 1050 EUR
+
+    ``stream`` should be the console itself, not a capture's tee: the capture keeps the record
+    already (a tee would keep it twice, as printed output)."""
+
+    def __init__(self, stream: TextIO, redact: Callable[[str], str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.stream = stream
+        self.redact = redact
+        self.setFormatter(_ConsoleFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            self.stream.write(self.redact(text) + "\n")
+            self.stream.flush()
+        except Exception:  # noqa: BLE001 - logging's contract: a handler never raises
+            self.handleError(record)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__(datefmt="%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            f"{self.formatTime(record, self.datefmt)} [{record.levelname.lower():<9}] "
+            f"{record.name}: {record.getMessage()}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:  # a record redacted by ``_redact_record``: the exception's repr
+            line += "\n" + record.exc_text
+        return line
 
 
 class _AtLeast(logging.Filter):
@@ -158,6 +202,8 @@ def _install_shared() -> None:
     previous = root.getEffectiveLevel()
     filters = []
     for handler in root.handlers:
+        if isinstance(handler, ConsoleHandler):
+            continue  # it asks for every record (see ConsoleHandler)
         at_least = _AtLeast(previous)
         handler.addFilter(at_least)
         filters.append((handler, at_least))

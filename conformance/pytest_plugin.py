@@ -11,6 +11,9 @@ violations and scrubbed exchanges.
 Without ``--tessera-connector`` the plugin adds nothing. With it and no test paths on the
 command line, only the conformance items run (the project's own tests are not collected); with
 paths, both. One run per connector is shared by its items, on the plugin's own event loop.
+
+Errors name the plugin's options (``--tessera-mode``), not the CLI's, and under ``--junitxml``
+every item's ``classname`` is the kit's own JUnit report's (``conformance.<connector>.<profile>``).
 """
 
 from __future__ import annotations
@@ -103,8 +106,31 @@ class _ConnectorRun:
 
 @dataclass
 class _PluginState:
+    config: pytest.Config
     runs: dict[str, _ConnectorRun] = field(default_factory=dict)
     loop: asyncio.Runner = field(default_factory=asyncio.Runner)
+    #: The ``--junitxml`` classname of each item, by node id (see ``pytest_runtest_logreport``).
+    classnames: dict[str, str] = field(default_factory=dict)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Give each item's ``--junitxml`` test case the kit's classname. pytest derives it from
+        the node id's file part, which these items do not have: it was empty, so CI dashboards
+        filed every connector's scenarios under nothing. Set on the setup report, before the
+        junitxml plugin writes anything for the item, as ``record_xml_attribute`` does: pytest
+        keeps such attributes over its own when it writes the case."""
+        classname = self.classnames.get(report.nodeid)
+        if classname is None or report.when != "setup":
+            return
+        from _pytest.junitxml import xml_key  # where the junitxml plugin keeps its writer
+
+        xml = self.config.stash.get(xml_key, None)
+        if xml is None:
+            return
+        if xml.prefix:  # --junit-prefix: pytest puts it first in every classname
+            classname = f"{xml.prefix}.{classname}"
+        # Keyed by the report, as the junitxml plugin's own lookups are (pytest 8 and 9 differ).
+        xml.node_reporter(report).add_attribute("classname", classname)
 
     def started(self, connector: str) -> ConformanceRun:
         """The connector's run, started on first use. When it cannot start, every item of that
@@ -209,6 +235,9 @@ class JudgementItem(pytest.Item):
             pytest.skip(report.skip_reason)
         if self.judgement == "coverage" and report.coverage_skip is not None:
             pytest.skip(f"coverage {report.coverage_skip}")
+        leak_skip = report.leak_scan_skip
+        if self.judgement == "leak-scan" and leak_skip is not None and not report.leaks:
+            pytest.skip(f"leak scan {leak_skip}")
         prefix = "declared capability" if self.judgement == "coverage" else "leak"
         problems = [p for p in report.problems() if p.startswith(prefix)]
         if problems:
@@ -238,6 +267,7 @@ def _config(config: pytest.Config, connector: str) -> RunConfig:
         overrides=tuple(Path(p) for p in option("tessera_overrides")),
         cassettes=Path(cassettes) if cassettes else None,
         vault_path=option("tessera_vault_path"),
+        option_prefix="--tessera-",  # errors name --tessera-mode, the option the user typed
     )
 
 
@@ -258,7 +288,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from conformance.reports import check_report_paths
     from conformance.runner import ConformanceRun
 
-    state = _PluginState()
+    state = _PluginState(config)
     connectors = list(dict.fromkeys(connectors))
     for connector in connectors:
         # With several connectors, each writes its own files (report.<connector>.html).
@@ -271,6 +301,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except SetupError as exc:
             raise pytest.UsageError(f"--tessera-connector {connector}: {exc}") from None
     config.stash[_STATE] = state
+    config.pluginmanager.register(state, "tessera-conformance-state")
 
 
 def _report_paths(config: pytest.Config, suffix: str) -> dict[str, Path]:
@@ -290,21 +321,32 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 
 def _items(session: pytest.Session, state: _PluginState) -> Iterator[pytest.Item]:
+    from conformance.reports.junit import junit_classname  # lazy: see the imports above
+
     for connector, entry in state.runs.items():
-        for planned in entry.run.plan:
-            yield ScenarioItem.from_parent(
+        report = entry.run.report
+        classname = junit_classname(report.connector, report.profile)
+        items: list[pytest.Item] = [
+            ScenarioItem.from_parent(
                 session,
                 name=f"conformance[{connector}:{planned.instance.id}]",
                 connector=connector,
                 planned=planned,
             )
-        for judgement in ("coverage", "leak-scan"):
-            yield JudgementItem.from_parent(
+            for planned in entry.run.plan
+        ]
+        items += [
+            JudgementItem.from_parent(
                 session,
                 name=f"conformance[{connector}:{judgement}]",
                 connector=connector,
                 judgement=judgement,
             )
+            for judgement in ("coverage", "leak-scan")
+        ]
+        for item in items:
+            state.classnames[item.nodeid] = classname  # the kit's own JUnit report's
+        yield from items
 
 
 @pytest.hookimpl(tryfirst=True)

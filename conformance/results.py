@@ -153,6 +153,17 @@ class RunReport:
     coverage_skip: str | None = None
 
     @property
+    def leak_scan_skip(self) -> str | None:
+        """Why the leak scan judged nothing, or None when it did: with no scenario run (the
+        live sandbox failed its preflight, or every scenario was skipped) there was nothing to
+        scan, and "no leak found" would claim a pass that was never earned."""
+        if self.skip_reason is not None:
+            return f"not run: {self.skip_reason}"
+        if all(result.verdict is Verdict.SKIPPED for result in self.scenarios):
+            return "not run: no scenario ran"
+        return None
+
+    @property
     def status(self) -> RunStatus:
         if self.skip_reason is not None:
             return RunStatus.SKIPPED
@@ -196,6 +207,7 @@ class RunReport:
         data["counts"] = self.counts()
         data["problems"] = self.problems()
         data["coverage"]["uncovered"] = self.coverage.uncovered
+        data["leak_scan_skip"] = self.leak_scan_skip
         return data
 
 

@@ -14,7 +14,8 @@ Planning: the profile's scenarios (the manifest's category, or ``--profile``) ar
 the manifest; each is runnable, or skipped with its reason (not declared, needs ``--faults``,
 needs the simulator, skipped by the sandbox profile, no cassette). A scenario fails on a failed
 expectation, a contract violation (``--openapi``), a leaked canary, or an unexpected exception;
-its scrubbed exchanges are kept in the report then.
+its scrubbed exchanges are kept in the report then, and so is the traceback of any exception the
+connector's verbs raised (which the runtime reports only as an outcome), redacted.
 """
 
 from __future__ import annotations
@@ -29,18 +30,38 @@ from datetime import UTC, datetime
 from typing import Any
 
 from conformance.capabilities import compute_coverage, declared_capabilities
-from conformance.environment import Mode, RunConfig, RunEnvironment, SetupError
+from conformance.environment import Mode, RunConfig, RunEnvironment, SetupError, record_command
+from conformance.expectations import flatten
 from conformance.harness import ExpectationFailed, ScenarioContext, ScenarioSkipped
 from conformance.inputs import MissingInputError
 from conformance.polling import PollTimeoutError
 from conformance.results import ExchangeView, RunReport, ScenarioResult, Verdict
-from conformance.scenarios import ScenarioInstance, all_scenario_ids, expand, profile_scenarios
+from conformance.scenarios import (
+    CATALOGUE,
+    ScenarioInstance,
+    all_scenario_ids,
+    expand,
+    profile_scenarios,
+)
 from sdk.testing.cassettes import CassetteMismatchError
 
 __all__ = ["ConformanceRun", "Planned", "ProgressCallback"]
 
 ProgressCallback = Callable[[ScenarioResult, int, int], None]
 _MAX_EXCHANGES_SHOWN = 12
+#: Tracebacks of connector exceptions kept for one failed scenario (the first ones: later ones
+#: usually repeat the first, as in a retried or concurrent call).
+_MAX_CRASHES_SHOWN = 3
+
+
+def _baseline_assertions() -> dict[str, frozenset[str]]:
+    """Every scenario id's baseline assertion paths (``authorize.status``), for refusing a
+    sandbox profile that removes one the scenario does not have."""
+    paths: dict[str, set[str]] = {}
+    for scenarios in CATALOGUE.values():
+        for item in scenarios:
+            paths.setdefault(item.id, set()).update(path for path, _ in flatten(item.expect))
+    return {scenario_id: frozenset(found) for scenario_id, found in paths.items()}
 
 
 @dataclass(frozen=True)
@@ -64,7 +85,9 @@ class ConformanceRun:
 
     def __init__(self, config: RunConfig, *, progress: ProgressCallback | None = None) -> None:
         self.config = config
-        self.env = RunEnvironment(config, known_scenarios=all_scenario_ids())
+        self.env = RunEnvironment(
+            config, known_scenarios=all_scenario_ids(), known_assertions=_baseline_assertions()
+        )
         self.progress = progress
         manifest = self.env.manifest
         self.report = RunReport(
@@ -103,7 +126,8 @@ class ConformanceRun:
             if not instances:
                 patterns = ", ".join(self.config.select)
                 raise SetupError(
-                    f"--select {patterns}: no scenario of the {self.env.profile.value} profile "
+                    f"{self.config.option('select')} {patterns}: no scenario of the "
+                    f"{self.env.profile.value} profile "
                     f"matches (scenario ids look like card.authorize.approved or "
                     f"card.currency.roundtrip[JPY])."
                 )
@@ -112,7 +136,7 @@ class ConformanceRun:
             requires = instance.scenario.requires
             reason = requires.unmet(manifest)
             if reason is None and requires.faults and not self.config.faults:
-                reason = "fault scenarios run with --faults"
+                reason = f"fault scenarios run with {self.config.option('faults')}"
             if reason is None and requires.faults and mode is not Mode.SIMULATOR:
                 reason = f"fault injection needs simulator mode (this run is {mode.value})"
             if reason is None and requires.simulator and mode is Mode.LIVE:
@@ -170,7 +194,9 @@ class ConformanceRun:
         recording = env.recording(instance.id)
         if env.mode is Mode.REPLAY and recording is None:
             return self._skipped(
-                instance, "no cassette recorded (record one with --mode simulator --record)"
+                instance,
+                f"no cassette recorded in {env.cassette_dir} (record it with: "
+                f"{record_command(env.manifest.id, env.cassette_dir, instance.id)})",
             )
         ctx = ScenarioContext(env, instance, _fill(expectation, instance.param or ""), recording)
         result = self._skipped(instance, "")
@@ -186,9 +212,12 @@ class ConformanceRun:
         except (ExpectationFailed, PollTimeoutError) as exc:
             result.verdict, result.reason = Verdict.FAILED, str(exc)
         except CassetteMismatchError as exc:
+            # Name the cassette this replay read, and the command that re-records it there.
+            cassette = env.cassettes.path(instance.id) if env.cassettes else env.cassette_dir
+            command = record_command(env.manifest.id, env.cassette_dir, instance.id)
             result.verdict, result.reason = (
                 Verdict.FAILED,
-                f"replay: {exc} (re-record the cassette)",
+                f"replay: {exc} (re-record the cassette {cassette} with: {command})",
             )
         except asyncio.CancelledError:
             raise
@@ -203,9 +232,18 @@ class ConformanceRun:
         result.assertions = ctx.assertions
         self._judge_contract(ctx, result)
         self._judge_leaks(ctx, result, error_text)
+        if error_text is None and result.verdict is Verdict.FAILED and ctx.crashes:
+            # The runtime made the connector's exception an outcome (``unknown`` after the
+            # request went out) and dropped it; its traceback is what the author needs to see.
+            # (Scanned for leaks already, with the context's texts.)
+            error_text = "\n".join(
+                f"the connector's {crash.operation} raised (the runtime reported the call's "
+                f"outcome, not the exception):\n{crash.traceback}"
+                for crash in ctx.crashes[:_MAX_CRASHES_SHOWN]
+            )
         scanner = env.scanner
         result.reason = scanner.redact(result.reason)
-        result.error = scanner.redact(error_text) if error_text else None
+        result.error = ctx.safe_text(error_text) if error_text else None
         if result.verdict is Verdict.FAILED:
             result.exchanges = [
                 ExchangeView(

@@ -43,8 +43,11 @@ is allowed (``conformance.inputs.INPUT_KEYS``). ``scenarios`` patch a
 scenario's expectation with an RFC 7386 merge patch (keyed by scenario id, or by an instance id
 such as ``card.currency.roundtrip[JPY]``). Removing an assertion (``null``) needs a reason under
 ``reasons`` (dotted ``step.path``), or the profile does not load; TOML, which has no ``null``,
-removes with ``remove = {"authorize.amount_authorized" = "reason"}``. Every removal and its
-reason is listed in the reports.
+removes with ``remove = {"authorize.amount_authorized" = "reason"}``. A removal must name an
+assertion the scenario has (its baseline's, or one an earlier file's patch added), or a step or
+group of them (``authorize``, ``refund.decline``): a typo would otherwise remove nothing, and
+the profile does not load, naming the path, the closest assertion and all of them. Every removal
+and its reason is listed in the reports.
 
 A file loads only for its own ``connector`` and ``environment`` (a replay run also takes
 ``simulator`` files), and a ``live`` file may not hold ``credentials``: live secrets come from the
@@ -53,6 +56,7 @@ environment or Vault, never from a file.
 
 from __future__ import annotations
 
+import difflib
 import importlib.resources
 import json
 import tomllib
@@ -65,7 +69,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from conformance.expectations import merge_patch, null_paths
+from conformance.expectations import flatten, merge_patch, null_paths
 from conformance.inputs import input_problems
 from conformance.polling import PollPolicy
 from conformance.results import RemovedAssertion
@@ -232,6 +236,31 @@ def _parse(path: Path, known_scenarios: frozenset[str] | None) -> _File:
     return parsed
 
 
+def _added_assertions(patch: Mapping[str, Any]) -> set[str]:
+    """The assertion paths a merge patch sets (its non-``null`` leaves)."""
+    return {path for path, value in flatten(patch) if value is not None}
+
+
+def _check_removals(
+    path: Path,
+    scenario_id: str,
+    removals: Sequence[str],
+    assertions: set[str],
+) -> None:
+    """Refuse a removal that names no assertion of the scenario (``assertions``): it would
+    remove nothing, silently, while the report lists it as removed. A path names an assertion,
+    or a step or group holding some (removing ``authorize`` removes all of that step's)."""
+    for removed in removals:
+        if any(a == removed or a.startswith(f"{removed}.") for a in assertions):
+            continue
+        close = difflib.get_close_matches(removed, sorted(assertions), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise SandboxProfileError(
+            f"{path}: scenario {scenario_id!r} removes {removed!r}, which is not one of its "
+            f"assertions{hint}; its assertions are: {', '.join(sorted(assertions))}"
+        )
+
+
 def _removal_patch(paths: Mapping[str, str]) -> dict[str, Any]:
     patch: dict[str, Any] = {}
     for dotted in paths:
@@ -298,10 +327,17 @@ def load_sandbox_profile(
     overrides: Sequence[Path] = (),
     *,
     known_scenarios: frozenset[str] | None = None,
+    known_assertions: Mapping[str, frozenset[str]] | None = None,
     builtin: bool = True,
+    option_prefix: str = "--",
 ) -> SandboxProfile:
     """Merge the built-in profile (if any) and ``overrides`` for a run. See the module
-    docstring; raises ``SandboxProfileError`` naming the file for any problem."""
+    docstring; raises ``SandboxProfileError`` naming the file for any problem.
+
+    ``known_assertions`` maps scenario ids to their baseline's assertion paths
+    (``authorize.status``); with it, a removal naming none of a scenario's is refused.
+    ``option_prefix`` spells the options errors name (``--vault-path``, ``--tessera-vault-path``).
+    """
     profile = SandboxProfile(connector=connector, environment=environment)
     paths = [*(builtin_profile_paths(connector, environment) if builtin else []), *overrides]
     for path in paths:
@@ -319,7 +355,7 @@ def load_sandbox_profile(
         if parsed.credentials and environment == "live":
             raise SandboxProfileError(
                 f"{path}: a live profile must not hold credentials (never put live secrets in a "
-                "file): set TESSERA_<CONNECTOR>_<FIELD> or use --vault-path"
+                f"file): set TESSERA_<CONNECTOR>_<FIELD> or use {option_prefix}vault-path"
             )
         profile.files.append(str(path))
         for name, values in parsed.inputs.items():
@@ -330,6 +366,16 @@ def load_sandbox_profile(
             removals = {**override.reasons, **override.remove}
             patch = _combine(override.patch, _removal_patch(override.remove))
             previous = profile.scenarios.get(scenario_id, ScenarioPatch())
+            base_id = scenario_id.split("[", 1)[0]
+            baseline = known_assertions.get(base_id) if known_assertions is not None else None
+            if baseline is not None and removals:
+                # What an earlier file's patch added (to the scenario or this instance) may be
+                # removed again too.
+                earlier = profile.scenarios.get(base_id, ScenarioPatch()).patch
+                assertions = {*baseline, *_added_assertions(earlier)}
+                if base_id != scenario_id:
+                    assertions |= _added_assertions(previous.patch)
+                _check_removals(path, scenario_id, list(removals), assertions)
             profile.scenarios[scenario_id] = ScenarioPatch(
                 patch=_combine(previous.patch, patch),
                 skip=override.skip or previous.skip,

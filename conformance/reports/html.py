@@ -142,6 +142,12 @@ def _scenarios(report: RunReport) -> str:
     )
 
 
+def _no_leaks(report: RunReport) -> str:
+    if report.leak_scan_skip is not None:
+        return f'<p class="muted">Leak scan {_e(report.leak_scan_skip)}.</p>'
+    return '<p class="muted">No canary found in transcripts, logs, errors or reports.</p>'
+
+
 def render_html(report: RunReport) -> str:
     problems = report.problems()
     problem_list = (
@@ -158,7 +164,7 @@ def render_html(report: RunReport) -> str:
         )
         + "</ul>"
         if report.leaks
-        else '<p class="muted">No canary found in transcripts, logs, errors or reports.</p>'
+        else _no_leaks(report)
     )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'

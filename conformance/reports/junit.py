@@ -1,7 +1,9 @@
 """The JUnit XML report: one ``testcase`` per scenario instance, plus ``coverage`` and
 ``leak-scan`` cases, so a CI dashboard shows exactly what failed and why. The suite's ``tests``,
 ``failures`` and ``skipped`` counts are those of its cases (``coverage`` is a skipped case when
-it was not judged: a partial run, an unhealthy sandbox).
+it was not judged: a partial run, an unhealthy sandbox; ``leak-scan`` when there was nothing to
+scan: an unhealthy sandbox, no scenario run). Every case's ``classname`` is ``junit_classname``,
+which the pytest plugin gives its items too.
 
 Failed scenarios carry their failed assertions, contract violations and scrubbed exchanges in
 the failure text; skipped ones their reason; removed assertions (and their reasons) go to
@@ -14,7 +16,12 @@ import xml.etree.ElementTree as ET
 
 from conformance.results import RunReport, ScenarioResult, Verdict
 
-__all__ = ["render_junit"]
+__all__ = ["junit_classname", "render_junit"]
+
+
+def junit_classname(connector: str, profile: str) -> str:
+    """The ``classname`` of a run's test cases: ``conformance.<connector>.<profile>``."""
+    return f"conformance.{connector}.{profile}"
 
 
 def _details(result: ScenarioResult) -> str:
@@ -44,6 +51,7 @@ def render_junit(report: RunReport) -> str:
     coverage_skip = report.coverage_skip
     coverage_failed = coverage_skip is None and bool(report.coverage.uncovered)
     leaks_failed = bool(report.leaks)
+    leak_skip = None if leaks_failed else report.leak_scan_skip
     suites = ET.Element("testsuites")
     suite = ET.SubElement(
         suites,
@@ -52,7 +60,9 @@ def render_junit(report: RunReport) -> str:
         tests=str(len(report.scenarios) + 2),
         failures=str(counts["failed"] + int(coverage_failed) + int(leaks_failed)),
         errors="0",
-        skipped=str(counts["skipped"] + int(coverage_skip is not None)),
+        skipped=str(
+            counts["skipped"] + int(coverage_skip is not None) + int(leak_skip is not None)
+        ),
         time=f"{report.duration_s:.3f}",
         timestamp=report.started_at,
     )
@@ -67,7 +77,7 @@ def render_junit(report: RunReport) -> str:
         ("faults", str(report.faults).lower()),
     ):
         ET.SubElement(properties, "property", name=name, value=value)
-    classname = f"conformance.{report.connector}.{report.profile}"
+    classname = junit_classname(report.connector, report.profile)
     for result in report.scenarios:
         case = ET.SubElement(
             suite,
@@ -107,6 +117,8 @@ def render_junit(report: RunReport) -> str:
             leaks, "failure", message=f"{len(report.leaks)} canary leak(s)", type="leak"
         )
         failure.text = "\n".join(p for p in report.problems() if p.startswith("leak"))
+    elif leak_skip is not None:
+        ET.SubElement(leaks, "skipped", message=f"leak scan {leak_skip}"[:500])
     ET.indent(suites)
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
