@@ -257,13 +257,14 @@ class CallContext:
         """Send one request to the provider; see the module docstring for what it adds."""
         merged = dict(headers or {})
         idempotency = self.manifest.idempotency
-        if (
-            idempotency is not None
-            and idempotency.header
-            and self.idempotency_key
-            and not any(k.lower() == idempotency.header.lower() for k in merged)
-        ):
-            merged[idempotency.header] = self.idempotency_key
+        if idempotency is not None and idempotency.header and self.idempotency_key:
+            own = [v for k, v in merged.items() if k.lower() == idempotency.header.lower()]
+            if not own:
+                merged[idempotency.header] = self.idempotency_key
+            elif own != [self.idempotency_key]:
+                # Kept (a provider may want the key reshaped), but said: a key of the
+                # connector's own (a fresh UUID per call) makes a retry a second payment.
+                self.logger.warning("connector_idempotency_key_replaced", header=idempotency.header)
         if self.correlation_id and not any(k.lower() == "x-request-id" for k in merged):
             merged["X-Request-Id"] = self.correlation_id
         remaining = max(self.deadline.remaining(), 0.001)

@@ -6,10 +6,13 @@ See ``sdk.resilience`` for the design; this module is the implementation.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -494,7 +497,11 @@ class ConnectorRuntime:
             if ctx.may_have_reached_provider:
                 # The request went out and something failed after (an unparseable reply, a
                 # redirect, a connector bug): the provider may have acted.
-                ctx.logger.warning("connector_failed_after_send", error=type(exc).__name__)
+                ctx.logger.warning(
+                    "connector_failed_after_send",
+                    error=type(exc).__name__,
+                    where=_raised_at(exc, type(self.connector)),
+                )
                 return _AttemptOutcome(_unknown(), _Verdict.NONE)
             if not isinstance(exc, TesseraError):
                 error: BaseException = ConnectorError(
@@ -538,3 +545,20 @@ def _replay_first(
         return await attempt(*args)
 
     return replaying
+
+
+def _raised_at(exc: BaseException, connector: type[Connector]) -> str:
+    """Where in the connector's package ``exc`` was raised (``transformers.py:88 in
+    parse_reply``: the innermost frame there, else the innermost of all), for the operator:
+    file, line and function only. Never the message, which may quote the provider's reply,
+    card data included, in forms no scrubber recognizes for sure (a dict's ``repr``)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "unknown"
+    try:
+        package: Path | None = Path(inspect.getfile(connector)).resolve().parent
+    except (TypeError, OSError):
+        package = None
+    own = [f for f in frames if Path(f.filename).resolve().parent == package]
+    frame = (own or frames)[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"

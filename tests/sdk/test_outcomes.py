@@ -11,6 +11,7 @@ import asyncio
 import time
 
 import httpx
+import structlog
 from aiohttp import web
 
 from normalization import (
@@ -306,10 +307,18 @@ async def test_unparseable_reply_after_sending_is_unknown(
 
     provider.handler = garbage
     runtime = make_runtime(provider.url)
-    result = await runtime.invoke(
-        "authorize", authorize_request(canary[0]), deadline=Deadline.after(5), tenant=TENANT
-    )
+    with structlog.testing.capture_logs() as logs:
+        result = await runtime.invoke(
+            "authorize", authorize_request(canary[0]), deadline=Deadline.after(5), tenant=TENANT
+        )
     assert result.outcome is Outcome.UNKNOWN
+    # The operator learns what failed and where in the connector, never the message (which
+    # may quote the reply): the parser's line in the connector's own module.
+    [failed] = [e for e in logs if e["event"] == "connector_failed_after_send"]
+    assert failed["error"] == "ProviderError"
+    assert failed["where"].startswith("demo_connector.py:")
+    assert failed["where"].endswith(" in parse_payment")
+    assert "oops" not in str(failed)
 
 
 def test_classification_follows_what_was_written() -> None:

@@ -8,7 +8,7 @@ import json
 import structlog
 
 from normalization import Outcome, PaymentStatus
-from sdk import ConnectorRuntime, Credentials, Deadline, RevealedCard, RuntimeSettings
+from sdk import CallContext, ConnectorRuntime, Credentials, Deadline, RevealedCard, RuntimeSettings
 from sdk.http import network_transport
 from sdk.testing import FakeTokenRevealer, Fault, FaultInjector, canary_cvc, canary_pan
 from tests.sdk.conftest import API_KEY, TENANT, RuntimeFactory, authorize_request, metric
@@ -92,3 +92,32 @@ async def test_retry_after_not_sent_reuses_the_call_s_reveal(
     assert result.outcome is Outcome.SUCCEEDED
     assert json.loads(provider.requests[0].body)["card"]["cvc"] == cvc
     assert len(revealer.reveals) == 1  # one reveal (and one audit entry) per call
+
+
+class OwnKeyConnector(DemoConnector):
+    """Sends an idempotency key of its own making instead of the request's."""
+
+    def _headers(self, ctx: CallContext) -> dict[str, str]:
+        return {**super()._headers(ctx), "idempotency-key": "fresh-uuid-per-call"}
+
+
+async def test_a_connector_replacing_the_idempotency_key_is_warned_about(
+    provider: LoopbackProvider, make_runtime: RuntimeFactory, canary: tuple[str, str, str]
+) -> None:
+    runtime = make_runtime(provider.url)
+    with structlog.testing.capture_logs() as logs:
+        await runtime.invoke(
+            "authorize", authorize_request(canary[0]), deadline=Deadline.after(5), tenant=TENANT
+        )
+    assert not [e for e in logs if e["event"] == "connector_idempotency_key_replaced"]
+
+    runtime = make_runtime(provider.url, connector=OwnKeyConnector())
+    with structlog.testing.capture_logs() as logs:
+        await runtime.invoke(
+            "authorize", authorize_request(canary[0]), deadline=Deadline.after(5), tenant=TENANT
+        )
+    # Kept (a provider may want the key reshaped), and said.
+    sent = {k.lower(): v for k, v in provider.requests[-1].headers.items()}
+    assert sent["idempotency-key"] == "fresh-uuid-per-call"
+    [warned] = [e for e in logs if e["event"] == "connector_idempotency_key_replaced"]
+    assert warned["header"] == "Idempotency-Key" and warned["log_level"] == "warning"
