@@ -104,7 +104,9 @@ class _ConnectorRun:
     error: str | None = None
 
 
-@dataclass
+# Not ``eq``: registered with pluggy (``pytest_runtest_logreport``), which keeps plugins in a
+# set, and a dataclass that compares by value is unhashable.
+@dataclass(eq=False)
 class _PluginState:
     config: pytest.Config
     runs: dict[str, _ConnectorRun] = field(default_factory=dict)
@@ -362,3 +364,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(_STATE, None)
     if state is not None:
         state.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The ``--tessera-openapi`` spec's tolerated defects, one warning line each (as the CLI
+    prints them): the run went on, and whoever owns the spec should hear of them."""
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    for connector, entry in state.runs.items():
+        for defect in entry.run.report.openapi_defects:
+            terminalreporter.write_line(
+                f"tessera conformance ({connector}): warning: OpenAPI spec defect tolerated: "
+                f"{defect}"
+            )

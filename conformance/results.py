@@ -147,6 +147,8 @@ class RunReport:
     leaks: list[LeakFinding] = field(default_factory=list)
     sandbox_files: list[str] = field(default_factory=list)
     openapi: str | None = None
+    #: Known authoring defects of the ``--openapi`` spec, repaired in memory (a warning each).
+    openapi_defects: list[str] = field(default_factory=list)
     faults: bool = False
     skip_reason: str | None = None
     #: Why coverage was not judged (a partial run, an unhealthy sandbox), or None.

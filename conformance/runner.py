@@ -149,6 +149,8 @@ class ConformanceRun:
     async def start(self) -> None:
         await self.env.start()
         self.report.base_url = self.env.base_url
+        if self.env.contract is not None:
+            self.report.openapi_defects = [str(d) for d in self.env.contract.defects]
         self.report.skip_reason = await self.env.preflight()
 
     async def close(self) -> None:

@@ -201,9 +201,30 @@ def _conformance_run(args: argparse.Namespace) -> int:
 
 
 def _connector_new(args: argparse.Namespace) -> int:
+    """Scaffold a connector project.
+
+    What the generator refuses (a name that is no usable slug, an id already installed, a
+    project directory that already exists) is the operator's argument to fix: exit 2 with one
+    ``tessera:`` line, as for argparse's own argument errors. A project that cannot be written
+    (permissions, a file where a directory should be) is a failed command: exit 1.
+    """
+    from normalization import ConnectorConfigurationError
     from sdk.generator import generate_connector, slugify
 
-    package = generate_connector(args.name, args.category, Path(args.path))
+    try:
+        package = generate_connector(args.name, args.category, Path(args.path))
+    except ConnectorConfigurationError as exc:
+        print(f"tessera: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Not a database error: main() would let it through as a traceback.
+        reason = exc.strerror or type(exc).__name__
+        print(
+            f"tessera: cannot write the connector project under {args.path}: {reason} "
+            f"({exc.filename or args.path}).",
+            file=sys.stderr,
+        )
+        return 1
     print(f"Created {package}")
     project, slug = package.parent, slugify(args.name)
     print(f"Next: pip install -e '{project}[dev]' && tessera connector list")

@@ -7,6 +7,8 @@
     tessera-connector-acme/
       pyproject.toml           entry points tessera.connectors, .simulators and .sandboxes
       README.md
+      .gitignore               build artefacts, virtualenvs, tool caches, conformance reports,
+                               ``tessera dev`` state and env files (cassettes stay tracked)
       tessera_acme/
         connector.py           manifest, verbs, one _send
         transformers.py        wire models, builders, parsers, status and error maps
@@ -18,12 +20,14 @@
 
 The project passes ruff, mypy --strict and its own tests as generated; the templates live in
 ``sdk/templates`` (``<category>.<file>.tmpl`` and ``common.<file>.tmpl``, ``string.Template``
-syntax with ``${slug}``, ``${package}``, ``${class_name}``, ``${display_name}``).
+syntax with ``${slug}``, ``${slug_dash}``, ``${slug_upper}``, ``${package}``, ``${class_name}``,
+``${display_name}``).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -41,6 +45,7 @@ _SLUG_RE = re.compile(r"[a-z][a-z0-9_]{1,19}", re.ASCII)
 GENERATED_FILES: dict[str, str] = {
     "pyproject.toml": "common.pyproject.toml.tmpl",
     "README.md": "common.README.md.tmpl",
+    ".gitignore": "common.gitignore.tmpl",
     "${package}/__init__.py": "common.__init__.py.tmpl",
     "${package}/py.typed": "common.py.typed.tmpl",
     "${package}/connector.py": "{category}.connector.py.tmpl",
@@ -75,7 +80,8 @@ def generate_connector(name: str, category: str, path: Path) -> Path:
     (the project, to ``pip install -e``, is the returned path's parent).
 
     Refuses to overwrite an existing directory. ``category`` is ``card-acquirer``,
-    ``bank-rail`` or ``open-banking``.
+    ``bank-rail`` or ``open-banking``. What it refuses raises ``ConnectorConfigurationError``;
+    a project it cannot write raises the ``OSError``, after removing what it had written.
     """
     slug = slugify(name)
     try:
@@ -89,6 +95,7 @@ def generate_connector(name: str, category: str, path: Path) -> Path:
     values = {
         "slug": slug,
         "slug_dash": slug.replace("_", "-"),
+        "slug_upper": slug.upper(),
         "package": f"tessera_{slug}",
         "class_name": "".join(w.capitalize() for w in words) + "Connector",
         "display_name": " ".join(w.capitalize() for w in words),
@@ -113,9 +120,15 @@ def generate_connector(name: str, category: str, path: Path) -> Path:
     if project.exists():
         raise ConnectorConfigurationError(f"{project} already exists; not overwriting it.")
     template_category = kind.value.replace("-", "_")
-    for target, template_name in GENERATED_FILES.items():
-        output = project / Template(target).substitute(values)
-        text = _template(template_name.format(category=template_category)).substitute(values)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text, encoding="utf-8")
+    try:
+        for target, template_name in GENERATED_FILES.items():
+            output = project / Template(target).substitute(values)
+            text = _template(template_name.format(category=template_category)).substitute(values)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text, encoding="utf-8")
+    except OSError:
+        # The project did not exist (checked above): a half-written one would only make the
+        # next attempt fail with "already exists".
+        shutil.rmtree(project, ignore_errors=True)
+        raise
     return project / values["package"]

@@ -53,6 +53,7 @@ def _facts(report: RunReport) -> str:
         ("OpenAPI", report.openapi or "not validated"),
         ("Fault injection", "on" if report.faults else "off"),
     ]
+    rows.extend(("OpenAPI spec defect tolerated", d) for d in report.openapi_defects)
     if report.skip_reason:
         rows.append(("Skipped", report.skip_reason))
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)

@@ -75,6 +75,7 @@ def render_junit(report: RunReport) -> str:
         ("status", report.status.value),
         ("openapi", report.openapi or ""),
         ("faults", str(report.faults).lower()),
+        *(("openapi_defect", defect) for defect in report.openapi_defects),
     ):
         ET.SubElement(properties, "property", name=name, value=value)
     classname = junit_classname(report.connector, report.profile)

@@ -11,6 +11,7 @@
 | ``webhooks`` | every profile declaring webhooks: verification, tampering, staleness, duplicates, |
 |              | order |
 | ``flows`` | the request builders and first call each profile's scenarios share |
+| ``wire`` | the amount on the wire: whether a call's requests carried its amount exactly |
 
 Importing this package registers every scenario.
 """

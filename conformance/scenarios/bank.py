@@ -23,6 +23,7 @@ from conformance.scenarios.flows import (
     payout_request,
 )
 from conformance.scenarios.model import Requirement, scenario
+from conformance.scenarios.wire import EXACT, call_with_amount_on_wire
 from normalization import InvalidRequestError, Money, PaymentStatus
 from sdk import Category, Manifest, Operation
 
@@ -178,16 +179,18 @@ def _currencies(manifest: Manifest) -> list[str]:
             "outcome": "succeeded",
             "request_json_floats": [],
             "amount_exact": True,
+            "amount_on_wire": EXACT,
         }
     },
-    baseline="exact amounts echoed to the minor unit; no JSON floats",
+    baseline="exact amounts sent in the provider's minor units and echoed to the minor unit; no "
+    "JSON floats",
 )
 async def currency_roundtrip(ctx: ScenarioContext) -> None:
     configured = ctx.inputs.get("currency.roundtrip") or {}
     amounts = configured.get("amounts") or nasty_amounts(ctx.manifest, ctx.param)[:1]
     for index, value in enumerate(amounts):
         operation, request = first_call(ctx, amount=Money(int(value), ctx.param))
-        observed = await ctx.call(f"transfer_{index + 1}", operation, request, check=False)
+        observed = await call_with_amount_on_wire(ctx, f"transfer_{index + 1}", operation, request)
         result = observed.result
         echoed = [
             amount

@@ -18,6 +18,7 @@ from conformance.harness import ScenarioContext
 from conformance.inputs import DECLINE_CODES, OPTIONAL_DECLINE_CODES
 from conformance.scenarios.flows import complete_request, nasty_amounts
 from conformance.scenarios.model import Requirement, scenario
+from conformance.scenarios.wire import EXACT, call_with_amount_on_wire
 from normalization import AuthorizeRequest, BankAccountMethod, Money, VerifyRequest
 from sdk import Category, Manifest, Operation
 
@@ -410,19 +411,22 @@ def _currencies(manifest: Manifest) -> list[str]:
         "authorize": {
             "status": "authorized",
             "amount_authorized": "@request.amount",
+            "amount_on_wire": EXACT,
             "request_json_floats": [],
         }
     },
-    baseline="exact amounts (float-hostile, the largest) echoed to the minor unit; no JSON floats",
+    baseline="exact amounts (float-hostile, the largest) sent in the provider's minor units and "
+    "echoed to the minor unit; no JSON floats",
 )
 async def currency_roundtrip(ctx: ScenarioContext) -> None:
+    """Echoed amounts alone miss a connector whose two conversions are wrong the same way (a
+    float, an ignored ``currency_exponents``): ``amount_on_wire`` checks what went out."""
     configured = ctx.inputs.get("currency.roundtrip") or {}
     amounts = configured.get("amounts") or nasty_amounts(ctx.manifest, ctx.param)
     for index, value in enumerate(amounts):
-        amount = Money(int(value), ctx.param)
-        await ctx.call(
-            f"authorize_{index + 1}", AUTH, ctx.authorize_request(amount=amount), block="authorize"
-        )
+        request = ctx.authorize_request(amount=Money(int(value), ctx.param))
+        observed = await call_with_amount_on_wire(ctx, f"authorize_{index + 1}", AUTH, request)
+        ctx.check("authorize", observed.facts, request=request)
 
 
 @scenario(

@@ -13,6 +13,7 @@ from typing import Any
 from conformance.harness import Observation, ScenarioContext
 from conformance.inputs import RETURN_URL, MissingInputError
 from normalization import (
+    MAX_AMOUNT_MINOR,
     ConsentRequest,
     DebitRequest,
     Money,
@@ -156,13 +157,22 @@ ACCEPTED_FIRST_STATUSES = [
 
 
 def nasty_amounts(manifest: Manifest, currency: str) -> list[int]:
-    """Amounts (minor units) that float arithmetic gets wrong at ``currency``'s exponent:
+    """Amounts (ISO 4217 minor units, what ``Money`` takes) that float arithmetic gets wrong at
+    the provider's exponent for ``currency`` (the manifest's ``currency_exponents``, else ISO's):
     ``int(float(major) * 10**e)`` truncates them, and the largest exact amount loses digits in
-    any binary float."""
+    any binary float. Each can be carried exactly at the provider's exponent."""
+    iso = currency_exponent(currency)
     exponent = manifest.exponent_for(currency)
     if exponent is None:
-        exponent = currency_exponent(currency)
+        exponent = iso
     # Found by search: int(float("10.03") * 100) == 1002; round() fails on the large ones.
     small = {2: 1003, 3: 1005, 4: 1020}.get(exponent, 1005)
     large = {3: 9_007_199_254_740_989}.get(exponent, 9_007_199_254_740_987)
-    return [small, large]
+    if exponent >= iso:
+        # A finer provider exponent carries every ISO amount exactly.
+        return [small, large]
+    # A coarser one ({"HUF": 0}) carries only whole multiples of 10**(iso - exponent) ISO minor
+    # units: anything else is refused before sending (InvalidAmountError), so the amounts are
+    # taken in the provider's units and scaled up, the largest capped at what Money can hold.
+    factor = 10 ** (iso - exponent)
+    return [small * factor, min(large * factor, MAX_AMOUNT_MINOR // factor * factor)]

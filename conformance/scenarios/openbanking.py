@@ -22,6 +22,7 @@ from conformance.scenarios.flows import (
     submit_request,
 )
 from conformance.scenarios.model import Requirement, scenario
+from conformance.scenarios.wire import EXACT, call_with_amount_on_wire
 from normalization import Money
 from sdk import Category, Manifest, Operation
 
@@ -193,14 +194,16 @@ def _currencies(manifest: Manifest) -> list[str]:
         "consent": {
             **REDIRECT,
             "amount_authorized": ["@request.amount", "@absent"],
+            "amount_on_wire": EXACT,
             "request_json_floats": [],
         }
     },
-    baseline="exact amounts; no JSON floats",
+    baseline="exact amounts sent (minor units, or a major-unit string); no JSON floats",
 )
 async def currency_roundtrip(ctx: ScenarioContext) -> None:
     configured = ctx.inputs.get("currency.roundtrip") or {}
     amounts = configured.get("amounts") or nasty_amounts(ctx.manifest, ctx.param)[:1]
     for index, value in enumerate(amounts):
         request = consent_request(ctx, amount=Money(int(value), ctx.param))
-        await ctx.call(f"consent_{index + 1}", CONSENT, request, block="consent")
+        observed = await call_with_amount_on_wire(ctx, f"consent_{index + 1}", CONSENT, request)
+        ctx.check("consent", observed.facts, request=request)
