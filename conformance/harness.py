@@ -26,13 +26,9 @@ the request's.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import inspect
 import json
 import time
-import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
@@ -41,6 +37,13 @@ import httpx
 from prometheus_client import CollectorRegistry
 
 from conformance.cassettes import Recording
+from conformance.diagnosis import (
+    ConnectorCrash,
+    explained,
+    idempotency_problem,
+    shorten,
+    watch_verbs,
+)
 from conformance.environment import Mode, RunEnvironment
 from conformance.expectations import check_block
 from conformance.inputs import RETURN_URL, TENANT, Inputs, MissingInputError
@@ -66,22 +69,16 @@ from normalization import (
 from sdk import (
     BreakerSettings,
     BulkheadSettings,
-    Connector,
     ConnectorMetrics,
     ConnectorRuntime,
     Deadline,
     Manifest,
     Operation,
-    ProviderServerError,
-    ProviderThrottledError,
-    RetryableProviderError,
     RetrySettings,
     RuntimeSettings,
     TranscriptRecorder,
-    TransportFault,
     WebhookRequest,
 )
-from sdk.operations import VERB_NAMES
 from sdk.scrubbing import Scrubber
 from sdk.testing.cassettes import Interaction
 
@@ -98,16 +95,6 @@ __all__ = [
 
 _KIT_RETRY = RetrySettings(max_attempts=3, initial_backoff=0.01, max_backoff=0.1)
 _NOT_REFUSALS = (ConnectorUnavailableError, ConnectorBusyError, ConnectorTimeoutError)
-#: What a verb raises to report a provider or transport failure: the runtime maps these to
-#: outcomes on purpose (not_sent, unknown, a retry), so they are not a connector's crash.
-_MAPPED_FAILURES = (
-    TransportFault,
-    ProviderServerError,
-    ProviderThrottledError,
-    RetryableProviderError,
-)
-#: How much of an exception's message a failure reason quotes (the traceback has all of it).
-_MAX_SUMMARY = 300
 _SCRUBBER = Scrubber()
 
 
@@ -117,18 +104,6 @@ class ScenarioSkipped(Exception):
 
 class ExpectationFailed(AssertionError):
     """A step's expectation did not hold; the message lists the failed assertions."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectorCrash:
-    """An exception one of the connector's verbs raised, as written (never shown as is: the
-    runner scans it for canaries and shows it through ``ScenarioContext.safe_text``)."""
-
-    operation: str
-    exception: BaseException
-    #: ``KeyError: 'id'``: the type and message, as the last line of a traceback says it.
-    summary: str
-    traceback: str
 
 
 @dataclass
@@ -226,7 +201,7 @@ class ScenarioContext:
         """A fresh runtime (new breaker, bulkhead, pool) with these settings, used from now on."""
         tap = TrafficTap(self.env.network_transport(self.recording), self.exchanges)
         runtime = ConnectorRuntime(
-            self._watched(self.env.connector_class()),
+            watch_verbs(self.env.connector_class(), self.env.manifest, self._keep_crash),
             settings=RuntimeSettings(
                 base_url=self.env.base_url,
                 test_mode=self.env.test_mode,
@@ -254,38 +229,13 @@ class ScenarioContext:
 
     # -- watching the connector -----------------------------------------------------------------
 
-    def _watched(self, connector: Connector) -> Connector:
-        """``connector`` with each declared async verb wrapped to keep what it raises (and
-        raise it on unchanged: the runtime handles it exactly as in the gateway)."""
-        for operation in self.env.manifest.operations:
-            for name in VERB_NAMES[operation]:
-                verb = getattr(connector, name, None)
-                if verb is not None and inspect.iscoroutinefunction(verb):
-                    setattr(connector, name, self._keeping_crashes(operation, verb))
-        return connector
-
-    def _keeping_crashes(
-        self, operation: Operation, verb: Callable[..., Awaitable[Any]]
-    ) -> Callable[..., Awaitable[Any]]:
-        @functools.wraps(verb)
-        async def watched(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await verb(*args, **kwargs)
-            except _MAPPED_FAILURES:
-                raise
-            except Exception as exc:
-                self._keep_crash(operation, exc)
-                raise
-
-        return watched
-
     def _keep_crash(self, operation: Operation, exc: Exception) -> None:
         if any(crash.exception is exc for crash in self.crashes):
             return  # a verb calling another: kept once, where it was raised
-        summary = traceback.format_exception_only(exc)[-1].strip()
-        text = "".join(traceback.format_exception(exc))
-        self.crashes.append(ConnectorCrash(operation.value, exc, summary, text))
-        self.texts.append(text)  # scanned for canaries as written, like every exception text
+        crash = ConnectorCrash.of(operation, exc)
+        self.crashes.append(crash)
+        # Scanned for canaries as written, like every exception text.
+        self.texts.append(crash.traceback)
 
     def safe_text(self, text: str) -> str:
         """``text`` fit to show: the run's canaries redacted (``[CANARY]``, as everywhere), then
@@ -344,7 +294,7 @@ class ScenarioContext:
             if crash.exception is not error  # a Tessera error the call raised: ``raised`` says it
         ]
         if crashed:
-            facts["connector_exception"] = self.safe_text(_shorten(crashed[0].summary))
+            facts["connector_exception"] = self.safe_text(shorten(crashed[0].summary))
             facts["connector_exception_operation"] = crashed[0].operation
         keys = [self._idempotency_key(exchange) for exchange in tapped]
         facts["idempotency_keys_distinct"] = len({k for k in keys if k})
@@ -353,7 +303,7 @@ class ScenarioContext:
         facts["idempotency_key_sent"] = bool(keys) and all(k == expected_key for k in keys)
         if not facts["idempotency_key_sent"]:
             facts["idempotency_key_detail"] = self.safe_text(
-                self._idempotency_problem(keys, expected_key)
+                idempotency_problem(self.env.manifest, keys, expected_key)
             )
         facts["request_json_floats"] = [
             path
@@ -365,36 +315,6 @@ class ScenarioContext:
         )
         facts["refused_cleanly"] = refused
         return facts
-
-    def _idempotency_problem(self, keys: list[str | None], expected: str | None) -> str:
-        """Why ``idempotency_key_sent`` is false, in words: a bare ``false`` reads as "no key
-        was sent", when the usual mistake is a connector sending a key of its own (a fresh UUID
-        per attempt), which makes the provider treat a retry as a new payment."""
-        idempotency = self.env.manifest.idempotency
-        where = "the idempotency key"
-        fix = "send the request's idempotency_key (ctx.idempotency_key)"
-        if idempotency is not None and idempotency.header:
-            where = f"the {idempotency.header} header"
-            fix = (
-                f"do not set {idempotency.header} yourself: ctx.send adds it with the request's "
-                "idempotency_key (ctx.idempotency_key)"
-            )
-        elif idempotency is not None and idempotency.body_field:
-            where = f"the body field {idempotency.body_field}"
-            fix = f"put ctx.idempotency_key (the request's idempotency_key) in {where}"
-        if not keys:
-            return "no request reached the provider, so no key was sent"
-        if expected is None:
-            return f"the request had no idempotency key, but {where} carried one"
-        missing = sum(1 for key in keys if not key)
-        if missing:
-            return f"{missing} of {len(keys)} request(s) carried no key in {where}: {fix}"
-        own = sorted({key for key in keys if key != expected}, key=str)
-        return (
-            f"the connector sent its own key in {where} ({', '.join(repr(k) for k in own)}), "
-            f"not the request's ({expected!r}), so a retry would not be recognised by the "
-            f"provider: {fix}"
-        )
 
     def _idempotency_key(self, exchange: TappedExchange) -> str | None:
         """The provider idempotency key an exchange carried (header or body field)."""
@@ -450,7 +370,7 @@ class ScenarioContext:
             return  # no baseline here, or a profile removed it all (the report says why)
         dumped = request.model_dump(mode="json") if hasattr(request, "model_dump") else {}
         outcomes = [
-            _explained(outcome, facts)
+            explained(outcome, facts)
             for outcome in check_block(block, expected, facts, request=dumped, steps=self.steps)
         ]
         self.assertions.extend(outcomes)
@@ -631,20 +551,3 @@ class ScenarioContext:
     def record_texts(self, texts: Iterable[str]) -> None:
         """Texts the leak scan must cover (exception messages, results a scenario made)."""
         self.texts.extend(texts)
-
-
-#: Facts whose bare value hides what went wrong, and the fact that says it in words.
-_EXPLANATIONS = {"idempotency_key_sent": "idempotency_key_detail"}
-
-
-def _explained(outcome: AssertionOutcome, facts: dict[str, Any]) -> AssertionOutcome:
-    """A failed assertion whose ``actual`` also says why, where the bare value would mislead
-    (``false`` for a key that was sent, but was not the request's). The reports show it too."""
-    detail = facts.get(_EXPLANATIONS.get(outcome.path, ""))
-    if not detail or outcome.passed:
-        return outcome
-    return dataclasses.replace(outcome, actual=f"{outcome.actual} ({detail})")
-
-
-def _shorten(text: str) -> str:
-    return text if len(text) <= _MAX_SUMMARY else text[: _MAX_SUMMARY - 3] + "..."

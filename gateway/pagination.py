@@ -14,20 +14,28 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.payments.instants import from_micros, to_micros
 from gateway.problems import HttpProblem
 
-__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "PageRequest", "page_body", "page_request"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "MAX_LIMIT",
+    "PageRequest",
+    "Positioned",
+    "page_body",
+    "page_request",
+    "split_page",
+]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 100
 
-T = TypeVar("T")
+P = TypeVar("P", bound="Positioned")
 
 _CURSOR = re.compile(r"^(\d{1,19}):([A-Za-z0-9_]{1,100})$")
 _LIMIT = re.compile(r"^[0-9]{1,4}$")
@@ -39,6 +47,11 @@ class PageRequest:
 
     limit: int
     after: tuple[datetime, str] | None
+
+    @property
+    def fetch(self) -> int:
+        """How many rows to ask for: one more than shown, to know whether more follow."""
+        return self.limit + 1
 
 
 def page_request(query: Mapping[str, str]) -> PageRequest:
@@ -55,21 +68,28 @@ def page_request(query: Mapping[str, str]) -> PageRequest:
     return PageRequest(limit, None if raw_cursor is None else _decode(raw_cursor))
 
 
-def page_body(
-    items: Sequence[T],
-    page: PageRequest,
-    view: Callable[[T], Any],
-    position: Callable[[T], tuple[datetime, str]],
-) -> dict[str, Any]:
-    """The answer for ``items``, fetched as up to ``page.limit + 1`` (the extra one only tells
-    that there is more)."""
+class Positioned(Protocol):
+    """What a listed record has that places it: both list tables order by these."""
+
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> str: ...
+
+
+def split_page(items: Sequence[P], page: PageRequest) -> tuple[Sequence[P], str | None]:
+    """The page's items and its ``next_cursor`` (None on the last page), from ``items``
+    fetched as up to ``page.fetch`` (the one beyond ``limit`` only tells that there is more)."""
     shown = items[: page.limit]
-    more = len(items) > page.limit
-    return {
-        "data": [view(item) for item in shown],
-        "has_more": more,
-        "next_cursor": _encode(*position(shown[-1])) if more else None,
-    }
+    if len(items) <= page.limit:
+        return shown, None
+    return shown, _encode(shown[-1].created_at, shown[-1].id)
+
+
+def page_body(data: list[Any], next_cursor: str | None) -> dict[str, Any]:
+    """A list endpoint's answer: the page's views, ``has_more`` and ``next_cursor``."""
+    return {"data": data, "has_more": next_cursor is not None, "next_cursor": next_cursor}
 
 
 def _encode(created_at: datetime, item_id: str) -> str:

@@ -11,7 +11,6 @@ Follow-up responses: 200 with the payment when the provider did it; 202 when the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, cast
 
 import orjson
@@ -20,7 +19,7 @@ from aiohttp import web
 from gateway.app import MERCHANT, REQUEST_ID, RESOURCES
 from gateway.http import json_response, parse_model, read_body
 from gateway.merchants import Merchant
-from gateway.pagination import page_body, page_request
+from gateway.pagination import page_body, page_request, split_page
 from gateway.payment_service import NewPayment, OperationOutcome
 from gateway.payments import (
     AttemptRecord,
@@ -327,14 +326,10 @@ async def list_payments(request: web.Request) -> web.Response:
     page = page_request(request.query)
     store = request.app[RESOURCES].payment_store
     payments = await store.find_by_reference(
-        _merchant(request).id, reference, after=page.after, limit=page.limit + 1
+        _merchant(request).id, reference, after=page.after, limit=page.fetch
     )
-    views = {p.id: await _view(request, p) for p in payments[: page.limit]}
-    return json_response(page_body(payments, page, lambda p: views[p.id], _position))
-
-
-def _position(payment: PaymentRecord) -> tuple[datetime, str]:
-    return payment.created_at, payment.id
+    shown, next_cursor = split_page(payments, page)
+    return json_response(page_body([await _view(request, p) for p in shown], next_cursor))
 
 
 def setup(app: web.Application) -> None:

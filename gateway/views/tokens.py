@@ -6,7 +6,6 @@ detokenization, in the bytes sent to an allowlisted provider.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +14,7 @@ from pydantic import ValidationError
 from gateway.app import MERCHANT, RESOURCES, Resources
 from gateway.http import json_response, parse_json, parse_model, read_body
 from gateway.merchants import Merchant
-from gateway.pagination import page_body, page_request
+from gateway.pagination import page_body, page_request, split_page
 from gateway.problems import HttpProblem, validation_problem
 from gateway.schemas import BatchTokenizeRequest, parse_tokenize_request, validate_card
 from normalization.errors import TesseraError
@@ -117,13 +116,10 @@ async def search_tokens(request: web.Request) -> web.Response:
         )
     page = page_request(request.query)
     records = await request.app[RESOURCES].tokens.find(
-        merchant.id, fingerprint, after=page.after, limit=page.limit + 1
+        merchant.id, fingerprint, after=page.after, limit=page.fetch
     )
-    return json_response(page_body(records, page, token_view, _position))
-
-
-def _position(record: TokenRecord) -> tuple[datetime, str]:
-    return record.created_at, record.id
+    shown, next_cursor = split_page(records, page)
+    return json_response(page_body([token_view(r) for r in shown], next_cursor))
 
 
 async def delete_token(request: web.Request) -> web.Response:

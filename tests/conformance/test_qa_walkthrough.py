@@ -24,10 +24,10 @@ import re
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from pydantic import BaseModel
 
 from conformance.cassettes import BUILTIN_CASSETTES
 from conformance.cli import main
@@ -38,7 +38,6 @@ from conformance.runner import ConformanceRun
 from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
 from connectors.sandbox import SandboxConnector
 from connectors.sandbox.server import create_app
-from connectors.sandbox.transformers import SandboxCredentials
 from normalization import AuthorizeRequest, CardMethod, PaymentResult
 from sdk import CallContext
 from tests.conformance.broken import broken_manifest
@@ -86,24 +85,15 @@ class OwnKeyConnector(SandboxConnector):
 
     manifest = broken_manifest("walk_own_key")
 
-    async def _send(
-        self,
-        ctx: CallContext,
-        method: str,
-        path: str,
-        body: BaseModel | None = None,
-        *,
-        params: dict[str, str] | None = None,
-    ) -> httpx.Response:
-        credentials = SandboxCredentials.of(ctx.credentials)
-        headers = {
-            "Authorization": f"Bearer {credentials.api_key.get_secret_value()}",
-            "Idempotency-Key": f"own-{uuid.uuid4().hex}",
-        }
-        payload = body.model_dump(mode="json", exclude_none=True) if body is not None else {}
-        if method == "GET":
-            return await ctx.send(method, path, headers=headers, params=params)
-        return await ctx.send(method, path, json=payload, headers=headers, params=params)
+    async def _send(self, ctx: CallContext, *args: Any, **kwargs: Any) -> httpx.Response:
+        send = ctx.send
+
+        async def own_key(*a: Any, headers: dict[str, str] | None = None, **kw: Any) -> Any:
+            own = {**(headers or {}), "Idempotency-Key": f"own-{uuid.uuid4().hex}"}
+            return await send(*a, headers=own, **kw)
+
+        ctx.send = own_key  # type: ignore[method-assign]
+        return await super()._send(ctx, *args, **kwargs)
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
