@@ -30,8 +30,20 @@ from conformance.results import LeakFinding
 __all__ = ["REDACTION", "LeakScanner", "Secret"]
 
 REDACTION = "[CANARY]"
-_SEPARATOR = r"(?:[ \t\-.+_/]|%20|%2[dD])?"
-_CVC_KEYS = r"(?:cvc2?|cvv2?|csc|cid|security[_ -]?code|card[_ -]?security[_ -]?code)"
+# Between two digits of a card number: up to three separators as people and encoders write them
+# (any whitespace, a no-break space too, dashes of any kind, dots, slashes, underscores, "+",
+# URL and JSON escapes of a space or dash), as ``normalization.find_card_numbers`` reads them.
+_SEPARATOR = (
+    r"(?:[\s\-\u2010-\u2015\u2212.+_/]|%20|%2[dD]|\\u00[aA]0|\\u0020|\\u20(?:0[0-9aA]|1[0-5]|2[fF])"
+    r"|\\u2212|\\u3000){0,3}"
+)
+_CVC_KEYS = (
+    r"(?:cvc2?|cvv2?|csc|cid|security[_ -]?code|card[_ -]?security[_ -]?code"
+    r"|(?:card[_ -]?)?verification[_ -]?value)"
+)
+#: A card number already hidden (a scrubber's mark, or a mask) and then the code after it:
+#: "Card [REDACTED] 486 declined".
+_HIDDEN_CARD = r"(?:\[REDACTED\]|\[CANARY\]|[0-9]{0,8}\*{4,}[0-9]{0,4})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +80,8 @@ def _patterns(secret: Secret) -> Iterator[_Pattern]:
     value = secret.value
     raw = value.encode("utf-8")
     if secret.kind == "pan":
-        spaced = _SEPARATOR.join(re.escape(digit) for digit in value)
+        # Each digit in ASCII or full width (U+FF10-U+FF19).
+        spaced = _SEPARATOR.join(f"[{d}{chr(0xFF10 + int(d))}]" for d in value)
         yield _Pattern(
             secret, "raw/spaced/dashed/url-encoded", re.compile(rf"(?<!\d){spaced}(?!\d)")
         )
@@ -81,6 +94,11 @@ def _patterns(secret: Secret) -> Iterator[_Pattern]:
                 rf"{re.escape(value)}(?!\d)",
                 re.IGNORECASE,
             ),
+        )
+        yield _Pattern(
+            secret,
+            "after a hidden card number",
+            re.compile(rf"{_HIDDEN_CARD}[\s/-]{{1,3}}{re.escape(value)}(?!\d)"),
         )
         return
     else:

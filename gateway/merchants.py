@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from normalization import InvalidRequestError, find_card_numbers
 from sdk.hostpolicy import (
     DestinationRefusedError,
     HostResolutionError,
@@ -239,6 +240,11 @@ def _parse_webhook_url(url: str, *, allow_http: bool) -> tuple[str, str, int]:
     schemes = ("https", "http") if allow_http else ("https",)
     if len(url) > _MAX_WEBHOOK_URL_LENGTH or not url.isascii() or not url.isprintable():
         raise _invalid()
+    if find_card_numbers(url, known_brand=True):
+        # Stored, listed and logged with every delivery: a card number pasted into it must not be.
+        raise WebhookUrlError(
+            "webhook_url_invalid", "The webhook URL looks like it holds a card number; not stored."
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -354,7 +360,12 @@ class MerchantStore:
         await migrate(self._db, "merchants", _MIGRATIONS)
 
     async def create(self, name: str, *, token_dedup: bool = False) -> tuple[Merchant, str]:
-        """Create a merchant and its first API key; the key is returned once, never stored."""
+        """Create a merchant and its first API key; the key is returned once, never stored.
+
+        A name holding a card number (pasted by mistake) is refused: names are listed and logged.
+        """
+        if find_card_numbers(name):
+            raise InvalidRequestError("The merchant name looks like it holds a card number.")
         merchant = Merchant(
             id=new_merchant_id(),
             name=name,

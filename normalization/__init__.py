@@ -82,7 +82,9 @@ from normalization.money import (
     known_currencies,
 )
 from normalization.redaction import (
+    CardNumberMatch,
     ascii_digits,
+    find_card_numbers,
     redact_card_numbers,
     redact_card_text,
     redact_security_codes,
@@ -137,6 +139,7 @@ __all__ = [
     "CardData",
     "CardMethod",
     "CardNumber",
+    "CardNumberMatch",
     "CardSecurityCode",
     "ConnectorBusyError",
     "ConnectorConfigurationError",
@@ -200,6 +203,7 @@ __all__ = [
     "card_brand",
     "card_last4",
     "currency_exponent",
+    "find_card_numbers",
     "input_free_error",
     "is_valid_pan",
     "known_currencies",

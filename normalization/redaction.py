@@ -4,10 +4,20 @@ Code should never put card data into text; this is the safety net for text it do
 (a provider's decline message, a third-party library's exception, a request body quoted in an
 error). Two passes, both keeping everything else intact:
 
-1. **Card numbers.** Every run of 12-19 decimal digits (single spaces or dashes allowed between
-   them) that passes Luhn becomes its mask (BIN and last 4 at most, ``mask_pan``). Digits of any
-   script count (``\\d``, not ``[0-9]``): a full-width or Arabic-Indic PAN is still the PAN, and
-   its mask is written in ASCII digits.
+1. **Card numbers** (``find_card_numbers``). A *run* is 12 or more decimal digits of any script
+   (``\\d``: a full-width or Arabic-Indic PAN is still the PAN) with up to three separators
+   between any two of them, as card numbers get written and encoded: whitespace of any kind
+   (a no-break space too), dashes of any kind, dots, slashes, underscores, ``+``, and the URL
+   (``%20``, ``%2D``) and JSON (``\\u00a0``, ``\\u2007``, ...) escapes of a space or a dash. A run
+   that is itself 12-19 digits passing Luhn becomes its mask (BIN and last 4 at most,
+   ``mask_pan``). A longer run, or one that fails as a whole, may still *hold* a card number
+   beside something else: ``PAN 123`` (its CVC), ``PAN 12/30`` (its expiry), ``PAN-1``. So every
+   stretch of whole groups of its digits (as separators part them), 12-19 digits long, that
+   passes Luhn in a known brand's range counts too; then the whole run is masked down to that
+   card's BIN (its last 4 may be the other number's digits, a CVC's among them). Whole groups
+   only: a numeric token fails Luhn by design, and no shorter stretch of it may pass for a card
+   (a PAN glued to other digits, ``PAN123``, is one group that fails as a whole: not found).
+   The mask is written in ASCII digits.
 2. **Security codes next to their name.** A CVV is 3-4 digits and cannot be told from any other
    number by itself, so it is recognised by what precedes it: ``cvc``, ``cvv``, ``cvc2``,
    ``cvv2``, ``cav2``, ``cid``, ``csc`` or ``security code`` (also as part of a key:
@@ -22,18 +32,34 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
-from normalization.cards import luhn_valid, mask_pan
+from normalization.cards import CardBrand, card_bin, card_brand, luhn_valid, mask_pan
 
-__all__ = ["ascii_digits", "redact_card_numbers", "redact_card_text", "redact_security_codes"]
+__all__ = [
+    "CardNumberMatch",
+    "ascii_digits",
+    "find_card_numbers",
+    "redact_card_numbers",
+    "redact_card_text",
+    "redact_security_codes",
+]
 
 #: What a redacted security code shows.
 MASKED_CODE = "***"
 
-_PAN_CANDIDATE_RE = re.compile(r"(?<!\d)\d(?:[ -]?\d){11,18}(?!\d)")
+#: What may stand between two digits of a written card number (at most three of them in a row).
+_GAP = (
+    r"(?:[\s\-\u2010-\u2015\u2212./_+]|%20|%2[dD]"
+    r"|\\u00[aA]0|\\u0020|\\u20(?:0[0-9aA]|1[0-5]|2[fF])|\\u2212|\\u3000)"
+)
+_RUN_RE = re.compile(rf"(?<!\d)\d(?:{_GAP}{{0,3}}\d){{11,}}(?!\d)")
+#: A run taken apart: each separator whole (``%20`` is not the digits 2 and 0), or one digit.
+_TOKEN_RE = re.compile(rf"{_GAP}|\d")
+_MIN_PAN, _MAX_PAN = 12, 19
 _ANY_DIGIT_RE = re.compile(r"\d")
 
-_CODE_NAMES = r"(?i:cvc2?|cvv2?|cav2|cid|csc|security[ _-]?code)"
+_CODE_NAMES = r"(?i:cvc2?|cvv2?|cav2|cid|csc|security[ _-]?code|verification[ _-]?value)"
 # Where a name may start: not inside a word or a number ("acid", "x1cvc"), except after a
 # lower-case letter when the name is capitalised (camelCase: "cardCvc") and after an
 # URL-encoded bracket ("card%5Bcvc%5D").
@@ -52,14 +78,97 @@ def ascii_digits(text: str) -> str:
     return "".join(str(unicodedata.decimal(char)) for char in text if char.isdecimal())
 
 
-def _mask_candidate(match: re.Match[str]) -> str:
-    digits = ascii_digits(match.group(0))
-    return mask_pan(digits) if luhn_valid(digits) else match.group(0)
+@dataclass(frozen=True, slots=True)
+class CardNumberMatch:
+    """A run of digits in a text that is or holds a card number (``find_card_numbers``)."""
+
+    start: int
+    end: int
+    #: The card number found, in ASCII digits.
+    pan: str
+    #: Whether the run is the card number and nothing else.
+    whole: bool
+
+    @property
+    def mask(self) -> str:
+        """What the run becomes when redacted: the card's mask when the run is the card alone,
+        else its BIN only (the run's other digits may be a CVC or an expiry)."""
+        if self.whole:
+            return mask_pan(self.pan)
+        shown = card_bin(self.pan)
+        return shown + "*" * (len(self.pan) - len(shown))
+
+
+def _groups(run: str) -> list[str]:
+    """The run's groups of digits (ASCII), as separators part them."""
+    groups: list[str] = []
+    digits: list[str] = []
+    for token in _TOKEN_RE.findall(run):
+        if len(token) == 1 and token.isdecimal():
+            digits.append(str(unicodedata.decimal(token)))
+        elif digits:  # a separator, escapes included: their digits are not the number's
+            groups.append("".join(digits))
+            digits = []
+    groups.append("".join(digits))
+    return groups
+
+
+def _held_card(groups: list[str]) -> str | None:
+    """The first (then longest) stretch of whole groups, 12-19 digits, that passes Luhn and falls
+    in a known brand's range. Whole groups only: a numeric token (16 digits failing Luhn by
+    design) is one group, and no shorter stretch of it may count as a card."""
+    for first in range(len(groups)):
+        stretch = ""
+        candidates: list[str] = []
+        for group in groups[first:]:
+            stretch += group
+            if len(stretch) > _MAX_PAN:
+                break
+            if len(stretch) >= _MIN_PAN:
+                candidates.append(stretch)
+        for candidate in reversed(candidates):
+            if luhn_valid(candidate) and card_brand(candidate) is not CardBrand.UNKNOWN:
+                return candidate
+    return None
+
+
+def find_card_numbers(text: str, *, known_brand: bool = False) -> list[CardNumberMatch]:
+    """Every run of ``text`` that is or holds a card number (see the module's docstring).
+
+    ``known_brand``: a run that is a Luhn-valid number as a whole counts only in a known brand's
+    IIN range too (one long numeric order id in ten passes Luhn alone; a form field refusing card
+    numbers should not refuse those). A card *held* in a longer run always needs the brand.
+    """
+    found: list[CardNumberMatch] = []
+    for match in _RUN_RE.finditer(text):
+        groups = _groups(match.group(0))
+        digits = "".join(groups)
+        if (
+            len(digits) <= _MAX_PAN
+            and luhn_valid(digits)
+            and (not known_brand or card_brand(digits) is not CardBrand.UNKNOWN)
+        ):
+            found.append(CardNumberMatch(match.start(), match.end(), digits, whole=True))
+            continue
+        held = _held_card(groups)
+        if held is not None:
+            found.append(CardNumberMatch(match.start(), match.end(), held, whole=False))
+    return found
 
 
 def redact_card_numbers(text: str) -> str:
-    """``text`` with every Luhn-valid run of 12-19 digits (spaces or dashes allowed) masked."""
-    return _PAN_CANDIDATE_RE.sub(_mask_candidate, text)
+    """``text`` with every run that is or holds a card number masked (``find_card_numbers``)."""
+    matches = find_card_numbers(text)
+    if not matches:
+        return text
+    parts: list[str] = []
+    position = 0
+    for match in matches:
+        parts.append(text[position : match.start])
+        parts.append(match.mask)
+        position = match.end
+    parts.append(text[position:])
+    return "".join(parts)
 
 
 def _may_name_a_code(text: str) -> bool:
@@ -76,6 +185,7 @@ def _may_name_a_code(text: str) -> bool:
         or "csc" in lowered
         or "cav2" in lowered
         or ("security" in lowered)
+        or ("verification" in lowered)
     )
 
 

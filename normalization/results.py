@@ -22,7 +22,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from normalization.errors import InvalidRequestError
 from normalization.money import Money
-from normalization.redaction import redact_card_text
+from normalization.redaction import redact_card_numbers, redact_card_text
 from normalization.validation import DomainModel, reraise_for_pydantic
 
 __all__ = [
@@ -92,6 +92,11 @@ class DeclineCode(StrEnum):
 
 #: Free text from a provider: card numbers masked, security codes next to their name hidden.
 ProviderText = Annotated[str, AfterValidator(redact_card_text)]
+#: An identifier or address from a provider (its payment id, a redirect URL): stored, echoed to
+#: the merchant and sent back to the provider, so a card number in one (a provider echoing the
+#: PAN into its ids) is masked like one in free text. Such an id no longer finds the payment at
+#: the provider; it was never safe to keep.
+ProviderValue = Annotated[str, AfterValidator(redact_card_numbers)]
 
 
 class Decline(DomainModel):
@@ -106,9 +111,9 @@ class NextAction(DomainModel):
     """What the customer must do next (3-D Secure, bank consent): follow a redirect."""
 
     type: Literal["redirect"] = "redirect"
-    url: Annotated[str, Field(pattern=r"^https?://", max_length=4096)]
+    url: Annotated[ProviderValue, Field(pattern=r"^https?://", max_length=4096)]
     method: Literal["GET", "POST"] = "GET"
-    data: dict[str, str] = Field(default_factory=dict)
+    data: dict[str, ProviderValue] = Field(default_factory=dict)
 
 
 class PaymentResult(DomainModel):
@@ -116,8 +121,8 @@ class PaymentResult(DomainModel):
 
     status: PaymentStatus
     outcome: Outcome
-    provider_reference: Annotated[str | None, Field(max_length=200)] = None
-    provider_references: dict[str, str] = Field(default_factory=dict)
+    provider_reference: Annotated[ProviderValue | None, Field(max_length=200)] = None
+    provider_references: dict[str, ProviderValue] = Field(default_factory=dict)
     amount_authorized: Money | None = None
     amount_captured: Money | None = None
     amount_refunded: Money | None = None

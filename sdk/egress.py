@@ -454,19 +454,23 @@ class EgressTransport(httpx.AsyncBaseTransport):
         def text(data: bytes) -> str:
             return scrubber.scrub_text(_mask(data, resolved).decode("utf-8", errors="replace"))
 
-        # A short revealed value (the security code) is too common a number to scrub wherever
-        # it appears; a reply that echoes it as a whole quoted value, under a name the scrubber
-        # does not know, still loses it (replies only: the request shows placeholders' masks).
+        # The revealed security code, wherever a reply holds it as a number of its own (quoted
+        # or not, under a name the scrubber does not know, after the card number in a message:
+        # "Card 4242... 737 declined"). A recording is test data: another number that happens
+        # to equal the code is hidden too, which costs nothing (replies only: the request shows
+        # placeholders' masks).
         codes = [
-            b'"' + v.raw.encode() + b'"'
+            re.compile(r"(?<![0-9])" + re.escape(v.raw) + r"(?![0-9])")
             for v in resolved.values()
             if v.field is CardField.CVC and v.raw
         ]
 
         def reply_text(data: bytes) -> str:
-            for quoted in codes:
-                data = data.replace(quoted, b'"***"')
-            return text(data)
+            scrubbed = text(data)
+            for code in codes:
+                if code.search(scrubbed) is not None:
+                    scrubbed = _hide_code(scrubbed, code)
+            return scrubbed
 
         def header_pairs(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
             pairs = [(k.decode("latin-1"), text(v)) for k, v in raw]
@@ -487,6 +491,29 @@ class EgressTransport(httpx.AsyncBaseTransport):
                 elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
             )
         )
+
+
+def _hide_code(text: str, code: re.Pattern[str]) -> str:
+    """``text`` without the security code ``code`` matches: in a JSON document, inside every
+    string and as a number of its own (then ``"***"``, so the document still parses); in other
+    text, wherever it stands alone."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return code.sub("***", text)
+
+    def hide(node: Any) -> Any:
+        if isinstance(node, str):
+            return code.sub("***", node)
+        if isinstance(node, int) and not isinstance(node, bool) and code.fullmatch(str(node)):
+            return "***"
+        if isinstance(node, dict):
+            return {key: hide(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [hide(item) for item in node]
+        return node
+
+    return json.dumps(hide(document), ensure_ascii=False)
 
 
 def _tracing(tracker: SendTracker, downstream: TraceCallback | None) -> TraceCallback:

@@ -51,6 +51,9 @@ SENSITIVE_KEYS = (
     "securitycode",
     "card_security_code",
     "cardsecuritycode",
+    "verification_value",  # ActiveMerchant's and Spreedly's name for the CVV
+    "verificationvalue",
+    "card_verification_value",
     "password",
     "secret",
     "client_secret",
@@ -66,7 +69,7 @@ _JSON_KEY = re.compile(rf'("(?:{_KEYS})"\s*:\s*)("(?:[^"\\]|\\.)*"|[0-9]+)', re.
 # Any other key naming a security code, with a code as its value: "card_cvc": "123",
 # "cardCvv": 123 ("cvc_check": "pass" is left alone). Quoted in the result: the document parses.
 _JSON_CODE_KEY = re.compile(
-    r'("[^"\\]{0,40}(?:cvc|cvv|security_?code)[^"\\]{0,40}"\s*:\s*)("\s*[0-9]{3,4}\s*"|[0-9]{3,4}(?![0-9]))',
+    r'("[^"\\]{0,40}(?:cvc|cvv|security_?code|verification_?value)[^"\\]{0,40}"\s*:\s*)("\s*[0-9]{3,4}\s*"|[0-9]{3,4}(?![0-9]))',
     re.IGNORECASE,
 )
 # cvc=123, card[cvc]=123, card%5Bcvc%5D=123

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from normalization import InvalidRequestError, ascii_digits, luhn_valid
+from normalization import InvalidRequestError, ascii_digits, find_card_numbers
 from vault.clock import Clock, SystemClock
 from vault.database import (
     Connection,
@@ -116,18 +116,17 @@ _READ_HEAD_FOR_UPDATE = "SELECT seq, hash FROM vault_audit_head WHERE id = 1 FOR
 
 # Digits of any script (a full-width PAN is still the PAN), with up to two separators between
 # them: whitespace, dashes, dots, slashes or underscores, as card numbers get written.
-_CARD_RUN_RE = re.compile(r"\d(?:[\s./_-]{0,2}\d)+")
+_CARD_RUN_RE = re.compile(r"\d(?:[\s./_\u2010-\u2015-]{0,2}\d)+")
 
 
 def contains_card_number(text: str) -> bool:
-    """True if ``text`` may hold a PAN: a run of 12-19 digits (of any script; whitespace, dashes,
-    dots, slashes or underscores allowed between them) passing Luhn, or any longer run, which
-    could hide one."""
-    for match in _CARD_RUN_RE.finditer(text):
-        digits = ascii_digits(match.group())
-        if len(digits) > 19 or (len(digits) >= 12 and luhn_valid(digits)):
-            return True
-    return False
+    """True if ``text`` may hold a PAN: a card number however written, alone or followed by
+    something else (``PAN 123``: ``normalization.find_card_numbers``, Luhn alone deciding for a
+    run that is 12-19 digits as a whole), or any run of more than 19 digits, which could hide
+    one."""
+    if find_card_numbers(text):
+        return True
+    return any(len(ascii_digits(m.group())) > 19 for m in _CARD_RUN_RE.finditer(text))
 
 
 class AuditAction(StrEnum):

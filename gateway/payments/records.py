@@ -30,7 +30,6 @@ from enum import Enum, StrEnum
 from typing import Any, Final, Literal
 
 from normalization import (
-    CardBrand,
     Decline,
     InvalidRequestError,
     Money,
@@ -39,8 +38,7 @@ from normalization import (
     PaymentState,
     PaymentStatus,
     TesseraError,
-    card_brand,
-    is_valid_pan,
+    find_card_numbers,
 )
 from normalization.methods import BankAccountMethod, CardMethod, OpenBankingMethod
 
@@ -61,8 +59,6 @@ __all__ = [
 
 _BASE62 = string.ascii_letters + string.digits
 _ID_LENGTH = 24
-# A run of 12-19 digits, possibly separated by spaces or dashes: what a PAN looks like in text.
-_PAN_LIKE_RE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){11,18}[0-9](?![0-9])", re.ASCII)
 
 # A fixed namespace: provider keys must be the same in every process and after every restart.
 _PROVIDER_KEY_NAMESPACE = uuid.UUID("6f1c2a0e-4b7d-5c3e-9a8f-7d2b1e0c9a41")
@@ -100,16 +96,13 @@ def provider_idempotency_key(
 
 
 def contains_pan(text: str) -> bool:
-    """True if ``text`` holds what is likely a card number (spaces/dashes allowed).
+    """True if ``text`` holds what is likely a card number, however it is written (any digits'
+    script, separators, ``PAN 123``: ``normalization.find_card_numbers``).
 
-    Likely means: 12-19 digits, Luhn-valid, in a known brand's IIN range. The brand condition
-    keeps one long numeric order id in ten (Luhn alone) from being mistaken for a card.
+    Likely means: Luhn-valid, in a known brand's IIN range. The brand condition keeps one long
+    numeric order id in ten (Luhn alone) from being mistaken for a card.
     """
-    for match in _PAN_LIKE_RE.finditer(text):
-        digits = re.sub(r"[ -]", "", match.group(0))
-        if is_valid_pan(digits) and card_brand(digits) is not CardBrand.UNKNOWN:
-            return True
-    return False
+    return bool(find_card_numbers(text, known_brand=True))
 
 
 class ConcurrentUpdateError(TesseraError):

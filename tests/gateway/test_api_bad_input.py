@@ -357,3 +357,36 @@ async def test_error_fields_name_what_the_client_sent_not_the_union_tag(
     assert resp.status == 422, await resp.text()
     problem = await resp.json()
     assert [e["field"] for e in problem["errors"]] == fields, problem
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"reference": "5555 5555 5555 4444 12/30"},
+        {"reference": "\uff14\uff12\uff14\uff12" * 4},
+        {"reference": "5105.1051.0510.5100"},
+        {"metadata": {"card": "4000 0566 5566 5556 1"}},
+        {"metadata": {"n": "3782/822463/10005"}},
+        {"return_url": "https://shop.example/r?c=4000.0566.5566.5556"},
+        {"return_url": "https://shop.example/r?c=4000%200566%205566%205556"},
+        {"return_url": "https://shop.example/r?c=4000+0566+5566+5556"},
+    ],
+)
+async def test_a_card_number_in_free_text_is_refused_however_written(
+    gw: Gateway, extra: dict[str, Any]
+) -> None:
+    """A security review stored these: a PAN with its expiry or CVC after it, full-width,
+    dotted, slashed, URL-encoded. Refused, echoed nowhere, nothing written."""
+    token = await _token(gw)
+    resp = await gw.client.post(
+        "/v1/payments",
+        json={**_payment(token), **extra},
+        headers={**gw.auth, "Idempotency-Key": "pan-1"},
+    )
+    text = await resp.text()
+    assert resp.status in (400, 422), text
+    body = json.loads(text)
+    assert body["code"] in ("invalid_request", "validation_error"), body
+    for digits in ("5555554444", "0566556655", "1051051", "8224631", "42424242"):
+        assert digits not in text.replace("\uff14\uff12", "42")
+    assert await _references(gw) == []

@@ -546,3 +546,31 @@ async def test_a_reply_echoing_the_security_code_under_another_name_loses_it(
     }
     # (A random 3-digit code may occur inside other numbers, e.g. the amount: quoted only.)
     assert f'"{cvc}"' not in transcript.text() and pan not in transcript.text()
+
+
+async def test_a_reply_echoing_the_card_and_code_in_prose_or_as_numbers_loses_both(
+    provider: LoopbackProvider, client, revealer, canary, transcript
+) -> None:
+    """A security review's provider: the code after the card number in a message, as an
+    unquoted number under ActiveMerchant's name, and the card split by no-break spaces."""
+    token, pan, cvc = canary
+    spaced = "\u00a0".join(pan[i : i + 4] for i in range(0, len(pan), 4))
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "message": f"Card {pan} {cvc} declined",
+                "card": {"verification_value": int(cvc), "display": spaced},
+                "amount": 1050,
+            }
+        )
+
+    provider.handler = echo
+    ctx = context(client, provider.url, revealer, transcript)
+    card = ctx.card(CardMethod(token=token))
+    await ctx.send("POST", "/payments", json={"number": card.number, "cvc": card.cvc})
+    text = transcript.text()
+    assert pan not in text and pan[6:12] not in text.replace("\\u00a0", "")
+    body = json.loads(transcript.exchanges[0].response_body)
+    assert cvc not in body["message"] and body["card"]["verification_value"] == "***"
+    assert body["amount"] == 1050
