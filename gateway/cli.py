@@ -23,6 +23,7 @@ imported lazily so ``tessera --help`` stays fast::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -44,14 +45,25 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _admin_settings(args: argparse.Namespace) -> Settings:
+def _admin_settings(args: argparse.Namespace, *, database: bool = True) -> Settings:
     """For an admin command: the gateway's JSON logs on stderr, through its card-data
     redaction, at ``--log-level`` (the command's output stays alone on stdout), and the
-    configuration from ``--config`` and ``TESSERA_*``."""
-    from gateway.config import load_settings
+    configuration from ``--config`` and ``TESSERA_*``.
+
+    ``database``: the command reads or writes the gateway's database. Then a database must be
+    named (``--config`` or ``TESSERA_DATABASE_URL``): the default would be a new, empty SQLite
+    file in the current directory, where ``audit verify`` finds an intact empty log and
+    ``keys rotate`` no merchants, both exiting 0 (a cron job missing its flag passed silently).
+    """
+    from gateway.config import ConfigError, load_settings
     from gateway.observability import configure_logging
 
     configure_logging(args.log_level)
+    if database and args.config is None and not os.environ.get("TESSERA_DATABASE_URL"):
+        raise ConfigError(
+            "this command needs the gateway's database: pass --config FILE (the gateway's "
+            "configuration) or set TESSERA_DATABASE_URL."
+        )
     return load_settings(args.config)
 
 
@@ -106,7 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _vault_provision(args: argparse.Namespace) -> int:
     from gateway.commands.admin import vault_provision
 
-    settings = _admin_settings(args)
+    settings = _admin_settings(args, database=False)
     admin_file = Path(args.admin_secret_id_file) if args.admin_secret_id_file else None
     return vault_provision(settings, admin_secret_id_file=admin_file)
 
@@ -406,7 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     attempts = commands.add_parser("attempts", help="Open connector calls: list, settle.")
     t_cmds = attempts.add_subparsers(dest="attempts_command", metavar="ACTION", required=True)
     open_list = t_cmds.add_parser("list", help="Open attempts and how each will be settled.")
-    open_list.add_argument("--limit", type=int, default=100, help="At most this many (100).")
+    open_list.add_argument(
+        "--limit", type=_positive_int, default=100, help="At most this many (100)."
+    )
     _config_arg(open_list, required=True)
     open_list.set_defaults(handler=_attempts_list)
     settle = t_cmds.add_parser(

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -108,6 +109,7 @@ class DatabaseSettings(BaseModel):
 class VaultSettings(BaseModel):
     model_config = _STRICT
 
+    #: An http:// or https:// URL (checked when the file is read, not at the first Vault call).
     addr: str = "http://127.0.0.1:8200"
     token: SecretStr | None = None
     role_id: str | None = None
@@ -117,6 +119,13 @@ class VaultSettings(BaseModel):
     #: Small on purpose: an unreachable Vault must turn into a 503 in well under a second.
     connect_timeout: Annotated[float, Field(gt=0)] = 0.5
     max_connections: Annotated[int, Field(ge=1)] = 64
+
+    @field_validator("addr")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if re.fullmatch(r"https?://[^/?#\s]+(?:/\S*)?", value) is None:
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8200")
+        return value
 
 
 class TokenizationSettings(BaseModel):
@@ -339,6 +348,11 @@ def load_settings(path: str | Path | None = None, *, env: dict[str, str] | None 
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source} is not valid TOML: {exc}.") from None
+        except UnicodeDecodeError:
+            # TOML is UTF-8; an editor's UTF-16 or Latin-1 save is not.
+            raise ConfigError(
+                f"{source} is not UTF-8 text; save it as UTF-8 (TOML files are)."
+            ) from None
     environ = os.environ if env is None else env
     from_env: dict[tuple[str, str], str] = {}
     for name, (section, key) in _ENV_OVERRIDES.items():

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -38,7 +40,7 @@ from gateway.config import (
     VaultSettings,
 )
 from gateway.merchants import MerchantStore
-from gateway.server import run_gateway
+from gateway.server import StartupError, check_listen_address, run_gateway
 from gateway.simulators import load_simulator
 from normalization import TesseraError
 from sdk import load_registry
@@ -92,7 +94,52 @@ def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
             file=sys.stderr,
         )
         return 2
-    data_dir.mkdir(parents=True, exist_ok=True)
+    refusal = _dev_preflight(host, port, data_dir)
+    if refusal is not None:
+        print(f"tessera dev: error: {refusal}", file=sys.stderr)
+        return 2
+    with _data_dir_lock(data_dir) as held:
+        if not held:
+            print(
+                f"tessera dev: error: another tessera dev is running with {data_dir}; stop it, "
+                "or give this one its own --data-dir.",
+                file=sys.stderr,
+            )
+            return 2
+        return _run_dev(port=port, data_dir=data_dir, host=host)
+
+
+def _dev_preflight(host: str, port: int, data_dir: Path) -> str | None:
+    """What stops ``tessera dev`` before OpenBao starts and anything in ``data_dir`` is touched:
+    a port out of range or taken, a data directory that cannot be made."""
+    if not 1 <= port <= 65535:
+        return f"--port must be between 1 and 65535, not {port}."
+    try:
+        check_listen_address(host, port)
+    except StartupError as exc:
+        return str(exc).replace("[server] port", "--port").replace("[server] host", "the host")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot use {data_dir} as the data directory: {exc.strerror or exc}."
+    return None
+
+
+@contextlib.contextmanager
+def _data_dir_lock(data_dir: Path) -> Iterator[bool]:
+    """Hold ``data_dir``'s lock for this run (True), or say another run holds it (False): a
+    second ``tessera dev`` on the same directory would remove the first one's ``dev.json`` and
+    move its database away under it."""
+    with (data_dir / ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+
+
+def _run_dev(*, port: int, data_dir: Path, host: str) -> int:
     dev_file = data_dir / DEV_FILE
     dev_file.unlink(missing_ok=True)
     db_path = data_dir / "dev.db"

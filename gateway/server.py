@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import shutil
 import signal
 import socket
@@ -349,15 +350,23 @@ async def _check_connector_credentials(settings: Settings) -> None:
         await client.close()
 
 
+#: Query parameters that carry a credential in a database URL (asyncpg and libpq read them).
+_SECRET_QUERY_RE = re.compile(r"((?:^|&)(?:password|passfile|sslpassword)=)[^&]*", re.IGNORECASE)
+
+
 def _redacted_url(url: str) -> str:
-    """``url`` without its password (database URLs may carry one)."""
+    """``url`` without its password (database URLs may carry one, in the user part or as a
+    ``password`` query parameter)."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+        query = _SECRET_QUERY_RE.sub(r"\1***", parts.query)
+        if parts.password is None and query == parts.query:
+            return url  # as written (urlunsplit would turn sqlite://// into sqlite://)
+        parts = parts._replace(query=query)
+        if parts.password is not None:
+            netloc = parts.netloc.rsplit("@", 1)[1]
+            parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+        return urlunsplit(parts)
     except ValueError:
         return "<the configured URL>"
 

@@ -1,0 +1,117 @@
+"""An operator's mistakes, from a walkthrough of docs/operating.md: each one gets one clear
+``tessera:`` line and exit 2 (a usage or configuration error), before anything is started or
+written, and a password in a database URL is never printed."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ConfigError, load_settings
+from gateway.devmode import _data_dir_lock
+from gateway.server import _redacted_url
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "utf16.toml"
+    path.write_bytes("[server]\nport = 8080\n".encode("utf-16"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(path)
+
+
+def test_a_vault_addr_without_a_scheme_is_refused_when_read(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[vault]\naddr = "127.0.0.1:8200"\n')
+    with pytest.raises(ConfigError, match=r"\[vault\] addr: must be an http:// or https:// URL"):
+        load_settings(path, env={})
+    path.write_text('[vault]\naddr = "https://bao.internal:8200"\n')
+    assert load_settings(path, env={}).vault.addr == "https://bao.internal:8200"
+
+
+def test_a_database_password_in_the_query_is_hidden() -> None:
+    assert _redacted_url("postgresql://u@h:5432/db?password=hunter2") == (
+        "postgresql://u@h:5432/db?password=***"
+    )
+    assert "h2" not in _redacted_url("postgresql://u:pw@h/db?sslmode=require&PASSWORD=h2")
+    assert _redacted_url("sqlite:////var/lib/tessera/t.db") == "sqlite:////var/lib/tessera/t.db"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["audit", "verify"], ["merchants", "list"], ["keys", "rotate"]],
+)
+def test_admin_commands_refuse_to_run_without_a_database(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --config they ran against a new empty SQLite file here and exited 0."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TESSERA_DATABASE_URL", raising=False)
+    monkeypatch.setenv("TESSERA_VAULT_ADMIN_TOKEN", "x")
+    assert main(argv) == 2
+    assert "--config" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [], "nothing may be created"
+
+
+def test_attempts_list_refuses_a_limit_below_one(tmp_path: Path) -> None:
+    config = tmp_path / "gw.toml"
+    config.write_text("")
+    with pytest.raises(SystemExit) as caught:
+        main(["attempts", "list", "--config", str(config), "--limit", "-5"])
+    assert caught.value.code == 2
+
+
+def _dev(tmp_path: Path, *args: str) -> int:
+    return main(["dev", "--data-dir", str(tmp_path / "data"), *args])
+
+
+def test_dev_refuses_a_taken_port_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert _dev(tmp_path, "--port", str(port)) == 2
+    err = capsys.readouterr().err
+    assert "already in use" in err and "--port" in err and "Traceback" not in err
+    assert "Starting OpenBao" not in err
+
+
+@pytest.mark.parametrize("port", ["0", "99999"])
+def test_dev_refuses_a_port_out_of_range(
+    tmp_path: Path, port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _dev(tmp_path, "--port", port) == 2
+    assert "--port must be between 1 and 65535" in capsys.readouterr().err
+
+
+def test_dev_refuses_a_data_dir_it_cannot_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("")
+    assert main(["dev", "--port", "1", "--data-dir", str(tmp_path / "afile" / "sub")]) == 2
+    assert "cannot use" in capsys.readouterr().err
+
+
+def test_a_second_dev_on_the_same_data_dir_touches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to delete the running one's dev.json and move its database away."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dev.json").write_text("{}")
+    (data / "dev.db").write_text("live")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with _data_dir_lock(data) as held:
+        assert held
+        assert _dev(tmp_path, "--port", str(port)) == 2
+    assert "another tessera dev is running" in capsys.readouterr().err
+    assert (data / "dev.json").exists() and (data / "dev.db").read_text() == "live"
