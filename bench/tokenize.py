@@ -9,6 +9,9 @@ rounds; ratios are taken within each round (same minute, same neighbours) before
 Full validation, keyed fingerprint and SQLite persistence are all on the measured path; OpenBao
 (dev server) runs on the same machine.
 
+The gateway logs in to OpenBao with the ``tessera-gateway`` AppRole, as deployed
+(``--vault-auth root`` for the dev server's root token, which skips OpenBao's policy checks).
+
     python bench/tokenize.py [--workers 2] [--duration 10] [--connections 64] [--rounds 3]
 
 Needs ``wrk`` (``apt-get install wrk``). Traffic goes to 127.0.0.1 only; every run is bounded.
@@ -96,6 +99,7 @@ def _config(
     batching: bool,
     workers: int,
     encryption: str,
+    vault_auth: str,
 ) -> Path:
     path.write_text(
         f"""
@@ -109,7 +113,7 @@ url = "{db_url}"
 
 [vault]
 addr = "{bao.addr}"
-token = "{bao.root_token}"
+{vault_auth}
 
 [tokenization]
 batching = {"true" if batching else "false"}
@@ -171,6 +175,7 @@ def _run_gateway(
     duration: float,
     connections: int,
     encryption: str,
+    vault_auth: str,
     batch_cards: int = 0,
 ) -> Phase:
     port = free_port()
@@ -182,6 +187,7 @@ def _run_gateway(
         batching=batching,
         workers=workers,
         encryption=encryption,
+        vault_auth=vault_auth,
     )
     proc = _start(
         [
@@ -280,11 +286,20 @@ def main() -> None:
         default="envelope",
         help="[tokenization] encryption of the measured gateway (default: envelope, the default)",
     )
+    parser.add_argument(
+        "--vault-auth",
+        choices=("approle", "root"),
+        default="approle",
+        help="how the gateway logs in to OpenBao: the tessera-gateway AppRole, as deployed and as\n"
+        "`tessera dev` does (default), or the dev server's root token (what passes 1-7 used;\n"
+        "OpenBao skips its policy checks for root, about half its CPU per call: bench/transit.py)",
+    )
     args = parser.parse_args()
     print(f"tessera tokenize benchmark: {machine_facts()}")
     print(
         f"settings: workers={args.workers} connections={args.connections} (batch endpoint: 4) "
         f"duration={args.duration:g}s rounds={args.rounds} encryption={args.encryption}, "
+        f"vault-auth={args.vault_auth}, "
         "wrk on loopback, "
         f"{'PostgreSQL (same machine)' if args.postgres else 'SQLite'} store, "
         "gateway log level WARNING\n"
@@ -303,7 +318,7 @@ def main() -> None:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
         bao = stack.enter_context(DevServer())
         workdir = Path(tmp)
-        provision(bao.addr, bao.root_token)
+        provisioned = provision(bao.addr, bao.root_token)
         db_url = f"sqlite:///{workdir / 'bench.db'}"
         if args.postgres:
             db_url = stack.enter_context(scratch_postgres(args.postgres))
@@ -315,6 +330,12 @@ def main() -> None:
             "db_url": db_url,
             "key": key,
             "encryption": args.encryption,
+            "vault_auth": (
+                f'token = "{bao.root_token}"'
+                if args.vault_auth == "root"
+                else f'role_id = "{provisioned.gateway_role_id}"\n'
+                f'secret_id = "{provisioned.gateway_secret_id}"'
+            ),
         }
         runs = {
             "batched": lambda: _run_gateway(
