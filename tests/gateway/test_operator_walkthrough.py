@@ -4,12 +4,14 @@ written, and a password in a database URL is never printed."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
 from gateway.config import ConfigError, load_settings
 from gateway.devmode import _data_dir_lock
 from gateway.server import _redacted_url
@@ -39,69 +41,76 @@ def test_a_database_password_in_the_query_is_hidden() -> None:
     assert _redacted_url("sqlite:////var/lib/tessera/t.db") == "sqlite:////var/lib/tessera/t.db"
 
 
+def _tessera(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in its own process: ``main`` configures logging for the whole process, which an
+    in-process call would leave pointing at this test's captured stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+        env=env,
+    )
+
+
 @pytest.mark.parametrize(
     "argv",
     [["audit", "verify"], ["merchants", "list"], ["keys", "rotate"]],
 )
-def test_admin_commands_refuse_to_run_without_a_database(
-    argv: list[str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_admin_commands_refuse_to_run_without_a_database(argv: list[str], tmp_path: Path) -> None:
     """Without --config they ran against a new empty SQLite file here and exited 0."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("TESSERA_DATABASE_URL", raising=False)
-    monkeypatch.setenv("TESSERA_VAULT_ADMIN_TOKEN", "x")
-    assert main(argv) == 2
-    assert "--config" in capsys.readouterr().err
+    env = {k: v for k, v in os.environ.items() if k != "TESSERA_DATABASE_URL"}
+    env["TESSERA_VAULT_ADMIN_TOKEN"] = "x"
+    done = _tessera(*argv, cwd=tmp_path, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "--config" in done.stderr and "Traceback" not in done.stderr
     assert list(tmp_path.iterdir()) == [], "nothing may be created"
 
 
 def test_attempts_list_refuses_a_limit_below_one(tmp_path: Path) -> None:
     config = tmp_path / "gw.toml"
     config.write_text("")
-    with pytest.raises(SystemExit) as caught:
-        main(["attempts", "list", "--config", str(config), "--limit", "-5"])
-    assert caught.value.code == 2
+    done = _tessera("attempts", "list", "--config", str(config), "--limit", "-5")
+    assert done.returncode == 2 and "must be at least 1" in done.stderr
 
 
-def _dev(tmp_path: Path, *args: str) -> int:
-    return main(["dev", "--data-dir", str(tmp_path / "data"), *args])
+def _dev(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _tessera("dev", "--data-dir", str(tmp_path / "data"), *args)
 
 
-def test_dev_refuses_a_taken_port_before_starting_anything(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_dev_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert _dev(tmp_path, "--port", str(port)) == 2
-    err = capsys.readouterr().err
+        done = _dev(tmp_path, "--port", str(port))
+    assert done.returncode == 2
+    err = done.stderr
     assert "already in use" in err and "--port" in err and "Traceback" not in err
     assert "Starting OpenBao" not in err
 
 
 @pytest.mark.parametrize("port", ["0", "99999"])
-def test_dev_refuses_a_port_out_of_range(
-    tmp_path: Path, port: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert _dev(tmp_path, "--port", port) == 2
-    assert "--port must be between 1 and 65535" in capsys.readouterr().err
+def test_dev_refuses_a_port_out_of_range(tmp_path: Path, port: str) -> None:
+    done = _dev(tmp_path, "--port", port)
+    assert done.returncode == 2
+    assert "--port must be between 1 and 65535" in done.stderr
 
 
-def test_dev_refuses_a_data_dir_it_cannot_make(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_dev_refuses_a_data_dir_it_cannot_make(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
-    assert main(["dev", "--port", "1", "--data-dir", str(tmp_path / "afile" / "sub")]) == 2
-    assert "cannot use" in capsys.readouterr().err
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = _tessera("dev", "--port", str(port), "--data-dir", str(tmp_path / "afile" / "sub"))
+    assert done.returncode == 2 and "cannot use" in done.stderr
 
 
-def test_a_second_dev_on_the_same_data_dir_touches_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_second_dev_on_the_same_data_dir_touches_nothing(tmp_path: Path) -> None:
     """It used to delete the running one's dev.json and move its database away."""
     data = tmp_path / "data"
     data.mkdir()
@@ -112,6 +121,7 @@ def test_a_second_dev_on_the_same_data_dir_touches_nothing(
         port = probe.getsockname()[1]
     with _data_dir_lock(data) as held:
         assert held
-        assert _dev(tmp_path, "--port", str(port)) == 2
-    assert "another tessera dev is running" in capsys.readouterr().err
+        done = _dev(tmp_path, "--port", str(port))
+    assert done.returncode == 2
+    assert "another tessera dev is running" in done.stderr
     assert (data / "dev.json").exists() and (data / "dev.db").read_text() == "live"
