@@ -26,17 +26,13 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from conformance.results import LeakFinding
+from normalization.redaction import CARD_NUMBER_GAP
 
 __all__ = ["REDACTION", "LeakScanner", "Secret"]
 
 REDACTION = "[CANARY]"
-# Between two digits of a card number: up to three separators as people and encoders write them
-# (any whitespace, a no-break space too, dashes of any kind, dots, slashes, underscores, "+",
-# URL and JSON escapes of a space or dash), as ``normalization.find_card_numbers`` reads them.
-_SEPARATOR = (
-    r"(?:[\s\-\u2010-\u2015\u2212.+_/]|%20|%2[dD]|\\u00[aA]0|\\u0020|\\u20(?:0[0-9aA]|1[0-5]|2[fF])"
-    r"|\\u2212|\\u3000){0,3}"
-)
+# Between two digits of a card number: up to three separators, read as the redaction reads them.
+_SEPARATOR = rf"(?:{CARD_NUMBER_GAP}){{0,3}}"
 _CVC_KEYS = (
     r"(?:cvc2?|cvv2?|csc|cid|security[_ -]?code|card[_ -]?security[_ -]?code"
     r"|(?:card[_ -]?)?verification[_ -]?value)"

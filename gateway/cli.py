@@ -23,7 +23,6 @@ imported lazily so ``tessera --help`` stays fast::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -59,12 +58,13 @@ def _admin_settings(args: argparse.Namespace, *, database: bool = True) -> Setti
     from gateway.observability import configure_logging
 
     configure_logging(args.log_level)
-    if database and args.config is None and not os.environ.get("TESSERA_DATABASE_URL"):
+    settings = load_settings(args.config)
+    if database and args.config is None and "url" not in settings.database.model_fields_set:
         raise ConfigError(
             "this command needs the gateway's database: pass --config FILE (the gateway's "
             "configuration) or set TESSERA_DATABASE_URL."
         )
-    return load_settings(args.config)
+    return settings
 
 
 def _positive_int(text: str) -> int:

@@ -115,9 +115,11 @@ def _dev_preflight(host: str, port: int, data_dir: Path) -> str | None:
     if not 1 <= port <= 65535:
         return f"--port must be between 1 and 65535, not {port}."
     try:
-        check_listen_address(host, port)
+        check_listen_address(
+            host, port, port_option="--port", host_option="this machine's loopback address"
+        )
     except StartupError as exc:
-        return str(exc).replace("[server] port", "--port").replace("[server] host", "the host")
+        return str(exc)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

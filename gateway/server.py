@@ -197,7 +197,13 @@ async def start_site(
 # -- start-up checks ----------------------------------------------------------------------------
 
 
-def check_listen_address(host: str, port: int) -> None:
+def check_listen_address(
+    host: str,
+    port: int,
+    *,
+    port_option: str = "[server] port",
+    host_option: str = "[server] host",
+) -> None:
     """Raise ``StartupError`` unless ``host:port`` can be bound *without* SO_REUSEPORT.
 
     The workers bind with SO_REUSEPORT, which also lets them join the listening socket of a
@@ -211,7 +217,7 @@ def check_listen_address(host: str, port: int) -> None:
     except socket.gaierror as exc:
         raise StartupError(
             f"cannot listen on {host}:{port}: the host does not resolve ({exc.strerror}); "
-            "check [server] host."
+            f"check {host_option}."
         ) from None
     for family, kind, proto, _name, address in infos:
         with socket.socket(family, kind, proto) as probe:
@@ -219,20 +225,33 @@ def check_listen_address(host: str, port: int) -> None:
             try:
                 probe.bind(address)
             except OSError as exc:
-                raise StartupError(_listen_problem(host, port, exc)) from None
+                raise StartupError(
+                    _listen_problem(
+                        host, port, exc, port_option=port_option, host_option=host_option
+                    )
+                ) from None
 
 
-def _listen_problem(host: str, port: int, exc: OSError) -> str:
+def _listen_problem(
+    host: str,
+    port: int,
+    exc: OSError,
+    *,
+    port_option: str = "[server] port",
+    host_option: str = "[server] host",
+) -> str:
+    """The operator's line for a failed bind, naming the settings to change (``port_option``,
+    ``host_option``: the configuration keys, or a command's own options)."""
     where = f"cannot listen on {host}:{port}"
     if exc.errno == errno.EADDRINUSE:
         return (
             f"{where}: the address is already in use (another gateway or program is listening "
-            "there); stop it or choose another [server] port."
+            f"there); stop it or choose another {port_option}."
         )
     if exc.errno == errno.EACCES:
         return f"{where}: permission denied (ports below 1024 need privileges); use a port >= 1024."
     if exc.errno == errno.EADDRNOTAVAIL:
-        return f"{where}: this machine has no such address; check [server] host."
+        return f"{where}: this machine has no such address; check {host_option}."
     return f"{where}: {exc.strerror or exc}."
 
 

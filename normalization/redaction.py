@@ -37,9 +37,11 @@ from dataclasses import dataclass
 from normalization.cards import CardBrand, card_bin, card_brand, luhn_valid, mask_pan
 
 __all__ = [
+    "CARD_NUMBER_GAP",
     "CardNumberMatch",
     "ascii_digits",
     "find_card_numbers",
+    "holds_long_digit_run",
     "redact_card_numbers",
     "redact_card_text",
     "redact_security_codes",
@@ -48,14 +50,15 @@ __all__ = [
 #: What a redacted security code shows.
 MASKED_CODE = "***"
 
-#: What may stand between two digits of a written card number (at most three of them in a row).
-_GAP = (
+#: What may stand between two digits of a written card number (at most three of them in a row):
+#: one regular-expression alternative, also read by the conformance kit's leak scan.
+CARD_NUMBER_GAP = (
     r"(?:[\s\-\u2010-\u2015\u2212./_+]|%20|%2[dD]"
     r"|\\u00[aA]0|\\u0020|\\u20(?:0[0-9aA]|1[0-5]|2[fF])|\\u2212|\\u3000)"
 )
-_RUN_RE = re.compile(rf"(?<!\d)\d(?:{_GAP}{{0,3}}\d){{11,}}(?!\d)")
+_RUN_RE = re.compile(rf"(?<!\d)\d(?:{CARD_NUMBER_GAP}{{0,3}}\d){{11,}}(?!\d)")
 #: A run taken apart: each separator whole (``%20`` is not the digits 2 and 0), or one digit.
-_TOKEN_RE = re.compile(rf"{_GAP}|\d")
+_TOKEN_RE = re.compile(rf"{CARD_NUMBER_GAP}|\d")
 _MIN_PAN, _MAX_PAN = 12, 19
 _ANY_DIGIT_RE = re.compile(r"\d")
 
@@ -130,6 +133,12 @@ def _held_card(groups: list[str]) -> str | None:
             if luhn_valid(candidate) and card_brand(candidate) is not CardBrand.UNKNOWN:
                 return candidate
     return None
+
+
+def holds_long_digit_run(text: str) -> bool:
+    """Whether ``text`` has a run (as ``find_card_numbers`` reads one) of more than 19 digits:
+    too long to be a card number, long enough to hide one where Luhn cannot tell."""
+    return any(len("".join(_groups(m.group(0)))) > _MAX_PAN for m in _RUN_RE.finditer(text))
 
 
 def find_card_numbers(text: str, *, known_brand: bool = False) -> list[CardNumberMatch]:

@@ -10,9 +10,12 @@ those forms is here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from gateway.merchants import WebhookUrlError, check_webhook_url
+from conformance.leaks import LeakScanner
+from gateway.merchants import MerchantStore, WebhookUrlError, check_webhook_url
 from gateway.payments.records import contains_pan
 from normalization import (
     InvalidRequestError,
@@ -23,6 +26,7 @@ from normalization import (
     redact_card_text,
 )
 from vault.audit import contains_card_number
+from vault.database import open_database
 
 
 def _wide(digits: str) -> str:
@@ -138,13 +142,7 @@ async def test_a_webhook_url_holding_a_card_number_is_refused() -> None:
     await check_webhook_url("https://shop.example/hooks/9000000000000001", allow_private=True)
 
 
-async def test_a_merchant_name_holding_a_card_number_is_refused(tmp_path: object) -> None:
-    from pathlib import Path
-
-    from gateway.merchants import MerchantStore
-    from vault.database import open_database
-
-    assert isinstance(tmp_path, Path)
+async def test_a_merchant_name_holding_a_card_number_is_refused(tmp_path: Path) -> None:
     db = await open_database(f"sqlite:///{tmp_path / 'm.db'}")
     try:
         store = MerchantStore(db)
@@ -159,8 +157,6 @@ async def test_a_merchant_name_holding_a_card_number_is_refused(tmp_path: object
 
 
 def test_the_conformance_leak_scan_finds_every_form_and_a_code_after_a_hidden_card() -> None:
-    from conformance.leaks import LeakScanner
-
     pan, cvc = "4167274711331316", "188"
     scanner = LeakScanner()
     scanner.add("pan", pan, "pan")

@@ -29,7 +29,6 @@ they pass.
 from __future__ import annotations
 
 import hashlib
-import re
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from normalization import InvalidRequestError, ascii_digits, find_card_numbers
+from normalization import InvalidRequestError, find_card_numbers, holds_long_digit_run
 from vault.clock import Clock, SystemClock
 from vault.database import (
     Connection,
@@ -114,19 +113,13 @@ _PG_GUARD_TRIGGER = (
 _READ_HEAD = "SELECT seq, hash FROM vault_audit_head WHERE id = 1"
 _READ_HEAD_FOR_UPDATE = "SELECT seq, hash FROM vault_audit_head WHERE id = 1 FOR UPDATE"
 
-# Digits of any script (a full-width PAN is still the PAN), with up to two separators between
-# them: whitespace, dashes, dots, slashes or underscores, as card numbers get written.
-_CARD_RUN_RE = re.compile(r"\d(?:[\s./_\u2010-\u2015-]{0,2}\d)+")
-
 
 def contains_card_number(text: str) -> bool:
     """True if ``text`` may hold a PAN: a card number however written, alone or followed by
     something else (``PAN 123``: ``normalization.find_card_numbers``, Luhn alone deciding for a
     run that is 12-19 digits as a whole), or any run of more than 19 digits, which could hide
     one."""
-    if find_card_numbers(text):
-        return True
-    return any(len(ascii_digits(m.group())) > 19 for m in _CARD_RUN_RE.finditer(text))
+    return bool(find_card_numbers(text)) or holds_long_digit_run(text)
 
 
 class AuditAction(StrEnum):
