@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from conformance.results import LeakFinding
-from normalization.redaction import CARD_NUMBER_GAP
+from normalization import CARD_NUMBER_GAP
 
 __all__ = ["REDACTION", "LeakScanner", "Secret"]
 

@@ -82,6 +82,7 @@ from normalization.money import (
     known_currencies,
 )
 from normalization.redaction import (
+    CARD_NUMBER_GAP,
     CardNumberMatch,
     ascii_digits,
     find_card_numbers,
@@ -124,6 +125,7 @@ from normalization.validation import (
 )
 
 __all__ = [
+    "CARD_NUMBER_GAP",
     "DOMAIN_MODEL_CONFIG",
     "FINAL_STATUSES",
     "MAX_AMOUNT_MINOR",
