@@ -459,9 +459,11 @@ class ScenarioContext:
         *,
         until: Callable[[PaymentResult], bool] | None = None,
         by_reference: bool = False,
+        check: bool = True,
     ) -> Observation:
         """Poll ``sync`` until ``until`` (default: no longer pending) or the profile's polling
-        deadline; then check ``step``'s expectation against the last answer."""
+        deadline; then check ``step``'s expectation against the last answer (``check=False``:
+        the caller adds facts and checks)."""
         if not self.declares(Operation.SYNC):
             self.skip("waiting for an asynchronous outcome needs the sync operation")
 
@@ -486,7 +488,8 @@ class ScenarioContext:
             )
         except PollTimeoutError as exc:
             last = exc.last if isinstance(exc.last, Observation) else await fetch()
-        self.check(step, last.facts, request=request)
+        if check:
+            self.check(step, last.facts, request=request)
         return last
 
     async def customer_action(self, url: str, recipe: dict[str, Any]) -> dict[str, str]:

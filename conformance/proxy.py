@@ -2,8 +2,9 @@
 
 In simulator mode every provider call goes through it: the runtime's base URL is the proxy's, and
 the proxy forwards each request to the simulator on a fresh upstream connection. It keeps a log
-of what it saw (``requests``: method, path, whether it was forwarded, the fault applied), which
-is how the kit knows how many calls *reached the provider*.
+of what it saw (``requests``: method, path, whether it was forwarded, the fault applied, the
+provider's reply), which is how the kit knows how many calls *reached the provider* and, after a
+retry or a sync, whether the object named is the one the provider made (``first_reply``).
 
 Scenarios inject faults for the next matching requests (``inject``), one kind each:
 
@@ -12,7 +13,10 @@ Scenarios inject faults for the next matching requests (``inject``), one kind ea
 ``trickle``            forward, then answer a few bytes at a time
 ``reset_after``        read the whole request, forward it (the provider acts), then reset the
                        client connection (RST) instead of answering: the outcome is ``unknown``
-``status``             answer 5xx (or any status) without forwarding, optionally ``Retry-After``
+``status``             answer 5xx (or any status) without forwarding, optionally ``Retry-After``;
+                       ``after_forwarding=True``: forward first (the provider acts), then answer
+                       the status instead of its reply (a load balancer's 503 after the backend
+                       did the work)
 ``truncate``           forward, then send the headers and half the body, and close
 ``non_json``           forward, then replace the body with an HTML error page (status kept)
 =====================  ===========================================================================
@@ -84,8 +88,10 @@ class Fault:
         return cls(FaultKind.RESET_AFTER, forward=True, **match)
 
     @classmethod
-    def server_error(cls, status: int = 500, **match: Any) -> Fault:
-        return cls(FaultKind.STATUS, status=status, **match)
+    def server_error(
+        cls, status: int = 500, *, after_forwarding: bool = False, **match: Any
+    ) -> Fault:
+        return cls(FaultKind.STATUS, status=status, forward=after_forwarding, **match)
 
     @classmethod
     def throttle(cls, retry_after: int, **match: Any) -> Fault:
@@ -112,13 +118,19 @@ class Fault:
         return self.path is None or re.search(self.path, path) is not None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProxiedRequest:
+    """One request the proxy received. ``reply`` is the body the provider answered a forwarded
+    request with (``None`` until it answers, and for a request not forwarded), whatever the
+    fault then did to it: what the provider made, for a kit that asks whether a retry or a sync
+    found that same object."""
+
     method: str
     path: str
     forwarded: bool
     fault: FaultKind | None
     idempotency_key: str | None
+    reply: bytes | None = None
 
 
 @dataclass
@@ -243,6 +255,13 @@ class FaultProxy:
         """How many requests reached the provider since log position ``since``."""
         return sum(1 for request in self.requests[since:] if request.forwarded)
 
+    def first_reply(self, since: int = 0) -> bytes | None:
+        """The provider's reply to the first request that reached it since ``since``."""
+        return next(
+            (request.reply for request in self.requests[since:] if request.reply is not None),
+            None,
+        )
+
     @contextlib.asynccontextmanager
     async def refusing(self) -> AsyncIterator[None]:
         """Refuse connections while inside: nothing can be written (``not_sent``)."""
@@ -304,18 +323,18 @@ class FaultProxy:
         forward = (
             fault is None or fault.forward or fault.kind in (FaultKind.LATENCY, FaultKind.TRICKLE)
         )
-        self.requests.append(
-            ProxiedRequest(
-                method,
-                path,
-                forwarded=forward,
-                fault=fault.kind if fault else None,
-                idempotency_key=_header(headers, "idempotency-key"),
-            )
+        record = ProxiedRequest(
+            method,
+            path,
+            forwarded=forward,
+            fault=fault.kind if fault else None,
+            idempotency_key=_header(headers, "idempotency-key"),
         )
+        self.requests.append(record)
         upstream: _Upstream | None = None
         if forward:
             upstream = await self._forward(method, target, headers, body)
+            record.reply = upstream.body
         if fault is not None and fault.kind is FaultKind.RESET_AFTER:
             _reset(writer)
             return False

@@ -6,6 +6,11 @@ Each is written against the profile's first call (``flows.first_call``) and runs
 - a refused connection (nothing written) is ``not_sent``; a reset after the request was written
   is ``unknown`` and, unless the manifest declares the operation safe to retry, is **not retried**
   (one request reaches the provider); a sync by reference then finds what the provider did;
+- a retry-safe operation is retried after a reset, and the object its result names is the one the
+  provider made on the first attempt (``provider_object``: the provider recognised the key and
+  did not act twice); with its retries used up it is ``unknown``, and the sync by reference the
+  gateway then runs finds that object (every profile with sync proves the sync by reference,
+  whatever its manifest says about retries);
 - 5xx and 429 are retried only for retry-safe operations, with the same idempotency key, after
   ``Retry-After``; otherwise 5xx is ``unknown`` and 429 ``not_sent``;
 - a provider slower than the deadline, or trickling its reply, ends ``unknown`` within ~the
@@ -16,12 +21,21 @@ Each is written against the profile's first call (``flows.first_call``) and runs
 A retry-safe operation is held to its retry (``call_retry_safe`` blocks), any other to its
 certainty (``call_not_retry_safe`` blocks). ``fault.retry_safe[<operation>]`` proves each
 operation the manifest declares safe to retry (it covers ``retry_safe:<operation>``): the call
-after its set-up gets a 503, and must be retried with the same key and succeed.
+after its set-up reaches the provider, which acts, and the connector gets a 503 instead of the
+reply; it must be retried with the same key, succeed, and name the object the provider made
+(``provider_object``), and a capture or refund must have moved its amount once (``moved_once``).
+
+``provider_object`` is ``"same"`` when the provider reference the result names appears, as a
+whole token, in the provider's reply to the first request of the call, ``"other"`` when it does
+not (the provider made a second object: it did not honour the key), and ``"not_named"`` when the
+result names no provider reference (nothing to compare; another assertion holds such a result
+to its reference where one is required).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -38,13 +52,34 @@ from conformance.scenarios.flows import (
     submit_request,
 )
 from conformance.scenarios.model import Requirement, scenario
-from normalization import ConnectorBusyError, ConnectorUnavailableError, Outcome, VerifyRequest
+from normalization import (
+    ConnectorBusyError,
+    ConnectorUnavailableError,
+    Outcome,
+    PaymentResult,
+    VerifyRequest,
+)
 from sdk import BreakerSettings, BulkheadSettings, Category, Manifest, Operation, RetrySettings
 
 ALL = tuple(Category)
 FAULTS = Requirement(faults=True)
 
 _RETRIED = {"outcome": "succeeded", "idempotency_key_sent": True}
+#: The object a retried call or a sync names is the one the provider made (see the docstring).
+_SAME_OBJECT = ["same", "not_named"]
+
+
+def provider_object(ctx: ScenarioContext, result: PaymentResult | None, since: int) -> str:
+    """``"same"``, ``"other"`` or ``"not_named"``: the module docstring's ``provider_object``."""
+    reference = result.provider_reference if result is not None else None
+    if not reference:
+        return "not_named"
+    reply = ctx.proxy.first_reply(since)
+    if reply is None:
+        return "other"  # nothing reached the provider, yet the result names an object
+    text = reply.decode("utf-8", errors="replace")
+    whole = rf"(?<![\w.-]){re.escape(str(reference))}(?![\w.-])"
+    return "same" if re.search(whole, text) is not None else "other"
 
 
 async def _call_first(ctx: ScenarioContext, step: str, **kwargs: Any) -> Observation:
@@ -78,23 +113,49 @@ async def reset_before_send(ctx: ScenarioContext) -> None:
     requires=FAULTS,
     expect={
         "call_not_retry_safe": {"outcome": "unknown", "status": "unknown", "provider_requests": 1},
-        "sync_after_unknown": {"outcome": "succeeded", "provider_reference": "@present"},
-        "call_retry_safe": {**_RETRIED, "provider_requests": {"@gte": 2}},
+        "sync_after_unknown": {
+            "outcome": "succeeded",
+            "provider_reference": "@present",
+            "provider_object": "same",
+        },
+        "call_retry_safe": {
+            **_RETRIED,
+            "provider_requests": {"@gte": 2},
+            "provider_object": _SAME_OBJECT,
+        },
     },
-    baseline="unknown and not retried (one provider call), then sync finds it; retry-safe: "
-    "retried with the same key",
+    baseline="unknown and not retried (one provider call), then sync by reference finds what "
+    "the provider made; retry-safe: retried with the same key and the provider's first object "
+    "named, then, with retries used up, unknown and found by the sync by reference",
 )
 async def reset_after_send(ctx: ScenarioContext) -> None:
     operation, request = first_call(ctx)
+    if ctx.retry_safe(operation):
+        mark = len(ctx.proxy.requests)
+        ctx.proxy.inject(Fault.reset_after_request(method="POST"))
+        retried = await ctx.call("call", operation, request, check=False)
+        retried.facts["provider_object"] = provider_object(ctx, retried.result, mark)
+        ctx.check("call_retry_safe", retried.facts, request=request)
+        # Retries run out (every attempt reset, a deadline spent): the gateway records the
+        # payment unknown and finds it with a sync by reference. Prove that sync too.
+        ctx.use_runtime(retry=RetrySettings(max_attempts=1))
+        operation, request = first_call(ctx)
+        step = "call_without_retries"
+    else:
+        step = "call"
+    mark = len(ctx.proxy.requests)
     ctx.proxy.inject(Fault.reset_after_request(method="POST"))
-    observed = await ctx.call("call", operation, request, block=_block(ctx))
-    if not ctx.retry_safe(operation) and ctx.declares(Operation.SYNC):
-        await ctx.settle(
+    observed = await ctx.call(step, operation, request, block="call_not_retry_safe")
+    if ctx.declares(Operation.SYNC):
+        found = await ctx.settle(
             "sync_after_unknown",
             observed,
             until=lambda result: result.outcome is not Outcome.UNKNOWN,
             by_reference=True,
+            check=False,
         )
+        found.facts["provider_object"] = provider_object(ctx, found.result, mark)
+        ctx.check("sync_after_unknown", found.facts, request=found.request)
 
 
 @scenario(
@@ -394,18 +455,34 @@ def _retry_safe_operations(manifest: Manifest) -> list[str]:
     return sorted(op.value for op in manifest.retry_safe)
 
 
+#: The amount field a retried call moves, for ``moved_once``.
+_MOVED = {Operation.CAPTURE: "amount_captured", Operation.REFUND: "amount_refunded"}
+
+
 @scenario(
     "fault.retry_safe",
     ALL,
-    "A retry-safe operation is retried after a 503, with the same key",
+    "A retry-safe operation is retried after a 503, with the same key, and acts once",
     requires=FAULTS,
     covers=("retry_safe:{param}",),
     params=_retry_safe_operations,
-    expect={"call": {**_RETRIED, "requests_sent": 2}},
-    baseline="retried once, same idempotency key, succeeded",
+    expect={
+        "call": {**_RETRIED, "requests_sent": 2, "provider_object": _SAME_OBJECT},
+        "moved_once": {"amount": "@request.amount"},
+    },
+    baseline="the provider acts, the connector gets a 503; retried once with the same key, "
+    "succeeded, naming the provider's first object (a capture or refund moved its amount once)",
 )
 async def retry_safe(ctx: ScenarioContext) -> None:
     operation = Operation(ctx.param)
     request = await _prepare(ctx, operation)
-    ctx.proxy.inject(Fault.server_error(503))
-    await ctx.call("call", operation, request)
+    mark = len(ctx.proxy.requests)
+    ctx.proxy.inject(Fault.server_error(503, after_forwarding=True))
+    observed = await ctx.call("call", operation, request, check=False)
+    observed.facts["provider_object"] = provider_object(ctx, observed.result, mark)
+    ctx.check("call", observed.facts, request=request)
+    moved = _MOVED.get(operation)
+    amount = getattr(observed.result, moved) if moved and observed.result else None
+    if amount is not None:
+        # The provider's running total after this call: twice the amount if it acted twice.
+        ctx.check("moved_once", {"amount": amount.model_dump(mode="json")}, request=request)

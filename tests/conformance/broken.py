@@ -7,10 +7,16 @@ must catch it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from connectors.sandbox import MANIFEST, SandboxConnector
+from connectors.sandbox.server import create_app
 from normalization import (
     AuthorizeRequest,
     CardMethod,
@@ -18,6 +24,7 @@ from normalization import (
     NotSupportedError,
     PaymentResult,
     PaymentStatus,
+    SyncRequest,
     VoidRequest,
 )
 from sdk import CallContext, Manifest, Operation, OutcomeUnknownError
@@ -114,10 +121,50 @@ class NoVoidConnector(SandboxConnector):
         raise NotSupportedError("Void is not implemented yet.")
 
 
+class SyncByReferenceConnector(SandboxConnector):
+    """Looks a payment up by its reference at the provider-id path: after an ``unknown``
+    authorize the sync finds nothing, and the payment the provider holds reads as lost. Every
+    call is retry-safe (as the sandbox's are), so only a run that proves the sync by reference
+    with retries used up sees it."""
+
+    manifest = broken_manifest("broken_sync_ref")
+
+    async def sync(self, request: SyncRequest, ctx: CallContext) -> PaymentResult:
+        if request.provider_reference is None and request.reference is not None:
+            request = request.model_copy(update={"provider_reference": request.reference})
+        return await super().sync(request, ctx)
+
+
+class ForgetfulProviderConnector(SandboxConnector):
+    """Declares every call safe to retry and sends the key, but its provider (``forgetful_
+    simulator``) ignores idempotency keys: a retry after the provider acted makes a second
+    authorization."""
+
+    manifest = broken_manifest("broken_dedup")
+
+
+def forgetful_simulator(**options: Any) -> web.Application:
+    """The sandbox simulator with its idempotency keys ignored (dropped before it sees them)."""
+
+    @web.middleware
+    async def forget_keys(request: web.Request, handler: Handler) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "idempotency-key"}
+        return await handler(request.clone(headers=CIMultiDictProxy(CIMultiDict(headers))))
+
+    app = create_app(**options)
+    app.middlewares.append(forget_keys)
+    return app
+
+
+forgetful_simulator.__signature__ = inspect.signature(create_app)  # type: ignore[attr-defined]
+
+
 BROKEN = (
     WrongStatusConnector,
     PanInLogConnector,
     RetriesAfterResetConnector,
     FloatAmountConnector,
     NoVoidConnector,
+    SyncByReferenceConnector,
+    ForgetfulProviderConnector,
 )

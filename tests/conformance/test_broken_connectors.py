@@ -4,6 +4,7 @@ while the correct sandbox connector passes the same scenarios."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,44 +17,84 @@ from tests.conformance.adyen_like import AdyenLikeConnector, NoReturnUrlConnecto
 from tests.conformance.adyen_like import create_app as create_adyen_app
 from tests.conformance.broken import (
     FloatAmountConnector,
+    ForgetfulProviderConnector,
     NoVoidConnector,
     PanInLogConnector,
     PanInStdlibLogConnector,
     PanPrintedConnector,
     RetriesAfterResetConnector,
+    SyncByReferenceConnector,
     WrongStatusConnector,
+    forgetful_simulator,
 )
 from tests.conformance.conftest import Register, by_id, run_kit, sandbox_profile_as, specs_dir
 
 
 @pytest.mark.parametrize(
-    ("connector", "scenario", "faults", "reason"),
+    ("connector", "simulator", "scenario", "faults", "reason"),
     [
         (
             WrongStatusConnector,
+            create_app,
             "card.authorize.approved",
             False,
             'authorize.status: expected "authorized", got "captured"',
         ),
         (
             RetriesAfterResetConnector,
+            create_app,
             "fault.reset_after_send",
             True,
             'call_not_retry_safe.outcome: expected "unknown", got "succeeded"',
         ),
         (
             FloatAmountConnector,
+            create_app,
             "card.currency.roundtrip[EUR]",
             False,
             "authorize.amount_authorized: expected",
         ),
+        (
+            SyncByReferenceConnector,
+            create_app,
+            "fault.reset_after_send",
+            True,
+            "sync_after_unknown.outcome: expected",
+        ),
+        (
+            ForgetfulProviderConnector,
+            forgetful_simulator,
+            "fault.retry_safe[authorize]",
+            True,
+            'call.provider_object: expected "same" or "not_named", got "other"',
+        ),
+        (
+            ForgetfulProviderConnector,
+            forgetful_simulator,
+            "fault.reset_after_send",
+            True,
+            'call_retry_safe.provider_object: expected "same" or "not_named", got "other"',
+        ),
     ],
-    ids=["wrong-status-mapping", "authorize-retried-after-reset", "float-amounts"],
+    ids=[
+        "wrong-status-mapping",
+        "authorize-retried-after-reset",
+        "float-amounts",
+        "sync-by-reference-loses-the-payment",
+        "retry-safe-claim-the-provider-does-not-honour",
+        "retry-after-reset-makes-a-second-object",
+    ],
 )
 async def test_broken_connector_fails_the_scenario_meant_for_it(
-    register: Register, tmp_path: Path, connector: type, scenario: str, faults: bool, reason: str
+    register: Register,
+    tmp_path: Path,
+    connector: type,
+    simulator: Any,
+    scenario: str,
+    faults: bool,
+    reason: str,
 ) -> None:
-    register(connector, create_app)
+    register(connector, simulator)
     connector_id = connector.manifest.id
     report = await run_kit(
         connector_id,

@@ -1,6 +1,7 @@
 """The kit's parts on their own: merge patches and sandbox profiles (removals need reasons, and
 the reasons reach the report), the leak scanner's encodings, polling with a deadline, form
-bodies, and contract validation of Stripe's form-encoded requests."""
+bodies, contract validation of Stripe's form-encoded requests, and the fault proxy's record of
+what reached the provider."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
+from aiohttp import web
 
 from conformance.contract import ContractValidator
 from conformance.expectations import check_block, merge_patch
 from conformance.formbody import decode_form
 from conformance.leaks import REDACTION, LeakScanner
 from conformance.polling import PollPolicy, PollTimeoutError, poll
+from conformance.proxy import Fault, FaultProxy
 from conformance.reports import render_html
 from conformance.results import Verdict
 from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
+from conformance.simulators import bound_port
 from conformance.traffic import TappedExchange
 from tests.conformance.conftest import by_id, run_kit, specs_dir, write_profile
 
@@ -334,3 +338,37 @@ def test_what_reaches_the_console_is_redacted_what_is_scanned_is_not() -> None:
     shown = console.getvalue() + printed.getvalue() + "".join(rendered)
     assert pan not in shown and spaced not in shown, shown
     assert shown.count("[CANARY]") >= 3, shown
+
+
+async def test_the_fault_proxy_keeps_the_providers_reply_to_what_it_forwarded() -> None:
+    """A 503 ``after_forwarding`` reaches the provider (which acts) and keeps its reply, from
+    which the fault scenarios tell the object the provider made; a plain 503 reaches nothing."""
+    made: list[str] = []
+
+    async def create(request: web.Request) -> web.Response:
+        made.append(f"obj_{len(made) + 1}")
+        return web.json_response({"id": made[-1]})
+
+    app = web.Application()
+    app.router.add_post("/objects", create)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    proxy = await FaultProxy("127.0.0.1", bound_port(site)).start()
+    try:
+        async with httpx.AsyncClient(base_url=proxy.url, trust_env=False) as client:
+            proxy.inject(Fault.server_error(503))
+            assert (await client.post("/objects", json={})).status_code == 503
+            assert made == [] and proxy.first_reply() is None
+            proxy.inject(Fault.server_error(503, after_forwarding=True))
+            assert (await client.post("/objects", json={})).status_code == 503
+            assert made == ["obj_1"]
+            replied = (await client.post("/objects", json={})).json()
+        assert replied == {"id": "obj_2"}
+        assert [r.forwarded for r in proxy.requests] == [False, True, True]
+        assert proxy.first_reply() == b'{"id": "obj_1"}'
+        assert proxy.first_reply(2) == b'{"id": "obj_2"}'
+    finally:
+        await proxy.close()
+        await runner.cleanup()
