@@ -455,7 +455,7 @@ async def _handle(
         return problem_response(422, code, detail, request_id=request_id, errors=errors)
     except VaultError as exc:
         app[METRICS].vault_errors.labels(exc.code).inc()
-        log.warning("vault_error", code=exc.code)
+        log.warning("vault_error", code=exc.code, detail=exc.detail)
         return problem_response(
             503,
             exc.code,

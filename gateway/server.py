@@ -321,10 +321,12 @@ async def _check_vault(settings: Settings) -> None:
             f"Vault at {addr} does not answer: {exc} Check [vault] addr (TESSERA_VAULT_ADDR) "
             "and that OpenBao/Vault is running."
         ) from None
-    except VaultPermissionDeniedError:
+    except VaultPermissionDeniedError as exc:
+        # The client's own sentence (wrong credentials, or a locked-out role): never a secret.
         raise StartupError(
-            f"Vault at {addr} refused the gateway's credentials; check [vault] role_id and "
-            "secret_id (TESSERA_VAULT_ROLE_ID / TESSERA_VAULT_SECRET_ID) or TESSERA_VAULT_TOKEN. "
+            f"Vault at {addr} refused the gateway's credentials. {exc.detail} Check [vault] "
+            "role_id and secret_id (TESSERA_VAULT_ROLE_ID / TESSERA_VAULT_SECRET_ID) or "
+            "TESSERA_VAULT_TOKEN. "
             "`tessera vault provision` prints the role id and a fresh secret id."
         ) from None
     except TesseraError as exc:

@@ -27,6 +27,15 @@ logs in again shortly before the token's TTL runs out, and when a call is refuse
 the token was revoked or expired, it logs in once and repeats that call once (RELIABILITY 24: one
 re-authentication, then success, never a loop). Concurrent callers that hit the same dead token
 share one login.
+
+A refused login is not tried again at once. OpenBao locks a role id out (every process sharing it,
+the ones whose secret id is good too) after 5 failed logins within 15 minutes, and a wrong or
+destroyed secret id does not heal by retrying. So after a refusal the client answers every caller
+with that refusal, without a login, for 30 s, then 2, 5 and 16 minutes (``_LOGIN_BACKOFF``). One
+process alone then stays at 4 failures per 15 minutes. OpenBao answers 400 to wrong credentials
+and 403 to a locked-out role (even with the right secret id); a locked-out role is tried again
+every minute, so a gateway is back within a minute of an operator's unlock. The error says which
+it was, and its ``retry_after`` says when the next login will be tried.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import math
 import re
 import ssl
 import time
@@ -67,6 +77,12 @@ _RETRY_AFTER_SEALED: Final = 5
 # Log in again when less than this share of the token's TTL is left (and at least 5 s before).
 _RENEW_FRACTION: Final = 0.1
 _RENEW_MARGIN_SECONDS: Final = 5.0
+# After the n-th refused login in a row, no login for _LOGIN_BACKOFF[n - 1] seconds (the last
+# repeats): 4 failures in OpenBao's default 15-minute lockout window, never 5.
+_LOGIN_BACKOFF: Final = (30.0, 120.0, 300.0, 960.0)
+# A locked-out role (403 on login) is asked again this often: the lockout ends on its own or by
+# an operator's unlock, and asking a locked role does not extend its lockout.
+_LOCKED_OUT_RETRY: Final = 60.0
 _HEALTH_QUERY: Final = {
     "standbycode": "200",
     "sealedcode": "200",
@@ -178,6 +194,10 @@ class VaultClient:
         self._login_lock = asyncio.Lock()
         self._closed = False
         self.logins = 0
+        #: Login requests sent (refused ones included).
+        self.login_attempts = 0
+        self._refused_logins = 0
+        self._login_refusal: tuple[str, float] | None = None  # (detail, no login before)
         """AppRole logins performed so far (tests assert re-authentication happens once)."""
 
     def __repr__(self) -> str:
@@ -522,9 +542,16 @@ class VaultClient:
             return True
 
     async def _approle_login(self) -> _Login:
-        """Log in with AppRole (caller holds ``_login_lock``)."""
+        """Log in with AppRole (caller holds ``_login_lock``); after a refusal, not before the
+        backoff (the module docstring) is over."""
         assert self._approle is not None
         credentials = self._approle
+        if self._login_refusal is not None:
+            detail, not_before = self._login_refusal
+            left = not_before - time.monotonic()
+            if left > 0:
+                raise VaultPermissionDeniedError(detail, retry_after=math.ceil(left))
+        self.login_attempts += 1
         reply = await self._send(
             "POST",
             f"/v1/auth/{_segment(credentials.mount)}/login",
@@ -534,8 +561,10 @@ class VaultClient:
         auth = reply.document.get("auth") if reply.document is not None else None
         if reply.status != 200 or not isinstance(auth, dict) or not auth.get("client_token"):
             if reply.status in (400, 403):
-                raise VaultPermissionDeniedError("The vault refused the AppRole login.")
+                raise self._login_refused(locked_out=reply.status == 403)
             raise _error_for_status(reply, "AppRole login")
+        self._refused_logins = 0
+        self._login_refusal = None
         lease = float(auth.get("lease_duration") or 0)
         renew_at = None
         if lease > 0:
@@ -545,6 +574,25 @@ class VaultClient:
         self._login = _Login(str(auth["client_token"]), renew_at)
         self.logins += 1
         return self._login
+
+
+    def _login_refused(self, *, locked_out: bool) -> VaultPermissionDeniedError:
+        """Remember a refused login (no other before the backoff is over) and say what it was."""
+        self._refused_logins += 1
+        if locked_out:
+            wait = _LOCKED_OUT_RETRY
+            detail = (
+                "The vault refused the AppRole login: the role is locked out after repeated "
+                "failed logins (OpenBao's user lockout; `bao read sys/locked-users`)."
+            )
+        else:
+            wait = _LOGIN_BACKOFF[min(self._refused_logins, len(_LOGIN_BACKOFF)) - 1]
+            detail = (
+                "The vault refused the AppRole login: the role id or secret id is wrong, or "
+                "the secret id was destroyed, expired or used up."
+            )
+        self._login_refusal = (detail, time.monotonic() + wait)
+        return VaultPermissionDeniedError(detail, retry_after=wait)
 
 
 # -- module helpers ---------------------------------------------------------------------------

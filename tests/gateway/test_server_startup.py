@@ -90,7 +90,7 @@ async def test_preflight_refuses_bad_credentials_and_a_sealed_vault(
     )
     await preflight(_settings(tmp_path, vault=good))
     wrong = good.model_copy(update={"secret_id": SecretStr("not-the-secret")})
-    with pytest.raises(StartupError, match="refused the gateway's credentials"):
+    with pytest.raises(StartupError, match=r"credentials\. .*role id or secret id is wrong"):
         await preflight(_settings(tmp_path, vault=wrong))
     bad_token = VaultSettings(addr=private_openbao.addr, token="nope")  # type: ignore[arg-type]
     with pytest.raises(StartupError, match="refused the gateway's credentials"):

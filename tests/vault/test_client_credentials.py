@@ -116,3 +116,51 @@ async def test_unreachable_vault_is_not_a_refusal() -> None:
     async with VaultClient(f"http://127.0.0.1:{free_port()}", token="t", timeout=1) as client:
         with pytest.raises(VaultUnavailableError):
             await client.check_credentials()
+
+
+def _role(root: hvac.Client) -> tuple[str, str]:
+    """A role of the test's own (a lockout must not reach the shared gateway role): its id and a
+    good secret id."""
+    name = f"lock_{secrets.token_hex(3)}"
+    root.auth.approle.create_or_update_approle(name, token_policies=["tessera-tokenize"])
+    role_id = root.auth.approle.read_role_id(name)["data"]["role_id"]
+    return role_id, root.auth.approle.generate_secret_id(name)["data"]["secret_id"]
+
+
+async def test_a_wrong_secret_id_does_not_lock_the_role_out_for_everyone(
+    provisioned_vault: ProvisionedVault, root_hvac: hvac.Client
+) -> None:
+    """OpenBao locks a role id out after 5 failed logins. A process with a wrong secret id,
+    asked 20 times, logs in once and answers the rest with that refusal and when it will try
+    again; a process sharing the role id with the right secret id still gets in."""
+    role_id, secret_id = _role(root_hvac)
+    bad = AppRoleCredentials(role_id, "not-the-secret")
+    async with VaultClient(provisioned_vault.addr, approle=bad) as client:
+        for _ in range(20):
+            with pytest.raises(VaultPermissionDeniedError) as caught:
+                await client.check_credentials()
+            assert "role id or secret id is wrong" in caught.value.detail
+            assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= 30
+        assert client.login_attempts == 1
+    good = AppRoleCredentials(role_id, secret_id)
+    async with VaultClient(provisioned_vault.addr, approle=good) as client:
+        await client.check_credentials()
+        assert client.logins == 1
+
+
+async def test_a_locked_out_role_is_told_from_wrong_credentials(
+    provisioned_vault: ProvisionedVault, root_hvac: hvac.Client
+) -> None:
+    role_id, secret_id = _role(root_hvac)
+    for _ in range(5):  # OpenBao's default lockout threshold
+        with contextlib.suppress(hvac.exceptions.InvalidRequest):
+            root_hvac.auth.approle.login(role_id, "not-the-secret", use_token=False)
+    # The right secret id, refused: the role is locked out, and the error says so.
+    async with VaultClient(
+        provisioned_vault.addr, approle=AppRoleCredentials(role_id, secret_id)
+    ) as client:
+        with pytest.raises(VaultPermissionDeniedError) as caught:
+            await client.check_credentials()
+        assert "locked out" in caught.value.detail
+        assert caught.value.retry_after == 60
+        assert secret_id not in str(caught.value)
