@@ -575,7 +575,6 @@ class VaultClient:
         self.logins += 1
         return self._login
 
-
     def _login_refused(self, *, locked_out: bool) -> VaultPermissionDeniedError:
         """Remember a refused login (no other before the backoff is over) and say what it was."""
         self._refused_logins += 1
