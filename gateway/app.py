@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.connector_pool import ConnectorPool, VaultRevealer
 from gateway.merchants import ApiKeyCache, AuthFailureLimiter, Merchant, MerchantStore
 from gateway.observability import GatewayMetrics, method_label, multiprocess_metrics
@@ -123,13 +123,22 @@ REQUEST_ID = web.RequestKey("request_id", str)
 _PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/webhooks/")
 
 
-def _vault_client(settings: Settings) -> VaultClient:
+def vault_credentials_problem(settings: Settings) -> str | None:
+    """Why the gateway has no Vault credentials to log in with, or None."""
     vs = settings.vault
     if vs.token is None and not (vs.role_id and vs.secret_id):
-        raise SystemExit(
-            "tessera: the gateway needs Vault credentials: [vault] role_id + secret_id "
+        return (
+            "[vault] the gateway needs Vault credentials: role_id + secret_id "
             "(TESSERA_VAULT_ROLE_ID / TESSERA_VAULT_SECRET_ID) or token (TESSERA_VAULT_TOKEN)."
         )
+    return None
+
+
+def _vault_client(settings: Settings) -> VaultClient:
+    problem = vault_credentials_problem(settings)
+    if problem is not None:
+        raise ConfigError(problem)
+    vs = settings.vault
     approle = None
     if vs.role_id and vs.secret_id:
         approle = AppRoleCredentials(role_id=vs.role_id, secret_id=vs.secret_id.get_secret_value())

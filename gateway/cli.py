@@ -98,7 +98,7 @@ def _dev(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from gateway.config import load_settings
     from gateway.observability import configure_logging
-    from gateway.server import serve
+    from gateway.server import check_serve_settings, serve
 
     configure_logging(args.log_level)
     settings = load_settings(args.config)
@@ -112,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = settings.model_copy(
             update={"server": settings.server.model_copy(update={"workers": args.workers})}
         )
+    check_serve_settings(settings)  # a random port for several workers, no Vault credentials
     return serve(settings, log_level=args.log_level)
 
 

@@ -41,8 +41,8 @@ from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from pydantic import SecretStr
 
-from gateway.app import IN_FLIGHT, create_app
-from gateway.config import Settings
+from gateway.app import IN_FLIGHT, create_app, vault_credentials_problem
+from gateway.config import ConfigError, Settings
 from gateway.observability import RedactingAccessLogger
 from gateway.problems import problem_response
 from normalization.errors import (
@@ -297,7 +297,7 @@ async def _check_vault(settings: Settings) -> None:
     from gateway.app import _vault_client
 
     addr = settings.vault.addr
-    client = _vault_client(settings)  # SystemExit with its own message when no credentials
+    client = _vault_client(settings)  # ConfigError when there are no credentials
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT):
             health = await client.health()
@@ -506,6 +506,36 @@ def _shared_metrics_dir() -> Iterator[None]:
     finally:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def check_serve_settings(settings: Settings) -> None:
+    """Raise ``ConfigError`` (exit 2) for settings the gateway cannot run with at all: a random
+    port shared by several workers, no Vault credentials, a ``PROMETHEUS_MULTIPROC_DIR`` that is
+    not a writable directory."""
+    problems = []
+    if settings.server.workers > 1 and settings.server.port == 0:
+        problems.append(
+            "[server] port = 0 picks a random port per process; with workers > 1 set a port."
+        )
+    credentials = vault_credentials_problem(settings)
+    if credentials is not None:
+        problems.append(credentials)
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir and not (
+        os.path.isdir(metrics_dir) and os.access(metrics_dir, os.W_OK | os.X_OK)
+    ):
+        # prometheus-client's multiprocess mode writes its files there from the first metric:
+        # every worker would die with a traceback.
+        problems.append(
+            f"PROMETHEUS_MULTIPROC_DIR={metrics_dir} is not a directory the gateway can write; "
+            "create it (empty) or unset it (the gateway then uses a temporary one)."
+        )
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(
+            "the gateway cannot run with this configuration:\n  " + "\n  ".join(problems)
+        )
 
 
 def serve(settings: Settings, *, log_level: str = "INFO", checks: bool = True) -> int:

@@ -65,7 +65,7 @@ def test_operator_commands_end_to_end(config: Path, provisioned_vault: Any) -> N
     assert out.returncode == 0, out.stderr + out.stdout
 
     out = _tessera("reconcile", "--config", str(config))
-    assert out.returncode != 0 and "needs Vault credentials" in out.stderr
+    assert out.returncode == 2 and "needs Vault credentials" in out.stderr
     gateway_env = {**admin, "TESSERA_VAULT_TOKEN": provisioned_vault.root_token}
     out = _tessera("reconcile", "--config", str(config), env=gateway_env)
     assert out.returncode == 0, out.stderr

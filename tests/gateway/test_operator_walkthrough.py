@@ -71,6 +71,23 @@ def test_admin_commands_refuse_to_run_without_a_database(argv: list[str], tmp_pa
     assert list(tmp_path.iterdir()) == [], "nothing may be created"
 
 
+def test_serve_settings_it_can_never_run_with_are_configuration_errors(tmp_path: Path) -> None:
+    """No Vault credentials, a random port shared by several workers, and a missing metrics
+    directory exited 1 (a failed start-up, or a traceback per worker); they are the
+    configuration's fault: exit 2, each said, before any check or worker."""
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/gw.db"\n[server]\nport = 0\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    # A metrics directory that is not there: each worker died on it with a traceback.
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    done = _tessera("serve", "--config", str(config), "--workers", "2", env=env)
+    assert done.returncode == 2, done.stderr
+    assert "[server] port = 0 picks a random port" in done.stderr
+    assert "[vault] the gateway needs Vault credentials" in done.stderr
+    assert f"PROMETHEUS_MULTIPROC_DIR={tmp_path / 'metrics'} is not a directory" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "gw.db").exists()
+
+
 def test_attempts_list_refuses_a_limit_below_one(tmp_path: Path) -> None:
     config = tmp_path / "gw.toml"
     config.write_text("")
