@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -30,6 +31,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
+from structlog.typing import EventDict
 
 from normalization.redaction import redact_card_text
 
@@ -122,10 +124,18 @@ def redact_card_data(
 
 
 def configure_logging(level: str = "INFO", *, stream: Any = None) -> None:
-    """JSON logs to ``stream`` (stderr), stdlib logging routed through the same redaction."""
+    """JSON logs to ``stream`` (stderr), stdlib logging routed through the same redaction. Each
+    line carries the process id (``pid``): with several workers, which one wrote it."""
+    pid = os.getpid()  # workers are spawned, each configures its own logging
+
+    def add_pid(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+        event_dict.setdefault("pid", pid)
+        return event_dict
+
     unredacted: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        add_pid,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]

@@ -10,7 +10,7 @@ multiprocess mode (several gateway workers) a scrape reads files, not functions:
 
 | metric | labels |
 | --- | --- |
-| ``tessera_connector_calls_total`` | connector, operation, outcome (succeeded, declined, not_sent, unknown, rejected) |
+| ``tessera_connector_calls_total`` | connector, operation, outcome (succeeded, declined, not_sent, unknown, rejected, cancelled) |
 | ``tessera_connector_call_duration_seconds`` | connector, operation |
 | ``tessera_connector_retries_total`` | connector, operation, reason |
 | ``tessera_connector_rejections_total`` | connector, reason (breaker_open, bulkhead_full, deadline) |

@@ -301,8 +301,8 @@ class ConnectorRuntime:
         ``ConnectorUnavailableError`` (breaker open), ``ConnectorBusyError`` (bulkhead full),
         ``ConnectorTimeoutError`` (deadline already spent), and the connector's own
         ``TesseraError`` raised before any request (``NotSupportedError``, invalid request,
-        ``ConnectorConfigurationError``, ...). ``CancelledError`` propagates and counts as
-        nothing.
+        ``ConnectorConfigurationError``, ...). ``CancelledError`` propagates; the call is
+        counted and logged with outcome ``cancelled`` and gives the breaker no verdict.
         """
         op = Operation(operation)
         args = _CallArgs(
@@ -337,6 +337,11 @@ class ConnectorRuntime:
             raise
         except ConnectorBusyError:
             self.metrics.rejections.labels(self.connector_id, "bulkhead_full").inc()
+            raise
+        except asyncio.CancelledError:
+            # The caller went away (shutdown, a client gone): not a refusal. With attempts > 0
+            # the provider may have acted; the gateway's attempt record says what to do.
+            outcome_label = "cancelled"
             raise
         finally:
             if state.ticket is not None:  # cancelled mid-attempt: no verdict

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+
+import structlog
 
 from normalization import mask_pan
 from tests.test_leaks_logging import _lines
@@ -50,3 +53,11 @@ def test_card_data_in_extra_fields_is_masked(production_log: io.StringIO) -> Non
     assert line["cvc"] == "[redacted]"
     assert line["payload"]["card"]["pan"] == "[redacted]"
     assert line["payload"]["card"]["note"] == f"see {mask_pan(pan)}"
+
+
+def test_every_line_says_which_process_wrote_it(production_log: io.StringIO) -> None:
+    """With several workers the lines interleave on one stderr: each names its process."""
+    structlog.get_logger("tessera.test").info("structlog_line")
+    logging.getLogger("tessera.test").warning("stdlib line")
+    lines = _lines(production_log)
+    assert [line["pid"] for line in lines] == [os.getpid(), os.getpid()]

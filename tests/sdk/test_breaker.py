@@ -155,6 +155,11 @@ async def test_cancelled_calls_never_trip_the_breaker_and_propagate(
     assert runtime.breaker.state == "closed"
     assert runtime.breaker.fail_counter == 0
     assert runtime.bulkhead.in_flight == 0
+    # Counted as what they were (they used to read as refusals, "rejected").
+    labels = {"connector": runtime.connector_id, "operation": "authorize"}
+    calls = "tessera_connector_calls_total"
+    assert metric(runtime.metrics, calls, **labels, outcome="cancelled") == 5
+    assert metric(runtime.metrics, calls, **labels, outcome="rejected") == 0
 
 
 async def test_cancelled_trial_frees_the_half_open_slot() -> None:
