@@ -45,6 +45,7 @@ from sdk.manifest import (
 from sdk.operations import CompleteAuthorizationRequest, Operation, SubmitRequest
 from sdk.outcomes import (
     OutcomeUnknownError,
+    ProviderAuthenticationError,
     ProviderHttpError,
     ProviderServerError,
     ProviderThrottledError,
@@ -122,6 +123,7 @@ __all__ = [
     "MultiSupport",
     "Operation",
     "OutcomeUnknownError",
+    "ProviderAuthenticationError",
     "ProviderHttpError",
     "ProviderServerError",
     "ProviderThrottledError",

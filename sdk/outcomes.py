@@ -13,6 +13,9 @@ Transport failures (raised by ``CallContext.send``, from httpx errors)::
         │   ├── ProviderServerError       5xx       counted by the breaker; retried only for
         │   │                                       operations declared safe to retry
         │   ├── ProviderThrottledError    429       Retry-After honoured
+        │   ├── ProviderAuthenticationError 401     the provider refused the connector's
+        │   │                                       credentials: outcome not_sent, counted by
+        │   │                                       the breaker, never retried
         │   └── UnexpectedRedirectError   3xx       redirects are never followed
         ├── ResponseTooLargeError                   the reply exceeded the size limit
         └── RetryableProviderError                  an error-map entry marked retryable
@@ -22,8 +25,11 @@ egress transport watches the network transport's trace events (httpcore's
 ``http11.send_request_headers.started``, or the aiohttp transport's
 ``aiohttp.send_request_headers.started``), so a failure before the first byte of the request is
 ``not_sent`` whatever exception carried it; without trace events (mock transports)
-the exception type decides, conservatively. 4xx replies are not errors here: the connector
-parses them and maps provider codes through its ``ErrorMap`` into declined results.
+the exception type decides, conservatively. 4xx replies other than 401 and 429 are not errors
+here: the connector parses them and maps provider codes through its ``ErrorMap`` into declined
+results. A 401 is the gateway's problem, not the payer's (a wrong or revoked API key): read as a
+decline it told the merchant the card was refused, never tripped the breaker and never stopped a
+failover. A 403 stays the connector's: providers use it for refusals of the payment too.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from normalization import ConnectorError, Outcome, PaymentResult, ProviderError
 
 __all__ = [
     "OutcomeUnknownError",
+    "ProviderAuthenticationError",
     "ProviderHttpError",
     "ProviderServerError",
     "ProviderThrottledError",
@@ -107,6 +114,10 @@ class UnexpectedRedirectError(ProviderHttpError):
     code = "provider_redirect"
 
 
+class ProviderAuthenticationError(ProviderHttpError):
+    code = "provider_credentials_refused"
+
+
 class ResponseTooLargeError(ProviderError):
     code = "provider_response_too_large"
     default_detail = "The provider's reply exceeded the size limit."
@@ -163,9 +174,13 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def check_response_status(response: httpx.Response) -> None:
-    """Raise for 3xx, 429 and 5xx; 2xx and other 4xx are the connector's to parse."""
+    """Raise for 3xx, 401, 429 and 5xx; 2xx and other 4xx are the connector's to parse."""
     status = response.status_code
     retry_after = parse_retry_after(response.headers.get("retry-after"))
+    if status == 401:
+        raise ProviderAuthenticationError(
+            status, "The provider refused the connector's credentials (HTTP 401)."
+        )
     if 300 <= status < 400:
         raise UnexpectedRedirectError(
             status, f"The provider answered HTTP {status} (redirects are not followed)."

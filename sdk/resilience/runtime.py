@@ -44,6 +44,7 @@ from sdk.http import HttpSettings, build_http_client
 from sdk.manifest import Environment, Manifest
 from sdk.operations import VERB_NAMES, Operation
 from sdk.outcomes import (
+    ProviderAuthenticationError,
     ProviderServerError,
     ProviderThrottledError,
     RetryableProviderError,
@@ -489,6 +490,16 @@ class ConnectorRuntime:
                 "server_error",
                 exc.retry_after,
             )
+        except ProviderAuthenticationError as exc:
+            # Nothing was done; every call fails the same way until an operator changes the
+            # credentials, so the breaker counts it and nothing retries it.
+            ctx.logger.error("connector_credentials_refused", status=exc.status_code)
+            refused = PaymentResult(
+                status=PaymentStatus.FAILED,
+                outcome=Outcome.NOT_SENT,
+                raw_status=f"http_{exc.status_code}",
+            )
+            return _AttemptOutcome(refused, _Verdict.FAILURE)
         except ProviderThrottledError as exc:
             throttled = PaymentResult(
                 status=PaymentStatus.FAILED, outcome=Outcome.NOT_SENT, raw_status="http_429"

@@ -243,6 +243,34 @@ async def test_429_on_authorize_is_not_sent_and_not_retried(
     assert runtime.breaker.fail_counter == 0  # 429 is not a fault
 
 
+async def test_401_is_the_gateways_credentials_not_sent_never_retried_and_counted(
+    provider: LoopbackProvider, make_runtime: RuntimeFactory
+) -> None:
+    """A wrong or revoked API key: the provider did nothing, retrying cannot help, and every
+    call will fail the same way (the breaker counts it). It used to reach the connector's
+    parser, which read the error envelope as a card decline."""
+
+    async def refused(request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {"error": {"code": "card_declined", "message": "Invalid API key"}}, status=401
+        )
+
+    provider.handler = refused
+    runtime = make_runtime(provider.url, max_attempts=3)
+    with structlog.testing.capture_logs() as logs:
+        result = await runtime.invoke(
+            "capture", capture_request(), deadline=Deadline.after(5), tenant=TENANT
+        )
+    assert result.outcome is Outcome.NOT_SENT and result.decline is None
+    assert result.status is PaymentStatus.FAILED and result.raw_status == "http_401"
+    assert len(provider.requests) == 1  # capture is retry-safe here, and still not retried
+    assert runtime.breaker.fail_counter == 1
+    assert any(
+        line["event"] == "connector_credentials_refused" and line["log_level"] == "error"
+        for line in logs
+    )
+
+
 async def test_decline_is_a_value_mapped_through_the_error_map(
     provider: LoopbackProvider, make_runtime: RuntimeFactory, canary, metrics
 ) -> None:

@@ -48,8 +48,11 @@ async def test_wrong_api_key_is_refused(sandbox: Sandbox, card: CardFactory) -> 
     ) as runtime:
         sync = SyncRequest(payment_id="p", provider_reference="auth_x")
         result = await invoke(runtime, "sync", sync)
-    assert result.outcome is Outcome.DECLINED and result.decline is not None
-    assert result.decline.provider_code == "unauthorized"
+    # The gateway's credentials, not the payer's card: nothing done, no decline, and a failure
+    # for the breaker (it was read as a decline: the merchant told the card was refused).
+    assert result.outcome is Outcome.NOT_SENT and result.decline is None
+    assert result.raw_status == "http_401"
+    assert runtime.breaker.fail_counter == 1
     assert await sandbox.charges() == []
 
 
