@@ -4,7 +4,7 @@ In simulator mode every provider call goes through it: the runtime's base URL is
 the proxy forwards each request to the simulator on a fresh upstream connection. It keeps a log
 of what it saw (``requests``: method, path, whether it was forwarded, the fault applied, the
 provider's reply), which is how the kit knows how many calls *reached the provider* and, after a
-retry or a sync, whether the object named is the one the provider made (``first_reply``).
+retry or a sync, whether the object named is the one the provider made (``faulted_reply``).
 
 Scenarios inject faults for the next matching requests (``inject``), one kind each:
 
@@ -34,6 +34,7 @@ import contextlib
 import re
 import socket
 import struct
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -121,9 +122,9 @@ class Fault:
 @dataclass(slots=True)
 class ProxiedRequest:
     """One request the proxy received. ``reply`` is the body the provider answered a forwarded
-    request with (``None`` until it answers, and for a request not forwarded), whatever the
-    fault then did to it: what the provider made, for a kit that asks whether a retry or a sync
-    found that same object."""
+    request with, decompressed (``None`` until it answers, and for a request not forwarded),
+    and ``reply_location`` its ``Location`` header, whatever the fault then did to them: what
+    the provider made, for a kit that asks whether a retry or a sync found that same object."""
 
     method: str
     path: str
@@ -131,6 +132,7 @@ class ProxiedRequest:
     fault: FaultKind | None
     idempotency_key: str | None
     reply: bytes | None = None
+    reply_location: str | None = None
 
 
 @dataclass
@@ -184,6 +186,18 @@ async def _read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]
             await reader.readexactly(2)
     length = _header(headers, "content-length")
     return await reader.readexactly(int(length)) if length else b""
+
+
+def _decoded(upstream: _Upstream) -> bytes:
+    """The reply body without its ``Content-Encoding`` (gzip, deflate), for reading; what
+    the client gets is untouched. An encoding the proxy cannot undo is kept as it came."""
+    encoding = (_header(upstream.headers, "content-encoding") or "").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        # 47: a zlib or gzip header, detected; deflate without a header is tried after.
+        for wbits in (47, -15):
+            with contextlib.suppress(zlib.error):
+                return zlib.decompress(upstream.body, wbits)
+    return upstream.body
 
 
 def _decode_chunked(data: bytes) -> bytes:
@@ -255,10 +269,11 @@ class FaultProxy:
         """How many requests reached the provider since log position ``since``."""
         return sum(1 for request in self.requests[since:] if request.forwarded)
 
-    def first_reply(self, since: int = 0) -> bytes | None:
-        """The provider's reply to the first request that reached it since ``since``."""
+    def faulted_reply(self, since: int = 0) -> ProxiedRequest | None:
+        """The first request since ``since`` that a fault hit after it reached the provider
+        (what the provider did with it is in its ``reply`` and ``reply_location``)."""
         return next(
-            (request.reply for request in self.requests[since:] if request.reply is not None),
+            (r for r in self.requests[since:] if r.fault is not None and r.reply is not None),
             None,
         )
 
@@ -334,7 +349,8 @@ class FaultProxy:
         upstream: _Upstream | None = None
         if forward:
             upstream = await self._forward(method, target, headers, body)
-            record.reply = upstream.body
+            record.reply = _decoded(upstream)
+            record.reply_location = _header(upstream.headers, "location")
         if fault is not None and fault.kind is FaultKind.RESET_AFTER:
             _reset(writer)
             return False

@@ -25,16 +25,30 @@ after its set-up reaches the provider, which acts, and the connector gets a 503 
 reply; it must be retried with the same key, succeed, and name the object the provider made
 (``provider_object``), and a capture or refund must have moved its amount once (``moved_once``).
 
-``provider_object`` is ``"same"`` when the provider reference the result names appears, as a
-whole token, in the provider's reply to the first request of the call, ``"other"`` when it does
-not (the provider made a second object: it did not honour the key), and ``"not_named"`` when the
-result names no provider reference (nothing to compare; another assertion holds such a result
-to its reference where one is required).
+``provider_object`` compares the references the result names (``provider_reference`` and the
+values of ``provider_references``) with the provider's reply to the faulted request (the one
+the provider acted on before the fault hid its answer): ``"same"`` when the reply names one of
+them (a JSON value equal to it, or holding it as a whole token, escapes decoded and the body
+decompressed; or its ``Location`` header; for a composite reference such as
+``account:psp_id``, its longest part), ``"other"`` when it does not (the provider made a second
+object: it did not honour the key), ``"not_named"`` when the result names no reference (nothing
+to compare; another assertion holds such a result to its reference where one is required),
+``"read"`` when the fault hit a GET or HEAD (a sync, or a lookup the verb makes before its write:
+that request made nothing, and the retry's write is the only one), and ``"no_reply"`` when no
+faulted request reached the provider. A short number (under 6 digits)
+counts only as the whole value of a key that looks like an id.
+
+The capture or refund retried is half the amount where the manifest declares partial ones, so
+a provider that moved it twice still succeeds and shows it in its total (a full second move is
+refused, which the outcome already catches). ``moved_once`` is checked when the result reports
+the provider's total (``amount_captured``, ``amount_refunded``); a connector whose capture or
+refund answers without it (an asynchronous provider) is judged by ``provider_object`` alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from typing import Any
@@ -55,6 +69,7 @@ from conformance.scenarios.model import Requirement, scenario
 from normalization import (
     ConnectorBusyError,
     ConnectorUnavailableError,
+    Money,
     Outcome,
     PaymentResult,
     VerifyRequest,
@@ -66,20 +81,79 @@ FAULTS = Requirement(faults=True)
 
 _RETRIED = {"outcome": "succeeded", "idempotency_key_sent": True}
 #: The object a retried call or a sync names is the one the provider made (see the docstring).
-_SAME_OBJECT = ["same", "not_named"]
+_SAME_OBJECT = ["same", "not_named", "read"]
 
 
 def provider_object(ctx: ScenarioContext, result: PaymentResult | None, since: int) -> str:
-    """``"same"``, ``"other"`` or ``"not_named"``: the module docstring's ``provider_object``."""
-    reference = result.provider_reference if result is not None else None
-    if not reference:
+    """``"same"``, ``"other"``, ``"not_named"``, ``"read"`` or ``"no_reply"``: the module
+    docstring's ``provider_object``, against the reply to the first faulted request since
+    ``since``."""
+    references = [] if result is None else [result.provider_reference or ""]
+    if result is not None:
+        references += list(result.provider_references.values())
+    references = [str(r) for r in references if r]
+    if not references:
         return "not_named"
-    reply = ctx.proxy.first_reply(since)
-    if reply is None:
-        return "other"  # nothing reached the provider, yet the result names an object
-    text = reply.decode("utf-8", errors="replace")
-    whole = rf"(?<![\w.-]){re.escape(str(reference))}(?![\w.-])"
-    return "same" if re.search(whole, text) is not None else "other"
+    faulted = ctx.proxy.faulted_reply(since)
+    if faulted is None or faulted.reply is None:
+        return "no_reply"
+    if faulted.method.upper() in ("GET", "HEAD"):
+        # The fault hit a read (a sync, a lookup before the write): nothing was made by it,
+        # and the retry's write is the only one, so there is no second object to look for.
+        return "read"
+    values = _reply_values(faulted.reply)
+    if faulted.reply_location:
+        values.append(("location", faulted.reply_location))
+    return "same" if any(_names(reference, values) for reference in references) else "other"
+
+
+#: Separators of a composite reference (``account:psp_id``): its longest part may be the id.
+_PARTS = re.compile(r"[:|/]")
+
+
+def _reply_values(reply: bytes) -> list[tuple[str, str]]:
+    """``(key, value)`` for every scalar of a JSON reply, escapes decoded; a reply that is not
+    JSON is one value, its text."""
+    try:
+        document = json.loads(reply)
+    except ValueError:
+        return [("", reply.decode("utf-8", errors="replace"))]
+    values: list[tuple[str, str]] = []
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                walk(value, str(name))
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, key)
+        elif node is not None and not isinstance(node, bool):
+            values.append((key, str(node)))
+
+    walk(document, "")
+    return values
+
+
+def _names(reference: str, values: list[tuple[str, str]]) -> bool:
+    """Whether the reply names ``reference`` (or, for a composite one, its longest part): equal
+    to a value, or a whole token in one (a URL path, say). A short number (``"2"``) counts only
+    as the whole value of a key that looks like an id: ``"api_version": 2`` is not object 2."""
+    candidates = [reference]
+    parts = [part for part in _PARTS.split(reference) if len(part) >= 6]
+    if parts and parts != [reference]:
+        candidates.append(max(parts, key=len))
+    for candidate in candidates:
+        if candidate.isdigit() and len(candidate) < 6:
+            if any(v == candidate and _ID_KEY.search(k) for k, v in values):
+                return True
+            continue
+        whole = re.compile(rf"(?<![\w.-]){re.escape(candidate)}(?![\w.-])")
+        if any(v == candidate or whole.search(v) for _, v in values):
+            return True
+    return False
+
+
+_ID_KEY = re.compile(r"id|ref", re.IGNORECASE)
 
 
 async def _call_first(ctx: ScenarioContext, step: str, **kwargs: Any) -> Observation:
@@ -438,17 +512,24 @@ async def _prepare(ctx: ScenarioContext, operation: Operation) -> Any:
         purchased = await ctx.call(
             "setup", Operation.AUTHORIZE, ctx.authorize_request(capture=True), check=False
         )
-        return ctx.refund_request(purchased, purchased.request.amount)
+        return ctx.refund_request(purchased, _part(ctx.manifest.refund.partial, purchased))
     first = await _call_first(ctx, "setup", check=False)
     if first.result is None or first.result.outcome is not Outcome.SUCCEEDED:
         raise ExpectationFailed("setup: the first call did not succeed")
     if operation is Operation.CAPTURE:
-        return ctx.capture_request(first)
+        partial = ctx.manifest.capture.partial
+        return ctx.capture_request(first, _part(partial, first), final=not partial)
     if operation is Operation.VOID:
         return ctx.void_request(first)
     if operation is Operation.SYNC:
         return ctx.sync_request(first)
     return ctx.skip(f"the kit has no retry set-up for {operation.value}")
+
+
+def _part(partial: bool, paid: Observation) -> Money:
+    """Half the amount where partial captures or refunds are declared, else all of it."""
+    amount: Money = paid.request.amount
+    return Money(amount.value // 2, amount.currency) if partial else amount
 
 
 def _retry_safe_operations(manifest: Manifest) -> list[str]:

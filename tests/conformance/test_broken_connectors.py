@@ -66,14 +66,21 @@ from tests.conformance.conftest import Register, by_id, run_kit, sandbox_profile
             forgetful_simulator,
             "fault.retry_safe[authorize]",
             True,
-            'call.provider_object: expected "same" or "not_named", got "other"',
+            'call.provider_object: expected "same" or "not_named" or "read", got "other"',
+        ),
+        (
+            ForgetfulProviderConnector,
+            forgetful_simulator,
+            "fault.retry_safe[refund]",
+            True,
+            'moved_once.amount: expected {"currency": "EUR", "value": 525}',
         ),
         (
             ForgetfulProviderConnector,
             forgetful_simulator,
             "fault.reset_after_send",
             True,
-            'call_retry_safe.provider_object: expected "same" or "not_named", got "other"',
+            'call_retry_safe.provider_object: expected "same" or "not_named" or "read", got "other"',
         ),
     ],
     ids=[
@@ -82,6 +89,7 @@ from tests.conformance.conftest import Register, by_id, run_kit, sandbox_profile
         "float-amounts",
         "sync-by-reference-loses-the-payment",
         "retry-safe-claim-the-provider-does-not-honour",
+        "refund-retried-moves-the-money-twice",
         "retry-after-reset-makes-a-second-object",
     ],
 )

@@ -25,6 +25,7 @@ from conformance.proxy import Fault, FaultProxy
 from conformance.reports import render_html
 from conformance.results import Verdict
 from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
+from conformance.scenarios.faults import _names, _reply_values
 from conformance.simulators import bound_port
 from conformance.traffic import TappedExchange
 from tests.conformance.conftest import by_id, run_kit, specs_dir, write_profile
@@ -341,13 +342,17 @@ def test_what_reaches_the_console_is_redacted_what_is_scanned_is_not() -> None:
 
 
 async def test_the_fault_proxy_keeps_the_providers_reply_to_what_it_forwarded() -> None:
-    """A 503 ``after_forwarding`` reaches the provider (which acts) and keeps its reply, from
-    which the fault scenarios tell the object the provider made; a plain 503 reaches nothing."""
+    """A 503 ``after_forwarding`` reaches the provider (which acts) and keeps its reply,
+    decompressed, with its ``Location``: from them the fault scenarios tell the object the
+    provider made. A plain 503 reaches nothing."""
     made: list[str] = []
 
-    async def create(request: web.Request) -> web.Response:
+    async def create(request: web.Request) -> web.StreamResponse:
         made.append(f"obj_{len(made) + 1}")
-        return web.json_response({"id": made[-1]})
+        response = web.json_response({"id": made[-1]}, status=201)
+        response.headers["Location"] = f"/objects/{made[-1]}"
+        response.enable_compression()  # gzip: the client asked for it
+        return response
 
     app = web.Application()
     app.router.add_post("/objects", create)
@@ -360,15 +365,35 @@ async def test_the_fault_proxy_keeps_the_providers_reply_to_what_it_forwarded() 
         async with httpx.AsyncClient(base_url=proxy.url, trust_env=False) as client:
             proxy.inject(Fault.server_error(503))
             assert (await client.post("/objects", json={})).status_code == 503
-            assert made == [] and proxy.first_reply() is None
+            assert made == [] and proxy.faulted_reply() is None
+            assert (await client.post("/objects", json={})).json() == {"id": "obj_1"}
             proxy.inject(Fault.server_error(503, after_forwarding=True))
             assert (await client.post("/objects", json={})).status_code == 503
-            assert made == ["obj_1"]
-            replied = (await client.post("/objects", json={})).json()
-        assert replied == {"id": "obj_2"}
+            assert made == ["obj_1", "obj_2"]
         assert [r.forwarded for r in proxy.requests] == [False, True, True]
-        assert proxy.first_reply() == b'{"id": "obj_1"}'
-        assert proxy.first_reply(2) == b'{"id": "obj_2"}'
+        faulted = proxy.faulted_reply()
+        assert faulted is proxy.requests[2]  # the faulted one, not the first forwarded
+        assert json.loads(faulted.reply or b"") == {"id": "obj_2"}
+        assert faulted.reply_location == "/objects/obj_2"
     finally:
         await proxy.close()
         await runner.cleanup()
+
+
+def test_provider_object_reads_the_reply_as_json_not_as_bytes() -> None:
+    """Escaped, composite, short-numbered and Location-only references are found where they
+    are, and a second object is still told from the first."""
+
+    def names(reference: str, reply: bytes, location: str | None = None) -> bool:
+        values = _reply_values(reply)
+        if location:
+            values.append(("location", location))
+        return _names(reference, values)
+
+    assert names("pay_abc123", b'{"id": "pay\\u005fabc123"}')  # JSON escape of "_"
+    assert names("acct-1:psp_9f8e7d6c", b'{"pspReference": "psp_9f8e7d6c"}')  # composite
+    assert names("pay_abc123", b"", "https://p.example/v1/payments/pay_abc123")  # Location
+    assert names("42", b'{"payment": {"id": 42}, "api_version": 2}')
+    assert not names("2", b'{"payment": {"id": 42}, "api_version": 2}')  # not object 2
+    assert not names("pay_abc124", b'{"id": "pay_abc123", "previous": "pay_abc1245"}')
+    assert names("pay_abc123", b"id=pay_abc123&status=ok")  # not JSON: its text
