@@ -2,9 +2,10 @@
 
 In simulator mode every provider call goes through it: the runtime's base URL is the proxy's, and
 the proxy forwards each request to the simulator on a fresh upstream connection. It keeps a log
-of what it saw (``requests``: method, path, whether it was forwarded, the fault applied, the
-provider's reply), which is how the kit knows how many calls *reached the provider* and, after a
-retry or a sync, whether the object named is the one the provider made (``faulted_reply``).
+of what it saw (``requests``: method, path, whether it was forwarded, the fault applied, and
+the provider's reply to a faulted request), which is how the kit knows how many calls *reached
+the provider* and, after a retry or a sync, whether the object named is the one the provider
+made (``faulted_reply``).
 
 Scenarios inject faults for the next matching requests (``inject``), one kind each:
 
@@ -121,10 +122,10 @@ class Fault:
 
 @dataclass(slots=True)
 class ProxiedRequest:
-    """One request the proxy received. ``reply`` is the body the provider answered a forwarded
-    request with, decompressed (``None`` until it answers, and for a request not forwarded),
-    and ``reply_location`` its ``Location`` header, whatever the fault then did to them: what
-    the provider made, for a kit that asks whether a retry or a sync found that same object."""
+    """One request the proxy received. For a faulted request that was forwarded, ``reply`` is
+    the body the provider answered, decompressed, and ``reply_location`` its ``Location`` header,
+    whatever the fault then did to them (``None`` otherwise, and until it answers): what the
+    provider made, for a kit that asks whether a retry or a sync found that same object."""
 
     method: str
     path: str
@@ -272,10 +273,7 @@ class FaultProxy:
     def faulted_reply(self, since: int = 0) -> ProxiedRequest | None:
         """The first request since ``since`` that a fault hit after it reached the provider
         (what the provider did with it is in its ``reply`` and ``reply_location``)."""
-        return next(
-            (r for r in self.requests[since:] if r.fault is not None and r.reply is not None),
-            None,
-        )
+        return next((r for r in self.requests[since:] if r.reply is not None), None)
 
     @contextlib.asynccontextmanager
     async def refusing(self) -> AsyncIterator[None]:
@@ -349,8 +347,9 @@ class FaultProxy:
         upstream: _Upstream | None = None
         if forward:
             upstream = await self._forward(method, target, headers, body)
-            record.reply = _decoded(upstream)
-            record.reply_location = _header(upstream.headers, "location")
+            if fault is not None:  # only a faulted request's reply is ever asked for
+                record.reply = _decoded(upstream)
+                record.reply_location = _header(upstream.headers, "location")
         if fault is not None and fault.kind is FaultKind.RESET_AFTER:
             _reset(writer)
             return False

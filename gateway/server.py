@@ -508,15 +508,20 @@ def _shared_metrics_dir() -> Iterator[None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+_RANDOM_PORT_PROBLEM = (
+    "[server] port = 0 picks a random port per process; with workers > 1 set a port."
+)
+
+
+def _random_port_per_worker(settings: Settings) -> bool:
+    return settings.server.workers > 1 and settings.server.port == 0
+
+
 def check_serve_settings(settings: Settings) -> None:
     """Raise ``ConfigError`` (exit 2) for settings the gateway cannot run with at all: a random
     port shared by several workers, no Vault credentials, a ``PROMETHEUS_MULTIPROC_DIR`` that is
     not a writable directory."""
-    problems = []
-    if settings.server.workers > 1 and settings.server.port == 0:
-        problems.append(
-            "[server] port = 0 picks a random port per process; with workers > 1 set a port."
-        )
+    problems = [_RANDOM_PORT_PROBLEM] if _random_port_per_worker(settings) else []
     credentials = vault_credentials_problem(settings)
     if credentials is not None:
         problems.append(credentials)
@@ -547,10 +552,8 @@ def serve(settings: Settings, *, log_level: str = "INFO", checks: bool = True) -
     server = settings.server
     workers = server.workers
     try:
-        if workers > 1 and server.port == 0:
-            raise StartupError(
-                "[server] port = 0 picks a random port per process; with workers > 1 set a port."
-            )
+        if _random_port_per_worker(settings):
+            raise StartupError(_RANDOM_PORT_PROBLEM)
         if checks:
             check_listen_address(server.host, server.port)
             asyncio.run(preflight(settings))

@@ -49,6 +49,7 @@ __all__ = [
     "Row",
     "SqliteDatabase",
     "in_transaction",
+    "keyset_page",
     "migrate",
     "open_database",
 ]
@@ -686,6 +687,36 @@ async def open_database(url: str) -> SqliteDatabase | PostgresDatabase:
         path = path.removeprefix("/") if not path.startswith("//") else path[1:]
         return await SqliteDatabase.open(path or ":memory:")
     raise ValueError("Database URLs start with sqlite:// or postgresql://")
+
+
+# -- pages ----------------------------------------------------------------------------------------
+
+
+def keyset_page(
+    sql: str,
+    args: list[object],
+    *,
+    after: tuple[int, str] | None,
+    limit: int | None,
+    newest_first: bool = False,
+) -> str:
+    """``sql`` (a SELECT ending in its WHERE conditions) ordered by ``(created_at, id)`` and
+    cut to one page: the rows after the position ``after`` (created at in microseconds, id: the
+    last row of the previous page), at most ``limit``. Appends its parameters to ``args``.
+
+    A position, not an offset: rows deleted or added before it move nothing. Ties on
+    ``created_at`` go by ascending id either way, so a page boundary inside a tie is exact.
+    """
+    if after is not None:
+        args += [after[0], after[1]]
+        at, key = len(args) - 1, len(args)
+        beyond = "<" if newest_first else ">"
+        sql += f" AND (created_at {beyond} ${at} OR (created_at = ${at} AND id > ${key}))"
+    sql += " ORDER BY created_at DESC, id" if newest_first else " ORDER BY created_at, id"
+    if limit is not None:
+        args.append(limit)
+        sql += f" LIMIT ${len(args)}"
+    return sql
 
 
 # -- migrations ---------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from vault.database import (
     PostgresDatabase,
     Row,
     SqliteDatabase,
+    keyset_page,
     migrate,
 )
 from vault.tokens import TokenFormat
@@ -440,14 +441,8 @@ class TokenStore:
         if live_at is not None:
             args.append(_to_micros(live_at))
             sql += f" AND (expires_at IS NULL OR expires_at > ${len(args)})"
-        if after is not None:
-            args += [_to_micros(after[0]), after[1]]
-            n = len(args)
-            sql += f" AND (created_at > ${n - 1} OR (created_at = ${n - 1} AND id > ${n}))"
-        sql += " ORDER BY created_at, id"
-        if limit is not None:
-            args.append(limit)
-            sql += f" LIMIT ${len(args)}"
+        position = None if after is None else (_to_micros(after[0]), after[1])
+        sql = keyset_page(sql, args, after=position, limit=limit)
         rows = await self._db.fetchall(sql, *args)
         return [_record(row) for row in rows]
 

@@ -109,6 +109,8 @@ def provider_object(ctx: ScenarioContext, result: PaymentResult | None, since: i
 
 #: Separators of a composite reference (``account:psp_id``): its longest part may be the id.
 _PARTS = re.compile(r"[:|/]")
+#: A key under which a short number may be an object's id.
+_ID_KEY = re.compile(r"id|ref", re.IGNORECASE)
 
 
 def _reply_values(reply: bytes) -> list[tuple[str, str]]:
@@ -151,9 +153,6 @@ def _names(reference: str, values: list[tuple[str, str]]) -> bool:
         if any(v == candidate or whole.search(v) for _, v in values):
             return True
     return False
-
-
-_ID_KEY = re.compile(r"id|ref", re.IGNORECASE)
 
 
 async def _call_first(ctx: ScenarioContext, step: str, **kwargs: Any) -> Observation:

@@ -97,6 +97,7 @@ from vault.database import (
     Row,
     SqliteDatabase,
     in_transaction,
+    keyset_page,
     migrate,
 )
 
@@ -274,13 +275,8 @@ class PaymentStore:
         ``after`` (created at, id: the last payment of a previous page), at most ``limit``."""
         sql = SELECT_PAYMENTS + " WHERE merchant_id = $1 AND reference = $2"
         args: list[object] = [merchant_id, reference]
-        if after is not None:
-            args += [to_micros(after[0]), after[1]]
-            sql += " AND (created_at < $3 OR (created_at = $3 AND id > $4))"
-        sql += " ORDER BY created_at DESC, id"
-        if limit is not None:
-            args.append(limit)
-            sql += f" LIMIT ${len(args)}"
+        position = None if after is None else (to_micros(after[0]), after[1])
+        sql = keyset_page(sql, args, after=position, limit=limit, newest_first=True)
         rows = await self._db.fetchall(sql, *args)
         return [payment_from_row(row) for row in rows]
 

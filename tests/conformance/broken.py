@@ -7,7 +7,7 @@ must catch it.
 
 from __future__ import annotations
 
-import inspect
+import functools
 import logging
 from typing import Any
 
@@ -143,6 +143,7 @@ class ForgetfulProviderConnector(SandboxConnector):
     manifest = broken_manifest("broken_dedup")
 
 
+@functools.wraps(create_app)  # its signature: the kit passes only the options it accepts
 def forgetful_simulator(**options: Any) -> web.Application:
     """The sandbox simulator with its idempotency keys ignored (dropped before it sees them)."""
 
@@ -154,9 +155,6 @@ def forgetful_simulator(**options: Any) -> web.Application:
     app = create_app(**options)
     app.middlewares.append(forget_keys)
     return app
-
-
-forgetful_simulator.__signature__ = inspect.signature(create_app)  # type: ignore[attr-defined]
 
 
 BROKEN = (
