@@ -41,6 +41,7 @@ from conformance.simulators import RunningSimulator, find_simulator, start_simul
 from conformance.webhook_faults import WebhookReceiver
 from normalization import TesseraError
 from sdk import Category, Connector, Credentials, Environment, Manifest, Operation, load_registry
+from sdk.credentials import credentials_from_environment, environment_variable
 from sdk.http import HttpSettings, network_transport
 from sdk.testing import FakeTokenRevealer, canary_cvc, canary_pan
 
@@ -337,16 +338,13 @@ class RunEnvironment:
         """``values`` with the ``TESSERA_<CONNECTOR>_<FIELD>`` variables over them, checked
         against the manifest (``SetupError`` naming the variables when one is missing)."""
         manifest = self.manifest
-        for field in manifest.credentials:
-            variable = f"TESSERA_{manifest.id.upper()}_{field.name.upper()}"
-            if os.environ.get(variable):
-                values[field.name] = os.environ[variable]
+        values.update(credentials_from_environment(manifest))
         credentials = Credentials(values)
         try:
             credentials.check_against(manifest)
         except TesseraError as exc:
             variables = ", ".join(
-                f"TESSERA_{manifest.id.upper()}_{f.name.upper()}"
+                environment_variable(manifest.id, f.name)
                 for f in manifest.credentials
                 if f.required
             )

@@ -94,8 +94,11 @@ async def start_simulator(
     options: Mapping[str, Any] | None = None,
     *,
     webhook_url: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> RunningSimulator:
-    """Build the app with the options the factory accepts and serve it on loopback."""
+    """Build the app with the options the factory accepts and serve it on ``host`` (loopback)
+    and ``port`` (0: a free one)."""
     kwargs = {k: v for k, v in (options or {}).items() if accepts(factory, k)}
     delivers = webhook_url is not None and accepts(factory, "webhook_url")
     if delivers:
@@ -105,9 +108,13 @@ async def start_simulator(
         raise TypeError("A simulator factory must return an aiohttp.web.Application.")
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return RunningSimulator(runner, "127.0.0.1", bound_port(site), delivers)
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return RunningSimulator(runner, host, bound_port(site), delivers)
 
 
 def bound_port(site: web.TCPSite) -> int:

@@ -92,7 +92,12 @@ def _dev(args: argparse.Namespace) -> int:
     from gateway.observability import configure_logging
 
     configure_logging(args.log_level)
-    return run_dev(port=args.port, data_dir=Path(args.data_dir))
+    return run_dev(
+        port=args.port,
+        data_dir=Path(args.data_dir),
+        connector=args.connector,
+        connector_url=args.connector_url,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -312,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="Run OpenBao (dev) + the gateway on SQLite, locally.")
     dev.add_argument("--port", type=int, default=8080, help="Gateway port (default 8080).")
     dev.add_argument("--data-dir", default=".tessera", help="Where state lives (./.tessera).")
+    dev.add_argument(
+        "--connector",
+        metavar="ID",
+        help="Route payments to this installed connector (its simulator) instead of the sandbox.",
+    )
+    dev.add_argument(
+        "--connector-url",
+        metavar="URL",
+        help="With --connector: the provider sandbox's URL instead of the simulator "
+        "(credentials from TESSERA_<ID>_<FIELD> variables).",
+    )
     dev.set_defaults(handler=_dev)
 
     serve = commands.add_parser("serve", help="Run the gateway against an existing Vault and DB.")

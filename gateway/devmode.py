@@ -12,6 +12,12 @@
    ``vault_addr`` so scripts can drive it.
 5. On Ctrl-C or SIGTERM, stop the gateway, the simulator, then OpenBao, and remove ``dev.json``.
 
+``--connector ID`` routes payments to an installed connector of one's own instead (the sandbox
+stays configured, for ``"connector": "sandbox"``): to its simulator (its ``tessera.simulators``
+entry point, started with its ``simulator`` sandbox profile's options and credentials, as the
+conformance kit does), or, with ``--connector-url URL``, to that URL with credentials from
+``TESSERA_<ID>_<FIELD>`` variables. Problems with either are exit 2 before anything starts.
+
 The dev OpenBao keeps its keys in memory, so tokens cannot outlive it: each ``tessera dev`` run
 starts from an empty database (the previous one is moved aside to ``dev.db.previous``).
 """
@@ -21,12 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import json
 import os
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -43,7 +53,9 @@ from gateway.merchants import MerchantStore
 from gateway.server import StartupError, check_listen_address, run_gateway
 from gateway.simulators import load_simulator
 from normalization import TesseraError
-from sdk import load_registry
+from normalization.methods import PaymentMethodType
+from sdk import Manifest, load_registry
+from sdk.credentials import credentials_from_environment, environment_variable
 from vault.database import open_database
 from vault.devserver import DevServer, free_port
 from vault.provisioning import ensure_tenant_keys, provision
@@ -82,7 +94,90 @@ def _sandbox_problem() -> str | None:
     return None
 
 
-def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
+@dataclass(frozen=True)
+class DevConnector:
+    """Where ``--connector`` sends payments: its simulator (``factory``) or ``url``."""
+
+    manifest: Manifest
+    credentials: dict[str, str]
+    url: str | None = None
+    factory: Any = None
+    simulator_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+
+class DevConnectorError(Exception):
+    """Why ``--connector`` cannot be used; the message is printed as is."""
+
+
+def plan_connector(connector_id: str, url: str | None) -> DevConnector:
+    """Check ``--connector`` (and ``--connector-url``) before anything starts."""
+    # The kit's modules are loaded only for this option: ``tessera dev`` alone does not need them.
+    from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
+    from conformance.simulators import find_simulator
+
+    try:
+        manifest = load_registry().get(connector_id).manifest
+    except TesseraError as exc:
+        raise DevConnectorError(exc.detail) from None
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise DevConnectorError(f"--connector-url must be an http(s) URL, not {url!r}.")
+        values = credentials_from_environment(manifest)
+        missing = [f.name for f in manifest.credentials if f.required and f.name not in values]
+        if missing:
+            names = ", ".join(environment_variable(manifest.id, name) for name in missing)
+            raise DevConnectorError(
+                f"Connector {manifest.id!r} needs its sandbox credentials in the environment: "
+                f"set {names}."
+            )
+        return DevConnector(manifest, values, url=url.rstrip("/"))
+    try:
+        factory = find_simulator(manifest.id)
+    except Exception as exc:  # noqa: BLE001 - an entry point's own import error, reported
+        raise DevConnectorError(
+            f"The simulator of connector {manifest.id!r} failed to load: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    if factory is None:
+        raise DevConnectorError(
+            f"Connector {manifest.id!r} has no simulator (entry point group "
+            "'tessera.simulators'). Give --connector-url URL for its sandbox, with "
+            f"{environment_variable(manifest.id, '<FIELD>')} variables for its credentials."
+        )
+    try:
+        profile = load_sandbox_profile(manifest.id, "simulator")
+    except SandboxProfileError as exc:
+        raise DevConnectorError(f"Its simulator's sandbox profile does not load: {exc}") from None
+    values = {k: v for k, v in profile.credentials.items() if v}
+    for cred in manifest.credentials:  # the kit's rule: made up where the profile is silent
+        if cred.required and cred.name not in values:
+            values[cred.name] = f"dev-{cred.name}-{secrets.token_hex(8)}"
+    return DevConnector(manifest, values, factory=factory, simulator_options=profile.simulator)
+
+
+def run_dev(
+    *,
+    port: int,
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    connector: str | None = None,
+    connector_url: str | None = None,
+) -> int:
+    if connector_url is not None and connector is None:
+        print("tessera dev: error: --connector-url needs --connector ID.", file=sys.stderr)
+        return 2
+    plan: DevConnector | None = None
+    if connector is not None and not (connector == "sandbox" and connector_url is None):
+        try:
+            plan = plan_connector(connector, connector_url)
+        except DevConnectorError as exc:
+            print(f"tessera dev: error: --connector {connector}: {exc}", file=sys.stderr)
+            return 2
     problem = _sandbox_problem()
     if problem is not None:
         remedy = "Reinstall Tessera" + (
@@ -106,7 +201,7 @@ def run_dev(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> int:
                 file=sys.stderr,
             )
             return 2
-        return _run_dev(port=port, data_dir=data_dir, host=host)
+        return _run_dev(port=port, data_dir=data_dir, host=host, plan=plan)
 
 
 def _dev_preflight(host: str, port: int, data_dir: Path) -> str | None:
@@ -141,7 +236,7 @@ def _data_dir_lock(data_dir: Path) -> Iterator[bool]:
         yield True
 
 
-def _run_dev(*, port: int, data_dir: Path, host: str) -> int:
+def _run_dev(*, port: int, data_dir: Path, host: str, plan: DevConnector | None) -> int:
     dev_file = data_dir / DEV_FILE
     dev_file.unlink(missing_ok=True)
     db_path = data_dir / "dev.db"
@@ -157,6 +252,27 @@ def _run_dev(*, port: int, data_dir: Path, host: str) -> int:
         sandbox_key = "sk_dev_" + secrets.token_hex(12)
         sandbox_secret = "whsec_dev_" + secrets.token_hex(16)
         sandbox_port = free_port(host)
+        connectors = {
+            "sandbox": ConnectorSettings(
+                base_url=f"http://{host}:{sandbox_port}",
+                test_mode=True,
+                credentials={"api_key": sandbox_key, "webhook_secret": sandbox_secret},  # type: ignore[dict-item]
+            )
+        }
+        own_port = free_port(host) if plan is not None and plan.factory is not None else 0
+        connector_url = f"http://{host}:{sandbox_port}"
+        if plan is not None:
+            if plan.factory is not None:
+                # The simulator serves the sandbox URL's path, as in the conformance kit.
+                path = urlsplit(plan.manifest.base_urls.sandbox).path.rstrip("/")
+                connector_url = f"http://{host}:{own_port}{path}"
+            else:
+                connector_url = plan.url or ""
+            connectors[plan.id] = ConnectorSettings(
+                base_url=connector_url,
+                test_mode=_is_local(connector_url),
+                credentials=plan.credentials,  # type: ignore[arg-type]
+            )
         settings = Settings(
             server=ServerSettings(host=host, port=port),
             database=DatabaseSettings(url=db_url),
@@ -165,14 +281,8 @@ def _run_dev(*, port: int, data_dir: Path, host: str) -> int:
                 role_id=provisioned.gateway_role_id,
                 secret_id=provisioned.gateway_secret_id,  # type: ignore[arg-type]
             ),
-            connectors={
-                "sandbox": ConnectorSettings(
-                    base_url=f"http://{host}:{sandbox_port}",
-                    test_mode=True,
-                    credentials={"api_key": sandbox_key, "webhook_secret": sandbox_secret},  # type: ignore[dict-item]
-                )
-            },
-            routing=RoutingSettings(default=["sandbox"]),
+            connectors=connectors,
+            routing=RoutingSettings(default=[plan.id if plan is not None else "sandbox"]),
             payments=PaymentSettings(
                 idempotency_key=secrets.token_hex(32),  # type: ignore[arg-type]
                 allow_private_webhook_targets=True,  # local receivers on 127.0.0.1
@@ -187,14 +297,19 @@ def _run_dev(*, port: int, data_dir: Path, host: str) -> int:
                 "vault_token": bao.root_token,
                 "merchant_id": merchant_id,
                 "sandbox_url": f"http://{host}:{sandbox_port}",
+                "connector": plan.id if plan is not None else "sandbox",
+                "connector_url": connector_url,
             }
             tmp = dev_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=2) + "\n")
             os.chmod(tmp, 0o600)
             tmp.replace(dev_file)
-            print(_banner(url, api_key, bao.addr, dev_file), file=sys.stderr, flush=True)
+            banner = _banner(url, api_key, bao.addr, dev_file, plan, connector_url)
+            print(banner, file=sys.stderr, flush=True)
 
         async def main() -> None:
+            from conformance.simulators import RunningSimulator, start_simulator
+
             simulator = load_simulator("sandbox")(
                 api_key=sandbox_key,
                 webhook_secret=sandbox_secret,
@@ -203,9 +318,20 @@ def _run_dev(*, port: int, data_dir: Path, host: str) -> int:
             runner = web.AppRunner(simulator, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, host, sandbox_port).start()
+            own: RunningSimulator | None = None
             try:
+                if plan is not None and plan.factory is not None:
+                    own = await start_simulator(
+                        plan.factory,
+                        plan.simulator_options,
+                        webhook_url=f"http://{host}:{port}/v1/webhooks/{plan.id}",
+                        host=host,
+                        port=own_port,
+                    )
                 await run_gateway(settings, on_ready=ready)
             finally:
+                if own is not None:
+                    await own.close()
                 await runner.cleanup()
 
         try:
@@ -217,20 +343,83 @@ def _run_dev(*, port: int, data_dir: Path, host: str) -> int:
     return 0
 
 
-def _banner(url: str, api_key: str, vault_addr: str, dev_file: Path) -> str:
+def _is_local(url: str) -> bool:
+    """Whether ``url`` needs the connector's ``test_mode`` (plain http, or a loopback host)."""
+    parts = urlsplit(url)
+    if parts.scheme == "http" or parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        return False
+
+
+#: Example payment methods for the banner, by type (docs/domain.md's examples).
+_EXAMPLE_METHODS = {
+    PaymentMethodType.CARD: '{"type": "card", "token": "tok_..."}',
+    PaymentMethodType.BANK_ACCOUNT: (
+        '{"type": "bank_account", "holder_name": "Ada Lovelace", "iban": "DE89370400440532013000"}'
+    ),
+    PaymentMethodType.OPEN_BANKING: (
+        '{"type": "open_banking", "scheme": "uk_open_banking", "creditor_account": '
+        '{"scheme_name": "UK.OBIE.SortCodeAccountNumber", "identification": "08080021325698", '
+        '"name": "ACME Ltd"}, "return_url": "https://shop.example/return"}'
+    ),
+}
+_US_BANK_ACCOUNT = (
+    '{"type": "bank_account", "holder_name": "Ada Lovelace", "routing_number": "011000015", '
+    '"account_number": "000123456789", "account_type": "checking"}'
+)
+
+
+def _example_payment(manifest: Manifest | None) -> tuple[PaymentMethodType, str, str]:
+    """(method type, currency, payment method JSON) for a payment ``manifest`` can carry."""
+    if manifest is None:
+        return PaymentMethodType.CARD, "EUR", _EXAMPLE_METHODS[PaymentMethodType.CARD]
+    method = next(m for m in _EXAMPLE_METHODS if m in manifest.payment_methods)
+    preferred = ("EUR", "GBP", "USD") if method is not PaymentMethodType.BANK_ACCOUNT else ()
+    currency = next((c for c in preferred if c in manifest.currencies), None)
+    if currency is None:
+        currency = "EUR" if "EUR" in manifest.currencies else sorted(manifest.currencies)[0]
+    example = _EXAMPLE_METHODS[method]
+    if method is PaymentMethodType.BANK_ACCOUNT and currency == "USD":
+        example = _US_BANK_ACCOUNT
+    return method, currency, example
+
+
+def _banner(
+    url: str,
+    api_key: str,
+    vault_addr: str,
+    dev_file: Path,
+    plan: DevConnector | None = None,
+    connector_url: str = "",
+) -> str:
     auth = f"-H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json'"
-    return (
-        f"\nTessera dev is running.\n"
-        f"  gateway:  {url}\n"
-        f"  api key:  {api_key}\n"
-        f"  vault:    {vault_addr} (OpenBao dev server)\n"
-        f"  details:  {dev_file}\n\n"
-        f"Try:\n"
-        f"  curl -s {url}/v1/tokens {auth} \\\n"
-        '    -d \'{"card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030}}\'\n'
-        f"  curl -s {url}/v1/payments {auth} \\\n"
-        '    -d \'{"amount": {"value": 1050, "currency": "EUR"}, '
-        '"payment_method": {"type": "card", "token": "tok_..."}}\'\n'
-        f"  curl -s -X POST {url}/v1/payments/pay_.../capture {auth}\n\n"
-        "Ctrl-C stops everything."
-    )
+    lines = [
+        "",
+        "Tessera dev is running.",
+        f"  gateway:  {url}",
+        f"  api key:  {api_key}",
+        f"  vault:    {vault_addr} (OpenBao dev server)",
+    ]
+    if plan is not None:
+        where = "its simulator at " if plan.factory is not None else ""
+        lines.append(f"  payments: to connector {plan.id!r} ({where}{connector_url})")
+    lines += [f"  details:  {dev_file}", "", "Try:"]
+    method, currency, example = _example_payment(plan.manifest if plan is not None else None)
+    if method is PaymentMethodType.CARD:
+        lines += [
+            f"  curl -s {url}/v1/tokens {auth} \\",
+            '    -d \'{"card": {"number": "4242424242424242", '
+            '"exp_month": 12, "exp_year": 2030}}\'',
+        ]
+    lines += [
+        f"  curl -s {url}/v1/payments {auth} \\",
+        f'    -d \'{{"amount": {{"value": 1050, "currency": "{currency}"}}, '
+        f'"payment_method": {example}}}\'',
+    ]
+    if method is PaymentMethodType.CARD:
+        lines.append(f"  curl -s -X POST {url}/v1/payments/pay_.../capture {auth}")
+    lines += ["", "Ctrl-C stops everything."]
+    return "\n".join(lines)

@@ -190,6 +190,7 @@ class CallContext:
             revealer=revealer,
             scrubber=Scrubber(self.credentials.secret_values()),
             transcript=transcript,
+            sensitive_headers=manifest.sensitive_headers,
         )
 
     def __repr__(self) -> str:
@@ -211,6 +212,16 @@ class CallContext:
     def network_attempted(self) -> bool:
         """Whether any request of this call got as far as the network (past detokenization)."""
         return bool(self._scope.trackers)
+
+    # -- secrets --------------------------------------------------------------------------------
+
+    def secret(self, value: str) -> str:
+        """Mark ``value``, a secret the connector obtained at run time (an OAuth access token, a
+        session id, a signing nonce), as one: every exchange this call records (transcripts,
+        cassettes) shows ``[REDACTED]`` wherever it appears, as it does for the configured
+        credentials. Returns ``value``: ``headers={"X-Session": ctx.secret(session)}``."""
+        self._scope.scrubber = self._scope.scrubber.with_secrets((value,))
+        return value
 
     # -- card data ------------------------------------------------------------------------------
 

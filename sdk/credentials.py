@@ -4,10 +4,15 @@ The gateway takes them from its configuration file, or from Vault KV v2 at
 ``tessera/connectors/<id>`` (``credentials_from = "vault"``: re-read periodically, so they rotate
 without a restart), and passes them with each call; connectors read them with
 ``ctx.credentials.reveal("api_key")``; the transcript recorder scrubs every value it holds.
+
+Tools that run a connector against a provider's own sandbox (the conformance kit's live mode,
+``tessera dev --connector ID --connector-url URL``) read them from the environment, one variable
+per field: ``TESSERA_<CONNECTOR>_<FIELD>`` (``environment_variable``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 
 from pydantic import SecretStr
@@ -15,7 +20,7 @@ from pydantic import SecretStr
 from normalization import ConnectorConfigurationError
 from sdk.manifest import Manifest
 
-__all__ = ["Credentials"]
+__all__ = ["Credentials", "credentials_from_environment", "environment_variable"]
 
 
 class Credentials(Mapping[str, SecretStr]):
@@ -63,3 +68,22 @@ class Credentials(Mapping[str, SecretStr]):
             raise ConnectorConfigurationError(
                 f"Connector {manifest.id!r} is missing credentials: {', '.join(missing)}."
             )
+
+
+def environment_variable(connector_id: str, field: str) -> str:
+    """The variable holding credential ``field`` of ``connector_id``: ``TESSERA_ACME_API_KEY``."""
+    return f"TESSERA_{connector_id.upper()}_{field.upper()}"
+
+
+def credentials_from_environment(
+    manifest: Manifest, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The manifest's credential fields that are set (non-empty) in ``environ`` (default: the
+    process environment), by field name."""
+    env = os.environ if environ is None else environ
+    values: dict[str, str] = {}
+    for field in manifest.credentials:
+        value = env.get(environment_variable(manifest.id, field.name))
+        if value:
+            values[field.name] = value
+    return values

@@ -449,6 +449,14 @@ class EgressTransport(httpx.AsyncBaseTransport):
         scrubber = scope.scrubber.with_secrets(
             v.raw for v in resolved.values() if v.field not in DIGIT_FIELDS or len(v.raw) >= 12
         )
+        # What a credential header carried is a secret wherever else it shows (a reply echoing
+        # the session, a URL): ``Bearer abc`` counts as ``abc``, a value of 8 characters or more.
+        sent = scrubber.secrets_in_headers(
+            ((k.decode("latin-1"), v.decode("latin-1")) for k, v in request_headers),
+            scope.sensitive_headers,
+        )
+        if sent:
+            scrubber = scrubber.with_secrets(sent)
         assert scope.transcript is not None
 
         def text(data: bytes) -> str:

@@ -75,7 +75,7 @@ class IdempotencySupport(BaseModel):
 
     model_config = _MANIFEST_CONFIG
 
-    header: Annotated[str | None, Field(pattern=_HEADER_RE.pattern)] = None
+    header: Annotated[str | None, Field(pattern=f"^{_HEADER_RE.pattern}$")] = None
     body_field: Annotated[str | None, Field(min_length=1, max_length=100)] = None
     retention_seconds: Annotated[int, Field(gt=0, le=366 * 86400)] = 86400
 
@@ -158,6 +158,12 @@ class Manifest(BaseModel):
     base_urls: BaseUrls
     extra_hosts: frozenset[str] = frozenset()
     credentials: tuple[CredentialField, ...] = ()
+    #: Request or reply headers that carry credentials under a name the SDK does not know
+    #: (``X-Acme-Session``): recorded as ``[REDACTED]`` in transcripts and cassettes, like
+    #: ``Authorization``, cookies and ``X-Api-Key`` always are. Stored in lower case.
+    sensitive_headers: frozenset[Annotated[str, Field(pattern=f"^{_HEADER_RE.pattern}$")]] = (
+        frozenset()
+    )
     documentation_url: str | None = None
 
     @field_validator("currencies")
@@ -167,6 +173,11 @@ class Manifest(BaseModel):
         if unknown:
             raise ValueError(f"unknown ISO 4217 currencies: {', '.join(unknown)}")
         return value
+
+    @field_validator("sensitive_headers")
+    @classmethod
+    def _lower_case(cls, value: frozenset[str]) -> frozenset[str]:
+        return frozenset(name.lower() for name in value)
 
     @field_validator("extra_hosts")
     @classmethod

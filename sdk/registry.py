@@ -365,4 +365,6 @@ def describe_manifest(manifest: Manifest) -> str:
         f"  live URL:         {m.base_urls.live or '-'}",
         f"  credentials:      {_join(f.name for f in m.credentials)}",
     ]
+    if m.sensitive_headers:
+        lines.append(f"  secret headers:   {_join(m.sensitive_headers)}")
     return "\n".join(lines)

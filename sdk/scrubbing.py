@@ -80,6 +80,10 @@ _FORM_KEY = re.compile(
 _XML_KEY = re.compile(rf"(<(?:[A-Za-z0-9_]+:)?(?:{_KEYS})>)([^<]*)(</)", re.IGNORECASE)
 
 
+# The scheme word before a credential: "Bearer", "Basic", "Token", "AWS4-HMAC-SHA256", ...
+_AUTH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{1,30}")
+
+
 class Scrubber:
     """Removes card data and credentials from text; see the module docstring."""
 
@@ -102,6 +106,26 @@ class Scrubber:
         text = _FORM_KEY.sub(lambda m: f"{m.group(1)}***", text)
         text = _XML_KEY.sub(lambda m: f"{m.group(1)}***{m.group(3)}", text)
         return redact_security_codes(text)
+
+    @staticmethod
+    def secrets_in_headers(
+        headers: Iterable[tuple[str, str]], extra_sensitive: Iterable[str] = ()
+    ) -> list[str]:
+        """The values of sensitive headers (their auth scheme, ``Bearer``/``Basic``/..., left
+        off), 8 characters or longer: shorter ones would mangle ordinary text."""
+        names = SENSITIVE_HEADERS | {name.lower() for name in extra_sensitive}
+        found = []
+        for name, value in headers:
+            if name.lower() not in names:
+                continue
+            scheme, _, rest = value.strip().partition(" ")
+            for candidate in (
+                value.strip(),
+                rest.strip() if _AUTH_SCHEME.fullmatch(scheme) else "",
+            ):
+                if len(candidate) >= 8:
+                    found.append(candidate)
+        return found
 
     def scrub_headers(
         self, headers: Iterable[tuple[str, str]], extra_sensitive: Iterable[str] = ()

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import structlog
 from aiohttp import web
+from pydantic import ValidationError
 
 from normalization import (
     CardData,
@@ -43,6 +44,7 @@ from sdk import (
     UnexpectedRedirectError,
     bracketed_form,
     build_http_client,
+    describe_manifest,
 )
 from sdk.hostpolicy import address_refusal
 from sdk.testing import FakeTokenRevealer
@@ -574,3 +576,65 @@ async def test_a_reply_echoing_the_card_and_code_in_prose_or_as_numbers_loses_bo
     body = json.loads(transcript.exchanges[0].response_body)
     assert cvc not in body["message"] and body["card"]["verification_value"] == "***"
     assert body["amount"] == 1050
+
+
+async def test_declared_secret_headers_and_run_time_secrets_are_redacted(
+    provider: LoopbackProvider, client, transcript
+) -> None:
+    """A provider's own credential header (declared in the manifest) and a secret the connector
+    got at run time (``ctx.secret``: an OAuth access token) never reach a transcript, in
+    requests or replies; an undeclared header stays readable."""
+    session = "sess_" + "9f8e7d6c5b4a" * 3
+    access = "at_" + "0a1b2c3d4e5f" * 3
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "echo": request.headers["X-Acme-Session"]},
+            headers={"X-Acme-Session": session, "X-Request-Id": "req_42"},
+        )
+
+    provider.handler = echo
+    manifest = MANIFEST.model_copy(update={"sensitive_headers": frozenset({"x-acme-session"})})
+    ctx = CallContext(
+        manifest=manifest,
+        operation="authorize",
+        tenant=TENANT,
+        deadline=Deadline.after(5),
+        http=client,
+        base_url=provider.url,
+        credentials=Credentials({"api_key": API_KEY}),
+        transcript=transcript,
+    )
+    await ctx.send(
+        "POST",
+        "/payments",
+        json={"note": f"token {access} inside"},
+        headers={
+            "X-Acme-Session": session,
+            "X-Acme-Token": ctx.secret(access),
+            "X-Request-Id": "req_41",
+        },
+    )
+    assert provider.requests[0].headers["X-Acme-Token"] == access  # sent as is
+    [exchange] = transcript.exchanges
+    text = transcript.text()
+    assert session not in text and access not in text
+    sent = {name.lower(): value for name, value in exchange.request_headers}
+    got = {name.lower(): value for name, value in exchange.response_headers}
+    assert sent["x-acme-session"] == got["x-acme-session"] == "[REDACTED]"
+    assert sent["x-acme-token"] == "[REDACTED]"
+    assert json.loads(exchange.request_body) == {"note": "token [REDACTED] inside"}
+    assert (sent["x-request-id"], got["x-request-id"]) == ("req_41", "req_42")
+
+
+def test_secret_headers_are_header_names_kept_in_lower_case() -> None:
+    manifest = MANIFEST.model_copy(update={"sensitive_headers": frozenset()})
+    checked = type(manifest).model_validate(
+        {**manifest.model_dump(), "sensitive_headers": ["X-Acme-Session"]}
+    )
+    assert checked.sensitive_headers == frozenset({"x-acme-session"})
+    assert "secret headers:   x-acme-session" in describe_manifest(checked)
+    with pytest.raises(ValidationError):
+        type(manifest).model_validate(
+            {**manifest.model_dump(), "sensitive_headers": ["X-Acme Session: 1"]}
+        )

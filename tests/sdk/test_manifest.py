@@ -16,7 +16,7 @@ from normalization import (
     PaymentMethodType,
     PayoutRequest,
 )
-from sdk import Environment, Manifest, Operation
+from sdk import Environment, IdempotencySupport, Manifest, Operation
 from tests.sdk.demo_connector import MANIFEST
 
 
@@ -83,3 +83,11 @@ def test_check_supported_refuses_before_any_network_call() -> None:
     )
     with pytest.raises(NotSupportedError, match="bank_account"):
         bank.check_supported(Operation.CREDIT, payout)
+
+
+@pytest.mark.parametrize("header", ["Idem Key: x", "Idempotency-Key\r\nX-Evil: 1", ""])
+def test_an_idempotency_header_is_a_whole_header_name(header: str) -> None:
+    """The pattern used to be searched, not matched whole: any text holding a letter passed."""
+    with pytest.raises(ValidationError):
+        IdempotencySupport(header=header)
+    assert IdempotencySupport(header="Idempotency-Key").header == "Idempotency-Key"
