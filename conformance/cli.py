@@ -150,6 +150,13 @@ def _summary(report: RunReport, out: TextIO, written: dict[str, Path]) -> None:
         f"- {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped "
         f"in {report.duration_s:.1f} s\n"
     )
+    missing = report.missing_inputs()
+    if missing:
+        named = ", ".join(
+            name + (f" ({len(ids)} scenarios)" if len(ids) > 1 else f" ({ids[0]})")
+            for name, ids in missing.items()
+        )
+        out.write(f"skipped for want of a magic value in the sandbox profile: {named}\n")
     for defect in report.openapi_defects:
         out.write(f"warning: OpenAPI spec defect tolerated: {defect}\n")
     if report.skip_reason:

@@ -7,6 +7,7 @@ redaction), so a report can be written anywhere.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -193,6 +194,17 @@ class RunReport:
         ]
         return found
 
+    def missing_inputs(self) -> dict[str, list[str]]:
+        """The abstract inputs the sandbox profile has no magic value for, each with the
+        scenarios skipped for want of it (``inputs`` in a profile adds them)."""
+        missing: dict[str, list[str]] = {}
+        for result in self.scenarios:
+            if result.verdict is Verdict.SKIPPED:
+                found = _MISSING_INPUT.search(result.reason)
+                if found is not None:
+                    missing.setdefault(found.group(1), []).append(result.scenario_id)
+        return dict(sorted(missing.items()))
+
     def counts(self) -> dict[str, int]:
         counts = {verdict.value: 0 for verdict in Verdict}
         for result in self.scenarios:
@@ -210,7 +222,12 @@ class RunReport:
         data["problems"] = self.problems()
         data["coverage"]["uncovered"] = self.coverage.uncovered
         data["leak_scan_skip"] = self.leak_scan_skip
+        data["missing_inputs"] = self.missing_inputs()
         return data
+
+
+#: How ``conformance.inputs.MissingInputError`` words a skip.
+_MISSING_INPUT = re.compile(r"no magic value for '([^']+)'")
 
 
 def _attempts(failed: list[str], skipped: list[str]) -> str:

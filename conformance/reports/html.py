@@ -56,6 +56,10 @@ def _facts(report: RunReport) -> str:
     rows.extend(("OpenAPI spec defect tolerated", d) for d in report.openapi_defects)
     if report.skip_reason:
         rows.append(("Skipped", report.skip_reason))
+    rows.extend(
+        (f"No magic value for {name}", f"skipped: {', '.join(ids)}")
+        for name, ids in report.missing_inputs().items()
+    )
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 

@@ -1,6 +1,6 @@
 """The JSON report: ``RunReport.to_dict()`` as indented JSON (status, counts, problems,
 scenarios with their assertions, removed assertions, violations and failing exchanges,
-coverage, leaks)."""
+coverage, leaks, and the inputs the sandbox profile has no magic value for)."""
 
 from __future__ import annotations
 

@@ -14,17 +14,23 @@ docs/conformance.md literally):
 
 from __future__ import annotations
 
+import json
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from conformance.cli import main
+from conformance.cli import _summary, main
 from conformance.environment import Mode, RunConfig, SetupError
-from conformance.reports import render_junit
+from conformance.inputs import Canary, Inputs, MissingInputError
+from conformance.leaks import LeakScanner
+from conformance.reports import render_html, render_json, render_junit
 from conformance.results import RunReport, RunStatus, ScenarioResult, Verdict
 from conformance.runner import ConformanceRun
-from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
+from conformance.sandboxes import SandboxProfile, SandboxProfileError, load_sandbox_profile
+from connectors.sandbox import SandboxConnector
+from sdk.testing import FakeTokenRevealer
 from tests.conformance.conftest import write_profile
 
 pytest_plugins = ["pytester"]
@@ -200,3 +206,44 @@ def test_the_plugin_refuses_report_paths_as_the_cli_does(pytester: pytest.Pytest
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--tessera-html *: is a directory; give a file name.*"])
+
+
+def test_scenarios_skipped_for_want_of_a_magic_value_are_named_even_when_quiet(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Under ``--quiet`` only failures are printed: a profile short of decline inputs used to
+    pass with "24 skipped" and no word on which inputs to add. The summary, the JSON and the
+    HTML reports now name each input and the scenarios it would run."""
+    inputs = Inputs(
+        SandboxProfile(connector="sandbox", environment="simulator"),
+        SandboxConnector.manifest,
+        FakeTokenRevealer(),
+        Canary("4000000000000002", "123"),
+        LeakScanner(),
+    )
+    with pytest.raises(MissingInputError) as raised:
+        inputs.require("card.declined.lost_card")
+    report = RunReport("sandbox", "Sandbox", "card-acquirer", "simulator", "simulator", "", "now")
+    report.scenarios = [
+        _result("card.decline[lost_card]", Verdict.SKIPPED, str(raised.value)),
+        _result("card.decline.sync[lost_card]", Verdict.SKIPPED, str(raised.value)),
+        _result(
+            "card.decline[stolen_card]",
+            Verdict.SKIPPED,
+            "no magic value for 'card.declined.stolen_card' in the sandbox profile (x.json)",
+        ),
+        _result("card.verify", Verdict.SKIPPED, "the manifest does not declare verify"),
+        _result("card.void", Verdict.PASSED),
+    ]
+    assert report.missing_inputs() == {
+        "card.declined.lost_card": ["card.decline[lost_card]", "card.decline.sync[lost_card]"],
+        "card.declined.stolen_card": ["card.decline[stolen_card]"],
+    }
+    _summary(report, sys.stdout, {})
+    out = capsys.readouterr().out
+    assert (
+        "skipped for want of a magic value in the sandbox profile: card.declined.lost_card "
+        "(2 scenarios), card.declined.stolen_card (card.decline[stolen_card])"
+    ) in out
+    assert json.loads(render_json(report))["missing_inputs"] == report.missing_inputs()
+    assert "No magic value for card.declined.stolen_card" in render_html(report)
