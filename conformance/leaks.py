@@ -27,8 +27,9 @@ from urllib.parse import quote
 
 from conformance.results import LeakFinding
 from normalization import CARD_NUMBER_GAP
+from sdk.transcript import TranscriptRecorder
 
-__all__ = ["REDACTION", "LeakScanner", "Secret"]
+__all__ = ["REDACTION", "LeakScanner", "Secret", "safe_name", "transcript_items"]
 
 REDACTION = "[CANARY]"
 # Between two digits of a card number: up to three separators, read as the redaction reads them.
@@ -144,3 +145,38 @@ class LeakScanner:
         for pattern in self._compiled:
             text = pattern.regex.sub(REDACTION, text)
         return text
+
+
+#: A key or header name that cannot hold card data or a credential: short, no run of digits.
+_SAFE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,40}")
+
+
+def safe_name(name: str) -> str:
+    """``name`` quoted when it is safe to print in a report: short, without a run of three
+    digits (so neither a card number nor a security code), else a placeholder."""
+    if _SAFE_NAME.fullmatch(name) and not re.search(r"[0-9]{3}", name):
+        return repr(name)
+    return "(a name not shown)"
+
+
+def transcript_items(scenario: str, transcript: TranscriptRecorder) -> list[tuple[str, str]]:
+    """``(location, text)`` pairs for the scanner, one per part of each recorded exchange, so a
+    finding names the exchange (its number, operation and method; never its URL, which may be
+    the leak) and the part: the URL, a header by name, a body, the error."""
+    items: list[tuple[str, str]] = []
+    for number, exchange in enumerate(transcript.exchanges, 1):
+        where = f"{scenario}, exchange {number} ({exchange.operation} {exchange.method})"
+        items.append((f"{where}, URL", exchange.url))
+        items.extend(
+            (f"{where}, request header {safe_name(name)}", f"{name}: {value}")
+            for name, value in exchange.request_headers
+        )
+        items.append((f"{where}, request body", exchange.request_body))
+        items.extend(
+            (f"{where}, response header {safe_name(name)}", f"{name}: {value}")
+            for name, value in exchange.response_headers
+        )
+        items.append((f"{where}, response body", exchange.response_body))
+        if exchange.error:
+            items.append((f"{where}, error", exchange.error))
+    return items

@@ -30,6 +30,7 @@ through, so it is not given the filter that keeps the other handlers at their ol
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from collections.abc import Callable, MutableMapping
@@ -38,6 +39,8 @@ from types import TracebackType
 from typing import Any, Self, TextIO
 
 import structlog
+
+from conformance.leaks import safe_name
 
 __all__ = ["CapturedLine", "ConsoleHandler", "LogCapture"]
 
@@ -49,6 +52,13 @@ class CapturedLine:
     text: str
     #: Where it came from, safe to show: the logger's name and level (never the message).
     origin: str = ""
+    #: A structlog event's fields: ``(key, "'key': <repr of value>")``, in order; the text is
+    #: these joined as the event dict's ``repr``. The leak scan names the field a leak is in.
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+#: An event that is a name (``connector_call``), not a message: quoted, letters, ``_`` and ``.``.
+_EVENT_NAME = re.compile(r"'([a-z][a-z_.]{0,60})'")
 
 
 class _Handler(logging.Handler):
@@ -262,8 +272,9 @@ class LogCapture:
         name = event.get("logger") or getattr(logger, "name", None)
         if isinstance(name, str):
             origin += f" on logger {name!r}"
-        text = f"{method} {dict(event)!r}"
-        self.lines.append(CapturedLine(self.current, "structlog", text, origin))
+        fields = tuple((str(key), f"{key!r}: {value!r}") for key, value in event.items())
+        text = f"{method} {{{', '.join(part for _, part in fields)}}}"
+        self.lines.append(CapturedLine(self.current, "structlog", text, origin, fields))
         if self.redact is None or self.redact(text) == text:
             return event
         # The renderer prints what the next processors get: the values, redacted.
@@ -314,11 +325,17 @@ class LogCapture:
         self.stop()
 
     def items(self) -> list[tuple[str, str]]:
-        """``(location, text)`` pairs for the scanner."""
-        return [
-            (
-                f"{line.scenario} ({line.origin or line.source}, captured line {index + 1})",
-                line.text,
-            )
-            for index, line in enumerate(self.lines)
-        ]
+        """``(location, text)`` pairs for the scanner: a structlog event's field by field, so a
+        finding names its event (when the event is a name, not a message) and field."""
+        found: list[tuple[str, str]] = []
+        for index, line in enumerate(self.lines):
+            where = f"{line.scenario} ({line.origin or line.source}, captured line {index + 1}"
+            if not line.fields:
+                found.append((where + ")", line.text))
+                continue
+            event = dict(line.fields).get("event", "")
+            name = _EVENT_NAME.fullmatch(event.removeprefix("'event': "))
+            if name is not None:
+                where += f", event {name.group(1)!r}"
+            found.extend((f"{where}, field {safe_name(key)})", text) for key, text in line.fields)
+        return found

@@ -34,6 +34,7 @@ from conformance.environment import Mode, RunConfig, RunEnvironment, SetupError,
 from conformance.expectations import flatten
 from conformance.harness import ExpectationFailed, ScenarioContext, ScenarioSkipped
 from conformance.inputs import MissingInputError
+from conformance.leaks import transcript_items
 from conformance.polling import PollTimeoutError
 from conformance.results import ExchangeView, RunReport, ScenarioResult, Verdict
 from conformance.scenarios import (
@@ -290,7 +291,7 @@ class ConformanceRun:
         self, ctx: ScenarioContext, result: ScenarioResult, error_text: str | None
     ) -> None:
         scanner, instance_id = self.env.scanner, ctx.instance.id
-        findings = scanner.scan("transcript", [(instance_id, ctx.transcript.to_json())])
+        findings = scanner.scan("transcript", transcript_items(instance_id, ctx.transcript))
         lines = [item for item in self.env.logs.items() if item[0].startswith(f"{instance_id} (")]
         findings += scanner.scan("log", lines)
         texts = [*ctx.texts, *([error_text] if error_text else [])]

@@ -19,7 +19,7 @@ from aiohttp import web
 from conformance.contract import ContractValidator
 from conformance.expectations import check_block, merge_patch
 from conformance.formbody import decode_form
-from conformance.leaks import REDACTION, LeakScanner
+from conformance.leaks import REDACTION, LeakScanner, transcript_items
 from conformance.polling import PollPolicy, PollTimeoutError, poll
 from conformance.proxy import Fault, FaultProxy
 from conformance.reports import render_html
@@ -28,6 +28,7 @@ from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
 from conformance.scenarios.faults import _names, _reply_values
 from conformance.simulators import bound_port
 from conformance.traffic import TappedExchange
+from sdk.transcript import Exchange, TranscriptRecorder
 from tests.conformance.conftest import by_id, run_kit, specs_dir, write_profile
 
 KNOWN = frozenset({"card.authorize.approved"})
@@ -156,6 +157,42 @@ async def test_removed_assertions_and_their_reasons_reach_the_report(tmp_path: P
     )
     page = render_html(report)
     assert "references arrive by webhook here" in page and "switched off on this account" in page
+
+
+def test_a_transcript_leak_names_the_exchange_and_the_part_never_the_url() -> None:
+    """A leak in a transcript used to be reported "at <scenario>" only: which of a scenario's
+    exchanges, and where in it, was for the reader to find. Names that could hold card data
+    (a run of digits) are not printed."""
+    pan = "4111111145551142"
+    scanner = LeakScanner()
+    scanner.add("canary PAN", pan, "pan")
+    encoded = base64.b64encode(pan.encode()).decode()
+    transcript = TranscriptRecorder()
+    transcript.record(
+        Exchange("demo", "authorize", "POST", "http://p/pay", (("X-Id", "1"),), "{}", 200)
+    )
+    transcript.record(
+        Exchange(
+            "demo",
+            "sync",
+            "GET",
+            f"http://p/cards/{encoded}",
+            (("X-Card", encoded), (f"X-{pan[-4:]}{pan[:3]}", encoded)),
+            "",
+            200,
+            (),
+            f'{{"card": "{encoded}"}}',
+        )
+    )
+    found = scanner.scan("transcript", transcript_items("card.sync", transcript))
+    where = "card.sync, exchange 2 (sync GET)"
+    assert [f.location for f in found] == [
+        f"{where}, URL",
+        f"{where}, request header 'X-Card'",
+        f"{where}, request header (a name not shown)",
+        f"{where}, response body",
+    ]
+    assert all(encoded not in f.location and pan not in f.location for f in found)
 
 
 def test_leak_scanner_finds_every_encoding_and_redacts() -> None:
