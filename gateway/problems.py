@@ -24,6 +24,7 @@ from normalization.errors import (
     NotFoundError,
     NotSupportedError,
     TesseraError,
+    TokenIntegrityError,
     VaultError,
     VaultNotFoundError,
 )
@@ -105,6 +106,8 @@ def status_for(error: TesseraError) -> int:
         return 504
     if isinstance(error, ConnectorError):
         return 502
+    if isinstance(error, TokenIntegrityError):
+        return 500  # a stored row is wrong: retrying cannot help
     if isinstance(error, VaultError):
         return 503
     return 500

@@ -34,7 +34,8 @@ middleware, as ``application/problem+json`` whose ``code`` is the class's stable
         ├── VaultUnavailableError         vault_unavailable
         ├── VaultSealedError              vault_sealed
         ├── VaultPermissionDeniedError    vault_permission_denied
-        └── VaultNotFoundError            vault_not_found
+        ├── VaultNotFoundError            vault_not_found
+        └── TokenIntegrityError           token_integrity_error
 
 Business outcomes (declines, ``requires_action``) are values on ``PaymentResult``, never
 exceptions. Messages are written by Tessera code, never interpolated from card data: no PAN, CVV
@@ -70,6 +71,7 @@ __all__ = [
     "ProviderError",
     "RefundExceedsCapturedError",
     "TesseraError",
+    "TokenIntegrityError",
     "TokenNotFoundError",
     "UnknownCurrencyError",
     "VaultError",
@@ -247,3 +249,11 @@ class VaultPermissionDeniedError(VaultError):
 class VaultNotFoundError(VaultError):
     code = "vault_not_found"
     default_detail = "The vault has no such key or secret."
+
+
+class TokenIntegrityError(VaultError):
+    """What a token's ciphertext decrypts to is not the card its record describes (BIN, last
+    four, length): the row was tampered with or restored wrongly. Nothing is revealed."""
+
+    code = "token_integrity_error"
+    default_detail = "The stored card does not match its token; it was not used."

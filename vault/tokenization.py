@@ -62,6 +62,7 @@ from normalization import (
     CardSecurityCode,
     InvalidRequestError,
     TesseraError,
+    TokenIntegrityError,
     TokenNotFoundError,
     VaultError,
     VaultPermissionDeniedError,
@@ -69,6 +70,7 @@ from normalization import (
     VaultUnavailableError,
     card_bin,
     card_brand,
+    card_last4,
 )
 from vault.audit import AuditAction, AuditLog
 from vault.clock import Clock, SystemClock
@@ -188,6 +190,15 @@ def _same_card(stored: TokenRecord, card: CardData) -> bool:
 
 def _payload(pan: str, holder_name: str | None) -> bytes:
     return (pan if holder_name is None else f"{pan}\n{holder_name}").encode()
+
+
+def _describes(record: TokenRecord, pan: str) -> bool:
+    """Whether the record's masked metadata (length, BIN, last four) is that of ``pan``."""
+    return (
+        len(pan) == record.pan_length
+        and card_last4(pan) == record.last4
+        and card_bin(pan) == record.bin
+    )
 
 
 def _parse_payload(plaintext: bytes) -> tuple[str, str | None]:
@@ -446,6 +457,10 @@ class TokenizationService:
         else:
             plaintext = await self._batcher.decrypt(pan_key, record.ciphertext)
         pan, holder_name = _parse_payload(plaintext)
+        if not _describes(record, pan):
+            # Another card's ciphertext in this row (copied over, restored from elsewhere):
+            # sending it would charge a card the merchant never tokenized under this token.
+            raise TokenIntegrityError()
         cvc = self._cvv.take(tenant, token_id) if consume_cvc else None
         return RevealedCard(
             number=CardNumber(pan),

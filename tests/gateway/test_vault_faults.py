@@ -98,3 +98,34 @@ async def test_a_payment_while_the_vault_is_sealed_is_503_and_the_key_retries(
     pay = await resp.json()
     assert resp.status == 201 and pay["status"] == "authorized", pay
     assert resp.headers.get("Idempotent-Replayed") != "true"
+
+
+async def test_a_token_whose_row_holds_another_cards_ciphertext_is_never_charged(
+    make_gateway: Any, observed_sandbox: Any, observed: Any
+) -> None:
+    """Card B's ciphertext copied into token A's row (database write access, no Vault): the
+    payment with token A used to charge card B. It fails, its attempt ``not_sent`` with
+    ``token_integrity_error``, and nothing reaches the provider."""
+    from .conftest import sandbox_connector
+
+    gw = await make_gateway(connectors={"sandbox": sandbox_connector(observed_sandbox)})
+    ids = []
+    for number in ("4242424242424242", "5555555555554444"):
+        resp = await gw.client.post(
+            "/v1/tokens", json={"card": {**CARD, "number": number}}, headers=gw.auth
+        )
+        ids.append((await resp.json())["id"])
+    db = gw.resources.db
+    other = await db.fetchval("SELECT ciphertext FROM vault_tokens WHERE id = $1", ids[1])
+    await db.execute("UPDATE vault_tokens SET ciphertext = $1 WHERE id = $2", other, ids[0])
+    body = {
+        "amount": {"value": 1000, "currency": "EUR"},
+        "payment_method": {"type": "card", "token": ids[0]},
+    }
+    resp = await gw.client.post("/v1/payments", json=body, headers=gw.auth)
+    pay = await resp.json()
+    assert resp.status == 201 and pay["status"] == "failed", pay
+    [attempt] = pay["attempts"]
+    assert (attempt["outcome"], attempt["error_code"]) == ("not_sent", "token_integrity_error")
+    assert "5555555555554444" not in str(pay)
+    assert observed.authorizations() == []

@@ -51,6 +51,7 @@ STABLE_CODES = {
     "VaultSealedError": "vault_sealed",
     "VaultPermissionDeniedError": "vault_permission_denied",
     "VaultNotFoundError": "vault_not_found",
+    "TokenIntegrityError": "token_integrity_error",
 }
 
 

@@ -21,6 +21,7 @@ from normalization import (
     CardNumber,
     InvalidRequestError,
     TesseraError,
+    TokenIntegrityError,
     TokenNotFoundError,
     VaultError,
     VaultSealedError,
@@ -39,7 +40,7 @@ from vault.cvv import CvvHolder
 from vault.database import open_database
 from vault.devserver import DevServer
 from vault.provisioning import ensure_tenant_keys, provision
-from vault.token_store import TokenRecord, TokenStore
+from vault.token_store import CiphertextUpdate, TokenRecord, TokenStore
 from vault.tokenization import TokenizationService
 from vault.tokens import new_token
 
@@ -484,6 +485,34 @@ async def test_reveal_is_audited_and_the_cvc_goes_once(
         ("token.reveal", "svc:gateway", record.id, "egress:sandbox:authorize")
     ] * 2
     assert (await audit.verify()).ok
+
+
+async def test_a_ciphertext_moved_to_another_token_is_not_revealed(
+    service: TokenizationService, store: TokenStore, tenant: str, audit: AuditLog
+) -> None:
+    """Someone who can write the database but not use Vault copies card B's ciphertext into
+    token A's row: a payment with token A used to charge card B. The revealed card must be the
+    one the record describes (length, BIN, last four), or nothing is revealed."""
+    pan_a, pan_b = random_pan("411111"), random_pan("555555")
+    a, _ = await service.tokenize(tenant, card(pan_a, cvc="123"))
+    b, _ = await service.tokenize(tenant, card(pan_b))
+    moved = await store.update_ciphertexts(
+        tenant, [CiphertextUpdate(a.id, a.ciphertext, b.ciphertext)]
+    )
+    assert moved == 1
+    with pytest.raises(TokenIntegrityError) as raised:
+        await service.reveal(
+            tenant, a.id, purpose="egress:t:authorize", actor="t", consume_cvc=True
+        )
+    assert raised.value.code == "token_integrity_error"
+    assert pan_a not in str(raised.value) and pan_b not in str(raised.value)
+    assert (await service.reveal(tenant, b.id, purpose="t", actor="t")).number.reveal() == pan_b
+    # The attempt is in the audit log (written before the decrypt), and the CVC was not taken.
+    assert [e.target for e in await audit.entries()] == [a.id, b.id]
+    await store.update_ciphertexts(tenant, [CiphertextUpdate(a.id, b.ciphertext, a.ciphertext)])
+    restored = await service.reveal(tenant, a.id, purpose="t", actor="t", consume_cvc=True)
+    assert restored.number.reveal() == pan_a
+    assert restored.cvc is not None and restored.cvc.reveal() == "123"
 
 
 async def test_cvc_expires(
