@@ -191,7 +191,12 @@ async def start_site(
             await runner.cleanup()
         raise StartupError(_listen_problem(server.host, server.port, exc)) from None
     port = _bound_port(runner) or server.port
-    return runner, f"http://{server.host}:{port}"
+    return runner, base_url(server.host, port)
+
+
+def base_url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 address in brackets (``http://[::1]:8080``)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 # -- start-up checks ----------------------------------------------------------------------------

@@ -116,3 +116,25 @@ def test_a_worker_that_cannot_start_stops_the_gateway(
     err = capfd.readouterr().err
     assert "could not open its resources" in err and "exited (code 1)" in err
     assert "Traceback" not in err
+
+
+async def test_a_gateway_on_an_ipv6_address_reports_a_usable_url(tmp_path: Path) -> None:
+    """``host = "::1"`` printed ``http://::1:8080``, which no client parses."""
+    from aiohttp import ClientSession, web
+
+    from gateway.server import base_url, start_site
+
+    assert base_url("127.0.0.1", 80) == "http://127.0.0.1:80"
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    settings = _settings(tmp_path, server=ServerSettings(host="::1", port=0))
+    runner, url = await start_site(app, settings)
+    try:
+        assert url.startswith("http://[::1]:")
+        async with ClientSession() as http, http.get(url + "/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        await runner.cleanup()
