@@ -377,7 +377,10 @@ def _example_payment(manifest: Manifest | None) -> tuple[PaymentMethodType, str,
     if manifest is None:
         return PaymentMethodType.CARD, "EUR", _EXAMPLE_METHODS[PaymentMethodType.CARD]
     method = next(m for m in _EXAMPLE_METHODS if m in manifest.payment_methods)
-    preferred = ("EUR", "GBP", "USD") if method is not PaymentMethodType.BANK_ACCOUNT else ()
+    preferred = {
+        PaymentMethodType.CARD: ("EUR", "GBP", "USD"),
+        PaymentMethodType.OPEN_BANKING: ("GBP", "EUR"),  # the example is a UK payment
+    }.get(method, ())
     currency = next((c for c in preferred if c in manifest.currencies), None)
     if currency is None:
         currency = "EUR" if "EUR" in manifest.currencies else sorted(manifest.currencies)[0]

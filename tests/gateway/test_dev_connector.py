@@ -101,7 +101,12 @@ def _manifest(method: PaymentMethodType, currencies: set[str]) -> Any:
         ),
         (PaymentMethodType.BANK_ACCOUNT, {"USD"}, '"routing_number": "011000015"', 0),
         (PaymentMethodType.BANK_ACCOUNT, {"EUR", "USD"}, '"iban": "DE89370400440532013000"', 0),
-        (PaymentMethodType.OPEN_BANKING, {"GBP"}, '"scheme": "uk_open_banking"', 0),
+        (
+            PaymentMethodType.OPEN_BANKING,
+            {"EUR", "GBP"},
+            '"GBP"}, "payment_method": {"type": "open_banking", "scheme": "uk_open_banking"',
+            0,
+        ),
     ],
 )
 def test_the_banner_shows_a_payment_the_connector_can_carry(
