@@ -433,7 +433,10 @@ class _Checkpointer:
                         conn = sqlite3.connect(self._path, isolation_level=None, timeout=0.0)
                     complete = self._checkpoint(conn)
                 except sqlite3.Error as error:
-                    _log.warning("WAL checkpoint of %s failed: %s", self._path, error)
+                    _log.warning(
+                        "sqlite_checkpoint_failed",
+                        extra={"path": str(self._path), "error": str(error)},
+                    )
                     continue
                 if complete:  # all of it (a reader's snapshot can hold frames back)
                     seen = mark  # as before the checkpoint: a write during it shows next time

@@ -237,13 +237,18 @@ class EnvelopeCipher:
             plaintext, wrapped = await self._source.transit_datakey(key)
         except VaultPermissionDeniedError:
             self._denied_until[key] = self._monotonic() + DENIED_RETRY_SECONDS
+            # The event is a name and the rest are fields (the gateway's JSON logs take a
+            # stdlib record's ``extra``), so the line is found and read like structlog's.
             _log.warning(
-                "envelope_datakey_denied: Vault refused this gateway a data key for %s; sealing"
-                " with transit encrypt for %.0f s. If the tokenize policy predates envelope"
-                " encryption, run 'tessera vault provision'; otherwise check the gateway's"
-                " Vault credentials.",
-                key,
-                DENIED_RETRY_SECONDS,
+                "envelope_datakey_denied",
+                extra={
+                    "key": key,
+                    "transit_for_seconds": DENIED_RETRY_SECONDS,
+                    "hint": "Vault refused this gateway a data key; it seals with transit "
+                    "encrypt meanwhile. If the tokenize policy predates envelope encryption, "
+                    "run 'tessera vault provision'; otherwise check the gateway's Vault "
+                    "credentials.",
+                },
             )
             raise
         self.data_keys_fetched += 1

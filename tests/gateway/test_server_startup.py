@@ -125,6 +125,7 @@ async def test_a_gateway_on_an_ipv6_address_reports_a_usable_url(tmp_path: Path)
     from gateway.server import base_url, start_site
 
     assert base_url("127.0.0.1", 80) == "http://127.0.0.1:80"
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 

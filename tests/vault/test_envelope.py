@@ -263,9 +263,10 @@ async def test_a_policy_without_data_keys_falls_back_to_transit_and_says_so(
                 for r in many
             )
             # Asked once, then left alone for a while; the operator is told what to run.
-            warnings = [r.getMessage() for r in caplog.records if r.name == "vault.envelope"]
-            assert len(warnings) == 1 and "envelope_datakey_denied" in warnings[0]
-            assert "tessera vault provision" in warnings[0]
+            warnings = [r for r in caplog.records if r.name == "vault.envelope"]
+            assert len(warnings) == 1 and warnings[0].getMessage() == "envelope_datakey_denied"
+            assert warnings[0].key == pan_key_name(tenant)  # type: ignore[attr-defined]
+            assert "tessera vault provision" in warnings[0].hint  # type: ignore[attr-defined]
             assert not envelope.may_seal(pan_key_name(tenant))
             ticker.now += 61
             assert envelope.may_seal(pan_key_name(tenant))
