@@ -18,9 +18,7 @@ capture, the inputs resolver, the credentials, the contract validator (``--opena
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import secrets
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +39,12 @@ from conformance.simulators import RunningSimulator, find_simulator, start_simul
 from conformance.webhook_faults import WebhookReceiver
 from normalization import TesseraError
 from sdk import Category, Connector, Credentials, Environment, Manifest, Operation, load_registry
-from sdk.credentials import credentials_from_environment, environment_variable
+from sdk.credentials import (
+    credentials_from_environment,
+    environment_variable,
+    with_made_up_values,
+)
+from sdk.hostpolicy import is_local_url
 from sdk.http import HttpSettings, network_transport
 from sdk.testing import FakeTokenRevealer, canary_cvc, canary_pan
 
@@ -102,16 +105,6 @@ def record_command(connector: str, directory: Path, select: str | None = None) -
     if select is not None:
         words += ["--select", select]
     return shlex.join(words)
-
-
-def _is_local(url: str) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme == "http":
-        return True
-    try:
-        return ipaddress.ip_address(parts.hostname or "").is_loopback
-    except ValueError:
-        return parts.hostname == "localhost"
 
 
 class RunEnvironment:
@@ -284,7 +277,7 @@ class RunEnvironment:
             self.base_url = (
                 self.config.base_url or self.manifest.base_url(Environment.SANDBOX)
             ).rstrip("/")
-            self.test_mode = _is_local(self.base_url)
+            self.test_mode = is_local_url(self.base_url)
         if self.config.record:
             self.cassettes = CassetteStore(self.cassette_dir)
 
@@ -329,10 +322,7 @@ class RunEnvironment:
                 return self.credentials  # read from the environment, and checked, by __init__
             values.update(await _vault_kv(self.config.vault_path, self.config.option("vault-path")))
             return self._live_credentials(values)
-        for field in self.manifest.credentials:
-            if field.required and not values.get(field.name):
-                values[field.name] = f"conformance-{field.name}-{secrets.token_hex(8)}"
-        return Credentials(values)
+        return Credentials(with_made_up_values(self.manifest, values, "conformance"))
 
     def _live_credentials(self, values: dict[str, str]) -> Credentials:
         """``values`` with the ``TESSERA_<CONNECTOR>_<FIELD>`` variables over them, checked

@@ -55,10 +55,12 @@ class CapturedLine:
     #: A structlog event's fields: ``(key, "'key': <repr of value>")``, in order; the text is
     #: these joined as the event dict's ``repr``. The leak scan names the field a leak is in.
     fields: tuple[tuple[str, str], ...] = ()
+    #: The structlog event when it is a name (``connector_call``), not a message; else "".
+    event: str = ""
 
 
-#: An event that is a name (``connector_call``), not a message: quoted, letters, ``_`` and ``.``.
-_EVENT_NAME = re.compile(r"'([a-z][a-z_.]{0,60})'")
+#: An event that is a name, not a message: letters, ``_`` and ``.``, no digits.
+_EVENT_NAME = re.compile(r"[a-z][a-z_.]{0,60}")
 
 
 class _Handler(logging.Handler):
@@ -274,7 +276,9 @@ class LogCapture:
             origin += f" on logger {name!r}"
         fields = tuple((str(key), f"{key!r}: {value!r}") for key, value in event.items())
         text = f"{method} {{{', '.join(part for _, part in fields)}}}"
-        self.lines.append(CapturedLine(self.current, "structlog", text, origin, fields))
+        named = event.get("event")
+        named = named if isinstance(named, str) and _EVENT_NAME.fullmatch(named) else ""
+        self.lines.append(CapturedLine(self.current, "structlog", text, origin, fields, named))
         if self.redact is None or self.redact(text) == text:
             return event
         # The renderer prints what the next processors get: the values, redacted.
@@ -333,9 +337,7 @@ class LogCapture:
             if not line.fields:
                 found.append((where + ")", line.text))
                 continue
-            event = dict(line.fields).get("event", "")
-            name = _EVENT_NAME.fullmatch(event.removeprefix("'event': "))
-            if name is not None:
-                where += f", event {name.group(1)!r}"
+            if line.event:
+                where += f", event {line.event!r}"
             found.extend((f"{where}, field {safe_name(key)})", text) for key, text in line.fields)
         return found

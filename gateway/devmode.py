@@ -27,12 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import ipaddress
 import json
 import os
 import secrets
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,10 +51,15 @@ from gateway.config import (
 from gateway.merchants import MerchantStore
 from gateway.server import StartupError, check_listen_address, run_gateway
 from gateway.simulators import load_simulator
-from normalization import TesseraError
+from normalization import NotSupportedError, TesseraError
 from normalization.methods import PaymentMethodType
-from sdk import Manifest, load_registry
-from sdk.credentials import credentials_from_environment, environment_variable
+from sdk import Credentials, Manifest, load_registry
+from sdk.credentials import (
+    credentials_from_environment,
+    environment_variable,
+    with_made_up_values,
+)
+from sdk.hostpolicy import is_local_url
 from vault.database import open_database
 from vault.devserver import DevServer, free_port
 from vault.provisioning import ensure_tenant_keys, provision
@@ -101,7 +105,7 @@ class DevConnector:
     manifest: Manifest
     credentials: dict[str, str]
     url: str | None = None
-    factory: Any = None
+    factory: Callable[..., web.Application] | None = None
     simulator_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -117,7 +121,6 @@ def plan_connector(connector_id: str, url: str | None) -> DevConnector:
     """Check ``--connector`` (and ``--connector-url``) before anything starts."""
     # The kit's modules are loaded only for this option: ``tessera dev`` alone does not need them.
     from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
-    from conformance.simulators import find_simulator
 
     try:
         manifest = load_registry().get(connector_id).manifest
@@ -128,7 +131,7 @@ def plan_connector(connector_id: str, url: str | None) -> DevConnector:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise DevConnectorError(f"--connector-url must be an http(s) URL, not {url!r}.")
         values = credentials_from_environment(manifest)
-        missing = [f.name for f in manifest.credentials if f.required and f.name not in values]
+        missing = Credentials(values).missing(manifest)
         if missing:
             names = ", ".join(environment_variable(manifest.id, name) for name in missing)
             raise DevConnectorError(
@@ -137,26 +140,24 @@ def plan_connector(connector_id: str, url: str | None) -> DevConnector:
             )
         return DevConnector(manifest, values, url=url.rstrip("/"))
     try:
-        factory = find_simulator(manifest.id)
+        factory = load_simulator(manifest.id)
+    except NotSupportedError:
+        raise DevConnectorError(
+            f"Connector {manifest.id!r} has no simulator (entry point group "
+            "'tessera.simulators'). Give --connector-url URL for its sandbox, with "
+            f"{environment_variable(manifest.id, '<FIELD>')} variables for its credentials."
+        ) from None
     except Exception as exc:  # noqa: BLE001 - an entry point's own import error, reported
         raise DevConnectorError(
             f"The simulator of connector {manifest.id!r} failed to load: "
             f"{type(exc).__name__}: {exc}"
         ) from None
-    if factory is None:
-        raise DevConnectorError(
-            f"Connector {manifest.id!r} has no simulator (entry point group "
-            "'tessera.simulators'). Give --connector-url URL for its sandbox, with "
-            f"{environment_variable(manifest.id, '<FIELD>')} variables for its credentials."
-        )
     try:
         profile = load_sandbox_profile(manifest.id, "simulator")
     except SandboxProfileError as exc:
         raise DevConnectorError(f"Its simulator's sandbox profile does not load: {exc}") from None
-    values = {k: v for k, v in profile.credentials.items() if v}
-    for cred in manifest.credentials:  # the kit's rule: made up where the profile is silent
-        if cred.required and cred.name not in values:
-            values[cred.name] = f"dev-{cred.name}-{secrets.token_hex(8)}"
+    # The kit's rule: made up where the profile is silent.
+    values = with_made_up_values(manifest, profile.credentials, "dev")
     return DevConnector(manifest, values, factory=factory, simulator_options=profile.simulator)
 
 
@@ -252,15 +253,16 @@ def _run_dev(*, port: int, data_dir: Path, host: str, plan: DevConnector | None)
         sandbox_key = "sk_dev_" + secrets.token_hex(12)
         sandbox_secret = "whsec_dev_" + secrets.token_hex(16)
         sandbox_port = free_port(host)
+        sandbox_url = f"http://{host}:{sandbox_port}"
         connectors = {
             "sandbox": ConnectorSettings(
-                base_url=f"http://{host}:{sandbox_port}",
+                base_url=sandbox_url,
                 test_mode=True,
                 credentials={"api_key": sandbox_key, "webhook_secret": sandbox_secret},  # type: ignore[dict-item]
             )
         }
         own_port = free_port(host) if plan is not None and plan.factory is not None else 0
-        connector_url = f"http://{host}:{sandbox_port}"
+        connector_url = sandbox_url
         if plan is not None:
             if plan.factory is not None:
                 # The simulator serves the sandbox URL's path, as in the conformance kit.
@@ -270,7 +272,7 @@ def _run_dev(*, port: int, data_dir: Path, host: str, plan: DevConnector | None)
                 connector_url = plan.url or ""
             connectors[plan.id] = ConnectorSettings(
                 base_url=connector_url,
-                test_mode=_is_local(connector_url),
+                test_mode=is_local_url(connector_url),
                 credentials=plan.credentials,  # type: ignore[arg-type]
             )
         settings = Settings(
@@ -296,7 +298,7 @@ def _run_dev(*, port: int, data_dir: Path, host: str, plan: DevConnector | None)
                 "vault_addr": bao.addr,
                 "vault_token": bao.root_token,
                 "merchant_id": merchant_id,
-                "sandbox_url": f"http://{host}:{sandbox_port}",
+                "sandbox_url": sandbox_url,
                 "connector": plan.id if plan is not None else "sandbox",
                 "connector_url": connector_url,
             }
@@ -341,17 +343,6 @@ def _run_dev(*, port: int, data_dir: Path, host: str, plan: DevConnector | None)
                 dev_file.unlink()
     print("Stopped.", file=sys.stderr)
     return 0
-
-
-def _is_local(url: str) -> bool:
-    """Whether ``url`` needs the connector's ``test_mode`` (plain http, or a loopback host)."""
-    parts = urlsplit(url)
-    if parts.scheme == "http" or parts.hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(parts.hostname or "").is_loopback
-    except ValueError:
-        return False
 
 
 #: Example payment methods for the banner, by type (docs/domain.md's examples).

@@ -13,6 +13,7 @@ per field: ``TESSERA_<CONNECTOR>_<FIELD>`` (``environment_variable``).
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator, Mapping
 
 from pydantic import SecretStr
@@ -20,7 +21,12 @@ from pydantic import SecretStr
 from normalization import ConnectorConfigurationError
 from sdk.manifest import Manifest
 
-__all__ = ["Credentials", "credentials_from_environment", "environment_variable"]
+__all__ = [
+    "Credentials",
+    "credentials_from_environment",
+    "environment_variable",
+    "with_made_up_values",
+]
 
 
 class Credentials(Mapping[str, SecretStr]):
@@ -57,17 +63,34 @@ class Credentials(Mapping[str, SecretStr]):
         """Every non-empty value, for scrubbers."""
         return tuple(v.get_secret_value() for v in self._values.values() if v.get_secret_value())
 
-    def check_against(self, manifest: Manifest) -> None:
-        """Raise ``ConnectorConfigurationError`` naming required credentials that are missing."""
-        missing = [
+    def missing(self, manifest: Manifest) -> list[str]:
+        """The names of ``manifest``'s required credentials that are absent or empty here."""
+        return [
             field.name
             for field in manifest.credentials
             if field.required and not self._values.get(field.name, SecretStr("")).get_secret_value()
         ]
+
+    def check_against(self, manifest: Manifest) -> None:
+        """Raise ``ConnectorConfigurationError`` naming required credentials that are missing."""
+        missing = self.missing(manifest)
         if missing:
             raise ConnectorConfigurationError(
                 f"Connector {manifest.id!r} is missing credentials: {', '.join(missing)}."
             )
+
+
+def with_made_up_values(
+    manifest: Manifest, values: Mapping[str, str], prefix: str
+) -> dict[str, str]:
+    """``values`` plus a made-up ``<prefix>-<field>-<random>`` for each required credential they
+    lack or leave empty: what a simulator run needs when its profile names no value (a
+    simulator takes any)."""
+    filled = dict(values)
+    for field in manifest.credentials:
+        if field.required and not filled.get(field.name):
+            filled[field.name] = f"{prefix}-{field.name}-{secrets.token_hex(8)}"
+    return filled
 
 
 def environment_variable(connector_id: str, field: str) -> str:

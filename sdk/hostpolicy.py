@@ -31,6 +31,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -45,6 +46,7 @@ __all__ = [
     "HostResolutionError",
     "address_refusal",
     "ip_literal",
+    "is_local_url",
     "literal_refusal",
     "resolve_checked",
 ]
@@ -144,6 +146,16 @@ def ip_literal(host: str) -> IPAddress | None:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return None
+
+
+def is_local_url(url: str) -> bool:
+    """Whether ``url`` needs a connector's test mode: plain http, or a loopback host (a simulator
+    or a tunnel on this machine)."""
+    parts = urlsplit(url)
+    if parts.scheme == "http" or parts.hostname == "localhost":
+        return True
+    address = ip_literal(parts.hostname or "")
+    return address is not None and address.is_loopback
 
 
 @dataclass(frozen=True, slots=True)

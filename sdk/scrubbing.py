@@ -84,6 +84,11 @@ _XML_KEY = re.compile(rf"(<(?:[A-Za-z0-9_]+:)?(?:{_KEYS})>)([^<]*)(</)", re.IGNO
 _AUTH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{1,30}")
 
 
+def _sensitive_names(extra: Iterable[str]) -> frozenset[str]:
+    """The header names whose values are credentials: ours and a manifest's (lower case)."""
+    return SENSITIVE_HEADERS | {name.lower() for name in extra}
+
+
 class Scrubber:
     """Removes card data and credentials from text; see the module docstring."""
 
@@ -113,7 +118,7 @@ class Scrubber:
     ) -> list[str]:
         """The values of sensitive headers (their auth scheme, ``Bearer``/``Basic``/..., left
         off), 8 characters or longer: shorter ones would mangle ordinary text."""
-        names = SENSITIVE_HEADERS | {name.lower() for name in extra_sensitive}
+        names = _sensitive_names(extra_sensitive)
         found = []
         for name, value in headers:
             if name.lower() not in names:
@@ -130,7 +135,7 @@ class Scrubber:
     def scrub_headers(
         self, headers: Iterable[tuple[str, str]], extra_sensitive: Iterable[str] = ()
     ) -> tuple[tuple[str, str], ...]:
-        names = SENSITIVE_HEADERS | {name.lower() for name in extra_sensitive}
+        names = _sensitive_names(extra_sensitive)
         return tuple(
             (name, REDACTED if name.lower() in names else self.scrub_text(value))
             for name, value in headers
