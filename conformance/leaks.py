@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
+import sys
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -66,6 +69,17 @@ def _base64_cores(value: bytes) -> set[str]:
     return cores
 
 
+@functools.cache
+def _digit_forms() -> tuple[str, ...]:
+    """For each digit value 0-9, every Unicode character with that decimal value."""
+    forms: list[list[str]] = [[] for _ in range(10)]
+    for point in range(sys.maxunicode + 1):
+        char = chr(point)
+        if char.isdecimal():
+            forms[unicodedata.decimal(char)].append(char)
+    return tuple("".join(chars) for chars in forms)
+
+
 @dataclass
 class _Pattern:
     secret: Secret
@@ -77,8 +91,10 @@ def _patterns(secret: Secret) -> Iterator[_Pattern]:
     value = secret.value
     raw = value.encode("utf-8")
     if secret.kind == "pan":
-        # Each digit in ASCII or full width (U+FF10-U+FF19).
-        spaced = _SEPARATOR.join(f"[{d}{chr(0xFF10 + int(d))}]" for d in value)
+        # Each digit in any script (ASCII, full width, Arabic-Indic, ...), as the redaction reads
+        # card numbers (``normalization.find_card_numbers``): a form it masks is one we find.
+        forms = _digit_forms()
+        spaced = _SEPARATOR.join(f"[{forms[int(d)]}]" for d in value)
         yield _Pattern(
             secret, "raw/spaced/dashed/url-encoded", re.compile(rf"(?<!\d){spaced}(?!\d)")
         )

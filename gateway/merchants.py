@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from normalization import InvalidRequestError, find_card_numbers
+from normalization import InvalidRequestError, contains_pan
 from sdk.hostpolicy import (
     DestinationRefusedError,
     HostResolutionError,
@@ -240,7 +240,7 @@ def _parse_webhook_url(url: str, *, allow_http: bool) -> tuple[str, str, int]:
     schemes = ("https", "http") if allow_http else ("https",)
     if len(url) > _MAX_WEBHOOK_URL_LENGTH or not url.isascii() or not url.isprintable():
         raise _invalid()
-    if find_card_numbers(url, known_brand=True):
+    if contains_pan(url):
         # Stored, listed and logged with every delivery: a card number pasted into it must not be.
         raise WebhookUrlError(
             "webhook_url_invalid", "The webhook URL looks like it holds a card number; not stored."
@@ -364,7 +364,7 @@ class MerchantStore:
 
         A name holding a card number (pasted by mistake) is refused: names are listed and logged.
         """
-        if find_card_numbers(name):
+        if contains_pan(name):
             raise InvalidRequestError("The merchant name looks like it holds a card number.")
         merchant = Merchant(
             id=new_merchant_id(),

@@ -47,7 +47,7 @@ from gateway.payments import (
     RefundRecord,
     RefundStatus,
 )
-from gateway.payments.records import ConcurrentUpdateError, contains_pan
+from gateway.payments.records import ConcurrentUpdateError
 from gateway.routing import CREATE_OPERATIONS, RouteQuery, Router
 from gateway.tracing import span
 from normalization import (
@@ -79,6 +79,7 @@ from normalization import (
     VaultUnavailableError,
     Void,
     VoidRequest,
+    contains_pan,
     transition,
 )
 from normalization.methods import (

@@ -16,7 +16,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.payments.records import RefundStatus, contains_pan
+from gateway.payments.records import RefundStatus
+from normalization import contains_pan
 from normalization.methods import CardData, PaymentMethod, PaymentMethodType
 from normalization.requests import Metadata, PositiveMoney
 from normalization.results import Decline, NextAction, Outcome, PaymentStatus

@@ -40,6 +40,7 @@ __all__ = [
     "CARD_NUMBER_GAP",
     "CardNumberMatch",
     "ascii_digits",
+    "contains_pan",
     "find_card_numbers",
     "holds_long_digit_run",
     "redact_card_numbers",
@@ -165,9 +166,20 @@ def find_card_numbers(text: str, *, known_brand: bool = False) -> list[CardNumbe
     return found
 
 
-def redact_card_numbers(text: str) -> str:
-    """``text`` with every run that is or holds a card number masked (``find_card_numbers``)."""
-    matches = find_card_numbers(text)
+def contains_pan(text: str) -> bool:
+    """True if ``text`` holds what is likely a card number, however it is written (any digits'
+    script, separators, ``PAN 123``: ``find_card_numbers``).
+
+    Likely means: Luhn-valid, in a known brand's IIN range. The brand condition keeps one long
+    numeric order id in ten (Luhn alone) from being mistaken for a card.
+    """
+    return bool(find_card_numbers(text, known_brand=True))
+
+
+def redact_card_numbers(text: str, *, known_brand: bool = False) -> str:
+    """``text`` with every run that is or holds a card number masked (``find_card_numbers``;
+    ``known_brand`` as there: identifiers, which must come back unchanged, pass it)."""
+    matches = find_card_numbers(text, known_brand=known_brand)
     if not matches:
         return text
     parts: list[str] = []

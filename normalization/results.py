@@ -90,13 +90,19 @@ class DeclineCode(StrEnum):
     PROCESSING_ERROR = "processing_error"
 
 
+def _redact_identifier(value: str) -> str:
+    return redact_card_numbers(value, known_brand=True)
+
+
 #: Free text from a provider: card numbers masked, security codes next to their name hidden.
 ProviderText = Annotated[str, AfterValidator(redact_card_text)]
 #: An identifier or address from a provider (its payment id, a redirect URL): stored, echoed to
 #: the merchant and sent back to the provider, so a card number in one (a provider echoing the
 #: PAN into its ids) is masked like one in free text. Such an id no longer finds the payment at
-#: the provider; it was never safe to keep.
-ProviderValue = Annotated[str, AfterValidator(redact_card_numbers)]
+#: the provider; it was never safe to keep. Only numbers in a known brand's range count here:
+#: one numeric id in ten (Adyen's 16-digit ``pspReference``) passes Luhn alone, and masking it
+#: broke every capture, refund and sync of that payment.
+ProviderValue = Annotated[str, AfterValidator(_redact_identifier)]
 
 
 class Decline(DomainModel):

@@ -477,7 +477,9 @@ class EgressTransport(httpx.AsyncBaseTransport):
             scrubbed = text(data)
             for code in codes:
                 if code.search(scrubbed) is not None:
-                    scrubbed = _hide_code(scrubbed, code)
+                    # Scrubbed again: decoding the JSON turns escapes the first pass could not
+                    # read (``\u0034242...``) into plain digits.
+                    scrubbed = scrubber.scrub_text(_hide_code(scrubbed, code))
             return scrubbed
 
         def header_pairs(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:

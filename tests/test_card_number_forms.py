@@ -16,12 +16,13 @@ import pytest
 
 from conformance.leaks import LeakScanner
 from gateway.merchants import MerchantStore, WebhookUrlError, check_webhook_url
-from gateway.payments.records import contains_pan
 from normalization import (
     InvalidRequestError,
     Outcome,
     PaymentResult,
     PaymentStatus,
+    ascii_digits,
+    contains_pan,
     find_card_numbers,
     redact_card_text,
 )
@@ -166,8 +167,10 @@ def test_the_conformance_leak_scan_finds_every_form_and_a_code_after_a_hidden_ca
         '{"display": "4167\\u00a02747\\u00a01133\\u00a01316"}',
         _wide(pan),
         "4167 - 2747 - 1133 - 1316",
+        "".join(chr(0x0660 + int(d)) for d in pan),  # Arabic-Indic, which redaction masks
     ):
         assert [s.kind for s, _ in scanner.find(text)] == ["pan"], text
+        assert pan not in ascii_digits(scanner.redact(text)), text
     for text in (
         "Card [REDACTED] 188 declined",
         "Card 416727********** 188",
@@ -175,3 +178,24 @@ def test_the_conformance_leak_scan_finds_every_form_and_a_code_after_a_hidden_ca
     ):
         assert [s.kind for s, _ in scanner.find(text)] == ["cvc"], text
     assert list(scanner.find("amount 188 EUR, order 1882")) == []
+
+
+def test_a_numeric_provider_id_passing_luhn_alone_comes_back_unchanged() -> None:
+    """One all-digit id in ten (Adyen's 16-digit ``pspReference``) passes Luhn. Masked as a
+    card, the stored reference no longer found the payment: capture, refund and sync failed.
+    Only a number in a known brand's range is a card in an identifier."""
+    psp_reference = "8815131768219009"  # Luhn-valid, no brand starts with 88
+    result = PaymentResult(
+        status=PaymentStatus.AUTHORIZED,
+        outcome=Outcome.SUCCEEDED,
+        provider_reference=psp_reference,
+        provider_references={"payment": psp_reference},
+        next_action={"url": f"https://acs.example/{psp_reference}", "data": {"md": psp_reference}},
+    )
+    assert result.provider_reference == psp_reference
+    assert result.provider_references == {"payment": psp_reference}
+    assert result.next_action is not None
+    assert result.next_action.url.endswith(psp_reference)
+    assert result.next_action.data == {"md": psp_reference}
+    # In free text the same number is still masked (logs over-mask on purpose).
+    assert redact_card_text(psp_reference) != psp_reference

@@ -88,14 +88,14 @@ def provider_object(ctx: ScenarioContext, result: PaymentResult | None, since: i
     """``"same"``, ``"other"``, ``"not_named"``, ``"read"`` or ``"no_reply"``: the module
     docstring's ``provider_object``, against the reply to the first faulted request since
     ``since``."""
-    references = [] if result is None else [result.provider_reference or ""]
-    if result is not None:
-        references += list(result.provider_references.values())
-    references = [str(r) for r in references if r]
+    named = (
+        [] if result is None else [result.provider_reference, *result.provider_references.values()]
+    )
+    references = [str(r) for r in named if r]
     if not references:
         return "not_named"
     faulted = ctx.proxy.faulted_reply(since)
-    if faulted is None or faulted.reply is None:
+    if faulted is None or faulted.reply is None:  # (a faulted reply always has one; for mypy)
         return "no_reply"
     if faulted.method.upper() in ("GET", "HEAD"):
         # The fault hit a read (a sync, a lookup before the write): nothing was made by it,

@@ -38,7 +38,7 @@ from normalization import (
     PaymentState,
     PaymentStatus,
     TesseraError,
-    find_card_numbers,
+    contains_pan,
 )
 from normalization.methods import BankAccountMethod, CardMethod, OpenBankingMethod
 
@@ -93,16 +93,6 @@ def provider_idempotency_key(
     """
     name = f"{merchant_id}\x1f{payment_id}\x1f{attempt_seq}\x1f{operation}"
     return str(uuid.uuid5(_PROVIDER_KEY_NAMESPACE, name))
-
-
-def contains_pan(text: str) -> bool:
-    """True if ``text`` holds what is likely a card number, however it is written (any digits'
-    script, separators, ``PAN 123``: ``normalization.find_card_numbers``).
-
-    Likely means: Luhn-valid, in a known brand's IIN range. The brand condition keeps one long
-    numeric order id in ten (Luhn alone) from being mistaken for a card.
-    """
-    return bool(find_card_numbers(text, known_brand=True))
 
 
 class ConcurrentUpdateError(TesseraError):

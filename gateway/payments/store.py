@@ -51,7 +51,6 @@ from gateway.payments.records import (
     RefundRecord,
     RefundStatus,
     Unchanged,
-    contains_pan,
     new_id,
     provider_idempotency_key,
 )
@@ -89,6 +88,7 @@ from normalization import (
     PaymentNotFoundError,
     PaymentResult,
     PaymentStatus,
+    contains_pan,
     transition,
 )
 from vault.database import (

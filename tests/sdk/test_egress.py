@@ -638,3 +638,26 @@ def test_secret_headers_are_header_names_kept_in_lower_case() -> None:
         type(manifest).model_validate(
             {**manifest.model_dump(), "sensitive_headers": ["X-Acme Session: 1"]}
         )
+
+
+async def test_a_reply_echoing_the_code_and_an_escaped_card_number_keeps_neither(
+    provider: LoopbackProvider, client, revealer, canary, transcript
+) -> None:
+    """Hiding the revealed security code decodes the JSON reply and writes it again: a card
+    number the provider escaped (``\\u0034...``, which the first pass cannot read) came out as
+    plain digits in the transcript, and so in a cassette."""
+    token, pan, cvc = canary
+    escaped = pan[:8] + "\\u00" + format(ord(pan[8]), "x") + pan[9:]
+
+    async def echo(request: web.Request) -> web.Response:
+        body = f'{{"card": "{escaped}", "message": "CVC {cvc} does not match", "code": {cvc}}}'
+        return web.Response(text=body, content_type="application/json")
+
+    provider.handler = echo
+    ctx = context(client, provider.url, revealer, transcript)
+    card = ctx.card(CardMethod(token=token))
+    await ctx.send("POST", "/payments", json={"number": card.number, "cvc": card.cvc})
+    [exchange] = transcript.exchanges
+    reply = json.loads(exchange.response_body)
+    assert reply["card"] == "[REDACTED]"  # the revealed card number, hidden by value
+    assert cvc not in exchange.response_body and pan not in transcript.text()
