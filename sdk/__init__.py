@@ -14,6 +14,7 @@ Modules:
 | ``connector`` | the ``Connector`` base class and its load-time validation |
 | ``context`` | ``CallContext``: send, card placeholders, credentials, declines |
 | ``placeholders`` / ``egress`` | card placeholders and the transport that substitutes them |
+| ``signing`` | request signers the egress transport applies to the wire bytes |
 | ``hostpolicy`` / ``http`` | where calls may go; the pooled, TLS-strict client |
 | ``outcomes`` | transport/HTTP failures mapped to ``not_sent`` / ``unknown`` |
 | ``error_map`` | provider codes onto normalized decline codes |
@@ -78,6 +79,14 @@ from sdk.resilience import (
 )
 from sdk.revealer import RevealedCard, TokenRevealer
 from sdk.scrubbing import Scrubber
+from sdk.signing import (
+    CavageSignature,
+    ContentDigest,
+    DetachedJws,
+    Digest,
+    MessageSignature,
+    RequestSigner,
+)
 from sdk.transcript import Exchange, TranscriptRecorder
 from sdk.webhooks import (
     EventStore,
@@ -100,15 +109,19 @@ __all__ = [
     "CardPlaceholder",
     "CardPlaceholders",
     "Category",
+    "CavageSignature",
     "CompleteAuthorizationRequest",
     "Connector",
     "ConnectorMetrics",
     "ConnectorRegistry",
     "ConnectorRuntime",
+    "ContentDigest",
     "CredentialField",
     "Credentials",
     "Deadline",
     "DestinationRefusedError",
+    "DetachedJws",
+    "Digest",
     "Environment",
     "ErrorMap",
     "ErrorMapping",
@@ -119,6 +132,7 @@ __all__ = [
     "IdempotencySupport",
     "InMemoryEventStore",
     "Manifest",
+    "MessageSignature",
     "MissingCardDataError",
     "MultiSupport",
     "Operation",
@@ -128,6 +142,7 @@ __all__ = [
     "ProviderServerError",
     "ProviderThrottledError",
     "RequestNotSentError",
+    "RequestSigner",
     "ResponseTooLargeError",
     "RetrySettings",
     "RetryableProviderError",

@@ -11,6 +11,8 @@ A connector uses it to:
   against the manifest's base URL for the environment, the provider idempotency header is added
   from the manifest, timeouts come from the deadline, and 3xx/429/5xx replies and transport
   failures raise the errors of ``sdk.outcomes``; 2xx and 4xx replies are returned to parse;
+- sign what goes on the wire: ``ctx.send(..., sign=(Digest(), CavageSignature(...)))``
+  (``sdk.signing``: the signature covers the card the egress transport writes in);
 - turn a provider error code into a declined result: ``return ctx.decline(code, message)``
   (through the connector's ``ErrorMap``; unmapped codes are counted);
 - log with ``ctx.logger`` (bound to connector, operation, tenant, correlation id).
@@ -34,7 +36,7 @@ from structlog.typing import FilteringBoundLogger
 from normalization import CardMethod, Money, PaymentResult
 from sdk.credentials import Credentials
 from sdk.deadline import Deadline
-from sdk.egress import SCOPE_EXTENSION, EgressScope, content_length_header
+from sdk.egress import SCOPE_EXTENSION, SIGNERS_EXTENSION, EgressScope, content_length_header
 from sdk.error_map import ErrorMap
 from sdk.http import ProviderClient
 from sdk.manifest import Manifest
@@ -42,6 +44,7 @@ from sdk.outcomes import check_response_status
 from sdk.placeholders import CardPlaceholders, PlaceholderTable
 from sdk.revealer import TokenRevealer
 from sdk.scrubbing import Scrubber
+from sdk.signing import RequestSigner
 from sdk.transcript import TranscriptRecorder
 
 __all__ = ["CallContext"]
@@ -264,8 +267,12 @@ class CallContext:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         check_status: bool = True,
+        sign: RequestSigner | tuple[RequestSigner, ...] | None = None,
     ) -> httpx.Response:
-        """Send one request to the provider; see the module docstring for what it adds."""
+        """Send one request to the provider; see the module docstring for what it adds.
+
+        ``sign``: signers of ``sdk.signing`` (a body digest, an HTTP message signature, a
+        detached JWS), applied in order by the egress transport to the bytes as sent."""
         merged = dict(headers or {})
         idempotency = self.manifest.idempotency
         if idempotency is not None and idempotency.header and self.idempotency_key:
@@ -286,6 +293,11 @@ class CallContext:
             request = _direct_request(self._http, method, url, json, content, merged, timeout)
             if request is not None:
                 request.extensions[SCOPE_EXTENSION] = self._scope
+        extensions: dict[str, Any] = {SCOPE_EXTENSION: self._scope}
+        if sign is not None:
+            extensions[SIGNERS_EXTENSION] = sign
+            if request is not None:
+                request.extensions[SIGNERS_EXTENSION] = sign
         if request is None:
             request = self._http.build_request(
                 method,
@@ -296,7 +308,7 @@ class CallContext:
                 headers=merged,
                 params=params,
                 timeout=timeout,
-                extensions={SCOPE_EXTENSION: self._scope},
+                extensions=extensions,
             )
         started = time.perf_counter()
         response = await self._http.send(request)

@@ -11,12 +11,15 @@
    request (the JSON member or item, form pair, XML element or attribute, header); an
    ``as_number()`` one becomes a JSON number. Placeholders in the URL are refused: a PAN never
    goes into a query string;
-3. watches the network transport's trace events (httpcore's, or ``sdk.aiohttp_transport``'s),
+3. **signs** the request as it will be written, when the call asked for it (``ctx.send(sign=)``,
+   ``sdk.signing``): a body digest, an HTTP message signature or a detached JWS over the bytes
+   that hold the card, which no connector code could compute;
+4. watches the network transport's trace events (httpcore's, or ``sdk.aiohttp_transport``'s),
    to know whether the request started being written: that is the line between ``not_sent``
    and ``unknown`` (``sdk.outcomes``);
-4. maps httpx failures to ``TransportFault`` errors (the one place this happens);
-5. reads the reply under a size limit (inflating gzip/deflate under the same limit);
-6. records the exchange in the call's ``TranscriptRecorder``, with masks where card data went and
+5. maps httpx failures to ``TransportFault`` errors (the one place this happens);
+6. reads the reply under a size limit (inflating gzip/deflate under the same limit);
+7. records the exchange in the call's ``TranscriptRecorder``, with masks where card data went and
    credentials scrubbed.
 
 Per-call state travels in the request's extensions as an ``EgressScope``; the transport itself is
@@ -52,10 +55,12 @@ from sdk.placeholders import (
 )
 from sdk.revealer import TokenRevealer
 from sdk.scrubbing import Scrubber
+from sdk.signing import header_names, sign_request, signers_of
 from sdk.transcript import Exchange, TranscriptRecorder, clip_body
 
 __all__ = [
     "SCOPE_EXTENSION",
+    "SIGNERS_EXTENSION",
     "EgressScope",
     "EgressTransport",
     "SendTracker",
@@ -63,6 +68,8 @@ __all__ = [
 ]
 
 SCOPE_EXTENSION = "tessera.egress_scope"
+#: The request's signers (``sdk.signing``), applied to the bytes on the wire.
+SIGNERS_EXTENSION = "tessera.signers"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
@@ -320,12 +327,15 @@ class EgressTransport(httpx.AsyncBaseTransport):
         if scope is not None:
             scope.trackers.append(tracker)
         trace = _tracing(tracker, extensions.get("trace"))
-        if resolved or omitted:
+        signers = signers_of(extensions.get(SIGNERS_EXTENSION))
+        signed: list[tuple[bytes, bytes]] = []
+        if resolved or omitted or signers:
             # A new request for the wire; ``request`` (placeholders only) is what the reply
-            # points back to, so no connector code ever holds the detokenized one. Its body is
-            # whole, so it is framed by its length alone (a streamed one came chunked).
+            # points back to, so no connector code ever holds the detokenized one, nor what
+            # was signed over it. Its body is whole, so it is framed by its length alone (a
+            # streamed one came chunked).
             kind = kind or _body_kind(request.headers.get("content-type", ""))
-            content = _substitute(body, resolved, kind) if body else b""
+            content = _substitute(body, resolved, kind) if body and resolved else body
             wire_headers = [
                 (name, _substitute(value, resolved, "header") if MARKER_PREFIX in value else value)
                 for name, value in headers
@@ -334,6 +344,9 @@ class EgressTransport(httpx.AsyncBaseTransport):
             length = content_length_header(request.method, content)
             if length is not None:
                 wire_headers.append(length)
+            if signers:
+                signed = sign_request(signers, request.method, url, wire_headers, content)
+                wire_headers.extend(signed)
             outgoing = httpx.Request(
                 request.method,
                 url,
@@ -381,7 +394,10 @@ class EgressTransport(httpx.AsyncBaseTransport):
                     scope,
                     request,
                     body,
-                    headers,
+                    [*headers, *signed],
+                    # over a body with card data, a digest or signature is a way to test
+                    # guesses of the card number: recorded as [REDACTED] (sdk.signing)
+                    header_names(signed) if resolved else frozenset(),
                     resolved,
                     status,
                     response_headers,
@@ -439,6 +455,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
         request: httpx.Request,
         body: bytes,
         request_headers: list[tuple[bytes, bytes]],
+        hidden_headers: frozenset[str],
         resolved: Mapping[bytes, ResolvedValue],
         status: int | None,
         response_headers: list[tuple[bytes, bytes]],
@@ -451,9 +468,10 @@ class EgressTransport(httpx.AsyncBaseTransport):
         )
         # What a credential header carried is a secret wherever else it shows (a reply echoing
         # the session, a URL): ``Bearer abc`` counts as ``abc``, a value of 8 characters or more.
+        request_sensitive = scope.sensitive_headers | hidden_headers
         sent = scrubber.secrets_in_headers(
             ((k.decode("latin-1"), v.decode("latin-1")) for k, v in request_headers),
-            scope.sensitive_headers,
+            request_sensitive,
         )
         if sent:
             scrubber = scrubber.with_secrets(sent)
@@ -482,9 +500,11 @@ class EgressTransport(httpx.AsyncBaseTransport):
                     scrubbed = scrubber.scrub_text(_hide_code(scrubbed, code))
             return scrubbed
 
-        def header_pairs(raw: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str], ...]:
+        def header_pairs(
+            raw: list[tuple[bytes, bytes]], sensitive: frozenset[str]
+        ) -> tuple[tuple[str, str], ...]:
             pairs = [(k.decode("latin-1"), text(v)) for k, v in raw]
-            return scrubber.scrub_headers(pairs, scope.sensitive_headers)
+            return scrubber.scrub_headers(pairs, sensitive)
 
         scope.transcript.record(
             Exchange(
@@ -492,10 +512,10 @@ class EgressTransport(httpx.AsyncBaseTransport):
                 operation=scope.operation,
                 method=request.method,
                 url=scrubber.scrub_text(str(request.url)),
-                request_headers=header_pairs(list(request_headers)),
+                request_headers=header_pairs(list(request_headers), request_sensitive),
                 request_body=clip_body(text(body)),
                 status_code=status,
-                response_headers=header_pairs(response_headers),
+                response_headers=header_pairs(response_headers, scope.sensitive_headers),
                 response_body=clip_body(reply_text(response_body)),
                 error=error,
                 elapsed_ms=round((time.perf_counter() - started) * 1000, 3),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -13,15 +14,19 @@ from normalization import AuthorizeRequest, CardMethod, Money
 from sdk import (
     BreakerSettings,
     BulkheadSettings,
+    CallContext,
     ConnectorMetrics,
     ConnectorRuntime,
     Credentials,
+    Deadline,
+    HostPolicy,
     RetrySettings,
     RuntimeSettings,
     TranscriptRecorder,
+    build_http_client,
 )
 from sdk.testing import FakeTokenRevealer, canary_cvc, canary_pan
-from tests.sdk.demo_connector import DemoConnector
+from tests.sdk.demo_connector import MANIFEST, DemoConnector
 from tests.sdk.loopback import LoopbackProvider
 
 TENANT = "merchant_1"
@@ -116,3 +121,31 @@ def authorize_request(
 def metric(metrics: ConnectorMetrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """The SDK's provider client, allowed to reach loopback providers."""
+    http = build_http_client(HostPolicy(frozenset({"127.0.0.1"}), test_mode=True))
+    yield http
+    await http.aclose()
+
+
+def context(
+    http: httpx.AsyncClient,
+    base_url: str,
+    revealer: FakeTokenRevealer | None,
+    transcript: TranscriptRecorder | None = None,
+) -> CallContext:
+    """A demo connector's authorize call context, as the runtime would build it."""
+    return CallContext(
+        manifest=MANIFEST,
+        operation="authorize",
+        tenant=TENANT,
+        deadline=Deadline.after(5),
+        http=http,
+        base_url=base_url,
+        credentials=Credentials({"api_key": API_KEY}),
+        revealer=revealer,
+        transcript=transcript,
+    )

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -40,7 +39,6 @@ from sdk import (
     MissingCardDataError,
     ResponseTooLargeError,
     RuntimeSettings,
-    TranscriptRecorder,
     UnexpectedRedirectError,
     bracketed_form,
     build_http_client,
@@ -48,37 +46,11 @@ from sdk import (
 )
 from sdk.hostpolicy import address_refusal
 from sdk.testing import FakeTokenRevealer
-from tests.sdk.conftest import API_KEY, TENANT, RuntimeFactory, authorize_request
+from tests.sdk.conftest import API_KEY, TENANT, RuntimeFactory, authorize_request, context
 from tests.sdk.demo_connector import MANIFEST, DemoConnector
 from tests.sdk.loopback import LoopbackProvider, RawServer, raw_server, read_request, reset
 
 GZIP = {"Content-Encoding": "gzip"}
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    http = build_http_client(HostPolicy(frozenset({"127.0.0.1"}), test_mode=True))
-    yield http
-    await http.aclose()
-
-
-def context(
-    http: httpx.AsyncClient,
-    base_url: str,
-    revealer: FakeTokenRevealer | None,
-    transcript: TranscriptRecorder | None = None,
-) -> CallContext:
-    return CallContext(
-        manifest=MANIFEST,
-        operation="authorize",
-        tenant=TENANT,
-        deadline=Deadline.after(5),
-        http=http,
-        base_url=base_url,
-        credentials=Credentials({"api_key": API_KEY}),
-        revealer=revealer,
-        transcript=transcript,
-    )
 
 
 async def test_json_body_gets_real_values_transcript_gets_masks(
