@@ -44,7 +44,7 @@ from sdk.outcomes import check_response_status
 from sdk.placeholders import CardPlaceholders, PlaceholderTable
 from sdk.revealer import TokenRevealer
 from sdk.scrubbing import Scrubber
-from sdk.signing import RequestSigner
+from sdk.signing import RequestSigner, signers_of
 from sdk.transcript import TranscriptRecorder
 
 __all__ = ["CallContext"]
@@ -273,6 +273,7 @@ class CallContext:
 
         ``sign``: signers of ``sdk.signing`` (a body digest, an HTTP message signature, a
         detached JWS), applied in order by the egress transport to the bytes as sent."""
+        signers = signers_of(sign)  # refused before any card is revealed
         merged = dict(headers or {})
         idempotency = self.manifest.idempotency
         if idempotency is not None and idempotency.header and self.idempotency_key:
@@ -294,10 +295,10 @@ class CallContext:
             if request is not None:
                 request.extensions[SCOPE_EXTENSION] = self._scope
         extensions: dict[str, Any] = {SCOPE_EXTENSION: self._scope}
-        if sign is not None:
-            extensions[SIGNERS_EXTENSION] = sign
+        if signers:
+            extensions[SIGNERS_EXTENSION] = signers
             if request is not None:
-                request.extensions[SIGNERS_EXTENSION] = sign
+                request.extensions[SIGNERS_EXTENSION] = signers
         if request is None:
             request = self._http.build_request(
                 method,

@@ -74,6 +74,9 @@ DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
+#: A digest or signature inside a signed header's value (base64 or base64url, 20+ characters).
+_SIGNATURE_PART = re.compile(r"[A-Za-z0-9+/_-]{20,}={0,2}")
+
 TraceCallback = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
 
@@ -475,6 +478,14 @@ class EgressTransport(httpx.AsyncBaseTransport):
         )
         if sent:
             scrubber = scrubber.with_secrets(sent)
+        if hidden_headers:
+            # a reply may quote part of one ("digest mismatch: expected ..., got <digest>")
+            scrubber = scrubber.with_secrets(
+                part
+                for name, value in request_headers
+                if name.decode("latin-1").lower() in hidden_headers
+                for part in _SIGNATURE_PART.findall(value.decode("latin-1"))
+            )
         assert scope.transcript is not None
 
         def text(data: bytes) -> str:

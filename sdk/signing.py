@@ -12,7 +12,7 @@ sent. A connector asks for it by passing signers to ``ctx.send``::
         "POST",
         "/pts/v2/payments",
         json=body,
-        headers={"v-c-merchant-id": merchant, "Date": ctx_date},
+        headers={"v-c-merchant-id": merchant},  # Date: added, since the signature covers it
         sign=(
             Digest(),
             CavageSignature(
@@ -20,6 +20,8 @@ sent. A connector asks for it by passing signers to ``ctx.send``::
                 key=base64.b64decode(ctx.credentials.reveal("shared_secret")),
                 headers=("host", "date", "request-target", "digest", "v-c-merchant-id"),
                 algorithm_label="HmacSHA256",
+                key_id_param="keyid",
+                separator=", ",
             ),
         ),
     )
@@ -27,27 +29,24 @@ sent. A connector asks for it by passing signers to ``ctx.send``::
 Signers run in order, each seeing the headers the ones before it added (a signature covers the
 digest). Each request is signed afresh, so a retry carries a new signature over its own bytes.
 
-**The signers are the SDK's own; a connector cannot add one.** ``RequestSigner`` refuses
-subclasses defined outside this module: a signer sees the detokenized body, and no connector code
-ever does (``docs/writing-a-connector.md``, "Card data never reaches your code"). What a signer
-adds is not handed back either: ``response.request`` is the request with placeholders.
+**The signers are the SDK's own; a connector cannot add one.** A signer sees the detokenized
+body, and no connector code ever does. So ``sign=`` takes exactly these classes (not look-alikes,
+not subclasses: ``RequestSigner`` refuses those defined outside this module), keys are text or
+bytes (a key *object* would be called with what is signed), and what a signer adds is not handed
+back (``response.request`` is the request with placeholders). This is a guardrail against
+mistakes, not a sandbox: code in the same process could patch the SDK, which review must catch.
 
-**Recorded as ``[REDACTED]`` when the request carried card data.** A digest, or a signature
-checkable with a public key, of a body holding a card lets anyone who reads it try every card
-number that fits the BIN and last four the mask shows (about 10^6 to 10^9 guesses, minutes of
-CPU). For requests without card data they are recorded as sent, to help find why a provider
-refuses a signature.
+**Recorded as ``[REDACTED]`` when the request carried card data:** with a digest (or a signature
+checkable with a public key) of a body holding a card, one can try every number that fits the
+BIN and last four the mask shows. Without card data they are recorded as sent.
 
-The libraries: RFC 9421 by ``http-message-signatures`` (signature base, structured fields, every
-registered algorithm), JWS by ``joserfc`` (compact serialization, detached and unencoded
-payloads). Digests and the draft-cavage scheme, a hash and an HMAC or RSA signature over a few
-lines, are written here.
+RFC 9421 is ``http-message-signatures``'s, JWS ``joserfc``'s; the digests and draft-cavage's few
+lines are written here.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime
 import email.utils
 import functools
 import hashlib
@@ -56,6 +55,7 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 import httpx
@@ -123,8 +123,8 @@ class WireRequest:
 
     method: str
     url: httpx.URL
-    headers: Sequence[tuple[bytes, bytes]]
-    body: bytes
+    headers: Sequence[tuple[bytes, bytes]] = field(repr=False)
+    body: bytes = field(repr=False)
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (several lines joined by ``", "``), or None."""
@@ -139,8 +139,7 @@ class WireRequest:
 
 
 class RequestSigner:
-    """What ``ctx.send(sign=...)`` takes: one of the signers below. See the module docstring;
-    subclasses outside ``sdk.signing`` are refused, since a signer sees the card."""
+    """The base of the signers below; sealed (see the module docstring)."""
 
     __slots__ = ()
 
@@ -159,6 +158,11 @@ class RequestSigner:
         """The headers this signer writes, lower case. The request must not carry them."""
         raise NotImplementedError
 
+    @property
+    def covers(self) -> frozenset[str]:
+        """The headers this signer's signature covers, lower case."""
+        return frozenset()
+
     def headers_for(self, request: WireRequest) -> list[tuple[bytes, bytes]]:
         """The headers to add to ``request``. Raises ``SigningError``."""
         raise NotImplementedError
@@ -174,8 +178,14 @@ def _check_choice(value: str, allowed: Any, what: str) -> None:
         raise ValueError(f"{what} must be one of {', '.join(choices)}, not {value!r}")
 
 
-def _as_bytes(key: KeyMaterial) -> bytes:
-    return key.encode("utf-8") if isinstance(key, str) else key
+def _as_bytes(key: object) -> bytes:
+    """Key material as plain bytes. Only text and bytes are taken: a key *object* would be
+    called with the signing input, which holds the card."""
+    if isinstance(key, str):
+        return str.encode(key, "utf-8")
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return bytes(key)
+    raise SigningError("A signing key is given as text or bytes (a PEM key, an HMAC secret).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +240,7 @@ class MessageSignature(RequestSigner):
     """
 
     key_id: str
-    key: Any = field(repr=False)
+    key: KeyMaterial = field(repr=False)
     algorithm: MessageSignatureAlgorithm = "hmac-sha256"
     components: tuple[str, ...] = ("@method", "@authority", "@target-uri", "content-type")
     digest: DigestAlgorithm | None = "sha-256"
@@ -252,6 +262,13 @@ class MessageSignature(RequestSigner):
         names = {"signature", "signature-input"}
         return frozenset(names | ({"content-digest"} if self.digest else set()))
 
+    @property
+    def covers(self) -> frozenset[str]:
+        names = (c.split(";")[0].strip().strip('"').lower() for c in self.components)
+        return frozenset(n for n in names if not n.startswith("@")) | (
+            {"content-digest"} if self.digest else frozenset()
+        )
+
     def headers_for(self, request: WireRequest) -> list[tuple[bytes, bytes]]:
         fields = _Fields([(k.decode("ascii"), v.decode("latin-1")) for k, v in request.headers])
         before = len(fields.pairs)
@@ -268,10 +285,8 @@ class MessageSignature(RequestSigner):
             signature_algorithm=algorithm,
             key_resolver=MappingKeyResolver(public_keys={}, private_keys={self.key_id: key}),
         )
-        created = datetime.datetime.now(datetime.UTC)
-        expires = (
-            None if self.expires_in is None else created + datetime.timedelta(0, self.expires_in)
-        )
+        created = datetime.now(UTC)
+        expires = None if self.expires_in is None else created + timedelta(0, self.expires_in)
         try:
             signer.sign(
                 _Message(request.method, str(request.url), fields),
@@ -306,7 +321,7 @@ class CavageSignature(RequestSigner):
     """
 
     key_id: str
-    key: Any = field(repr=False)
+    key: KeyMaterial = field(repr=False)
     algorithm: CavageAlgorithm = "hmac-sha256"
     headers: tuple[str, ...] = ("(request-target)", "host", "date", "digest")
     algorithm_label: str | None = None
@@ -324,6 +339,10 @@ class CavageSignature(RequestSigner):
     @property
     def written(self) -> frozenset[str]:
         return frozenset({self.header.lower()})
+
+    @property
+    def covers(self) -> frozenset[str]:
+        return frozenset(self.headers) - _REQUEST_TARGET
 
     def headers_for(self, request: WireRequest) -> list[tuple[bytes, bytes]]:
         added: list[tuple[bytes, bytes]] = []
@@ -378,7 +397,7 @@ class DetachedJws(RequestSigner):
     ``key``: a PEM private key (or the HMAC secret for HS256).
     """
 
-    key: Any = field(repr=False)
+    key: KeyMaterial = field(repr=False)
     algorithm: JwsAlgorithm = "PS256"
     key_id: str | None = None
     header: str = "x-jws-signature"
@@ -433,11 +452,17 @@ class DetachedJws(RequestSigner):
 # -- what the egress transport calls -------------------------------------------------------------
 
 
+#: Exactly these: ``isinstance`` would take a look-alike (``__class__`` can be a property).
+_SIGNER_TYPES = frozenset({ContentDigest, Digest, MessageSignature, CavageSignature, DetachedJws})
+_DIGEST_HEADERS = frozenset({"content-digest", "digest"})
+
+
 def signers_of(given: object) -> tuple[RequestSigner, ...]:
+    """``ctx.send``'s ``sign=`` as a tuple of the SDK's signers; anything else is refused."""
     if given is None:
         return ()
-    signers = given if isinstance(given, tuple) else (given,)
-    if not all(isinstance(signer, RequestSigner) for signer in signers):
+    signers = given if type(given) is tuple else (given,)
+    if not all(type(signer) in _SIGNER_TYPES for signer in signers):
         raise ConnectorConfigurationError(
             "sign= takes the SDK's request signers (sdk.signing), one or a tuple of them."
         )
@@ -455,27 +480,43 @@ def sign_request(
     headers: list[tuple[bytes, bytes]],
     body: bytes,
 ) -> list[tuple[bytes, bytes]]:
-    """The headers ``signers`` add, in order, each seeing those added before it."""
+    """The headers ``signers`` add, in order, each seeing those added before it. Raises
+    ``ConnectorConfigurationError``, with no exception chained (its text could quote what was
+    signed), before anything is sent."""
     added: list[tuple[bytes, bytes]] = []
-    present = header_names(headers)
+    own = present = header_names(headers)
     for signer in signers:
-        clash = signer.written & present
-        if clash:
-            raise ConnectorConfigurationError(
-                f"The request already carries {', '.join(sorted(clash))}, which the "
-                f"{type(signer).__name__} signer writes: leave it to the signer."
-            )
-        try:
-            new = signer.headers_for(WireRequest(method, url, [*headers, *added], body))
-        except SigningError as exc:
-            raise ConnectorConfigurationError(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - a signer's bug; its text may quote the card
-            raise ConnectorConfigurationError(
-                f"The {type(signer).__name__} signer failed ({type(exc).__name__})."
-            ) from None
+        failure = _refusal(signer, present, own)
+        if failure is None:
+            try:
+                new = signer.headers_for(WireRequest(method, url, [*headers, *added], body))
+            except SigningError as exc:
+                failure = str(exc)
+            except Exception as exc:  # noqa: BLE001 - a signer's bug; its text may quote the card
+                failure = f"The {type(signer).__name__} signer failed ({type(exc).__name__})."
+        if failure is not None:
+            raise ConnectorConfigurationError(failure)  # outside ``except``: nothing chained
         added.extend(new)
         present |= header_names(new)
     return added
+
+
+def _refusal(signer: RequestSigner, present: frozenset[str], own: frozenset[str]) -> str | None:
+    name = type(signer).__name__
+    clash = signer.written & present
+    if clash:
+        return (
+            f"The request already carries {', '.join(sorted(clash))}, which the {name} signer "
+            "writes: leave it to the signer."
+        )
+    forged = signer.covers & _DIGEST_HEADERS & own
+    if forged:
+        return (
+            f"The {name} signature would cover the request's own {', '.join(sorted(forged))}: "
+            "connector code can only digest placeholders. Add ContentDigest() or Digest() "
+            "before the signature instead."
+        )
+    return None
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -486,8 +527,8 @@ def _check_header_name(name: str) -> None:
         raise ValueError(f"{name!r} is not a header name")
 
 
-def _any(value: object) -> None:
-    """A protected header parameter of the caller's: any JSON value."""
+def _any(value: object) -> None:  # a protected header parameter of the caller's: any value
+    return None
 
 
 def _reason(exc: BaseException) -> str:
@@ -505,11 +546,9 @@ def _load_pem(pem: bytes) -> Any:
         raise SigningError(f"The signing key is not a usable PEM private key ({reason}).") from None
 
 
-def _private_key(key: Any) -> Any:
+def _private_key(key: object) -> Any:
     """A ``cryptography`` private key from PEM text or bytes (parsed once per key)."""
-    if isinstance(key, (bytes, str)):
-        return _load_pem(_as_bytes(key))
-    return key
+    return _load_pem(_as_bytes(key))
 
 
 @functools.lru_cache(maxsize=32)
@@ -526,17 +565,8 @@ def _jws_key_from(algorithm: str, key: bytes) -> Any:
         raise SigningError(f"The signing key does not suit {algorithm} ({_reason(exc)}).") from None
 
 
-def _jws_key(algorithm: str, key: Any) -> Any:
-    if isinstance(key, (bytes, str)):
-        return _jws_key_from(algorithm, _as_bytes(key))
-    if algorithm != "HS256" and hasattr(key, "private_bytes"):
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        return _jws_key_from(algorithm, pem)
-    raise SigningError(f"The signing key does not suit {algorithm}.")
+def _jws_key(algorithm: str, key: object) -> Any:
+    return _jws_key_from(algorithm, _as_bytes(key))
 
 
 @dataclass(slots=True)

@@ -14,8 +14,10 @@ import hashlib
 import hmac
 import json
 import re
+from typing import ClassVar
 
 import pytest
+from aiohttp import web
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
@@ -384,6 +386,41 @@ def test_signers_do_not_show_their_keys() -> None:
     assert "0123456789" not in repr(DetachedJws(SECRET, "HS256"))
 
 
+class SpyKey:
+    """A key object: were it taken, its ``sign`` would get what is signed (the card)."""
+
+    seen: ClassVar[list[bytes]] = []
+
+    def sign(self, data: bytes, *args: object) -> bytes:
+        self.seen.append(data)
+        return b"x" * 64
+
+
+class LookAlike:
+    """Not a signer, though ``isinstance`` believes it is one."""
+
+    seen: ClassVar[list[object]] = []
+    __class__ = property(lambda self: ContentDigest)  # type: ignore[assignment]
+    written = frozenset({"x-leak"})
+    covers = frozenset()
+
+    def headers_for(self, request: object) -> list[tuple[bytes, bytes]]:
+        self.seen.append(request)
+        return []
+
+
+class Disguised(RequestSigner):
+    __module__ = "sdk.signing"  # gets past the subclass check; ``sign=`` still refuses it
+
+    @property
+    def written(self) -> frozenset[str]:
+        return frozenset()
+
+    def headers_for(self, request: object) -> list[tuple[bytes, bytes]]:
+        LookAlike.seen.append(request)
+        return []
+
+
 @pytest.mark.parametrize(
     ("headers", "sign", "message"),
     [
@@ -402,6 +439,21 @@ def test_signers_do_not_show_their_keys() -> None:
             CavageSignature("k", "not a key", "rsa-sha256", headers=("date",)),
             "not a usable PEM",
         ),
+        ({}, MessageSignature("k", SpyKey(), "ed25519"), "text or bytes"),
+        ({}, CavageSignature("k", SpyKey(), "rsa-sha256", headers=("date",)), "text or bytes"),
+        ({}, DetachedJws(SpyKey(), "ES256"), "text or bytes"),
+        ({}, LookAlike(), "sign= takes the SDK's request signers"),
+        ({}, (ContentDigest(), Disguised()), "sign= takes the SDK's request signers"),
+        (
+            {"Content-Digest": "sha-256=:AAAA:"},
+            MessageSignature("k", SECRET, components=("@method", "content-digest"), digest=None),
+            "would cover the request's own content-digest",
+        ),
+        (
+            {"Digest": "SHA-256=AAAA"},
+            CavageSignature("k", SECRET, headers=("date", "digest")),
+            "would cover the request's own digest",
+        ),
     ],
 )
 async def test_a_request_that_cannot_be_signed_is_not_sent(
@@ -414,4 +466,33 @@ async def test_a_request_that_cannot_be_signed_is_not_sent(
     assert provider.requests == []
     assert not ctx.may_have_reached_provider
     assert pan not in str(caught.value) and cvc not in str(caught.value)
-    assert caught.value.__cause__ is None  # a library's text may quote what it signed
+    # nothing chained: a library's text, or its frames, may hold what it signed
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+    assert SpyKey.seen == [] and LookAlike.seen == []
+    if "sign= takes" in message:
+        assert revealer.reveals == []  # refused before the card was revealed
+
+
+async def test_a_reply_quoting_a_digest_or_signature_of_a_card_loses_it(
+    provider: LoopbackProvider, client, revealer, canary, transcript
+) -> None:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        digest = request.headers["Content-Digest"].split(":")[1]
+        signature = request.headers["Signature"].split(":")[1]
+        return web.json_response(
+            {"error": f"digest {digest} or signature {signature} does not match"}, status=400
+        )
+
+    provider.handler = refuse
+    token, pan, _ = canary
+    ctx = context(client, provider.url, revealer, transcript)
+    await ctx.send(
+        "POST", "/payments", json=card_body(ctx, token), sign=MessageSignature("k", SECRET)
+    )
+    [sent] = provider.requests
+    digest = received(sent, "content-digest").split(":")[1]
+    signature = received(sent, "signature").split(":")[1]
+    [exchange] = transcript.exchanges
+    assert exchange.status_code == 400 and "does not match" in exchange.response_body
+    assert digest not in transcript.text() and signature not in transcript.text()
+    assert pan not in transcript.text()
