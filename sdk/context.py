@@ -44,7 +44,7 @@ from sdk.outcomes import check_response_status
 from sdk.placeholders import CardPlaceholders, PlaceholderTable
 from sdk.revealer import TokenRevealer
 from sdk.scrubbing import Scrubber
-from sdk.signing import RequestSigner, signers_of
+from sdk.signing import RequestSigner
 from sdk.transcript import TranscriptRecorder
 
 __all__ = ["CallContext"]
@@ -273,7 +273,6 @@ class CallContext:
 
         ``sign``: signers of ``sdk.signing`` (a body digest, an HTTP message signature, a
         detached JWS), applied in order by the egress transport to the bytes as sent."""
-        signers = signers_of(sign)  # refused before any card is revealed
         merged = dict(headers or {})
         idempotency = self.manifest.idempotency
         if idempotency is not None and idempotency.header and self.idempotency_key:
@@ -294,11 +293,6 @@ class CallContext:
             request = _direct_request(self._http, method, url, json, content, merged, timeout)
             if request is not None:
                 request.extensions[SCOPE_EXTENSION] = self._scope
-        extensions: dict[str, Any] = {SCOPE_EXTENSION: self._scope}
-        if signers:
-            extensions[SIGNERS_EXTENSION] = signers
-            if request is not None:
-                request.extensions[SIGNERS_EXTENSION] = signers
         if request is None:
             request = self._http.build_request(
                 method,
@@ -309,8 +303,10 @@ class CallContext:
                 headers=merged,
                 params=params,
                 timeout=timeout,
-                extensions=extensions,
+                extensions={SCOPE_EXTENSION: self._scope},
             )
+        if sign is not None:  # checked by the egress transport, before the card is revealed
+            request.extensions[SIGNERS_EXTENSION] = sign
         started = time.perf_counter()
         response = await self._http.send(request)
         self.logger.debug(

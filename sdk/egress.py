@@ -297,6 +297,7 @@ class EgressTransport(httpx.AsyncBaseTransport):
         scope = extensions.get(SCOPE_EXTENSION)
         if scope is not None and not isinstance(scope, EgressScope):
             raise ConnectorConfigurationError("Malformed egress scope on a provider request.")
+        signers = signers_of(extensions.get(SIGNERS_EXTENSION))  # refused before any reveal
         body = await request.aread()
         if MARKER_PATTERN.search(str(url).encode()):
             raise ConnectorConfigurationError("Card placeholders are not allowed in URLs.")
@@ -330,7 +331,6 @@ class EgressTransport(httpx.AsyncBaseTransport):
         if scope is not None:
             scope.trackers.append(tracker)
         trace = _tracing(tracker, extensions.get("trace"))
-        signers = signers_of(extensions.get(SIGNERS_EXTENSION))
         signed: list[tuple[bytes, bytes]] = []
         if resolved or omitted or signers:
             # A new request for the wire; ``request`` (placeholders only) is what the reply
@@ -471,15 +471,15 @@ class EgressTransport(httpx.AsyncBaseTransport):
         )
         # What a credential header carried is a secret wherever else it shows (a reply echoing
         # the session, a URL): ``Bearer abc`` counts as ``abc``, a value of 8 characters or more.
-        request_sensitive = scope.sensitive_headers | hidden_headers
         sent = scrubber.secrets_in_headers(
             ((k.decode("latin-1"), v.decode("latin-1")) for k, v in request_headers),
-            request_sensitive,
+            scope.sensitive_headers,
         )
         if sent:
             scrubber = scrubber.with_secrets(sent)
         if hidden_headers:
-            # a reply may quote part of one ("digest mismatch: expected ..., got <digest>")
+            # what a signer wrote over card data, wherever a reply quotes it ("digest mismatch:
+            # got <digest>"), recorded in place as [REDACTED] like a credential header
             scrubber = scrubber.with_secrets(
                 part
                 for name, value in request_headers
@@ -523,7 +523,9 @@ class EgressTransport(httpx.AsyncBaseTransport):
                 operation=scope.operation,
                 method=request.method,
                 url=scrubber.scrub_text(str(request.url)),
-                request_headers=header_pairs(list(request_headers), request_sensitive),
+                request_headers=header_pairs(
+                    list(request_headers), scope.sensitive_headers | hidden_headers
+                ),
                 request_body=clip_body(text(body)),
                 status_code=status,
                 response_headers=header_pairs(response_headers, scope.sensitive_headers),

@@ -431,7 +431,7 @@ class DetachedJws(RequestSigner):
         if critical:
             protected["crit"] = critical
         try:
-            key = _jws_key(self.algorithm, self.key)
+            key = _jws_key(self.algorithm, _as_bytes(self.key))
             registry = jws.JWSRegistry(
                 # the caller's own parameters (and what ``crit`` names, RFC 7515 4.1.11)
                 header_registry={
@@ -552,7 +552,7 @@ def _private_key(key: object) -> Any:
 
 
 @functools.lru_cache(maxsize=32)
-def _jws_key_from(algorithm: str, key: bytes) -> Any:
+def _jws_key(algorithm: str, key: bytes) -> Any:
     if algorithm == "HS256":
         return OctKey.import_key(key)
     try:
@@ -563,10 +563,6 @@ def _jws_key_from(algorithm: str, key: bytes) -> Any:
         return OKPKey.import_key(key)
     except (JoseError, ValueError, TypeError) as exc:
         raise SigningError(f"The signing key does not suit {algorithm} ({_reason(exc)}).") from None
-
-
-def _jws_key(algorithm: str, key: object) -> Any:
-    return _jws_key_from(algorithm, _as_bytes(key))
 
 
 @dataclass(slots=True)
