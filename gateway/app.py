@@ -465,11 +465,12 @@ async def _handle(
     except VaultError as exc:
         app[METRICS].vault_errors.labels(exc.code).inc()
         log.warning("vault_error", code=exc.code, detail=exc.detail)
+        status = status_for(exc)  # 503, but for a stored row that is wrong (retrying won't help)
         return problem_response(
-            503,
+            status,
             exc.code,
-            _vault_detail(exc),
-            retry_after=exc.retry_after or 1,
+            _vault_detail(exc) if status == 503 else exc.detail,
+            retry_after=(exc.retry_after or 1) if status == 503 else None,
             request_id=request_id,
         )
     except TesseraError as exc:

@@ -44,7 +44,7 @@ from gateway.schemas import (
     TokenView,
     WebhookReceipt,
 )
-from normalization.errors import TesseraError, VaultError
+from normalization.errors import TesseraError
 from normalization.money import MAX_AMOUNT_MINOR
 
 __all__ = ["PUBLIC_OPERATIONS", "REFINEMENTS", "build_openapi", "problem_codes"]
@@ -134,8 +134,7 @@ def problem_codes() -> dict[int, list[str]]:
         pending.extend(cls.__subclasses__())
         if cls.code in _GATEWAY_CODES[400]:
             continue  # answered as 400 by the view that catches it (webhook verification)
-        # The middleware renders every vault error as 503, before the general mapping.
-        status = 503 if issubclass(cls, VaultError) else status_for(cls.__new__(cls))
+        status = status_for(cls.__new__(cls))
         codes[status].add(cls.code)
     return {status: sorted(values) for status, values in sorted(codes.items())}
 

@@ -75,6 +75,7 @@ from normalization import (
     RefundRequest,
     SyncRequest,
     TesseraError,
+    TokenIntegrityError,
     VaultSealedError,
     VaultUnavailableError,
     Void,
@@ -443,7 +444,12 @@ class PaymentService:
                         error_code = rejection.code
                 except TesseraError as exc:  # raised by the runtime only when nothing was sent
                     result, error_code, rejection = PaymentResult.not_sent(), exc.code, exc
-                failover = result.outcome is Outcome.NOT_SENT and bool(queue)
+                # A token whose row does not describe its card fails the same way everywhere.
+                failover = (
+                    result.outcome is Outcome.NOT_SENT
+                    and bool(queue)
+                    and not isinstance(rejection, TokenIntegrityError)
+                )
                 async with self._db.transaction() as tx:
                     attempts[-1], result, own = await self._record_answer(
                         attempt, result, tx, error_code=error_code

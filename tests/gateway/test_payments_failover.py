@@ -273,3 +273,34 @@ async def test_failover_onto_an_open_breaker_fails_the_payment_and_the_key_retri
     status, pay, headers = await _pay(gw, token, key="dead-then-open")
     assert status == 201 and pay["status"] == "authorized" and pay["id"] != first["id"], pay
     assert headers.get("Idempotent-Replayed") != "true"
+
+
+@pytest.mark.usefixtures("backup_connector")
+async def test_a_token_whose_row_is_wrong_is_not_tried_on_the_next_connector(
+    make_gateway: MakeGateway, observed_sandbox: Any, observed: Observed
+) -> None:
+    """A token row holding another card's ciphertext fails the same way on every connector:
+    one attempt, one audited reveal, no failover, and nothing reaches either provider."""
+    gw = await make_gateway(
+        connectors={
+            "sandbox": sandbox_connector(observed_sandbox),
+            "backup": sandbox_connector(observed_sandbox),
+        },
+        routing={"default": ["sandbox", "backup"]},
+    )
+    token = await _tokenize(gw)
+    other = await gw.client.post(
+        "/v1/tokens", json={"card": {**CARD, "number": "5555555555554444"}}, headers=gw.auth
+    )
+    db = gw.resources.db
+    swapped = await db.fetchval(
+        "SELECT ciphertext FROM vault_tokens WHERE id = $1", (await other.json())["id"]
+    )
+    await db.execute("UPDATE vault_tokens SET ciphertext = $1 WHERE id = $2", swapped, token)
+    status, pay, _ = await _pay(gw, token)
+    assert status == 201 and pay["status"] == "failed", pay
+    assert [(a["connector"], a["outcome"], a["error_code"]) for a in pay["attempts"]] == [
+        ("sandbox", "not_sent", "token_integrity_error")
+    ]
+    assert len(await _reveals(gw, token)) == 1
+    assert observed.authorizations() == []

@@ -129,3 +129,26 @@ async def test_a_token_whose_row_holds_another_cards_ciphertext_is_never_charged
     assert (attempt["outcome"], attempt["error_code"]) == ("not_sent", "token_integrity_error")
     assert "5555555555554444" not in str(pay)
     assert observed.authorizations() == []
+
+
+async def test_a_token_integrity_error_is_a_500_not_a_vault_outage(
+    make_gateway: Any, observed_sandbox: Any
+) -> None:
+    """Wherever it escapes to the API, a stored row that does not describe its card is not
+    "the vault is unavailable, retry later": retrying cannot help, so no Retry-After."""
+    from normalization import TokenIntegrityError
+
+    from .conftest import sandbox_connector
+
+    gw = await make_gateway(connectors={"sandbox": sandbox_connector(observed_sandbox)})
+    resp = await gw.client.post("/v1/tokens", json={"card": CARD}, headers=gw.auth)
+    token = (await resp.json())["id"]
+
+    async def wrong_row(tenant: str, token_id: str) -> Any:
+        raise TokenIntegrityError()
+
+    gw.resources.tokens.get = wrong_row
+    resp = await gw.client.get(f"/v1/tokens/{token}", headers=gw.auth)
+    body = await resp.json()
+    assert (resp.status, body["code"]) == (500, "token_integrity_error"), body
+    assert "Retry-After" not in resp.headers and "unavailable" not in body["detail"]
