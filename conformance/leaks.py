@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from conformance.results import LeakFinding
-from normalization import CARD_NUMBER_GAP
+from normalization import CARD_NUMBER_GAP, unescape_digits
 from sdk.transcript import TranscriptRecorder
 
 __all__ = ["REDACTION", "LeakScanner", "Secret", "safe_name", "transcript_items"]
@@ -144,7 +144,9 @@ class LeakScanner:
         self._compiled.extend(_patterns(secret))
 
     def find(self, text: str) -> Iterator[tuple[Secret, str]]:
-        """``(secret, encoding)`` for every canary form present in ``text`` (once each)."""
+        """``(secret, encoding)`` for every canary form present in ``text`` (once each),
+        JSON-escaped digits (``\u0034``) read as digits."""
+        text = unescape_digits(text)
         for pattern in self._compiled:
             if pattern.regex.search(text):
                 yield pattern.secret, pattern.encoding
@@ -158,6 +160,7 @@ class LeakScanner:
         return findings
 
     def redact(self, text: str) -> str:
+        text = unescape_digits(text)
         for pattern in self._compiled:
             text = pattern.regex.sub(REDACTION, text)
         return text

@@ -92,6 +92,7 @@ from normalization.redaction import (
     redact_card_numbers,
     redact_card_text,
     redact_security_codes,
+    unescape_digits,
 )
 from normalization.requests import (
     AuthorizeRequest,
@@ -225,6 +226,7 @@ __all__ = [
     "scrub_validation_error",
     "scrubbing_validator",
     "transition",
+    "unescape_digits",
     "validate_aba_routing_number",
     "validate_cvc",
     "validate_exp_month",

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from normalization.cards import CardBrand, card_bin, card_brand, luhn_valid, mask_pan
 
@@ -46,6 +46,7 @@ __all__ = [
     "redact_card_numbers",
     "redact_card_text",
     "redact_security_codes",
+    "unescape_digits",
 ]
 
 #: What a redacted security code shows.
@@ -57,6 +58,7 @@ CARD_NUMBER_GAP = (
     r"(?:[\s\-\u2010-\u2015\u2212./_+]|%20|%2[dD]"
     r"|\\u00[aA]0|\\u0020|\\u20(?:0[0-9aA]|1[0-5]|2[fF])|\\u2212|\\u3000)"
 )
+_ESCAPE_RE = re.compile(r"\\u([0-9a-fA-F]{4})")
 _RUN_RE = re.compile(rf"(?<!\d)\d(?:{CARD_NUMBER_GAP}{{0,3}}\d){{11,}}(?!\d)")
 #: A run taken apart: each separator whole (``%20`` is not the digits 2 and 0), or one digit.
 _TOKEN_RE = re.compile(rf"{CARD_NUMBER_GAP}|\d")
@@ -88,8 +90,8 @@ class CardNumberMatch:
 
     start: int
     end: int
-    #: The card number found, in ASCII digits.
-    pan: str
+    #: The card number found, in ASCII digits (never in a repr: a match may be printed).
+    pan: str = field(repr=False)
     #: Whether the run is the card number and nothing else.
     whole: bool
 
@@ -134,6 +136,20 @@ def _held_card(groups: list[str]) -> str | None:
             if luhn_valid(candidate) and card_brand(candidate) is not CardBrand.UNKNOWN:
                 return candidate
     return None
+
+
+def unescape_digits(text: str) -> str:
+    """``text`` with the JSON escapes of digits of any script (``\u0034``, ``\uff14``) written
+    as those digits, so a card number a provider escaped is found like any other. The JSON
+    means the same; other escapes are kept."""
+    if "\\u" not in text:
+        return text
+
+    def digit(match: re.Match[str]) -> str:
+        character = chr(int(match.group(1), 16))
+        return character if character.isdecimal() else match.group(0)
+
+    return _ESCAPE_RE.sub(digit, text)
 
 
 def holds_long_digit_run(text: str) -> bool:

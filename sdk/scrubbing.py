@@ -2,6 +2,8 @@
 
 Three layers, applied in order by ``Scrubber.scrub_text``:
 
+0. JSON escapes of digits written as the digits (``\u0034`` as ``4``), so the layers below see
+   a card number a provider escaped;
 1. known secrets (credential values, revealed PANs) replaced by ``[REDACTED]``, whatever
    surrounds them;
 2. a sweep for anything shaped like a PAN (12-19 digits of any script, optionally grouped by
@@ -21,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from normalization.redaction import redact_card_numbers, redact_security_codes
+from normalization.redaction import redact_card_numbers, redact_security_codes, unescape_digits
 
 __all__ = ["REDACTED", "SENSITIVE_HEADERS", "SENSITIVE_KEYS", "Scrubber"]
 
@@ -103,6 +105,7 @@ class Scrubber:
         return Scrubber([*self._secrets, *secrets])
 
     def scrub_text(self, text: str) -> str:
+        text = unescape_digits(text)  # a card number a provider escaped (``\u0034242...``)
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
         text = redact_card_numbers(text)

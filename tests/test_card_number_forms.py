@@ -199,3 +199,9 @@ def test_a_numeric_provider_id_passing_luhn_alone_comes_back_unchanged() -> None
     assert result.next_action.data == {"md": psp_reference}
     # In free text the same number is still masked (logs over-mask on purpose).
     assert redact_card_text(psp_reference) != psp_reference
+
+
+def test_a_match_does_not_show_its_card_number_when_printed() -> None:
+    [match] = find_card_numbers("card 4242424242424242 declined")
+    assert match.pan == "4242424242424242"
+    assert "4242424242424242" not in repr(match) and "4242424242424242" not in str(match)

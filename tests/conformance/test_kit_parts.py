@@ -211,6 +211,8 @@ def test_leak_scanner_finds_every_encoding_and_redacts() -> None:
         "base64": base64.b64encode(f'{{"n":"{pan}"}}'.encode()).decode(),
         "base64-urlsafe": base64.urlsafe_b64encode(f"x{pan}".encode()).decode(),
         "hex": pan.encode().hex().upper(),
+        "json-escaped": '{"n": "' + pan[:4] + "\\u0031" + pan[5:] + '"}',  # pan[4] is 1
+        "json-escaped-any": "".join(f"\\u{ord(d) + 0xFEE0:04x}" for d in pan),
         "cvc-json": json.dumps({"card": {"cvc": cvc}}),
         "cvc-form": f"card%5Bcvc%5D={cvc}",
         "key": f"Authorization: Bearer {key}",

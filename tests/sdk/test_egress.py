@@ -633,3 +633,30 @@ async def test_a_reply_echoing_the_code_and_an_escaped_card_number_keeps_neither
     reply = json.loads(exchange.response_body)
     assert reply["card"] == "[REDACTED]"  # the revealed card number, hidden by value
     assert cvc not in exchange.response_body and pan not in transcript.text()
+
+
+async def test_a_reply_with_an_escaped_card_number_and_no_code_loses_it(
+    provider: LoopbackProvider, client, revealer, canary, transcript
+) -> None:
+    """Without the security code in the reply, nothing decoded the JSON again: a card number
+    the provider escaped went into the transcript (and a cassette) as it came. The scrubber
+    reads escaped digits of any script itself now."""
+    token, pan, _ = canary
+    other = "4000056655665556"  # another card, not the revealed one: only the sweep finds it
+    escaped = "".join(f"\\u{ord(d):04x}" for d in pan[:6]) + pan[6:]
+    wide = "".join(f"\\u{ord(d) + 0xFEE0:04x}" for d in other)
+
+    async def echo(request: web.Request) -> web.Response:
+        body = f'{{"card": "{escaped}", "other": "{wide}", "status": "declined"}}'
+        return web.Response(text=body, content_type="application/json")
+
+    provider.handler = echo
+    ctx = context(client, provider.url, revealer, transcript)
+    card = ctx.card(CardMethod(token=token))
+    await ctx.send("POST", "/payments", json={"number": card.number})
+    [exchange] = transcript.exchanges
+    reply = json.loads(exchange.response_body)
+    assert reply["status"] == "declined"
+    assert reply["card"] == "[REDACTED]" and reply["other"] == "400005******5556"
+    assert pan not in transcript.text() and other not in transcript.text()
+    assert "\\u" not in exchange.response_body
