@@ -240,11 +240,6 @@ def _parse_webhook_url(url: str, *, allow_http: bool) -> tuple[str, str, int]:
     schemes = ("https", "http") if allow_http else ("https",)
     if len(url) > _MAX_WEBHOOK_URL_LENGTH or not url.isascii() or not url.isprintable():
         raise _invalid()
-    if contains_pan(url):
-        # Stored, listed and logged with every delivery: a card number pasted into it must not be.
-        raise WebhookUrlError(
-            "webhook_url_invalid", "The webhook URL looks like it holds a card number; not stored."
-        )
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -273,6 +268,12 @@ async def check_webhook_url(
     every delivery resolves and checks it again. One that resolves to any non-public address
     is refused. An IP literal is checked without a lookup.
     """
+    if len(url) <= _MAX_WEBHOOK_URL_LENGTH and contains_pan(url):
+        # Stored, listed and logged with every delivery: a card number pasted into it must not
+        # be. (Checked once, here: a delivery goes to a URL that passed.)
+        raise WebhookUrlError(
+            "webhook_url_invalid", "The webhook URL looks like it holds a card number; not stored."
+        )
     _, host, port = _parse_webhook_url(url, allow_http=allow_http)
     try:
         await resolve_checked(host, port, test_mode=allow_private, timeout=WEBHOOK_RESOLVE_TIMEOUT)
