@@ -10,9 +10,9 @@ machine, against a fresh OpenBao dev server:
   ``vault.client.VaultClient``, the gateway's client;
 - OpenBao's CPU time (``/proc``, user + system) per call and per item, and this process's CPU
   time per call (the client: request building, the socket round trip, response parsing);
-- each with three kinds of Vault token: the root token (what the benches' gateways use), a
-  service token and a batch token carrying the ``tessera-tokenize`` policy (what an AppRole
-  login could hand out), rounds alternating.
+- each with three kinds of Vault token: the root token (the benches' gateways with
+  ``--vault-auth root``), a service token and a batch token carrying the ``tessera-tokenize``
+  policy (what an AppRole login could hand out), rounds alternating.
 
 Figures are medians over rounds. CPU time holds up on the shared cores where wall time does not;
 wall time per call is printed too. Traffic goes to 127.0.0.1 only; every run is bounded.
@@ -42,10 +42,15 @@ from load import cpu_seconds, machine_facts  # noqa: E402
 
 from vault.client import VaultClient  # noqa: E402
 from vault.devserver import DevServer  # noqa: E402
-from vault.provisioning import ensure_tenant_keys, provision  # noqa: E402
+from vault.provisioning import (  # noqa: E402
+    TOKENIZE_POLICY,
+    ensure_tenant_keys,
+    fingerprint_key_name,
+    provision,
+)
 
 TENANT = "bench"
-KEY = f"tessera-fp-{TENANT}"
+KEY = fingerprint_key_name(TENANT)
 BATCH_SIZES = (1, 15, 50, 250)
 CALLERS = 2
 
@@ -61,7 +66,7 @@ def _token(bao: DevServer, kind: str) -> str:
     """A token of ``kind`` (``root``, ``service``, ``batch``) that may compute the HMACs."""
     if kind == "root":
         return bao.root_token
-    body = {"type": kind, "policies": ["tessera-tokenize"], "ttl": "1h", "no_parent": True}
+    body = {"type": kind, "policies": [TOKENIZE_POLICY], "ttl": "1h", "no_parent": True}
     request = urllib.request.Request(  # noqa: S310 - the loopback dev server's address
         f"{bao.addr}/v1/auth/token/create",
         data=json.dumps(body).encode(),

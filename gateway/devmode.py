@@ -103,7 +103,7 @@ class DevConnector:
     """Where ``--connector`` sends payments: its simulator (``factory``) or ``url``."""
 
     manifest: Manifest
-    credentials: dict[str, str]
+    credentials: dict[str, str] = field(repr=False)  # secrets, from the environment
     url: str | None = None
     factory: Callable[..., web.Application] | None = None
     simulator_options: Mapping[str, Any] = field(default_factory=dict)

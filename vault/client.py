@@ -194,11 +194,11 @@ class VaultClient:
         self._login_lock = asyncio.Lock()
         self._closed = False
         self.logins = 0
+        """AppRole logins performed so far (tests assert re-authentication happens once)."""
         #: Login requests sent (refused ones included).
         self.login_attempts = 0
         self._refused_logins = 0
         self._login_refusal: tuple[str, float] | None = None  # (detail, no login before)
-        """AppRole logins performed so far (tests assert re-authentication happens once)."""
 
     def __repr__(self) -> str:
         auth = "approle" if self._approle is not None else "token"

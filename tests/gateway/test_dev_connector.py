@@ -82,6 +82,8 @@ def test_credentials_are_read_from_one_variable_per_field() -> None:
         "api_key": "sk_1"
     }
     assert credentials_from_environment(manifest, {"TESSERA_DEMO_API_KEY": ""}) == {}
+    planned = DevConnector(manifest, {"api_key": "sk_live_do_not_print"}, url="https://x.test")
+    assert "sk_live_do_not_print" not in repr(planned)
 
 
 def _manifest(method: PaymentMethodType, currencies: set[str]) -> Any:
