@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from conformance.results import LeakFinding
-from normalization import CARD_NUMBER_GAP, unescape_digits
+from normalization import CARD_NUMBER_GAP, SECURITY_CODE_NAMES, unescape_digits
 from sdk.transcript import TranscriptRecorder
 
 __all__ = ["REDACTION", "LeakScanner", "Secret", "safe_name", "transcript_items"]
@@ -37,10 +37,7 @@ __all__ = ["REDACTION", "LeakScanner", "Secret", "safe_name", "transcript_items"
 REDACTION = "[CANARY]"
 # Between two digits of a card number: up to three separators, read as the redaction reads them.
 _SEPARATOR = rf"(?:{CARD_NUMBER_GAP}){{0,3}}"
-_CVC_KEYS = (
-    r"(?:cvc2?|cvv2?|csc|cid|security[_ -]?code|card[_ -]?security[_ -]?code"
-    r"|(?:card[_ -]?)?verification[_ -]?value)"
-)
+_CVC_KEYS = SECURITY_CODE_NAMES  # searched: "card_security_code" holds "security_code"
 #: A card number already hidden (a scrubber's mark, or a mask) and then the code after it:
 #: "Card [REDACTED] 486 declined".
 _HIDDEN_CARD = r"(?:\[REDACTED\]|\[CANARY\]|[0-9]{0,8}\*{4,}[0-9]{0,4})"

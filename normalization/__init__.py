@@ -84,6 +84,7 @@ from normalization.money import (
 )
 from normalization.redaction import (
     CARD_NUMBER_GAP,
+    SECURITY_CODE_NAMES,
     CardNumberMatch,
     ascii_digits,
     contains_pan,
@@ -134,6 +135,7 @@ __all__ = [
     "MAX_AMOUNT_MINOR",
     "MAX_EXPIRY_YEARS",
     "MAX_PROVIDER_EXPONENT",
+    "SECURITY_CODE_NAMES",
     "AccountIdentifier",
     "AuthorizeRequest",
     "BankAccountMethod",

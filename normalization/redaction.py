@@ -38,6 +38,7 @@ from normalization.cards import CardBrand, card_bin, card_brand, luhn_valid, mas
 
 __all__ = [
     "CARD_NUMBER_GAP",
+    "SECURITY_CODE_NAMES",
     "CardNumberMatch",
     "ascii_digits",
     "contains_pan",
@@ -65,7 +66,10 @@ _TOKEN_RE = re.compile(rf"{CARD_NUMBER_GAP}|\d")
 _MIN_PAN, _MAX_PAN = 12, 19
 _ANY_DIGIT_RE = re.compile(r"\d")
 
-_CODE_NAMES = r"(?i:cvc2?|cvv2?|cav2|cid|csc|security[ _-]?code|verification[ _-]?value)"
+#: The names a security code goes by (any case), one regular-expression group: also read by
+#: the SDK's scrubber and the conformance kit's leak scan.
+SECURITY_CODE_NAMES = r"(?:cvc2?|cvv2?|cav2|cid|csc|security[ _-]?code|verification[ _-]?value)"
+_CODE_NAMES = rf"(?i:{SECURITY_CODE_NAMES})"
 # Where a name may start: not inside a word or a number ("acid", "x1cvc"), except after a
 # lower-case letter when the name is capitalised (camelCase: "cardCvc") and after an
 # URL-encoded bracket ("card%5Bcvc%5D").

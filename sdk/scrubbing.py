@@ -47,6 +47,7 @@ SENSITIVE_KEYS = (
     "cvv",
     "cvv2",
     "cvc2",
+    "cav2",
     "cid",
     "csc",
     "security_code",
@@ -69,9 +70,11 @@ _KEYS = "|".join(re.escape(k) for k in sorted(SENSITIVE_KEYS, key=len, reverse=T
 # "cvc": "123"  /  "cvc":123
 _JSON_KEY = re.compile(rf'("(?:{_KEYS})"\s*:\s*)("(?:[^"\\]|\\.)*"|[0-9]+)', re.IGNORECASE)
 # Any other key naming a security code, with a code as its value: "card_cvc": "123",
-# "cardCvv": 123 ("cvc_check": "pass" is left alone). Quoted in the result: the document parses.
+# "cardCvv": 123 ("cvc_check": "pass" is left alone). The names of SECURITY_CODE_NAMES less
+# "cid", which this unanchored search would find in "incidentId" or "decidedAt". Quoted in the
+# result: the document parses.
 _JSON_CODE_KEY = re.compile(
-    r'("[^"\\]{0,40}(?:cvc|cvv|security_?code|verification_?value)[^"\\]{0,40}"\s*:\s*)("\s*[0-9]{3,4}\s*"|[0-9]{3,4}(?![0-9]))',
+    r'("[^"\\]{0,40}(?:cvc|cvv|cav2|csc|security_?code|verification_?value)[^"\\]{0,40}"\s*:\s*)("\s*[0-9]{3,4}\s*"|[0-9]{3,4}(?![0-9]))',
     re.IGNORECASE,
 )
 # cvc=123, card[cvc]=123, card%5Bcvc%5D=123

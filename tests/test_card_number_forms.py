@@ -205,3 +205,15 @@ def test_a_match_does_not_show_its_card_number_when_printed() -> None:
     [match] = find_card_numbers("card 4242424242424242 declined")
     assert match.pan == "4242424242424242"
     assert "4242424242424242" not in repr(match) and "4242424242424242" not in str(match)
+
+
+def test_every_security_code_name_is_read_by_the_scrubber_and_the_leak_scan() -> None:
+    """The names were kept in four lists that disagreed: the leak scan had no ``cav2``, the
+    scrubber's JSON sweep no ``cav2`` or ``csc``. They come from one pattern now."""
+    from sdk.scrubbing import Scrubber
+
+    scanner = LeakScanner()
+    scanner.add("canary CVC", "188", "cvc")
+    for text in ("cav2=188", '{"card_cav2": "188"}', '{"cardCsc": 188}', "CSC: 188"):
+        assert [s.kind for s, _ in scanner.find(text)] == ["cvc"], text
+        assert "188" not in Scrubber().scrub_text(text), text
