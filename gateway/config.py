@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import tomllib
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -55,6 +54,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from vault.client import check_vault_addr
 
 __all__ = [
     "AuthSettings",
@@ -123,9 +124,9 @@ class VaultSettings(BaseModel):
     @field_validator("addr")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if re.fullmatch(r"https?://[^/?#\s]+(?:/\S*)?", value) is None:
-            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:8200")
-        return value
+        if any(c.isspace() for c in value):
+            raise ValueError("must not contain spaces")
+        return check_vault_addr(value)
 
 
 class TokenizationSettings(BaseModel):
@@ -394,8 +395,8 @@ def _describe(error: Any, from_env: dict[tuple[str, str], str]) -> str:
     message = str(error.get("msg", "invalid value"))
     message = message.removeprefix("Value error, ")
     value = error.get("input")
-    # A database URL may hold a password; secret-named keys are never repeated.
-    secret = loc[:2] == ("database", "url") or any(
+    # A database or Vault URL may hold a password; secret-named keys are never repeated.
+    secret = loc[:2] in (("database", "url"), ("vault", "addr")) or any(
         word in str(part).lower() for part in loc for word in _SECRET_WORDS
     )
     if not secret and isinstance(value, bool | int | float | str) and len(str(value)) <= 80:

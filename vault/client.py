@@ -177,16 +177,10 @@ class VaultClient:
         # total only; the socket connect alone is kept short, so an unreachable Vault fails fast.
         self._total_timeout = timeout
         self._connect_timeout = min(connect_timeout, timeout)
-        parts = urlsplit(self._addr)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("Vault address must be an http:// or https:// URL")
-        self._origin = _Origin(
-            tls=parts.scheme == "https",
-            host=parts.hostname,
-            port=parts.port or (443 if parts.scheme == "https" else 80),
-            host_header=parts.netloc.rpartition("@")[2],
-            base_path=parts.path.rstrip("/"),
-        )
+        try:
+            self._origin = _origin_of(self._addr)
+        except ValueError as exc:
+            raise ValueError(f"the Vault address {exc}") from None
         self._pool: _Pool | None = None
         self._login: _Login | None = (
             _Login(token, renew_at=None) if token is not None and approle is None else None
@@ -714,6 +708,39 @@ class _Origin:
     port: int
     host_header: str
     base_path: str
+
+
+def check_vault_addr(addr: str) -> str:
+    """``addr`` if the client can use it as Vault's address, else ValueError saying why.
+
+    The configuration checks with this when the file is read, so a bad ``[vault] addr`` is a
+    one-line error at start-up rather than a traceback from the first Vault call.
+    """
+    _origin_of(addr.rstrip("/"))
+    return addr
+
+
+def _origin_of(addr: str) -> _Origin:
+    parts = urlsplit(addr)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8200"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError("must have a port from 1 to 65535, if any")
+    return _Origin(
+        tls=parts.scheme == "https",
+        host=parts.hostname,
+        port=port or (443 if parts.scheme == "https" else 80),
+        host_header=parts.netloc.rpartition("@")[2],
+        base_path=parts.path.rstrip("/"),
+    )
 
 
 def _parse_response(

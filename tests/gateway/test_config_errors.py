@@ -80,3 +80,30 @@ def test_a_valid_file_still_loads(tmp_path: Path) -> None:
     path.write_text('[server]\nport = 9000\n[database]\nurl = "postgresql://db/x"\n')
     settings = load_settings(path, env={"TESSERA_VAULT_ADDR": "http://127.0.0.1:1"})
     assert settings.server.port == 9000 and settings.vault.addr == "http://127.0.0.1:1"
+
+
+@pytest.mark.parametrize(
+    ("addr", "expected"),
+    [
+        ("http://:8200", "with a host"),
+        ("ftp://vault:8200", "http:// or https://"),
+        ("http://vault:99999", "port from 1 to 65535"),
+        ("http://vault:port", "port from 1 to 65535"),
+        ("http://vault:0", "port from 1 to 65535"),
+        ("http://vault:8200/?x=1", "query or fragment"),
+        ("http://vault :8200", "must not contain spaces"),
+    ],
+)
+def test_a_vault_address_the_client_cannot_use_is_named(
+    tmp_path: Path, addr: str, expected: str
+) -> None:
+    """The file check was looser than the client's: ``http://:8200`` loaded, then the gateway
+    died with a traceback from ``VaultClient``. Both use ``vault.client.check_vault_addr``."""
+    message = _load(tmp_path, f'[vault]\naddr = "{addr}"\n')
+    assert "[vault] addr:" in message and expected in message
+
+
+def test_a_bad_vault_address_is_not_repeated(tmp_path: Path) -> None:
+    """It may carry a password, as a database URL may."""
+    message = _load(tmp_path, '[vault]\naddr = "http://user:hunter2@:8200"\n')
+    assert "[vault] addr:" in message and "hunter2" not in message
