@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from conformance.simulators import RunningSimulator, start_simulator
 from gateway.config import (
     ConnectorSettings,
     DatabaseSettings,
@@ -81,23 +82,6 @@ async def _create_dev_merchant(db_url: str, vault_addr: str, root_token: str) ->
     return merchant.id, key
 
 
-def _sandbox_problem() -> str | None:
-    """Why the built-in ``sandbox`` connector or its simulator cannot be loaded, or None. Asked
-    before anything starts: a broken install (a plugin claiming ``sandbox`` too, an import that
-    fails) is a clear exit 2 rather than a start-up crash after OpenBao is up."""
-    try:
-        load_registry().get("sandbox")
-    except TesseraError as exc:
-        return exc.detail
-    try:
-        load_simulator("sandbox")
-    except TesseraError as exc:
-        return exc.detail
-    except Exception as exc:  # noqa: BLE001 - an entry point's own import error, reported
-        return f"Its simulator failed to load: {type(exc).__name__}: {exc}"
-    return None
-
-
 @dataclass(frozen=True)
 class DevConnector:
     """Where ``--connector`` sends payments: its simulator (``factory``) or ``url``."""
@@ -117,15 +101,38 @@ class DevConnectorError(Exception):
     """Why ``--connector`` cannot be used; the message is printed as is."""
 
 
+def _installed_manifest(connector_id: str) -> Manifest:
+    """The installed connector's manifest; ``DevConnectorError`` with the registry's reason if it
+    cannot be used (not installed, its plugin broken, claimed by two plugins)."""
+    try:
+        return load_registry().get(connector_id).manifest
+    except TesseraError as exc:
+        raise DevConnectorError(exc.detail) from None
+
+
+def _sandbox_problem() -> str | None:
+    """Why the built-in ``sandbox`` connector or its simulator cannot be loaded, or None. Asked
+    before anything starts: a broken install (a plugin claiming ``sandbox`` too, an import that
+    fails) is a clear exit 2 rather than a start-up crash after OpenBao is up."""
+    try:
+        _installed_manifest("sandbox")
+    except DevConnectorError as exc:
+        return str(exc)
+    try:
+        load_simulator("sandbox")
+    except TesseraError as exc:
+        return exc.detail
+    except Exception as exc:  # noqa: BLE001 - an entry point's own import error, reported
+        return f"Its simulator failed to load: {type(exc).__name__}: {exc}"
+    return None
+
+
 def plan_connector(connector_id: str, url: str | None) -> DevConnector:
     """Check ``--connector`` (and ``--connector-url``) before anything starts."""
     # The kit's modules are loaded only for this option: ``tessera dev`` alone does not need them.
     from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
 
-    try:
-        manifest = load_registry().get(connector_id).manifest
-    except TesseraError as exc:
-        raise DevConnectorError(exc.detail) from None
+    manifest = _installed_manifest(connector_id)
     if url is not None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -261,10 +268,11 @@ def _run_dev(*, port: int, data_dir: Path, host: str, plan: DevConnector | None)
                 credentials={"api_key": sandbox_key, "webhook_secret": sandbox_secret},  # type: ignore[dict-item]
             )
         }
-        own_port = free_port(host) if plan is not None and plan.factory is not None else 0
+        own_port = 0  # where --connector's simulator listens, if it has one
         connector_url = sandbox_url
         if plan is not None:
             if plan.factory is not None:
+                own_port = free_port(host)
                 # The simulator serves the sandbox URL's path, as in the conformance kit.
                 path = urlsplit(plan.manifest.base_urls.sandbox).path.rstrip("/")
                 connector_url = f"http://{host}:{own_port}{path}"
@@ -310,16 +318,13 @@ def _run_dev(*, port: int, data_dir: Path, host: str, plan: DevConnector | None)
             print(banner, file=sys.stderr, flush=True)
 
         async def main() -> None:
-            from conformance.simulators import RunningSimulator, start_simulator
-
-            simulator = load_simulator("sandbox")(
-                api_key=sandbox_key,
-                webhook_secret=sandbox_secret,
+            sandbox = await start_simulator(
+                load_simulator("sandbox"),
+                {"api_key": sandbox_key, "webhook_secret": sandbox_secret},
                 webhook_url=f"http://{host}:{port}/v1/webhooks/sandbox",
+                host=host,
+                port=sandbox_port,
             )
-            runner = web.AppRunner(simulator, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, host, sandbox_port).start()
             own: RunningSimulator | None = None
             try:
                 if plan is not None and plan.factory is not None:
@@ -334,7 +339,7 @@ def _run_dev(*, port: int, data_dir: Path, host: str, plan: DevConnector | None)
             finally:
                 if own is not None:
                     await own.close()
-                await runner.cleanup()
+                await sandbox.close()
 
         try:
             asyncio.run(main())
