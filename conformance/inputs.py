@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -159,7 +159,15 @@ def input_problems(inputs: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 class MissingInputError(LookupError):
-    """The sandbox profile maps no magic value to an input a scenario needs."""
+    """The sandbox profile maps no magic value to an input a scenario needs: ``name``, read
+    from ``files`` (the report lists the scenarios skipped for want of each input)."""
+
+    def __init__(self, name: str, files: Sequence[str] = ()) -> None:
+        super().__init__(
+            f"no magic value for {name!r} in the sandbox profile "
+            f"({', '.join(files) or 'no profile file'})"
+        )
+        self.name = name
 
 
 class Canary:
@@ -200,10 +208,7 @@ class Inputs:
     def require(self, name: str) -> dict[str, Any]:
         found = self.get(name)
         if found is None:
-            raise MissingInputError(
-                f"no magic value for {name!r} in the sandbox profile "
-                f"({', '.join(self.profile.files) or 'no profile file'})"
-            )
+            raise MissingInputError(name, self.profile.files)
         return found
 
     # -- money ----------------------------------------------------------------------------------
@@ -236,10 +241,7 @@ class Inputs:
         values = self.get(name)
         if values is None:
             if name not in ("card.approved", "card.canary"):
-                raise MissingInputError(
-                    f"no magic value for {name!r} in the sandbox profile "
-                    f"({', '.join(self.profile.files) or 'no profile file'})"
-                )
+                raise MissingInputError(name, self.profile.files)
             values = {}
         next_year = datetime.now(UTC).year + 3
         number = str(values.get("number", self.canary.pan))

@@ -19,7 +19,8 @@ Scenarios inject faults for the next matching requests (``inject``), one kind ea
                        the status instead of its reply (a load balancer's 503 after the backend
                        did the work)
 ``truncate``           forward, then send the headers and half the body, and close
-``non_json``           forward, then replace the body with an HTML error page (status kept)
+``non_json``           forward, then replace the body with an HTML error page (status kept; the
+                       reply's ``Content-Encoding`` dropped with its body)
 =====================  ===========================================================================
 
 ``refusing()`` is the *reset before the request was written*: the proxy stops listening and
@@ -362,7 +363,13 @@ class FaultProxy:
         if fault is not None and fault.kind is FaultKind.LATENCY:
             await self._pause(fault.seconds)
         if fault is not None and fault.kind is FaultKind.NON_JSON:
-            kept = [(k, v) for k, v in upstream.headers if k.lower() != "content-type"]
+            # The page replaces the body as sent, so the reply's Content-Encoding goes with it:
+            # kept, a compressed reply's header would make the client fail to decode the page.
+            kept = [
+                (k, v)
+                for k, v in upstream.headers
+                if k.lower() not in ("content-type", "content-encoding")
+            ]
             upstream = _Upstream(
                 upstream.status,
                 upstream.reason,

@@ -210,8 +210,11 @@ class ConformanceRun:
         try:
             await scenario.run(ctx)
             result.verdict = Verdict.PASSED
-        except (ScenarioSkipped, MissingInputError) as exc:
+        except ScenarioSkipped as exc:
             result.verdict, result.reason = Verdict.SKIPPED, str(exc)
+        except MissingInputError as exc:
+            result.verdict, result.reason = Verdict.SKIPPED, str(exc)
+            result.missing_input = exc.name
         except (ExpectationFailed, PollTimeoutError) as exc:
             result.verdict, result.reason = Verdict.FAILED, str(exc)
         except CassetteMismatchError as exc:

@@ -13,7 +13,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from conformance.harness import ScenarioContext
-from conformance.inputs import MissingInputError
 from conformance.scenarios.flows import (
     ACCEPTED_FIRST_STATUSES,
     debit_request,
@@ -133,8 +132,6 @@ async def invalid_account(ctx: ScenarioContext) -> None:
     except (InvalidRequestError, ValidationError) as exc:
         error = exc if isinstance(exc, InvalidRequestError) else InvalidRequestError(str(exc))
         request = None
-    except MissingInputError as exc:
-        ctx.skip(str(exc))
     if request is not None:
         result, raised = await ctx.invoke(operation, request)
         facts = ctx.facts(result, raised, request, window)

@@ -16,7 +16,7 @@ from typing import Any
 
 from conformance.harness import ScenarioContext
 from conformance.inputs import DECLINE_CODES, OPTIONAL_DECLINE_CODES
-from conformance.scenarios.flows import complete_request, nasty_amounts
+from conformance.scenarios.flows import complete_request, half, nasty_amounts
 from conformance.scenarios.model import Requirement, scenario
 from conformance.scenarios.wire import EXACT, call_with_amount_on_wire
 from normalization import AuthorizeRequest, BankAccountMethod, Money, VerifyRequest
@@ -189,8 +189,7 @@ async def capture_full(ctx: ScenarioContext) -> None:
 )
 async def capture_partial(ctx: ScenarioContext) -> None:
     authorized = await ctx.call("authorize", AUTH, ctx.authorize_request())
-    amount = authorized.request.amount
-    part = Money(amount.value // 2, amount.currency)
+    part = half(authorized.request.amount)
     await ctx.call("capture", Operation.CAPTURE, ctx.capture_request(authorized, part))
 
 

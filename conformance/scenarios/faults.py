@@ -62,6 +62,7 @@ from conformance.scenarios.flows import (
     debit_request,
     first_call,
     first_operation,
+    half,
     payout_request,
     submit_request,
 )
@@ -465,9 +466,7 @@ async def _prepare_open_banking(ctx: ScenarioContext, operation: Operation) -> A
     consent = await ctx.call("setup", Operation.CREATE_CONSENT, consent_request(ctx), check=False)
     if consent.result is None or consent.result.next_action is None:
         raise ExpectationFailed("setup: the consent has no redirect")
-    recipe = ctx.inputs.get("consent.approve")
-    if recipe is None:
-        ctx.skip("no magic value for 'consent.approve' in the sandbox profile")
+    recipe = ctx.inputs.require("consent.approve")
     callback = await ctx.customer_action(consent.result.next_action.url, recipe)
     completion = complete_request(consent, callback)
     if operation is Operation.COMPLETE_AUTHORIZATION:
@@ -526,9 +525,9 @@ async def _prepare(ctx: ScenarioContext, operation: Operation) -> Any:
 
 
 def _part(partial: bool, paid: Observation) -> Money:
-    """Half the amount where partial captures or refunds are declared, else all of it."""
+    """Half the amount (``half``) where partial captures or refunds are declared, else all of it."""
     amount: Money = paid.request.amount
-    return Money(amount.value // 2, amount.currency) if partial else amount
+    return half(amount) if partial else amount
 
 
 def _retry_safe_operations(manifest: Manifest) -> list[str]:

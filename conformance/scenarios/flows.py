@@ -1,5 +1,6 @@
 """What several scenarios share: each profile's first money-moving call, bank and open-banking
-request builders, amounts that break float arithmetic, and how a scenario makes webhooks happen.
+request builders, the half of an amount a partial capture or refund moves, amounts that break
+float arithmetic, and how a scenario makes webhooks happen.
 
 ``first_call(ctx)`` is the operation and request a profile starts every payment with (card:
 authorize an approved card; bank rail: a credit, or a debit; open banking: a consent). Fault,
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.harness import Observation, ScenarioContext
-from conformance.inputs import RETURN_URL, MissingInputError
+from conformance.inputs import RETURN_URL
 from normalization import (
     MAX_AMOUNT_MINOR,
     ConsentRequest,
@@ -30,6 +31,7 @@ __all__ = [
     "debit_request",
     "first_call",
     "first_operation",
+    "half",
     "nasty_amounts",
     "payout_request",
     "submit_request",
@@ -54,11 +56,8 @@ def payout_request(
     amount: Money | None = None,
     key: str | None = None,
 ) -> PayoutRequest:
-    try:
-        destination = ctx.inputs.bank_account(account)
-        money = amount or ctx.inputs.money(account)
-    except MissingInputError as exc:
-        ctx.skip(str(exc))
+    destination = ctx.inputs.bank_account(account)
+    money = amount or ctx.inputs.money(account)
     return PayoutRequest(
         amount=money,
         destination=destination,
@@ -75,11 +74,8 @@ def debit_request(
     amount: Money | None = None,
     key: str | None = None,
 ) -> DebitRequest:
-    try:
-        source = ctx.inputs.bank_account(account)
-        money = amount or ctx.inputs.money(account)
-    except MissingInputError as exc:
-        ctx.skip(str(exc))
+    source = ctx.inputs.bank_account(account)
+    money = amount or ctx.inputs.money(account)
     return DebitRequest(
         amount=money,
         source=source,
@@ -96,11 +92,8 @@ def consent_request(
     amount: Money | None = None,
     key: str | None = None,
 ) -> ConsentRequest:
-    try:
-        method = ctx.inputs.payer(payer)
-        money = amount or ctx.inputs.money(payer)
-    except MissingInputError as exc:
-        ctx.skip(str(exc))
+    method = ctx.inputs.payer(payer)
+    money = amount or ctx.inputs.money(payer)
     return ConsentRequest(
         amount=money,
         payer=method,
@@ -145,6 +138,12 @@ def first_call(
     if operation is Operation.DEBIT:
         return operation, debit_request(ctx, amount=amount, key=key)
     return operation, consent_request(ctx, amount=amount, key=key)
+
+
+def half(amount: Money) -> Money:
+    """Half of ``amount`` (rounded down) for a partial capture or refund, and never less than
+    one minor unit: half of 1 would be 0, which no capture or refund request takes."""
+    return Money(max(amount.value // 2, 1), amount.currency)
 
 
 #: First answers that mean the provider accepted a first call (before any settlement).

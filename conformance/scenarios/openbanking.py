@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.harness import Observation, ScenarioContext
-from conformance.inputs import MissingInputError
 from conformance.scenarios.flows import (
     complete_request,
     consent_request,
@@ -45,10 +44,7 @@ def _needs(*operations: Operation) -> Requirement:
 async def _authorize_at_bank(
     ctx: ScenarioContext, consent: Observation, recipe: str
 ) -> dict[str, str]:
-    try:
-        values = ctx.inputs.require(recipe)
-    except MissingInputError as exc:
-        ctx.skip(str(exc))
+    values = ctx.inputs.require(recipe)
     assert consent.result is not None and consent.result.next_action is not None
     return await ctx.customer_action(consent.result.next_action.url, values)
 

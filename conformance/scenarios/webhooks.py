@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from conformance.harness import ExpectationFailed, ScenarioContext
-from conformance.scenarios.flows import first_call
+from conformance.scenarios.flows import first_call, half
 from conformance.scenarios.model import Requirement, scenario
 from conformance.webhook_faults import delay, tamper_body, tamper_signature
-from normalization import Money, Outcome
+from normalization import Outcome
 from sdk import (
     Category,
     InMemoryEventStore,
@@ -54,7 +54,7 @@ async def _produce(ctx: ScenarioContext, events: int) -> tuple[str, list[Webhook
         if events > 1:
             if not ctx.declares(Operation.REFUND):
                 ctx.skip("two webhooks about one payment need capture and refund")
-            part = Money(max(amount.value // 2, 1), amount.currency)
+            part = half(amount)
             await ctx.call(
                 "setup_refund", Operation.REFUND, ctx.refund_request(authorized, part), check=False
             )

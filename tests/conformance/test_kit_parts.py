@@ -26,12 +26,22 @@ from conformance.reports import render_html
 from conformance.results import Verdict
 from conformance.sandboxes import SandboxProfileError, load_sandbox_profile
 from conformance.scenarios.faults import _names, _reply_values
+from conformance.scenarios.flows import half
 from conformance.simulators import bound_port
 from conformance.traffic import TappedExchange
+from normalization import Money
 from sdk.transcript import Exchange, TranscriptRecorder
 from tests.conformance.conftest import by_id, run_kit, specs_dir, write_profile
 
 KNOWN = frozenset({"card.authorize.approved"})
+
+
+def test_half_an_amount_is_rounded_down_and_never_below_one_unit() -> None:
+    """What a partial capture or refund moves (card, fault and webhook scenarios alike)."""
+    assert half(Money(1050, "EUR")) == Money(525, "EUR")
+    assert half(Money(1051, "JPY")) == Money(525, "JPY")
+    assert half(Money(2, "EUR")) == Money(1, "EUR")
+    assert half(Money(1, "EUR")) == Money(1, "EUR")  # not 0: no capture or refund takes 0
 
 
 def test_merge_patch_follows_rfc_7386() -> None:
@@ -415,6 +425,38 @@ async def test_the_fault_proxy_keeps_the_providers_reply_to_what_it_forwarded() 
         assert faulted is proxy.requests[2]  # the faulted one, not the first forwarded
         assert json.loads(faulted.reply or b"") == {"id": "obj_2"}
         assert faulted.reply_location == "/objects/obj_2"
+    finally:
+        await proxy.close()
+        await runner.cleanup()
+
+
+async def test_the_non_json_fault_drops_a_compressed_replys_encoding_with_its_body() -> None:
+    """The HTML page replaces the body as sent: the reply's ``Content-Encoding`` must go too,
+    or a client that asked for gzip fails to decode the page (a ``DecodingError``, not the
+    non-JSON reply the fault is for). The provider's own reply is still kept, decompressed."""
+
+    async def create(request: web.Request) -> web.StreamResponse:
+        response = web.json_response({"id": "obj_1", "padding": "x" * 200}, status=201)
+        response.enable_compression()  # gzip: the client asked for it
+        return response
+
+    app = web.Application()
+    app.router.add_post("/objects", create)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    proxy = await FaultProxy("127.0.0.1", bound_port(site)).start()
+    try:
+        async with httpx.AsyncClient(base_url=proxy.url, trust_env=False) as client:
+            proxy.inject(Fault.non_json())
+            response = await client.post("/objects", json={})
+        assert response.status_code == 201
+        assert response.headers["content-type"] == "text/html"
+        assert "content-encoding" not in response.headers
+        assert response.text.startswith("<html>")
+        faulted = proxy.faulted_reply()
+        assert faulted is not None and json.loads(faulted.reply or b"")["id"] == "obj_1"
     finally:
         await proxy.close()
         await runner.cleanup()

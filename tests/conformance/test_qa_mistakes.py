@@ -9,7 +9,11 @@ docs/conformance.md literally):
 - an uncovered capability names the scenarios that were skipped for it, and why;
 - a partial run (``--select``, ``-k``) or an unhealthy sandbox does not judge coverage, and every
   report says so: the JUnit ``coverage`` case is skipped, and the suite's counts match its cases;
-- in the pytest plugin, a run that cannot start fails each item with the reason, no traceback.
+- in the pytest plugin, a run that cannot start fails each item with the reason, no traceback;
+- the inputs a profile lacks are named from the skip itself (``MissingInputError.name``), not
+  read back from its wording;
+- an approved card of one minor unit still gets a partial capture or refund of one unit (half of
+  it used to be 0, which no request takes: the scenarios crashed).
 """
 
 from __future__ import annotations
@@ -28,10 +32,16 @@ from conformance.leaks import LeakScanner
 from conformance.reports import render_html, render_json, render_junit
 from conformance.results import RunReport, RunStatus, ScenarioResult, Verdict
 from conformance.runner import ConformanceRun
-from conformance.sandboxes import SandboxProfile, SandboxProfileError, load_sandbox_profile
+from conformance.sandboxes import (
+    BUILTIN_DIR,
+    SandboxProfile,
+    SandboxProfileError,
+    load_sandbox_profile,
+)
 from connectors.sandbox import SandboxConnector
 from sdk.testing import FakeTokenRevealer
-from tests.conformance.conftest import write_profile
+from tests.conformance.conftest import Register, by_id, run_kit, write_profile
+from tests.conformance.rails import OB_PROFILE, RailOpenBankingConnector, create_ob_app
 
 pytest_plugins = ["pytester"]
 
@@ -110,7 +120,9 @@ def test_a_live_profile_may_not_hold_credentials(tmp_path: Path) -> None:
     assert "sk_x" not in str(raised.value)
 
 
-def _result(scenario_id: str, verdict: Verdict, reason: str = "") -> ScenarioResult:
+def _result(
+    scenario_id: str, verdict: Verdict, reason: str = "", missing_input: str | None = None
+) -> ScenarioResult:
     return ScenarioResult(
         scenario_id=scenario_id,
         title=scenario_id,
@@ -118,6 +130,7 @@ def _result(scenario_id: str, verdict: Verdict, reason: str = "") -> ScenarioRes
         covers=("operation:void",),
         verdict=verdict,
         reason=reason,
+        missing_input=missing_input,
     )
 
 
@@ -223,14 +236,17 @@ def test_scenarios_skipped_for_want_of_a_magic_value_are_named_even_when_quiet(
     )
     with pytest.raises(MissingInputError) as raised:
         inputs.require("card.declined.lost_card")
+    assert raised.value.name == "card.declined.lost_card"
+    lost = raised.value.name
     report = RunReport("sandbox", "Sandbox", "card-acquirer", "simulator", "simulator", "", "now")
     report.scenarios = [
-        _result("card.decline[lost_card]", Verdict.SKIPPED, str(raised.value)),
-        _result("card.decline.sync[lost_card]", Verdict.SKIPPED, str(raised.value)),
+        _result("card.decline[lost_card]", Verdict.SKIPPED, str(raised.value), lost),
+        _result("card.decline.sync[lost_card]", Verdict.SKIPPED, str(raised.value), lost),
         _result(
             "card.decline[stolen_card]",
             Verdict.SKIPPED,
             "no magic value for 'card.declined.stolen_card' in the sandbox profile (x.json)",
+            "card.declined.stolen_card",
         ),
         _result("card.verify", Verdict.SKIPPED, "the manifest does not declare verify"),
         _result("card.void", Verdict.PASSED),
@@ -247,3 +263,53 @@ def test_scenarios_skipped_for_want_of_a_magic_value_are_named_even_when_quiet(
     ) in out
     assert json.loads(render_json(report))["missing_inputs"] == report.missing_inputs()
     assert "No magic value for card.declined.stolen_card" in render_html(report)
+
+
+async def test_a_run_names_the_inputs_its_scenarios_were_skipped_for(
+    register: Register, tmp_path: Path
+) -> None:
+    """The runner takes the input from the ``MissingInputError`` a scenario raised (through
+    ``Inputs.require``), not from the skip's wording; a skip that merely mentions an input (a
+    profile's own reason) names none."""
+    register(RailOpenBankingConnector, create_ob_app)
+    profile = {
+        **OB_PROFILE,
+        "inputs": {"consent.expired": OB_PROFILE["inputs"]["consent.expired"]},
+        "scenarios": {"ob.sync": {"skip": "no magic value for 'consent.approve', says the bank"}},
+    }
+    report = await run_kit(
+        "rail_ob",
+        overrides=(write_profile(tmp_path, profile),),
+        select=("ob.payment.completed", "ob.consent.rejected", "ob.sync"),
+    )
+    results = by_id(report)
+    assert {r.verdict for r in results.values()} == {Verdict.SKIPPED}
+    completed = results["ob.payment.completed"]
+    assert completed.missing_input == "consent.approve"
+    assert completed.reason.startswith("no magic value for 'consent.approve' in the sandbox ")
+    assert results["ob.sync"].missing_input is None
+    assert report.missing_inputs() == {
+        "consent.approve": ["ob.payment.completed"],
+        "consent.reject": ["ob.consent.rejected"],
+    }
+    assert json.loads(render_json(report))["missing_inputs"] == report.missing_inputs()
+
+
+async def test_a_one_unit_approved_card_is_still_captured_and_refunded_in_part(
+    tmp_path: Path,
+) -> None:
+    """Half of one minor unit is one unit (``flows.half``), never 0: a capture or refund of 0
+    is refused by ``Money``'s request models, and the scenarios crashed on it."""
+    data = json.loads((BUILTIN_DIR / "sandbox" / "simulator.json").read_text())
+    data["inputs"]["card.approved"] = {"amount": 1, "currency": "EUR"}
+    selected = ("card.capture.partial", "fault.retry_safe[capture]", "fault.retry_safe[refund]")
+    report = await run_kit(
+        "sandbox", overrides=(write_profile(tmp_path, data),), select=selected, faults=True
+    )
+    results = by_id(report)
+    for scenario_id in selected:
+        result = results[scenario_id]
+        assert result.verdict is Verdict.PASSED, (scenario_id, result.reason)
+    captured = [a for a in results["card.capture.partial"].assertions if a.step == "capture"]
+    amount = {a.path: a.actual for a in captured}["amount_captured"]
+    assert json.loads(amount) == {"value": 1, "currency": "EUR"}
