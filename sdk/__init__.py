@@ -15,6 +15,7 @@ Modules:
 | ``context`` | ``CallContext``: send, card placeholders, credentials, declines |
 | ``placeholders`` / ``egress`` | card placeholders and the transport that substitutes them |
 | ``signing`` | request signers the egress transport applies to the wire bytes |
+| ``client_tls`` | mutual TLS: the client certificate a ``client_tls`` connector presents |
 | ``hostpolicy`` / ``http`` | where calls may go; the pooled, TLS-strict client |
 | ``outcomes`` | transport/HTTP failures mapped to ``not_sent`` / ``unknown`` |
 | ``error_map`` | provider codes onto normalized decline codes |

@@ -11,7 +11,9 @@ anyio): see ``bench/egress.py``. It keeps every property of the httpcore transpo
   resolver, so the transport checks them itself. No proxies, no netrc,
   no environment (``trust_env=False``), no unix sockets;
 - **TLS**: the connector's context is ``provider_tls_context`` (verification on, TLS >= 1.2,
-  host name checked: aiohttp verifies against the URL's host, not the address);
+  host name checked: aiohttp verifies against the URL's host, not the address); a request
+  carrying a client identity (``sdk.client_tls``) is sent with that identity's context, which
+  aiohttp's pool keys its connections by;
 - **no redirects**, **no cookies** (a ``DummyCookieJar``), **no decompression** (the egress
   transport inflates under its size limit), no automatic headers (what httpx built is what is
   sent), no silent resend: aiohttp retries an idempotent request once on a broken keep-alive
@@ -55,6 +57,7 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from sdk.client_tls import ClientIdentity, identity_for
 from sdk.hostpolicy import DestinationRefusedError, literal_refusal, resolve_checked
 
 __all__ = ["AiohttpNetworkTransport", "GuardedResolver", "httpcore_patched"]
@@ -269,8 +272,10 @@ class AiohttpNetworkTransport(httpx.AsyncBaseTransport):
         keepalive_expiry: float = 30.0,
         connect_timeout: float | None = 5.0,
         fallback: Callable[[], httpx.AsyncBaseTransport] | None = None,
+        client_context: Callable[[ClientIdentity], ssl.SSLContext] | None = None,
     ) -> None:
         self._ssl_context = ssl_context
+        self._client_context = client_context
         self._fallback_factory = fallback
         self._fallback: httpx.AsyncBaseTransport | None = None
         self._test_mode = test_mode
@@ -355,6 +360,13 @@ class AiohttpNetworkTransport(httpx.AsyncBaseTransport):
         sending = _Sending(trace)
         if trace is not None:
             await trace("aiohttp.request.started", {"request": request})
+        # A client certificate (mutual TLS): its own context, so its own pooled connections.
+        tls: ssl.SSLContext | bool = True  # the connector's context
+        identity = await identity_for(request)
+        if identity is not None:
+            if self._client_context is None:
+                raise RuntimeError("This transport was built without client certificates.")
+            tls = self._client_context(identity)
         token = _SENDING.set(sending)
         try:
             response = await session.request(
@@ -364,6 +376,7 @@ class AiohttpNetworkTransport(httpx.AsyncBaseTransport):
                 data=body or None,
                 allow_redirects=False,
                 timeout=timeout,
+                ssl=tls,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _mapped(exc, request, sending.written) from exc

@@ -12,7 +12,9 @@ A connector uses it to:
   from the manifest, timeouts come from the deadline, and 3xx/429/5xx replies and transport
   failures raise the errors of ``sdk.outcomes``; 2xx and 4xx replies are returned to parse;
 - sign what goes on the wire: ``ctx.send(..., sign=(Digest(), CavageSignature(...)))``
-  (``sdk.signing``: the signature covers the card the egress transport writes in);
+  (``sdk.signing``: the signature covers the card the egress transport writes in); a manifest
+  with ``client_tls`` has every https request present the credentials' TLS client
+  certificate (``sdk.client_tls``), with nothing to do here;
 - turn a provider error code into a declined result: ``return ctx.decline(code, message)``
   (through the connector's ``ErrorMap``; unmapped codes are counted);
 - log with ``ctx.logger`` (bound to connector, operation, tenant, correlation id).
@@ -34,6 +36,7 @@ import structlog
 from structlog.typing import FilteringBoundLogger
 
 from normalization import CardMethod, Money, PaymentResult
+from sdk.client_tls import CLIENT_CREDENTIALS_EXTENSION
 from sdk.credentials import Credentials
 from sdk.deadline import Deadline
 from sdk.egress import SCOPE_EXTENSION, SIGNERS_EXTENSION, EgressScope, content_length_header
@@ -307,6 +310,8 @@ class CallContext:
             )
         if sign is not None:  # checked by the egress transport, before the card is revealed
             request.extensions[SIGNERS_EXTENSION] = sign
+        if self.manifest.client_tls:  # mutual TLS: the network transport reads them
+            request.extensions[CLIENT_CREDENTIALS_EXTENSION] = self.credentials
         started = time.perf_counter()
         response = await self._http.send(request)
         self.logger.debug(

@@ -72,12 +72,18 @@ class Credentials(Mapping[str, SecretStr]):
         ]
 
     def check_against(self, manifest: Manifest) -> None:
-        """Raise ``ConnectorConfigurationError`` naming required credentials that are missing."""
+        """Raise ``ConnectorConfigurationError`` naming required credentials that are missing,
+        or, for a connector presenting a TLS client certificate (``manifest.client_tls``), what
+        is wrong with the certificate and key (``sdk.client_tls``)."""
         missing = self.missing(manifest)
         if missing:
             raise ConnectorConfigurationError(
                 f"Connector {manifest.id!r} is missing credentials: {', '.join(missing)}."
             )
+        if manifest.client_tls:
+            from sdk.client_tls import client_identity  # imports this module
+
+            client_identity(self)
 
 
 def with_made_up_values(

@@ -6,7 +6,8 @@ request):
 
 - TLS verification always on, TLS 1.2 minimum, certificates checked against the host name;
   ``HttpSettings.ca_bundle`` adds a trust anchor (a private PKI, or a test CA) to the Mozilla
-  bundle, it never switches verification off;
+  bundle, it never switches verification off; a ``client_tls`` connector's requests present its
+  client certificate (``sdk.client_tls``, ``client_tls_context``);
 - redirects off (a 3xx is an ``UnexpectedRedirectError``; card data is never re-posted);
 - no proxies or certificates taken from the environment (``trust_env=False``), no cookie jar;
 - the ``EgressTransport`` on top (host policy, detokenization, outcome mapping, size limit,
@@ -29,8 +30,10 @@ Per-request timeouts are derived from the call's deadline by ``CallContext.send`
 
 from __future__ import annotations
 
+import functools
 import ssl
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -40,7 +43,8 @@ import certifi
 import httpcore
 import httpx
 
-from sdk.aiohttp_transport import AiohttpNetworkTransport
+from sdk.aiohttp_transport import AiohttpNetworkTransport, httpcore_patched
+from sdk.client_tls import ClientIdentity, identity_for
 from sdk.egress import DEFAULT_MAX_RESPONSE_BYTES, EgressTransport
 from sdk.hostpolicy import GuardedNetworkBackend, HostPolicy
 
@@ -49,6 +53,7 @@ __all__ = [
     "HttpSettings",
     "ProviderClient",
     "build_http_client",
+    "client_tls_context",
     "network_transport",
     "provider_tls_context",
 ]
@@ -89,11 +94,36 @@ def provider_tls_context(ca_bundle: Path | None = None) -> ssl.SSLContext:
     return context
 
 
-class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport over a connection pool whose network backend is guarded."""
+@functools.lru_cache(maxsize=16)
+def client_tls_context(identity: ClientIdentity, ca_bundle: Path | None = None) -> ssl.SSLContext:
+    """``provider_tls_context(ca_bundle)`` presenting ``identity`` (mutual TLS, ``sdk.client_tls``).
+    One context per identity: the connection pools key their connections by it."""
+    context = provider_tls_context(ca_bundle)
+    identity.load_into(context)
+    return context
 
-    def __init__(self, settings: HttpSettings, *, test_mode: bool) -> None:
-        context = provider_tls_context(settings.ca_bundle)
+
+#: Client identities a ``_GuardedPoolTransport`` keeps a pool for (more: the oldest is closed).
+_MAX_IDENTITY_POOLS = 8
+
+
+class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport over a connection pool whose network backend is guarded.
+
+    A request carrying a client identity (``sdk.client_tls``) over https goes through a pool of
+    its own, presenting that certificate (httpcore's pools have one TLS context each)."""
+
+    def __init__(
+        self,
+        settings: HttpSettings,
+        *,
+        test_mode: bool,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._settings, self._test_mode = settings, test_mode
+        self._presents = context  # an identity's pool: it sends every request itself
+        self._identity_pools: OrderedDict[ClientIdentity, _GuardedPoolTransport] = OrderedDict()
+        context = context or provider_tls_context(settings.ca_bundle)
         limits = httpx.Limits(
             max_connections=settings.max_connections,
             max_keepalive_connections=settings.max_keepalive_connections,
@@ -112,6 +142,34 @@ class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
             network_backend=GuardedNetworkBackend(test_mode=test_mode),
         )
 
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # An identity's own pool sends every request itself; so does a mocked pool (respx).
+        if self._presents is not None or httpcore_patched():
+            return await super().handle_async_request(request)
+        identity = await identity_for(request)
+        if identity is None:
+            return await super().handle_async_request(request)
+        pools = self._identity_pools
+        pool = pools.get(identity)
+        if pool is None:
+            context = client_tls_context(identity, self._settings.ca_bundle)
+            pool = pools[identity] = _GuardedPoolTransport(
+                self._settings, test_mode=self._test_mode, context=context
+            )
+            if len(pools) > _MAX_IDENTITY_POOLS:
+                _, oldest = pools.popitem(last=False)
+                await oldest.aclose()
+        else:
+            pools.move_to_end(identity)
+        return await pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pools = list(self._identity_pools.values())
+        self._identity_pools.clear()
+        for pool in pools:
+            await pool.aclose()
+        await super().aclose()
+
 
 def network_transport(
     settings: HttpSettings | None = None, *, test_mode: bool = False
@@ -121,8 +179,10 @@ def network_transport(
     settings = settings or HttpSettings()
     if settings.network == "httpcore" or settings.http2:
         return _GuardedPoolTransport(settings, test_mode=test_mode)
+    ca_bundle = settings.ca_bundle
     return AiohttpNetworkTransport(
-        provider_tls_context(settings.ca_bundle),
+        provider_tls_context(ca_bundle),
+        client_context=lambda identity: client_tls_context(identity, ca_bundle),
         test_mode=test_mode,
         max_connections=settings.max_connections,
         keepalive_expiry=settings.keepalive_expiry,

@@ -165,6 +165,10 @@ class Manifest(BaseModel):
         frozenset()
     )
     documentation_url: str | None = None
+    #: Every https call presents a TLS client certificate (mutual TLS, ``sdk.client_tls``), read
+    #: from the credentials ``tls_client_certificate`` and ``tls_client_key`` (and the optional
+    #: ``tls_client_key_password``), which the manifest must then declare.
+    client_tls: bool = False
 
     @field_validator("currencies")
     @classmethod
@@ -213,6 +217,15 @@ class Manifest(BaseModel):
         names = [field.name for field in self.credentials]
         if len(names) != len(set(names)):
             raise ValueError("credential field names must be unique")
+        tls_names = {"tls_client_certificate", "tls_client_key"}
+        if self.client_tls and not tls_names <= set(names):
+            raise ValueError(
+                "client_tls needs the credentials tls_client_certificate and tls_client_key"
+            )
+        if not self.client_tls and (tls_names | {"tls_client_key_password"}) & set(names):
+            raise ValueError(
+                "tls_client_* credentials are presented only with client_tls = true: set it"
+            )
         if not self.payment_methods:
             raise ValueError("a connector supports at least one payment method type")
         return self

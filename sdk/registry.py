@@ -367,4 +367,6 @@ def describe_manifest(manifest: Manifest) -> str:
     ]
     if m.sensitive_headers:
         lines.append(f"  secret headers:   {_join(m.sensitive_headers)}")
+    if m.client_tls:
+        lines.append("  client TLS:       presents tls_client_certificate on every https call")
     return "\n".join(lines)

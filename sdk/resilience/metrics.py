@@ -4,7 +4,7 @@ One ``ConnectorMetrics`` per ``CollectorRegistry``, shared by every connector ru
 process (the connector is a label). Tests pass their own registry; ``ConnectorMetrics.default()``
 registers once on prometheus-client's global registry, which the gateway's ``/metrics`` serves.
 
-The three gauges read the breaker and bulkhead when scraped (``set_function``). In prometheus
+The gauges read the breaker, the bulkhead and the client certificate when scraped (``set_function``). In prometheus
 multiprocess mode (several gateway workers) a scrape reads files, not functions: the runtime's
 ``publish_gauges()`` writes their current values, which the gateway calls every second.
 
@@ -18,6 +18,7 @@ multiprocess mode (several gateway workers) a scrape reads files, not functions:
 | ``tessera_connector_breaker_transitions_total`` | connector, state |
 | ``tessera_connector_bulkhead_in_flight`` / ``_queued`` | connector |
 | ``tessera_connector_unmapped_provider_codes_total`` | connector, operation |
+| ``tessera_connector_client_certificate_expiry_timestamp_seconds`` | connector (``client_tls`` only) |
 """  # noqa: E501
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ class ConnectorMetrics:
             ["connector"],
             registry=registry,
             multiprocess_mode="livesum",
+        )
+        self.client_certificate_expiry = Gauge(
+            "tessera_connector_client_certificate_expiry_timestamp_seconds",
+            "When the TLS client certificate a connector presents expires (Unix time; "
+            "connectors with client_tls only, NaN while its credentials hold none usable).",
+            ["connector"],
+            registry=registry,
+            multiprocess_mode="livemin",
         )
         self.unmapped_codes = Counter(
             "tessera_connector_unmapped_provider_codes",

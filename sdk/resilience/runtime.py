@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from normalization import (
     PaymentStatus,
     TesseraError,
 )
+from sdk.client_tls import read_identity
 from sdk.connector import Connector
 from sdk.context import CallContext
 from sdk.credentials import Credentials
@@ -194,8 +196,18 @@ class ConnectorRuntime:
             ),
             (self.metrics.bulkhead_queued.labels(connector_id), lambda: float(bulkhead.queued)),
         )
+        if self.manifest.client_tls:
+            self._gauges += (
+                (self.metrics.client_certificate_expiry.labels(connector_id), self._tls_expiry),
+            )
         for gauge, read in self._gauges:
             gauge.set_function(read)
+
+    def _tls_expiry(self) -> float:
+        try:
+            return read_identity(self.credentials).not_after.timestamp()
+        except TesseraError:
+            return math.nan
 
     def publish_gauges(self) -> None:
         """Write the breaker and bulkhead gauges' current values (for prometheus multiprocess

@@ -28,6 +28,7 @@ from sdk import (
 from sdk.testing import FakeTokenRevealer, canary_cvc, canary_pan
 from tests.sdk.demo_connector import MANIFEST, DemoConnector
 from tests.sdk.loopback import LoopbackProvider
+from tests.sdk.pki import Pki, make_pki
 
 TENANT = "merchant_1"
 API_KEY = "sk_test_4f9Qz7VbX2"
@@ -38,6 +39,12 @@ async def provider() -> AsyncIterator[LoopbackProvider]:
     server = await LoopbackProvider().start()
     yield server
     await server.close()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throw-away CA (``tests.sdk.pki``), one per test module."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -50,8 +50,7 @@ from tests.sdk.loopback import (
     reset,
     unused_port,
 )
-from tests.sdk.test_tls import Pki, server_context
-from tests.sdk.test_tls import pki as pki  # the module-scoped fixture
+from tests.sdk.pki import Pki, server_context
 
 NETWORKS = ["aiohttp", "httpcore"]
 LOOPBACK = HostPolicy(frozenset({"127.0.0.1"}), test_mode=True)
