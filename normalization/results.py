@@ -157,9 +157,11 @@ class PaymentResult(DomainModel):
         return self
 
     @classmethod
-    def not_sent(cls) -> Self:
-        """Nothing reached the provider: the attempt failed and may be retried elsewhere."""
-        return cls(status=PaymentStatus.FAILED, outcome=Outcome.NOT_SENT)
+    def not_sent(cls, raw_status: str | None = None) -> Self:
+        """Nothing reached the provider, or it refused the call before acting (``raw_status``
+        says how: ``http_401``, ``http_429``): the attempt failed and may be retried
+        elsewhere."""
+        return cls(status=PaymentStatus.FAILED, outcome=Outcome.NOT_SENT, raw_status=raw_status)
 
     @classmethod
     def unknown(cls, provider_reference: str | None = None) -> Self:

@@ -506,16 +506,10 @@ class ConnectorRuntime:
             # Nothing was done; every call fails the same way until an operator changes the
             # credentials, so the breaker counts it and nothing retries it.
             ctx.logger.error("connector_credentials_refused", status=exc.status_code)
-            refused = PaymentResult(
-                status=PaymentStatus.FAILED,
-                outcome=Outcome.NOT_SENT,
-                raw_status=f"http_{exc.status_code}",
-            )
+            refused = PaymentResult.not_sent(f"http_{exc.status_code}")
             return _AttemptOutcome(refused, _Verdict.FAILURE)
         except ProviderThrottledError as exc:
-            throttled = PaymentResult(
-                status=PaymentStatus.FAILED, outcome=Outcome.NOT_SENT, raw_status="http_429"
-            )
+            throttled = PaymentResult.not_sent("http_429")
             return _AttemptOutcome(throttled, _Verdict.SUCCESS, "throttled", exc.retry_after)
         except RetryableProviderError as exc:
             return _AttemptOutcome(
