@@ -191,6 +191,16 @@ class ConnectorSettings(BaseModel):
     max_concurrent: Annotated[int, Field(ge=1)] = 64
     max_queued: Annotated[int, Field(ge=0)] = 128
     retry_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    #: A PEM file of CA certificates trusted for this provider's server certificate, in addition
+    #: to the Mozilla bundle (a bank's private PKI). Never switches verification off.
+    ca_bundle: Path | None = None
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no file at {str(value)!r}")
+        return value
 
     @model_validator(mode="before")
     @classmethod

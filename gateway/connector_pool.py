@@ -42,6 +42,7 @@ from sdk import (
     ConnectorMetrics,
     ConnectorRuntime,
     Credentials,
+    HttpSettings,
     Manifest,
     RetrySettings,
     RevealedCard,
@@ -217,6 +218,7 @@ def runtime_settings(config: ConnectorSettings) -> RuntimeSettings:
             max_concurrent=config.max_concurrent, max_queued=config.max_queued
         ),
         retry=RetrySettings(max_attempts=config.retry_attempts),
+        http=HttpSettings(ca_bundle=config.ca_bundle),
     )
 
 

@@ -21,10 +21,12 @@ the kit's simulator and replay runs, and a connector's unit tests, need no certi
 (``client_identity``): a certificate that does not parse, a key that does not (or a wrong
 password), a key that is not the certificate's, or a certificate outside its validity period
 is a ``ConnectorConfigurationError`` (``connector_misconfigured``), not a TLS handshake failure
-at the provider. Validity is checked again on every call, so a certificate that expires while
-the gateway runs fails the call that would have presented it, with its expiry date. The gateway
-checks the credentials when it loads them (start-up, and each re-read from Vault: a rotation to
-a bad certificate keeps the one in use). Error texts name the credential, never its value.
+at the provider. The gateway checks that the credentials parse and match when it loads them
+(start-up, and each re-read from Vault: a rotation to a bad certificate keeps the one in use).
+The validity period is checked on every call (5 minutes of clock skew allowed before
+``not_before``): a certificate that expires while the gateway runs fails the calls that would
+present it, with its expiry date, and only those; an expired one does not stop the gateway from
+starting. Error texts name the credential, never its value.
 
 **The key on its way to OpenSSL.** Python's ``ssl`` loads a certificate chain from files only.
 On Linux the PEM goes through an anonymous in-memory file (``memfd_create``), which never has a
@@ -77,6 +79,9 @@ KEY_PASSWORD_CREDENTIAL = "tls_client_key_password"  # noqa: S105 - a name
 #: from (set by ``CallContext.send`` for a ``client_tls`` connector; read by the network
 #: transports, through ``identity_for``).
 CLIENT_CREDENTIALS_EXTENSION = "tessera.client_credentials"
+
+#: How far this machine's clock may run behind the issuer's for a brand-new certificate.
+_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -131,7 +136,7 @@ class ClientIdentity:
                 f"The TLS client certificate ({CERTIFICATE_CREDENTIAL}) expired on "
                 f"{self.not_after.isoformat()}."
             )
-        if now < self.not_before:
+        if now < self.not_before - _CLOCK_SKEW:
             raise ConnectorConfigurationError(
                 f"The TLS client certificate ({CERTIFICATE_CREDENTIAL}) is not valid before "
                 f"{self.not_before.isoformat()}."

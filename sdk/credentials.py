@@ -74,16 +74,17 @@ class Credentials(Mapping[str, SecretStr]):
     def check_against(self, manifest: Manifest) -> None:
         """Raise ``ConnectorConfigurationError`` naming required credentials that are missing,
         or, for a connector presenting a TLS client certificate (``manifest.client_tls``), what
-        is wrong with the certificate and key (``sdk.client_tls``)."""
+        is wrong with the certificate and key (``sdk.client_tls``). An expired certificate
+        passes: it fails the calls that would present it, not the whole gateway's start."""
         missing = self.missing(manifest)
         if missing:
             raise ConnectorConfigurationError(
                 f"Connector {manifest.id!r} is missing credentials: {', '.join(missing)}."
             )
-        if manifest.client_tls:
-            from sdk.client_tls import client_identity  # imports this module
+        if manifest.client_tls:  # parsed and matched; its validity is checked by each call
+            from sdk.client_tls import read_identity  # imports this module
 
-            client_identity(self)
+            read_identity(self)
 
 
 def with_made_up_values(

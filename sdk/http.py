@@ -103,8 +103,10 @@ def client_tls_context(identity: ClientIdentity, ca_bundle: Path | None = None) 
     return context
 
 
-#: Client identities a ``_GuardedPoolTransport`` keeps a pool for (more: the oldest is closed).
+#: Client identities a ``_GuardedPoolTransport`` keeps a pool for (more: the oldest retires),
+#: and retired pools it keeps open for calls still using them (more: the oldest is closed).
 _MAX_IDENTITY_POOLS = 8
+_MAX_RETIRED_POOLS = 32
 
 
 class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
@@ -123,6 +125,7 @@ class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
         self._settings, self._test_mode = settings, test_mode
         self._presents = context  # an identity's pool: it sends every request itself
         self._identity_pools: OrderedDict[ClientIdentity, _GuardedPoolTransport] = OrderedDict()
+        self._retired: list[_GuardedPoolTransport] = []
         context = context or provider_tls_context(settings.ca_bundle)
         limits = httpx.Limits(
             max_connections=settings.max_connections,
@@ -143,6 +146,12 @@ class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self._send(request)
+        except ssl.SSLError as exc:  # a TLS alert on a read: httpx lets it through unmapped
+            raise httpx.ReadError(type(exc).__name__, request=request) from exc
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
         # An identity's own pool sends every request itself; so does a mocked pool (respx).
         if self._presents is not None or httpcore_patched():
             return await super().handle_async_request(request)
@@ -157,15 +166,19 @@ class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
                 self._settings, test_mode=self._test_mode, context=context
             )
             if len(pools) > _MAX_IDENTITY_POOLS:
-                _, oldest = pools.popitem(last=False)
-                await oldest.aclose()
+                # Not closed now: a call may still be reading from it. Closed with this
+                # transport, or once many identities later.
+                self._retired.append(pools.popitem(last=False)[1])
+                if len(self._retired) > _MAX_RETIRED_POOLS:
+                    await self._retired.pop(0).aclose()
         else:
             pools.move_to_end(identity)
         return await pool.handle_async_request(request)
 
     async def aclose(self) -> None:
-        pools = list(self._identity_pools.values())
+        pools = [*self._identity_pools.values(), *self._retired]
         self._identity_pools.clear()
+        self._retired.clear()
         for pool in pools:
             await pool.aclose()
         await super().aclose()

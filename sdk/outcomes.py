@@ -5,7 +5,9 @@ Transport failures (raised by ``CallContext.send``, from httpx errors)::
     ConnectorError
     ├── TransportFault
     │   ├── RequestNotSentError     outcome not_sent  refused, DNS, connect/pool timeout, TLS
-    │   │                                             failure: nothing reached the provider
+    │   │   │                                         failure: nothing reached the provider
+    │   │   └── ClientCertificateRefusedError         the server's TLS alert refused the client
+    │   │                                             certificate: not retried
     │   └── OutcomeUnknownError     outcome unknown   write error, read timeout, reset, truncated
     │                                                 reply: the provider may have acted
     └── ProviderError
@@ -25,16 +27,24 @@ egress transport watches the network transport's trace events (httpcore's
 ``http11.send_request_headers.started``, or the aiohttp transport's
 ``aiohttp.send_request_headers.started``), so a failure before the first byte of the request is
 ``not_sent`` whatever exception carried it; without trace events (mock transports)
-the exception type decides, conservatively. 4xx replies other than 401 and 429 are not errors
-here: the connector parses them and maps provider codes through its ``ErrorMap`` into declined
-results. A 401 is the gateway's problem, not the payer's (a wrong or revoked API key): read as a
-decline it told the merchant the card was refused, never tripped the breaker and never stopped a
-failover. A 403 stays the connector's: providers use it for refusals of the payment too.
+the exception type decides, conservatively. One failure after the first byte is ``not_sent``
+too: the server's TLS alert refusing the client certificate (or its absence). With TLS 1.3 the
+client finishes its half of the handshake and writes the request before the server has judged
+its certificate, and the alert arrives in place of the reply; a server that refuses the
+certificate has not processed the request (``certificate_refusal``). It is a
+``ClientCertificateRefusedError``, which the runtime does not retry (it would be refused again).
+
+4xx replies other than 401 and 429 are not errors here: the connector parses them and maps
+provider codes through its ``ErrorMap`` into declined results. A 401 is the gateway's problem,
+not the payer's (a wrong or revoked API key): read as a decline it told the merchant the card
+was refused, never tripped the breaker and never stopped a failover. A 403 stays the
+connector's: providers use it for refusals of the payment too.
 """
 
 from __future__ import annotations
 
 import email.utils
+import ssl
 import time
 from typing import ClassVar
 
@@ -43,6 +53,7 @@ import httpx
 from normalization import ConnectorError, Outcome, PaymentResult, ProviderError
 
 __all__ = [
+    "ClientCertificateRefusedError",
     "OutcomeUnknownError",
     "ProviderAuthenticationError",
     "ProviderHttpError",
@@ -53,6 +64,7 @@ __all__ = [
     "RetryableProviderError",
     "TransportFault",
     "UnexpectedRedirectError",
+    "certificate_refusal",
     "check_response_status",
     "classify_transport_error",
     "parse_retry_after",
@@ -68,6 +80,22 @@ _NOT_SENT_TYPES: tuple[type[httpx.HTTPError], ...] = (
     httpx.LocalProtocolError,
 )
 
+#: The TLS alerts (OpenSSL's ``reason``) a server sends when it refuses the client's certificate,
+#: or its absence, during the handshake.
+_CERTIFICATE_REFUSALS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+        "TLSV1_ALERT_DECRYPT_ERROR",
+    }
+)
+
 _MAX_RETRY_AFTER_SECONDS = 3600.0
 
 
@@ -81,6 +109,11 @@ class RequestNotSentError(TransportFault):
     code = "connector_not_sent"
     default_detail = "Nothing reached the provider."
     outcome = Outcome.NOT_SENT
+
+
+class ClientCertificateRefusedError(RequestNotSentError):
+    code = "connector_certificate_refused"
+    default_detail = "The provider refused the TLS client certificate, or its absence."
 
 
 class OutcomeUnknownError(TransportFault):
@@ -145,12 +178,35 @@ def classify_transport_error(exc: httpx.HTTPError, *, write_started: bool | None
     """
     if write_started is False or isinstance(exc, _NOT_SENT_TYPES):
         return Outcome.NOT_SENT
+    if certificate_refusal(exc) is not None:
+        return Outcome.NOT_SENT
     return Outcome.UNKNOWN
+
+
+def certificate_refusal(exc: BaseException) -> str | None:
+    """The TLS alert with which the server refused the client certificate (or the lack of one),
+    found among ``exc`` and its causes, or None. See the module docstring."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        # getattr: aiohttp's ClientConnectorSSLError is an SSLError without OpenSSL's fields
+        reason = getattr(current, "reason", None) if isinstance(current, ssl.SSLError) else None
+        if reason in _CERTIFICATE_REFUSALS:
+            return str(reason)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def transport_fault(exc: httpx.HTTPError, *, write_started: bool | None) -> TransportFault:
     """The SDK error for an httpx failure; its text names the failure type, never the request."""
     kind = type(exc).__name__
+    refusal = certificate_refusal(exc)
+    if refusal is not None:
+        return ClientCertificateRefusedError(
+            f"The provider refused the TLS client certificate, or its absence ({refusal}): "
+            "check the connector's client_tls and tls_client_* credentials."
+        )
     if classify_transport_error(exc, write_started=write_started) is Outcome.NOT_SENT:
         return RequestNotSentError(f"Nothing reached the provider ({kind}).")
     return OutcomeUnknownError(f"The exchange broke after the request was sent ({kind}).")

@@ -46,6 +46,7 @@ from sdk.http import HttpSettings, build_http_client
 from sdk.manifest import Environment, Manifest
 from sdk.operations import VERB_NAMES, Operation
 from sdk.outcomes import (
+    ClientCertificateRefusedError,
     ProviderAuthenticationError,
     ProviderServerError,
     ProviderThrottledError,
@@ -491,6 +492,12 @@ class ConnectorRuntime:
         reason. ``CancelledError`` is not caught."""
         try:
             result = await verb_call(ctx)
+        except ClientCertificateRefusedError:
+            # Refused in the TLS handshake, before the request was processed; every call fails
+            # the same way until an operator changes the certificate: counted, not retried.
+            ctx.logger.error("connector_client_certificate_refused")
+            refused = PaymentResult.not_sent("tls_client_certificate_refused")
+            return _AttemptOutcome(refused, _Verdict.FAILURE)
         except TransportFault as exc:
             if exc.outcome is Outcome.NOT_SENT:
                 return _AttemptOutcome(PaymentResult.not_sent(), _Verdict.FAILURE, "not_sent")

@@ -107,3 +107,18 @@ def test_a_bad_vault_address_is_not_repeated(tmp_path: Path) -> None:
     """It may carry a password, as a database URL may."""
     message = _load(tmp_path, '[vault]\naddr = "http://user:hunter2@:8200"\n')
     assert "[vault] addr:" in message and "hunter2" not in message
+
+
+def test_a_connector_ca_bundle_must_be_a_file_and_reaches_its_runtime(tmp_path: Path) -> None:
+    """``ca_bundle`` (a bank's private CA for its server certificate) is checked when the file
+    is read, and is what the connector's HTTP client trusts beside the Mozilla bundle."""
+    from gateway.connector_pool import runtime_settings
+
+    message = _load(tmp_path, '[connectors.sandbox]\nca_bundle = "/nonexistent/ca.pem"\n')
+    assert "[connectors.sandbox] ca_bundle: no file at '/nonexistent/ca.pem'" in message
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    path = tmp_path / "ok.toml"
+    path.write_text(f'[connectors.sandbox]\nca_bundle = "{bundle}"\n')
+    settings = load_settings(path, env={})
+    assert runtime_settings(settings.connectors["sandbox"]).http.ca_bundle == bundle

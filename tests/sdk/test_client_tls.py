@@ -5,13 +5,17 @@ before anything is sent, with errors that name the credential and never quote it
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
+import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 import respx
@@ -20,11 +24,16 @@ from aiohttp import web
 from normalization import ConnectorConfigurationError, Outcome
 from sdk import ConnectorRuntime, Credentials, Deadline, HttpSettings, Manifest
 from sdk.client_tls import client_identity
+from sdk.outcomes import (
+    ClientCertificateRefusedError,
+    classify_transport_error,
+    transport_fault,
+)
 from sdk.registry import describe_manifest
 from tests.sdk.conftest import API_KEY, TENANT, RuntimeFactory, authorize_request
 from tests.sdk.demo_connector import MANIFEST, DemoConnector
 from tests.sdk.loopback import LoopbackProvider
-from tests.sdk.pki import NOW, Pki, server_context
+from tests.sdk.pki import NOW, Pki, make_pki, server_context
 
 TLS_MANIFEST = Manifest.model_validate(
     {
@@ -122,15 +131,80 @@ async def test_the_certificate_is_presented_and_a_rotation_takes_the_next_call(
     assert server.subjects == ["merchant-transport-1"] * 2 + ["merchant-transport-2"]
 
 
+class RefusingTlsServer:
+    """A TLS server (blocking, in a thread) that demands a client certificate from the test CA
+    and, refusing one, sends the TLS alert, lets the client read it, then closes: what a
+    provider's front end does. Counts the handshakes it completed (none may)."""
+
+    def __init__(self, pki: Pki) -> None:
+        cert, key = pki.leaf("refusing-server", ["localhost"])
+        self.context = server_context(cert, key)
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.context.load_verify_locations(cafile=str(pki.ca_file))
+        # TLS 1.2: the refusal comes within the handshake, before the request is written (with
+        # TLS 1.3 it comes after, in place of the reply: see the test of the classification).
+        self.context.maximum_version = ssl.TLSVersion.TLSv1_2
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.alerts: list[str] = []
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(5)
+            try:
+                tls = self.context.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                self.alerts.append(type(exc).__name__)
+                with contextlib.suppress(OSError):  # a lingering close: the alert is read
+                    conn.shutdown(socket.SHUT_WR)
+                    while conn.recv(4096):
+                        pass
+                conn.close()
+            else:
+                self.accepted += 1
+                tls.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
+
+
 @pytest.mark.parametrize("network", ["aiohttp", "httpcore"])
-async def test_without_client_tls_the_same_server_refuses_the_connection(
-    make_runtime: RuntimeFactory, pki: Pki, server: MutualTlsServer, canary, network: str
+@pytest.mark.parametrize("presented", ["none", "another_ca"])
+async def test_a_certificate_the_provider_refuses_is_not_sent_and_not_retried(
+    make_runtime: RuntimeFactory, pki: Pki, tmp_path: Path, canary, network: str, presented: str
 ) -> None:
-    """The server really demands a certificate: the check above is not vacuous."""
-    runtime = _runtime(make_runtime, pki, server.url, network, connector=DemoConnector())
-    result = await _authorize(runtime, canary[0])
-    assert result.outcome is not Outcome.SUCCEEDED
-    assert server.subjects == []
+    """Refused in the handshake: ``not_sent`` (failover may go on); an alert that names the
+    certificate is not retried (it would be refused again)."""
+    server = RefusingTlsServer(pki)
+    try:
+        runtime = make_runtime(
+            f"https://localhost:{server.port}",
+            connector=DemoConnector() if presented == "none" else MutualTlsDemo(),
+            http=HttpSettings(ca_bundle=pki.ca_file, network=network),
+            max_attempts=3,
+        )
+        if presented == "another_ca":
+            runtime.credentials = _credentials(*make_pki(tmp_path).client("stranger"))
+        result = await _authorize(runtime, canary[0])
+    finally:
+        server.close()
+    assert result.outcome is Outcome.NOT_SENT and server.accepted == 0
+    if presented == "another_ca":  # the alert names the certificate: refused once, no retry
+        assert result.raw_status == "tls_client_certificate_refused"
+        assert len(server.alerts) == 1
+    else:  # TLS 1.2 says only "handshake failure" (a cipher mismatch says the same): retried
+        assert result.raw_status is None and len(server.alerts) == 3
 
 
 async def test_plain_http_needs_no_certificate(
@@ -152,7 +226,7 @@ def _bad_credentials(pki: Pki) -> dict[str, tuple[Credentials, str]]:
     expired = pki.client(
         "old", not_before=NOW - dt.timedelta(days=90), not_after=NOW - dt.timedelta(days=1)
     )
-    future = pki.client("early", not_before=NOW + dt.timedelta(days=2))
+    future = pki.client("early", not_before=NOW + dt.timedelta(minutes=10))
     return {
         "not_pem": (_credentials("MIIB-not-a-pem", key), "tls_client_certificate is not a PEM"),
         "key_not_pem": (_credentials(cert, "MIIE-not-a-key"), "tls_client_key is not a PEM"),
@@ -188,16 +262,22 @@ async def test_unusable_credentials_are_refused_before_sending(
     make_runtime: RuntimeFactory, pki: Pki, server: MutualTlsServer, canary, case: str
 ) -> None:
     credentials, expected = _bad_credentials(pki)[case]
-    # Where the gateway loads them (start-up, a Vault re-read, `connector credentials set`).
-    with pytest.raises(ConnectorConfigurationError) as loaded:
+    errors: list[ConnectorConfigurationError] = []
+    # Where the gateway loads them (start-up, a Vault re-read, `connector credentials set`); a
+    # certificate outside its validity period passes there: it fails its calls, not the start.
+    if case in ("expired", "not_yet_valid"):
         credentials.check_against(TLS_MANIFEST)
+    else:
+        with pytest.raises(ConnectorConfigurationError) as loaded:
+            credentials.check_against(TLS_MANIFEST)
+        errors.append(loaded.value)
     # And where a call would present them: nothing reaches the provider.
     runtime = _runtime(make_runtime, pki, server.url, "aiohttp")
     runtime.credentials = credentials
     with pytest.raises(ConnectorConfigurationError) as called:
         await _authorize(runtime, canary[0])
     assert server.subjects == [] and server.provider.requests == []
-    for error in (loaded.value, called.value):
+    for error in [*errors, called.value]:
         text = str(error)
         assert expected in text
         assert "BEGIN" not in text and "MII" not in text and "right-password" not in text
@@ -295,3 +375,32 @@ def test_the_certificate_expiry_is_a_gauge(make_runtime: RuntimeFactory, pki: Pk
 def test_connector_list_says_it_presents_a_certificate() -> None:
     assert "client TLS:" in describe_manifest(TLS_MANIFEST)
     assert "client TLS:" not in describe_manifest(MANIFEST)
+
+
+@pytest.mark.parametrize(
+    ("reason", "outcome"),
+    [
+        ("TLSV13_ALERT_CERTIFICATE_REQUIRED", Outcome.NOT_SENT),
+        ("TLSV1_ALERT_UNKNOWN_CA", Outcome.NOT_SENT),
+        ("TLSV1_ALERT_DECRYPT_ERROR", Outcome.NOT_SENT),
+        ("SSLV3_ALERT_BAD_RECORD_MAC", Outcome.UNKNOWN),
+        (None, Outcome.UNKNOWN),
+    ],
+)
+def test_a_certificate_alert_after_the_request_was_written_is_not_sent(
+    reason: str | None, outcome: Outcome
+) -> None:
+    """TLS 1.3: the client finishes its half of the handshake and writes the request before the
+    server judges its certificate; the alert comes in place of the reply, as a read error (as
+    the aiohttp transport raises it: httpx error from aiohttp's, from OpenSSL's). The request
+    was never processed, so it is ``not_sent``; any other read error after writing is
+    ``unknown``."""
+    alert = ssl.SSLError(1, "alert")
+    alert.reason = reason  # type: ignore[misc]
+    wrapper = aiohttp.ClientOSError(1, "read failed")
+    wrapper.__cause__ = alert
+    error = httpx.ReadError("ClientOSError")
+    error.__cause__ = wrapper
+    assert classify_transport_error(error, write_started=True) is outcome
+    fault = transport_fault(error, write_started=True)
+    assert isinstance(fault, ClientCertificateRefusedError) is (outcome is Outcome.NOT_SENT)
