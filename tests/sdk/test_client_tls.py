@@ -226,7 +226,7 @@ def _bad_credentials(pki: Pki) -> dict[str, tuple[Credentials, str]]:
     expired = pki.client(
         "old", not_before=NOW - dt.timedelta(days=90), not_after=NOW - dt.timedelta(days=1)
     )
-    future = pki.client("early", not_before=NOW + dt.timedelta(minutes=10))
+    future = pki.client("early", not_before=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
     return {
         "not_pem": (_credentials("MIIB-not-a-pem", key), "tls_client_certificate is not a PEM"),
         "key_not_pem": (_credentials(cert, "MIIE-not-a-key"), "tls_client_key is not a PEM"),
