@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,13 +40,14 @@ from conformance.simulators import RunningSimulator, find_simulator, start_simul
 from conformance.webhook_faults import WebhookReceiver
 from normalization import TesseraError
 from sdk import Category, Connector, Credentials, Environment, Manifest, Operation, load_registry
+from sdk.client_tls import client_identity
 from sdk.credentials import (
     credentials_from_environment,
     environment_variable,
     with_made_up_values,
 )
 from sdk.hostpolicy import is_local_url
-from sdk.http import HttpSettings, network_transport
+from sdk.http import HttpSettings, client_tls_context, network_transport
 from sdk.testing import FakeTokenRevealer, canary_cvc, canary_pan
 
 __all__ = ["RECORD_COMMAND", "Mode", "RunConfig", "RunEnvironment", "SetupError", "record_command"]
@@ -362,8 +364,15 @@ class RunEnvironment:
         url = self.base_url + "/" + self.sandbox.preflight_path.lstrip("/")
         timeout = self.sandbox.preflight_timeout
         probe = f"{self.sandbox.preflight_method} {url}"
+        # A bank that wants a client certificate (mutual TLS) gets it from the probe too.
+        verify: ssl.SSLContext | bool = True
+        if self.manifest.client_tls and url.startswith("https://"):
+            try:
+                verify = client_tls_context(client_identity(self.credentials))
+            except TesseraError as exc:
+                return f"sandbox not probed: {exc}"
         try:
-            async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+            async with httpx.AsyncClient(timeout=timeout, trust_env=False, verify=verify) as client:
                 response = await client.request(self.sandbox.preflight_method, url)
         except httpx.HTTPError as exc:
             return f"sandbox unhealthy: {probe} failed ({type(exc).__name__})"

@@ -488,3 +488,30 @@ async def test_a_connector_sending_its_own_idempotency_key_is_told_so(
     failed = result.failed_assertions
     assert [a.label for a in failed] == ["authorize.idempotency_key_sent"]
     assert "sent its own key" in failed[0].actual  # the reports' assertion tables say it too
+
+
+async def test_a_live_run_probes_with_the_client_certificate_and_names_an_expired_one(
+    register: Register, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A bank that wants mutual TLS is probed with the certificate too; one that cannot be
+    presented (expired) skips the run naming why, before any scenario reveals a card."""
+    import datetime as dt
+
+    from tests.sdk.pki import make_pki
+    from tests.sdk.test_client_tls import MutualTlsDemo
+
+    register(MutualTlsDemo)
+    now = dt.datetime.now(dt.UTC)
+    cert, key = make_pki(tmp_path).client(
+        "expired", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)
+    )
+    monkeypatch.setenv("TESSERA_DEMO_MTLS_API_KEY", "sk_test_walkthrough")
+    monkeypatch.setenv("TESSERA_DEMO_MTLS_TLS_CLIENT_CERTIFICATE", cert)
+    monkeypatch.setenv("TESSERA_DEMO_MTLS_TLS_CLIENT_KEY", key)
+    run = ConformanceRun(
+        RunConfig(connector="demo_mtls", mode=Mode.LIVE, base_url="https://127.0.0.1:9")
+    )
+    report = await run.run_all()
+    assert report.status is RunStatus.SKIPPED and report.skip_reason is not None
+    assert report.skip_reason.startswith("sandbox not probed: The TLS client certificate")
+    assert "expired on" in report.skip_reason and "BEGIN" not in report.skip_reason
