@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -404,14 +407,7 @@ async def test_the_fault_proxy_keeps_the_providers_reply_to_what_it_forwarded() 
         response.enable_compression()  # gzip: the client asked for it
         return response
 
-    app = web.Application()
-    app.router.add_post("/objects", create)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    proxy = await FaultProxy("127.0.0.1", bound_port(site)).start()
-    try:
+    async with _proxy_in_front_of(create) as proxy:
         async with httpx.AsyncClient(base_url=proxy.url, trust_env=False) as client:
             proxy.inject(Fault.server_error(503))
             assert (await client.post("/objects", json={})).status_code == 503
@@ -425,9 +421,6 @@ async def test_the_fault_proxy_keeps_the_providers_reply_to_what_it_forwarded() 
         assert faulted is proxy.requests[2]  # the faulted one, not the first forwarded
         assert json.loads(faulted.reply or b"") == {"id": "obj_2"}
         assert faulted.reply_location == "/objects/obj_2"
-    finally:
-        await proxy.close()
-        await runner.cleanup()
 
 
 async def test_the_non_json_fault_drops_a_compressed_replys_encoding_with_its_body() -> None:
@@ -440,14 +433,7 @@ async def test_the_non_json_fault_drops_a_compressed_replys_encoding_with_its_bo
         response.enable_compression()  # gzip: the client asked for it
         return response
 
-    app = web.Application()
-    app.router.add_post("/objects", create)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    proxy = await FaultProxy("127.0.0.1", bound_port(site)).start()
-    try:
+    async with _proxy_in_front_of(create) as proxy:
         async with httpx.AsyncClient(base_url=proxy.url, trust_env=False) as client:
             proxy.inject(Fault.non_json())
             response = await client.post("/objects", json={})
@@ -457,6 +443,20 @@ async def test_the_non_json_fault_drops_a_compressed_replys_encoding_with_its_bo
         assert response.text.startswith("<html>")
         faulted = proxy.faulted_reply()
         assert faulted is not None and json.loads(faulted.reply or b"")["id"] == "obj_1"
+
+
+@contextlib.asynccontextmanager
+async def _proxy_in_front_of(handler: Any) -> AsyncIterator[FaultProxy]:
+    """A loopback provider answering ``POST /objects`` with ``handler``, behind a FaultProxy."""
+    app = web.Application()
+    app.router.add_post("/objects", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    proxy = await FaultProxy("127.0.0.1", bound_port(site)).start()
+    try:
+        yield proxy
     finally:
         await proxy.close()
         await runner.cleanup()
