@@ -57,7 +57,7 @@ import httpx
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from sdk.client_tls import ClientIdentity, identity_for
+from sdk.client_tls import CLIENT_CREDENTIALS_EXTENSION, ClientIdentity, identity_for
 from sdk.hostpolicy import DestinationRefusedError, literal_refusal, resolve_checked
 
 __all__ = ["AiohttpNetworkTransport", "GuardedResolver", "httpcore_patched"]
@@ -362,11 +362,12 @@ class AiohttpNetworkTransport(httpx.AsyncBaseTransport):
             await trace("aiohttp.request.started", {"request": request})
         # A client certificate (mutual TLS): its own context, so its own pooled connections.
         tls: ssl.SSLContext | bool = True  # the connector's context
-        identity = await identity_for(request)
-        if identity is not None:
-            if self._client_context is None:
-                raise RuntimeError("This transport was built without client certificates.")
-            tls = self._client_context(identity)
+        if CLIENT_CREDENTIALS_EXTENSION in extensions:  # (no coroutine for every other request)
+            identity = await identity_for(request)
+            if identity is not None:
+                if self._client_context is None:
+                    raise RuntimeError("This transport was built without client certificates.")
+                tls = self._client_context(identity)
         token = _SENDING.set(sending)
         try:
             response = await session.request(

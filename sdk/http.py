@@ -44,7 +44,7 @@ import httpcore
 import httpx
 
 from sdk.aiohttp_transport import AiohttpNetworkTransport, httpcore_patched
-from sdk.client_tls import ClientIdentity, identity_for
+from sdk.client_tls import CLIENT_CREDENTIALS_EXTENSION, ClientIdentity, identity_for
 from sdk.egress import DEFAULT_MAX_RESPONSE_BYTES, EgressTransport
 from sdk.hostpolicy import GuardedNetworkBackend, HostPolicy
 
@@ -153,7 +153,11 @@ class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         # An identity's own pool sends every request itself; so does a mocked pool (respx).
-        if self._presents is not None or httpcore_patched():
+        if (
+            CLIENT_CREDENTIALS_EXTENSION not in request.extensions
+            or self._presents is not None
+            or httpcore_patched()
+        ):
             return await super().handle_async_request(request)
         identity = await identity_for(request)
         if identity is None:
