@@ -26,7 +26,6 @@ from normalization.errors import (
     TesseraError,
     TokenIntegrityError,
     VaultError,
-    VaultNotFoundError,
 )
 from normalization.methods import PaymentMethodType
 
@@ -92,7 +91,7 @@ _CONFLICT_CODES = frozenset({"concurrent_update", "operation_in_progress"})
 
 def status_for(error: TesseraError) -> int:
     """The HTTP status of a domain error."""
-    if isinstance(error, NotFoundError | VaultNotFoundError):
+    if isinstance(error, NotFoundError):
         return 404
     if isinstance(error, InvalidRequestError):
         return 422
@@ -109,7 +108,7 @@ def status_for(error: TesseraError) -> int:
     if isinstance(error, TokenIntegrityError):
         return 500  # a stored row is wrong: retrying cannot help
     if isinstance(error, VaultError):
-        return 503
+        return 503  # a missing transit key or path (VaultNotFoundError) too: not the client's
     return 500
 
 

@@ -6,8 +6,13 @@ from __future__ import annotations
 import orjson
 
 from gateway.app import _vault_detail
-from gateway.problems import PROBLEM_CONTENT_TYPE, problem_response
-from normalization.errors import VaultPermissionDeniedError, VaultUnavailableError
+from gateway.problems import PROBLEM_CONTENT_TYPE, problem_response, status_for
+from normalization.errors import (
+    TokenIntegrityError,
+    VaultNotFoundError,
+    VaultPermissionDeniedError,
+    VaultUnavailableError,
+)
 
 
 def _body(response: object) -> dict[str, object]:
@@ -41,3 +46,12 @@ def test_other_codes_keep_the_detail_they_were_given() -> None:
     assert body["detail"] == "The token vault is unavailable."
     body = _body(problem_response(400, "http_error", "Bad.", request_id="r"))
     assert (body["detail"], body["request_id"]) == ("Bad.", "r")
+
+
+def test_vault_errors_are_503_but_a_wrong_stored_row_is_500() -> None:
+    """Since the error middleware answers vault errors with ``status_for``, its first rule sent
+    ``VaultNotFoundError`` (a merchant's transit key missing) out as 404, as if the client had
+    asked for something that does not exist: it is the vault's problem, 503."""
+    assert status_for(VaultNotFoundError()) == 503
+    assert status_for(VaultUnavailableError()) == 503
+    assert status_for(TokenIntegrityError()) == 500
