@@ -297,7 +297,8 @@ class EgressTransport(httpx.AsyncBaseTransport):
         scope = extensions.get(SCOPE_EXTENSION)
         if scope is not None and not isinstance(scope, EgressScope):
             raise ConnectorConfigurationError("Malformed egress scope on a provider request.")
-        signers = signers_of(extensions.get(SIGNERS_EXTENSION))  # refused before any reveal
+        # refused before any reveal
+        signers = signers_of(extensions.get(SIGNERS_EXTENSION), request.headers.raw)
         body = await request.aread()
         if MARKER_PATTERN.search(str(url).encode()):
             raise ConnectorConfigurationError("Card placeholders are not allowed in URLs.")

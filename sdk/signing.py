@@ -457,8 +457,10 @@ _SIGNER_TYPES = frozenset({ContentDigest, Digest, MessageSignature, CavageSignat
 _DIGEST_HEADERS = frozenset({"content-digest", "digest"})
 
 
-def signers_of(given: object) -> tuple[RequestSigner, ...]:
-    """``ctx.send``'s ``sign=`` as a tuple of the SDK's signers; anything else is refused."""
+def signers_of(given: object, headers: list[tuple[bytes, bytes]]) -> tuple[RequestSigner, ...]:
+    """``ctx.send``'s ``sign=`` as a tuple of the SDK's signers, checked against the request's
+    ``headers`` before any card is revealed: anything else, a header a signer writes already
+    set, or the connector's own digest under a signature, is refused."""
     if given is None:
         return ()
     signers = given if type(given) is tuple else (given,)
@@ -466,6 +468,12 @@ def signers_of(given: object) -> tuple[RequestSigner, ...]:
         raise ConnectorConfigurationError(
             "sign= takes the SDK's request signers (sdk.signing), one or a tuple of them."
         )
+    own = present = header_names(headers)
+    for signer in signers:
+        failure = _refusal(signer, present, own)
+        if failure is not None:
+            raise ConnectorConfigurationError(failure)
+        present |= signer.written
     return signers
 
 
@@ -480,24 +488,21 @@ def sign_request(
     headers: list[tuple[bytes, bytes]],
     body: bytes,
 ) -> list[tuple[bytes, bytes]]:
-    """The headers ``signers`` add, in order, each seeing those added before it. Raises
-    ``ConnectorConfigurationError``, with no exception chained (its text could quote what was
-    signed), before anything is sent."""
+    """The headers ``signers`` (checked by ``signers_of``) add, in order, each seeing those
+    added before it. Raises ``ConnectorConfigurationError``, with no exception chained (its text
+    could quote what was signed), before anything is sent."""
     added: list[tuple[bytes, bytes]] = []
-    own = present = header_names(headers)
     for signer in signers:
-        failure = _refusal(signer, present, own)
-        if failure is None:
-            try:
-                new = signer.headers_for(WireRequest(method, url, [*headers, *added], body))
-            except SigningError as exc:
-                failure = str(exc)
-            except Exception as exc:  # noqa: BLE001 - a signer's bug; its text may quote the card
-                failure = f"The {type(signer).__name__} signer failed ({type(exc).__name__})."
+        failure = None
+        try:
+            new = signer.headers_for(WireRequest(method, url, [*headers, *added], body))
+        except SigningError as exc:
+            failure = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a signer's bug; its text may quote the card
+            failure = f"The {type(signer).__name__} signer failed ({type(exc).__name__})."
         if failure is not None:
             raise ConnectorConfigurationError(failure)  # outside ``except``: nothing chained
         added.extend(new)
-        present |= header_names(new)
     return added
 
 
