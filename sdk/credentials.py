@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from pydantic import SecretStr
 
 from normalization import ConnectorConfigurationError
+from sdk.client_tls import read_identity
 from sdk.manifest import Manifest
 
 __all__ = [
@@ -82,8 +83,6 @@ class Credentials(Mapping[str, SecretStr]):
                 f"Connector {manifest.id!r} is missing credentials: {', '.join(missing)}."
             )
         if manifest.client_tls:  # parsed and matched; its validity is checked by each call
-            from sdk.client_tls import read_identity  # imports this module
-
             read_identity(self)
 
 

@@ -109,23 +109,13 @@ _MAX_IDENTITY_POOLS = 8
 _MAX_RETIRED_POOLS = 32
 
 
-class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport over a connection pool whose network backend is guarded.
-
-    A request carrying a client identity (``sdk.client_tls``) over https goes through a pool of
-    its own, presenting that certificate (httpcore's pools have one TLS context each)."""
+class _GuardedPool(httpx.AsyncHTTPTransport):
+    """httpx's transport over a connection pool whose network backend is guarded, with the TLS
+    ``context`` given (default: ``provider_tls_context``)."""
 
     def __init__(
-        self,
-        settings: HttpSettings,
-        *,
-        test_mode: bool,
-        context: ssl.SSLContext | None = None,
+        self, settings: HttpSettings, *, test_mode: bool, context: ssl.SSLContext | None = None
     ) -> None:
-        self._settings, self._test_mode = settings, test_mode
-        self._presents = context  # an identity's pool: it sends every request itself
-        self._identity_pools: OrderedDict[ClientIdentity, _GuardedPoolTransport] = OrderedDict()
-        self._retired: list[_GuardedPoolTransport] = []
         context = context or provider_tls_context(settings.ca_bundle)
         limits = httpx.Limits(
             max_connections=settings.max_connections,
@@ -147,17 +137,25 @@ class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
-            return await self._send(request)
+            return await super().handle_async_request(request)
         except ssl.SSLError as exc:  # a TLS alert on a read: httpx lets it through unmapped
             raise httpx.ReadError(type(exc).__name__, request=request) from exc
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        # An identity's own pool sends every request itself; so does a mocked pool (respx).
-        if (
-            CLIENT_CREDENTIALS_EXTENSION not in request.extensions
-            or self._presents is not None
-            or httpcore_patched()
-        ):
+
+class _GuardedPoolTransport(_GuardedPool):
+    """The guarded pool, and one more per client identity (``sdk.client_tls``): a request
+    carrying client credentials over https goes through the pool presenting that certificate
+    (httpcore's pools have one TLS context each)."""
+
+    def __init__(self, settings: HttpSettings, *, test_mode: bool) -> None:
+        super().__init__(settings, test_mode=test_mode)
+        self._settings, self._test_mode = settings, test_mode
+        self._identity_pools: OrderedDict[ClientIdentity, _GuardedPool] = OrderedDict()
+        self._retired: list[_GuardedPool] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # A mocked pool (respx) does no TLS: nothing to present.
+        if CLIENT_CREDENTIALS_EXTENSION not in request.extensions or httpcore_patched():
             return await super().handle_async_request(request)
         identity = await identity_for(request)
         if identity is None:
@@ -166,7 +164,7 @@ class _GuardedPoolTransport(httpx.AsyncHTTPTransport):
         pool = pools.get(identity)
         if pool is None:
             context = client_tls_context(identity, self._settings.ca_bundle)
-            pool = pools[identity] = _GuardedPoolTransport(
+            pool = pools[identity] = _GuardedPool(
                 self._settings, test_mode=self._test_mode, context=context
             )
             if len(pools) > _MAX_IDENTITY_POOLS:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from normalization import Money, NotSupportedError, PaymentMethodType, known_currencies
+from sdk.client_tls import CERTIFICATE_CREDENTIAL, KEY_CREDENTIAL, KEY_PASSWORD_CREDENTIAL
 from sdk.operations import MONEY_MOVING_OPERATIONS, Operation
 
 __all__ = [
@@ -217,12 +218,12 @@ class Manifest(BaseModel):
         names = [field.name for field in self.credentials]
         if len(names) != len(set(names)):
             raise ValueError("credential field names must be unique")
-        tls_names = {"tls_client_certificate", "tls_client_key"}
+        tls_names = {CERTIFICATE_CREDENTIAL, KEY_CREDENTIAL}
         if self.client_tls and not tls_names <= set(names):
             raise ValueError(
                 "client_tls needs the credentials tls_client_certificate and tls_client_key"
             )
-        if not self.client_tls and (tls_names | {"tls_client_key_password"}) & set(names):
+        if not self.client_tls and (tls_names | {KEY_PASSWORD_CREDENTIAL}) & set(names):
             raise ValueError(
                 "tls_client_* credentials are presented only with client_tls = true: set it"
             )

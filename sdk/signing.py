@@ -235,8 +235,8 @@ class MessageSignature(RequestSigner):
     ``@target-uri``, ``@authority``, ``@path``, ``@query``, header names in lower case).
     ``digest``: also write ``Content-Digest`` (RFC 9530) and cover it, so the signature holds
     the body; None signs without the body. ``key``: the HMAC secret, or a PEM private key
-    (or a ``cryptography`` private key object). ``expires_in``: seconds until the signature's
-    ``expires`` parameter; ``nonce``: add a random ``nonce`` parameter.
+    (text or bytes: a key object could see what is signed). ``expires_in``: seconds until
+    the signature's ``expires`` parameter; ``nonce``: add a random ``nonce`` parameter.
     """
 
     key_id: str
