@@ -138,13 +138,18 @@ def plan_connector(connector_id: str, url: str | None) -> DevConnector:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise DevConnectorError(f"--connector-url must be an http(s) URL, not {url!r}.")
         values = credentials_from_environment(manifest)
-        missing = Credentials(values).missing(manifest)
+        credentials = Credentials(values)
+        missing = credentials.missing(manifest)
         if missing:
             names = ", ".join(environment_variable(manifest.id, name) for name in missing)
             raise DevConnectorError(
                 f"Connector {manifest.id!r} needs its sandbox credentials in the environment: "
                 f"set {names}."
             )
+        try:  # what else the gateway checks at start-up (a client certificate that is unusable)
+            credentials.check_against(manifest)
+        except TesseraError as exc:
+            raise DevConnectorError(exc.detail) from None
         return DevConnector(manifest, values, url=url.rstrip("/"))
     try:
         factory = load_simulator(manifest.id)

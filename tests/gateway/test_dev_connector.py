@@ -178,3 +178,25 @@ async def test_dev_routes_payments_to_an_installed_connector_and_its_simulator(
         dev.signal(signal.SIGTERM)
         assert await dev.wait(30) == 0, dev.output()
         assert not (data_dir / "dev.json").exists()
+
+
+def test_a_sandbox_url_with_an_unusable_client_certificate_is_refused_before_starting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``tessera dev`` does not run ``serve``'s preflight: a mutual-TLS connector's certificate
+    that cannot be used showed only at the first payment. It is refused with the others."""
+    from gateway.devmode import DevConnectorError, plan_connector
+    from sdk import register_connector, unregister_connector
+    from tests.sdk.test_client_tls import MutualTlsDemo
+
+    monkeypatch.setenv("TESSERA_DEMO_MTLS_API_KEY", "sk_test_1")
+    monkeypatch.setenv("TESSERA_DEMO_MTLS_TLS_CLIENT_CERTIFICATE", "MIIB-not-a-certificate")
+    monkeypatch.setenv("TESSERA_DEMO_MTLS_TLS_CLIENT_KEY", "MIIE-not-a-key")
+    register_connector(MutualTlsDemo)
+    try:
+        with pytest.raises(DevConnectorError) as refused:
+            plan_connector("demo_mtls", "https://sandbox.demo-acquirer.example")
+    finally:
+        unregister_connector("demo_mtls")
+    assert "tls_client_certificate is not a PEM certificate" in str(refused.value)
+    assert "MIIB" not in str(refused.value)
