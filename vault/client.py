@@ -729,6 +729,8 @@ def _origin_of(addr: str) -> _Origin:
         )
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query or fragment")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry a user name or password (Vault takes a token)")
     try:
         port = parts.port
     except ValueError:
@@ -739,7 +741,7 @@ def _origin_of(addr: str) -> _Origin:
         tls=parts.scheme == "https",
         host=parts.hostname,
         port=port or (443 if parts.scheme == "https" else 80),
-        host_header=parts.netloc.rpartition("@")[2],
+        host_header=parts.netloc,
         base_path=parts.path.rstrip("/"),
     )
 

@@ -92,6 +92,7 @@ def test_a_valid_file_still_loads(tmp_path: Path) -> None:
         ("http://vault:0", "port from 1 to 65535"),
         ("http://vault:8200/?x=1", "query or fragment"),
         ("http://vault :8200", "must not contain spaces"),
+        ("http://user:pw@vault:8200", "must not carry a user name or password"),
     ],
 )
 def test_a_vault_address_the_client_cannot_use_is_named(
