@@ -75,7 +75,6 @@ __all__ = [
     "TokenNotFoundError",
     "UnknownCurrencyError",
     "VaultError",
-    "VaultLoginRefusedError",
     "VaultNotFoundError",
     "VaultPermissionDeniedError",
     "VaultSealedError",
@@ -245,11 +244,6 @@ class VaultSealedError(VaultError):
 class VaultPermissionDeniedError(VaultError):
     code = "vault_permission_denied"
     default_detail = "The vault refused the operation."
-
-
-class VaultLoginRefusedError(VaultPermissionDeniedError):
-    """The vault refused the gateway's own login (AppRole), not one operation: nothing that
-    login would have done says anything about the policy of an operation."""
 
 
 class VaultNotFoundError(VaultError):

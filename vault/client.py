@@ -59,7 +59,6 @@ import orjson
 
 from normalization.errors import (
     VaultError,
-    VaultLoginRefusedError,
     VaultNotFoundError,
     VaultPermissionDeniedError,
     VaultSealedError,
@@ -545,7 +544,7 @@ class VaultClient:
             detail, not_before = self._login_refusal
             left = not_before - time.monotonic()
             if left > 0:
-                raise VaultLoginRefusedError(detail, retry_after=math.ceil(left))
+                raise VaultPermissionDeniedError(detail, retry_after=math.ceil(left))
         self.login_attempts += 1
         reply = await self._send(
             "POST",
@@ -570,7 +569,7 @@ class VaultClient:
         self.logins += 1
         return self._login
 
-    def _login_refused(self, *, locked_out: bool) -> VaultLoginRefusedError:
+    def _login_refused(self, *, locked_out: bool) -> VaultPermissionDeniedError:
         """Remember a refused login (no other before the backoff is over) and say what it was."""
         self._refused_logins += 1
         if locked_out:
@@ -586,7 +585,7 @@ class VaultClient:
                 "the secret id was destroyed, expired or used up."
             )
         self._login_refusal = (detail, time.monotonic() + wait)
-        return VaultLoginRefusedError(detail, retry_after=wait)
+        return VaultPermissionDeniedError(detail, retry_after=wait)
 
 
 # -- module helpers ---------------------------------------------------------------------------

@@ -63,7 +63,7 @@ from typing import Protocol, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from normalization import VaultError, VaultLoginRefusedError, VaultPermissionDeniedError
+from normalization import VaultError, VaultPermissionDeniedError
 
 __all__ = [
     "ENVELOPE_PREFIX",
@@ -235,8 +235,6 @@ class EnvelopeCipher:
             raise VaultError("This process does not seal with envelope encryption.")
         try:
             plaintext, wrapped = await self._source.transit_datakey(key)
-        except VaultLoginRefusedError:
-            raise  # the gateway's login, not the data-key policy: sealing stays on
         except VaultPermissionDeniedError:
             self._denied_until[key] = self._monotonic() + DENIED_RETRY_SECONDS
             # The event is a name and the rest are fields (the gateway's JSON logs take a

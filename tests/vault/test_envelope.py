@@ -14,12 +14,7 @@ from collections.abc import Callable
 import hvac
 import pytest
 
-from normalization import (
-    TesseraError,
-    VaultError,
-    VaultLoginRefusedError,
-    VaultPermissionDeniedError,
-)
+from normalization import TesseraError, VaultError, VaultPermissionDeniedError
 from tests.conftest import ProvisionedVault
 from tests.vault.conftest import FakeClock, card
 from vault.audit import AuditLog
@@ -443,20 +438,3 @@ async def test_waiters_of_a_failed_fetch_get_their_own_exception(
     )
     assert all(isinstance(e, VaultError) for e in errors)
     assert len({id(e) for e in errors}) == 3
-
-
-async def test_a_refused_login_does_not_switch_sealing_off(
-    batcher: TransitBatcher, ticker: Ticker
-) -> None:
-    """A refused AppRole login (remembered for 30 s to 16 min) reached the data-key fetch as a
-    permission refusal, and sealing went to transit for 60 s after the login recovered, with a
-    hint about the tokenize policy that was wrong. It says nothing about the policy."""
-
-    class LockedOut:
-        async def transit_datakey(self, key: str, *, bits: int = 256) -> tuple[bytes, str]:
-            raise VaultLoginRefusedError("The vault refused the AppRole login.", retry_after=30)
-
-    envelope = EnvelopeCipher(LockedOut(), batcher, monotonic=ticker)
-    with pytest.raises(VaultLoginRefusedError):
-        await envelope.seal("tessera-pan-x", [b"1"])
-    assert envelope.may_seal("tessera-pan-x")
